@@ -1,0 +1,14 @@
+//! SnpGuard trust core: everything that decides whether an AMD SEV-SNP
+//! guest is what was registered.
+//!
+//! - [`report`]: the attestation report, parsed once into typed values.
+//! - [`certs`]: AMD's pinned roots, certificate tables, endorsement chains.
+//! - [`verify`]: every verification rule, each rejection named.
+//! - [`measure`]: launch digests, byte-identical to `sev-snp-measure`.
+//! - [`idblock`]: ID blocks and ID authentication blocks.
+
+pub mod certs;
+pub mod idblock;
+pub mod measure;
+pub mod report;
+pub mod verify;
