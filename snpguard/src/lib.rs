@@ -12,3 +12,6 @@ pub mod idblock;
 pub mod measure;
 pub mod report;
 pub mod verify;
+
+#[doc(hidden)]
+pub mod testdata;
