@@ -3,7 +3,19 @@ use crate::testdata;
 
 /// (name, version, policy, vmpl, key_info, platform_info, reported_tcb LE
 /// hex, cpuid hex, measurement prefix) from testdata/snp/README.md.
-const TABLE: &[(&str, u32, u64, u32, u32, u64, &str, &str, &str)] = &[
+type Row = (
+    &'static str,
+    u32,
+    u64,
+    u32,
+    u32,
+    u64,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+const TABLE: &[Row] = &[
     (
         "genoa-oak",
         5,
