@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what building and testing SnpGuard needs, idempotently: each
+# step checks first and does nothing when its tool is already there.
+# Run as root (or with sudo available) on Debian 12 or 13.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages: name of a package -> a file that proves it is installed.
+declare -A APT=(
+    [ovmf]=/usr/share/ovmf/OVMF.fd
+    [python3-pip]=/usr/bin/pip3
+)
+
+missing=()
+for pkg in "${!APT[@]}"; do
+    [ -e "${APT[$pkg]}" ] || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+else
+    log "Debian packages present"
+fi
+
+# Rust lints are part of the test run.
+for comp in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^${comp}"; then
+        log "adding rustup component $comp"
+        rustup component add "$comp"
+    fi
+done
+
+# The reference implementation every launch digest is compared against.
+if ! command -v sev-snp-measure >/dev/null 2>&1; then
+    log "installing sev-snp-measure (PyPI)"
+    pip_cmd=$(command -v pip3 || command -v pip)
+    "$pip_cmd" install --quiet --disable-pip-version-check sev-snp-measure==0.0.13 \
+        || "$pip_cmd" install --quiet --disable-pip-version-check --break-system-packages sev-snp-measure==0.0.13
+    hash -r
+fi
+command -v sev-snp-measure >/dev/null || { echo "setup: sev-snp-measure is not on PATH after installing it" >&2; exit 1; }
+log "sev-snp-measure: $(command -v sev-snp-measure)"
