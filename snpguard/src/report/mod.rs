@@ -287,3 +287,66 @@ impl Report {
 
 #[cfg(test)]
 mod tests;
+
+impl serde::Serialize for Report {
+    /// Every field; byte strings as lowercase hex, bit fields as numbers
+    /// with their decoded flags.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let p = self.policy;
+        let policy = serde_json::json!({
+            "raw": format!("{:#x}", p.0),
+            "abi_major": p.abi_major(), "abi_minor": p.abi_minor(),
+            "smt": p.smt(), "migrate_ma": p.migrate_ma(), "debug": p.debug(),
+            "single_socket": p.single_socket(), "cxl_allow": p.cxl_allow(),
+            "mem_aes_256_xts": p.mem_aes_256_xts(), "rapl_dis": p.rapl_dis(),
+            "ciphertext_hiding": p.ciphertext_hiding(),
+            "page_swap_disable": p.page_swap_disable(),
+        });
+        let pi = self.platform_info;
+        let platform_info = serde_json::json!({
+            "raw": format!("{:#x}", pi.0),
+            "smt_enabled": pi.smt_enabled(), "tsme_enabled": pi.tsme_enabled(),
+            "ecc_enabled": pi.ecc_enabled(), "rapl_disabled": pi.rapl_disabled(),
+            "ciphertext_hiding_enabled": pi.ciphertext_hiding_enabled(),
+            "alias_check_complete": pi.alias_check_complete(),
+        });
+        let ki = self.key_info;
+        let key_info = serde_json::json!({
+            "raw": format!("{:#x}", ki.0),
+            "author_key_en": ki.author_key_en(), "mask_chip_key": ki.mask_chip_key(),
+            "signing_key": ki.signing_key(),
+        });
+        let tcb = |t: Tcb| format!("{:016x}", t.0);
+        let mut st = s.serialize_struct("Report", 29)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("guest_svn", &self.guest_svn)?;
+        st.serialize_field("policy", &policy)?;
+        st.serialize_field("family_id", &hex::encode(self.family_id))?;
+        st.serialize_field("image_id", &hex::encode(self.image_id))?;
+        st.serialize_field("vmpl", &self.vmpl)?;
+        st.serialize_field("sig_algo", &self.sig_algo)?;
+        st.serialize_field("current_tcb", &tcb(self.current_tcb))?;
+        st.serialize_field("platform_info", &platform_info)?;
+        st.serialize_field("key_info", &key_info)?;
+        st.serialize_field("report_data", &hex::encode(self.report_data))?;
+        st.serialize_field("measurement", &hex::encode(self.measurement))?;
+        st.serialize_field("host_data", &hex::encode(self.host_data))?;
+        st.serialize_field("id_key_digest", &hex::encode(self.id_key_digest))?;
+        st.serialize_field("author_key_digest", &hex::encode(self.author_key_digest))?;
+        st.serialize_field("report_id", &hex::encode(self.report_id))?;
+        st.serialize_field("report_id_ma", &hex::encode(self.report_id_ma))?;
+        st.serialize_field("reported_tcb", &tcb(self.reported_tcb))?;
+        st.serialize_field("cpuid", &self.cpuid)?;
+        st.serialize_field("chip_id", &hex::encode(self.chip_id))?;
+        st.serialize_field("committed_tcb", &tcb(self.committed_tcb))?;
+        st.serialize_field("current_version", &self.current_version.to_string())?;
+        st.serialize_field("committed_version", &self.committed_version.to_string())?;
+        st.serialize_field("launch_tcb", &tcb(self.launch_tcb))?;
+        st.serialize_field("launch_mit_vector", &self.launch_mit_vector)?;
+        st.serialize_field("current_mit_vector", &self.current_mit_vector)?;
+        st.serialize_field("signature_r", &hex::encode(self.signature.r))?;
+        st.serialize_field("signature_s", &hex::encode(self.signature.s))?;
+        st.end()
+    }
+}
