@@ -484,6 +484,10 @@ pub(crate) fn verify_static(
         }
         None => anchors.roots(product).collect(),
     };
+    // Roots whose name the intermediate names come first, so the error
+    // reported is the one of the root the chain claims.
+    let mut candidates = candidates;
+    candidates.sort_by_key(|r| !inter.issued_by_name(&r.cert));
     let mut root = None;
     let mut first_err = None;
     for candidate in candidates {

@@ -939,3 +939,282 @@ fn cache_skips_rsa_but_rechecks_time() {
         .unwrap_err();
     assert!(matches!(err, ChainError::Signature { .. }), "{err:?}");
 }
+
+// ---- generated test chain ------------------------------------------------
+
+mod generated {
+    use super::super::testchain::{self, CertSpec, Sign};
+    use super::*;
+
+    fn test_anchors(ark: &Cert) -> TrustAnchors {
+        anchors()
+            .with_test_root(Product::Milan, ark.der())
+            .expect("test root")
+    }
+
+    fn set(chain: &testchain::Chain) -> CertSet {
+        CertSet {
+            ask: Some(chain.ask.clone()),
+            vcek: Some(chain.vcek.clone()),
+            ..CertSet::default()
+        }
+    }
+
+    #[test]
+    fn test_chain_verifies_only_with_test_root_and_is_flagged() {
+        let c = testchain::chain();
+        let s = set(&c);
+        let e = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .expect("test chain");
+        assert!(e.test_root);
+        assert_eq!(e.product, Product::Milan);
+        assert_eq!(
+            e.tcb,
+            CertTcb {
+                bootloader: 3,
+                tee: 0,
+                snp: 8,
+                microcode: 115,
+                fmc: None
+            }
+        );
+        // The same chain against AMD's anchors only.
+        let err = verify_endorsement(&anchors(), &s, KeyKind::Vcek, None, JAN_2025).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::IssuerMismatch {
+                    role: CertRole::Ask,
+                    parent: CertRole::Ark,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Handing the test ARK in the set does not make it trusted.
+        let mut with_ark = s.clone();
+        with_ark.ark = Some(c.ark.clone());
+        let err =
+            verify_endorsement(&anchors(), &with_ark, KeyKind::Vcek, None, JAN_2025).unwrap_err();
+        assert!(matches!(err, ChainError::ArkNotPinned { .. }), "{err:?}");
+        // Real AMD chains still verify with a test root added.
+        let real = vcek_set("milan-virtee").expect("vcek");
+        let e = verify_endorsement(&test_anchors(&c.ark), &real, KeyKind::Vcek, None, JAN_2025)
+            .expect("real chain");
+        assert!(!e.test_root);
+    }
+
+    #[test]
+    fn broken_root_self_signature() {
+        let c = testchain::chain();
+        let bad_ark = flip_from_end(&c.ark, 10);
+        let err = verify_endorsement(
+            &test_anchors(&bad_ark),
+            &set(&c),
+            KeyKind::Vcek,
+            None,
+            JAN_2025,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ChainError::Signature {
+                role: CertRole::Ark,
+                issuer: CertRole::Ark
+            }
+        );
+    }
+
+    #[test]
+    fn crl_not_listing_the_ask_passes() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        s.crl = Some(testchain::crl(
+            testchain::ark_name(),
+            &testchain::keys().ark,
+            &[9],
+        ));
+        verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .expect("not revoked");
+        // PEM form too.
+        let der = s.crl.take().expect("crl");
+        s.crl = Some(
+            der::pem::encode_string("X509 CRL", der::pem::LineEnding::LF, &der)
+                .expect("pem")
+                .into_bytes(),
+        );
+        verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .expect("pem crl");
+    }
+
+    #[test]
+    fn crl_revoking_the_ask() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        s.crl = Some(testchain::crl(
+            testchain::ark_name(),
+            &testchain::keys().ark,
+            &[9, 2],
+        ));
+        let err = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ChainError::Revoked {
+                role: CertRole::Ask,
+                serial: "02".to_owned()
+            }
+        );
+        assert_eq!(err.code(), "revoked");
+    }
+
+    #[test]
+    fn crl_signed_by_another_key() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        s.crl = Some(testchain::crl(
+            testchain::ark_name(),
+            &testchain::keys().other,
+            &[],
+        ));
+        let err = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert!(matches!(err, ChainError::CrlSignature { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn crl_from_another_issuer() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        let other = testchain::name("CN=ARK-Genoa,O=SnpGuard Test");
+        s.crl = Some(testchain::crl(other, &testchain::keys().ark, &[]));
+        let err = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert!(matches!(err, ChainError::CrlIssuer { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn pkcs1v15_signature_is_the_wrong_algorithm() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        let mut spec = testchain::vcek_spec();
+        spec.sign = Sign::Pkcs1v15;
+        s.vcek = Some(testchain::make(spec, &testchain::keys().ask));
+        let err = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::SignatureAlgorithm {
+                    role: CertRole::Vcek,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn pss_salt_32_is_the_wrong_algorithm() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        let mut spec = testchain::vcek_spec();
+        spec.sign = Sign::Pss(32);
+        s.vcek = Some(testchain::make(spec, &testchain::keys().ask));
+        let err = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::SignatureAlgorithm {
+                    role: CertRole::Vcek,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn rsa_endorsement_key_is_not_p384() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        let mut spec = testchain::vcek_spec();
+        spec.spki = testchain::rsa_spki(&testchain::keys().other);
+        s.vcek = Some(testchain::make(spec, &testchain::keys().ask));
+        let err = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChainError::EndorsementKey {
+                    role: CertRole::Vcek,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.code(), "endorsement-key-not-p384");
+    }
+
+    #[test]
+    fn missing_tcb_extension() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        let mut spec = testchain::vcek_spec();
+        spec.exts
+            .retain(|e| e.extn_id != super::super::ext::OID_SNP_SPL);
+        s.vcek = Some(testchain::make(spec, &testchain::keys().ask));
+        let err = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert!(
+            matches!(err, ChainError::Extension { role: CertRole::Vcek, oid, .. } if oid == super::super::ext::OID_SNP_SPL),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_hwid_length() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        let mut spec = testchain::vcek_spec();
+        for e in &mut spec.exts {
+            if e.extn_id == super::super::ext::OID_HWID {
+                e.extn_value = der::asn1::OctetString::new(vec![0xAB; 8]).expect("octets");
+            }
+        }
+        s.vcek = Some(testchain::make(spec, &testchain::keys().ask));
+        let err = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert!(matches!(err, ChainError::Extension { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn no_product_information_and_no_hint() {
+        let c = testchain::chain();
+        let k = testchain::keys();
+        let ask = testchain::make(
+            CertSpec {
+                serial: 2,
+                issuer: testchain::ark_name(),
+                subject: testchain::name("CN=SEV-Unknown,O=SnpGuard Test"),
+                spki: testchain::rsa_spki(&k.ask),
+                exts: Vec::new(),
+                sign: Sign::Pss(48),
+            },
+            &k.ark,
+        );
+        let mut spec = testchain::vcek_spec();
+        spec.issuer = testchain::name("CN=SEV-Unknown,O=SnpGuard Test");
+        spec.exts
+            .retain(|e| e.extn_id != super::super::ext::OID_PRODUCT_NAME);
+        let s = CertSet {
+            ask: Some(ask),
+            vcek: Some(testchain::make(spec, &k.ask)),
+            ..CertSet::default()
+        };
+        let err = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert!(matches!(err, ChainError::ProductUnknown { .. }), "{err:?}");
+    }
+}
