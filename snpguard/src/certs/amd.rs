@@ -42,6 +42,8 @@ pub(crate) struct Root {
 pub struct TrustAnchors {
     roots: Vec<Root>,
     asks: Vec<(Product, Cert)>,
+    /// Identifies the set (cache keys); recomputed on every change.
+    digest: [u8; 32],
 }
 
 fn builtin(product: Product) -> (&'static [u8], &'static [u8]) {
@@ -80,7 +82,13 @@ impl TrustAnchors {
                 Cert::parse(ask_pem, &format!("built-in {product} ASK"))?,
             ));
         }
-        Ok(TrustAnchors { roots, asks })
+        let mut anchors = TrustAnchors {
+            roots,
+            asks,
+            digest: [0; 32],
+        };
+        anchors.digest = anchors.compute_digest();
+        Ok(anchors)
     }
 
     /// Adds a non-AMD root for `product` (DER or PEM): the simulated
@@ -105,6 +113,7 @@ impl TrustAnchors {
                 cert,
                 test: true,
             });
+            self.digest = self.compute_digest();
         }
         Ok(self)
     }
@@ -138,6 +147,10 @@ impl TrustAnchors {
 
     /// A digest identifying this set of anchors (for cache keys).
     pub(crate) fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    fn compute_digest(&self) -> [u8; 32] {
         let mut h = Sha256::new();
         for r in &self.roots {
             h.update([r.product as u8, u8::from(r.test)]);

@@ -1005,6 +1005,21 @@ mod generated {
     }
 
     #[test]
+    fn cache_does_not_carry_a_test_root_over_to_amd_anchors() {
+        let c = testchain::chain();
+        let s = set(&c);
+        let cache = EndorsementCache::new(8);
+        let e = cache
+            .verify(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .expect("test chain");
+        assert!(e.test_root);
+        let err = cache
+            .verify(&anchors(), &s, KeyKind::Vcek, None, JAN_2025)
+            .unwrap_err();
+        assert!(matches!(err, ChainError::IssuerMismatch { .. }), "{err:?}");
+    }
+
+    #[test]
     fn broken_root_self_signature() {
         let c = testchain::chain();
         let bad_ark = flip_from_end(&c.ark, 10);
