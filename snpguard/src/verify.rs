@@ -157,7 +157,9 @@ pub enum Failure {
         report: TcbParts,
     },
     /// The VCEK belongs to another chip.
-    #[error("hwid mismatch: the VCEK was issued for chip {cert}, the report comes from chip {report}")]
+    #[error(
+        "hwid mismatch: the VCEK was issued for chip {cert}, the report comes from chip {report}"
+    )]
     HwidMismatch {
         /// hwID of the certificate (hex).
         cert: String,
@@ -415,7 +417,10 @@ pub fn verify_report(
     let reported_product = product_from_report(&report);
     if let (Some(stated), Some(reported)) = (expect.product, reported_product) {
         if stated != reported {
-            return Err(Rejection::one(Failure::ProductMismatch { stated, reported }));
+            return Err(Rejection::one(Failure::ProductMismatch {
+                stated,
+                reported,
+            }));
         }
     }
     let hint = expect.product.or(reported_product);

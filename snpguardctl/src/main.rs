@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand};
 
 /// Manage AMD SEV-SNP confidential VMs and their attestation with SnpGuard.
 #[derive(Debug, Parser)]
-#[command(name = "snpguardctl", version, help_expected = true, max_term_width = 80)]
+#[command(
+    name = "snpguardctl",
+    version,
+    help_expected = true,
+    max_term_width = 80
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -115,14 +115,20 @@ fn parse_abi(s: &str) -> Result<(u8, u8), String> {
 fn hex_array<const N: usize>(s: &str) -> Result<[u8; N], String> {
     let s = s.strip_prefix("0x").unwrap_or(s);
     let v = hex::decode(s).map_err(|e| format!("not hex: {e}"))?;
-    v.try_into()
-        .map_err(|v: Vec<u8>| format!("{} bytes given, {N} expected ({} hex digits)", v.len(), 2 * N))
+    v.try_into().map_err(|v: Vec<u8>| {
+        format!(
+            "{} bytes given, {N} expected ({} hex digits)",
+            v.len(),
+            2 * N
+        )
+    })
 }
 
 /// Reads a bounded input file.
 fn read_input(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
-    let f = std::fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
     let mut buf = Vec::new();
     f.take(MAX_INPUT + 1)
         .read_to_end(&mut buf)
@@ -175,8 +181,9 @@ fn print_fields(prefix: &str, v: &serde_json::Value) {
 
 fn verify_cmd(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let at = match &a.at {
-        Some(s) => OffsetDateTime::parse(s, &Rfc3339)
-            .with_context(|| format!("--at {s:?} is not an RFC 3339 time (e.g. 2025-01-01T00:00:00Z)"))?,
+        Some(s) => OffsetDateTime::parse(s, &Rfc3339).with_context(|| {
+            format!("--at {s:?} is not an RFC 3339 time (e.g. 2025-01-01T00:00:00Z)")
+        })?,
         None => OffsetDateTime::now_utc(),
     };
     let mut set = CertSet::default();
@@ -232,7 +239,7 @@ fn verify_cmd(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         id_key_digest: a.id_key_digest,
         author_key_digest: a.author_key_digest,
     };
-    let anchors = TrustAnchors::amd();
+    let anchors = TrustAnchors::amd().context("loading the pinned AMD roots")?;
     match verify::verify(&anchors, &report_bytes, &set, &expect, at) {
         Ok(v) => {
             let tcb = v.report.reported_tcb.parts(v.layout);
