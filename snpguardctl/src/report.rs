@@ -19,7 +19,7 @@ const MAX_INPUT: u64 = 1 << 20;
 pub enum ReportCommand {
     /// Verify a report: signature, AMD certificate chain, policy, TCB and
     /// expected values. Exit 0 accepted, 1 rejected, 2 usage or I/O error.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
     /// Print every field of a report.
     Show(ShowArgs),
 }
