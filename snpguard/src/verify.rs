@@ -11,11 +11,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use p384::ecdsa::signature::Verifier;
+use p384::ecdsa::signature::Verifier as _;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::certs::{CertSet, ChainError, Endorsement, KeyKind, Product, TrustAnchors};
+use crate::certs::{
+    CertSet, ChainError, Endorsement, EndorsementCache, KeyKind, Product, TrustAnchors,
+};
 use crate::report::{Report, ReportError, SigningKey, TcbLayout, TcbParts};
 
 /// What the verifier expects of a report beyond the rules that always
@@ -385,7 +387,7 @@ fn components_ge(a: &TcbParts, b: &TcbParts) -> bool {
 }
 
 /// Verifies a raw report against the certificates and the expectations at
-/// time `at`.
+/// time `at`, checking the whole endorsement chain.
 pub fn verify(
     anchors: &TrustAnchors,
     report: &[u8],
@@ -394,16 +396,57 @@ pub fn verify(
     at: OffsetDateTime,
 ) -> Result<Verified, Rejection> {
     let report = Report::parse(report).map_err(Rejection::one)?;
-    verify_report(anchors, report, certs, expect, at)
+    verify_report(report, expect, |kind, hint| {
+        crate::certs::verify_endorsement(anchors, certs, kind, hint, at)
+    })
 }
 
-/// As [`verify`], for a report that is already parsed.
-pub fn verify_report(
-    anchors: &TrustAnchors,
+/// A verifier for a long-running service: the trust anchors plus a cache
+/// of endorsement chains already verified (the RSA signatures of a chain
+/// are checked once; validity times are checked on every call).
+pub struct Verifier {
+    anchors: TrustAnchors,
+    cache: EndorsementCache,
+}
+
+impl Verifier {
+    /// Chains remembered by a verifier.
+    pub const CACHE_CAPACITY: usize = 1024;
+
+    /// A verifier trusting `anchors`.
+    pub fn new(anchors: TrustAnchors) -> Self {
+        Verifier {
+            anchors,
+            cache: EndorsementCache::new(Self::CACHE_CAPACITY),
+        }
+    }
+
+    /// The trust anchors in use.
+    pub fn anchors(&self) -> &TrustAnchors {
+        &self.anchors
+    }
+
+    /// As [`verify`], with cached chains.
+    pub fn verify(
+        &self,
+        report: &[u8],
+        certs: &CertSet,
+        expect: &Expectations,
+        at: OffsetDateTime,
+    ) -> Result<Verified, Rejection> {
+        let report = Report::parse(report).map_err(Rejection::one)?;
+        verify_report(report, expect, |kind, hint| {
+            self.cache.verify(&self.anchors, certs, kind, hint, at)
+        })
+    }
+}
+
+/// The rules after parsing; `endorse` verifies the chain for a key kind
+/// and product hint.
+fn verify_report(
     report: Report,
-    certs: &CertSet,
     expect: &Expectations,
-    at: OffsetDateTime,
+    endorse: impl FnOnce(KeyKind, Option<Product>) -> Result<Endorsement, ChainError>,
 ) -> Result<Verified, Rejection> {
     let kind = match report.key_info.signing_key() {
         SigningKey::Vcek => KeyKind::Vcek,
@@ -424,8 +467,7 @@ pub fn verify_report(
         }
     }
     let hint = expect.product.or(reported_product);
-    let endorsement =
-        crate::certs::verify_endorsement(anchors, certs, kind, hint, at).map_err(Rejection::one)?;
+    let endorsement = endorse(kind, hint).map_err(Rejection::one)?;
 
     let sig = p384::ecdsa::Signature::from_slice(&report.signature.to_p384_bytes())
         .map_err(|_| Rejection::one(Failure::Signature(kind)))?;
