@@ -719,3 +719,6 @@ fn ec_spki(
     SubjectPublicKeyInfoOwned::from_der(doc.as_bytes())
         .map_err(|source| SimError::Der { cert, source })
 }
+
+#[cfg(test)]
+mod tests;
