@@ -6,11 +6,13 @@
 //! - [`verify`]: every verification rule, each rejection named.
 //! - [`measure`]: launch digests, byte-identical to `sev-snp-measure`.
 //! - [`idblock`]: ID blocks and ID authentication blocks.
+//! - [`sim`]: a simulated SEV-SNP platform for tests (never production).
 
 pub mod certs;
 pub mod idblock;
 pub mod measure;
 pub mod report;
+pub mod sim;
 pub mod verify;
 
 #[doc(hidden)]
