@@ -47,6 +47,8 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
+use crate::certs::Product;
+
 use const_oid::db::rfc4519;
 use const_oid::ObjectIdentifier;
 use der::asn1::{BitString, Ia5StringRef, OctetString, PrintableStringRef, SetOfVec, UtcTime};
@@ -83,39 +85,6 @@ pub const SIM_ORGANIZATIONAL_UNIT: &str = "SnpGuard TEST";
 /// provider, e.g. `CN=cc-us-east-2.amazonaws.com`).
 pub const SIM_VLEK_CSP_ID: &str = "CN=snpguard-test.invalid";
 
-/// AMD's VCEK/VLEK extension OIDs, 1.3.6.1.4.1.3704.1.*.
-pub mod oid {
-    use const_oid::ObjectIdentifier;
-
-    /// structVersion (INTEGER).
-    pub const STRUCT_VERSION: ObjectIdentifier =
-        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.1");
-    /// productName (IA5String).
-    pub const PRODUCT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.2");
-    /// blSPL, boot loader SPL (INTEGER).
-    pub const BL_SPL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.1");
-    /// teeSPL, PSP OS SPL (INTEGER).
-    pub const TEE_SPL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.2");
-    /// snpSPL, SNP firmware SPL (INTEGER).
-    pub const SNP_SPL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.3");
-    /// spl_4, reserved (INTEGER, Milan and Genoa only).
-    pub const SPL_4: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.4");
-    /// spl_5, reserved (INTEGER).
-    pub const SPL_5: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.5");
-    /// spl_6, reserved (INTEGER).
-    pub const SPL_6: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.6");
-    /// spl_7, reserved (INTEGER).
-    pub const SPL_7: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.7");
-    /// ucodeSPL, microcode SPL (INTEGER).
-    pub const UCODE_SPL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.8");
-    /// fmcSPL, firmware SPL (INTEGER, Turin only).
-    pub const FMC_SPL: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.9");
-    /// hwID, the chip identifier (raw bytes; VCEK only).
-    pub const HW_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.4");
-    /// cspID, the cloud provider (IA5String; VLEK only).
-    pub const CSP_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.5");
-}
-
 /// id-RSASSA-PSS parameters as AMD's ARK and ASK encode them: SHA-384,
 /// MGF1 with SHA-384, salt length 48, and the default trailer field 1
 /// spelled out.
@@ -142,7 +111,7 @@ pub enum SimError {
     #[error("hwID for {product} must be {expected} bytes (got {got}); pass the report's CHIP_ID (Turin: its first 8 bytes)")]
     HwidLength {
         /// The simulated product.
-        product: SimProduct,
+        product: Product,
         /// The length AMD uses for that product.
         expected: usize,
         /// The length passed.
@@ -190,58 +159,20 @@ pub enum SimError {
     },
 }
 
-/// The AMD product generation the simulated platform claims to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SimProduct {
-    /// EPYC 7003 (Zen 3).
-    Milan,
-    /// EPYC 9004 (Zen 4).
-    Genoa,
-    /// EPYC 9005 (Zen 5).
-    Turin,
-}
-
-impl SimProduct {
-    /// The product name as it appears in AMD's certificate names and KDS
-    /// URLs ("Milan", "Genoa", "Turin").
-    pub fn name(self) -> &'static str {
-        match self {
-            SimProduct::Milan => "Milan",
-            SimProduct::Genoa => "Genoa",
-            SimProduct::Turin => "Turin",
-        }
-    }
-
-    /// Length of the VCEK hwID extension: the whole 64-byte CHIP_ID on
-    /// Milan and Genoa, its first 8 bytes on Turin.
-    pub fn hwid_len(self) -> usize {
-        match self {
-            SimProduct::Milan | SimProduct::Genoa => 64,
-            SimProduct::Turin => 8,
-        }
-    }
-
-    /// The productName extension of a VCEK ("Milan-B0" as on KDS-issued
-    /// Milan VCEKs; Genoa and Turin VCEKs carry the bare name).
-    fn vcek_product_name(self) -> &'static str {
-        match self {
-            SimProduct::Milan => "Milan-B0",
-            SimProduct::Genoa | SimProduct::Turin => self.name(),
-        }
-    }
-
-    /// The structVersion extension (1 on Turin, whose TCB layout differs).
-    fn struct_version(self) -> u8 {
-        match self {
-            SimProduct::Milan | SimProduct::Genoa => 0,
-            SimProduct::Turin => 1,
-        }
+/// The productName extension of a VCEK ("Milan-B0" as on KDS-issued
+/// Milan VCEKs; Genoa and Turin VCEKs carry the bare name).
+fn vcek_product_name(product: Product) -> &'static str {
+    match product {
+        Product::Milan => "Milan-B0",
+        Product::Genoa | Product::Turin => product.kds_name(),
     }
 }
 
-impl fmt::Display for SimProduct {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// The structVersion extension (1 on Turin, whose TCB layout differs).
+fn struct_version(product: Product) -> u8 {
+    match product {
+        Product::Milan | Product::Genoa => 0,
+        Product::Turin => 1,
     }
 }
 
@@ -266,15 +197,15 @@ pub struct SimTcb {
 /// little-endian): Milan and Genoa put the boot loader, TEE, SNP and
 /// microcode SPLs in bytes 0, 1, 6 and 7; Turin puts FMC, boot loader,
 /// TEE and SNP in bytes 0 to 3 and microcode in byte 7.
-pub fn tcb_bytes(product: SimProduct, tcb: SimTcb) -> u64 {
+pub fn tcb_bytes(product: Product, tcb: SimTcb) -> u64 {
     let mut b = [0u8; 8];
     match product {
-        SimProduct::Milan | SimProduct::Genoa => {
+        Product::Milan | Product::Genoa => {
             b[0] = tcb.bootloader;
             b[1] = tcb.tee;
             b[6] = tcb.snp;
         }
-        SimProduct::Turin => {
+        Product::Turin => {
             b[0] = tcb.fmc;
             b[1] = tcb.bootloader;
             b[2] = tcb.tee;
@@ -300,7 +231,7 @@ pub enum SimKey {
 #[derive(Clone)]
 pub struct SimPlatform {
     /// The product the chain is issued for.
-    pub product: SimProduct,
+    pub product: Product,
     /// The TCB the VCEK and VLEK are issued for.
     pub tcb: SimTcb,
     /// Self-signed root, CN `ARK-<product>`.
@@ -330,7 +261,7 @@ impl SimPlatform {
     /// Generates a fresh ARK, ASK, ASVK, VCEK and VLEK for `product` at
     /// `tcb`. `hwid` is the VCEK's hwID: the report's 64-byte CHIP_ID on
     /// Milan and Genoa, its first 8 bytes on Turin.
-    pub fn generate(product: SimProduct, tcb: SimTcb, hwid: &[u8]) -> Result<Self, SimError> {
+    pub fn generate(product: Product, tcb: SimTcb, hwid: &[u8]) -> Result<Self, SimError> {
         if hwid.len() != product.hwid_len() {
             return Err(SimError::HwidLength {
                 product,
@@ -339,7 +270,7 @@ impl SimPlatform {
             });
         }
         let validity = validity()?;
-        let p = product.name();
+        let p = product.kds_name();
 
         let ark_key = rsa_key("ARK")?;
         let ark_name = amd_name(&format!("ARK-{p}"), "ARK")?;
@@ -396,8 +327,8 @@ impl SimPlatform {
             intermediate("ASVK", format!("SEV-VLEK-{p}"), 0x10101)?;
 
         let vcek_key = p384::ecdsa::SigningKey::random(&mut OsRng);
-        let mut vcek_ext = amd_extensions(product, product.vcek_product_name(), tcb, "VCEK")?;
-        vcek_ext.push(raw_ext(oid::HW_ID, hwid, "VCEK")?);
+        let mut vcek_ext = amd_extensions(product, vcek_product_name(product), tcb, "VCEK")?;
+        vcek_ext.push(raw_ext(crate::certs::oid::HW_ID, hwid, "VCEK")?);
         let vcek_der = issue(
             Tbs {
                 cert: "VCEK",
@@ -413,14 +344,14 @@ impl SimPlatform {
         )?;
 
         let vlek_key = p384::ecdsa::SigningKey::random(&mut OsRng);
-        let mut vlek_ext = amd_extensions(product, product.name(), tcb, "VLEK")?;
+        let mut vlek_ext = amd_extensions(product, product.kds_name(), tcb, "VLEK")?;
         let csp = Ia5StringRef::new(SIM_VLEK_CSP_ID)
             .and_then(|s| s.to_der())
             .map_err(|source| SimError::Der {
                 cert: "VLEK",
                 source,
             })?;
-        vlek_ext.push(raw_ext(oid::CSP_ID, &csp, "VLEK")?);
+        vlek_ext.push(raw_ext(crate::certs::oid::CSP_ID, &csp, "VLEK")?);
         let vlek_der = issue(
             Tbs {
                 cert: "VLEK",
@@ -547,31 +478,31 @@ fn issue(tbs: Tbs<'_>, signer: &RsaPrivateKey, pss_params: &[u8]) -> Result<Vec<
 /// productName, then the SPLs (Turin: fmc, bl, tee, snp, 5, 6, 7, ucode;
 /// Milan/Genoa: bl, tee, 4, 5, 6, 7, snp, ucode).
 fn amd_extensions(
-    product: SimProduct,
+    product: Product,
     product_name: &str,
     tcb: SimTcb,
     cert: &'static str,
 ) -> Result<Vec<Extension>, SimError> {
     let spls: &[(ObjectIdentifier, u8)] = match product {
-        SimProduct::Milan | SimProduct::Genoa => &[
-            (oid::BL_SPL, tcb.bootloader),
-            (oid::TEE_SPL, tcb.tee),
-            (oid::SPL_4, 0),
-            (oid::SPL_5, 0),
-            (oid::SPL_6, 0),
-            (oid::SPL_7, 0),
-            (oid::SNP_SPL, tcb.snp),
-            (oid::UCODE_SPL, tcb.microcode),
+        Product::Milan | Product::Genoa => &[
+            (crate::certs::oid::BL_SPL, tcb.bootloader),
+            (crate::certs::oid::TEE_SPL, tcb.tee),
+            (crate::certs::oid::SPL_4, 0),
+            (crate::certs::oid::SPL_5, 0),
+            (crate::certs::oid::SPL_6, 0),
+            (crate::certs::oid::SPL_7, 0),
+            (crate::certs::oid::SNP_SPL, tcb.snp),
+            (crate::certs::oid::UCODE_SPL, tcb.microcode),
         ],
-        SimProduct::Turin => &[
-            (oid::FMC_SPL, tcb.fmc),
-            (oid::BL_SPL, tcb.bootloader),
-            (oid::TEE_SPL, tcb.tee),
-            (oid::SNP_SPL, tcb.snp),
-            (oid::SPL_5, 0),
-            (oid::SPL_6, 0),
-            (oid::SPL_7, 0),
-            (oid::UCODE_SPL, tcb.microcode),
+        Product::Turin => &[
+            (crate::certs::oid::FMC_SPL, tcb.fmc),
+            (crate::certs::oid::BL_SPL, tcb.bootloader),
+            (crate::certs::oid::TEE_SPL, tcb.tee),
+            (crate::certs::oid::SNP_SPL, tcb.snp),
+            (crate::certs::oid::SPL_5, 0),
+            (crate::certs::oid::SPL_6, 0),
+            (crate::certs::oid::SPL_7, 0),
+            (crate::certs::oid::UCODE_SPL, tcb.microcode),
         ],
     };
     let der_err = |source| SimError::Der { cert, source };
@@ -580,11 +511,11 @@ fn amd_extensions(
         .map_err(der_err)?;
     let mut out = vec![
         raw_ext(
-            oid::STRUCT_VERSION,
-            &product.struct_version().to_der().map_err(der_err)?,
+            crate::certs::oid::STRUCT_VERSION,
+            &struct_version(product).to_der().map_err(der_err)?,
             cert,
         )?,
-        raw_ext(oid::PRODUCT_NAME, &name, cert)?,
+        raw_ext(crate::certs::oid::PRODUCT_NAME, &name, cert)?,
     ];
     for (id, value) in spls {
         out.push(raw_ext(*id, &value.to_der().map_err(der_err)?, cert)?);

@@ -9,26 +9,11 @@ use der::Decode;
 use super::cert::Cert;
 use super::Product;
 
-/// productName, e.g. "Milan-B0" (IA5String).
-pub(crate) const OID_PRODUCT_NAME: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.2");
-/// blSPL (INTEGER).
-pub(crate) const OID_BL_SPL: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.1");
-/// teeSPL (INTEGER).
-pub(crate) const OID_TEE_SPL: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.2");
-/// snpSPL (INTEGER).
-pub(crate) const OID_SNP_SPL: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.3");
-/// ucodeSPL (INTEGER).
-pub(crate) const OID_UCODE_SPL: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.8");
-/// fmcSPL (INTEGER, Turin and later).
-pub(crate) const OID_FMC_SPL: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.9");
-/// hwID (raw bytes: 64 on Milan/Genoa, 8 on Turin; VCEK only).
-pub(crate) const OID_HWID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.4");
+pub(crate) use super::oid::{
+    BL_SPL as OID_BL_SPL, FMC_SPL as OID_FMC_SPL, HW_ID as OID_HWID,
+    PRODUCT_NAME as OID_PRODUCT_NAME, SNP_SPL as OID_SNP_SPL, TEE_SPL as OID_TEE_SPL,
+    UCODE_SPL as OID_UCODE_SPL,
+};
 
 /// The TCB a VCEK/VLEK was issued for (its SPL extensions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

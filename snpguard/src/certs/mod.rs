@@ -19,6 +19,7 @@ mod cert;
 mod chain;
 mod crl;
 mod ext;
+pub mod oid;
 mod set;
 mod sig;
 mod table;

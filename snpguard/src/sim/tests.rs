@@ -29,19 +29,19 @@ const TURIN_TCB: SimTcb = SimTcb {
     fmc: 7,
 };
 
-fn hwid(product: SimProduct) -> Vec<u8> {
+fn hwid(product: Product) -> Vec<u8> {
     (0..product.hwid_len()).map(|i| i as u8 ^ 0xa5).collect()
 }
 
 /// One platform per product for the whole test binary: RSA key generation
 /// dominates the cost.
-fn platform(product: SimProduct) -> &'static SimPlatform {
+fn platform(product: Product) -> &'static SimPlatform {
     static MILAN: OnceLock<SimPlatform> = OnceLock::new();
     static TURIN: OnceLock<SimPlatform> = OnceLock::new();
     let (cell, tcb) = match product {
-        SimProduct::Milan => (&MILAN, MILAN_TCB),
-        SimProduct::Turin => (&TURIN, TURIN_TCB),
-        SimProduct::Genoa => panic!("tests generate Genoa platforms themselves"),
+        Product::Milan => (&MILAN, MILAN_TCB),
+        Product::Turin => (&TURIN, TURIN_TCB),
+        Product::Genoa => panic!("tests generate Genoa platforms themselves"),
     };
     cell.get_or_init(|| {
         SimPlatform::generate(product, tcb, &hwid(product)).expect("generating the platform")
@@ -140,7 +140,7 @@ fn openssl_verify(
 
 #[test]
 fn sim_chains_verify_with_openssl() {
-    for product in [SimProduct::Milan, SimProduct::Turin] {
+    for product in [Product::Milan, Product::Turin] {
         let p = platform(product);
         let dir = Scratch::new(&format!("chain-{product}"));
         for (intermediate, leaf) in [(&p.ask_der, &p.vcek_der), (&p.asvk_der, &p.vlek_der)] {
@@ -153,7 +153,7 @@ fn sim_chains_verify_with_openssl() {
 
 #[test]
 fn sim_vcek_does_not_chain_through_the_asvk() {
-    let p = platform(SimProduct::Milan);
+    let p = platform(Product::Milan);
     let dir = Scratch::new("cross");
     if let Some((ok, out)) = openssl_verify(&dir.0, &p.ark_der, &p.asvk_der, &p.vcek_der) {
         assert!(!ok, "a VCEK must not chain via the ASVK: {out}");
@@ -162,7 +162,7 @@ fn sim_vcek_does_not_chain_through_the_asvk() {
 
 #[test]
 fn sim_names_keep_amd_common_names_and_say_test() {
-    let p = platform(SimProduct::Milan);
+    let p = platform(Product::Milan);
     for (der, cn, issuer_cn) in [
         (&p.ark_der, "ARK-Milan", "ARK-Milan"),
         (&p.ask_der, "SEV-Milan", "ARK-Milan"),
@@ -189,27 +189,27 @@ fn sim_names_keep_amd_common_names_and_say_test() {
 #[test]
 fn sim_vcek_extensions_decode_to_the_tcb_and_hwid() {
     for (product, tcb, name, version) in [
-        (SimProduct::Milan, MILAN_TCB, "Milan-B0", 0),
-        (SimProduct::Turin, TURIN_TCB, "Turin", 1),
+        (Product::Milan, MILAN_TCB, "Milan-B0", 0),
+        (Product::Turin, TURIN_TCB, "Turin", 1),
     ] {
         let p = platform(product);
         let exts: BTreeMap<_, _> = extensions(&p.vcek_der).into_iter().collect();
-        assert_eq!(amd_int(&exts, oid::STRUCT_VERSION), version);
-        assert_eq!(amd_str(&exts, oid::PRODUCT_NAME), name);
-        assert_eq!(amd_int(&exts, oid::BL_SPL), tcb.bootloader);
-        assert_eq!(amd_int(&exts, oid::TEE_SPL), tcb.tee);
-        assert_eq!(amd_int(&exts, oid::SNP_SPL), tcb.snp);
-        assert_eq!(amd_int(&exts, oid::UCODE_SPL), tcb.microcode);
-        assert_eq!(exts[&oid::HW_ID.to_string()], hwid(product));
-        assert!(!exts.contains_key(&oid::CSP_ID.to_string()));
+        assert_eq!(amd_int(&exts, crate::certs::oid::STRUCT_VERSION), version);
+        assert_eq!(amd_str(&exts, crate::certs::oid::PRODUCT_NAME), name);
+        assert_eq!(amd_int(&exts, crate::certs::oid::BL_SPL), tcb.bootloader);
+        assert_eq!(amd_int(&exts, crate::certs::oid::TEE_SPL), tcb.tee);
+        assert_eq!(amd_int(&exts, crate::certs::oid::SNP_SPL), tcb.snp);
+        assert_eq!(amd_int(&exts, crate::certs::oid::UCODE_SPL), tcb.microcode);
+        assert_eq!(exts[&crate::certs::oid::HW_ID.to_string()], hwid(product));
+        assert!(!exts.contains_key(&crate::certs::oid::CSP_ID.to_string()));
         match product {
-            SimProduct::Turin => {
-                assert_eq!(amd_int(&exts, oid::FMC_SPL), tcb.fmc);
-                assert!(!exts.contains_key(&oid::SPL_4.to_string()));
+            Product::Turin => {
+                assert_eq!(amd_int(&exts, crate::certs::oid::FMC_SPL), tcb.fmc);
+                assert!(!exts.contains_key(&crate::certs::oid::SPL_4.to_string()));
             }
             _ => {
-                assert_eq!(amd_int(&exts, oid::SPL_4), 0);
-                assert!(!exts.contains_key(&oid::FMC_SPL.to_string()));
+                assert_eq!(amd_int(&exts, crate::certs::oid::SPL_4), 0);
+                assert!(!exts.contains_key(&crate::certs::oid::FMC_SPL.to_string()));
             }
         }
     }
@@ -217,12 +217,12 @@ fn sim_vcek_extensions_decode_to_the_tcb_and_hwid() {
 
 #[test]
 fn sim_vlek_has_csp_id_and_no_hwid() {
-    let p = platform(SimProduct::Milan);
+    let p = platform(Product::Milan);
     let exts: BTreeMap<_, _> = extensions(&p.vlek_der).into_iter().collect();
-    assert_eq!(amd_str(&exts, oid::PRODUCT_NAME), "Milan");
-    assert_eq!(amd_str(&exts, oid::CSP_ID), SIM_VLEK_CSP_ID);
-    assert_eq!(amd_int(&exts, oid::SNP_SPL), MILAN_TCB.snp);
-    assert!(!exts.contains_key(&oid::HW_ID.to_string()));
+    assert_eq!(amd_str(&exts, crate::certs::oid::PRODUCT_NAME), "Milan");
+    assert_eq!(amd_str(&exts, crate::certs::oid::CSP_ID), SIM_VLEK_CSP_ID);
+    assert_eq!(amd_int(&exts, crate::certs::oid::SNP_SPL), MILAN_TCB.snp);
+    assert!(!exts.contains_key(&crate::certs::oid::HW_ID.to_string()));
 }
 
 /// The simulated certificates have the real ones' extension OIDs in the
@@ -245,8 +245,8 @@ fn sim_certs_mirror_real_amd_structure() {
     let oids = |der: &[u8]| -> Vec<String> { extensions(der).into_iter().map(|e| e.0).collect() };
     let alg = |c: &Certificate| c.signature_algorithm.to_der().expect("encoding");
 
-    let milan = platform(SimProduct::Milan);
-    let turin = platform(SimProduct::Turin);
+    let milan = platform(Product::Milan);
+    let turin = platform(Product::Turin);
     assert_eq!(oids(&milan.vcek_der), oids(&real_vcek_milan));
     assert_eq!(oids(&turin.vcek_der), oids(&real_vcek_turin));
     assert_eq!(oids(&milan.vlek_der), oids(&real_vlek));
@@ -259,7 +259,7 @@ fn sim_certs_mirror_real_amd_structure() {
     let ucode = |der: &[u8]| {
         extensions(der)
             .into_iter()
-            .find(|(id, _)| *id == oid::UCODE_SPL.to_string())
+            .find(|(id, _)| *id == crate::certs::oid::UCODE_SPL.to_string())
             .map(|(_, value)| value)
     };
     assert_eq!(ucode(&turin.vcek_der), ucode(&real_vlek));
@@ -270,19 +270,19 @@ fn sim_certs_mirror_real_amd_structure() {
 fn sim_signed_report_verifies_with_the_certificate_key() {
     for (product, key, der) in [
         (
-            SimProduct::Milan,
+            Product::Milan,
             SimKey::Vcek,
-            &platform(SimProduct::Milan).vcek_der,
+            &platform(Product::Milan).vcek_der,
         ),
         (
-            SimProduct::Milan,
+            Product::Milan,
             SimKey::Vlek,
-            &platform(SimProduct::Milan).vlek_der,
+            &platform(Product::Milan).vlek_der,
         ),
         (
-            SimProduct::Turin,
+            Product::Turin,
             SimKey::Vcek,
-            &platform(SimProduct::Turin).vcek_der,
+            &platform(Product::Turin).vcek_der,
         ),
     ] {
         let p = platform(product);
@@ -320,7 +320,7 @@ fn sim_resigned_real_report_still_parses() {
         return;
     };
     let mut report: [u8; REPORT_SIZE] = bytes.try_into().expect("a 1184-byte report");
-    let p = platform(SimProduct::Milan);
+    let p = platform(Product::Milan);
     p.sign_report(&mut report, SimKey::Vcek).expect("signing");
     let parsed = Report::parse(&report).expect("a re-signed real report parses");
     let vk = p.verifying_key(SimKey::Vcek);
@@ -342,7 +342,7 @@ fn sim_tcb_bytes_match_real_reports() {
         fmc: 0,
     };
     assert_eq!(
-        tcb_bytes(SimProduct::Milan, milan),
+        tcb_bytes(Product::Milan, milan),
         u64::from_le_bytes([0x03, 0, 0, 0, 0, 0, 0x08, 0x73])
     );
     let turin = SimTcb {
@@ -353,20 +353,20 @@ fn sim_tcb_bytes_match_real_reports() {
         fmc: 0,
     };
     assert_eq!(
-        tcb_bytes(SimProduct::Turin, turin),
+        tcb_bytes(Product::Turin, turin),
         u64::from_le_bytes([0x00, 0x01, 0, 0x02, 0, 0, 0, 0x47])
     );
     let fmc = SimTcb { fmc: 9, ..turin };
-    assert_eq!(tcb_bytes(SimProduct::Turin, fmc) & 0xff, 9);
+    assert_eq!(tcb_bytes(Product::Turin, fmc) & 0xff, 9);
     assert_eq!(
-        tcb_bytes(SimProduct::Genoa, fmc),
-        tcb_bytes(SimProduct::Genoa, turin)
+        tcb_bytes(Product::Genoa, fmc),
+        tcb_bytes(Product::Genoa, turin)
     );
 }
 
 #[test]
 fn sim_rejects_a_hwid_of_the_wrong_length() {
-    let err = SimPlatform::generate(SimProduct::Turin, TURIN_TCB, &[0u8; 64])
+    let err = SimPlatform::generate(Product::Turin, TURIN_TCB, &[0u8; 64])
         .expect_err("a 64-byte hwID on Turin");
     assert!(matches!(
         err,
@@ -377,7 +377,7 @@ fn sim_rejects_a_hwid_of_the_wrong_length() {
         }
     ));
     assert!(matches!(
-        SimPlatform::generate(SimProduct::Genoa, MILAN_TCB, &[0u8; 8]),
+        SimPlatform::generate(Product::Genoa, MILAN_TCB, &[0u8; 8]),
         Err(SimError::HwidLength { expected: 64, .. })
     ));
 }
@@ -385,11 +385,11 @@ fn sim_rejects_a_hwid_of_the_wrong_length() {
 #[test]
 fn sim_genoa_and_certs_dir() {
     let start = std::time::Instant::now();
-    let p = SimPlatform::generate(SimProduct::Genoa, MILAN_TCB, &hwid(SimProduct::Genoa))
+    let p = SimPlatform::generate(Product::Genoa, MILAN_TCB, &hwid(Product::Genoa))
         .expect("generating a Genoa platform");
     eprintln!("SimPlatform::generate took {:?}", start.elapsed());
     let exts: BTreeMap<_, _> = extensions(&p.vcek_der).into_iter().collect();
-    assert_eq!(amd_str(&exts, oid::PRODUCT_NAME), "Genoa");
+    assert_eq!(amd_str(&exts, crate::certs::oid::PRODUCT_NAME), "Genoa");
     assert!(cert(&p.ark_der)
         .tbs_certificate
         .subject
