@@ -1,1 +1,93 @@
-fn main() {}
+//! snpguardctl: the SnpGuard operator CLI.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod idblock;
+mod measure;
+mod output;
+
+/// Operate SnpGuard: measure, sign and manage AMD SEV-SNP guests.
+#[derive(Debug, Parser)]
+#[command(version, about, help_expected = true, max_term_width = 80)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compute the SEV-SNP launch digest of a guest (like sev-snp-measure)
+    Measure(measure::Args),
+    /// Sign an ID block and ID auth info for a launch digest
+    IdBlock(idblock::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("{}", one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Measure(args) => measure::run(args),
+        Command::IdBlock(args) => idblock::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Clap's multi-line usage error as one line: the message, without the
+/// usage summary and the `--help` hint.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let e = Cli::try_parse_from(["snpguardctl", "measure", "--ovmf", "f"]).unwrap_err();
+        let line = one_line(&e.to_string());
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(line.contains("--vcpus") && !line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        for sub in ["measure", "id-block"] {
+            let mut cmd = Cli::command();
+            let help = cmd
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            for line in help.lines() {
+                assert!(line.chars().count() <= 80, "{sub}: {line:?}");
+            }
+        }
+    }
+}

@@ -95,9 +95,9 @@ impl KernelHashes {
 
 /// Streams a file through SHA-256, refusing to read more than `max` bytes.
 fn sha256_file(path: &Path, max: u64) -> Result<[u8; 32], MeasureError> {
-    let io = |source| MeasureError::Io {
+    let io = |error| MeasureError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let mut file = File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;

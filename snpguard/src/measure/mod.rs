@@ -140,12 +140,12 @@ pub struct MeasureInput {
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
     /// A file could not be opened or read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, so not a `source`).
+        error: std::io::Error,
     },
     /// A path that is a directory or other non-regular file.
     #[error("{} is not a regular file", path.display())]
@@ -162,12 +162,12 @@ pub enum MeasureError {
         max: u64,
     },
     /// The firmware is not a usable OVMF image.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Firmware {
         /// The firmware file.
         path: PathBuf,
         /// What is wrong with it.
-        source: FirmwareError,
+        error: FirmwareError,
     },
     /// A kernel was given but the firmware cannot measure it.
     #[error(
@@ -216,7 +216,7 @@ pub enum MeasureError {
     VcpuCount(u32),
     /// The `sev` crate failed to encode a VMSA.
     #[error("encoding the VMSA: {0}")]
-    Vmsa(#[source] std::io::Error),
+    Vmsa(std::io::Error),
     /// A bug, not an input problem.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -232,9 +232,9 @@ pub fn launch_digest(input: &MeasureInput) -> Result<LaunchDigest, MeasureError>
     validate(input)?;
     let fw_path = &input.ovmf;
     let firmware = read_bounded(fw_path, MAX_FIRMWARE_SIZE)?;
-    let fw = Firmware::parse(firmware).map_err(|source| MeasureError::Firmware {
+    let fw = Firmware::parse(firmware).map_err(|error| MeasureError::Firmware {
         path: fw_path.clone(),
-        source,
+        error,
     })?;
     if input.vcpus > 1 && fw.reset_eip == 0 {
         return Err(MeasureError::NoApResetAddress {
@@ -267,7 +267,7 @@ pub fn launch_digest(input: &MeasureInput) -> Result<LaunchDigest, MeasureError>
                 if s.kind == SectionKind::KernelHashes && s.size as usize != PAGE_SIZE {
                     return Err(MeasureError::Firmware {
                         path: fw_path.clone(),
-                        source: FirmwareError::MalformedMetadata(
+                        error: FirmwareError::MalformedMetadata(
                             "SNP_KERNEL_HASHES section is not exactly one page",
                         ),
                     });
@@ -394,9 +394,9 @@ fn vmsa_pages(
 
 /// Reads a whole file, refusing more than `max` bytes.
 fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, MeasureError> {
-    let io = |source| MeasureError::Io {
+    let io = |error| MeasureError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let file = File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;

@@ -98,14 +98,14 @@ fn garbage_firmware_is_rejected() {
     for (name, data) in cases {
         let p = s.file(name, data);
         match launch_digest(&input(&p)) {
-            Err(MeasureError::Firmware { path, source }) => {
+            Err(MeasureError::Firmware { path, error }) => {
                 assert_eq!(path, p);
                 assert!(
                     matches!(
-                        source,
+                        error,
                         FirmwareError::NoFooterTable | FirmwareError::BadSize { .. }
                     ),
-                    "{name}: {source}"
+                    "{name}: {error}"
                 );
             }
             other => panic!("{name}: {other:?}"),
