@@ -12,7 +12,7 @@ pub struct Args {
     /// OVMF firmware image (an AmdSev build to measure a kernel)
     #[arg(long, value_name = "FILE")]
     ovmf: PathBuf,
-    /// Precomputed firmware hash (sev-snp-measure --mode snp:ovmf-hash), 96 hex
+    /// Precomputed firmware hash, 96 hex (sev-snp-measure --mode snp:ovmf-hash)
     #[arg(long, value_name = "HEX")]
     ovmf_hash: Option<LaunchDigest>,
     /// Kernel passed to QEMU with -kernel
