@@ -3,20 +3,19 @@
 //! `main` parses arguments and dispatches each subcommand to its module;
 //! errors print one `error: ...` line and exit with status 2.
 
+mod idblock;
+mod measure;
+mod output;
 mod report;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Manage AMD SEV-SNP confidential VMs and their attestation with SnpGuard.
+/// Operate SnpGuard: verify reports, measure, sign and manage AMD SEV-SNP
+/// guests.
 #[derive(Debug, Parser)]
-#[command(
-    name = "snpguardctl",
-    version,
-    help_expected = true,
-    max_term_width = 80
-)]
+#[command(version, about, help_expected = true, term_width = 80)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,19 +23,33 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show and verify SEV-SNP attestation reports offline.
+    /// Show and verify SEV-SNP attestation reports offline
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Compute the SEV-SNP launch digest of a guest (like sev-snp-measure)
+    Measure(measure::Args),
+    /// Sign an ID block and ID auth info for a launch digest
+    IdBlock(idblock::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Report(cmd) => report::run(cmd),
+        Command::Measure(args) => measure::run(args).map(|()| ExitCode::SUCCESS),
+        Command::IdBlock(args) => idblock::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("{}", one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -45,13 +58,58 @@ fn main() -> ExitCode {
     }
 }
 
+/// Clap's multi-line usage error as one line: the message, without the
+/// usage summary and the `--help` hint.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
 
     #[test]
-    fn cli_is_well_formed() {
+    fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let e = Cli::try_parse_from(["snpguardctl", "measure", "--ovmf", "f"]).unwrap_err();
+        let line = one_line(&e.to_string());
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(line.contains("--vcpus") && !line.contains('\n'), "{line}");
+    }
+
+    /// Every subcommand's help, nested ones included.
+    fn all_helps(cmd: &mut clap::Command, path: String, out: &mut Vec<(String, String)>) {
+        out.push((path.clone(), cmd.render_long_help().to_string()));
+        for sub in cmd.get_subcommands_mut() {
+            let p = format!("{path} {}", sub.get_name());
+            all_helps(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut helps = Vec::new();
+        all_helps(&mut cmd, "snpguardctl".into(), &mut helps);
+        assert!(helps.len() >= 6, "{}", helps.len());
+        for (sub, help) in helps {
+            // clap never wraps the generated usage line; everything else
+            // must fit.
+            for line in help.lines().filter(|l| !l.starts_with("Usage:")) {
+                assert!(line.chars().count() <= 80, "{sub}: {line:?}");
+            }
+        }
     }
 }
