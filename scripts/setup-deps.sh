@@ -13,8 +13,9 @@ as_root() {
 # Debian packages: name of a package -> a file that proves it is installed.
 declare -A APT=(
     [ovmf]=/usr/share/ovmf/OVMF.fd
-    [python3-pip]=/usr/bin/pip3
 )
+# pip only when no Python pip is there at all (pyenv's counts).
+command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || APT[python3-pip]=/usr/bin/pip3
 
 missing=()
 for pkg in "${!APT[@]}"; do
@@ -42,7 +43,11 @@ if ! command -v sev-snp-measure >/dev/null 2>&1; then
     pip_cmd=$(command -v pip3 || command -v pip)
     "$pip_cmd" install --quiet --disable-pip-version-check sev-snp-measure==0.0.13 \
         || "$pip_cmd" install --quiet --disable-pip-version-check --break-system-packages sev-snp-measure==0.0.13
+    # pyenv installs console scripts behind shims that need a rehash.
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
     hash -r
 fi
-command -v sev-snp-measure >/dev/null || { echo "setup: sev-snp-measure is not on PATH after installing it" >&2; exit 1; }
+for tool in sev-snp-measure snp-create-id-block; do
+    command -v "$tool" >/dev/null || { echo "setup: $tool is not on PATH after installing sev-snp-measure" >&2; exit 1; }
+done
 log "sev-snp-measure: $(command -v sev-snp-measure)"
