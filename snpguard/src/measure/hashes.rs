@@ -5,7 +5,6 @@
 //! Files are hashed streaming, so memory stays flat whatever the initrd
 //! size, and kernel and initrd are hashed on two threads.
 
-use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 
@@ -99,19 +98,7 @@ fn sha256_file(path: &Path, max: u64) -> Result<[u8; 32], MeasureError> {
         path: path.to_owned(),
         error,
     };
-    let mut file = File::open(path).map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(MeasureError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    if meta.len() > max {
-        return Err(MeasureError::TooLarge {
-            path: path.to_owned(),
-            max,
-        });
-    }
+    let (mut file, _) = super::open_bounded(path, max)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -124,10 +111,7 @@ fn sha256_file(path: &Path, max: u64) -> Result<[u8; 32], MeasureError> {
         };
         total += n as u64;
         if total > max {
-            return Err(MeasureError::TooLarge {
-                path: path.to_owned(),
-                max,
-            });
+            return Err(super::too_large(path, max));
         }
         hasher.update(&buf[..n]);
     }

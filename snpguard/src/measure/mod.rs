@@ -392,8 +392,9 @@ fn vmsa_pages(
     Ok((bsp, ap))
 }
 
-/// Reads a whole file, refusing more than `max` bytes.
-fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, MeasureError> {
+/// Opens a regular file of at most `max` bytes; returns it with its size.
+/// Readers must still stop at `max`: the file can grow after the check.
+pub(crate) fn open_bounded(path: &Path, max: u64) -> Result<(File, u64), MeasureError> {
     let io = |error| MeasureError::Io {
         path: path.to_owned(),
         error,
@@ -406,18 +407,30 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, MeasureError> {
         });
     }
     if meta.len() > max {
-        return Err(MeasureError::TooLarge {
-            path: path.to_owned(),
-            max,
-        });
+        return Err(too_large(path, max));
     }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    file.take(max + 1).read_to_end(&mut data).map_err(io)?;
-    if data.len() as u64 > max {
-        return Err(MeasureError::TooLarge {
+    Ok((file, meta.len()))
+}
+
+pub(crate) fn too_large(path: &Path, max: u64) -> MeasureError {
+    MeasureError::TooLarge {
+        path: path.to_owned(),
+        max,
+    }
+}
+
+/// Reads a whole file, refusing more than `max` bytes.
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, MeasureError> {
+    let (file, len) = open_bounded(path, max)?;
+    let mut data = Vec::with_capacity(len as usize);
+    file.take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|error| MeasureError::Io {
             path: path.to_owned(),
-            max,
-        });
+            error,
+        })?;
+    if data.len() as u64 > max {
+        return Err(too_large(path, max));
     }
     Ok(data)
 }
