@@ -196,6 +196,21 @@ pub enum ChainError {
         /// The parser's complaint.
         reason: String,
     },
+    /// A CRL outside its thisUpdate..nextUpdate window.
+    #[error(
+        "the CRL is not current at {} (thisUpdate {}, nextUpdate {}); fetch a fresh one from KDS /vcek/v1/{{product}}/crl",
+        date(at),
+        date(this_update),
+        next_update.as_ref().map(date).unwrap_or_else(|| "none".to_owned())
+    )]
+    CrlNotCurrent {
+        /// thisUpdate.
+        this_update: OffsetDateTime,
+        /// nextUpdate, when present.
+        next_update: Option<OffsetDateTime>,
+        /// The verification time.
+        at: OffsetDateTime,
+    },
     /// A CRL not issued by the ARK.
     #[error("the CRL is issued by {issuer:?}, not the ARK; supply the CRL of this product's ARK")]
     CrlIssuer {
@@ -241,6 +256,7 @@ impl ChainError {
             ChainError::Extension { .. } => "amd-extension",
             ChainError::CrlMalformed { .. } => "crl-malformed",
             ChainError::CrlIssuer { .. } => "crl-issuer",
+            ChainError::CrlNotCurrent { .. } => "crl-not-current",
             ChainError::CrlSignature { .. } => "crl-signature",
             ChainError::Revoked { .. } => "revoked",
         }
@@ -315,12 +331,17 @@ pub(crate) struct Verified {
     pub endorsement: Endorsement,
     /// ARK, intermediate, endorsement certificate, in that order.
     pub windows: [Window; 3],
+    /// When the CRL that was checked is current, if one was.
+    pub crl: Option<crl::CrlWindow>,
 }
 
 impl Verified {
     pub(crate) fn at(&self, at: OffsetDateTime) -> Result<Endorsement, ChainError> {
         for w in &self.windows {
             w.check(at)?;
+        }
+        if let Some(crl) = &self.crl {
+            crl.check(at)?;
         }
         Ok(self.endorsement.clone())
     }
@@ -524,9 +545,10 @@ pub(crate) fn verify_static(
     };
     let product_name = ext::product_name(leaf).map_err(ext_err(role))?;
 
-    if let Some(list) = &certs.crl {
-        crl::check(list, &root.cert, inter, irole)?;
-    }
+    let crl = match &certs.crl {
+        Some(list) => Some(crl::check(list, &root.cert, inter, irole)?),
+        None => None,
+    };
 
     Ok(Verified {
         endorsement: Endorsement {
@@ -543,6 +565,7 @@ pub(crate) fn verify_static(
             Window::of(irole, inter),
             Window::of(role, leaf),
         ],
+        crl,
     })
 }
 

@@ -15,14 +15,47 @@ fn malformed(reason: impl std::fmt::Display) -> ChainError {
     }
 }
 
+/// When a CRL is current: unix seconds of thisUpdate and nextUpdate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CrlWindow {
+    this_update: i64,
+    next_update: Option<i64>,
+}
+
+impl CrlWindow {
+    /// A CRL is only evidence of non-revocation while it is current: an
+    /// old CRL signed before a revocation must not pass.
+    pub(crate) fn check(&self, at: time::OffsetDateTime) -> Result<(), ChainError> {
+        let now = at.unix_timestamp();
+        let stale = now < self.this_update || self.next_update.is_some_and(|n| now > n);
+        if stale {
+            let dt = |s: i64| {
+                time::OffsetDateTime::from_unix_timestamp(s)
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+            };
+            return Err(ChainError::CrlNotCurrent {
+                this_update: dt(self.this_update),
+                next_update: self.next_update.map(dt),
+                at,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn unix(t: x509_cert::time::Time) -> i64 {
+    i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+}
+
 /// Checks the CRL is the ARK's, correctly signed, and does not list the
-/// intermediate's serial number.
+/// intermediate's serial number; returns when it is current, which the
+/// caller checks at the verification time.
 pub(crate) fn check(
     crl: &[u8],
     ark: &Cert,
     intermediate: &Cert,
     role: CertRole,
-) -> Result<(), ChainError> {
+) -> Result<CrlWindow, ChainError> {
     if crl.len() > CRL_MAX_SIZE {
         return Err(malformed(format!(
             "{} bytes exceeds {CRL_MAX_SIZE}",
@@ -71,5 +104,8 @@ pub(crate) fn check(
             serial: hex::encode(serial),
         });
     }
-    Ok(())
+    Ok(CrlWindow {
+        this_update: unix(tbs_list.this_update),
+        next_update: tbs_list.next_update.map(unix),
+    })
 }

@@ -239,8 +239,20 @@ pub(crate) fn chain() -> Chain {
     }
 }
 
-/// A CRL by `issuer`, signed with `key`, revoking `serials`.
+/// A CRL by `issuer`, signed with `key`, revoking `serials`, current for
+/// the whole test chain's life.
 pub(crate) fn crl(issuer: Name, key: &RsaPrivateKey, serials: &[u8]) -> Vec<u8> {
+    crl_between(issuer, key, serials, NOT_BEFORE, NOT_AFTER)
+}
+
+/// As [`crl`], current from `this_update` to `next_update` (unix seconds).
+pub(crate) fn crl_between(
+    issuer: Name,
+    key: &RsaPrivateKey,
+    serials: &[u8],
+    this_update: u64,
+    next_update: u64,
+) -> Vec<u8> {
     let revoked = serials
         .iter()
         .map(|s| RevokedCert {
@@ -253,8 +265,8 @@ pub(crate) fn crl(issuer: Name, key: &RsaPrivateKey, serials: &[u8]) -> Vec<u8> 
         version: Version::V2,
         signature: pss_alg(48),
         issuer,
-        this_update: time(NOT_BEFORE),
-        next_update: Some(time(NOT_AFTER)),
+        this_update: time(this_update),
+        next_update: Some(time(next_update)),
         revoked_certificates: (!revoked.is_empty()).then_some(revoked),
         crl_extensions: None,
     };

@@ -1063,6 +1063,32 @@ mod generated {
     }
 
     #[test]
+    fn crl_outside_its_window_is_not_evidence() {
+        let c = testchain::chain();
+        let mut s = set(&c);
+        // Current 2020-01-01 .. 2021-01-01 only: an old CRL replayed later
+        // could hide a revocation made since.
+        s.crl = Some(testchain::crl_between(
+            testchain::ark_name(),
+            &testchain::keys().ark,
+            &[9],
+            1_577_836_800,
+            1_609_459_200,
+        ));
+        let e = verify_endorsement(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+            .expect_err("stale crl");
+        assert_eq!(e.code(), "crl-not-current", "{e}");
+        // Through the cache too: the window is checked on every call.
+        let cache = EndorsementCache::new(4);
+        for _ in 0..2 {
+            let e = cache
+                .verify(&test_anchors(&c.ark), &s, KeyKind::Vcek, None, JAN_2025)
+                .expect_err("stale crl");
+            assert_eq!(e.code(), "crl-not-current", "{e}");
+        }
+    }
+
+    #[test]
     fn crl_revoking_the_ask() {
         let c = testchain::chain();
         let mut s = set(&c);
