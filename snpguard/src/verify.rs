@@ -131,6 +131,9 @@ pub enum Failure {
     /// KEY_INFO says the report is not signed.
     #[error("report is not signed (KEY_INFO signing key is 'none')")]
     Unsigned,
+    /// KEY_INFO.MASK_CHIP_KEY: the firmware did not sign the report.
+    #[error("report is not signed: the platform masks the chip key (KEY_INFO.MASK_CHIP_KEY)")]
+    ChipKeyMasked,
     /// KEY_INFO names a signing key the ABI reserves.
     #[error("report names reserved signing key {0} in KEY_INFO")]
     ReservedSigningKey(u8),
@@ -224,6 +227,9 @@ pub enum Failure {
         /// Current TCB.
         current: TcbParts,
     },
+    /// A Turin report checked against a minimum without an FMC component.
+    #[error("tcb minimum has no fmc component, which Turin requires; add fmc=N to the minimum")]
+    TcbMinimumIncomplete,
     /// A reported TCB component is below the required minimum.
     #[error("tcb below minimum: {component} is {got}, at least {min} required")]
     TcbBelowMinimum {
@@ -283,6 +289,8 @@ impl Failure {
             Failure::Malformed(_) => "malformed-report",
             Failure::Unsigned => "unsigned-report",
             Failure::ReservedSigningKey(_) => "reserved-signing-key",
+            Failure::ChipKeyMasked => "chip-key-masked",
+            Failure::TcbMinimumIncomplete => "tcb-minimum-incomplete",
             Failure::ProductMismatch { .. } => "product-mismatch",
             Failure::Chain(e) => e.code(),
             Failure::Signature(_) => "signature-invalid",
@@ -448,6 +456,9 @@ fn verify_report(
     expect: &Expectations,
     endorse: impl FnOnce(KeyKind, Option<Product>) -> Result<Endorsement, ChainError>,
 ) -> Result<Verified, Rejection> {
+    if report.key_info.mask_chip_key() {
+        return Err(Rejection::one(Failure::ChipKeyMasked));
+    }
     let kind = match report.key_info.signing_key() {
         SigningKey::Vcek => KeyKind::Vcek,
         SigningKey::Vlek => KeyKind::Vlek,
@@ -496,6 +507,9 @@ fn verify_report(
     if endorsement.test_root {
         notes.push("endorsed by a TEST root, not by AMD".to_string());
     }
+    if endorsement.kind == KeyKind::Vcek && report.chip_id_masked() {
+        notes.push("CHIP_ID is masked by the host; the VCEK's hwID was not compared".to_string());
+    }
     Ok(Verified {
         report,
         endorsement,
@@ -524,7 +538,7 @@ fn check_binding(r: &Report, e: &Endorsement, layout: TcbLayout, out: &mut Vec<F
         });
     }
     // A VLEK is not chip-specific; a VCEK must name the reporting chip
-    // unless the guest asked for the chip ID to be masked.
+    // unless the host masks CHIP_ID (all zeros; noted on acceptance).
     if e.kind == KeyKind::Vcek && !r.chip_id_masked() {
         let hwid = e.hwid.as_deref().unwrap_or(&[]);
         let n = hwid.len().min(r.chip_id.len());
@@ -597,8 +611,10 @@ fn check_tcb(
             ("snp", min.snp, reported.snp),
             ("ucode", min.microcode, reported.microcode),
         ];
-        if let Some(fmc) = min.fmc {
-            checks.insert(0, ("fmc", fmc, reported.fmc.unwrap_or(0)));
+        match (min.fmc, layout) {
+            (Some(fmc), _) => checks.insert(0, ("fmc", fmc, reported.fmc.unwrap_or(0))),
+            (None, TcbLayout::Turin) => out.push(Failure::TcbMinimumIncomplete),
+            (None, TcbLayout::MilanGenoa) => {}
         }
         for (component, min, got) in checks {
             if got < min {

@@ -331,6 +331,11 @@ fn tcb_minimums_per_component() {
         b.codes(&min("fmc=0,bl=1,tee=0,snp=2,ucode=71"), |_| {}),
         NONE
     );
+    // On Turin the FMC is part of the TCB: a minimum must say what it is.
+    assert_eq!(
+        b.codes(&min("bl=1,tee=0,snp=2,ucode=71"), |_| {}),
+        ["tcb-minimum-incomplete"]
+    );
     for spec in [
         "fmc=1,bl=1,tee=0,snp=2,ucode=71",
         "fmc=0,bl=2,tee=0,snp=2,ucode=71",
@@ -346,18 +351,17 @@ fn tcb_minimums_per_component() {
 fn hwid_binding() {
     let Some(b) = bench(&MILAN) else { return };
     assert_eq!(b.codes(&smt(), |r| r[CHIP_ID + 63] ^= 1), ["hwid-mismatch"]);
-    assert_eq!(
-        b.codes(&smt(), |r| r[CHIP_ID..CHIP_ID + 64].fill(0)),
-        ["hwid-mismatch"]
+    // MASK_CHIP_ID: the host reports zeros; accepted, and said so.
+    let v = b
+        .run(SimKey::Vcek, &smt(), |r| r[CHIP_ID..CHIP_ID + 64].fill(0))
+        .expect("masked chip id accepted");
+    assert!(
+        v.notes.iter().any(|n| n.contains("CHIP_ID is masked")),
+        "{:?}",
+        v.notes
     );
-    // MASK_CHIP_ID: the chip ID is zero by request and not compared.
-    assert_eq!(
-        b.codes(&smt(), |r| {
-            r[CHIP_ID..CHIP_ID + 64].fill(0);
-            r[KEY_INFO] |= 0x2;
-        }),
-        NONE
-    );
+    // MASK_CHIP_KEY: the firmware did not sign; never accepted.
+    assert_eq!(b.codes(&smt(), |r| r[KEY_INFO] |= 0x2), ["chip-key-masked"]);
     // Turin: 8-byte hwID; the rest of CHIP_ID must be zero.
     let Some(b) = bench(&TURIN) else { return };
     assert_eq!(b.codes(&smt(), |r| r[CHIP_ID] ^= 1), ["hwid-mismatch"]);

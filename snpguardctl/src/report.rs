@@ -186,7 +186,29 @@ fn verify_cmd(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         })?,
         None => OffsetDateTime::now_utc(),
     };
+    // Operator-supplied certificates first: a slot is only filled from
+    // the guest's evidence (configfs-tsm auxblob) when the operator left
+    // it empty, so a guest cannot override the operator's CRL or chain.
     let mut set = CertSet::default();
+    if let Some(p) = &a.vcek {
+        set.vcek = Some(load_cert(p, "VCEK")?);
+    }
+    if let Some(p) = &a.vlek {
+        set.vlek = Some(load_cert(p, "VLEK")?);
+    }
+    if let Some(dir) = &a.certs {
+        set.merge(
+            CertSet::from_dir(dir)
+                .with_context(|| format!("loading certificates from {}", dir.display()))?,
+        );
+    }
+    if let Some(p) = &a.cert_table {
+        let table = read_input(p, "certificate table")?;
+        set.merge(
+            CertSet::from_cert_table(&table)
+                .with_context(|| format!("parsing certificate table {}", p.display()))?,
+        );
+    }
     let report_bytes = match (&a.report, &a.tsm_json) {
         (Some(p), None) => read_input(p, "report")?,
         (None, Some(p)) => {
@@ -198,25 +220,6 @@ fn verify_cmd(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         _ => bail!("give exactly one of --report and --tsm-json"),
     };
-    if let Some(p) = &a.vcek {
-        set.vcek = Some(load_cert(p, "VCEK")?);
-    }
-    if let Some(p) = &a.vlek {
-        set.vlek = Some(load_cert(p, "VLEK")?);
-    }
-    if let Some(p) = &a.cert_table {
-        let table = read_input(p, "certificate table")?;
-        set.merge(
-            CertSet::from_cert_table(&table)
-                .with_context(|| format!("parsing certificate table {}", p.display()))?,
-        );
-    }
-    if let Some(dir) = &a.certs {
-        set.merge(
-            CertSet::from_dir(dir)
-                .with_context(|| format!("loading certificates from {}", dir.display()))?,
-        );
-    }
     let product = a
         .product
         .as_deref()

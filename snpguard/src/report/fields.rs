@@ -144,7 +144,8 @@ impl KeyInfo {
     pub fn author_key_en(self) -> bool {
         self.0 & 1 != 0
     }
-    /// The guest asked for CHIP_ID to be masked.
+    /// MASK_CHIP_KEY: the firmware was configured not to sign with the
+    /// chip key, so the signature field is zeros.
     pub fn mask_chip_key(self) -> bool {
         self.0 & 2 != 0
     }

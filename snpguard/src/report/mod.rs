@@ -277,11 +277,10 @@ impl Report {
         &self.raw
     }
 
-    /// Whether the guest asked for the chip ID to be masked (MASK_CHIP_ID);
-    /// only then may a VCEK-signed report carry a chip ID other than the
-    /// VCEK's hardware ID.
+    /// Whether CHIP_ID is masked: the host configured the firmware
+    /// (SNP_CONFIG MASK_CHIP_ID) to report zeros instead of the chip's ID.
     pub fn chip_id_masked(&self) -> bool {
-        self.key_info.mask_chip_key()
+        self.chip_id.iter().all(|&b| b == 0)
     }
 }
 
