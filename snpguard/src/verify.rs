@@ -629,42 +629,37 @@ fn check_tcb(
 }
 
 fn check_values(r: &Report, x: &Expectations, out: &mut Vec<Failure>) {
-    fn cmp<const N: usize>(
-        want: Option<&[u8; N]>,
-        got: &[u8; N],
-        make: fn(String, String) -> Failure,
-        out: &mut Vec<Failure>,
-    ) {
+    /// An expected value (if pinned), the reported one, and the failure.
+    type Pinned<'a> = (Option<&'a [u8]>, &'a [u8], fn(String, String) -> Failure);
+    let pinned: [Pinned; 4] = [
+        (
+            x.measurement.as_ref().map(|v| &v[..]),
+            &r.measurement,
+            |expected, got| Failure::Measurement { expected, got },
+        ),
+        (
+            x.report_data.as_ref().map(|v| &v[..]),
+            &r.report_data,
+            |expected, got| Failure::ReportData { expected, got },
+        ),
+        (
+            x.host_data.as_ref().map(|v| &v[..]),
+            &r.host_data,
+            |expected, got| Failure::HostData { expected, got },
+        ),
+        (
+            x.id_key_digest.as_ref().map(|v| &v[..]),
+            &r.id_key_digest,
+            |expected, got| Failure::IdKeyDigest { expected, got },
+        ),
+    ];
+    for (want, got, make) in pinned {
         if let Some(want) = want {
             if want != got {
                 out.push(make(hex::encode(want), hex::encode(got)));
             }
         }
     }
-    cmp(
-        x.measurement.as_ref(),
-        &r.measurement,
-        |expected, got| Failure::Measurement { expected, got },
-        out,
-    );
-    cmp(
-        x.report_data.as_ref(),
-        &r.report_data,
-        |expected, got| Failure::ReportData { expected, got },
-        out,
-    );
-    cmp(
-        x.host_data.as_ref(),
-        &r.host_data,
-        |expected, got| Failure::HostData { expected, got },
-        out,
-    );
-    cmp(
-        x.id_key_digest.as_ref(),
-        &r.id_key_digest,
-        |expected, got| Failure::IdKeyDigest { expected, got },
-        out,
-    );
     if let Some(want) = &x.author_key_digest {
         if !r.key_info.author_key_en() {
             out.push(Failure::AuthorKeyDigest {
