@@ -1,0 +1,120 @@
+//! The management operations of the daemon, independent of transport.
+//! The D-Bus layer exposes a [`RecordService`]; the registry implements it.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use snpguard::verify::MinTcb;
+
+/// Registration input, as the D-Bus layer hands it over. Files are paths
+/// the daemon can read (a client path, or `/proc/self/fd/N` for a passed
+/// file descriptor); the registry copies them before measuring, so what is
+/// measured is exactly what is bundled.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    /// Human name of the record (unique; `[A-Za-z0-9._-]`, 1..=64).
+    pub name: String,
+    /// OVMF firmware (an AmdSev build with SNP_KERNEL_HASHES).
+    pub firmware: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initrd.
+    pub initrd: PathBuf,
+    /// Kernel command line, exactly as it will be measured.
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// QEMU vCPU model, one sev-snp-measure knows (e.g. "EPYC-v4").
+    pub vcpu_type: String,
+    /// Allow SMT in the guest policy.
+    pub allow_smt: bool,
+    /// Allow debugging in the guest policy (test guests only).
+    pub allow_debug: bool,
+    /// Allow a migration agent in the guest policy.
+    pub allow_migrate_ma: bool,
+    /// Minimum reported TCB for attestation.
+    pub min_tcb: Option<MinTcb>,
+    /// The VMK sealed (HPKE) to the daemon's ingestion key, as `convert`
+    /// writes it into the staging directory.
+    pub sealed_vmk: Vec<u8>,
+}
+
+/// What a record looks like to a client. Never carries key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordInfo {
+    /// Stable identifier: the 16-byte image ID in lowercase hex; also the
+    /// last element of the record's D-Bus object path.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Whether attestation may release the record's key.
+    pub enabled: bool,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// Launch digest, 96 hex digits.
+    pub measurement: String,
+    /// Guest policy.
+    pub policy: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// vCPU model.
+    pub vcpu_type: String,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Family ID of the ID block (hex).
+    pub family_id: String,
+    /// Image ID of the ID block (hex).
+    pub image_id: String,
+    /// SHA-384 digest of the record's ID key (hex).
+    pub id_key_digest: String,
+    /// SHA-384 digest of the daemon's author key (hex).
+    pub author_key_digest: String,
+    /// Minimum TCB, if any.
+    pub min_tcb: Option<MinTcb>,
+    /// Successful attestations.
+    pub attestations_ok: u64,
+    /// Refused attestations.
+    pub attestations_failed: u64,
+    /// Time of the last attestation (RFC 3339), if any.
+    pub last_attestation: Option<String>,
+}
+
+/// Why an operation failed. Each variant becomes a typed D-Bus error
+/// `org.snpguard.SnpGuard1.Error.<Variant>`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// An input is invalid; the message names it and what to do.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// No record with that id or name.
+    #[error("no record {0:?}")]
+    NotFound(String),
+    /// A record with that name exists.
+    #[error("a record named {0:?} already exists; pick another --name or delete it first")]
+    AlreadyExists(String),
+    /// The sealed VMK cannot be opened with this daemon's ingestion key.
+    #[error("the sealed VMK cannot be opened: {0}; convert with this daemon's ingestion key")]
+    SealedKey(String),
+    /// Storage failed; the operation had no effect.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+/// The management operations. Implementations are thread-safe and every
+/// mutation is durable before it returns.
+pub trait RecordService: Send + Sync + 'static {
+    /// Registers a launch; returns the new record.
+    fn register(&self, req: RegisterRequest) -> Result<RecordInfo, ServiceError>;
+    /// Every record.
+    fn list(&self) -> Result<Vec<RecordInfo>, ServiceError>;
+    /// One record by id.
+    fn get(&self, id: &str) -> Result<RecordInfo, ServiceError>;
+    /// Enables or disables a record.
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<RecordInfo, ServiceError>;
+    /// Deletes a record and its secrets.
+    fn delete(&self, id: &str) -> Result<(), ServiceError>;
+    /// Writes the record's launch-artifacts.tar.gz to `out`.
+    fn export_bundle(&self, id: &str, out: &mut dyn std::io::Write) -> Result<(), ServiceError>;
+    /// The HPKE ingestion public key (raw X25519, 32 bytes).
+    fn ingestion_public_key(&self) -> Vec<u8>;
+}
