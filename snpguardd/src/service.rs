@@ -1,25 +1,26 @@
 //! The management operations of the daemon, independent of transport.
 //! The D-Bus layer exposes a [`RecordService`]; the registry implements it.
 
-use std::path::PathBuf;
+use std::fs::File;
 
 use serde::Serialize;
 use snpguard::verify::MinTcb;
 
-/// Registration input, as the D-Bus layer hands it over. Files are paths
-/// the daemon can read (a client path, or `/proc/self/fd/N` for a passed
-/// file descriptor); the registry copies them before measuring, so what is
+/// Registration input, as the D-Bus layer hands it over. Files are open
+/// handles (a file descriptor the client passed, or a file the daemon
+/// opened under its import directory for clients that cannot pass fds);
+/// the registry copies them (bounded) before measuring, so what is
 /// measured is exactly what is bundled.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RegisterRequest {
     /// Human name of the record (unique; `[A-Za-z0-9._-]`, 1..=64).
     pub name: String,
     /// OVMF firmware (an AmdSev build with SNP_KERNEL_HASHES).
-    pub firmware: PathBuf,
+    pub firmware: File,
     /// Guest kernel.
-    pub kernel: PathBuf,
+    pub kernel: File,
     /// Guest initrd.
-    pub initrd: PathBuf,
+    pub initrd: File,
     /// Kernel command line, exactly as it will be measured.
     pub cmdline: String,
     /// Number of vCPUs.
