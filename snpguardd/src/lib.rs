@@ -3,5 +3,7 @@
 //!
 //! - [`service`]: the operations the daemon offers, independent of the
 //!   transport (D-Bus today, HTTPS for attestation).
+//! - [`config`]: the command line and the configuration file.
 
+pub mod config;
 pub mod service;
