@@ -4,6 +4,8 @@
 //! - [`service`]: the operations the daemon offers, independent of the
 //!   transport (D-Bus today, HTTPS for attestation).
 //! - [`config`]: the command line and the configuration file.
+//! - [`logging`]: journal or stderr.
 
 pub mod config;
+pub mod logging;
 pub mod service;
