@@ -5,7 +5,9 @@
 //!   transport (D-Bus today, HTTPS for attestation).
 //! - [`config`]: the command line and the configuration file.
 //! - [`logging`]: journal or stderr.
+//! - [`notify`]: readiness, watchdog and the socket-activated listener.
 
 pub mod config;
 pub mod logging;
+pub mod notify;
 pub mod service;
