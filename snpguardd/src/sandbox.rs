@@ -223,7 +223,9 @@ fn rule(path: &Path, access: BitFlags<AccessFs>) -> Result<PathBeneath<PathFd>, 
 }
 
 /// Empties every capability set. Returns whether the bounding set is empty
-/// (see [`SandboxStatus::bounding_set_empty`]).
+/// (see [`SandboxStatus::bounding_set_empty`]). Sets that are already empty
+/// are left alone, so under the unit (which grants nothing and denies
+/// `capset` by seccomp) this makes no system call that could fail.
 fn drop_capabilities() -> Result<bool, SandboxError> {
     let caps_err = |set: &'static str| {
         move |e: caps::errors::CapsError| SandboxError::Caps {
@@ -231,19 +233,30 @@ fn drop_capabilities() -> Result<bool, SandboxError> {
             message: e.to_string(),
         }
     };
+    let held = |set: CapSet, name: &'static str| {
+        caps::read(None, set)
+            .map(|c| !c.is_empty())
+            .map_err(caps_err(name))
+    };
     // The bounding set first: shrinking it needs CAP_SETPCAP, which the
     // following steps give up.
-    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
-        .map_err(caps_err("effective"))?
+    if held(CapSet::Bounding, "bounding")?
+        && caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+            .map_err(caps_err("effective"))?
     {
         caps::clear(None, CapSet::Bounding).map_err(caps_err("bounding"))?;
     }
-    caps::clear(None, CapSet::Ambient).map_err(caps_err("ambient"))?;
-    caps::clear(None, CapSet::Inheritable).map_err(caps_err("inheritable"))?;
-    caps::clear(None, CapSet::Effective).map_err(caps_err("effective"))?;
-    caps::clear(None, CapSet::Permitted).map_err(caps_err("permitted"))?;
-    let bounding = caps::read(None, CapSet::Bounding).map_err(caps_err("bounding"))?;
-    Ok(bounding.is_empty())
+    for (set, name) in [
+        (CapSet::Ambient, "ambient"),
+        (CapSet::Inheritable, "inheritable"),
+        (CapSet::Effective, "effective"),
+        (CapSet::Permitted, "permitted"),
+    ] {
+        if held(set, name)? {
+            caps::clear(None, set).map_err(caps_err(name))?;
+        }
+    }
+    Ok(!held(CapSet::Bounding, "bounding")?)
 }
 
 #[cfg(test)]
