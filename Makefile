@@ -6,7 +6,28 @@ BUILD_DIR ?= build
 SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
-.PHONY: all build deps test lint unit demo bench clean
+.PHONY: all build deps test lint unit check-units check-install install demo bench clean
+
+# Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
+# mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
+PREFIX ?= /usr
+DESTDIR ?=
+TARGET_DIR ?= target/release
+BINDIR = $(PREFIX)/bin
+LIBEXECDIR = $(PREFIX)/libexec/snpguard
+UNITDIR = $(PREFIX)/lib/systemd/system
+SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
+TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
+DBUSDIR = $(PREFIX)/share/dbus-1
+POLKITDIR = $(PREFIX)/share/polkit-1/actions
+DBUS_INTERFACES = $(sort $(wildcard dbus/interfaces/*.xml))
+
+# $(call install-file,MODE,SOURCE,DESTINATION): fails naming the missing
+# source rather than installing a partial tree.
+define install-file
+	@test -f '$(2)' || { echo "install: $(2) is missing" >&2; exit 1; }
+	install -D -m $(1) '$(2)' '$(DESTDIR)$(3)'
+endef
 
 all: build
 
@@ -23,8 +44,34 @@ lint:
 unit:
 	$(CARGO) test --workspace --locked
 
+# Unit hardening score (<= 1.6), unit syntax, sysusers/tmpfiles snippets.
+check-units:
+	./scripts/check-units.sh
+
+# `make install` into a scratch DESTDIR lays out the expected tree.
+check-install:
+	./tests/install-tree.sh
+
 # Every test, after installing what the tests need (idempotent).
-test: deps lint unit
+test: deps lint check-units check-install unit
+
+install:
+	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)
+	$(call install-file,0755,$(TARGET_DIR)/snpguardd,$(LIBEXECDIR)/snpguardd)
+	$(call install-file,0644,units/snpguardd.socket,$(UNITDIR)/snpguardd.socket)
+	@test -f units/snpguardd.service || { echo "install: units/snpguardd.service is missing" >&2; exit 1; }
+	install -d '$(DESTDIR)$(UNITDIR)'
+	sed 's|/usr/libexec/snpguard/|$(LIBEXECDIR)/|' units/snpguardd.service \
+		> '$(DESTDIR)$(UNITDIR)/snpguardd.service'
+	chmod 0644 '$(DESTDIR)$(UNITDIR)/snpguardd.service'
+	$(call install-file,0644,sysusers.d/snpguard.conf,$(SYSUSERSDIR)/snpguard.conf)
+	$(call install-file,0644,tmpfiles.d/snpguard.conf,$(TMPFILESDIR)/snpguard.conf)
+	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.conf,$(DBUSDIR)/system.d/org.snpguard.SnpGuard1.conf)
+	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.service,$(DBUSDIR)/system-services/org.snpguard.SnpGuard1.service)
+	@test -n '$(DBUS_INTERFACES)' || { echo "install: no dbus/interfaces/*.xml" >&2; exit 1; }
+	install -d '$(DESTDIR)$(DBUSDIR)/interfaces'
+	install -m 0644 $(DBUS_INTERFACES) '$(DESTDIR)$(DBUSDIR)/interfaces/'
+	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.policy,$(POLKITDIR)/org.snpguard.SnpGuard1.policy)
 
 # The main job on embedded defaults (grows with the project).
 demo: deps build

@@ -13,6 +13,10 @@ as_root() {
 # Debian packages: name of a package -> a file that proves it is installed.
 declare -A APT=(
     [ovmf]=/usr/share/ovmf/OVMF.fd
+    # systemd-analyze, systemd-sysusers, systemd-tmpfiles for make check-units
+    [systemd]=/usr/bin/systemd-analyze
+    # a private dbus-daemon for the daemon's integration tests
+    [dbus]=/usr/bin/dbus-daemon
 )
 # pip only when no Python pip is there at all (pyenv's counts).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || APT[python3-pip]=/usr/bin/pip3

@@ -3,5 +3,21 @@
 //!
 //! - [`service`]: the operations the daemon offers, independent of the
 //!   transport (D-Bus today, HTTPS for attestation).
+//! - [`config`]: the command line and the configuration file.
+//! - [`logging`]: journal or stderr.
+//! - [`notify`]: readiness, watchdog and the socket-activated listener.
+//! - [`sandbox`]: Landlock, no_new_privs and capabilities, applied in
+//!   process before serving.
+//!
+//! Start-up order for `main`: parse [`config::Args`], [`logging::init`],
+//! [`config::resolve`] then [`config::Config::log_summary`], create the
+//! state and import directories, [`notify::listener`], open everything
+//! else the daemon needs outside its directories, [`sandbox::apply`] (still
+//! single-threaded), start the runtime, [`notify::spawn_watchdog`],
+//! connect to the bus and serve, [`notify::ready`].
 
+pub mod config;
+pub mod logging;
+pub mod notify;
+pub mod sandbox;
 pub mod service;

@@ -1,0 +1,598 @@
+//! Daemon configuration: a TOML file (`/etc/snpguard/snpguardd.toml` by
+//! default) merged with command-line overrides.
+//!
+//! The default file may be absent (every key has a default); a file named
+//! with `--config` must exist. Unknown keys are errors that name the key,
+//! so a typo never silently falls back to a default. Relative paths in the
+//! file are relative to the file's directory; relative paths on the command
+//! line are relative to the working directory.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use clap::Parser;
+use serde::Deserialize;
+use snpguard::certs::Product;
+
+/// Where the configuration file is read from when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/snpguard/snpguardd.toml";
+/// Default state directory (the unit's `StateDirectory=snpguard`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/snpguard";
+/// Default fallback listen address when no socket is passed by systemd.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3000";
+/// Name of the import directory inside the state directory.
+pub const IMPORT_SUBDIR: &str = "import";
+
+/// Command line of the daemon.
+#[derive(Debug, Clone, Parser, PartialEq, Eq)]
+#[command(
+    name = "snpguardd",
+    version,
+    about = "SnpGuard daemon: records, keys and attestation for SEV-SNP guests",
+    help_expected = true,
+    max_term_width = 80
+)]
+pub struct Args {
+    /// Configuration file [default: /etc/snpguard/snpguardd.toml, if present]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Directory for records, keys and caches (overrides the file)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// D-Bus to serve on: system, session or a D-Bus address
+    #[arg(long, value_name = "system|session|ADDRESS")]
+    pub bus: Option<Bus>,
+
+    /// HTTPS address when systemd passes no socket [default: 0.0.0.0:3000]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Which message bus the daemon serves its management API on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Bus {
+    /// The system bus (production).
+    #[default]
+    System,
+    /// The caller's session bus (development).
+    Session,
+    /// An explicit D-Bus address, e.g. `unix:path=/tmp/test-bus` (tests).
+    Address(String),
+}
+
+impl FromStr for Bus {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "system" => Ok(Bus::System),
+            "session" => Ok(Bus::Session),
+            _ => {
+                // A D-Bus address is `transport:key=value,...`, possibly
+                // several separated by ';'. Check the shape only; the bus
+                // library reports anything deeper when connecting.
+                let valid = !s.is_empty()
+                    && s.split(';').filter(|a| !a.is_empty()).all(|a| {
+                        a.split_once(':').is_some_and(|(transport, _)| {
+                            !transport.is_empty()
+                                && transport
+                                    .chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        })
+                    });
+                if valid {
+                    Ok(Bus::Address(s.to_owned()))
+                } else {
+                    Err(ConfigError::InvalidBus(s.chars().take(200).collect()))
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bus::System => f.write_str("system"),
+            Bus::Session => f.write_str("session"),
+            Bus::Address(a) => f.write_str(a),
+        }
+    }
+}
+
+/// A simulated platform root the daemon trusts in addition to AMD's pinned
+/// ARKs. For end-to-end tests only; logged as a warning at every start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRoot {
+    /// The product whose chain this root anchors.
+    pub product: Product,
+    /// PEM file holding the simulated ARK certificate.
+    pub ark_path: PathBuf,
+}
+
+/// AMD Key Distribution Service settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kds {
+    /// Fetch missing VCEKs and CRLs from kdsintf.amd.com. Air-gapped hosts
+    /// turn this off and import certificates offline.
+    pub enabled: bool,
+}
+
+/// The resolved configuration of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file the configuration was read from, when one was read.
+    pub source: Option<PathBuf>,
+    /// Records, keys and caches.
+    pub state_dir: PathBuf,
+    /// The bus the management API is served on.
+    pub bus: Bus,
+    /// HTTPS listen address when systemd passes no socket.
+    pub listen: SocketAddr,
+    /// Directory from which path-based D-Bus registration reads client
+    /// files (for clients that cannot pass file descriptors).
+    pub import_dir: PathBuf,
+    /// TLS certificate chain (PEM); generated in the state dir when unset.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); set together with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Simulated platform roots (tests only).
+    pub test_roots: Vec<TestRoot>,
+    /// AMD KDS access.
+    pub kds: Kds,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file given with `--config` (or the default, if unreadable for a
+    /// reason other than absence) could not be read.
+    #[error("reading configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys included;
+    /// the message names the key and its line).
+    #[error("parsing configuration file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the offending key.
+        message: String,
+    },
+    /// A `bus` value that is neither `system`, `session` nor an address.
+    #[error(
+        "invalid bus {0:?}; expected system, session or a D-Bus address like unix:path=/run/bus"
+    )]
+    InvalidBus(String),
+    /// A `listen` value that is not `ADDR:PORT`.
+    #[error("invalid listen address {0:?}; expected ADDR:PORT, e.g. 0.0.0.0:3000")]
+    InvalidListen(String),
+    /// A test root names an unknown product.
+    #[error("test_roots: {0}")]
+    UnknownProduct(#[from] snpguard::certs::UnknownProduct),
+    /// Only one of `tls_cert` and `tls_key` was set.
+    #[error("tls_cert and tls_key must be set together (or neither, to generate them)")]
+    TlsHalfConfigured,
+    /// The working directory is needed to resolve a relative path.
+    #[error("resolving relative path {path}: {source}")]
+    Absolute {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// The on-disk schema. Everything optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    bus: Option<String>,
+    listen: Option<String>,
+    import_dir: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    test_roots: Vec<FileTestRoot>,
+    kds: Option<FileKds>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTestRoot {
+    product: String,
+    ark_path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKds {
+    enabled: Option<bool>,
+}
+
+/// Reads the configuration file (if any) and applies the command-line
+/// overrides on top of it.
+pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
+    let (path, required) = match &args.config {
+        Some(p) => (absolute(p)?, true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let (file, source) = match std::fs::read_to_string(&path) {
+        Ok(text) => (parse(&text, &path)?, Some(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !required => (FileConfig::default(), None),
+        Err(source) => return Err(ConfigError::Read { path, source }),
+    };
+    let base = source
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    let in_file = |p: PathBuf| match &base {
+        Some(dir) => dir.join(p),
+        None => p,
+    };
+
+    let state_dir = match &args.state_dir {
+        Some(p) => absolute(p)?,
+        None => file
+            .state_dir
+            .map(in_file)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+    };
+    let bus = match (&args.bus, file.bus) {
+        (Some(b), _) => b.clone(),
+        (None, Some(s)) => s.parse()?,
+        (None, None) => Bus::System,
+    };
+    let listen = match (args.listen, file.listen) {
+        (Some(a), _) => a,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|_| ConfigError::InvalidListen(s.chars().take(200).collect()))?,
+        (None, None) => default_listen(),
+    };
+    let import_dir = file
+        .import_dir
+        .map(in_file)
+        .unwrap_or_else(|| state_dir.join(IMPORT_SUBDIR));
+    let tls_cert = file.tls_cert.map(in_file);
+    let tls_key = file.tls_key.map(in_file);
+    if tls_cert.is_some() != tls_key.is_some() {
+        return Err(ConfigError::TlsHalfConfigured);
+    }
+    let test_roots = file
+        .test_roots
+        .into_iter()
+        .map(|r| {
+            Ok(TestRoot {
+                product: r.product.parse()?,
+                ark_path: in_file(r.ark_path),
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let kds = Kds {
+        enabled: file.kds.and_then(|k| k.enabled).unwrap_or(true),
+    };
+
+    Ok(Config {
+        source,
+        state_dir,
+        bus,
+        listen,
+        import_dir,
+        tls_cert,
+        tls_key,
+        test_roots,
+        kds,
+    })
+}
+
+impl Config {
+    /// Logs what the daemon runs with; call once at every start, after
+    /// logging is set up. Every simulated test root is a WARNING: a
+    /// production daemon must never trust one.
+    pub fn log_summary(&self) {
+        match &self.source {
+            Some(p) => tracing::info!(config = %p.display(), "configuration read"),
+            None => tracing::info!("no configuration file; using defaults"),
+        }
+        tracing::info!(
+            state_dir = %self.state_dir.display(),
+            import_dir = %self.import_dir.display(),
+            bus = %self.bus,
+            listen = %self.listen,
+            kds = self.kds.enabled,
+            "settings"
+        );
+        for root in &self.test_roots {
+            tracing::warn!(
+                product = %root.product,
+                ark_path = %root.ark_path.display(),
+                "TRUSTING A SIMULATED PLATFORM ROOT for {}: attestation results are \
+                 meaningless for real hardware; remove test_roots from the configuration \
+                 on any production host",
+                root.product
+            );
+        }
+    }
+}
+
+fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 3000))
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(p).map_err(|source| ConfigError::Absolute {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("snpguardd").chain(list.iter().copied()))
+            .expect("arguments parse")
+    }
+
+    fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let p = dir.path().join("snpguardd.toml");
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        let help = Args::command().render_long_help().to_string();
+        for line in help.lines() {
+            assert!(line.chars().count() <= 80, "too wide: {line:?}");
+        }
+    }
+
+    #[test]
+    fn default_listen_constant_matches() {
+        assert_eq!(
+            DEFAULT_LISTEN.parse::<SocketAddr>().ok(),
+            Some(default_listen())
+        );
+    }
+
+    #[test]
+    fn parses_every_argument() {
+        let a = args(&[
+            "--config",
+            "/x/c.toml",
+            "--state-dir",
+            "/s",
+            "--bus",
+            "unix:path=/tmp/bus",
+            "--listen",
+            "127.0.0.1:8443",
+        ]);
+        assert_eq!(a.config, Some(PathBuf::from("/x/c.toml")));
+        assert_eq!(a.state_dir, Some(PathBuf::from("/s")));
+        assert_eq!(a.bus, Some(Bus::Address("unix:path=/tmp/bus".into())));
+        assert_eq!(a.listen, Some("127.0.0.1:8443".parse().expect("addr")));
+        assert_eq!(args(&["--bus", "session"]).bus, Some(Bus::Session));
+        assert_eq!(args(&["--bus", "system"]).bus, Some(Bus::System));
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        for bad in [
+            &["--bus", "sytem"][..],
+            &["--bus", ":path=/x"],
+            &["--listen", "3000"],
+            &["--listen", "localhost:3000"],
+            &["--frobnicate"],
+        ] {
+            let argv = std::iter::once("snpguardd").chain(bad.iter().copied());
+            assert!(Args::try_parse_from(argv).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn bus_addresses() {
+        for ok in [
+            "unix:path=/run/dbus/system_bus_socket",
+            "unix:abstract=/tmp/dbus-x,guid=0123",
+            "tcp:host=127.0.0.1,port=1234;unix:path=/x",
+        ] {
+            assert_eq!(ok.parse::<Bus>().ok(), Some(Bus::Address(ok.into())));
+        }
+        for bad in ["", "nocolon", ":x", "un ix:path=/x"] {
+            assert!(bad.parse::<Bus>().is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn missing_default_file_gives_defaults() {
+        // The default path does not exist on a build machine; if it ever
+        // does, this test is not about that host's configuration.
+        if Path::new(DEFAULT_CONFIG_PATH).exists() {
+            return;
+        }
+        let c = resolve(&args(&[])).expect("defaults");
+        assert_eq!(c.source, None);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/snpguard"));
+        assert_eq!(c.import_dir, PathBuf::from("/var/lib/snpguard/import"));
+        assert_eq!(c.bus, Bus::System);
+        assert_eq!(c.listen, "0.0.0.0:3000".parse().expect("addr"));
+        assert_eq!(c.tls_cert, None);
+        assert_eq!(c.tls_key, None);
+        assert!(c.test_roots.is_empty());
+        assert!(c.kds.enabled);
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("absent.toml");
+        let err = resolve(&args(&["--config", p.to_str().expect("utf-8")])).expect_err("must fail");
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+    }
+
+    #[test]
+    fn full_file_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write_config(
+            &dir,
+            r#"
+state_dir = "/srv/snpguard"
+bus = "session"
+listen = "127.0.0.1:4443"
+import_dir = "/srv/drop"
+tls_cert = "tls/cert.pem"
+tls_key = "/etc/snpguard/key.pem"
+
+[kds]
+enabled = false
+
+[[test_roots]]
+product = "genoa"
+ark_path = "sim/ark.pem"
+"#,
+        );
+        let c = resolve(&args(&["--config", p.to_str().expect("utf-8")])).expect("config");
+        assert_eq!(c.source.as_deref(), Some(p.as_path()));
+        assert_eq!(c.state_dir, PathBuf::from("/srv/snpguard"));
+        assert_eq!(c.bus, Bus::Session);
+        assert_eq!(c.listen, "127.0.0.1:4443".parse().expect("addr"));
+        assert_eq!(c.import_dir, PathBuf::from("/srv/drop"));
+        assert_eq!(c.tls_cert, Some(dir.path().join("tls/cert.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/etc/snpguard/key.pem")));
+        assert_eq!(
+            c.test_roots,
+            vec![TestRoot {
+                product: Product::Genoa,
+                ark_path: dir.path().join("sim/ark.pem"),
+            }]
+        );
+        assert!(!c.kds.enabled);
+    }
+
+    #[test]
+    fn command_line_overrides_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write_config(
+            &dir,
+            "state_dir = \"/srv/a\"\nbus = \"session\"\nlisten = \"127.0.0.1:1\"\n",
+        );
+        let c = resolve(&args(&[
+            "--config",
+            p.to_str().expect("utf-8"),
+            "--state-dir",
+            "/srv/b",
+            "--bus",
+            "unix:path=/tmp/b",
+            "--listen",
+            "[::1]:2",
+        ]))
+        .expect("config");
+        assert_eq!(c.state_dir, PathBuf::from("/srv/b"));
+        // The import dir follows the overridden state dir.
+        assert_eq!(c.import_dir, PathBuf::from("/srv/b/import"));
+        assert_eq!(c.bus, Bus::Address("unix:path=/tmp/b".into()));
+        assert_eq!(c.listen, "[::1]:2".parse().expect("addr"));
+    }
+
+    #[test]
+    fn relative_state_dir_on_command_line_is_made_absolute() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write_config(&dir, "");
+        let c = resolve(&args(&[
+            "--config",
+            p.to_str().expect("utf-8"),
+            "--state-dir",
+            "rel/state",
+        ]))
+        .expect("config");
+        assert!(c.state_dir.is_absolute());
+        assert!(c.state_dir.ends_with("rel/state"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (text, key) in [
+            ("state_dri = \"/x\"\n", "state_dri"),
+            ("[kds]\nenabeld = true\n", "enabeld"),
+            (
+                "[[test_roots]]\nproduct = \"milan\"\nark_path = \"/a\"\nark = \"/b\"\n",
+                "ark",
+            ),
+        ] {
+            let p = write_config(&dir, text);
+            let err =
+                resolve(&args(&["--config", p.to_str().expect("utf-8")])).expect_err("must fail");
+            assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+            assert!(err.to_string().contains(key), "{key} not named in: {err}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        type Check = fn(&ConfigError) -> bool;
+        let cases: [(&str, Check); 6] = [
+            ("bus = \"sytem\"\n", |e| {
+                matches!(e, ConfigError::InvalidBus(_))
+            }),
+            ("listen = \"3000\"\n", |e| {
+                matches!(e, ConfigError::InvalidListen(_))
+            }),
+            ("tls_cert = \"/c.pem\"\n", |e| {
+                matches!(e, ConfigError::TlsHalfConfigured)
+            }),
+            (
+                "[[test_roots]]\nproduct = \"naples\"\nark_path = \"/a\"\n",
+                |e| matches!(e, ConfigError::UnknownProduct(_)),
+            ),
+            ("[kds]\nenabled = \"yes\"\n", |e| {
+                matches!(e, ConfigError::Parse { .. })
+            }),
+            ("state_dir = 3\n", |e| {
+                matches!(e, ConfigError::Parse { .. })
+            }),
+        ];
+        for (text, expected) in cases {
+            let p = write_config(&dir, text);
+            let err =
+                resolve(&args(&["--config", p.to_str().expect("utf-8")])).expect_err("must fail");
+            assert!(expected(&err), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn test_roots_need_both_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = write_config(&dir, "[[test_roots]]\nproduct = \"milan\"\n");
+        let err = resolve(&args(&["--config", p.to_str().expect("utf-8")])).expect_err("must fail");
+        assert!(err.to_string().contains("ark_path"), "{err}");
+    }
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# `make install DESTDIR=…` lays out exactly the expected tree, with the
+# expected modes, and refuses to install a partial tree when a source is
+# missing. Binaries are stand-ins so the test needs no release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { echo "install-tree: $*" >&2; exit 1; }
+
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+bins="$scratch/bin"
+mkdir -p "$bins"
+for b in snpguardd snpguardctl; do
+    printf '#!/bin/sh\n' > "$bins/$b"
+done
+
+# 1. The full tree, PREFIX=/usr.
+dest="$scratch/root"
+make -s install DESTDIR="$dest" PREFIX=/usr TARGET_DIR="$bins" >/dev/null
+
+expected=(
+    "755 usr/bin/snpguardctl"
+    "755 usr/libexec/snpguard/snpguardd"
+    "644 usr/lib/systemd/system/snpguardd.service"
+    "644 usr/lib/systemd/system/snpguardd.socket"
+    "644 usr/lib/sysusers.d/snpguard.conf"
+    "644 usr/lib/tmpfiles.d/snpguard.conf"
+    "644 usr/share/dbus-1/system.d/org.snpguard.SnpGuard1.conf"
+    "644 usr/share/dbus-1/system-services/org.snpguard.SnpGuard1.service"
+    "644 usr/share/polkit-1/actions/org.snpguard.SnpGuard1.policy"
+)
+for xml in dbus/interfaces/*.xml; do
+    [ -e "$xml" ] || fail "no dbus/interfaces/*.xml in the repository"
+    expected+=("644 usr/share/dbus-1/interfaces/$(basename "$xml")")
+done
+want=$(printf '%s\n' "${expected[@]}" | sort -k2)
+got=$(cd "$dest" && find . -type f -printf '%m %P\n' | sort -k2)
+if [ "$want" != "$got" ]; then
+    diff <(printf '%s\n' "$want") <(printf '%s\n' "$got") >&2 || true
+    fail "installed tree differs from the expected one (< expected, > installed)"
+fi
+cmp -s units/snpguardd.socket "$dest/usr/lib/systemd/system/snpguardd.socket" \
+    || fail "snpguardd.socket differs from units/"
+cmp -s units/snpguardd.service "$dest/usr/lib/systemd/system/snpguardd.service" \
+    || fail "with PREFIX=/usr the service must be installed unchanged"
+
+# 2. Another prefix: the unit points at the binary where it was installed.
+dest2="$scratch/local"
+make -s install DESTDIR="$dest2" PREFIX=/usr/local TARGET_DIR="$bins" >/dev/null
+grep -qx 'ExecStart=/usr/local/libexec/snpguard/snpguardd' \
+    "$dest2/usr/local/lib/systemd/system/snpguardd.service" \
+    || fail "PREFIX=/usr/local did not rewrite ExecStart="
+[ -x "$dest2/usr/local/libexec/snpguard/snpguardd" ] || fail "PREFIX=/usr/local binary missing"
+
+# 3. A missing source fails loudly and names the file.
+dest3="$scratch/partial"
+if err=$(make -s install DESTDIR="$dest3" TARGET_DIR="$scratch/none" 2>&1 >/dev/null); then
+    fail "install succeeded without binaries"
+fi
+grep -q "install: $scratch/none/snpguardctl is missing" <<<"$err" \
+    || fail "missing binary not named: $err"
+
+echo "install-tree: ok (${#expected[@]} files)"
