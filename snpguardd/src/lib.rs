@@ -3,5 +3,8 @@
 //!
 //! - [`service`]: the operations the daemon offers, independent of the
 //!   transport (D-Bus today, HTTPS for attestation).
+//! - [`store`]: the database (sled) behind a small trait, with schema
+//!   versions and migrations.
 
 pub mod service;
+pub mod store;
