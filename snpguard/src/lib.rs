@@ -6,12 +6,14 @@
 //! - [`verify`]: every verification rule, each rejection named.
 //! - [`measure`]: launch digests, byte-identical to `sev-snp-measure`.
 //! - [`idblock`]: ID blocks and ID authentication blocks.
+//! - [`seal`]: HPKE sealing of secrets (VMK ingestion, key release).
 //! - [`sim`]: a simulated SEV-SNP platform for tests (never production).
 
 pub mod certs;
 pub mod idblock;
 pub mod measure;
 pub mod report;
+pub mod seal;
 pub mod sim;
 pub mod verify;
 
