@@ -5,6 +5,9 @@
 //!   transport (D-Bus today, HTTPS for attestation).
 //! - [`store`]: the database (sled) behind a small trait, with schema
 //!   versions and migrations.
+//! - [`secrets`]: the master key and sealing of secrets at rest.
 
+mod fsutil;
+pub mod secrets;
 pub mod service;
 pub mod store;
