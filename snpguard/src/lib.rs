@@ -7,8 +7,10 @@
 //! - [`measure`]: launch digests, byte-identical to `sev-snp-measure`.
 //! - [`idblock`]: ID blocks and ID authentication blocks.
 //! - [`seal`]: HPKE sealing of secrets (VMK ingestion, key release).
+//! - [`bundle`]: launch-artifacts.tar.gz, written and safely extracted.
 //! - [`sim`]: a simulated SEV-SNP platform for tests (never production).
 
+pub mod bundle;
 pub mod certs;
 pub mod idblock;
 pub mod measure;
