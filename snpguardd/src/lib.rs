@@ -6,8 +6,10 @@
 //! - [`store`]: the database (sled) behind a small trait, with schema
 //!   versions and migrations.
 //! - [`secrets`]: the master key and sealing of secrets at rest.
+//! - [`keys`]: the daemon's key material, created on first start.
 
 mod fsutil;
+pub mod keys;
 pub mod secrets;
 pub mod service;
 pub mod store;

@@ -411,7 +411,10 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(meta.len(), 32);
         let b = MasterKey::load_from(None, dir.path()).unwrap();
-        assert!(matches!(b.source(), MasterKeySource::File { created: false, .. }));
+        assert!(matches!(
+            b.source(),
+            MasterKeySource::File { created: false, .. }
+        ));
         assert_eq!(*a.key, *b.key);
         // Only the key file: no temporary left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -465,7 +468,10 @@ mod tests {
         // A credentials directory without our credential: the key file.
         let empty = tempfile::tempdir().unwrap();
         let k = MasterKey::load_from(Some(empty.path()), state.path()).unwrap();
-        assert!(matches!(k.source(), MasterKeySource::File { created: true, .. }));
+        assert!(matches!(
+            k.source(),
+            MasterKeySource::File { created: true, .. }
+        ));
     }
 
     #[test]
