@@ -7,9 +7,12 @@
 //!   versions and migrations.
 //! - [`secrets`]: the master key and sealing of secrets at rest.
 //! - [`keys`]: the daemon's key material, created on first start.
+//! - [`registry`]: records, blobs and sealed VMKs; implements
+//!   [`service::RecordService`].
 
 mod fsutil;
 pub mod keys;
+pub mod registry;
 pub mod secrets;
 pub mod service;
 pub mod store;
