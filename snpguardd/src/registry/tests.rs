@@ -555,3 +555,27 @@ fn exported_bundle_holds_the_registered_launch() {
     )
     .unwrap();
 }
+
+#[test]
+fn concurrent_registrations_of_one_name_yield_one_record() {
+    let Some(inp) = inputs() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let reg = open(state.path());
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let req = request(&reg, &inp, "same");
+                let reg = &reg;
+                s.spawn(move || reg.register(req))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, ServiceError::AlreadyExists(_))));
+    assert_eq!(reg.list().unwrap().len(), 1);
+    assert_eq!(blob_count(state.path()), 3);
+}
