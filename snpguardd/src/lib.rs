@@ -8,6 +8,12 @@
 //! - [`notify`]: readiness, watchdog and the socket-activated listener.
 //! - [`sandbox`]: Landlock, no_new_privs and capabilities, applied in
 //!   process before serving.
+//! - [`store`]: the database (sled) behind a small trait, with schema
+//!   versions and migrations.
+//! - [`secrets`]: the master key and sealing of secrets at rest.
+//! - [`keys`]: the daemon's key material, created on first start.
+//! - [`registry`]: records, blobs and sealed VMKs; implements
+//!   [`service::RecordService`].
 //!
 //! Start-up order for `main`: parse [`config::Args`], [`logging::init`],
 //! [`config::resolve`] then [`config::Config::log_summary`], create the
@@ -17,7 +23,12 @@
 //! connect to the bus and serve, [`notify::ready`].
 
 pub mod config;
+mod fsutil;
+pub mod keys;
 pub mod logging;
 pub mod notify;
+pub mod registry;
 pub mod sandbox;
+pub mod secrets;
 pub mod service;
+pub mod store;

@@ -1,0 +1,567 @@
+//! The registry: records of registered launches, their sealed secrets and
+//! blobs; implements [`RecordService`].
+//!
+//! On-disk layout below the state directory:
+//!
+//! | path            | content                                              |
+//! |-----------------|------------------------------------------------------|
+//! | `db/`           | sled database (see [`crate::store`])                 |
+//! | `blobs/<sha256>`| firmware, kernel and initrd, content-addressed       |
+//! | `master.key`    | master key when no systemd credential (0600)         |
+//! | `ingestion.pub` | HPKE ingestion public key, raw 32 bytes (0644)       |
+//! | `tls/cert.pem`  | generated TLS certificate (0644)                     |
+//!
+//! Database trees: `records/<id>` (JSON [`record::StoredRecord`]),
+//! `names/<name>` → id, `secrets/vmk/<id>` and `secrets/id-key/<id>`
+//! (sealed with the master key, associated data `snpguard/v1/<purpose>/
+//! <id>`), `keys/*` (see [`crate::keys`]).
+//!
+//! Crash safety: a registration writes its blobs first (each complete
+//! before it gets its name), then the record, the name index and both
+//! sealed secrets in one transaction. A crash leaves either no record
+//! (and perhaps orphan blobs, removed at the next open) or a complete one.
+
+mod blobs;
+mod record;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use p384::ecdsa::SigningKey;
+use snpguard::bundle::{self, BundleSources, LaunchConfig};
+use snpguard::idblock::{self, IdAuth, IdBlock};
+use snpguard::measure::{self, MeasureError, MeasureInput, VmmType};
+use snpguard::seal::{self, SealedBox};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::fsutil;
+use crate::keys::{self, DaemonKeys, KeySummary, KeysError, TlsConfig};
+use crate::secrets::{random_bytes, MasterKey, Purpose, SecretsError};
+use crate::service::{RecordInfo, RecordService, RegisterRequest, ServiceError};
+use crate::store::{Op, SledStore, Store, StoreError, Tree};
+
+use blobs::{BlobRef, Blobs};
+pub use record::{
+    guest_policy, MAX_NAME_LEN, MAX_VCPUS, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_RESERVED_ONE,
+    POLICY_SMT,
+};
+use record::{StoredRecord, RECORD_VERSION};
+
+/// Family ID of every record's ID block: the ASCII bytes `snpguard`
+/// followed by eight zero bytes, so a report's FAMILY_ID says which tool
+/// launched the guest (`736e706775617264` then zeros).
+pub const FAMILY_ID: [u8; 16] = *b"snpguard\0\0\0\0\0\0\0\0";
+/// SEV features every record is measured with (SNP active).
+pub const GUEST_FEATURES: u64 = 0x1;
+/// Largest firmware accepted.
+pub const MAX_FIRMWARE: u64 = 64 << 20;
+/// Largest kernel accepted.
+pub const MAX_KERNEL: u64 = 512 << 20;
+/// Largest initrd accepted: 2 GiB, or less when the bundle format's
+/// member limit is lower (the record must stay exportable).
+pub const MAX_INITRD: u64 = 2 << 30;
+/// Largest sealed VMK accepted.
+pub const MAX_SEALED_VMK: usize = seal::MAX_SEALED_LEN;
+/// Shortest VMK accepted (LUKS2 volume keys are 32 or 64 bytes).
+pub const MIN_VMK_LEN: usize = 32;
+/// Longest VMK accepted.
+pub const MAX_VMK_LEN: usize = 128;
+
+/// Database directory below the state directory.
+pub const DB_DIR: &str = "db";
+/// Blob directory below the state directory.
+pub const BLOB_DIR: &str = "blobs";
+
+/// Options of [`Registry::open_with`].
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Where the HTTPS listener's TLS material comes from.
+    pub tls: TlsConfig,
+}
+
+/// Why the registry could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The state directory could not be prepared.
+    #[error("preparing {}: {error}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        error: std::io::Error,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The key material failed.
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    /// The records or blobs could not be read.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// The registry of records. Thread-safe; every mutation is durable before
+/// it returns.
+pub struct Registry {
+    store: SledStore,
+    master: MasterKey,
+    keys: DaemonKeys,
+    summary: KeySummary,
+    blobs: Blobs,
+    /// Serializes read-modify-write of records (name uniqueness, counters).
+    commit: Mutex<()>,
+    /// Held shared from a registration's first blob to its commit, and
+    /// exclusively by blob garbage collection.
+    blob_gc: RwLock<()>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("keys", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_err(e: StoreError) -> ServiceError {
+    ServiceError::Storage(e.to_string())
+}
+
+fn secrets_err(e: SecretsError) -> ServiceError {
+    ServiceError::Storage(e.to_string())
+}
+
+fn now() -> Result<String, ServiceError> {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .map_err(|e| ServiceError::Storage(format!("formatting the time: {e}")))
+}
+
+fn secret_key(purpose: Purpose, id: &str) -> Vec<u8> {
+    format!("{}/{id}", purpose.name()).into_bytes()
+}
+
+impl Registry {
+    /// Opens the registry in `state_dir` with default options.
+    pub fn open(state_dir: &Path, master: MasterKey) -> Result<Registry, RegistryError> {
+        Self::open_with(state_dir, master, &RegistryOptions::default())
+    }
+
+    /// Opens the registry: database (migrated), key material (created on
+    /// first start), blobs (interrupted writes and orphans removed).
+    pub fn open_with(
+        state_dir: &Path,
+        master: MasterKey,
+        options: &RegistryOptions,
+    ) -> Result<Registry, RegistryError> {
+        fsutil::ensure_dir(state_dir, 0o755).map_err(|error| RegistryError::StateDir {
+            path: state_dir.to_owned(),
+            error,
+        })?;
+        let store = SledStore::open(&state_dir.join(DB_DIR))?;
+        let (keys, summary) = keys::load_or_create(&store, &master, state_dir, &options.tls)?;
+        let blobs = Blobs::open(state_dir.join(BLOB_DIR))?;
+        let registry = Registry {
+            store,
+            master,
+            keys,
+            summary,
+            blobs,
+            commit: Mutex::new(()),
+            blob_gc: RwLock::new(()),
+        };
+        registry.collect_garbage()?;
+        Ok(registry)
+    }
+
+    /// Where the key material is (for the daemon to print).
+    pub fn key_summary(&self) -> &KeySummary {
+        &self.summary
+    }
+
+    /// The daemon's key material (attestation, TLS).
+    pub fn keys(&self) -> &DaemonKeys {
+        &self.keys
+    }
+
+    /// The VMK of an enabled record, unsealed. A disabled record's key is
+    /// not released (checked under the same lock as enabling, so a
+    /// concurrent disable wins).
+    pub fn record_vmk(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        record::check_id(id)?;
+        let _guard = self.lock_commit();
+        let rec = self.load(id)?;
+        if !rec.enabled {
+            return Err(ServiceError::InvalidInput(format!(
+                "record {id} is disabled; enable it to release its key"
+            )));
+        }
+        let sealed = self
+            .store
+            .get(Tree::Secrets, &secret_key(Purpose::Vmk, id))
+            .map_err(store_err)?
+            .ok_or_else(|| ServiceError::Storage(format!("record {id} has no sealed VMK")))?;
+        self.master
+            .unseal(Purpose::Vmk, id, &sealed)
+            .map_err(secrets_err)
+    }
+
+    /// Counts an attestation of a record (`ok` or refused) at `at`.
+    pub fn record_attested(
+        &self,
+        id: &str,
+        ok: bool,
+        at: OffsetDateTime,
+    ) -> Result<RecordInfo, ServiceError> {
+        record::check_id(id)?;
+        let at = at
+            .format(&Rfc3339)
+            .map_err(|e| ServiceError::InvalidInput(format!("at: {e}")))?;
+        self.update(id, |r| {
+            if ok {
+                r.attestations_ok = r.attestations_ok.saturating_add(1);
+            } else {
+                r.attestations_failed = r.attestations_failed.saturating_add(1);
+            }
+            r.last_attestation = Some(at);
+        })
+    }
+
+    fn lock_commit(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data; a panic elsewhere leaves nothing to repair.
+        self.commit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn load(&self, id: &str) -> Result<StoredRecord, ServiceError> {
+        let bytes = self
+            .store
+            .get(Tree::Records, id.as_bytes())
+            .map_err(store_err)?
+            .ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
+        StoredRecord::from_json(&bytes)
+    }
+
+    fn all(&self) -> Result<Vec<StoredRecord>, ServiceError> {
+        self.store
+            .entries(Tree::Records)
+            .map_err(store_err)?
+            .iter()
+            .map(|(_, v)| StoredRecord::from_json(v))
+            .collect()
+    }
+
+    fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut StoredRecord),
+    ) -> Result<RecordInfo, ServiceError> {
+        let _guard = self.lock_commit();
+        let mut rec = self.load(id)?;
+        change(&mut rec);
+        self.store
+            .transaction(&[Op::put(Tree::Records, id, rec.to_json()?)])
+            .map_err(store_err)?;
+        Ok(rec.info())
+    }
+
+    /// Removes the blobs no record references.
+    fn collect_garbage(&self) -> Result<usize, ServiceError> {
+        let _gc = self.blob_gc.write().unwrap_or_else(|e| e.into_inner());
+        let referenced: BTreeSet<String> = self
+            .all()?
+            .iter()
+            .flat_map(|r| r.blob_digests().map(str::to_owned))
+            .collect();
+        self.blobs.collect_garbage(&referenced)
+    }
+
+    fn name_taken(&self, name: &str) -> Result<bool, ServiceError> {
+        Ok(self
+            .store
+            .get(Tree::Names, name.as_bytes())
+            .map_err(store_err)?
+            .is_some())
+    }
+
+    /// Opens the sealed VMK with the ingestion key and checks its length.
+    fn open_vmk(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        if sealed.len() > MAX_SEALED_VMK {
+            return Err(ServiceError::InvalidInput(format!(
+                "sealed_vmk: {} bytes is larger than a sealed VMK can be ({MAX_SEALED_VMK}); \
+                 pass the sealed-vmk file `convert` wrote",
+                sealed.len()
+            )));
+        }
+        let sealed =
+            SealedBox::from_bytes(sealed).map_err(|e| ServiceError::SealedKey(e.to_string()))?;
+        let vmk = seal::open(self.keys.ingestion(), seal::INFO_INGEST, b"", &sealed)
+            .map_err(|e| ServiceError::SealedKey(e.to_string()))?;
+        if !(MIN_VMK_LEN..=MAX_VMK_LEN).contains(&vmk.len()) {
+            return Err(ServiceError::InvalidInput(format!(
+                "sealed_vmk: the VMK is {} bytes; expected {MIN_VMK_LEN} to {MAX_VMK_LEN} \
+                 (a LUKS2 volume key)",
+                vmk.len()
+            )));
+        }
+        Ok(vmk)
+    }
+
+    /// Measures the stored copies.
+    fn measure(
+        &self,
+        firmware: &BlobRef,
+        kernel: &BlobRef,
+        initrd: &BlobRef,
+        req: &RegisterRequest,
+        vcpu_type: measure::VcpuType,
+    ) -> Result<measure::LaunchDigest, ServiceError> {
+        let fw_path = self.blobs.path(firmware);
+        let input = MeasureInput {
+            ovmf: fw_path.clone(),
+            ovmf_hash: None,
+            kernel: Some(self.blobs.path(kernel)),
+            initrd: Some(self.blobs.path(initrd)),
+            cmdline: Some(req.cmdline.clone()),
+            vcpus: req.vcpus,
+            vcpu_type,
+            guest_features: GUEST_FEATURES,
+            vmm_type: VmmType::Qemu,
+        };
+        measure::launch_digest(&input).map_err(|e| match e {
+            MeasureError::Io { .. } | MeasureError::Vmsa(_) | MeasureError::Internal(_) => {
+                ServiceError::Storage(format!("measuring: {e}"))
+            }
+            // The message names our blob file; the client knows it as "firmware".
+            other => ServiceError::InvalidInput(
+                other
+                    .to_string()
+                    .replace(&fw_path.display().to_string(), "firmware"),
+            ),
+        })
+    }
+
+    /// Everything of a registration after the inputs are checked and the
+    /// blobs written: measure, sign, commit.
+    fn register_stored(
+        &self,
+        req: &RegisterRequest,
+        vmk: &[u8],
+        vcpu_type: measure::VcpuType,
+        blobs: [BlobRef; 3],
+    ) -> Result<StoredRecord, ServiceError> {
+        let [firmware, kernel, initrd] = blobs;
+        let digest = self.measure(&firmware, &kernel, &initrd, req, vcpu_type)?;
+        let policy = guest_policy(req.allow_smt, req.allow_debug, req.allow_migrate_ma);
+
+        let mut image_id = [0u8; 16];
+        random_bytes(&mut image_id).map_err(secrets_err)?;
+        let id = hex::encode(image_id);
+        let block = IdBlock {
+            launch_digest: digest,
+            family_id: FAMILY_ID,
+            image_id,
+            guest_svn: 0,
+            policy,
+        };
+        let id_key = SigningKey::random(&mut rand_core::OsRng);
+        let author = self.keys.author();
+        let auth = IdAuth::sign(&block, &id_key, Some(author))
+            .map_err(|e| ServiceError::InvalidInput(format!("signing the ID block: {e}")))?;
+        let id_key_scalar = Zeroizing::new(id_key.to_bytes());
+
+        let rec = StoredRecord {
+            v: RECORD_VERSION,
+            id: id.clone(),
+            name: req.name.clone(),
+            enabled: true,
+            created: now()?,
+            measurement: digest.to_string(),
+            policy,
+            guest_features: GUEST_FEATURES,
+            vcpus: req.vcpus,
+            vcpu_type: vcpu_type.name().to_owned(),
+            cmdline: req.cmdline.clone(),
+            allow_smt: req.allow_smt,
+            allow_debug: req.allow_debug,
+            allow_migrate_ma: req.allow_migrate_ma,
+            min_tcb: req.min_tcb.map(Into::into),
+            family_id: hex::encode(FAMILY_ID),
+            image_id: id.clone(),
+            id_key_digest: hex::encode(idblock::key_digest(id_key.verifying_key())),
+            author_key_digest: hex::encode(idblock::key_digest(author.verifying_key())),
+            firmware,
+            kernel,
+            initrd,
+            id_block: hex::encode(block.to_bytes()),
+            id_auth: hex::encode(auth.as_bytes()),
+            attestations_ok: 0,
+            attestations_failed: 0,
+            last_attestation: None,
+        };
+        let sealed_vmk = self
+            .master
+            .seal(Purpose::Vmk, &id, vmk)
+            .map_err(secrets_err)?;
+        let sealed_id_key = self
+            .master
+            .seal(Purpose::IdKey, &id, &id_key_scalar[..])
+            .map_err(secrets_err)?;
+        let ops = [
+            Op::put(Tree::Records, id.as_bytes(), rec.to_json()?),
+            Op::put(Tree::Names, req.name.as_bytes(), id.as_bytes()),
+            Op::put(Tree::Secrets, secret_key(Purpose::Vmk, &id), sealed_vmk),
+            Op::put(
+                Tree::Secrets,
+                secret_key(Purpose::IdKey, &id),
+                sealed_id_key,
+            ),
+        ];
+        let _guard = self.lock_commit();
+        if self.name_taken(&req.name)? {
+            return Err(ServiceError::AlreadyExists(req.name.clone()));
+        }
+        // A random 128-bit id colliding means a broken random generator.
+        if self
+            .store
+            .get(Tree::Records, id.as_bytes())
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ServiceError::Storage(
+                "the random image ID is already in use; check the system's random source".into(),
+            ));
+        }
+        self.store.transaction(&ops).map_err(store_err)?;
+        Ok(rec)
+    }
+}
+
+impl RecordService for Registry {
+    fn register(&self, mut req: RegisterRequest) -> Result<RecordInfo, ServiceError> {
+        record::check_name(&req.name)?;
+        if self.name_taken(&req.name)? {
+            return Err(ServiceError::AlreadyExists(req.name));
+        }
+        record::check_vcpus(req.vcpus)?;
+        let vcpu_type = record::parse_vcpu_type(&req.vcpu_type)?;
+        record::check_cmdline(&req.cmdline)?;
+        let vmk = self.open_vmk(&req.sealed_vmk)?;
+
+        let max_initrd = MAX_INITRD.min(bundle::ExtractLimits::default().max_member);
+        let result = {
+            let _gc = self.blob_gc.read().unwrap_or_else(|e| e.into_inner());
+            let stored = (|| {
+                let fw = self
+                    .blobs
+                    .store("firmware", &mut req.firmware, MAX_FIRMWARE)?;
+                if fw.len == 0 {
+                    return Err(ServiceError::InvalidInput(
+                        "firmware: the file is empty; pass the OVMF AmdSev build".into(),
+                    ));
+                }
+                let kernel = self.blobs.store("kernel", &mut req.kernel, MAX_KERNEL)?;
+                if kernel.len == 0 {
+                    return Err(ServiceError::InvalidInput(
+                        "kernel: the file is empty; pass the guest's kernel image".into(),
+                    ));
+                }
+                let initrd = self.blobs.store("initrd", &mut req.initrd, max_initrd)?;
+                Ok([fw, kernel, initrd])
+            })();
+            stored.and_then(|blobs| self.register_stored(&req, &vmk, vcpu_type, blobs))
+        };
+        match result {
+            Ok(rec) => Ok(rec.info()),
+            Err(e) => {
+                // Blobs this attempt wrote and no record uses; best effort,
+                // the next open collects them otherwise.
+                let _ = self.collect_garbage();
+                Err(e)
+            }
+        }
+    }
+
+    fn list(&self) -> Result<Vec<RecordInfo>, ServiceError> {
+        let mut all: Vec<RecordInfo> = self.all()?.iter().map(StoredRecord::info).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    fn get(&self, id: &str) -> Result<RecordInfo, ServiceError> {
+        record::check_id(id)?;
+        Ok(self.load(id)?.info())
+    }
+
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<RecordInfo, ServiceError> {
+        record::check_id(id)?;
+        self.update(id, |r| r.enabled = enabled)
+    }
+
+    fn delete(&self, id: &str) -> Result<(), ServiceError> {
+        record::check_id(id)?;
+        {
+            let _guard = self.lock_commit();
+            let rec = self.load(id)?;
+            self.store
+                .transaction(&[
+                    Op::delete(Tree::Records, id.as_bytes()),
+                    Op::delete(Tree::Names, rec.name.as_bytes()),
+                    Op::delete(Tree::Secrets, secret_key(Purpose::Vmk, id)),
+                    Op::delete(Tree::Secrets, secret_key(Purpose::IdKey, id)),
+                ])
+                .map_err(store_err)?;
+        }
+        self.collect_garbage()?;
+        Ok(())
+    }
+
+    fn export_bundle(&self, id: &str, out: &mut dyn Write) -> Result<(), ServiceError> {
+        record::check_id(id)?;
+        let rec = self.load(id)?;
+        let corrupt = |what: &str| ServiceError::Storage(format!("record {id}: corrupt {what}"));
+        let id_block = hex::decode(&rec.id_block).map_err(|_| corrupt("ID block"))?;
+        let id_auth = hex::decode(&rec.id_auth).map_err(|_| corrupt("ID auth block"))?;
+        let config = LaunchConfig {
+            version: bundle::CONFIG_VERSION,
+            name: rec.name.clone(),
+            vcpus: rec.vcpus,
+            vcpu_type: rec.vcpu_type.clone(),
+            guest_policy: format!("{:#x}", rec.policy),
+            guest_features: format!("{:#x}", rec.guest_features),
+            measurement: rec.measurement.clone(),
+            id_key_digest: rec.id_key_digest.clone(),
+            author_key_digest: rec.author_key_digest.clone(),
+            family_id: rec.family_id.clone(),
+            image_id: rec.image_id.clone(),
+            kernel_hashes: true,
+        };
+        let mut firmware = self.blobs.open_blob(&rec.firmware)?;
+        let mut kernel = self.blobs.open_blob(&rec.kernel)?;
+        let mut initrd = self.blobs.open_blob(&rec.initrd)?;
+        let src = BundleSources {
+            firmware: &mut firmware,
+            firmware_len: rec.firmware.len,
+            kernel: &mut kernel,
+            kernel_len: rec.kernel.len,
+            initrd: &mut initrd,
+            initrd_len: rec.initrd.len,
+            cmdline: &rec.cmdline,
+            id_block: &id_block,
+            id_auth: &id_auth,
+        };
+        bundle::write_bundle(out, &config, src)
+            .map_err(|e| ServiceError::Storage(format!("writing the bundle of {id}: {e}")))
+    }
+
+    fn ingestion_public_key(&self) -> Vec<u8> {
+        self.keys.ingestion_public().to_bytes().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests;

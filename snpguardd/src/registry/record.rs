@@ -1,0 +1,295 @@
+//! A record as stored (JSON with a format version), and the checks of
+//! registration inputs.
+
+use serde::{Deserialize, Serialize};
+use snpguard::verify::MinTcb;
+
+use super::blobs::BlobRef;
+use crate::service::{RecordInfo, ServiceError};
+
+/// Format version of [`StoredRecord`].
+pub const RECORD_VERSION: u32 = 1;
+/// Longest record name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Most vCPUs a record may have.
+pub const MAX_VCPUS: u32 = 512;
+/// Longest vCPU type name looked at (the longest valid one is 13).
+const MAX_VCPU_TYPE_LEN: usize = 64;
+
+/// Guest policy bit 16: SMT allowed.
+pub const POLICY_SMT: u64 = 1 << 16;
+/// Guest policy bit 17: reserved, must be one.
+pub const POLICY_RESERVED_ONE: u64 = 1 << 17;
+/// Guest policy bit 18: migration agent allowed.
+pub const POLICY_MIGRATE_MA: u64 = 1 << 18;
+/// Guest policy bit 19: debugging allowed.
+pub const POLICY_DEBUG: u64 = 1 << 19;
+
+/// The guest policy for the policy switches (ABI minimum 0.0).
+pub fn guest_policy(allow_smt: bool, allow_debug: bool, allow_migrate_ma: bool) -> u64 {
+    let mut p = POLICY_RESERVED_ONE;
+    if allow_smt {
+        p |= POLICY_SMT;
+    }
+    if allow_migrate_ma {
+        p |= POLICY_MIGRATE_MA;
+    }
+    if allow_debug {
+        p |= POLICY_DEBUG;
+    }
+    p
+}
+
+/// TCB minimums as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTcb {
+    pub bootloader: u8,
+    pub tee: u8,
+    pub snp: u8,
+    pub microcode: u8,
+    pub fmc: Option<u8>,
+}
+
+impl From<MinTcb> for StoredTcb {
+    fn from(t: MinTcb) -> Self {
+        StoredTcb {
+            bootloader: t.bootloader,
+            tee: t.tee,
+            snp: t.snp,
+            microcode: t.microcode,
+            fmc: t.fmc,
+        }
+    }
+}
+
+impl From<StoredTcb> for MinTcb {
+    fn from(t: StoredTcb) -> Self {
+        MinTcb {
+            bootloader: t.bootloader,
+            tee: t.tee,
+            snp: t.snp,
+            microcode: t.microcode,
+            fmc: t.fmc,
+        }
+    }
+}
+
+/// A record in the `records` tree. Secrets (the VMK, the ID key) are in
+/// the `secrets` tree, sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    /// Always [`RECORD_VERSION`].
+    pub v: u32,
+    pub id: String,
+    pub name: String,
+    pub enabled: bool,
+    pub created: String,
+    pub measurement: String,
+    pub policy: u64,
+    pub guest_features: u64,
+    pub vcpus: u32,
+    pub vcpu_type: String,
+    pub cmdline: String,
+    pub allow_smt: bool,
+    pub allow_debug: bool,
+    pub allow_migrate_ma: bool,
+    pub min_tcb: Option<StoredTcb>,
+    pub family_id: String,
+    pub image_id: String,
+    pub id_key_digest: String,
+    pub author_key_digest: String,
+    pub firmware: BlobRef,
+    pub kernel: BlobRef,
+    pub initrd: BlobRef,
+    /// ID block, hex.
+    pub id_block: String,
+    /// ID authentication information, hex.
+    pub id_auth: String,
+    pub attestations_ok: u64,
+    pub attestations_failed: u64,
+    pub last_attestation: Option<String>,
+}
+
+impl StoredRecord {
+    /// Serializes the record.
+    pub fn to_json(&self) -> Result<Vec<u8>, ServiceError> {
+        serde_json::to_vec(self).map_err(|e| ServiceError::Storage(format!("encoding record: {e}")))
+    }
+
+    /// Decodes a stored record, refusing other format versions.
+    pub fn from_json(bytes: &[u8]) -> Result<StoredRecord, ServiceError> {
+        let r: StoredRecord = serde_json::from_slice(bytes)
+            .map_err(|e| ServiceError::Storage(format!("a stored record is corrupt: {e}")))?;
+        if r.v != RECORD_VERSION {
+            return Err(ServiceError::Storage(format!(
+                "record {} has format version {}, expected {RECORD_VERSION}",
+                r.id, r.v
+            )));
+        }
+        Ok(r)
+    }
+
+    /// The digests of the record's blobs.
+    pub fn blob_digests(&self) -> [&str; 3] {
+        [
+            &self.firmware.sha256,
+            &self.kernel.sha256,
+            &self.initrd.sha256,
+        ]
+    }
+
+    /// What a client sees.
+    pub fn info(&self) -> RecordInfo {
+        RecordInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            enabled: self.enabled,
+            created: self.created.clone(),
+            measurement: self.measurement.clone(),
+            policy: self.policy,
+            vcpus: self.vcpus,
+            vcpu_type: self.vcpu_type.clone(),
+            cmdline: self.cmdline.clone(),
+            family_id: self.family_id.clone(),
+            image_id: self.image_id.clone(),
+            id_key_digest: self.id_key_digest.clone(),
+            author_key_digest: self.author_key_digest.clone(),
+            min_tcb: self.min_tcb.map(MinTcb::from),
+            attestations_ok: self.attestations_ok,
+            attestations_failed: self.attestations_failed,
+            last_attestation: self.last_attestation.clone(),
+        }
+    }
+}
+
+fn invalid(msg: String) -> ServiceError {
+    ServiceError::InvalidInput(msg)
+}
+
+/// Checks a record name: `[A-Za-z0-9._-]`, 1 to [`MAX_NAME_LEN`].
+pub fn check_name(name: &str) -> Result<(), ServiceError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid(format!(
+            "name: must be 1 to {MAX_NAME_LEN} characters, got {}; pick a shorter --name",
+            name.len()
+        )));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid(format!(
+            "name: {name:?} has characters other than A-Z, a-z, 0-9, '.', '_' and '-'; \
+             pick another --name"
+        )));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid(format!(
+            "name: {name:?} is reserved; pick another --name"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a vCPU count.
+pub fn check_vcpus(vcpus: u32) -> Result<(), ServiceError> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(invalid(format!(
+            "vcpus: {vcpus} is out of range; use 1 to {MAX_VCPUS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a vCPU type.
+pub fn parse_vcpu_type(s: &str) -> Result<snpguard::measure::VcpuType, ServiceError> {
+    if s.len() > MAX_VCPU_TYPE_LEN {
+        return Err(invalid(format!(
+            "vcpu_type: longer than {MAX_VCPU_TYPE_LEN} characters; use a QEMU model such as EPYC-v4"
+        )));
+    }
+    s.parse()
+        .map_err(|e: snpguard::measure::UnknownVcpuType| invalid(format!("vcpu_type: {e}")))
+}
+
+/// Checks a kernel command line.
+pub fn check_cmdline(cmdline: &str) -> Result<(), ServiceError> {
+    let max = snpguard::measure::MAX_CMDLINE_LEN;
+    if cmdline.len() > max {
+        return Err(invalid(format!(
+            "cmdline: {} bytes is longer than the {max} accepted; shorten the kernel command line",
+            cmdline.len()
+        )));
+    }
+    if let Some(at) = cmdline.bytes().position(|b| b == 0) {
+        return Err(invalid(format!(
+            "cmdline: contains a NUL byte at offset {at}, which would end it early in the guest; \
+             remove it"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a record id: the image ID in 32 lowercase hex digits.
+pub fn check_id(id: &str) -> Result<(), ServiceError> {
+    let ok = id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "id: a record id is 32 lowercase hexadecimal digits (see `records list`)".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_bits() {
+        assert_eq!(guest_policy(false, false, false), 0x20000);
+        assert_eq!(guest_policy(true, false, false), 0x30000);
+        assert_eq!(guest_policy(false, false, true), 0x60000);
+        assert_eq!(guest_policy(false, true, false), 0xa0000);
+        assert_eq!(guest_policy(true, true, true), 0xf0000);
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-01", "A.b_c", &"x".repeat(64)] {
+            check_name(ok).unwrap();
+        }
+        for bad in ["", "a b", "a/b", "é", "..", ".", &"x".repeat(65), "a\0b"] {
+            assert!(
+                matches!(check_name(bad), Err(ServiceError::InvalidInput(m)) if m.starts_with("name:")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids() {
+        check_id("0123456789abcdef0123456789abcdef").unwrap();
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "xyz",
+            &"a".repeat(33),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn record_version_is_checked() {
+        let json = br#"{"v":2}"#;
+        assert!(matches!(
+            StoredRecord::from_json(json),
+            Err(ServiceError::Storage(_))
+        ));
+    }
+}

@@ -1,0 +1,183 @@
+//! Persistent storage: a small key-value [`Store`] trait over named trees,
+//! with atomic multi-tree transactions, and its sled implementation.
+//!
+//! Every mutation is durable (flushed to disk) before the call returns, so
+//! a caller that hears "done" can tell the client "done". The database
+//! carries a schema version in the [`Tree::Meta`] tree; opening runs the
+//! migrations from an older version and refuses a newer one.
+
+mod schema;
+mod sled_store;
+
+pub use schema::{migrate, Migration, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+pub use sled_store::SledStore;
+
+/// The trees of the store. Each holds one kind of value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tree {
+    /// Store metadata: the schema version, the master key check value.
+    Meta,
+    /// Records by id (serialized record values).
+    Records,
+    /// Record ids by name (the uniqueness index).
+    Names,
+    /// Per-record secrets sealed with the master key (VMKs, ID keys).
+    Secrets,
+    /// The daemon's own key material, sealed with the master key.
+    Keys,
+}
+
+impl Tree {
+    /// Every tree, in a fixed order.
+    pub const ALL: [Tree; 5] = [
+        Tree::Meta,
+        Tree::Records,
+        Tree::Names,
+        Tree::Secrets,
+        Tree::Keys,
+    ];
+
+    /// The tree's name in the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Records => "records",
+            Tree::Names => "names",
+            Tree::Secrets => "secrets",
+            Tree::Keys => "keys",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Tree::Meta => 0,
+            Tree::Records => 1,
+            Tree::Names => 2,
+            Tree::Secrets => 3,
+            Tree::Keys => 4,
+        }
+    }
+}
+
+/// One mutation of a [`Store::transaction`].
+#[derive(Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Sets `key` in `tree` to `value`.
+    Put {
+        /// The tree.
+        tree: Tree,
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// Removes `key` from `tree` (no error when absent).
+    Delete {
+        /// The tree.
+        tree: Tree,
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+// Values may be sealed secrets; keep them out of logs all the same.
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Put { tree, key, value } => f
+                .debug_struct("Put")
+                .field("tree", tree)
+                .field("key", &String::from_utf8_lossy(key))
+                .field("value_len", &value.len())
+                .finish(),
+            Op::Delete { tree, key } => f
+                .debug_struct("Delete")
+                .field("tree", tree)
+                .field("key", &String::from_utf8_lossy(key))
+                .finish(),
+        }
+    }
+}
+
+impl Op {
+    /// A put.
+    pub fn put(tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
+        Op::Put {
+            tree,
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// A delete.
+    pub fn delete(tree: Tree, key: impl Into<Vec<u8>>) -> Op {
+        Op::Delete {
+            tree,
+            key: key.into(),
+        }
+    }
+}
+
+/// Why a store operation failed. A failed mutation had no effect.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error("cannot open the database at {path}: {error}")]
+    Open {
+        /// The database directory.
+        path: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// The database engine failed.
+    #[error("database error: {0}")]
+    Backend(String),
+    /// The database was written by a newer snpguardd.
+    #[error(
+        "the database has schema version {found}, newer than the {supported} this snpguardd \
+         supports; run the newer snpguardd or restore a backup of the state directory"
+    )]
+    NewerSchema {
+        /// The version in the database.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// The schema version entry is not a version number.
+    #[error("the database's schema version entry is corrupt ({len} bytes); restore a backup")]
+    CorruptSchemaVersion {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A migration step failed; the database is still at `from`.
+    #[error("migrating the database from schema version {from}: {error}")]
+    Migration {
+        /// The version the step started from.
+        from: u32,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// The entries of a tree: `(key, value)` pairs in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A key-value store of named trees. Implementations are thread-safe and
+/// every successful mutation is on disk before it returns.
+pub trait Store: Send + Sync {
+    /// The value of `key` in `tree`.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Sets one value (durably).
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.transaction(&[Op::put(tree, key, value)])
+    }
+    /// Removes one key (durably); no error when it is absent.
+    fn delete(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.transaction(&[Op::delete(tree, key)])
+    }
+    /// Every entry of `tree`, in key order.
+    fn entries(&self, tree: Tree) -> Result<Entries, StoreError>;
+    /// Applies all `ops` atomically (all or none, also across a crash),
+    /// then flushes.
+    fn transaction(&self, ops: &[Op]) -> Result<(), StoreError>;
+}

@@ -1,0 +1,164 @@
+//! The sled implementation of [`Store`].
+
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::schema::{migrate, MIGRATIONS};
+use super::{Entries, Op, Store, StoreError, Tree};
+
+/// A sled database with one sled tree per [`Tree`].
+pub struct SledStore {
+    db: sled::Db,
+    /// Indexed by [`Tree::index`].
+    trees: Vec<sled::Tree>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (creating when absent) the database in directory `path` and
+    /// brings its schema to [`super::SCHEMA_VERSION`].
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        let store = Self::open_unmigrated(path)?;
+        migrate(&store, &MIGRATIONS)?;
+        Ok(store)
+    }
+
+    /// Opens the database without looking at its schema version.
+    pub(crate) fn open_unmigrated(path: &Path) -> Result<SledStore, StoreError> {
+        let open_err = |e: sled::Error| StoreError::Open {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        };
+        let db = sled::Config::new().path(path).open().map_err(open_err)?;
+        let trees = Tree::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(open_err)?;
+        Ok(SledStore { db, trees })
+    }
+
+    fn tree(&self, tree: Tree) -> &sled::Tree {
+        &self.trees[tree.index()]
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree(tree)
+            .get(key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn entries(&self, tree: Tree) -> Result<Entries, StoreError> {
+        self.tree(tree)
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect()
+    }
+
+    fn transaction(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let result: Result<(), TransactionError<()>> = self.trees[..].transaction(|views| {
+            for op in ops {
+                match op {
+                    Op::Put { tree, key, value } => {
+                        views[tree.index()].insert(key.as_slice(), value.as_slice())?;
+                    }
+                    Op::Delete { tree, key } => {
+                        views[tree.index()].remove(key.as_slice())?;
+                    }
+                }
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(backend(e)),
+            Err(TransactionError::Abort(())) => {
+                return Err(StoreError::Backend("transaction aborted".into()))
+            }
+        }
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+
+    #[test]
+    fn put_get_delete_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(&dir.path().join("db")).unwrap();
+        s.put(Tree::Records, b"b", b"2").unwrap();
+        s.put(Tree::Records, b"a", b"1").unwrap();
+        s.put(Tree::Names, b"a", b"other tree").unwrap();
+        assert_eq!(
+            s.get(Tree::Records, b"a").unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            s.entries(Tree::Records).unwrap(),
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"2".to_vec())
+            ]
+        );
+        s.delete(Tree::Records, b"a").unwrap();
+        s.delete(Tree::Records, b"absent").unwrap();
+        assert_eq!(s.get(Tree::Records, b"a").unwrap(), None);
+        assert_eq!(
+            s.get(Tree::Names, b"a").unwrap().as_deref(),
+            Some(&b"other tree"[..])
+        );
+    }
+
+    #[test]
+    fn transaction_spans_trees_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = SledStore::open(&path).unwrap();
+            s.put(Tree::Secrets, b"old", b"x").unwrap();
+            s.transaction(&[
+                Op::put(Tree::Records, "r1", "rec"),
+                Op::put(Tree::Names, "n1", "r1"),
+                Op::put(Tree::Secrets, "vmk/r1", "sealed"),
+                Op::delete(Tree::Secrets, "old"),
+            ])
+            .unwrap();
+        }
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(s.get(Tree::Records, b"r1").unwrap().unwrap(), b"rec");
+        assert_eq!(s.get(Tree::Names, b"n1").unwrap().unwrap(), b"r1");
+        assert_eq!(s.get(Tree::Secrets, b"vmk/r1").unwrap().unwrap(), b"sealed");
+        assert_eq!(s.get(Tree::Secrets, b"old").unwrap(), None);
+        assert_eq!(
+            s.get(Tree::Meta, SCHEMA_VERSION_KEY).unwrap().unwrap(),
+            SCHEMA_VERSION.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn op_debug_hides_values() {
+        let op = Op::put(Tree::Secrets, "vmk/r1", "PLAINTEXT-SECRET");
+        let dbg = format!("{op:?}");
+        assert!(!dbg.contains("PLAINTEXT"), "{dbg}");
+        assert!(dbg.contains("value_len: 16"), "{dbg}");
+    }
+}
