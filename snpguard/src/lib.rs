@@ -7,8 +7,12 @@
 //! - [`measure`]: launch digests, byte-identical to `sev-snp-measure`.
 //! - [`idblock`]: ID blocks and ID authentication blocks.
 //! - [`sim`]: a simulated SEV-SNP platform for tests (never production).
+//! - `dbus` (feature `dbus`): names, typed errors and client proxies of
+//!   the daemon's D-Bus management API.
 
 pub mod certs;
+#[cfg(feature = "dbus")]
+pub mod dbus;
 pub mod idblock;
 pub mod measure;
 pub mod report;

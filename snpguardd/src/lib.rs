@@ -3,5 +3,7 @@
 //!
 //! - [`service`]: the operations the daemon offers, independent of the
 //!   transport (D-Bus today, HTTPS for attestation).
+//! - [`dbus`]: the D-Bus management API over a [`service::RecordService`].
 
+pub mod dbus;
 pub mod service;
