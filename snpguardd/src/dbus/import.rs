@@ -96,10 +96,19 @@ impl ImportDir {
                 self.path.display()
             )),
             Errno::NOENT => Error::InvalidInput(format!("path {path:?} does not exist")),
+            Errno::EXIST if self.is_symlink(rel) => Error::InvalidInput(format!(
+                "path {path:?} is a symlink; symlinks are not followed in {}",
+                self.path.display()
+            )),
             Errno::EXIST => Error::AlreadyExists(format!("{path:?} exists; pick a new file name")),
             e => Error::InvalidInput(format!("cannot open {path:?}: {e}")),
         })?;
         Ok(File::from(fd))
+    }
+
+    fn is_symlink(&self, rel: &Path) -> bool {
+        rustix::fs::statat(&self.dir, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
     }
 
     /// Opens a regular file inside the directory for reading.
