@@ -88,6 +88,7 @@ fn check_sealed_vmk(v: &[u8]) -> Result<(), Error> {
 impl Manager {
     /// Registers a launch. `files` maps "firmware", "kernel" and "initrd"
     /// to open regular files; `options` is described in docs/dbus.md.
+    #[zbus(out_args("record"))]
     async fn register(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -110,6 +111,7 @@ impl Manager {
     }
 
     /// Registers a launch from files inside the import directory.
+    #[zbus(out_args("record"))]
     async fn register_from_paths(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -131,6 +133,7 @@ impl Manager {
     }
 
     /// Object paths of every record.
+    #[zbus(out_args("records"))]
     async fn list_records(&self) -> Result<Vec<OwnedObjectPath>, Error> {
         let svc = self.ctx.service.clone();
         let records = blocking(move || svc.list()).await?;
@@ -138,6 +141,7 @@ impl Manager {
     }
 
     /// The record whose name (or id) is `name`.
+    #[zbus(out_args("record"))]
     async fn find_record(&self, name: String) -> Result<OwnedObjectPath, Error> {
         if name.len() > limit::FIND_KEY {
             return Err(Error::InvalidInput(format!(
