@@ -9,9 +9,13 @@
 //! - [`seal`]: HPKE sealing of secrets (VMK ingestion, key release).
 //! - [`bundle`]: launch-artifacts.tar.gz, written and safely extracted.
 //! - [`sim`]: a simulated SEV-SNP platform for tests (never production).
+//! - `dbus` (feature `dbus`): names, typed errors and client proxies of
+//!   the daemon's D-Bus management API.
 
 pub mod bundle;
 pub mod certs;
+#[cfg(feature = "dbus")]
+pub mod dbus;
 pub mod idblock;
 pub mod measure;
 pub mod report;

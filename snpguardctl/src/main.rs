@@ -3,9 +3,12 @@
 //! `main` parses arguments and dispatches each subcommand to its module;
 //! errors print one `error: ...` line and exit with status 2.
 
+mod bus;
 mod idblock;
 mod measure;
 mod output;
+mod records;
+mod register;
 mod report;
 
 use std::process::ExitCode;
@@ -17,6 +20,12 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about, help_expected = true, term_width = 80)]
 struct Cli {
+    /// D-Bus address of the daemon's bus (default: the system bus)
+    #[arg(long, global = true, value_name = "ADDR", conflicts_with = "host")]
+    bus_address: Option<String>,
+    /// Manage the daemon on a remote host through ssh
+    #[arg(short = 'H', long, global = true, value_name = "[USER@]HOST")]
+    host: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,13 +39,24 @@ enum Command {
     Measure(measure::Args),
     /// Sign an ID block and ID auth info for a launch digest
     IdBlock(idblock::Args),
+    /// Register a launch with the daemon and write its bundle
+    Register(register::Args),
+    /// List, show, enable, disable, delete or export the daemon's records
+    #[command(subcommand)]
+    Records(records::RecordsCommand),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let target = bus::Target {
+        bus_address: cli.bus_address,
+        host: cli.host,
+    };
     match cli.command {
         Command::Report(cmd) => report::run(cmd),
         Command::Measure(args) => measure::run(args).map(|()| ExitCode::SUCCESS),
         Command::IdBlock(args) => idblock::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Register(args) => register::run(&target, args).map(|()| ExitCode::SUCCESS),
+        Command::Records(cmd) => records::run(&target, cmd).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -78,6 +98,89 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn management_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "snpguardctl",
+            "register",
+            "--name",
+            "web",
+            "--vcpus",
+            "4",
+            "--vcpu-type",
+            "EPYC-v4",
+            "--min-tcb-bootloader",
+            "1",
+            "--min-tcb-tee",
+            "0",
+            "--min-tcb-snp",
+            "22",
+            "--min-tcb-microcode",
+            "213",
+            "--staging-dir",
+            "s",
+            "--out-bundle",
+            "b",
+            "-H",
+            "root@h",
+        ])
+        .unwrap();
+        assert_eq!(cli.host.as_deref(), Some("root@h"));
+        let Command::Register(a) = cli.command else {
+            panic!("not register")
+        };
+        assert_eq!((a.vcpus, a.min_tcb_snp, a.min_tcb_fmc), (4, Some(22), None));
+
+        // TCB minimums go together.
+        let e = Cli::try_parse_from([
+            "snpguardctl",
+            "register",
+            "--name",
+            "w",
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "t",
+            "--min-tcb-snp",
+            "1",
+            "--staging-dir",
+            "s",
+            "--out-bundle",
+            "b",
+        ]);
+        assert!(e.is_err());
+
+        let cli = Cli::try_parse_from([
+            "snpguardctl",
+            "records",
+            "show",
+            "web",
+            "--json",
+            "--bus-address",
+            "unix:path=/x",
+        ])
+        .unwrap();
+        assert_eq!(cli.bus_address.as_deref(), Some("unix:path=/x"));
+        assert!(matches!(
+            cli.command,
+            Command::Records(records::RecordsCommand::Show(records::RecordArg {
+                json: true,
+                ..
+            }))
+        ));
+        assert!(Cli::try_parse_from([
+            "snpguardctl",
+            "records",
+            "list",
+            "--bus-address",
+            "a",
+            "-H",
+            "h"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["snpguardctl", "records", "export", "web"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! - [`service`]: the operations the daemon offers, independent of the
 //!   transport (D-Bus today, HTTPS for attestation).
+//! - [`dbus`]: the D-Bus management API over a [`service::RecordService`].
 //! - [`config`]: the command line and the configuration file.
 //! - [`logging`]: journal or stderr.
 //! - [`notify`]: readiness, watchdog and the socket-activated listener.
@@ -23,6 +24,7 @@
 //! connect to the bus and serve, [`notify::ready`].
 
 pub mod config;
+pub mod dbus;
 mod fsutil;
 pub mod keys;
 pub mod logging;

@@ -1,0 +1,220 @@
+//! The daemon's D-Bus management API as both sides see it: names, limits,
+//! option keys, typed errors and client proxies. The reference is
+//! `docs/dbus.md` and the interface XML under `dbus/interfaces/`.
+
+use std::collections::HashMap;
+
+use zbus::proxy;
+use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue};
+
+/// Well-known bus name of the daemon.
+pub const BUS_NAME: &str = "org.snpguard.SnpGuard1";
+/// Object path of the Manager (also the ObjectManager root).
+pub const MANAGER_PATH: &str = "/org/snpguard/SnpGuard1";
+/// Parent path of the record objects; a record lives at `<this>/<id>`.
+pub const RECORDS_PATH: &str = "/org/snpguard/SnpGuard1/records";
+/// Manager interface name.
+pub const MANAGER_INTERFACE: &str = "org.snpguard.SnpGuard1.Manager";
+/// Record interface name.
+pub const RECORD_INTERFACE: &str = "org.snpguard.SnpGuard1.Record";
+
+/// polkit action for `Register` and `RegisterFromPaths`.
+pub const ACTION_REGISTER: &str = "org.snpguard.SnpGuard1.register";
+/// polkit action for `Enable`, `Disable` and `Delete`.
+pub const ACTION_MANAGE: &str = "org.snpguard.SnpGuard1.manage";
+/// polkit action for `ExportBundle` and `ExportBundleToPath`.
+pub const ACTION_EXPORT: &str = "org.snpguard.SnpGuard1.export";
+
+/// Keys of the `files` argument of `Register`/`RegisterFromPaths`.
+pub mod file_key {
+    /// OVMF firmware.
+    pub const FIRMWARE: &str = "firmware";
+    /// Guest kernel.
+    pub const KERNEL: &str = "kernel";
+    /// Guest initrd.
+    pub const INITRD: &str = "initrd";
+    /// Every key, each required exactly once.
+    pub const ALL: [&str; 3] = [FIRMWARE, KERNEL, INITRD];
+}
+
+/// Keys of the `options` argument of `Register`/`RegisterFromPaths`, with
+/// their D-Bus type in the comment.
+pub mod option_key {
+    /// `s`, required: record name, `[A-Za-z0-9._-]{1,64}`.
+    pub const NAME: &str = "name";
+    /// `s`, required: kernel command line, at most 4096 bytes.
+    pub const CMDLINE: &str = "cmdline";
+    /// `u`, required: vCPU count.
+    pub const VCPUS: &str = "vcpus";
+    /// `s`, required: vCPU model (e.g. `EPYC-v4`).
+    pub const VCPU_TYPE: &str = "vcpu_type";
+    /// `b`, default false.
+    pub const ALLOW_SMT: &str = "allow_smt";
+    /// `b`, default false.
+    pub const ALLOW_DEBUG: &str = "allow_debug";
+    /// `b`, default false.
+    pub const ALLOW_MIGRATE_MA: &str = "allow_migrate_ma";
+    /// `y`: with the other three `min_tcb_*` keys or none of them.
+    pub const MIN_TCB_BOOTLOADER: &str = "min_tcb_bootloader";
+    /// `y`.
+    pub const MIN_TCB_TEE: &str = "min_tcb_tee";
+    /// `y`.
+    pub const MIN_TCB_SNP: &str = "min_tcb_snp";
+    /// `y`.
+    pub const MIN_TCB_MICROCODE: &str = "min_tcb_microcode";
+    /// `y`, optional (Turin); only together with the four above.
+    pub const MIN_TCB_FMC: &str = "min_tcb_fmc";
+}
+
+/// Bounds the daemon enforces on its inputs.
+pub mod limit {
+    /// Sealed VMK, bytes.
+    pub const SEALED_VMK: usize = 4096;
+    /// Kernel command line, bytes.
+    pub const CMDLINE: usize = 4096;
+    /// Record name, bytes.
+    pub const NAME: usize = 64;
+    /// vCPU model name, bytes.
+    pub const VCPU_TYPE: usize = 64;
+    /// Entries of an options dictionary.
+    pub const OPTIONS: usize = 32;
+    /// A path argument, bytes.
+    pub const PATH: usize = 4096;
+    /// Record lookup key (`FindRecord`), bytes.
+    pub const FIND_KEY: usize = 256;
+}
+
+/// The typed errors of the API, `org.snpguard.SnpGuard1.Error.<Variant>`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.snpguard.SnpGuard1.Error")]
+pub enum Error {
+    /// A transport-level failure (not sent by the daemon as such).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// An argument or option is invalid; the message names it.
+    InvalidInput(String),
+    /// No such record.
+    NotFound(String),
+    /// A record with that name exists.
+    AlreadyExists(String),
+    /// The sealed VMK cannot be opened with the daemon's ingestion key.
+    SealedKey(String),
+    /// Storage failed; the operation had no effect.
+    Storage(String),
+    /// polkit did not authorize the caller, or could not be asked.
+    AccessDenied(String),
+}
+
+/// Options of `Register` as built by clients.
+pub type Options = HashMap<String, OwnedValue>;
+
+/// Client side of `org.snpguard.SnpGuard1.Manager`.
+#[proxy(
+    interface = "org.snpguard.SnpGuard1.Manager",
+    default_service = "org.snpguard.SnpGuard1",
+    default_path = "/org/snpguard/SnpGuard1",
+    gen_blocking = false
+)]
+pub trait Manager {
+    /// Registers a launch from open files (keys of [`file_key`]).
+    fn register(
+        &self,
+        files: HashMap<&str, OwnedFd>,
+        options: &Options,
+        sealed_vmk: &[u8],
+    ) -> zbus::Result<OwnedObjectPath>;
+
+    /// Registers a launch from files inside the daemon's import directory.
+    fn register_from_paths(
+        &self,
+        files: HashMap<&str, &str>,
+        options: &Options,
+        sealed_vmk: &[u8],
+    ) -> zbus::Result<OwnedObjectPath>;
+
+    /// Object paths of every record.
+    fn list_records(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+
+    /// Object path of the record with that name or id.
+    fn find_record(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
+    /// The HPKE ingestion public key (raw X25519).
+    #[zbus(property)]
+    fn ingestion_public_key(&self) -> zbus::Result<Vec<u8>>;
+
+    /// Daemon version.
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+}
+
+/// Client side of `org.snpguard.SnpGuard1.Record`.
+#[proxy(
+    interface = "org.snpguard.SnpGuard1.Record",
+    default_service = "org.snpguard.SnpGuard1",
+    gen_blocking = false
+)]
+pub trait Record {
+    /// Allows attestation to release the record's key.
+    fn enable(&self) -> zbus::Result<()>;
+    /// Refuses attestation for the record.
+    fn disable(&self) -> zbus::Result<()>;
+    /// Deletes the record and its secrets.
+    fn delete(&self) -> zbus::Result<()>;
+    /// Writes launch-artifacts.tar.gz to a writable fd.
+    fn export_bundle(&self, fd: OwnedFd) -> zbus::Result<()>;
+    /// Writes launch-artifacts.tar.gz to a new file in the import directory.
+    fn export_bundle_to_path(&self, path: &str) -> zbus::Result<()>;
+
+    /// Record id (image ID, hex).
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<String>;
+    /// Record name.
+    #[zbus(property)]
+    fn name(&self) -> zbus::Result<String>;
+    /// Whether attestation may release the key.
+    #[zbus(property)]
+    fn enabled(&self) -> zbus::Result<bool>;
+    /// Creation time, RFC 3339.
+    #[zbus(property)]
+    fn created(&self) -> zbus::Result<String>;
+    /// Launch digest, hex.
+    #[zbus(property)]
+    fn measurement(&self) -> zbus::Result<String>;
+    /// Guest policy.
+    #[zbus(property)]
+    fn policy(&self) -> zbus::Result<u64>;
+    /// vCPU count.
+    #[zbus(property)]
+    fn vcpus(&self) -> zbus::Result<u32>;
+    /// vCPU model.
+    #[zbus(property)]
+    fn vcpu_type(&self) -> zbus::Result<String>;
+    /// Kernel command line.
+    #[zbus(property)]
+    fn cmdline(&self) -> zbus::Result<String>;
+    /// Family ID, hex.
+    #[zbus(property)]
+    fn family_id(&self) -> zbus::Result<String>;
+    /// Image ID, hex.
+    #[zbus(property)]
+    fn image_id(&self) -> zbus::Result<String>;
+    /// ID key digest, hex.
+    #[zbus(property)]
+    fn id_key_digest(&self) -> zbus::Result<String>;
+    /// Author key digest, hex.
+    #[zbus(property)]
+    fn author_key_digest(&self) -> zbus::Result<String>;
+    /// Minimum TCB (`bootloader`, `tee`, `snp`, `microcode`, `fmc`); empty
+    /// when none.
+    #[zbus(property)]
+    fn min_tcb(&self) -> zbus::Result<HashMap<String, u8>>;
+    /// Successful attestations.
+    #[zbus(property)]
+    fn attestations_ok(&self) -> zbus::Result<u64>;
+    /// Refused attestations.
+    #[zbus(property)]
+    fn attestations_failed(&self) -> zbus::Result<u64>;
+    /// Last attestation, RFC 3339, or "" if never.
+    #[zbus(property)]
+    fn last_attestation(&self) -> zbus::Result<String>;
+}

@@ -1,0 +1,279 @@
+//! `snpguardctl records`: list, show, enable, disable, delete and export
+//! the daemon's records over D-Bus.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use snpguard::dbus::{ManagerProxy, RecordProxy};
+use zbus::zvariant::{OwnedFd, OwnedObjectPath};
+
+use crate::bus::{self, call_mut, describe, Bus, Target};
+use crate::output;
+
+#[derive(Debug, Subcommand)]
+pub enum RecordsCommand {
+    /// List every record
+    List(JsonArg),
+    /// Show one record
+    Show(RecordArg),
+    /// Allow attestation to release the record's key
+    Enable(RecordArg),
+    /// Refuse attestation for the record
+    Disable(RecordArg),
+    /// Delete the record and its secrets
+    Delete(RecordArg),
+    /// Export the record's launch-artifacts.tar.gz
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArg {
+    /// Record name or id
+    #[arg(value_name = "ID-OR-NAME")]
+    pub record: String,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Record name or id
+    #[arg(value_name = "ID-OR-NAME")]
+    pub record: String,
+    /// Where to write launch-artifacts.tar.gz (replaced atomically)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A record as the CLI prints it.
+#[derive(Debug, Serialize)]
+pub struct RecordView {
+    pub id: String,
+    pub name: String,
+    pub enabled: bool,
+    pub created: String,
+    pub measurement: String,
+    pub policy: u64,
+    pub vcpus: u32,
+    pub vcpu_type: String,
+    pub cmdline: String,
+    pub family_id: String,
+    pub image_id: String,
+    pub id_key_digest: String,
+    pub author_key_digest: String,
+    pub min_tcb: BTreeMap<String, u8>,
+    pub attestations_ok: u64,
+    pub attestations_failed: u64,
+    pub last_attestation: Option<String>,
+}
+
+impl RecordView {
+    pub async fn fetch(r: &RecordProxy<'_>) -> Result<Self> {
+        Self::fetch_inner(r).await.map_err(describe)
+    }
+
+    async fn fetch_inner(r: &RecordProxy<'_>) -> zbus::Result<Self> {
+        let last = r.last_attestation().await?;
+        Ok(RecordView {
+            id: r.id().await?,
+            name: r.name().await?,
+            enabled: r.enabled().await?,
+            created: r.created().await?,
+            measurement: r.measurement().await?,
+            policy: r.policy().await?,
+            vcpus: r.vcpus().await?,
+            vcpu_type: r.vcpu_type().await?,
+            cmdline: r.cmdline().await?,
+            family_id: r.family_id().await?,
+            image_id: r.image_id().await?,
+            id_key_digest: r.id_key_digest().await?,
+            author_key_digest: r.author_key_digest().await?,
+            min_tcb: r.min_tcb().await?.into_iter().collect(),
+            attestations_ok: r.attestations_ok().await?,
+            attestations_failed: r.attestations_failed().await?,
+            last_attestation: (!last.is_empty()).then_some(last),
+        })
+    }
+
+    fn print(&self) {
+        let tcb = if self.min_tcb.is_empty() {
+            "none".to_string()
+        } else {
+            ["bootloader", "tee", "snp", "microcode", "fmc"]
+                .iter()
+                .filter_map(|k| self.min_tcb.get(*k).map(|v| format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        println!("Name:         {}", self.name);
+        println!("Id:           {}", self.id);
+        println!("Enabled:      {}", if self.enabled { "yes" } else { "no" });
+        println!("Created:      {}", self.created);
+        println!("Measurement:  {}", self.measurement);
+        println!("Policy:       {:#x}", self.policy);
+        println!("vCPUs:        {} x {}", self.vcpus, self.vcpu_type);
+        println!("Cmdline:      {}", self.cmdline);
+        println!("Family ID:    {}", self.family_id);
+        println!("Image ID:     {}", self.image_id);
+        println!("ID key:       {}", self.id_key_digest);
+        println!("Author key:   {}", self.author_key_digest);
+        println!("Min TCB:      {tcb}");
+        println!(
+            "Attestations: {} ok, {} refused, last {}",
+            self.attestations_ok,
+            self.attestations_failed,
+            self.last_attestation.as_deref().unwrap_or("never")
+        );
+    }
+}
+
+/// A proxy for the record object at `path`.
+pub async fn record_at<'a>(bus: &Bus, path: OwnedObjectPath) -> Result<RecordProxy<'a>> {
+    RecordProxy::builder(&bus.conn)
+        .path(path)?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .map_err(describe)
+}
+
+async fn find<'a>(bus: &Bus, key: &str) -> Result<RecordProxy<'a>> {
+    let m = ManagerProxy::new(&bus.conn).await.map_err(describe)?;
+    let path = m.find_record(key).await.map_err(describe)?;
+    record_at(bus, path).await
+}
+
+/// Writes the bundle of `r` to `out` atomically through an fd.
+pub async fn export_to(bus: &Bus, r: &RecordProxy<'_>, out: &std::path::Path) -> Result<()> {
+    bus.require_fd_passing("export")?;
+    let file = output::AtomicFile::create(out, 0o644)?;
+    let fd = file
+        .file()
+        .try_clone()
+        .with_context(|| format!("writing {}", out.display()))?;
+    let fd = OwnedFd::from(std::os::fd::OwnedFd::from(fd));
+    call_mut::<_, ()>(r.inner(), "ExportBundle", &(fd,))
+        .await
+        .context("exporting the bundle")?;
+    file.commit()
+}
+
+pub fn run(target: &Target, cmd: RecordsCommand) -> Result<()> {
+    bus::runtime()?.block_on(run_async(target, cmd))
+}
+
+async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
+    let bus = bus::connect(target).await?;
+    match cmd {
+        RecordsCommand::List(a) => list(&bus, a.json).await,
+        RecordsCommand::Show(a) => {
+            let view = RecordView::fetch(&find(&bus, &a.record).await?).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                view.print();
+            }
+            Ok(())
+        }
+        RecordsCommand::Enable(a) => set_enabled(&bus, a, true).await,
+        RecordsCommand::Disable(a) => set_enabled(&bus, a, false).await,
+        RecordsCommand::Delete(a) => {
+            let r = find(&bus, &a.record).await?;
+            let id = r.id().await.map_err(describe)?;
+            let name = r.name().await.map_err(describe)?;
+            call_mut::<_, ()>(r.inner(), "Delete", &()).await?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": id, "name": name, "deleted": true })
+                );
+            } else {
+                println!("deleted {name} ({id})");
+            }
+            Ok(())
+        }
+        RecordsCommand::Export(a) => {
+            let r = find(&bus, &a.record).await?;
+            export_to(&bus, &r, &a.out).await?;
+            let id = r.id().await.map_err(describe)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "id": id, "bundle": a.out.display().to_string() })
+                );
+            } else {
+                println!("wrote {}", a.out.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn list(bus: &Bus, json: bool) -> Result<()> {
+    let m = ManagerProxy::new(&bus.conn).await.map_err(describe)?;
+    let mut views = Vec::new();
+    for p in m.list_records().await.map_err(describe)? {
+        views.push(RecordView::fetch(&record_at(bus, p).await?).await?);
+    }
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    if views.is_empty() {
+        println!("no records; add one with snpguardctl register");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<32} {:<7} {:>5} MEASUREMENT",
+        "NAME", "ID", "ENABLED", "VCPUS"
+    );
+    for v in &views {
+        let short: String = v.measurement.chars().take(16).collect();
+        println!(
+            "{:<24} {:<32} {:<7} {:>5} {short}…",
+            v.name,
+            v.id,
+            if v.enabled { "yes" } else { "no" },
+            v.vcpus
+        );
+    }
+    Ok(())
+}
+
+async fn set_enabled(bus: &Bus, a: RecordArg, enabled: bool) -> Result<()> {
+    let r = find(bus, &a.record).await?;
+    let method = if enabled { "Enable" } else { "Disable" };
+    call_mut::<_, ()>(r.inner(), method, &())
+        .await
+        .with_context(|| format!("{} {}", method.to_lowercase(), a.record))?;
+    let view = RecordView::fetch(&r).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "id": view.id, "name": view.name, "enabled": view.enabled })
+        );
+    } else {
+        println!(
+            "{} {} ({})",
+            if view.enabled { "enabled" } else { "disabled" },
+            view.name,
+            view.id
+        );
+    }
+    Ok(())
+}

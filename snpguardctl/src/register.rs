@@ -1,0 +1,193 @@
+//! `snpguardctl register`: registers a launch with the daemon from a
+//! `convert` staging directory and writes the launch bundle.
+//!
+//! The staging directory holds `firmware.fd`, `kernel`, `initrd`,
+//! `cmdline` (one line; a single trailing newline is not part of it) and
+//! `vmk.sealed`. The files go to the daemon as open descriptors.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use snpguard::dbus::{limit, option_key as key, ManagerProxy, Options};
+use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue, Value};
+
+use crate::bus::{self, call_mut, describe, Target};
+use crate::records::{export_to, record_at, RecordView};
+
+/// Staging directory file names, as `convert` writes them.
+pub const FIRMWARE: &str = "firmware.fd";
+pub const KERNEL: &str = "kernel";
+pub const INITRD: &str = "initrd";
+pub const CMDLINE: &str = "cmdline";
+pub const SEALED_VMK: &str = "vmk.sealed";
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Record name (A-Z a-z 0-9 . _ -, at most 64)
+    #[arg(long)]
+    pub name: String,
+    /// Number of vCPUs the guest is launched with
+    #[arg(long)]
+    pub vcpus: u32,
+    /// QEMU vCPU model (e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa)
+    #[arg(long, value_name = "TYPE")]
+    pub vcpu_type: String,
+    /// Allow SMT in the guest policy
+    #[arg(long)]
+    pub allow_smt: bool,
+    /// Allow debugging in the guest policy (test guests only)
+    #[arg(long)]
+    pub allow_debug: bool,
+    /// Allow a migration agent in the guest policy
+    #[arg(long)]
+    pub allow_migrate_ma: bool,
+    /// Minimum boot loader SPL accepted at attestation
+    #[arg(long, value_name = "N", requires_all = ["min_tcb_tee", "min_tcb_snp", "min_tcb_microcode"])]
+    pub min_tcb_bootloader: Option<u8>,
+    /// Minimum TEE SPL
+    #[arg(long, value_name = "N", requires = "min_tcb_bootloader")]
+    pub min_tcb_tee: Option<u8>,
+    /// Minimum SNP firmware SPL
+    #[arg(long, value_name = "N", requires = "min_tcb_bootloader")]
+    pub min_tcb_snp: Option<u8>,
+    /// Minimum microcode SPL
+    #[arg(long, value_name = "N", requires = "min_tcb_bootloader")]
+    pub min_tcb_microcode: Option<u8>,
+    /// Minimum FMC SPL (Turin)
+    #[arg(long, value_name = "N", requires = "min_tcb_bootloader")]
+    pub min_tcb_fmc: Option<u8>,
+    /// Staging directory written by convert (firmware.fd, kernel, initrd,
+    /// cmdline, vmk.sealed)
+    #[arg(long, value_name = "DIR")]
+    pub staging_dir: PathBuf,
+    /// Where to write launch-artifacts.tar.gz (replaced atomically)
+    #[arg(long, value_name = "FILE")]
+    pub out_bundle: PathBuf,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn open(dir: &Path, name: &str) -> Result<File> {
+    let p = dir.join(name);
+    File::open(&p).with_context(|| {
+        format!(
+            "opening {}; the staging dir from convert has {FIRMWARE}, {KERNEL}, \
+             {INITRD}, {CMDLINE} and {SEALED_VMK}",
+            p.display()
+        )
+    })
+}
+
+fn value(v: Value<'_>) -> Result<OwnedValue> {
+    OwnedValue::try_from(v).context("building the options")
+}
+
+/// The options dictionary for `a`, with the command line read from the
+/// staging directory.
+pub fn options(a: &Args, cmdline: &str) -> Result<Options> {
+    let mut o = HashMap::new();
+    o.insert(key::NAME.to_string(), value(Value::from(a.name.as_str()))?);
+    o.insert(key::CMDLINE.to_string(), value(Value::from(cmdline))?);
+    o.insert(key::VCPUS.to_string(), OwnedValue::from(a.vcpus));
+    o.insert(
+        key::VCPU_TYPE.to_string(),
+        value(Value::from(a.vcpu_type.as_str()))?,
+    );
+    o.insert(key::ALLOW_SMT.to_string(), OwnedValue::from(a.allow_smt));
+    o.insert(
+        key::ALLOW_DEBUG.to_string(),
+        OwnedValue::from(a.allow_debug),
+    );
+    o.insert(
+        key::ALLOW_MIGRATE_MA.to_string(),
+        OwnedValue::from(a.allow_migrate_ma),
+    );
+    for (k, v) in [
+        (key::MIN_TCB_BOOTLOADER, a.min_tcb_bootloader),
+        (key::MIN_TCB_TEE, a.min_tcb_tee),
+        (key::MIN_TCB_SNP, a.min_tcb_snp),
+        (key::MIN_TCB_MICROCODE, a.min_tcb_microcode),
+        (key::MIN_TCB_FMC, a.min_tcb_fmc),
+    ] {
+        if let Some(v) = v {
+            o.insert(k.to_string(), OwnedValue::from(v));
+        }
+    }
+    Ok(o)
+}
+
+fn read_cmdline(dir: &Path) -> Result<String> {
+    let p = dir.join(CMDLINE);
+    let raw = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    let mut s = String::from_utf8(raw).with_context(|| format!("{} is not UTF-8", p.display()))?;
+    if s.ends_with('\n') {
+        s.pop();
+    }
+    Ok(s)
+}
+
+fn read_sealed_vmk(dir: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut v = Vec::new();
+    open(dir, SEALED_VMK)?
+        .take(limit::SEALED_VMK as u64 + 1)
+        .read_to_end(&mut v)
+        .with_context(|| format!("reading {SEALED_VMK}"))?;
+    if v.len() > limit::SEALED_VMK {
+        anyhow::bail!(
+            "{SEALED_VMK} is larger than {} bytes; it is not a sealed VMK from convert",
+            limit::SEALED_VMK
+        );
+    }
+    Ok(v)
+}
+
+pub fn run(target: &Target, a: Args) -> Result<()> {
+    bus::runtime()?.block_on(run_async(target, a))
+}
+
+async fn run_async(target: &Target, a: Args) -> Result<()> {
+    let dir = &a.staging_dir;
+    let fd = |name: &str| -> Result<OwnedFd> {
+        Ok(OwnedFd::from(std::os::fd::OwnedFd::from(open(dir, name)?)))
+    };
+    let files: HashMap<&str, OwnedFd> = HashMap::from([
+        ("firmware", fd(FIRMWARE)?),
+        ("kernel", fd(KERNEL)?),
+        ("initrd", fd(INITRD)?),
+    ]);
+    let cmdline = read_cmdline(dir)?;
+    let sealed = read_sealed_vmk(dir)?;
+    let opts = options(&a, &cmdline)?;
+
+    let bus = bus::connect(target).await?;
+    bus.require_fd_passing("register")?;
+    let m = ManagerProxy::new(&bus.conn).await.map_err(describe)?;
+    let path: OwnedObjectPath = call_mut(m.inner(), "Register", &(files, opts, sealed))
+        .await
+        .with_context(|| format!("registering {}", a.name))?;
+    let r = record_at(&bus, path).await?;
+    export_to(&bus, &r, &a.out_bundle).await.with_context(|| {
+        format!(
+            "{} is registered, but its bundle was not written; \
+             retry with snpguardctl records export {}",
+            a.name, a.name
+        )
+    })?;
+    let view = RecordView::fetch(&r).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "record": view, "bundle": a.out_bundle.display().to_string() })
+        );
+    } else {
+        println!("registered {} ({})", view.name, view.id);
+        println!("measurement {}", view.measurement);
+        println!("wrote {}", a.out_bundle.display());
+    }
+    Ok(())
+}

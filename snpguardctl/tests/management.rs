@@ -1,0 +1,322 @@
+//! snpguardctl register/records against the real D-Bus API, served in
+//! this process over the in-memory service double on a private bus with
+//! the project's policy and a mock polkit (snpguardd's test support).
+
+#[path = "../../snpguardd/tests/common/mod.rs"]
+mod bus;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Output;
+
+use bus::{bundle_bytes, Harness};
+
+async fn ctl(h: &Harness, args: &[&str]) -> Output {
+    ctl_with(h, args, |_| {}).await
+}
+
+async fn ctl_with(
+    h: &Harness,
+    args: &[&str],
+    tweak: impl FnOnce(&mut tokio::process::Command),
+) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_snpguardctl"));
+    cmd.args(args)
+        .arg("--bus-address")
+        .arg(&h.bus.address)
+        .stdin(std::process::Stdio::null());
+    tweak(&mut cmd);
+    cmd.output().await.expect("running snpguardctl")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn failed(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+fn staging(dir: &Path) -> std::path::PathBuf {
+    let s = dir.join("staging");
+    std::fs::create_dir_all(&s).unwrap();
+    for (f, data) in [
+        ("firmware.fd", &b"FIRMWARE"[..]),
+        ("kernel", b"KERNEL"),
+        ("initrd", b"INITRD"),
+        ("cmdline", b"console=ttyS0 root=/dev/vda1\n"),
+        ("vmk.sealed", b"SEALED"),
+    ] {
+        std::fs::write(s.join(f), data).unwrap();
+    }
+    s
+}
+
+fn register_args<'a>(staging: &'a str, out: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec![
+        "register",
+        "--name",
+        name,
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--allow-smt",
+        "--min-tcb-bootloader",
+        "3",
+        "--min-tcb-tee",
+        "0",
+        "--min-tcb-snp",
+        "22",
+        "--min-tcb-microcode",
+        "213",
+        "--staging-dir",
+        staging,
+        "--out-bundle",
+        out,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_then_manage_records() {
+    let h = Harness::start().await;
+    let dir = h.bus.dir.path();
+    let st = staging(dir);
+    let out = dir.join("web.tar.gz");
+    let text = ok(&ctl(
+        &h,
+        &register_args(st.to_str().unwrap(), out.to_str().unwrap(), "web"),
+    )
+    .await);
+    assert!(text.contains("registered web"), "{text}");
+    let recs = h.service.records();
+    let rec = recs.values().next().unwrap();
+    assert_eq!(rec.firmware, b"FIRMWARE");
+    assert_eq!(rec.initrd, b"INITRD");
+    assert_eq!(rec.sealed_vmk, b"SEALED");
+    assert_eq!(rec.info.cmdline, "console=ttyS0 root=/dev/vda1");
+    assert_eq!(rec.info.min_tcb.unwrap().snp, 22);
+    assert_eq!(std::fs::read(&out).unwrap(), bundle_bytes(rec));
+    let id = rec.info.id.clone();
+
+    let text = ok(&ctl(&h, &["records", "list"]).await);
+    assert!(
+        text.starts_with("NAME") && text.contains("web") && text.contains(&id),
+        "{text}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&h, &["records", "list", "--json"]).await)).unwrap();
+    assert_eq!(list[0]["name"], "web");
+    assert_eq!(list[0]["min_tcb"]["microcode"], 213);
+    assert_eq!(list[0]["last_attestation"], serde_json::Value::Null);
+
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&h, &["records", "show", &id, "--json"]).await)).unwrap();
+    assert_eq!(show["id"], id.as_str());
+    assert_eq!(show["vcpus"], 2);
+    let text = ok(&ctl(&h, &["records", "show", "web"]).await);
+    assert!(
+        text.contains("Min TCB:      bootloader=3,tee=0,snp=22,microcode=213"),
+        "{text}"
+    );
+
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&h, &["records", "disable", "web", "--json"]).await))
+            .unwrap();
+    assert_eq!(v["enabled"], false);
+    assert!(!h.service.records()[&id].info.enabled);
+    let text = ok(&ctl(&h, &["records", "enable", "web"]).await);
+    assert!(text.starts_with("enabled web"), "{text}");
+    assert!(h.service.records()[&id].info.enabled);
+
+    let again = dir.join("again.tar.gz");
+    ok(&ctl(
+        &h,
+        &["records", "export", "web", "--out", again.to_str().unwrap()],
+    )
+    .await);
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&out).unwrap());
+
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&h, &["records", "delete", "web", "--json"]).await)).unwrap();
+    assert_eq!(v["deleted"], true);
+    assert!(h.service.records().is_empty());
+    assert!(ok(&ctl(&h, &["records", "list"]).await).contains("no records"));
+    let err = failed(&ctl(&h, &["records", "show", "web"]).await);
+    assert!(err.contains("no record named \"web\" (NotFound)"), "{err}");
+
+    // polkit saw the CLI processes, one unique name per call.
+    let calls = h.polkit.calls();
+    assert!(calls.iter().all(|c| c.subject_kind == "system-bus-name"));
+    assert!(calls
+        .iter()
+        .all(|c| c.subject_name != h.daemon.unique_name().unwrap().as_str()));
+    assert!(
+        calls.iter().all(|c| c.flags == 0),
+        "stdin is not a terminal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_and_bad_inputs_fail_cleanly() {
+    let h = Harness::start().await;
+    let dir = h.bus.dir.path();
+    let st = staging(dir);
+    let out = dir.join("b.tar.gz");
+    let (s, o) = (st.to_str().unwrap(), out.to_str().unwrap());
+
+    h.polkit.set_allow(false);
+    let err = failed(&ctl(&h, &register_args(s, o, "web")).await);
+    assert!(
+        err.contains("not authorized for org.snpguard.SnpGuard1.register (AccessDenied)"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(h.service.records().is_empty());
+    h.polkit.set_allow(true);
+
+    let err = failed(&ctl(&h, &register_args(s, o, "bad name")).await);
+    assert!(
+        err.contains("not a record name") && err.contains("(InvalidInput)"),
+        "{err}"
+    );
+    let mut args = register_args(s, o, "web");
+    args[6] = "Pentium";
+    let err = failed(&ctl(&h, &args).await);
+    assert!(err.contains("unknown vCPU type"), "{err}");
+    std::fs::remove_file(st.join("initrd")).unwrap();
+    let err = failed(&ctl(&h, &register_args(s, o, "web")).await);
+    assert!(
+        err.contains("staging/initrd") && err.contains("vmk.sealed"),
+        "{err}"
+    );
+    std::fs::write(st.join("initrd"), b"I").unwrap();
+    std::fs::write(st.join("vmk.sealed"), vec![1u8; 5000]).unwrap();
+    let err = failed(&ctl(&h, &register_args(s, o, "web")).await);
+    assert!(err.contains("larger than 4096"), "{err}");
+    assert!(h.service.records().is_empty());
+    assert!(!out.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_host_goes_through_ssh_and_stdio_bridge() {
+    if std::process::Command::new("systemd-stdio-bridge")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("systemd-stdio-bridge is needed (apt-get install systemd)");
+    }
+    let h = Harness::start().await;
+    let dir = h.bus.dir.path();
+    // A stand-in ssh that records its arguments and runs the command it
+    // was given against the test bus, as sshd would on the remote host.
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("ssh");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {}/ssh-args\nexec systemd-stdio-bridge --bus-path={}\n",
+            dir.display(),
+            h.bus.address
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let st = staging(dir);
+    let out = dir.join("web.tar.gz");
+    ok(&ctl(
+        &h,
+        &register_args(st.to_str().unwrap(), out.to_str().unwrap(), "web"),
+    )
+    .await);
+
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_snpguardctl"));
+        cmd.args(args)
+            .args(["-H", "admin@vmhost"])
+            .env("PATH", &path)
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    let o = run(&["records", "list", "--json"]).output().await.unwrap();
+    let list: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(list[0]["name"], "web");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ssh-args"))
+            .unwrap()
+            .trim(),
+        "-xT -- admin@vmhost systemd-stdio-bridge"
+    );
+    let o = run(&["records", "disable", "web"]).output().await.unwrap();
+    ok(&o);
+    assert!(!h.service.records().values().next().unwrap().info.enabled);
+    // Descriptors cannot cross ssh: export says so instead of hanging.
+    let o = run(&[
+        "records",
+        "export",
+        "web",
+        "--out",
+        "/tmp/never-written.tar.gz",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(failed(&o).contains("cannot cross ssh"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_policy_lets_others_read_and_polkit_decide() {
+    if rustix::process::getuid().as_raw() != 0 {
+        eprintln!("skipped: needs root to run the CLI as another user");
+        return;
+    }
+    let exe = Path::new(env!("CARGO_BIN_EXE_snpguardctl"));
+    let h = Harness::start().await;
+    let dir = h.bus.dir.path();
+    let st = staging(dir);
+    let out = dir.join("web.tar.gz");
+    ok(&ctl(
+        &h,
+        &register_args(st.to_str().unwrap(), out.to_str().unwrap(), "web"),
+    )
+    .await);
+    let nobody = |cmd: &mut tokio::process::Command| {
+        cmd.uid(65534).gid(65534).current_dir("/");
+    };
+    let probe = std::process::Command::new(exe)
+        .arg("--version")
+        .uid(65534)
+        .gid(65534)
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: {} is not executable by nobody", exe.display());
+        return;
+    }
+    // Reading is open to everyone by the policy file.
+    let text = ok(&ctl_with(&h, &["records", "show", "web"], nobody).await);
+    assert!(text.contains("Name:         web"), "{text}");
+    // Mutating calls pass the bus policy and polkit decides.
+    let before = h.polkit.calls().len();
+    h.polkit.set_allow(false);
+    let err = failed(&ctl_with(&h, &["records", "disable", "web"], nobody).await);
+    assert!(err.contains("(AccessDenied)"), "{err}");
+    assert_eq!(h.polkit.calls().len(), before + 1);
+    h.polkit.set_allow(true);
+    ok(&ctl_with(&h, &["records", "disable", "web"], nobody).await);
+    assert!(!h.service.records().values().next().unwrap().info.enabled);
+}

@@ -1,0 +1,173 @@
+//! The Manager object: registration, listing and lookup.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+
+use snpguard::dbus::{file_key, limit, Error, ACTION_REGISTER};
+use zbus::message::Header;
+use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue};
+use zbus::{interface, Connection};
+
+use super::options::RegisterOptions;
+use super::{blocking, import, polkit, record, Context};
+use crate::service::RegisterRequest;
+
+/// `org.snpguard.SnpGuard1.Manager` at `/org/snpguard/SnpGuard1`.
+pub struct Manager {
+    ctx: Arc<Context>,
+}
+
+impl Manager {
+    pub(crate) fn new(ctx: Arc<Context>) -> Self {
+        Manager { ctx }
+    }
+
+    async fn register_files(
+        &self,
+        conn: &Connection,
+        mut files: HashMap<String, File>,
+        options: RegisterOptions,
+        sealed_vmk: Vec<u8>,
+    ) -> Result<OwnedObjectPath, Error> {
+        let mut take = |k: &str| {
+            files
+                .remove(k)
+                .ok_or_else(|| Error::InvalidInput(format!("file {k:?} is missing")))
+        };
+        let req = RegisterRequest {
+            name: options.name,
+            firmware: take(file_key::FIRMWARE)?,
+            kernel: take(file_key::KERNEL)?,
+            initrd: take(file_key::INITRD)?,
+            cmdline: options.cmdline,
+            vcpus: options.vcpus,
+            vcpu_type: options.vcpu_type,
+            allow_smt: options.allow_smt,
+            allow_debug: options.allow_debug,
+            allow_migrate_ma: options.allow_migrate_ma,
+            min_tcb: options.min_tcb,
+            sealed_vmk,
+        };
+        let svc = self.ctx.service.clone();
+        let info = blocking(move || svc.register(req)).await?;
+        record::add(conn, &self.ctx, info).await
+    }
+}
+
+/// Checks the keys of a files dictionary: exactly [`file_key::ALL`].
+fn check_file_keys<V>(files: &HashMap<String, V>) -> Result<(), Error> {
+    for k in files.keys() {
+        if !file_key::ALL.contains(&k.as_str()) {
+            return Err(Error::InvalidInput(format!(
+                "unknown file {k:?}; expected {}",
+                file_key::ALL.join(", ")
+            )));
+        }
+    }
+    for k in file_key::ALL {
+        if !files.contains_key(k) {
+            return Err(Error::InvalidInput(format!("file {k:?} is missing")));
+        }
+    }
+    Ok(())
+}
+
+fn check_sealed_vmk(v: &[u8]) -> Result<(), Error> {
+    if v.is_empty() || v.len() > limit::SEALED_VMK {
+        return Err(Error::InvalidInput(format!(
+            "sealed_vmk is {} bytes; it must be 1..={} (vmk.sealed from convert)",
+            v.len(),
+            limit::SEALED_VMK
+        )));
+    }
+    Ok(())
+}
+
+#[interface(name = "org.snpguard.SnpGuard1.Manager")]
+impl Manager {
+    /// Registers a launch. `files` maps "firmware", "kernel" and "initrd"
+    /// to open regular files; `options` is described in docs/dbus.md.
+    #[zbus(out_args("record"))]
+    async fn register(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        files: HashMap<String, OwnedFd>,
+        options: HashMap<String, OwnedValue>,
+        sealed_vmk: Vec<u8>,
+    ) -> Result<OwnedObjectPath, Error> {
+        polkit::authorize(conn, &hdr, ACTION_REGISTER).await?;
+        check_file_keys(&files)?;
+        let options = RegisterOptions::parse(&options)?;
+        check_sealed_vmk(&sealed_vmk)?;
+        let mut opened = HashMap::new();
+        for (k, fd) in files {
+            let f = File::from(std::os::fd::OwnedFd::from(fd));
+            import::require_regular(&f, &format!("file {k:?}"))?;
+            opened.insert(k, f);
+        }
+        self.register_files(conn, opened, options, sealed_vmk).await
+    }
+
+    /// Registers a launch from files inside the import directory.
+    #[zbus(out_args("record"))]
+    async fn register_from_paths(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        files: HashMap<String, String>,
+        options: HashMap<String, OwnedValue>,
+        sealed_vmk: Vec<u8>,
+    ) -> Result<OwnedObjectPath, Error> {
+        polkit::authorize(conn, &hdr, ACTION_REGISTER).await?;
+        check_file_keys(&files)?;
+        let options = RegisterOptions::parse(&options)?;
+        check_sealed_vmk(&sealed_vmk)?;
+        let mut opened = HashMap::new();
+        for (k, path) in files {
+            let f = self.ctx.import.open_file(&path)?;
+            opened.insert(k, f);
+        }
+        self.register_files(conn, opened, options, sealed_vmk).await
+    }
+
+    /// Object paths of every record.
+    #[zbus(out_args("records"))]
+    async fn list_records(&self) -> Result<Vec<OwnedObjectPath>, Error> {
+        let svc = self.ctx.service.clone();
+        let records = blocking(move || svc.list()).await?;
+        records.iter().map(|r| record::path(&r.id)).collect()
+    }
+
+    /// The record whose name (or id) is `name`.
+    #[zbus(out_args("record"))]
+    async fn find_record(&self, name: String) -> Result<OwnedObjectPath, Error> {
+        if name.len() > limit::FIND_KEY {
+            return Err(Error::InvalidInput(format!(
+                "name longer than {} bytes",
+                limit::FIND_KEY
+            )));
+        }
+        let svc = self.ctx.service.clone();
+        let records = blocking(move || svc.list()).await?;
+        let found = records
+            .iter()
+            .find(|r| r.name == name)
+            .or_else(|| records.iter().find(|r| r.id == name))
+            .ok_or_else(|| Error::NotFound(format!("no record named {name:?}")))?;
+        record::path(&found.id)
+    }
+
+    /// The daemon's HPKE ingestion public key (raw X25519, 32 bytes).
+    #[zbus(property)]
+    async fn ingestion_public_key(&self) -> Vec<u8> {
+        self.ctx.service.ingestion_public_key()
+    }
+
+    /// The daemon's version.
+    #[zbus(property)]
+    async fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+}

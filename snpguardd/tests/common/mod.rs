@@ -1,0 +1,422 @@
+//! Test support for the D-Bus API: a private system-type dbus-daemon with
+//! the project's policy file, a mock polkit authority on it, an in-memory
+//! [`RecordService`] double, and a harness serving the real API over them.
+//! Shared with snpguardctl's CLI tests (included by path).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use snpguardd::service::{RecordInfo, RecordService, RegisterRequest, ServiceError};
+use zbus::zvariant::OwnedValue;
+use zbus::{interface, Connection};
+
+/// A private dbus-daemon (`<type>system</type>`) on a socket in a temp
+/// dir, whose policy includes `dbus/org.snpguard.SnpGuard1.conf`.
+pub struct TestBus {
+    pub dir: tempfile::TempDir,
+    pub address: String,
+    child: Child,
+}
+
+/// The project's bus policy file.
+pub fn policy_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dbus/org.snpguard.SnpGuard1.conf")
+        .canonicalize()
+        .expect("dbus/org.snpguard.SnpGuard1.conf")
+}
+
+impl TestBus {
+    pub fn start() -> TestBus {
+        let dir = tempfile::Builder::new()
+            .prefix("snpguard-bus-")
+            .tempdir()
+            .expect("temp dir");
+        // Other users (the CLI run as nobody) must reach the socket.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let uid = rustix::process::getuid().as_raw();
+        // The system bus defaults of dbus-daemon's system.conf, the mock
+        // polkit's own policy, then the project's policy file. A non-root
+        // test user gets what the policy grants root.
+        let extra_user = if uid == 0 {
+            String::new()
+        } else {
+            format!(
+                r#"<policy user="{uid}">
+    <allow own="org.snpguard.SnpGuard1"/>
+    <allow send_destination="org.snpguard.SnpGuard1"/>
+  </policy>"#
+            )
+        };
+        let config = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={sock}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <allow send_destination="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <policy user="{uid}">
+    <allow own="org.freedesktop.PolicyKit1"/>
+  </policy>
+  {extra_user}
+  <include>{policy}</include>
+</busconfig>
+"#,
+            sock = dir.path().join("bus").display(),
+            policy = policy_file().display(),
+        );
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(&conf, config).expect("write bus config");
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--print-address", "--nofork", "--nopidfile"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            // Warnings (unknown user "snpguard", fd limits) go to a log.
+            .stderr(File::create(dir.path().join("bus.log")).expect("bus log"))
+            .spawn()
+            .expect("dbus-daemon (apt-get install dbus-daemon)");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the bus address");
+        let address = line.trim().to_string();
+        assert!(
+            address.starts_with("unix:"),
+            "dbus-daemon printed no address ({address:?}); its log:\n{}",
+            std::fs::read_to_string(dir.path().join("bus.log")).unwrap_or_default()
+        );
+        TestBus {
+            dir,
+            address,
+            child,
+        }
+    }
+
+    pub async fn connect(&self) -> Connection {
+        zbus::connection::Builder::address(self.address.as_str())
+            .expect("address")
+            .build()
+            .await
+            .expect("connecting to the test bus")
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One CheckAuthorization call as the mock saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolkitCall {
+    pub subject_kind: String,
+    pub subject_name: String,
+    pub action: String,
+    pub details_empty: bool,
+    pub flags: u32,
+    pub cancellation_id: String,
+}
+
+#[derive(Default)]
+struct PolkitState {
+    allow: bool,
+    calls: Vec<PolkitCall>,
+}
+
+/// A mock `org.freedesktop.PolicyKit1.Authority`: answers every check
+/// with the configured rule and records what it was asked.
+#[derive(Clone, Default)]
+pub struct MockPolkit(Arc<Mutex<PolkitState>>);
+
+impl MockPolkit {
+    pub fn set_allow(&self, allow: bool) {
+        self.0.lock().unwrap().allow = allow;
+    }
+
+    pub fn calls(&self) -> Vec<PolkitCall> {
+        self.0.lock().unwrap().calls.clone()
+    }
+
+    /// Serves the authority on a new connection owning the polkit name.
+    pub async fn serve(&self, bus: &TestBus) -> Connection {
+        zbus::connection::Builder::address(bus.address.as_str())
+            .expect("address")
+            .serve_at("/org/freedesktop/PolicyKit1/Authority", self.clone())
+            .expect("serve_at")
+            .name("org.freedesktop.PolicyKit1")
+            .expect("name")
+            .build()
+            .await
+            .expect("mock polkit")
+    }
+}
+
+#[interface(name = "org.freedesktop.PolicyKit1.Authority")]
+impl MockPolkit {
+    async fn check_authorization(
+        &self,
+        subject: (String, HashMap<String, OwnedValue>),
+        action_id: String,
+        details: HashMap<String, String>,
+        flags: u32,
+        cancellation_id: String,
+    ) -> (bool, bool, HashMap<String, String>) {
+        let name = subject
+            .1
+            .get("name")
+            .and_then(|v| <&str>::try_from(v).ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut st = self.0.lock().unwrap();
+        st.calls.push(PolkitCall {
+            subject_kind: subject.0,
+            subject_name: name,
+            action: action_id,
+            details_empty: details.is_empty(),
+            flags,
+            cancellation_id,
+        });
+        (st.allow, false, HashMap::new())
+    }
+}
+
+/// What the double stored for a record: the bytes it was given.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub info: RecordInfo,
+    pub firmware: Vec<u8>,
+    pub kernel: Vec<u8>,
+    pub initrd: Vec<u8>,
+    pub sealed_vmk: Vec<u8>,
+}
+
+/// In-memory [`RecordService`] test double. Known vCPU types are
+/// `EPYC-v4`, `EPYC-Milan`, `EPYC-Genoa`; a sealed VMK starting with
+/// `BAD` cannot be opened; the bundle is `SNPGUARD-TEST-BUNDLE <id>\n`
+/// followed by the firmware bytes.
+#[derive(Default)]
+pub struct MemService {
+    state: Mutex<(u64, BTreeMap<String, Stored>)>,
+}
+
+pub fn bundle_bytes(s: &Stored) -> Vec<u8> {
+    let mut v = format!("SNPGUARD-TEST-BUNDLE {}\n", s.info.id).into_bytes();
+    v.extend_from_slice(&s.firmware);
+    v
+}
+
+impl MemService {
+    pub fn records(&self) -> BTreeMap<String, Stored> {
+        self.state.lock().unwrap().1.clone()
+    }
+
+    /// Changes a record behind the API's back (as an attestation would).
+    pub fn count_attestation(&self, id: &str, ok: bool) -> RecordInfo {
+        let mut st = self.state.lock().unwrap();
+        let r = st.1.get_mut(id).expect("record");
+        if ok {
+            r.info.attestations_ok += 1;
+        } else {
+            r.info.attestations_failed += 1;
+        }
+        r.info.last_attestation = Some("2026-01-02T03:04:05Z".into());
+        r.info.clone()
+    }
+}
+
+fn read_all(mut f: File) -> Result<Vec<u8>, ServiceError> {
+    let mut v = Vec::new();
+    f.read_to_end(&mut v)
+        .map_err(|e| ServiceError::InvalidInput(format!("reading input: {e}")))?;
+    Ok(v)
+}
+
+impl RecordService for MemService {
+    fn register(&self, req: RegisterRequest) -> Result<RecordInfo, ServiceError> {
+        if !["EPYC-v4", "EPYC-Milan", "EPYC-Genoa"].contains(&req.vcpu_type.as_str()) {
+            return Err(ServiceError::InvalidInput(format!(
+                "unknown vCPU type {:?}",
+                req.vcpu_type
+            )));
+        }
+        if req.sealed_vmk.starts_with(b"BAD") {
+            return Err(ServiceError::SealedKey("HPKE open failed".into()));
+        }
+        let firmware = read_all(req.firmware)?;
+        let kernel = read_all(req.kernel)?;
+        let initrd = read_all(req.initrd)?;
+        let mut st = self.state.lock().unwrap();
+        if st.1.values().any(|r| r.info.name == req.name) {
+            return Err(ServiceError::AlreadyExists(req.name));
+        }
+        st.0 += 1;
+        let id = format!("{:032x}", st.0);
+        let info = RecordInfo {
+            id: id.clone(),
+            name: req.name,
+            enabled: true,
+            created: "2026-01-01T00:00:00Z".into(),
+            measurement: format!("{:096x}", st.0),
+            policy: 0x30000 | u64::from(req.allow_smt) << 16 | u64::from(req.allow_debug) << 19,
+            vcpus: req.vcpus,
+            vcpu_type: req.vcpu_type,
+            cmdline: req.cmdline,
+            family_id: "00".repeat(16),
+            image_id: id.clone(),
+            id_key_digest: "11".repeat(48),
+            author_key_digest: "22".repeat(48),
+            min_tcb: req.min_tcb,
+            attestations_ok: 0,
+            attestations_failed: 0,
+            last_attestation: None,
+        };
+        st.1.insert(
+            id,
+            Stored {
+                info: info.clone(),
+                firmware,
+                kernel,
+                initrd,
+                sealed_vmk: req.sealed_vmk,
+            },
+        );
+        Ok(info)
+    }
+
+    fn list(&self) -> Result<Vec<RecordInfo>, ServiceError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .1
+            .values()
+            .map(|r| r.info.clone())
+            .collect())
+    }
+
+    fn get(&self, id: &str) -> Result<RecordInfo, ServiceError> {
+        let st = self.state.lock().unwrap();
+        st.1.get(id)
+            .map(|r| r.info.clone())
+            .ok_or_else(|| ServiceError::NotFound(id.into()))
+    }
+
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<RecordInfo, ServiceError> {
+        let mut st = self.state.lock().unwrap();
+        let r =
+            st.1.get_mut(id)
+                .ok_or_else(|| ServiceError::NotFound(id.into()))?;
+        r.info.enabled = enabled;
+        Ok(r.info.clone())
+    }
+
+    fn delete(&self, id: &str) -> Result<(), ServiceError> {
+        let mut st = self.state.lock().unwrap();
+        st.1.remove(id)
+            .map(|_| ())
+            .ok_or_else(|| ServiceError::NotFound(id.into()))
+    }
+
+    fn export_bundle(&self, id: &str, out: &mut dyn Write) -> Result<(), ServiceError> {
+        let data = {
+            let st = self.state.lock().unwrap();
+            let r =
+                st.1.get(id)
+                    .ok_or_else(|| ServiceError::NotFound(id.into()))?;
+            bundle_bytes(r)
+        };
+        out.write_all(&data)
+            .map_err(|e| ServiceError::Storage(format!("writing bundle: {e}")))
+    }
+
+    fn ingestion_public_key(&self) -> Vec<u8> {
+        vec![0x42; 32]
+    }
+}
+
+/// The real API served over the double on a private bus, with a mock
+/// polkit that allows until told otherwise.
+pub struct Harness {
+    pub bus: TestBus,
+    pub polkit: MockPolkit,
+    pub polkit_conn: Option<Connection>,
+    pub service: Arc<MemService>,
+    pub daemon: Connection,
+    pub import_dir: PathBuf,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(true).await
+    }
+
+    /// `with_polkit: false` leaves the bus without a polkit authority.
+    pub async fn start_with(with_polkit: bool) -> Harness {
+        let bus = TestBus::start();
+        let polkit = MockPolkit::default();
+        polkit.set_allow(true);
+        let polkit_conn = if with_polkit {
+            Some(polkit.serve(&bus).await)
+        } else {
+            None
+        };
+        let import_dir = bus.dir.path().join("import");
+        std::fs::create_dir(&import_dir).expect("import dir");
+        std::fs::set_permissions(
+            &import_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod");
+        let service = Arc::new(MemService::default());
+        let builder = zbus::connection::Builder::address(bus.address.as_str()).expect("address");
+        let daemon = snpguardd::dbus::serve(builder, service.clone(), import_dir.clone())
+            .await
+            .expect("serving the API");
+        Harness {
+            bus,
+            polkit,
+            polkit_conn,
+            service,
+            daemon,
+            import_dir,
+        }
+    }
+}
+
+/// The D-Bus error name and message of a failed call.
+pub fn error_of(e: zbus::Error) -> (String, String) {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => (name.to_string(), msg.unwrap_or_default()),
+        other => panic!("expected a D-Bus error reply, got {other:?}"),
+    }
+}
