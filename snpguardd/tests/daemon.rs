@@ -1,0 +1,560 @@
+//! The real daemon (`snpguardd`) on a private system-type bus with the
+//! project's policy and a mock polkit, driven by the real `snpguardctl`:
+//! registration and bundles, persistence across restarts, polkit denial,
+//! typed errors for bad input with the daemon staying up, crash safety
+//! under SIGKILL, and the Landlock sandbox of the running process.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{MockPolkit, TestBus};
+use rand::{Rng, RngCore, SeedableRng};
+use snpguard::bundle::{extract_bundle, ExtractLimits};
+use snpguard::measure::{launch_digest, MeasureInput, VcpuType, VmmType};
+use snpguard::seal;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running snpguardd; killed on drop.
+struct Daemon {
+    child: Child,
+    state: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon on `bus` with `state` and waits for READY=1 on a
+    /// notify socket of our own (a condition with a deadline, no sleeps).
+    fn start(bus: &TestBus, state: &Path) -> Daemon {
+        let notify_dir = tempfile::tempdir().expect("notify dir");
+        let sock_path = notify_dir.path().join("notify");
+        let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let log = std::fs::File::create(state.with_extension("log")).expect("daemon log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_snpguardd"))
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--bus")
+            .arg(&bus.address)
+            .arg("--config")
+            .arg(empty_config(state))
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn snpguardd");
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]);
+                if msg.lines().any(|l| l == "READY=1") {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "snpguardd exited with {status} before READY=1; log:\n{}",
+                    daemon_log(state)
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "snpguardd not ready within {DEADLINE:?}; log:\n{}",
+                daemon_log(state)
+            );
+        }
+        Daemon {
+            child,
+            state: state.to_owned(),
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let status = wait_exit(&mut self.child);
+        assert!(
+            status.success(),
+            "snpguardd exit {status}; log:\n{}",
+            daemon_log(&self.state)
+        );
+    }
+
+    /// SIGKILL, no chance to clean up.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = wait_exit(&mut self.child);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(start.elapsed() < DEADLINE, "daemon did not exit");
+        std::thread::yield_now();
+    }
+}
+
+fn daemon_log(state: &Path) -> String {
+    std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
+}
+
+/// An empty configuration file, so the host's /etc/snpguard never leaks
+/// into a test.
+/// It sits in a directory of its own: the daemon may read its config
+/// file's directory, and nothing else of the test's may be in it.
+fn empty_config(state: &Path) -> PathBuf {
+    let dir = state.with_extension("conf.d");
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let p = dir.join("snpguardd.toml");
+    std::fs::write(&p, "").expect("config");
+    p
+}
+
+/// The `snpguardctl` built next to `snpguardd` in the same target
+/// directory (`cargo test --workspace` builds both).
+fn snpguardctl() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_snpguardd")).with_file_name("snpguardctl");
+    assert!(
+        p.is_file(),
+        "{} is missing: run the workspace tests (make test) or `cargo build -p snpguardctl` first",
+        p.display()
+    );
+    p
+}
+
+fn ctl(bus: &TestBus, args: &[&str]) -> Output {
+    Command::new(snpguardctl())
+        .arg("--bus-address")
+        .arg(&bus.address)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run snpguardctl")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "snpguardctl failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(2), "expected failure, got {o:?}");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A staging directory as `convert` writes it: a synthetic AmdSev firmware
+/// (random pages + the real AmdSev footer), random kernel and initrd, a
+/// command line, and a VMK sealed to the daemon's ingestion key.
+fn staging(dir: &Path, state: &Path, seed: u64) -> Option<PathBuf> {
+    let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let s = dir.join(format!("staging-{seed}"));
+    std::fs::create_dir_all(&s).expect("staging");
+    let mut fw = vec![0u8; 3 * 4096];
+    rng.fill_bytes(&mut fw);
+    fw.extend_from_slice(&suffix);
+    std::fs::write(s.join("firmware.fd"), fw).expect("firmware");
+    let mut kernel = vec![0u8; 64 * 1024 + rng.gen_range(0..4096)];
+    rng.fill_bytes(&mut kernel);
+    std::fs::write(s.join("kernel"), kernel).expect("kernel");
+    let mut initrd = vec![0u8; 128 * 1024];
+    rng.fill_bytes(&mut initrd);
+    std::fs::write(s.join("initrd"), initrd).expect("initrd");
+    std::fs::write(s.join("cmdline"), "console=ttyS0 root=/dev/mapper/root").expect("cmdline");
+    let public = std::fs::read(state.join("ingestion.pub")).expect("ingestion.pub");
+    let public = seal::PublicKey::from_bytes(&public).expect("ingestion key");
+    let mut vmk = [0u8; 64];
+    rng.fill_bytes(&mut vmk);
+    let sealed = seal::seal(&public, seal::INFO_INGEST, b"", &vmk).expect("seal");
+    std::fs::write(s.join("vmk.sealed"), sealed.to_bytes()).expect("vmk.sealed");
+    Some(s)
+}
+
+fn register(bus: &TestBus, staging: &Path, name: &str, out: &Path) -> Output {
+    ctl(
+        bus,
+        &[
+            "register",
+            "--name",
+            name,
+            "--vcpus",
+            "2",
+            "--vcpu-type",
+            "EPYC-v4",
+            "--allow-smt",
+            "--staging-dir",
+            staging.to_str().expect("utf-8"),
+            "--out-bundle",
+            out.to_str().expect("utf-8"),
+        ],
+    )
+}
+
+/// What `snpguard::measure` computes for the staging files.
+fn expected_digest(staging: &Path) -> String {
+    launch_digest(&MeasureInput {
+        ovmf: staging.join("firmware.fd"),
+        ovmf_hash: None,
+        kernel: Some(staging.join("kernel")),
+        initrd: Some(staging.join("initrd")),
+        cmdline: Some("console=ttyS0 root=/dev/mapper/root".into()),
+        vcpus: 2,
+        vcpu_type: "EPYC-v4".parse::<VcpuType>().expect("vcpu type"),
+        guest_features: 0x1,
+        vmm_type: VmmType::Qemu,
+    })
+    .expect("measure")
+    .to_string()
+}
+
+/// Extracts a bundle and returns its launch config's measurement.
+fn bundle_measurement(bundle: &Path, into: &Path) -> String {
+    std::fs::create_dir_all(into).expect("extract dir");
+    let f = std::fs::File::open(bundle).expect("bundle");
+    let cfg = extract_bundle(f, into, &ExtractLimits::default()).expect("bundle extracts");
+    cfg.measurement
+}
+
+fn records(bus: &TestBus) -> Vec<serde_json::Value> {
+    let out = ok(&ctl(bus, &["records", "list", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v.as_array()
+        .cloned()
+        .unwrap_or_else(|| v["records"].as_array().cloned().expect("a list of records"))
+}
+
+struct Setup {
+    _bus_conn: zbus::Connection,
+    polkit: MockPolkit,
+    bus: TestBus,
+    dir: tempfile::TempDir,
+    state: PathBuf,
+}
+
+async fn setup() -> Setup {
+    let bus = TestBus::start();
+    let polkit = MockPolkit::default();
+    polkit.set_allow(true);
+    let conn = polkit.serve(&bus).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    Setup {
+        _bus_conn: conn,
+        polkit,
+        bus,
+        dir,
+        state,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_export_restart_and_errors() {
+    let s = setup().await;
+    let daemon = Daemon::start(&s.bus, &s.state);
+    let Some(stage) = staging(s.dir.path(), &s.state, 1) else {
+        return;
+    };
+    let first_start = daemon_log(&s.state);
+    assert!(!first_start.contains("BEGIN PRIVATE KEY"), "{first_start}");
+
+    // Register: the bundle carries exactly what snpguard::measure computes.
+    let bundle = s.dir.path().join("web.tar.gz");
+    ok(&register(&s.bus, &stage, "web", &bundle));
+    let want = expected_digest(&stage);
+    assert_eq!(bundle_measurement(&bundle, &s.dir.path().join("x1")), want);
+    // Identical inputs under another name: the same launch digest.
+    let bundle2 = s.dir.path().join("web2.tar.gz");
+    ok(&register(&s.bus, &stage, "web2", &bundle2));
+    assert_eq!(bundle_measurement(&bundle2, &s.dir.path().join("x2")), want);
+    assert_eq!(records(&s.bus).len(), 2);
+    ok(&ctl(&s.bus, &["records", "disable", "web2"]));
+    let shown = ok(&ctl(&s.bus, &["records", "show", "web2", "--json"]));
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["enabled"], false, "{shown}");
+    assert_eq!(shown["measurement"], want.as_str());
+
+    // Bad inputs: typed errors, nothing stored, daemon still answering.
+    let bad = |name: &str, edit: &dyn Fn(&Path)| {
+        let b = s.dir.path().join(format!("bad-{name}"));
+        std::fs::create_dir_all(&b).expect("dir");
+        for f in ["firmware.fd", "kernel", "initrd", "cmdline", "vmk.sealed"] {
+            std::fs::copy(stage.join(f), b.join(f)).expect("copy");
+        }
+        edit(&b);
+        b
+    };
+    let out = s.dir.path().join("bad.tar.gz");
+    let e = err(&register(&s.bus, &stage, "web", &out));
+    assert!(
+        e.contains("AlreadyExists") || e.contains("already exists"),
+        "{e}"
+    );
+    let fixture = |name: &str| snpguard::testdata::read(name).expect("fixture");
+    let no_hashes = bad("fw", &|b: &Path| {
+        std::fs::write(
+            b.join("firmware.fd"),
+            fixture("measurement/ovmf_OvmfX64_suffix.bin"),
+        )
+        .expect("write")
+    });
+    let e = err(&register(&s.bus, &no_hashes, "nohashes", &out));
+    assert!(e.contains("SNP_KERNEL_HASHES"), "{e}");
+    let garbage_vmk = bad("vmk", &|b: &Path| {
+        std::fs::write(b.join("vmk.sealed"), b"not a sealed box").expect("write")
+    });
+    let e = err(&register(&s.bus, &garbage_vmk, "vmk", &out));
+    assert!(e.contains("SealedKey") || e.contains("sealed"), "{e}");
+    let nul = bad("nul", &|b: &Path| {
+        std::fs::write(b.join("cmdline"), b"console=ttyS0\0evil").expect("write")
+    });
+    let e = err(&register(&s.bus, &nul, "nul", &out));
+    assert!(e.to_lowercase().contains("nul"), "{e}");
+    let e = err(&ctl(
+        &s.bus,
+        &[
+            "register",
+            "--name",
+            "cpu",
+            "--vcpus",
+            "2",
+            "--vcpu-type",
+            "Pentium",
+            "--staging-dir",
+            stage.to_str().expect("utf-8"),
+            "--out-bundle",
+            out.to_str().expect("utf-8"),
+        ],
+    ));
+    assert!(
+        e.contains("EPYC-v4"),
+        "the error lists valid vCPU types: {e}"
+    );
+    assert!(!out.exists(), "no bundle written for a failed registration");
+    assert_eq!(records(&s.bus).len(), 2, "nothing stored by bad inputs");
+
+    // Polkit says no: AccessDenied, nothing changes, reads still work.
+    s.polkit.set_allow(false);
+    let e = err(&register(&s.bus, &stage, "denied", &out));
+    assert!(
+        e.contains("AccessDenied") || e.contains("not authorized"),
+        "{e}"
+    );
+    let e = err(&ctl(&s.bus, &["records", "delete", "web"]));
+    assert!(
+        e.contains("AccessDenied") || e.contains("not authorized"),
+        "{e}"
+    );
+    assert_eq!(records(&s.bus).len(), 2);
+    s.polkit.set_allow(true);
+    let calls = s.polkit.calls();
+    assert!(calls.iter().all(|c| c.subject_kind == "system-bus-name"));
+
+    // Restart: everything is found again, the bundle is byte-identical.
+    daemon.stop();
+    let daemon = Daemon::start(&s.bus, &s.state);
+    let after = records(&s.bus);
+    assert_eq!(after.len(), 2);
+    let web2 = after
+        .iter()
+        .find(|r| r["name"] == "web2")
+        .expect("web2 still there");
+    assert_eq!(web2["enabled"], false);
+    let again = s.dir.path().join("web-again.tar.gz");
+    ok(&ctl(
+        &s.bus,
+        &[
+            "records",
+            "export",
+            "web",
+            "--out",
+            again.to_str().expect("utf-8"),
+        ],
+    ));
+    assert_eq!(
+        std::fs::read(&again).expect("again"),
+        std::fs::read(&bundle).expect("bundle"),
+        "export after restart is byte-identical"
+    );
+    ok(&ctl(&s.bus, &["records", "delete", "web2"]));
+    assert_eq!(records(&s.bus).len(), 1);
+    daemon.stop();
+}
+
+/// The running daemon cannot read outside its directories: a blob
+/// replaced by a symlink to an identical copy elsewhere can no longer be
+/// exported (Landlock refuses the open), while the original can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landlock_confines_the_running_daemon() {
+    let s = setup().await;
+    let daemon = Daemon::start(&s.bus, &s.state);
+    let Some(stage) = staging(s.dir.path(), &s.state, 2) else {
+        return;
+    };
+    let bundle = s.dir.path().join("b.tar.gz");
+    ok(&register(&s.bus, &stage, "confined", &bundle));
+    let log = daemon_log(&s.state);
+    assert!(
+        log.to_lowercase().contains("landlock"),
+        "the sandbox status is logged:\n{log}"
+    );
+    // The kernel blob is the one with the kernel's bytes.
+    let kernel = std::fs::read(stage.join("kernel")).expect("kernel");
+    let blobs = s.state.join("blobs");
+    let blob = std::fs::read_dir(&blobs)
+        .expect("blobs")
+        .map(|e| e.expect("entry").path())
+        .find(|p| std::fs::read(p).map(|b| b == kernel).unwrap_or(false))
+        .expect("the kernel blob");
+    let outside = s.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    let copy = outside.join("kernel-copy");
+    std::fs::copy(&blob, &copy).expect("copy");
+    std::fs::remove_file(&blob).expect("rm");
+    std::os::unix::fs::symlink(&copy, &blob).expect("symlink");
+    let out = s.dir.path().join("export.tar.gz");
+    let e = err(&ctl(
+        &s.bus,
+        &[
+            "records",
+            "export",
+            "confined",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+    ));
+    assert!(
+        e.to_lowercase().contains("permission denied"),
+        "Landlock must refuse reading {}: {e}",
+        copy.display()
+    );
+    // Put the real file back: the export works again.
+    std::fs::remove_file(&blob).expect("rm link");
+    std::fs::copy(&copy, &blob).expect("restore");
+    ok(&ctl(
+        &s.bus,
+        &[
+            "records",
+            "export",
+            "confined",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+    ));
+    daemon.stop();
+}
+
+/// SIGKILL during registrations never leaves a lost or half-written
+/// record: after a restart every record the client heard about exists, and
+/// every record that exists exports a bundle that extracts and carries the
+/// right measurement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_registrations_loses_nothing() {
+    let s = setup().await;
+    let mut daemon = Daemon::start(&s.bus, &s.state);
+    let mut confirmed: Vec<String> = Vec::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let want = {
+        let Some(stage) = staging(s.dir.path(), &s.state, 3) else {
+            return;
+        };
+        (expected_digest(&stage), stage)
+    };
+    let (digest, stage) = want;
+    for round in 0..4 {
+        // Several registrations in flight; kill once the first is done.
+        let names: Vec<String> = (0..4).map(|i| format!("r{round}-{i}")).collect();
+        let mut children: Vec<(String, Child)> = names
+            .iter()
+            .map(|n| {
+                let out = s.dir.path().join(format!("{n}.tar.gz"));
+                let child = Command::new(snpguardctl())
+                    .arg("--bus-address")
+                    .arg(&s.bus.address)
+                    .args(["register", "--name", n, "--vcpus", "2"])
+                    .args(["--vcpu-type", "EPYC-v4", "--allow-smt"])
+                    .arg("--staging-dir")
+                    .arg(&stage)
+                    .arg("--out-bundle")
+                    .arg(&out)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn register");
+                (n.clone(), child)
+            })
+            .collect();
+        let skip = rng.gen_range(0..2);
+        let start = Instant::now();
+        let mut done = 0;
+        while done <= skip && start.elapsed() < DEADLINE {
+            done = 0;
+            for (name, child) in children.iter_mut() {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    done += 1;
+                    if status.success() && !confirmed.contains(name) {
+                        confirmed.push(name.clone());
+                    }
+                }
+            }
+            std::thread::yield_now();
+        }
+        daemon.kill();
+        for (name, mut child) in children {
+            let status = wait_exit(&mut child);
+            if status.success() && !confirmed.contains(&name) {
+                confirmed.push(name);
+            }
+        }
+        daemon = Daemon::start(&s.bus, &s.state);
+        let listed = records(&s.bus);
+        let names: Vec<String> = listed
+            .iter()
+            .map(|r| r["name"].as_str().expect("name").to_string())
+            .collect();
+        for c in &confirmed {
+            assert!(names.contains(c), "confirmed record {c} lost: {names:?}");
+        }
+        for (i, n) in names.iter().enumerate() {
+            let out = s.dir.path().join(format!("check-{round}-{i}.tar.gz"));
+            ok(&ctl(
+                &s.bus,
+                &[
+                    "records",
+                    "export",
+                    n,
+                    "--out",
+                    out.to_str().expect("utf-8"),
+                ],
+            ));
+            let m = bundle_measurement(&out, &s.dir.path().join(format!("c-{round}-{i}")));
+            assert_eq!(m, digest, "record {n} is complete");
+        }
+    }
+    assert!(!confirmed.is_empty(), "some registrations completed");
+    daemon.stop();
+}
