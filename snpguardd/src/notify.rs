@@ -390,9 +390,10 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             let task = spawn_watchdog().expect("watchdog configured");
-            // Two intervals: the first tick is immediate, the second after
-            // 50 ms; a little slack for a loaded machine.
-            tokio::time::sleep(Duration::from_millis(75)).await;
+            // At least two pings are needed (the first is immediate, the
+            // next after 50 ms); run for several intervals so a loaded
+            // machine still sends both. Extra pings are not read.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             task.abort();
         });
     }
