@@ -12,6 +12,7 @@
 //! - `dbus` (feature `dbus`): names, typed errors and client proxies of
 //!   the daemon's D-Bus management API.
 
+pub mod attest;
 pub mod bundle;
 pub mod certs;
 #[cfg(feature = "dbus")]

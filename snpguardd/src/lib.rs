@@ -3,6 +3,7 @@
 //!
 //! - [`service`]: the operations the daemon offers, independent of the
 //!   transport (D-Bus today, HTTPS for attestation).
+//! - [`attest`]: remote attestation and key release behind `/v1`.
 //! - [`dbus`]: the D-Bus management API over a [`service::RecordService`].
 //! - [`config`]: the command line and the configuration file.
 //! - [`logging`]: journal or stderr.
@@ -23,6 +24,7 @@
 //! single-threaded), start the runtime, [`notify::spawn_watchdog`],
 //! connect to the bus and serve, [`notify::ready`].
 
+pub mod attest;
 pub mod config;
 pub mod dbus;
 mod fsutil;

@@ -1,0 +1,186 @@
+//! The attestation protocol between the guest agent and snpguardd: the
+//! JSON wire types of `/v1`, the binding of a report to the server's nonce
+//! and the agent's ephemeral key, and the sealing of the released key.
+//! Both sides use these functions; nothing else defines the protocol.
+//!
+//! Flow: `POST /v1/attest/challenge` -> nonce; the agent makes an
+//! ephemeral X25519 key, asks the firmware for a report whose REPORT_DATA
+//! is [`report_data`]`(nonce, key)`, and `POST /v1/attest` with the nonce,
+//! the report, its certificate table and the key; the daemon answers with
+//! the VMK sealed by [`seal_key`] to that key, bound to the report.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha384, Sha512};
+use zeroize::Zeroizing;
+
+use crate::seal::{self, PublicKey, SealError, SealedBox, SecretKey};
+
+/// Largest request body the daemon reads.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Length of a nonce in bytes.
+pub const NONCE_LEN: usize = 32;
+
+/// `POST /v1/attest/challenge` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeResponse {
+    /// The nonce, base64url without padding.
+    pub nonce: String,
+    /// Seconds until the nonce expires.
+    pub expires_in: u64,
+}
+
+/// `POST /v1/attest` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestRequest {
+    /// The nonce from the challenge, as received.
+    pub nonce: String,
+    /// The raw 1184-byte report, standard base64.
+    pub report: String,
+    /// The GUID certificate table of the extended report / auxblob,
+    /// standard base64, when the platform provides one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_table: Option<String>,
+    /// The agent's ephemeral X25519 public key, standard base64.
+    pub ephemeral_key: String,
+}
+
+/// `POST /v1/attest` success response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestResponse {
+    /// The record the report matched (its id).
+    pub record: String,
+    /// The key, sealed by [`seal_key`]: standard base64 of the sealed box.
+    pub sealed_key: String,
+}
+
+/// Every error response: a stable code and a coarse message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `attestation-rejected`.
+    pub error: String,
+    /// Human-readable, deliberately coarse for remote clients.
+    pub message: String,
+}
+
+/// `GET /v1/ingestion-key` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestionKeyResponse {
+    /// The daemon's HPKE ingestion public key (X25519), standard base64.
+    pub public_key: String,
+}
+
+/// Encodes a nonce for the wire.
+pub fn encode_nonce(nonce: &[u8; NONCE_LEN]) -> String {
+    URL_SAFE_NO_PAD.encode(nonce)
+}
+
+/// Decodes a nonce from the wire.
+pub fn decode_nonce(s: &str) -> Option<[u8; NONCE_LEN]> {
+    if s.len() > 64 {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(s).ok()?.try_into().ok()
+}
+
+/// Standard base64 for binary fields.
+pub fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Decodes a standard-base64 field of at most `max` decoded bytes.
+pub fn unb64(s: &str, max: usize) -> Option<Vec<u8>> {
+    if s.len() > max.div_ceil(3) * 4 + 4 {
+        return None;
+    }
+    STANDARD.decode(s).ok().filter(|v| v.len() <= max)
+}
+
+/// REPORT_DATA that binds a report to the server's nonce and the agent's
+/// ephemeral key: SHA-512 over a domain label, the nonce and the key.
+pub fn report_data(nonce: &[u8; NONCE_LEN], ephemeral_key: &PublicKey) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(b"snpguard/v1/report-data\0");
+    h.update(nonce);
+    h.update(ephemeral_key.to_bytes());
+    h.finalize().into()
+}
+
+/// The HPKE info for a key release: a domain label and SHA-384 of the
+/// exact report the key is released for.
+pub fn release_info(report: &[u8]) -> Vec<u8> {
+    let mut info = b"snpguard/v1/key-release\0".to_vec();
+    info.extend_from_slice(&Sha384::digest(report));
+    info
+}
+
+/// Seals a released key to the agent's ephemeral key, bound to the report.
+pub fn seal_key(to: &PublicKey, report: &[u8], key: &[u8]) -> Result<SealedBox, SealError> {
+    seal::seal(to, &release_info(report), b"", key)
+}
+
+/// Opens a released key with the agent's ephemeral secret.
+pub fn open_key(
+    secret: &SecretKey,
+    report: &[u8],
+    sealed: &SealedBox,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    seal::open(secret, &release_info(report), b"", sealed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonce_round_trip_and_bounds() {
+        let n = [7u8; NONCE_LEN];
+        assert_eq!(decode_nonce(&encode_nonce(&n)), Some(n));
+        assert_eq!(decode_nonce("AAAA"), None);
+        assert_eq!(decode_nonce(&"A".repeat(1000)), None);
+        assert_eq!(decode_nonce("not base64!"), None);
+    }
+
+    #[test]
+    fn report_data_binds_nonce_and_key() {
+        let (_, k1) = seal::generate_keypair();
+        let (_, k2) = seal::generate_keypair();
+        let n1 = [1u8; NONCE_LEN];
+        let mut n2 = n1;
+        n2[31] = 2;
+        let base = report_data(&n1, &k1);
+        assert_eq!(base, report_data(&n1, &k1));
+        assert_ne!(base, report_data(&n2, &k1));
+        assert_ne!(base, report_data(&n1, &k2));
+    }
+
+    #[test]
+    fn released_key_is_bound_to_the_report() {
+        let (sk, pk) = seal::generate_keypair();
+        let report = vec![3u8; 1184];
+        let sealed = seal_key(&pk, &report, b"volume key").expect("seal");
+        assert_eq!(
+            &open_key(&sk, &report, &sealed).expect("open")[..],
+            b"volume key"
+        );
+        let mut other = report.clone();
+        other[0x90] ^= 1;
+        assert!(open_key(&sk, &other, &sealed).is_err());
+        let (sk2, _) = seal::generate_keypair();
+        assert!(open_key(&sk2, &report, &sealed).is_err());
+    }
+
+    #[test]
+    fn base64_fields_are_bounded() {
+        assert_eq!(unb64(&b64(&[1, 2, 3]), 3), Some(vec![1, 2, 3]));
+        assert_eq!(unb64(&b64(&[0u8; 10]), 9), None);
+        assert_eq!(unb64("%%%", 10), None);
+        assert_eq!(unb64(&"A".repeat(10_000), 100), None);
+    }
+}

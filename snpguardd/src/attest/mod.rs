@@ -1,0 +1,46 @@
+//! Remote attestation: what the HTTPS endpoint asks of the daemon. The
+//! transport (`https`) sees only [`AttestHandler`]; the attestor behind it
+//! checks nonces, finds the record, runs the full verification of the
+//! trust core and releases the key.
+
+use std::net::IpAddr;
+
+use snpguard::attest::{AttestRequest, AttestResponse, ChallengeResponse};
+
+/// A refusal or failure as the remote client sees it: a stable code, an
+/// HTTP status and a coarse message. The precise reason goes to the
+/// journal and the audit trail, never to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct AttestError {
+    /// Stable code, e.g. `attestation-rejected`, `bad-request`,
+    /// `nonce-invalid`, `rate-limited`, `internal`.
+    pub code: &'static str,
+    /// HTTP status to answer with.
+    pub status: u16,
+    /// Coarse human-readable message.
+    pub message: String,
+}
+
+impl AttestError {
+    /// A client error (400) with a stable code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        AttestError {
+            code,
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
+
+/// The attestation operations behind `/v1`. Implementations are
+/// thread-safe; calls may block (verification, storage), so the server
+/// runs them off its async executor.
+pub trait AttestHandler: Send + Sync + 'static {
+    /// A fresh single-use nonce.
+    fn challenge(&self) -> Result<ChallengeResponse, AttestError>;
+    /// Verifies the evidence and, if every rule holds, releases the key.
+    fn attest(&self, req: AttestRequest, peer: IpAddr) -> Result<AttestResponse, AttestError>;
+    /// The HPKE ingestion public key (raw X25519).
+    fn ingestion_key(&self) -> [u8; 32];
+}
