@@ -4,6 +4,8 @@
 //! - [`service`]: the operations the daemon offers, independent of the
 //!   transport (D-Bus today, HTTPS for attestation).
 //! - [`attest`]: remote attestation and key release behind `/v1`.
+//! - [`https`]: the `/v1` HTTPS endpoint (hyper + rustls) in front of an
+//!   [`attest::AttestHandler`].
 //! - [`dbus`]: the D-Bus management API over a [`service::RecordService`].
 //! - [`config`]: the command line and the configuration file.
 //! - [`logging`]: journal or stderr.
@@ -28,6 +30,7 @@ pub mod attest;
 pub mod config;
 pub mod dbus;
 mod fsutil;
+pub mod https;
 pub mod keys;
 pub mod logging;
 pub mod notify;

@@ -1,0 +1,344 @@
+//! The HTTPS endpoint of remote attestation: `/v1` over HTTP/1.1 and
+//! TLS 1.3 (hyper + rustls), in front of an [`AttestHandler`].
+//!
+//! Routes (docs/api.md describes them for clients):
+//!
+//! | method | path                   | answer                              |
+//! |--------|------------------------|-------------------------------------|
+//! | POST   | `/v1/attest/challenge` | `ChallengeResponse`                 |
+//! | POST   | `/v1/attest`           | `AttestResponse` (JSON request)     |
+//! | GET    | `/v1/health`           | `{"status":"ok"}`                   |
+//! | GET    | `/v1/ingestion-key`    | `IngestionKeyResponse`              |
+//!
+//! Every refusal is a JSON `ErrorBody` with a stable code. Everything at
+//! the edge is bounded ([`Limits`]): body size (counted while reading),
+//! TLS handshake, header and whole-request time, a token bucket per
+//! source address, concurrent connections, and the wait for in-flight
+//! requests at shutdown. Handler calls run on tokio's blocking pool.
+//!
+//! Bodies are never logged: each request is one debug line (peer, method,
+//! path, status, time), refusals one info line with their code, server
+//! failures a warning.
+
+mod ratelimit;
+mod routes;
+mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+pub use rustls::ServerConfig;
+pub use tls::{server_config, TlsError, TlsMaterial};
+
+use crate::attest::AttestHandler;
+use ratelimit::RateLimiter;
+use routes::Reply;
+
+/// Longest request path written to the log.
+const MAX_LOGGED_PATH: usize = 96;
+/// Largest request head (request line and headers) hyper buffers.
+const MAX_HEAD: usize = 16 * 1024;
+/// Most request headers accepted.
+const MAX_HEADERS: usize = 48;
+/// Pause after a failed accept (e.g. out of file descriptors), so that
+/// the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The bounds of the endpoint.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body in bytes (default
+    /// [`snpguard::attest::MAX_BODY`]).
+    pub max_body: usize,
+    /// Requests per second a source regains (token bucket refill).
+    pub per_ip_rate: f64,
+    /// Requests a source may make at once (token bucket size).
+    pub per_ip_burst: u32,
+    /// Concurrent connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Sources whose buckets are remembered at once.
+    pub max_tracked_sources: usize,
+    /// Time for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time for a request head to arrive, counted from when the server
+    /// waits for one (so it is also the keep-alive idle time).
+    pub header_timeout: Duration,
+    /// Time for a whole request: body and handler.
+    pub request_timeout: Duration,
+    /// Time in-flight connections get to finish after shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: snpguard::attest::MAX_BODY,
+            per_ip_rate: 20.0,
+            per_ip_burst: 200,
+            max_connections: 512,
+            max_tracked_sources: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    fn check(&self) -> Result<(), ServeError> {
+        let bad = |what: &'static str| Err(ServeError::Limits(what));
+        if self.max_body == 0 {
+            return bad("max_body must be positive");
+        }
+        if !(self.per_ip_rate.is_finite() && self.per_ip_rate > 0.0) {
+            return bad("per_ip_rate must be a positive number");
+        }
+        if self.per_ip_burst == 0 {
+            return bad("per_ip_burst must be at least 1");
+        }
+        if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
+            return bad("max_connections must be positive");
+        }
+        if self.max_tracked_sources == 0 {
+            return bad("max_tracked_sources must be positive");
+        }
+        let times = [
+            self.handshake_timeout,
+            self.header_timeout,
+            self.request_timeout,
+        ];
+        if times.iter().any(Duration::is_zero) {
+            return bad("timeouts must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Why [`serve`] stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The limits make no sense.
+    #[error("invalid HTTPS limits: {0}")]
+    Limits(&'static str),
+    /// The listener has no address.
+    #[error("HTTPS listener: {0}")]
+    Listener(#[source] std::io::Error),
+    /// Connections were still open when the shutdown grace ran out; they
+    /// were cut.
+    #[error("{0} HTTPS connections were still open after the shutdown grace and were cut")]
+    ShutdownCut(usize),
+}
+
+/// What every connection shares.
+struct Shared {
+    handler: Arc<dyn AttestHandler>,
+    limits: Limits,
+    rate: RateLimiter,
+}
+
+/// Serves `/v1` on `listener` until `shutdown` completes; then stops
+/// accepting (the listener is closed), lets in-flight requests finish for
+/// at most [`Limits::shutdown_grace`], and returns.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    handler: Arc<dyn AttestHandler>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    limits.check()?;
+    let local = listener.local_addr().map_err(ServeError::Listener)?;
+    let shared = Arc::new(Shared {
+        handler,
+        rate: RateLimiter::new(
+            limits.per_ip_rate,
+            limits.per_ip_burst,
+            limits.max_tracked_sources,
+        ),
+        limits,
+    });
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut connections = JoinSet::new();
+    tracing::info!(address = %local, "serving attestation over HTTPS");
+
+    tokio::pin!(shutdown);
+    loop {
+        while let Some(done) = connections.try_join_next() {
+            log_task_end(done);
+        }
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting an HTTPS connection failed");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        connections.spawn(connection(
+            shared.clone(),
+            acceptor.clone(),
+            stream,
+            peer,
+            stop_rx.clone(),
+            slot,
+        ));
+    }
+
+    drop(listener);
+    // Receivers may all be gone already; nothing to tell then.
+    let _ = stop_tx.send(());
+    tracing::info!(
+        connections = connections.len(),
+        "HTTPS shutting down; finishing in-flight requests"
+    );
+    let finish = async {
+        while let Some(done) = connections.join_next().await {
+            log_task_end(done);
+        }
+    };
+    if tokio::time::timeout(shared.limits.shutdown_grace, finish)
+        .await
+        .is_err()
+    {
+        let left = connections.len();
+        connections.abort_all();
+        tracing::warn!(connections = left, "HTTPS shutdown grace ran out");
+        return Err(ServeError::ShutdownCut(left));
+    }
+    tracing::info!("HTTPS stopped");
+    Ok(())
+}
+
+fn log_task_end(done: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        if error.is_panic() {
+            tracing::error!(%error, "an HTTPS connection task panicked");
+        }
+    }
+}
+
+/// One connection: TLS handshake, then HTTP/1.1 with keep-alive until
+/// the client closes, a timeout fires or the server shuts down. `_slot`
+/// is held for the connection's lifetime.
+async fn connection(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<()>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let ip = peer.ip();
+    // Small JSON replies: send them now rather than waiting for more.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(peer = %ip, %error, "TCP_NODELAY");
+    }
+    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream));
+    let tls = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::info!(peer = %ip, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(peer = %ip, "TLS handshake timed out");
+                return;
+            }
+        },
+        // Any outcome means serve is stopping.
+        _ = stop.changed() => return,
+    };
+
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = service_shared.clone();
+        async move { Ok::<_, Infallible>(respond(&shared, req, ip).await.into_response()) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS);
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(peer = %ip, %error, "HTTPS connection ended with an error");
+    }
+}
+
+/// Rate limit, route, time bound and log one request.
+async fn respond(shared: &Shared, req: Request<hyper::body::Incoming>, peer: IpAddr) -> Reply {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = logged_path(req.uri().path()).to_owned();
+    let reply = if !shared.rate.allow(peer, started) {
+        Reply::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "too many requests from this address; retry later",
+        )
+    } else {
+        let deadline = started + shared.limits.request_timeout;
+        routes::route(shared, req, peer, deadline).await
+    };
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let status = reply.status.as_u16();
+    tracing::debug!(peer = %peer, %method, path = %path, status, elapsed_ms, "HTTPS request");
+    if let Some(code) = reply.code {
+        if reply.status.is_server_error() {
+            tracing::warn!(peer = %peer, %method, path = %path, status, code, "HTTPS request failed");
+        } else {
+            tracing::info!(peer = %peer, %method, path = %path, status, code, "HTTPS request refused");
+        }
+    }
+    reply
+}
+
+/// The path as logged: bounded, and printable ASCII only (hyper has
+/// already refused anything else in a request line).
+fn logged_path(path: &str) -> &str {
+    let mut end = path.len().min(MAX_LOGGED_PATH);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
