@@ -17,6 +17,8 @@ declare -A APT=(
     [systemd]=/usr/bin/systemd-analyze
     # a private dbus-daemon for the daemon's integration tests
     [dbus]=/usr/bin/dbus-daemon
+    # scripts/generate-tls-certs.sh and its test
+    [openssl]=/usr/bin/openssl
 )
 # pip only when no Python pip is there at all (pyenv's counts).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || APT[python3-pip]=/usr/bin/pip3
