@@ -24,6 +24,8 @@ mod ratelimit;
 mod routes;
 mod tls;
 
+pub mod load;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
