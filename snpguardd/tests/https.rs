@@ -751,3 +751,22 @@ async fn generated_certificates_serve_and_verify() {
         before
     );
 }
+
+#[tokio::test]
+async fn an_oversize_request_head_is_refused_by_the_http_layer() {
+    let server = start(Double::default(), Limits::default()).await;
+    let mut tls = raw_tls(&server).await;
+    let mut head = String::from("GET /v1/health HTTP/1.1\r\nhost: localhost\r\n");
+    // More headers than allowed, in a head small enough to be read whole
+    // (so that closing does not reset the connection under the reply).
+    for i in 0..60 {
+        head.push_str(&format!("x-{i}: a\r\n"));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).await.expect("head");
+    let raw = read_until_close(&mut tls).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text:?}");
+    let (status, _) = server.conn().await.get("/v1/health").await.expect("health");
+    assert_eq!(status.as_u16(), 200);
+}
