@@ -189,6 +189,12 @@ impl Registry {
         &self.keys
     }
 
+    /// The database the registry keeps its records in, for the daemon's
+    /// other trees (nonces, certificates, audit trail).
+    pub fn store(&self) -> &SledStore {
+        &self.store
+    }
+
     /// The VMK of an enabled record, unsealed. A disabled record's key is
     /// not released (checked under the same lock as enabling, so a
     /// concurrent disable wins).
