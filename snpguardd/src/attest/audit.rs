@@ -121,11 +121,10 @@ mod tests {
     }
 
     #[test]
-    fn trail_is_bounded_and_continues_after_reopen() {
+    fn trail_is_bounded_and_continues_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
         {
-            let store = SledStore::open(&path).unwrap();
             // Pretend the trail is nearly full without writing 10,000 entries.
             store
                 .put(
@@ -146,7 +145,7 @@ mod tests {
             // Sequence AUDIT_CAPACITY - 1: entry 0 is still inside the window.
             assert_eq!(store.entries(Tree::Audit).unwrap().len(), 3);
         }
-        let store = SledStore::open(&path).unwrap();
+        // A restarted daemon continues after the last entry.
         let log = AuditLog::open(&store).unwrap();
         log.append(&store, &entry(3)).unwrap();
         let recent = log.recent(&store, 10).unwrap();

@@ -186,7 +186,8 @@ fn split(bytes: &[u8], file: usize) -> Result<Vec<Cert>, CertImportError> {
             .ok_or_else(|| malformed("PEM block without END CERTIFICATE line".into()))?
             + END.len();
         certs.push(
-            Cert::from_pem_or_der(block[..end].as_bytes()).map_err(|e| malformed(e.to_string()))?,
+            Cert::from_pem_or_der(&block.as_bytes()[..end])
+                .map_err(|e| malformed(e.to_string()))?,
         );
         if certs.len() > MAX_IMPORT_CERTS {
             return Err(CertImportError::TooMany);
@@ -196,7 +197,7 @@ fn split(bytes: &[u8], file: usize) -> Result<Vec<Cert>, CertImportError> {
     Ok(certs)
 }
 
-fn extension<'a>(cert: &'a Cert, id: const_oid::ObjectIdentifier) -> Option<&'a [u8]> {
+fn extension(cert: &Cert, id: const_oid::ObjectIdentifier) -> Option<&[u8]> {
     cert.x509()
         .tbs_certificate
         .extensions

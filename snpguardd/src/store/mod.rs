@@ -176,8 +176,10 @@ pub enum StoreError {
     },
 }
 
+/// One `(key, value)` pair of a tree.
+pub type Entry = (Vec<u8>, Vec<u8>);
 /// The entries of a tree: `(key, value)` pairs in key order.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Entries = Vec<Entry>;
 
 /// A key-value store of named trees. Implementations are thread-safe and
 /// every successful mutation is on disk before it returns.
@@ -205,5 +207,5 @@ pub trait Store: Send + Sync {
     /// Up to `limit` keys of `tree` below `end` (exclusive), in key order.
     fn keys_below(&self, tree: Tree, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError>;
     /// The entry with the greatest key of `tree`, if any.
-    fn last(&self, tree: Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn last(&self, tree: Tree) -> Result<Option<Entry>, StoreError>;
 }

