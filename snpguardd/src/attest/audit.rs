@@ -4,7 +4,6 @@
 //! operator needs to tell why (codes, the precise reason, the report
 //! fields that matter) and never key material.
 
-use std::net::IpAddr;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -92,11 +91,6 @@ impl AuditLog {
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect())
     }
-}
-
-/// A peer address for the trail.
-pub fn peer(ip: IpAddr) -> String {
-    ip.to_string()
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@
 //! Database trees: `records/<id>` (JSON [`record::StoredRecord`]),
 //! `names/<name>` → id, `secrets/vmk/<id>` and `secrets/id-key/<id>`
 //! (sealed with the master key, associated data `snpguard/v1/<purpose>/
-//! <id>`), `keys/*` (see [`crate::keys`]).
+//! <id>`), `keys/*` (see [`crate::keys`]); the attestor's `nonces`,
+//! `certs` and `audit` trees are described in [`crate::attest`].
 //!
 //! Crash safety: a registration writes its blobs first (each complete
 //! before it gets its name), then the record, the name index and both
