@@ -2,10 +2,30 @@
 //! transport (`https`) sees only [`AttestHandler`]; the attestor behind it
 //! checks nonces, finds the record, runs the full verification of the
 //! trust core and releases the key.
+//!
+//! - [`Attestor`]: the [`AttestHandler`] of the daemon.
+//! - [`nonce`]: stateless, MAC'd, single-use nonces.
+//! - [`certs`]: certificates held by the daemon (imports, KDS cache).
+//! - [`kds`]: fetching VCEKs from AMD KDS ([`KdsClient`], [`HttpKds`]).
+//! - [`audit`]: the bounded audit trail of attestations.
+
+pub mod attestor;
+pub mod audit;
+pub mod certs;
+pub mod kds;
+pub mod nonce;
+
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 
 use snpguard::attest::{AttestRequest, AttestResponse, ChallengeResponse};
+
+pub use attestor::{Attestor, AttestorError, Clock, SystemClock};
+pub use audit::{AuditEntry, AUDIT_CAPACITY};
+pub use certs::CertImportError;
+pub use kds::{HttpKds, KdsClient, KdsError, AMD_KDS_URL};
 
 /// A refusal or failure as the remote client sees it: a stable code, an
 /// HTTP status and a coarse message. The precise reason goes to the

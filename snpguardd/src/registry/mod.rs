@@ -14,7 +14,8 @@
 //! Database trees: `records/<id>` (JSON [`record::StoredRecord`]),
 //! `names/<name>` → id, `secrets/vmk/<id>` and `secrets/id-key/<id>`
 //! (sealed with the master key, associated data `snpguard/v1/<purpose>/
-//! <id>`), `keys/*` (see [`crate::keys`]).
+//! <id>`), `keys/*` (see [`crate::keys`]); the attestor's `nonces`,
+//! `certs` and `audit` trees are described in [`crate::attest`].
 //!
 //! Crash safety: a registration writes its blobs first (each complete
 //! before it gets its name), then the record, the name index and both
@@ -187,6 +188,12 @@ impl Registry {
     /// The daemon's key material (attestation, TLS).
     pub fn keys(&self) -> &DaemonKeys {
         &self.keys
+    }
+
+    /// The database the registry keeps its records in, for the daemon's
+    /// other trees (nonces, certificates, audit trail).
+    pub fn store(&self) -> &SledStore {
+        &self.store
     }
 
     /// The VMK of an enabled record, unsealed. A disabled record's key is

@@ -25,16 +25,27 @@ pub enum Tree {
     Secrets,
     /// The daemon's own key material, sealed with the master key.
     Keys,
+    /// Used attestation nonces, keyed by the nonce (whose first 8 bytes
+    /// are its issue time, big-endian, so keys sort by age).
+    Nonces,
+    /// Certificates held by the daemon: operator imports and VCEKs
+    /// cached from AMD KDS (see [`crate::attest`]).
+    Certs,
+    /// The attestation audit trail, keyed by a big-endian sequence number.
+    Audit,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 5] = [
+    pub const ALL: [Tree; 8] = [
         Tree::Meta,
         Tree::Records,
         Tree::Names,
         Tree::Secrets,
         Tree::Keys,
+        Tree::Nonces,
+        Tree::Certs,
+        Tree::Audit,
     ];
 
     /// The tree's name in the database.
@@ -45,6 +56,9 @@ impl Tree {
             Tree::Names => "names",
             Tree::Secrets => "secrets",
             Tree::Keys => "keys",
+            Tree::Nonces => "nonces",
+            Tree::Certs => "certs",
+            Tree::Audit => "audit",
         }
     }
 
@@ -55,6 +69,9 @@ impl Tree {
             Tree::Names => 2,
             Tree::Secrets => 3,
             Tree::Keys => 4,
+            Tree::Nonces => 5,
+            Tree::Certs => 6,
+            Tree::Audit => 7,
         }
     }
 }
@@ -159,8 +176,10 @@ pub enum StoreError {
     },
 }
 
+/// One `(key, value)` pair of a tree.
+pub type Entry = (Vec<u8>, Vec<u8>);
 /// The entries of a tree: `(key, value)` pairs in key order.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Entries = Vec<Entry>;
 
 /// A key-value store of named trees. Implementations are thread-safe and
 /// every successful mutation is on disk before it returns.
@@ -180,4 +199,13 @@ pub trait Store: Send + Sync {
     /// Applies all `ops` atomically (all or none, also across a crash),
     /// then flushes.
     fn transaction(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Sets `key` to `value` only if `key` is absent, atomically with
+    /// respect to every other writer (then flushes). Returns whether it
+    /// was inserted; `false` means the key was already present and
+    /// nothing changed.
+    fn insert_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError>;
+    /// Up to `limit` keys of `tree` below `end` (exclusive), in key order.
+    fn keys_below(&self, tree: Tree, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The entry with the greatest key of `tree`, if any.
+    fn last(&self, tree: Tree) -> Result<Option<Entry>, StoreError>;
 }

@@ -5,6 +5,11 @@
 //! - 0: a database written before the version entry existed (or a new,
 //!   empty one). Its trees already have the version 1 layout.
 //! - 1: `meta/schema_version` present; records are JSON with `"v": 1`.
+//!   The trees `nonces`, `certs` and `audit` were added later without a
+//!   version bump: they are new trees (sled creates them empty on open),
+//!   no existing entry changes shape, and an older snpguardd opening the
+//!   database simply never looks at them. A change to the layout of an
+//!   existing tree still needs a new version and a migration step.
 //!
 //! A step from version `n` to `n + 1` is `MIGRATIONS[n]`: it reads the
 //! store and returns the mutations to make. [`migrate`] applies them

@@ -6,7 +6,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::schema::{migrate, MIGRATIONS};
-use super::{Entries, Op, Store, StoreError, Tree};
+use super::{Entries, Entry, Op, Store, StoreError, Tree};
 
 /// A sled database with one sled tree per [`Tree`].
 pub struct SledStore {
@@ -94,6 +94,35 @@ impl Store for SledStore {
         self.db.flush().map_err(backend)?;
         Ok(())
     }
+
+    fn insert_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let swapped = self
+            .tree(tree)
+            .compare_and_swap(key, None::<&[u8]>, Some(value))
+            .map_err(backend)?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.db.flush().map_err(backend)?;
+        Ok(true)
+    }
+
+    fn keys_below(&self, tree: Tree, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.tree(tree)
+            .range::<&[u8], _>(..end)
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| k.to_vec()).map_err(backend))
+            .collect()
+    }
+
+    fn last(&self, tree: Tree) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .tree(tree)
+            .last()
+            .map_err(backend)?
+            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +180,54 @@ mod tests {
         assert_eq!(
             s.get(Tree::Meta, SCHEMA_VERSION_KEY).unwrap().unwrap(),
             SCHEMA_VERSION.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn insert_new_inserts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(&dir.path().join("db")).unwrap();
+        assert!(s.insert_new(Tree::Nonces, b"n1", b"a").unwrap());
+        assert!(!s.insert_new(Tree::Nonces, b"n1", b"b").unwrap());
+        assert_eq!(s.get(Tree::Nonces, b"n1").unwrap().unwrap(), b"a");
+        assert!(!s.insert_new(Tree::Nonces, b"n1", b"c").unwrap());
+    }
+
+    #[test]
+    fn insert_new_is_race_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+        let wins: usize = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || s.insert_new(Tree::Nonces, b"k", b"v").unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum();
+        assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn keys_below_and_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(&dir.path().join("db")).unwrap();
+        assert_eq!(s.last(Tree::Audit).unwrap(), None);
+        for k in [b"a", b"b", b"c", b"d"] {
+            s.put(Tree::Audit, k, b"x").unwrap();
+        }
+        assert_eq!(
+            s.keys_below(Tree::Audit, b"c", 10).unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(
+            s.keys_below(Tree::Audit, b"d", 1).unwrap(),
+            vec![b"a".to_vec()]
+        );
+        assert_eq!(
+            s.last(Tree::Audit).unwrap(),
+            Some((b"d".to_vec(), b"x".to_vec()))
         );
     }
 

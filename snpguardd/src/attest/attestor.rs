@@ -1,0 +1,607 @@
+//! The attestor: checks the nonce, finds the record from the report,
+//! gathers certificates, runs the full verification and releases the key.
+//!
+//! Order of an attestation (each refusal audited and journaled once):
+//! 1. decode the request (protocol errors: 400 with a specific code);
+//! 2. parse the report (structure errors: 400 `bad-request`);
+//! 3. find the record by IMAGE_ID (the record id) and FAMILY_ID;
+//! 4. consume the nonce (MAC, age, single use; `nonce-*` codes);
+//! 5. no record: `unknown-image`;
+//! 6. certificates: the request's table, then the daemon's (imported,
+//!    KDS-cached), then KDS when enabled (VCEK only);
+//! 7. verification against the record's expectations (every rule);
+//! 8. release: the record's VMK (a disabled record: `record-disabled`)
+//!    sealed to the ephemeral key and bound to the report; counters and
+//!    the audit trail written before the answer leaves.
+//!
+//! The client sees `attestation-rejected` (403) for every trust decision;
+//! the precise reasons go to the journal and the audit trail.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use snpguard::attest::{
+    self, decode_nonce, encode_nonce, unb64, AttestRequest, AttestResponse, ChallengeResponse,
+    MAX_BODY, NONCE_LEN,
+};
+use snpguard::certs::{Cert, CertSet, KeyKind, Product, TrustAnchors};
+use snpguard::report::{Report, SigningKey, TcbParts, REPORT_SIZE};
+use snpguard::seal::PublicKey;
+use snpguard::verify::{product_from_report, tcb_layout, Expectations, Failure, Verifier};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::audit::{AuditEntry, AuditLog};
+use super::certs::{self as held, CertImportError, HeldSource};
+use super::kds::KdsClient;
+use super::nonce::{self, NonceError, Nonces, NONCE_LIFETIME_SECS};
+use super::{AttestError, AttestHandler};
+use crate::config::Config;
+use crate::registry::{Registry, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SMT};
+use crate::service::{RecordInfo, RecordService, ServiceError};
+use crate::store::{Store, StoreError};
+
+/// Largest test root file read.
+const MAX_TEST_ROOT: u64 = 64 * 1024;
+/// Seconds between garbage collections of used nonces.
+const NONCE_GC_INTERVAL_SECS: u64 = 60;
+
+/// The time source (tests move it).
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// Why the attestor could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestorError {
+    /// A configured test root could not be read.
+    #[error("reading the test root {}: {error}", path.display())]
+    TestRootRead {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        error: String,
+    },
+    /// The trust anchors (built-in or a test root) are unusable.
+    #[error("trust anchors: {0}")]
+    Anchors(#[from] snpguard::certs::CertError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Implements [`AttestHandler`] over the registry and its store.
+pub struct Attestor {
+    registry: Arc<Registry>,
+    verifier: Verifier,
+    nonces: Nonces,
+    audit: AuditLog,
+    /// `None` when KDS access is disabled by the configuration.
+    kds: Option<Box<dyn KdsClient>>,
+    clock: Box<dyn Clock>,
+    last_gc: AtomicU64,
+}
+
+impl std::fmt::Debug for Attestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attestor")
+            .field("kds", &self.kds.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_test_root(path: &Path) -> Result<Vec<u8>, AttestorError> {
+    use std::io::Read;
+    let err = |error: String| AttestorError::TestRootRead {
+        path: path.to_owned(),
+        error,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TEST_ROOT + 1).read_to_end(&mut bytes))
+        .map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_TEST_ROOT {
+        return Err(err(format!("larger than {MAX_TEST_ROOT} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// Seconds since the epoch (0 before it).
+fn secs(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp()).unwrap_or(0)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> AttestError {
+    tracing::error!(REASON = "internal", "attestation: {what}: {e}");
+    AttestError {
+        code: "internal",
+        status: 500,
+        message: "internal error; the server's journal has the details".into(),
+    }
+}
+
+fn rejected() -> AttestError {
+    AttestError {
+        code: "attestation-rejected",
+        status: 403,
+        message: "the attestation evidence was not accepted".into(),
+    }
+}
+
+fn nonce_error(e: &NonceError) -> AttestError {
+    let (status, message) = match e {
+        NonceError::Invalid => (400, "the nonce was not issued by this service"),
+        NonceError::Expired { .. } => (401, "the nonce expired; request a new challenge"),
+        NonceError::Reused => (401, "the nonce was already used; request a new challenge"),
+    };
+    AttestError {
+        code: e.code(),
+        status,
+        message: message.into(),
+    }
+}
+
+/// Certificates gathered for one report.
+struct Gathered {
+    certs: CertSet,
+    source: Option<&'static str>,
+    /// A VCEK fetched from KDS now, to cache once its chain verified.
+    fetched: Option<(Product, Vec<u8>, TcbParts, Vec<u8>)>,
+    notes: Vec<String>,
+}
+
+/// Why a refusal happened, for the audit trail and the journal.
+struct Refusal {
+    codes: Vec<String>,
+    detail: String,
+    client: AttestError,
+}
+
+impl Refusal {
+    fn rejected(code: &str, detail: String) -> Self {
+        Refusal {
+            codes: vec![code.to_owned()],
+            detail,
+            client: rejected(),
+        }
+    }
+}
+
+fn hex48(s: &str, what: &str) -> Result<[u8; 48], AttestError> {
+    hex::decode(s)
+        .ok()
+        .and_then(|v| <[u8; 48]>::try_from(v).ok())
+        .ok_or_else(|| internal("corrupt record", format!("{what} is not 48 bytes of hex")))
+}
+
+/// What the record demands of a report bound to `nonce` and `key`.
+fn expectations(
+    rec: &RecordInfo,
+    nonce: &[u8; NONCE_LEN],
+    key: &PublicKey,
+) -> Result<Expectations, AttestError> {
+    Ok(Expectations {
+        product: None,
+        vmpl: 0,
+        allow_debug: rec.policy & POLICY_DEBUG != 0,
+        allow_smt: rec.policy & POLICY_SMT != 0,
+        allow_migrate_ma: rec.policy & POLICY_MIGRATE_MA != 0,
+        require_single_socket: false,
+        min_abi: None,
+        min_tcb: rec.min_tcb,
+        strict_tcb: false,
+        measurement: Some(hex48(&rec.measurement, "measurement")?),
+        report_data: Some(attest::report_data(nonce, key)),
+        host_data: None,
+        id_key_digest: Some(hex48(&rec.id_key_digest, "id_key_digest")?),
+        author_key_digest: Some(hex48(&rec.author_key_digest, "author_key_digest")?),
+    })
+}
+
+/// The products a report may come from: the one its CPUID names (v3+);
+/// for a v2 report (no CPUID), Milan then Genoa — v2 predates Turin, and
+/// the chain verification decides which one the certificate really is.
+fn candidate_products(report: &Report) -> Vec<Product> {
+    match (report.cpuid, product_from_report(report)) {
+        (None, _) => vec![Product::Milan, Product::Genoa],
+        (Some(_), Some(p)) => vec![p],
+        (Some(_), None) => Vec::new(),
+    }
+}
+
+impl Attestor {
+    /// The attestor for `registry` (and its store) as `config` says:
+    /// AMD's roots plus each configured test root (logged as a warning),
+    /// and `kds` unless `config.kds.enabled` is false.
+    pub fn new(
+        registry: Arc<Registry>,
+        config: &Config,
+        kds: Box<dyn KdsClient>,
+    ) -> Result<Attestor, AttestorError> {
+        let mut anchors = TrustAnchors::amd()?;
+        for root in &config.test_roots {
+            let ark = read_test_root(&root.ark_path)?;
+            anchors = anchors.with_test_root(root.product, &ark)?;
+            tracing::warn!(
+                PRODUCT = %root.product,
+                ARK_PATH = %root.ark_path.display(),
+                "attestation TRUSTS A TEST ROOT for {} from {}: reports signed by a simulated \
+                 platform will be accepted; remove test_roots from the configuration on any \
+                 production host",
+                root.product,
+                root.ark_path.display()
+            );
+        }
+        let audit = AuditLog::open(registry.store())?;
+        Ok(Attestor {
+            nonces: Nonces::new(registry.keys().nonce_hmac()),
+            registry,
+            verifier: Verifier::new(anchors),
+            audit,
+            kds: config.kds.enabled.then_some(kds),
+            clock: Box::new(SystemClock),
+            last_gc: AtomicU64::new(0),
+        })
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: Box<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Imports certificates for verification without KDS (VCEKs, VLEKs,
+    /// ASKs, ASVKs; DER or PEM, several PEM blocks per file allowed).
+    /// All or nothing; returns how many were stored.
+    pub fn import_certificates(
+        &self,
+        der_or_pem_files: &[Vec<u8>],
+    ) -> Result<usize, CertImportError> {
+        let n = held::import(self.store(), der_or_pem_files)?;
+        tracing::info!(COUNT = n, "imported certificates for attestation");
+        Ok(n)
+    }
+
+    /// The last `n` audit entries, oldest first.
+    pub fn audit_trail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit.recent(self.store(), n)
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.registry.store()
+    }
+
+    fn collect_nonces(&self, now: u64) {
+        let last = self.last_gc.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < NONCE_GC_INTERVAL_SECS
+            || self
+                .last_gc
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        match nonce::collect_garbage(self.store(), now) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(COUNT = n, "forgot expired used nonces"),
+            Err(e) => tracing::error!("collecting used nonces: {e}"),
+        }
+    }
+
+    fn find_record(&self, report: &Report) -> Result<Option<RecordInfo>, AttestError> {
+        match self.registry.get(&hex::encode(report.image_id)) {
+            Ok(rec) if rec.family_id == hex::encode(report.family_id) => Ok(Some(rec)),
+            Ok(_) | Err(ServiceError::NotFound(_)) => Ok(None),
+            Err(e) => Err(internal("looking up the record", e)),
+        }
+    }
+
+    /// The request's table, then what the daemon holds, then KDS.
+    fn gather(&self, report: &Report, table: Option<CertSet>) -> Result<Gathered, AttestError> {
+        let mut g = Gathered {
+            certs: table.unwrap_or_default(),
+            source: None,
+            fetched: None,
+            notes: Vec::new(),
+        };
+        let kind = match report.key_info.signing_key() {
+            SigningKey::Vcek => KeyKind::Vcek,
+            SigningKey::Vlek => KeyKind::Vlek,
+            // Unsigned or reserved: the verifier refuses it by name.
+            SigningKey::None | SigningKey::Reserved(_) => return Ok(g),
+        };
+        let has_leaf = |c: &CertSet| match kind {
+            KeyKind::Vcek => c.vcek.is_some(),
+            KeyKind::Vlek => c.vlek.is_some(),
+        };
+        if has_leaf(&g.certs) {
+            g.source = Some("table");
+        }
+        let products = candidate_products(report);
+        let chip = |p: Product| {
+            let tcb = report.reported_tcb.parts(tcb_layout(p));
+            (report.chip_id[..p.hwid_len()].to_vec(), tcb)
+        };
+        let store_err = |e: StoreError| internal("reading held certificates", e);
+        for &p in &products {
+            let (hwid, tcb) = chip(p);
+            let (set, source) =
+                held::held(self.store(), kind, p, &hwid, &tcb).map_err(store_err)?;
+            let found = has_leaf(&set);
+            if g.source.is_none() && found {
+                g.source = Some(match source {
+                    Some(HeldSource::KdsCache) => "kds-cache",
+                    _ => "imported",
+                });
+                g.certs.merge(set);
+                break;
+            }
+            if g.source.is_some() {
+                // The table has the leaf; fill in a held intermediate.
+                g.certs.merge(set);
+                break;
+            }
+        }
+        if g.source.is_some() || kind == KeyKind::Vlek {
+            return Ok(g);
+        }
+        let Some(kds) = &self.kds else {
+            g.notes
+                .push("no VCEK in the request or held, and KDS access is disabled".into());
+            return Ok(g);
+        };
+        for &p in &products {
+            let (hwid, tcb) = chip(p);
+            match kds.fetch_vcek(p, &hwid, &tcb) {
+                Ok(der) => match Cert::from_pem_or_der(&der) {
+                    Ok(cert) => {
+                        g.certs.vcek = Some(cert);
+                        let (set, _) =
+                            held::held(self.store(), kind, p, &hwid, &tcb).map_err(store_err)?;
+                        g.certs.merge(set);
+                        g.source = Some("kds");
+                        g.fetched = Some((p, hwid, tcb, der));
+                        break;
+                    }
+                    Err(e) => g.notes.push(format!("KDS served no certificate: {e}")),
+                },
+                Err(e) => g.notes.push(format!("KDS: {e}")),
+            }
+        }
+        Ok(g)
+    }
+
+    /// Counts, audits and journals a refusal; returns the client's error.
+    fn refuse(&self, mut entry: AuditEntry, r: Refusal, now: OffsetDateTime) -> AttestError {
+        if let Some(id) = &entry.record {
+            if let Err(e) = self.registry.record_attested(id, false, now) {
+                tracing::error!(RECORD = %id, "counting a refused attestation: {e}");
+            }
+        }
+        entry.result = r.codes.first().cloned().unwrap_or_default();
+        entry.codes = r.codes;
+        entry.detail = r.detail;
+        tracing::warn!(
+            RECORD = entry.record.as_deref().unwrap_or("-"),
+            REASON = %entry.result,
+            CODES = %entry.codes.join(","),
+            PEER = %entry.peer,
+            MEASUREMENT = entry.measurement.as_deref().unwrap_or("-"),
+            REPORTED_TCB = entry.reported_tcb.as_deref().unwrap_or("-"),
+            CHIP_ID = entry.chip_id_prefix.as_deref().unwrap_or("-"),
+            CERT_SOURCE = entry.cert_source.as_deref().unwrap_or("-"),
+            NOTES = %entry.notes.join("; "),
+            "attestation refused: {}",
+            entry.detail
+        );
+        if let Err(e) = self.audit.append(self.store(), &entry) {
+            tracing::error!("writing the audit trail: {e}");
+        }
+        r.client
+    }
+
+    fn attest_inner(
+        &self,
+        req: &AttestRequest,
+        peer: IpAddr,
+        now: OffsetDateTime,
+    ) -> Result<AttestResponse, AttestError> {
+        let protocol = |code: &'static str, msg: &str| {
+            tracing::info!(REASON = code, PEER = %peer, "attestation request refused: {msg}");
+            AttestError::bad_request(code, msg)
+        };
+        let nonce = decode_nonce(&req.nonce)
+            .ok_or_else(|| protocol("nonce-invalid", "nonce: not a nonce this service issued"))?;
+        let report_bytes = unb64(&req.report, REPORT_SIZE).ok_or_else(|| {
+            protocol(
+                "bad-request",
+                "report: expected standard base64 of the 1184-byte report",
+            )
+        })?;
+        let key = unb64(&req.ephemeral_key, 32)
+            .and_then(|k| PublicKey::from_bytes(&k).ok())
+            .ok_or_else(|| {
+                protocol(
+                    "bad-request",
+                    "ephemeral_key: expected standard base64 of a valid X25519 public key",
+                )
+            })?;
+        let table = match &req.cert_table {
+            None => None,
+            Some(t) => {
+                let bytes = unb64(t, MAX_BODY).ok_or_else(|| {
+                    protocol("bad-request", "cert_table: expected standard base64")
+                })?;
+                Some(
+                    CertSet::from_cert_table(&bytes)
+                        .map_err(|e| protocol("bad-request", &format!("cert_table: {e}")))?,
+                )
+            }
+        };
+        let report = Report::parse(&report_bytes)
+            .map_err(|e| protocol("bad-request", &format!("report: {e}")))?;
+
+        let mut entry = AuditEntry {
+            time: now.format(&Rfc3339).unwrap_or_default(),
+            peer: peer.to_string(),
+            record: None,
+            result: String::new(),
+            codes: Vec::new(),
+            detail: String::new(),
+            measurement: Some(hex::encode(report.measurement)),
+            reported_tcb: Some(format!("{:016x}", report.reported_tcb.0)),
+            chip_id_prefix: Some(hex::encode(&report.chip_id[..8])),
+            cert_source: None,
+            notes: Vec::new(),
+        };
+        let record = self.find_record(&report)?;
+        entry.record = record.as_ref().map(|r| r.id.clone());
+
+        let now_secs = secs(now);
+        match self.nonces.consume(self.store(), &nonce, now_secs) {
+            Err(e) => return Err(internal("marking the nonce used", e)),
+            Ok(Err(e)) => {
+                let r = Refusal {
+                    codes: vec![e.code().to_owned()],
+                    detail: e.to_string(),
+                    client: nonce_error(&e),
+                };
+                return Err(self.refuse(entry, r, now));
+            }
+            Ok(Ok(())) => {}
+        }
+        self.collect_nonces(now_secs);
+
+        let Some(rec) = record else {
+            let detail = format!(
+                "no record has image_id {} with family_id {}",
+                hex::encode(report.image_id),
+                hex::encode(report.family_id)
+            );
+            return Err(self.refuse(entry, Refusal::rejected("unknown-image", detail), now));
+        };
+        let expect = expectations(&rec, &nonce, &key)?;
+        let gathered = self.gather(&report, table)?;
+        entry.cert_source = gathered.source.map(str::to_owned);
+        entry.notes = gathered.notes;
+
+        let verified = self
+            .verifier
+            .verify(&report_bytes, &gathered.certs, &expect, now);
+        let chain_ok = match &verified {
+            Ok(_) => true,
+            Err(rej) => !rej.failures().iter().any(|f| {
+                matches!(
+                    f,
+                    Failure::Chain(_)
+                        | Failure::Signature(_)
+                        | Failure::HwidMismatch { .. }
+                        | Failure::TcbBinding { .. }
+                )
+            }),
+        };
+        if let (true, Some((p, hwid, tcb, der))) = (chain_ok, &gathered.fetched) {
+            match held::cache_vcek(self.store(), *p, hwid, tcb, der) {
+                Ok(()) => tracing::info!(
+                    PRODUCT = %p,
+                    CHIP_ID = %hex::encode(&hwid[..8]),
+                    "cached the VCEK fetched from KDS"
+                ),
+                Err(e) => tracing::error!("caching the VCEK fetched from KDS: {e}"),
+            }
+        }
+        let verified = match verified {
+            Ok(v) => v,
+            Err(rej) => {
+                let codes = rej.codes().into_iter().map(str::to_owned).collect();
+                let r = Refusal {
+                    codes,
+                    detail: rej.to_string(),
+                    client: rejected(),
+                };
+                return Err(self.refuse(entry, r, now));
+            }
+        };
+        entry.notes.extend(verified.notes);
+
+        let vmk = match self.registry.record_vmk(&rec.id) {
+            Ok(vmk) => vmk,
+            Err(ServiceError::InvalidInput(_)) => {
+                let r = Refusal::rejected(
+                    "record-disabled",
+                    format!("record {} is disabled; the report verified", rec.id),
+                );
+                return Err(self.refuse(entry, r, now));
+            }
+            Err(ServiceError::NotFound(_)) => {
+                let r = Refusal::rejected(
+                    "unknown-image",
+                    format!("record {} was deleted during the attestation", rec.id),
+                );
+                return Err(self.refuse(entry, r, now));
+            }
+            Err(e) => return Err(internal("unsealing the VMK", e)),
+        };
+        let sealed = attest::seal_key(&key, &report_bytes, &vmk)
+            .map_err(|e| internal("sealing the VMK", e))?;
+        drop(vmk);
+        self.registry
+            .record_attested(&rec.id, true, now)
+            .map_err(|e| internal("counting the attestation", e))?;
+        entry.result = "ok".into();
+        self.audit
+            .append(self.store(), &entry)
+            .map_err(|e| internal("writing the audit trail", e))?;
+        tracing::info!(
+            RECORD = %rec.id,
+            NAME = %rec.name,
+            PEER = %entry.peer,
+            MEASUREMENT = entry.measurement.as_deref().unwrap_or("-"),
+            REPORTED_TCB = entry.reported_tcb.as_deref().unwrap_or("-"),
+            CHIP_ID = entry.chip_id_prefix.as_deref().unwrap_or("-"),
+            CERT_SOURCE = entry.cert_source.as_deref().unwrap_or("-"),
+            NOTES = %entry.notes.join("; "),
+            "attestation accepted; key released"
+        );
+        Ok(AttestResponse {
+            record: rec.id,
+            sealed_key: attest::b64(&sealed.to_bytes()),
+        })
+    }
+}
+
+impl AttestHandler for Attestor {
+    fn challenge(&self) -> Result<ChallengeResponse, AttestError> {
+        let now = secs(self.clock.now());
+        let mut random = [0u8; 8];
+        crate::secrets::random_bytes(&mut random).map_err(|e| internal("making a nonce", e))?;
+        let nonce = self.nonces.issue(now, random);
+        self.collect_nonces(now);
+        Ok(ChallengeResponse {
+            nonce: encode_nonce(&nonce),
+            expires_in: NONCE_LIFETIME_SECS,
+        })
+    }
+
+    fn attest(&self, req: AttestRequest, peer: IpAddr) -> Result<AttestResponse, AttestError> {
+        let now = self.clock.now();
+        self.attest_inner(&req, peer, now)
+    }
+
+    fn ingestion_key(&self) -> [u8; 32] {
+        self.registry.keys().ingestion_public().to_bytes()
+    }
+}
