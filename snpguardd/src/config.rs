@@ -145,6 +145,28 @@ pub struct Config {
     pub test_roots: Vec<TestRoot>,
     /// AMD KDS access.
     pub kds: Kds,
+    /// Per-source rate limit of the HTTPS endpoint.
+    pub rate_limit: RateLimit,
+}
+
+/// The HTTPS endpoint's per-source (IP address, IPv6 /64) token bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second per source.
+    pub per_second: f64,
+    /// Burst size per source.
+    pub burst: u32,
+}
+
+impl Eq for RateLimit {}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: 20.0,
+            burst: 200,
+        }
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -179,6 +201,9 @@ pub enum ConfigError {
     /// A test root names an unknown product.
     #[error("test_roots: {0}")]
     UnknownProduct(#[from] snpguard::certs::UnknownProduct),
+    /// A `[rate_limit]` value out of range.
+    #[error("rate_limit: {0}")]
+    InvalidRateLimit(String),
     /// Only one of `tls_cert` and `tls_key` was set.
     #[error("tls_cert and tls_key must be set together (or neither, to generate them)")]
     TlsHalfConfigured,
@@ -205,6 +230,14 @@ struct FileConfig {
     #[serde(default)]
     test_roots: Vec<FileTestRoot>,
     kds: Option<FileKds>,
+    rate_limit: Option<FileRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRateLimit {
+    per_source_per_second: Option<f64>,
+    per_source_burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +315,25 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
     let kds = Kds {
         enabled: file.kds.and_then(|k| k.enabled).unwrap_or(true),
     };
+    let mut rate_limit = RateLimit::default();
+    if let Some(r) = file.rate_limit {
+        if let Some(v) = r.per_source_per_second {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ConfigError::InvalidRateLimit(format!(
+                    "per_source_per_second = {v} (must be a positive number)"
+                )));
+            }
+            rate_limit.per_second = v;
+        }
+        if let Some(b) = r.per_source_burst {
+            if b == 0 {
+                return Err(ConfigError::InvalidRateLimit(
+                    "per_source_burst = 0 (must be at least 1)".into(),
+                ));
+            }
+            rate_limit.burst = b;
+        }
+    }
 
     Ok(Config {
         source,
@@ -293,6 +345,7 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
         tls_key,
         test_roots,
         kds,
+        rate_limit,
     })
 }
 
@@ -594,5 +647,38 @@ ark_path = "sim/ark.pem"
         let p = write_config(&dir, "[[test_roots]]\nproduct = \"milan\"\n");
         let err = resolve(&args(&["--config", p.to_str().expect("utf-8")])).expect_err("must fail");
         assert!(err.to_string().contains("ark_path"), "{err}");
+    }
+
+    #[test]
+    fn rate_limit_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        let args = |p: &Path| Args {
+            config: Some(p.to_owned()),
+            state_dir: None,
+            bus: None,
+            listen: None,
+        };
+        std::fs::write(&path, "").expect("write");
+        assert_eq!(
+            resolve(&args(&path)).expect("ok").rate_limit,
+            RateLimit::default()
+        );
+        std::fs::write(
+            &path,
+            "[rate_limit]\nper_source_per_second = 5.5\nper_source_burst = 7\n",
+        )
+        .expect("write");
+        let r = resolve(&args(&path)).expect("ok").rate_limit;
+        assert_eq!((r.per_second, r.burst), (5.5, 7));
+        for bad in [
+            "[rate_limit]\nper_source_per_second = 0.0\n",
+            "[rate_limit]\nper_source_per_second = -1.0\n",
+            "[rate_limit]\nper_source_burst = 0\n",
+            "[rate_limit]\nunknown = 1\n",
+        ] {
+            std::fs::write(&path, bad).expect("write");
+            assert!(resolve(&args(&path)).is_err(), "{bad}");
+        }
     }
 }

@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use snpguardd::attest::kds::HttpKds;
+use snpguardd::attest::Attestor;
 use snpguardd::config::{self, Bus, Config};
-use snpguardd::keys::TlsConfig;
+use snpguardd::keys::{TlsConfig, TlsMaterial};
 use snpguardd::registry::{Registry, RegistryOptions};
 use snpguardd::secrets::MasterKey;
-use snpguardd::{dbus, logging, notify, sandbox};
+use snpguardd::{dbus, https, logging, notify, sandbox};
 
 fn main() -> ExitCode {
     let args = config::Args::parse();
@@ -38,6 +40,9 @@ fn run(args: &config::Args) -> anyhow::Result<()> {
     for dir in [&cfg.state_dir, &cfg.import_dir] {
         create_dir(dir)?;
     }
+    // Socket activation reads and clears the environment: single-threaded.
+    let (listener, source) = notify::listener(cfg.listen).context("opening the HTTPS listener")?;
+    tracing::info!(?source, addr = ?listener.local_addr().ok(), "HTTPS listener");
 
     let status = sandbox::apply(&sandbox::SandboxSpec::for_config(&cfg)).context("sandboxing")?;
     status.log();
@@ -53,12 +58,27 @@ fn run(args: &config::Args) -> anyhow::Result<()> {
     let registry = Registry::open_with(&cfg.state_dir, master, &RegistryOptions { tls })
         .with_context(|| format!("opening the registry in {}", cfg.state_dir.display()))?;
     tracing::info!("{}", registry.key_summary());
+    let tls = match registry.keys().tls() {
+        TlsMaterial::Generated {
+            cert_pem, key_pem, ..
+        } => https::TlsMaterial::new(
+            cert_pem.as_bytes().to_vec(),
+            zeroize::Zeroizing::new(key_pem.as_bytes().to_vec()),
+        ),
+        TlsMaterial::Files { cert, key } => {
+            https::TlsMaterial::read(cert, key).context("reading the configured TLS files")?
+        }
+    };
+    let tls = https::server_config(&tls).context("setting up TLS")?;
+    let registry = Arc::new(registry);
+    let attestor = Attestor::new(registry.clone(), &cfg, Box::new(HttpKds::amd()))
+        .context("setting up attestation")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(cfg, registry))
+    runtime.block_on(serve(cfg, registry, attestor, listener, tls))
 }
 
 fn create_dir(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -70,7 +90,13 @@ fn create_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
-async fn serve(cfg: Config, registry: Registry) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Config,
+    registry: Arc<Registry>,
+    attestor: Attestor,
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) -> anyhow::Result<()> {
     let _watchdog = notify::spawn_watchdog();
     let builder = match &cfg.bus {
         Bus::System => zbus::connection::Builder::system(),
@@ -78,15 +104,48 @@ async fn serve(cfg: Config, registry: Registry) -> anyhow::Result<()> {
         Bus::Address(a) => zbus::connection::Builder::address(a.as_str()),
     }
     .with_context(|| format!("connecting to the {} bus", cfg.bus))?;
-    let conn = dbus::serve(builder, Arc::new(registry), cfg.import_dir.clone())
+    let conn = dbus::serve(builder, registry, cfg.import_dir.clone())
         .await
         .with_context(|| format!("serving the management API on the {} bus", cfg.bus))?;
+    // Attestations update the records' counters; publish them on the bus.
+    // Bounded: under a flood a few intermediate counter signals are
+    // dropped (the store has the truth, the next update catches up).
+    let (updates_tx, mut updates_rx) = tokio::sync::mpsc::channel(1024);
+    let attestor = attestor.with_observer(Box::new(move |info| {
+        let _ = updates_tx.try_send(info);
+    }));
+    let bus_conn = conn.clone();
+    tokio::spawn(async move {
+        while let Some(info) = updates_rx.recv().await {
+            if let Err(e) = dbus::record::update(&bus_conn, info).await {
+                tracing::warn!("publishing record counters: {e}");
+            }
+        }
+    });
     tracing::info!(
         bus = %cfg.bus,
         unique_name = conn.unique_name().map(|n| n.to_string()).unwrap_or_default(),
         "serving org.snpguard.SnpGuard1"
     );
-    notify::ready("serving the management API")?;
+
+    let listener =
+        tokio::net::TcpListener::from_std(listener).context("registering the HTTPS listener")?;
+    let limits = https::Limits {
+        per_ip_rate: cfg.rate_limit.per_second,
+        per_ip_burst: cfg.rate_limit.burst,
+        ..https::Limits::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(https::serve(
+        listener,
+        tls,
+        Arc::new(attestor),
+        limits,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    notify::ready("serving the management API and HTTPS attestation")?;
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -96,6 +155,12 @@ async fn serve(cfg: Config, registry: Registry) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
     let _ = notify::stopping();
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("HTTPS server stopped with: {e}"),
+        Err(e) => tracing::warn!("HTTPS server task failed: {e}"),
+    }
     drop(conn);
     Ok(())
 }

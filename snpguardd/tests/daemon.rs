@@ -29,6 +29,11 @@ impl Daemon {
     /// Starts the daemon on `bus` with `state` and waits for READY=1 on a
     /// notify socket of our own (a condition with a deadline, no sleeps).
     fn start(bus: &TestBus, state: &Path) -> Daemon {
+        Self::start_with(bus, state, "")
+    }
+
+    /// As [`Daemon::start`], with a configuration file of `config`.
+    fn start_with(bus: &TestBus, state: &Path, config: &str) -> Daemon {
         let notify_dir = tempfile::tempdir().expect("notify dir");
         let sock_path = notify_dir.path().join("notify");
         let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
@@ -41,7 +46,7 @@ impl Daemon {
             .arg("--bus")
             .arg(&bus.address)
             .arg("--config")
-            .arg(empty_config(state))
+            .arg(config_file(state, config))
             .env("NOTIFY_SOCKET", &sock_path)
             .env_remove("CREDENTIALS_DIRECTORY")
             .stdin(Stdio::null())
@@ -117,15 +122,18 @@ fn daemon_log(state: &Path) -> String {
     std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
 }
 
-/// An empty configuration file, so the host's /etc/snpguard never leaks
-/// into a test.
-/// It sits in a directory of its own: the daemon may read its config
-/// file's directory, and nothing else of the test's may be in it.
-fn empty_config(state: &Path) -> PathBuf {
+/// The configuration directory of a test daemon (never the host's
+/// /etc/snpguard). The daemon may read this directory, so nothing else of
+/// the test's is in it.
+fn config_dir(state: &Path) -> PathBuf {
     let dir = state.with_extension("conf.d");
     std::fs::create_dir_all(&dir).expect("config dir");
-    let p = dir.join("snpguardd.toml");
-    std::fs::write(&p, "").expect("config");
+    dir
+}
+
+fn config_file(state: &Path, text: &str) -> PathBuf {
+    let p = config_dir(state).join("snpguardd.toml");
+    std::fs::write(&p, text).expect("config");
     p
 }
 
@@ -190,6 +198,9 @@ fn staging(dir: &Path, state: &Path, seed: u64) -> Option<PathBuf> {
     let mut vmk = [0u8; 64];
     rng.fill_bytes(&mut vmk);
     let sealed = seal::seal(&public, seal::INFO_INGEST, b"", &vmk).expect("seal");
+    // The test keeps the plaintext, outside the staging dir, to compare
+    // with what attestation releases.
+    std::fs::write(dir.join(format!("vmk-{seed}.plain")), vmk).expect("vmk copy");
     std::fs::write(s.join("vmk.sealed"), sealed.to_bytes()).expect("vmk.sealed");
     Some(s)
 }
@@ -556,5 +567,336 @@ async fn sigkill_during_registrations_loses_nothing() {
         }
     }
     assert!(!confirmed.is_empty(), "some registrations completed");
+    daemon.stop();
+}
+
+// ---------------------------------------------------------------------
+// Remote attestation over HTTPS against the real daemon, with the
+// simulated platform's root trusted through the configuration.
+
+use snpguard::attest::{
+    decode_nonce, open_key, report_data, unb64, AttestRequest, AttestResponse, ChallengeResponse,
+    ErrorBody,
+};
+use snpguard::certs::{encode_cert_table, Product, GUID_ASK, GUID_VCEK};
+use snpguard::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
+use snpguardd::https::load::{load, Conn, Target};
+
+const SIM_TCB: SimTcb = SimTcb {
+    bootloader: 3,
+    tee: 0,
+    snp: 20,
+    microcode: 209,
+    fmc: 0,
+};
+
+/// A daemon with HTTPS on a free loopback port, trusting `sim`'s root.
+fn attest_daemon(s: &Setup, sim: &SimPlatform) -> (Daemon, Target) {
+    std::fs::create_dir_all(&s.state).expect("state");
+    std::fs::write(config_dir(&s.state).join("sim-ark.der"), &sim.ark_der).expect("ark");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\n\
+         [[test_roots]]\nproduct = \"milan\"\nark_path = \"sim-ark.der\"\n\
+         [kds]\nenabled = false\n\
+         [rate_limit]\nper_source_per_second = 100000.0\nper_source_burst = 100000\n"
+    );
+    let daemon = Daemon::start_with(&s.bus, &s.state, &config);
+    assert!(
+        daemon_log(&s.state).contains("TEST"),
+        "a trusted test root is logged loudly"
+    );
+    let ca = std::fs::read(s.state.join("tls/cert.pem")).expect("daemon cert");
+    let target = Target::new(
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        &ca,
+        "localhost",
+    )
+    .expect("target");
+    (daemon, target)
+}
+
+/// What the record says, as `records show --json` prints it.
+struct Launch {
+    measurement: Vec<u8>,
+    policy: u64,
+    image_id: Vec<u8>,
+    family_id: Vec<u8>,
+    id_key_digest: Vec<u8>,
+    author_key_digest: Vec<u8>,
+}
+
+fn launch_of(bus: &TestBus, name: &str) -> Launch {
+    let out = ok(&ctl(bus, &["records", "show", name, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let h = |k: &str| hex::decode(v[k].as_str().expect(k)).expect("hex");
+    Launch {
+        measurement: h("measurement"),
+        policy: v["policy"].as_u64().expect("policy"),
+        image_id: h("image_id"),
+        family_id: h("family_id"),
+        id_key_digest: h("id_key_digest"),
+        author_key_digest: h("author_key_digest"),
+    }
+}
+
+/// The report the simulated firmware gives a guest launched as `launch`
+/// (a real Milan report as the template for every other field).
+fn sim_report(sim: &SimPlatform, launch: &Launch, data: &[u8; 64]) -> Vec<u8> {
+    let mut r: [u8; 1184] = snpguard::testdata::read("reports/milan-virtee/report.bin")
+        .expect("template")
+        .try_into()
+        .expect("size");
+    r[0x08..0x10].copy_from_slice(&launch.policy.to_le_bytes());
+    r[0x10..0x20].copy_from_slice(&launch.family_id);
+    r[0x20..0x30].copy_from_slice(&launch.image_id);
+    r[0x30..0x34].copy_from_slice(&0u32.to_le_bytes());
+    let tcb = tcb_bytes(Product::Milan, SIM_TCB).to_le_bytes();
+    for off in [0x38, 0x180, 0x1E0, 0x1F0] {
+        r[off..off + 8].copy_from_slice(&tcb);
+    }
+    r[0x48..0x4C].copy_from_slice(&1u32.to_le_bytes()); // AUTHOR_KEY_EN, VCEK
+    r[0x50..0x90].copy_from_slice(data);
+    r[0x90..0xC0].copy_from_slice(&launch.measurement);
+    r[0xE0..0x110].copy_from_slice(&launch.id_key_digest);
+    r[0x110..0x140].copy_from_slice(&launch.author_key_digest);
+    r[0x1A0..0x1E0].copy_from_slice(&sim_hwid());
+    sim.sign_report(&mut r, SimKey::Vcek).expect("sign");
+    r.to_vec()
+}
+
+fn sim_hwid() -> [u8; 64] {
+    let mut h = [0u8; 64];
+    for (i, b) in h.iter_mut().enumerate() {
+        *b = 0xA0 ^ i as u8;
+    }
+    h
+}
+
+fn sim_platform() -> SimPlatform {
+    SimPlatform::generate(Product::Milan, SIM_TCB, &sim_hwid()).expect("sim platform")
+}
+
+/// One attestation as the agent does it; `tamper` may change the report
+/// after it was built (and re-signed) to break one rule.
+async fn attest_once(
+    conn: &Conn,
+    sim: &SimPlatform,
+    launch: &Launch,
+    tamper: impl FnOnce(&mut Launch),
+) -> Result<(AttestResponse, Vec<u8>, seal::SecretKey), (u16, ErrorBody)> {
+    let (status, body) = conn
+        .post_json("/v1/attest/challenge", "{}")
+        .await
+        .expect("challenge");
+    assert_eq!(status.as_u16(), 200, "{body:?}");
+    let ch: ChallengeResponse = serde_json::from_slice(&body).expect("challenge json");
+    let nonce = decode_nonce(&ch.nonce).expect("nonce");
+    let (secret, public) = seal::generate_keypair();
+    let mut l = Launch {
+        ..clone_launch(launch)
+    };
+    tamper(&mut l);
+    let report = sim_report(sim, &l, &report_data(&nonce, &public));
+    let req = AttestRequest {
+        nonce: ch.nonce,
+        report: snpguard::attest::b64(&report),
+        cert_table: Some(snpguard::attest::b64(&encode_cert_table(&[
+            (GUID_VCEK, &sim.vcek_der),
+            (GUID_ASK, &sim.ask_der),
+        ]))),
+        ephemeral_key: snpguard::attest::b64(&public.to_bytes()),
+    };
+    send_attest(conn, &req, report, secret).await
+}
+
+async fn send_attest(
+    conn: &Conn,
+    req: &AttestRequest,
+    report: Vec<u8>,
+    secret: seal::SecretKey,
+) -> Result<(AttestResponse, Vec<u8>, seal::SecretKey), (u16, ErrorBody)> {
+    let (status, body) = conn
+        .post_json("/v1/attest", serde_json::to_vec(req).expect("json"))
+        .await
+        .expect("attest");
+    if status.as_u16() == 200 {
+        Ok((
+            serde_json::from_slice(&body).expect("response json"),
+            report,
+            secret,
+        ))
+    } else {
+        Err((
+            status.as_u16(),
+            serde_json::from_slice(&body).expect("error json"),
+        ))
+    }
+}
+
+fn clone_launch(l: &Launch) -> Launch {
+    Launch {
+        measurement: l.measurement.clone(),
+        policy: l.policy,
+        image_id: l.image_id.clone(),
+        family_id: l.family_id.clone(),
+        id_key_digest: l.id_key_digest.clone(),
+        author_key_digest: l.author_key_digest.clone(),
+    }
+}
+
+fn released(resp: &AttestResponse, report: &[u8], secret: &seal::SecretKey) -> Vec<u8> {
+    let sealed = seal::SealedBox::from_bytes(&unb64(&resp.sealed_key, 4096).expect("b64"))
+        .expect("sealed box");
+    open_key(secret, report, &sealed).expect("open").to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestation_over_https_releases_only_to_the_registered_launch() {
+    let s = setup().await;
+    let sim = sim_platform();
+    let (daemon, target) = attest_daemon(&s, &sim);
+    let Some(stage) = staging(s.dir.path(), &s.state, 11) else {
+        return;
+    };
+    ok(&register(
+        &s.bus,
+        &stage,
+        "guest",
+        &s.dir.path().join("g.tar.gz"),
+    ));
+    let vmk = std::fs::read(s.dir.path().join("vmk-11.plain")).expect("vmk");
+    let launch = launch_of(&s.bus, "guest");
+    let conn = target.connect().await.expect("connect");
+
+    let (status, _) = conn.get("/v1/health").await.expect("health");
+    assert_eq!(status.as_u16(), 200);
+
+    // The registered launch gets exactly its VMK.
+    let (resp, report, secret) = attest_once(&conn, &sim, &launch, |_| {})
+        .await
+        .expect("accepted");
+    assert_eq!(released(&resp, &report, &secret), vmk);
+
+    // Each broken rule: refused, nothing released, coarse reason only.
+    let refused = |r: Result<_, (u16, ErrorBody)>, what: &str| match r {
+        Ok(_) => panic!("{what}: a key was released"),
+        Err((status, body)) => (status, body.error),
+    };
+    let r = attest_once(&conn, &sim, &launch, |l| l.measurement[0] ^= 1).await;
+    assert_eq!(
+        refused(r, "measurement"),
+        (403, "attestation-rejected".into())
+    );
+    let r = attest_once(&conn, &sim, &launch, |l| l.policy |= 1 << 19).await;
+    assert_eq!(refused(r, "debug"), (403, "attestation-rejected".into()));
+    let r = attest_once(&conn, &sim, &launch, |l| l.image_id[0] ^= 1).await;
+    assert_eq!(
+        refused(r, "unknown image"),
+        (403, "attestation-rejected".into())
+    );
+
+    // A nonce is single-use.
+    let (status, body) = conn
+        .post_json("/v1/attest/challenge", "{}")
+        .await
+        .expect("challenge");
+    assert_eq!(status.as_u16(), 200);
+    let ch: ChallengeResponse = serde_json::from_slice(&body).expect("json");
+    let nonce = decode_nonce(&ch.nonce).expect("nonce");
+    let (secret, public) = seal::generate_keypair();
+    let report = sim_report(&sim, &launch, &report_data(&nonce, &public));
+    let req = AttestRequest {
+        nonce: ch.nonce,
+        report: snpguard::attest::b64(&report),
+        cert_table: Some(snpguard::attest::b64(&encode_cert_table(&[
+            (GUID_VCEK, &sim.vcek_der),
+            (GUID_ASK, &sim.ask_der),
+        ]))),
+        ephemeral_key: snpguard::attest::b64(&public.to_bytes()),
+    };
+    send_attest(&conn, &req, report.clone(), secret.clone())
+        .await
+        .expect("first use");
+    let r = send_attest(&conn, &req, report, secret).await;
+    assert_eq!(refused(r, "reuse"), (401, "nonce-reused".into()));
+
+    // A disabled record releases nothing.
+    ok(&ctl(&s.bus, &["records", "disable", "guest"]));
+    let r = attest_once(&conn, &sim, &launch, |_| {}).await;
+    assert_eq!(refused(r, "disabled"), (403, "attestation-rejected".into()));
+    ok(&ctl(&s.bus, &["records", "enable", "guest"]));
+
+    // Malformed JSON and oversized bodies: JSON errors, daemon stays up.
+    let (status, body) = conn
+        .post_json("/v1/attest", "{not json")
+        .await
+        .expect("send");
+    assert_eq!(status.as_u16(), 400);
+    let e: ErrorBody = serde_json::from_slice(&body).expect("error json");
+    assert_eq!(e.error, "malformed-json");
+    let big = format!("{{\"nonce\":\"{}\"}}", "A".repeat(200_000));
+    let fresh = target.connect().await.expect("connect");
+    let (status, _) = fresh.post_json("/v1/attest", big).await.expect("send");
+    assert_eq!(status.as_u16(), 413);
+    let conn = target.connect().await.expect("reconnect");
+    let (resp, report, secret) = attest_once(&conn, &sim, &launch, |_| {})
+        .await
+        .expect("still serving");
+    assert_eq!(released(&resp, &report, &secret), vmk);
+
+    // Counters reflect what happened.
+    let out = ok(&ctl(&s.bus, &["records", "show", "guest", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(v["attestations_ok"].as_u64().expect("ok") >= 3, "{v}");
+    assert!(
+        v["attestations_failed"].as_u64().expect("failed") >= 3,
+        "{v}"
+    );
+    daemon.stop();
+}
+
+/// 10,000 attestations over 200 concurrent keep-alive connections: zero
+/// errors, every one releasing the right key; latency percentiles printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_10000_attestations_over_200_connections() {
+    let s = setup().await;
+    let sim = std::sync::Arc::new(sim_platform());
+    let (daemon, target) = attest_daemon(&s, &sim);
+    let Some(stage) = staging(s.dir.path(), &s.state, 12) else {
+        return;
+    };
+    ok(&register(
+        &s.bus,
+        &stage,
+        "load",
+        &s.dir.path().join("l.tar.gz"),
+    ));
+    let vmk = std::sync::Arc::new(std::fs::read(s.dir.path().join("vmk-12.plain")).expect("vmk"));
+    let launch = std::sync::Arc::new(launch_of(&s.bus, "load"));
+    let ops: usize = std::env::var("SNPGUARD_LOAD_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let stats = load(&target, ops, 200, move |conn, _| {
+        let (sim, launch, vmk) = (sim.clone(), launch.clone(), vmk.clone());
+        async move {
+            let (resp, report, secret) = attest_once(&conn, &sim, &launch, |_| {})
+                .await
+                .map_err(|(st, e)| format!("{st} {}: {}", e.error, e.message))?;
+            if released(&resp, &report, &secret) != *vmk {
+                return Err("wrong key released".to_string());
+            }
+            Ok(())
+        }
+    })
+    .await
+    .expect("load run");
+    println!("attestation load: {stats}");
+    assert_eq!(stats.errors, 0, "{:?}", stats.sample_errors);
+    assert_eq!(stats.ops, ops);
     daemon.stop();
 }

@@ -40,7 +40,8 @@ pub use chain::{verify_endorsement, CertRole, ChainError, Endorsement};
 pub use ext::CertTcb;
 pub use set::CertSet;
 pub use table::{
-    CERT_TABLE_MAX_ENTRY, CERT_TABLE_MAX_SIZE, GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, GUID_VLEK,
+    encode as encode_cert_table, CERT_TABLE_MAX_ENTRY, CERT_TABLE_MAX_SIZE, GUID_ARK, GUID_ASK,
+    GUID_CRL, GUID_VCEK, GUID_VLEK,
 };
 pub use tsm::{parse_tsm_json, TSM_JSON_MAX_SIZE};
 

@@ -51,6 +51,24 @@ fn u32_le(bytes: &[u8]) -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// Builds a certificate table (the inverse of parsing): one entry per
+/// (GUID, DER) pair, the all-zero terminator, then the certificates. What
+/// a platform hands the guest; the simulated platform and tests use it.
+pub fn encode(entries: &[([u8; 16], &[u8])]) -> Vec<u8> {
+    let header = (entries.len() + 1) * 24;
+    let mut table = Vec::with_capacity(header);
+    let mut data = Vec::new();
+    for (guid, der) in entries {
+        table.extend_from_slice(guid);
+        table.extend_from_slice(&((header + data.len()) as u32).to_le_bytes());
+        table.extend_from_slice(&(der.len() as u32).to_le_bytes());
+        data.extend_from_slice(der);
+    }
+    table.extend_from_slice(&[0u8; 24]);
+    table.extend_from_slice(&data);
+    table
+}
+
 /// Parses a certificate table; see the module documentation.
 pub(crate) fn parse(table: &[u8]) -> Result<CertSet, CertError> {
     if table.len() > CERT_TABLE_MAX_SIZE {

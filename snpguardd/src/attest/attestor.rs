@@ -92,6 +92,7 @@ pub struct Attestor {
     /// `None` when KDS access is disabled by the configuration.
     kds: Option<Box<dyn KdsClient>>,
     clock: Box<dyn Clock>,
+    observer: Option<Box<dyn Fn(RecordInfo) + Send + Sync>>,
     last_gc: AtomicU64,
 }
 
@@ -253,6 +254,7 @@ impl Attestor {
             audit,
             kds: config.kds.enabled.then_some(kds),
             clock: Box::new(SystemClock),
+            observer: None,
             last_gc: AtomicU64::new(0),
         })
     }
@@ -261,6 +263,20 @@ impl Attestor {
     pub fn with_clock(mut self, clock: Box<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Calls `observer` with the record after every counted attestation,
+    /// so the management API can publish the new counters
+    /// (PropertiesChanged). It must not block.
+    pub fn with_observer(mut self, observer: Box<dyn Fn(RecordInfo) + Send + Sync>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, info: RecordInfo) {
+        if let Some(f) = &self.observer {
+            f(info);
+        }
     }
 
     /// Imports certificates for verification without KDS (VCEKs, VLEKs,
@@ -387,8 +403,9 @@ impl Attestor {
     /// Counts, audits and journals a refusal; returns the client's error.
     fn refuse(&self, mut entry: AuditEntry, r: Refusal, now: OffsetDateTime) -> AttestError {
         if let Some(id) = &entry.record {
-            if let Err(e) = self.registry.record_attested(id, false, now) {
-                tracing::error!(RECORD = %id, "counting a refused attestation: {e}");
+            match self.registry.record_attested(id, false, now) {
+                Ok(info) => self.observe(info),
+                Err(e) => tracing::error!(RECORD = %id, "counting a refused attestation: {e}"),
             }
         }
         entry.result = r.codes.first().cloned().unwrap_or_default();
@@ -558,9 +575,11 @@ impl Attestor {
         let sealed = attest::seal_key(&key, &report_bytes, &vmk)
             .map_err(|e| internal("sealing the VMK", e))?;
         drop(vmk);
-        self.registry
+        let info = self
+            .registry
             .record_attested(&rec.id, true, now)
             .map_err(|e| internal("counting the attestation", e))?;
+        self.observe(info);
         entry.result = "ok".into();
         self.audit
             .append(self.store(), &entry)

@@ -139,6 +139,7 @@ fn config(state: &Path, roots: Vec<TestRoot>, kds: bool) -> Config {
         tls_key: None,
         test_roots: roots,
         kds: Kds { enabled: kds },
+        rate_limit: Default::default(),
     }
 }
 
@@ -191,18 +192,7 @@ fn fixture() -> Option<Fixture> {
 }
 
 fn cert_table(entries: &[([u8; 16], &[u8])]) -> Vec<u8> {
-    let header = (entries.len() + 1) * 24;
-    let mut table = Vec::new();
-    let mut data = Vec::new();
-    for (guid, der) in entries {
-        table.extend_from_slice(guid);
-        table.extend_from_slice(&((header + data.len()) as u32).to_le_bytes());
-        table.extend_from_slice(&(der.len() as u32).to_le_bytes());
-        data.extend_from_slice(der);
-    }
-    table.extend_from_slice(&[0u8; 24]);
-    table.extend_from_slice(&data);
-    table
+    snpguard::certs::encode_cert_table(entries)
 }
 
 fn table_of(p: &SimPlatform) -> Vec<u8> {
