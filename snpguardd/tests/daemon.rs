@@ -701,16 +701,27 @@ async fn attest_once(
     };
     tamper(&mut l);
     let report = sim_report(sim, &l, &report_data(&nonce, &public));
-    let req = AttestRequest {
-        nonce: ch.nonce,
-        report: snpguard::attest::b64(&report),
+    let req = attest_request(sim, ch.nonce, &report, &public);
+    send_attest(conn, &req, report, secret).await
+}
+
+/// The request the agent sends: the report with the platform's
+/// certificate table and the ephemeral key.
+fn attest_request(
+    sim: &SimPlatform,
+    nonce: String,
+    report: &[u8],
+    public: &seal::PublicKey,
+) -> AttestRequest {
+    AttestRequest {
+        nonce,
+        report: snpguard::attest::b64(report),
         cert_table: Some(snpguard::attest::b64(&encode_cert_table(&[
             (GUID_VCEK, &sim.vcek_der),
             (GUID_ASK, &sim.ask_der),
         ]))),
         ephemeral_key: snpguard::attest::b64(&public.to_bytes()),
-    };
-    send_attest(conn, &req, report, secret).await
+    }
 }
 
 async fn send_attest(
@@ -809,15 +820,7 @@ async fn attestation_over_https_releases_only_to_the_registered_launch() {
     let nonce = decode_nonce(&ch.nonce).expect("nonce");
     let (secret, public) = seal::generate_keypair();
     let report = sim_report(&sim, &launch, &report_data(&nonce, &public));
-    let req = AttestRequest {
-        nonce: ch.nonce,
-        report: snpguard::attest::b64(&report),
-        cert_table: Some(snpguard::attest::b64(&encode_cert_table(&[
-            (GUID_VCEK, &sim.vcek_der),
-            (GUID_ASK, &sim.ask_der),
-        ]))),
-        ephemeral_key: snpguard::attest::b64(&public.to_bytes()),
-    };
+    let req = attest_request(&sim, ch.nonce, &report, &public);
     send_attest(&conn, &req, report.clone(), secret.clone())
         .await
         .expect("first use");
