@@ -40,7 +40,7 @@ impl SledStore {
             path: path.display().to_string(),
             error: e.to_string(),
         };
-        let db = sled::Config::new().path(path).open().map_err(open_err)?;
+        let db = open_locked(path).map_err(open_err)?;
         let trees = Tree::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
@@ -125,6 +125,41 @@ impl Store for SledStore {
     }
 }
 
+/// How long to wait for the database lock. sled releases it when its
+/// last handle is gone, which can trail a drop by a background job; a
+/// second daemon on the same state directory waits this long, then fails.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the sled database, retrying while another handle (in this
+/// process, finishing its drop, or another process) holds its lock.
+fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
+    // sled reports a held lock as an I/O error whose text says so (the
+    // OS error inside is EWOULDBLOCK).
+    fn is_lock_held(e: &sled::Error) -> bool {
+        matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+            || io.to_string().contains("could not acquire lock"))
+    }
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                // Bounded back-off while the holder goes away.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) if is_lock_held(&e) => {
+                return Err(sled::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "{e}; another snpguardd is using this state directory \
+                         (stop it, or give this one its own --state-dir)"
+                    ),
+                )))
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +190,37 @@ mod tests {
             s.get(Tree::Names, b"a").unwrap().as_deref(),
             Some(&b"other tree"[..])
         );
+    }
+
+    #[test]
+    fn a_held_database_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let _held = SledStore::open(&path).unwrap();
+        // sled's lock is per process only through its own handle, so the
+        // contender runs in a child process.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "store::sled_store::tests::child_opens_held_db"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env("SNPGUARD_HELD_DB", &path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("REFUSED"), "{text}");
+        assert!(text.contains("another snpguardd"), "{text}");
+    }
+
+    #[test]
+    fn child_opens_held_db() {
+        let Some(path) = std::env::var_os("SNPGUARD_HELD_DB") else {
+            return;
+        };
+        match SledStore::open(std::path::Path::new(&path)) {
+            Ok(_) => panic!("opened a database another process holds"),
+            Err(e) => println!("REFUSED: {e}"),
+        }
     }
 
     #[test]
