@@ -619,6 +619,24 @@ fn attest_daemon(s: &Setup, sim: &SimPlatform) -> (Daemon, Target) {
     (daemon, target)
 }
 
+/// A daemon trusting `sim` with one record `name` registered from a fresh
+/// staging dir: the daemon, its HTTPS target, the plaintext VMK and the
+/// launch. `None` when the test data is absent (outside CI).
+fn registered_guest(
+    s: &Setup,
+    sim: &SimPlatform,
+    seed: u64,
+    name: &str,
+) -> Option<(Daemon, Target, Vec<u8>, Launch)> {
+    let (daemon, target) = attest_daemon(s, sim);
+    let stage = staging(s.dir.path(), &s.state, seed)?;
+    let bundle = s.dir.path().join(format!("{name}.tar.gz"));
+    ok(&register(&s.bus, &stage, name, &bundle));
+    let vmk = std::fs::read(s.dir.path().join(format!("vmk-{seed}.plain"))).expect("vmk");
+    let launch = launch_of(&s.bus, name);
+    Some((daemon, target, vmk, launch))
+}
+
 /// What the record says, as `records show --json` prints it.
 struct Launch {
     measurement: Vec<u8>,
@@ -769,18 +787,9 @@ fn released(resp: &AttestResponse, report: &[u8], secret: &seal::SecretKey) -> V
 async fn attestation_over_https_releases_only_to_the_registered_launch() {
     let s = setup().await;
     let sim = sim_platform();
-    let (daemon, target) = attest_daemon(&s, &sim);
-    let Some(stage) = staging(s.dir.path(), &s.state, 11) else {
+    let Some((daemon, target, vmk, launch)) = registered_guest(&s, &sim, 11, "guest") else {
         return;
     };
-    ok(&register(
-        &s.bus,
-        &stage,
-        "guest",
-        &s.dir.path().join("g.tar.gz"),
-    ));
-    let vmk = std::fs::read(s.dir.path().join("vmk-11.plain")).expect("vmk");
-    let launch = launch_of(&s.bus, "guest");
     let conn = target.connect().await.expect("connect");
 
     let (status, _) = conn.get("/v1/health").await.expect("health");
@@ -868,18 +877,10 @@ async fn attestation_over_https_releases_only_to_the_registered_launch() {
 async fn load_10000_attestations_over_200_connections() {
     let s = setup().await;
     let sim = std::sync::Arc::new(sim_platform());
-    let (daemon, target) = attest_daemon(&s, &sim);
-    let Some(stage) = staging(s.dir.path(), &s.state, 12) else {
+    let Some((daemon, target, vmk, launch)) = registered_guest(&s, &sim, 12, "load") else {
         return;
     };
-    ok(&register(
-        &s.bus,
-        &stage,
-        "load",
-        &s.dir.path().join("l.tar.gz"),
-    ));
-    let vmk = std::sync::Arc::new(std::fs::read(s.dir.path().join("vmk-12.plain")).expect("vmk"));
-    let launch = std::sync::Arc::new(launch_of(&s.bus, "load"));
+    let (vmk, launch) = (std::sync::Arc::new(vmk), std::sync::Arc::new(launch));
     let ops: usize = std::env::var("SNPGUARD_LOAD_OPS")
         .ok()
         .and_then(|v| v.parse().ok())
