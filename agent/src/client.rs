@@ -134,14 +134,23 @@ impl Client {
         check_status(&server.url, status, &body)?;
         let resp: AttestResponse = serde_json::from_slice(&body)
             .map_err(|e| AttemptError::Transient(format!("{url}: bad response: {e}")))?;
-        let sealed = unb64(&resp.sealed_key, seal::MAX_SEALED_LEN)
-            .and_then(|b| SealedBox::from_bytes(&b).ok())
-            .ok_or_else(|| AttemptError::Transient(format!("{url}: bad sealed key")))?;
-        let key = open_key(&secret, &evidence.report, &sealed).map_err(|e| {
-            AttemptError::Transient(format!("{url}: opening the released key: {e}"))
-        })?;
+        let key = open_released(&secret, &evidence.report, &resp.sealed_key)
+            .map_err(|e| AttemptError::Transient(format!("{url}: {e}")))?;
         Ok((resp.record, key))
     }
+}
+
+/// Opens the sealed key of an attest response with the ephemeral secret;
+/// it must be bound to exactly the report that was sent.
+pub fn open_released(
+    secret: &seal::SecretKey,
+    report: &[u8],
+    sealed_b64: &str,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let sealed = unb64(sealed_b64, seal::MAX_SEALED_LEN)
+        .and_then(|b| SealedBox::from_bytes(&b).ok())
+        .ok_or("the sealed key is not a sealed box")?;
+    open_key(secret, report, &sealed).map_err(|e| format!("opening the released key: {e}"))
 }
 
 fn check_status(server: &str, status: u16, body: &[u8]) -> Result<(), AttemptError> {
@@ -251,6 +260,25 @@ mod tests {
             Err(AttemptError::Transient(_))
         ));
         assert!(check_status("https://s", 200, b"").is_ok());
+    }
+
+    #[test]
+    fn released_key_opens_only_for_its_report_and_secret() {
+        let (secret, public) = seal::generate_keypair();
+        let report = vec![0x42u8; snpguard::report::REPORT_SIZE];
+        let vmk = [0x17u8; 64];
+        let sealed = b64(&snpguard::attest::seal_key(&public, &report, &vmk)
+            .unwrap()
+            .to_bytes());
+        let key = open_released(&secret, &report, &sealed).expect("opens");
+        assert_eq!(&key[..], &vmk[..]);
+
+        let mut other = report.clone();
+        other[0x90] ^= 1;
+        assert!(open_released(&secret, &other, &sealed).is_err());
+        let (stranger, _) = seal::generate_keypair();
+        assert!(open_released(&stranger, &report, &sealed).is_err());
+        assert!(open_released(&secret, &report, "not base64!").is_err());
     }
 
     #[test]

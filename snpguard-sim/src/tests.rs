@@ -105,7 +105,6 @@ fn verify_blob(blob: &SimLaunch, platform_dir: &Path, expect: Expectations) {
     let data = [0x5a; 64];
     let report = blob.report(&data).unwrap();
     let ark = std::fs::read(platform_dir.join("ark.pem")).unwrap();
-    let ark = snpguard_ark_der(&ark);
     let (platform, _) = SimPlatform::load(platform_dir).unwrap();
     let anchors = TrustAnchors::amd()
         .unwrap()
@@ -125,12 +124,6 @@ fn verify_blob(blob: &SimLaunch, platform_dir: &Path, expect: Expectations) {
         time::OffsetDateTime::now_utc(),
     )
     .unwrap_or_else(|e| panic!("report rejected: {:?}", e.codes()));
-}
-
-fn snpguard_ark_der(pem: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8(pem.to_vec()).unwrap();
-    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-    snpguard::attest::unb64(&b64, 1 << 16).unwrap()
 }
 
 #[test]
