@@ -6,7 +6,8 @@ BUILD_DIR ?= build
 SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
-.PHONY: all build deps test lint unit check-units check-install install demo bench clean
+.PHONY: all build deps test lint unit check-units check-install install demo bench clean \
+	agent agent-sim check-agent
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -20,6 +21,17 @@ SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 DBUSDIR = $(PREFIX)/share/dbus-1
 POLKITDIR = $(PREFIX)/share/polkit-1/actions
+AGENTDIR = $(PREFIX)/lib/snpguard
+
+# The static guest agent (x86_64 musl, `agent` profile: size-optimised,
+# stripped). AGENT_BIN is what `make install` and the initrd modules use;
+# AGENT_SIM_BIN is the test-only build with the simulated report source.
+AGENT_TARGET = x86_64-unknown-linux-musl
+AGENT_BIN ?= target/$(AGENT_TARGET)/agent/snpguard-agent
+AGENT_SIM_BIN ?= target/$(AGENT_TARGET)/agent-sim/snpguard-agent
+AGENT_MAX_BYTES = 4194304
+AGENT_CARGO = CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build -p snpguard-agent \
+	--target $(AGENT_TARGET) --locked
 DBUS_INTERFACES = $(sort $(wildcard dbus/interfaces/*.xml))
 
 # $(call install-file,MODE,SOURCE,DESTINATION): fails naming the missing
@@ -43,6 +55,21 @@ lint:
 
 unit:
 	$(CARGO) test --workspace --locked
+	$(CARGO) test -p snpguard-agent --features simulator --locked
+
+# The static agent; installs musl-tools and the rustup target if missing.
+agent:
+	./scripts/setup-deps.sh agent
+	$(AGENT_CARGO) --profile agent
+	./scripts/check-agent.sh $(AGENT_BIN) $(AGENT_MAX_BYTES)
+
+# The agent with the simulated report source (QEMU tests only).
+agent-sim:
+	./scripts/setup-deps.sh agent
+	$(AGENT_CARGO) --profile agent-sim --features simulator
+	./scripts/check-agent.sh $(AGENT_SIM_BIN) $(AGENT_MAX_BYTES)
+
+check-agent: agent
 
 # Unit hardening score (<= 1.6), unit syntax, sysusers/tmpfiles snippets.
 check-units:
@@ -53,7 +80,7 @@ check-install:
 	./tests/install-tree.sh
 
 # Every test, after installing what the tests need (idempotent).
-test: deps lint check-units check-install unit
+test: deps lint check-units check-install check-agent unit
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)
@@ -72,6 +99,7 @@ install:
 	install -d '$(DESTDIR)$(DBUSDIR)/interfaces'
 	install -m 0644 $(DBUS_INTERFACES) '$(DESTDIR)$(DBUSDIR)/interfaces/'
 	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.policy,$(POLKITDIR)/org.snpguard.SnpGuard1.policy)
+	$(call install-file,0755,$(AGENT_BIN),$(AGENTDIR)/snpguard-agent)
 
 # The main job on embedded defaults (grows with the project).
 demo: deps build
