@@ -114,7 +114,7 @@ pub fn length_sectors(t: &CryptTarget<'_>) -> Result<u64, DmError> {
 
 /// A struct dm_ioctl followed by `data`, in one zeroizing buffer.
 fn message(name: &str, uuid: &str, flags: u32, data: &[u8]) -> Zeroizing<Vec<u8>> {
-    let size = (HEADER + data.len() + 7) / 8 * 8;
+    let size = (HEADER + data.len()).div_ceil(8) * 8;
     let mut b = Zeroizing::new(vec![0u8; size.max(HEADER + 16 * 1024)]);
     let total = b.len() as u32;
     for (i, v) in VERSION.iter().enumerate() {
@@ -222,7 +222,7 @@ pub fn create_crypt(t: &CryptTarget<'_>) -> Result<PathBuf, DmError> {
 fn load_and_resume(ctl: &Control, t: &CryptTarget<'_>, length: u64) -> Result<(), DmError> {
     let key_hex = Zeroizing::new(hex::encode(t.key));
     let params = table_params(t, &key_hex);
-    let spec_len = (SPEC + params.len() + 1 + 7) / 8 * 8;
+    let spec_len = (SPEC + params.len() + 1).div_ceil(8) * 8;
     let mut data = Zeroizing::new(vec![0u8; spec_len]);
     data[0..8].copy_from_slice(&0u64.to_ne_bytes()); // sector_start
     data[8..16].copy_from_slice(&length.to_ne_bytes());

@@ -11,7 +11,7 @@
 #![cfg(feature = "simulator")]
 
 #[path = "../../snpguardd/tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod bus;
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
