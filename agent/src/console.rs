@@ -25,11 +25,22 @@ pub fn line(msg: &str) {
     let flat = msg.replace(['\n', '\r'], " ");
     let text = format!("{PREFIX}{flat}\n");
     let _ = std::io::stderr().write_all(text.as_bytes());
+    let failed = flat.starts_with("FAILED:");
     if let Ok(mut k) = KMSG.lock() {
         if let Some(f) = k.as_mut() {
             // <3> = err, <5> = notice; one write per record.
-            let level = if flat.starts_with("FAILED:") { 3 } else { 5 };
-            let _ = f.write_all(format!("<{level}>{text}").as_bytes());
+            let level = if failed { 3 } else { 5 };
+            let record = format!("<{level}>{text}");
+            // The kernel rate-limits each open /dev/kmsg (10 records per
+            // 5 s by default); the failure gets a fresh descriptor so that
+            // retries before it cannot swallow it.
+            let fresh = failed
+                .then(|| OpenOptions::new().write(true).open("/dev/kmsg").ok())
+                .flatten();
+            let _ = match fresh {
+                Some(mut g) => g.write_all(record.as_bytes()),
+                None => f.write_all(record.as_bytes()),
+            };
         }
     }
 }

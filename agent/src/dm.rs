@@ -219,7 +219,10 @@ pub fn create_crypt(t: &CryptTarget<'_>) -> Result<PathBuf, DmError> {
     Ok(node)
 }
 
-fn load_and_resume(ctl: &Control, t: &CryptTarget<'_>, length: u64) -> Result<(), DmError> {
+/// The DM_TABLE_LOAD message: one `crypt` target spec (struct
+/// dm_target_spec: sector_start, length, status, next, target_type[16])
+/// followed by its NUL-terminated parameters.
+fn table_message(t: &CryptTarget<'_>, length: u64) -> Zeroizing<Vec<u8>> {
     let key_hex = Zeroizing::new(hex::encode(t.key));
     let params = table_params(t, &key_hex);
     let spec_len = (SPEC + params.len() + 1).div_ceil(8) * 8;
@@ -231,9 +234,22 @@ fn load_and_resume(ctl: &Control, t: &CryptTarget<'_>, length: u64) -> Result<()
     data[24..29].copy_from_slice(b"crypt");
     data[SPEC..SPEC + params.len()].copy_from_slice(params.as_bytes());
     let mut m = message(t.name, "", DM_SECURE_DATA_FLAG, &data);
-    m[24..28].copy_from_slice(&1u32.to_ne_bytes()); // target_count
+    m[20..24].copy_from_slice(&1u32.to_ne_bytes()); // target_count
+    m
+}
+
+/// udev flags cryptsetup (libdevmapper) passes with a resume, in the upper
+/// half of event_nr (the uevent's DM_COOKIE): PRIMARY_SOURCE (0x40) makes
+/// the dm udev rules treat the device as fully set up (the /dev/mapper
+/// link, SYSTEMD_READY), DISABLE_LIBRARY_FALLBACK (0x20) leaves nodes to
+/// udev. The lower half (a semaphore id) is zero: nothing waits on it.
+const UDEV_COOKIE: u32 = (0x40 | 0x20) << 16;
+
+fn load_and_resume(ctl: &Control, t: &CryptTarget<'_>, length: u64) -> Result<(), DmError> {
+    let mut m = table_message(t, length);
     ctl.ioctl("table load", DM_TABLE_LOAD, &mut m)?;
     let mut m = message(t.name, "", 0, &[]);
+    m[32..36].copy_from_slice(&UDEV_COOKIE.to_ne_bytes()); // event_nr
     ctl.ioctl("resume", DM_DEV_SUSPEND, &mut m)
 }
 
@@ -313,6 +329,26 @@ mod tests {
         assert_eq!(request(DM_TABLE_LOAD), 0xc138_fd09);
         assert_eq!(decode_dev((253 << 8) | 5), (253, 5));
         assert_eq!(decode_dev((253 << 8) | 0x34 | (0x12 << 20)), (253, 0x1234));
+    }
+
+    #[test]
+    fn table_load_layout() {
+        let key = [0x11u8; 64];
+        let t = target(&key);
+        let m = table_message(&t, 80);
+        let u32_at = |o: usize| u32::from_ne_bytes(m[o..o + 4].try_into().unwrap());
+        assert_eq!(u32_at(20), 1, "target_count");
+        assert_eq!(u32_at(28), DM_SECURE_DATA_FLAG, "flags");
+        assert_eq!(&m[48..48 + t.name.len()], t.name.as_bytes());
+        let spec = &m[HEADER..];
+        assert_eq!(u64::from_ne_bytes(spec[0..8].try_into().unwrap()), 0);
+        assert_eq!(u64::from_ne_bytes(spec[8..16].try_into().unwrap()), 80);
+        assert_eq!(&spec[24..40], b"crypt\0\0\0\0\0\0\0\0\0\0\0");
+        let want = table_params(&t, &hex::encode(key));
+        assert_eq!(&spec[SPEC..SPEC + want.len()], want.as_bytes());
+        assert_eq!(spec[SPEC + want.len()], 0, "NUL-terminated");
+        let next = u32::from_ne_bytes(spec[20..24].try_into().unwrap()) as usize;
+        assert!(next % 8 == 0 && next > SPEC + want.len());
     }
 
     #[test]
