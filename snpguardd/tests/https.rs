@@ -11,7 +11,8 @@ use bytes::Bytes;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use snpguard::attest::{
-    AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, IngestionKeyResponse, MAX_BODY,
+    AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, IngestionKeyResponse, RenewRequest,
+    RenewResponse, MAX_BODY,
 };
 use snpguardd::attest::{AttestError, AttestHandler};
 use snpguardd::https::load::{load, Conn, Target};
@@ -64,6 +65,17 @@ impl AttestHandler for Double {
             None => Ok(AttestResponse {
                 record,
                 sealed_key: snpguard::attest::b64(b"sealed"),
+            }),
+        }
+    }
+
+    fn renew(&self, req: RenewRequest, _peer: IpAddr) -> Result<RenewResponse, AttestError> {
+        match &self.refuse {
+            Some(e) => Err(e.clone()),
+            None => Ok(RenewResponse {
+                record: format!("record-for-{}", req.nonce),
+                launch: "2".into(),
+                measurement: format!("{:0>96}", req.kernel.len()),
             }),
         }
     }

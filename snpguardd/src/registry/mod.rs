@@ -620,3 +620,5 @@ impl RecordService for Registry {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod launch_tests;

@@ -168,15 +168,17 @@ mod tests {
             s.put(Tree::Records, b"r", b"data").unwrap();
             assert_eq!(version(&s), 0);
         }
-        // Only up to version 1: the data is no version 1 record.
-        migrate(&s_reopen(&path), &MIGRATIONS[..1]).unwrap();
-        let s = SledStore::open_unmigrated(&path).unwrap();
-        assert_eq!(version(&s), 1);
+        // Only the step to version 1: the data is no version 1 record.
+        let s = at_v1(&path);
         assert_eq!(s.get(Tree::Records, b"r").unwrap().unwrap(), b"data");
     }
 
-    fn s_reopen(path: &std::path::Path) -> SledStore {
-        SledStore::open_unmigrated(path).unwrap()
+    /// The database at `path` brought to version 1 (not further).
+    fn at_v1(path: &std::path::Path) -> SledStore {
+        let s = SledStore::open_unmigrated(path).unwrap();
+        migrate(&s, &MIGRATIONS[..1]).unwrap();
+        assert_eq!(version(&s), 1);
+        s
     }
 
     #[test]
@@ -194,12 +196,9 @@ mod tests {
             "initrd": {"sha256": "3", "len": 3}, "id_block": "b", "id_auth": "c",
             "attestations_ok": 5, "attestations_failed": 1, "last_attestation": null
         });
-        {
-            let s = SledStore::open_unmigrated(&path).unwrap();
-            migrate(&s, &MIGRATIONS[..1]).unwrap();
-            s.put(Tree::Records, b"ab", &serde_json::to_vec(&v1).unwrap())
-                .unwrap();
-        }
+        at_v1(&path)
+            .put(Tree::Records, b"ab", &serde_json::to_vec(&v1).unwrap())
+            .unwrap();
         let s = SledStore::open(&path).unwrap();
         assert_eq!(version(&s), 2);
         let got: serde_json::Value =
@@ -228,7 +227,7 @@ mod tests {
     #[test]
     fn v1_to_v2_refuses_a_record_it_cannot_read() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open_unmigrated(&dir.path().join("db")).unwrap();
+        let s = at_v1(&dir.path().join("db"));
         s.put(Tree::Records, b"x", br#"{"v":1,"id":"x"}"#).unwrap();
         let err = migrate(&s, &MIGRATIONS).unwrap_err();
         assert!(matches!(err, StoreError::Migration { from: 1, .. }), "{err:?}");
@@ -286,7 +285,7 @@ mod tests {
     #[test]
     fn steps_run_in_order_from_the_stored_version() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(&dir.path().join("db")).unwrap();
+        let s = at_v1(&dir.path().join("db"));
         s.put(Tree::Records, b"a", b"1").unwrap();
         // At version 1: step 0 must not run again, step 1 must.
         let found = migrate(&s, &[fail, rename_a_to_b]).unwrap();
@@ -301,7 +300,7 @@ mod tests {
     #[test]
     fn failed_step_leaves_the_version() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(&dir.path().join("db")).unwrap();
+        let s = at_v1(&dir.path().join("db"));
         let err = migrate(&s, &[v0_to_v1, fail]).unwrap_err();
         assert!(
             matches!(&err, StoreError::Migration { from: 1, error } if error == "boom"),
