@@ -70,6 +70,11 @@ impl AttestHandler for Double {
     }
 
     fn renew(&self, req: RenewRequest, _peer: IpAddr) -> Result<RenewResponse, AttestError> {
+        if let Some(gate) = &self.gate {
+            let _ = gate.entered.send(());
+            let release = gate.release.lock().expect("gate");
+            release.recv_timeout(DEADLINE).expect("released in time");
+        }
         match &self.refuse {
             Some(e) => Err(e.clone()),
             None => Ok(RenewResponse {
@@ -782,3 +787,6 @@ async fn an_oversize_request_head_is_refused_by_the_http_layer() {
     let (status, _) = server.conn().await.get("/v1/health").await.expect("health");
     assert_eq!(status.as_u16(), 200);
 }
+
+#[path = "https/renew.rs"]
+mod renew;
