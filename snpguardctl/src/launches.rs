@@ -86,7 +86,10 @@ impl From<LaunchEntry> for LaunchView {
 /// Prints the launches as a table.
 pub fn print_launches(launches: &[LaunchView]) {
     println!("Launches:");
-    println!("  {:<4} {:<9} {:<20} {:<17} ORIGIN", "ID", "STATE", "CREATED", "MEASUREMENT");
+    println!(
+        "  {:<4} {:<9} {:<20} {:<17} ORIGIN",
+        "ID", "STATE", "CREATED", "MEASUREMENT"
+    );
     for l in launches {
         let short: String = l.measurement.chars().take(16).collect();
         println!(
@@ -232,7 +235,14 @@ pub async fn approve(bus: &Bus, r: &RecordProxy<'_>, a: &ApproveArgs) -> Result<
 pub async fn change(r: &RecordProxy<'_>, a: &LaunchArgs, method: &str, done: &str) -> Result<()> {
     call_mut::<_, ()>(r.inner(), method, &(a.launch.as_str(),))
         .await
-        .with_context(|| format!("{} launch {} of {}", method.to_lowercase(), a.launch, a.record))?;
+        .with_context(|| {
+            format!(
+                "{} launch {} of {}",
+                method.to_lowercase(),
+                a.launch,
+                a.record
+            )
+        })?;
     let id = r.id().await.map_err(describe)?;
     if a.json {
         println!(

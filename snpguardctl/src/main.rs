@@ -216,9 +216,8 @@ mod tests {
         ));
         for sub in ["retire", "discard"] {
             assert!(Cli::try_parse_from(["snpguardctl", "records", sub, "web"]).is_err());
-            let cli =
-                Cli::try_parse_from(["snpguardctl", "records", sub, "web", "--launch", "1"])
-                    .unwrap();
+            let cli = Cli::try_parse_from(["snpguardctl", "records", sub, "web", "--launch", "1"])
+                .unwrap();
             let Command::Records(cmd) = cli.command else {
                 panic!("not records")
             };

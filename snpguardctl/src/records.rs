@@ -113,7 +113,12 @@ impl RecordView {
             vcpus: r.vcpus().await?,
             vcpu_type: r.vcpu_type().await?,
             cmdline: r.cmdline().await?,
-            launches: r.launches().await?.into_iter().map(LaunchView::from).collect(),
+            launches: r
+                .launches()
+                .await?
+                .into_iter()
+                .map(LaunchView::from)
+                .collect(),
             pending_launches: r.pending_launches().await?,
             family_id: r.family_id().await?,
             image_id: r.image_id().await?,
@@ -241,7 +246,9 @@ async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
             }
             Ok(())
         }
-        RecordsCommand::AddLaunch(a) => launches::add(&bus, &find(&bus, &a.record).await?, &a).await,
+        RecordsCommand::AddLaunch(a) => {
+            launches::add(&bus, &find(&bus, &a.record).await?, &a).await
+        }
         RecordsCommand::Approve(a) => {
             launches::approve(&bus, &find(&bus, &a.record).await?, &a).await
         }

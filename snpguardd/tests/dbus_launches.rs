@@ -83,26 +83,42 @@ async fn launches_are_added_approved_retired_and_discarded() {
     let (_conn, _path, r) = setup(&h).await;
     let id = r.id().await.unwrap();
     let first = r.measurement().await.unwrap();
-    assert_eq!(states(&r.launches().await.unwrap()), [pair("1", "approved")]);
+    assert_eq!(
+        states(&r.launches().await.unwrap()),
+        [pair("1", "approved")]
+    );
 
     let new = files(h.bus.dir.path(), "new", &["kernel", "initrd"]);
-    let launch = r.add_launch(fds(&new), "console=ttyS0 quiet").await.unwrap();
+    let launch = r
+        .add_launch(fds(&new), "console=ttyS0 quiet")
+        .await
+        .unwrap();
     assert_eq!(launch, "2");
     assert_eq!(r.pending_launches().await.unwrap(), 1);
     let ls = r.launches().await.unwrap();
-    assert_eq!(states(&ls), [pair("1", "approved"), pair("2", launch_state::PENDING)]);
+    assert_eq!(
+        states(&ls),
+        [pair("1", "approved"), pair("2", launch_state::PENDING)]
+    );
     assert_eq!(ls[1].3, "console=ttyS0 quiet");
     assert_eq!(ls[1].5, "operator");
-    assert_eq!(r.measurement().await.unwrap(), first, "pending changes nothing");
+    assert_eq!(
+        r.measurement().await.unwrap(),
+        first,
+        "pending changes nothing"
+    );
     let stored = &h.service.records()[&id];
     assert_eq!(stored.info.launches[1].state, LaunchState::Pending);
 
     // A pending launch has no bundle.
     let out = h.bus.dir.path().join("pending.tgz");
     assert_error(
-        r.export_launch_bundle("2", OwnedFd::from(std::os::fd::OwnedFd::from(File::create(&out).unwrap())))
-            .await
-            .unwrap_err(),
+        r.export_launch_bundle(
+            "2",
+            OwnedFd::from(std::os::fd::OwnedFd::from(File::create(&out).unwrap())),
+        )
+        .await
+        .unwrap_err(),
         "LaunchState",
         "pending",
     );
@@ -111,7 +127,11 @@ async fn launches_are_added_approved_retired_and_discarded() {
     assert_eq!(r.pending_launches().await.unwrap(), 0);
     assert_eq!(r.measurement().await.unwrap(), ls[1].2);
     assert_eq!(r.cmdline().await.unwrap(), "console=ttyS0 quiet");
-    assert_error(r.approve_launch("2").await.unwrap_err(), "LaunchState", "approved");
+    assert_error(
+        r.approve_launch("2").await.unwrap_err(),
+        "LaunchState",
+        "approved",
+    );
     assert_error(r.approve_launch("7").await.unwrap_err(), "NotFound", "7");
 
     r.retire_launch("1").await.unwrap();
@@ -120,7 +140,11 @@ async fn launches_are_added_approved_retired_and_discarded() {
         "LastApprovedLaunch",
         "last approved",
     );
-    assert_error(r.discard_launch("2").await.unwrap_err(), "LaunchState", "approved");
+    assert_error(
+        r.discard_launch("2").await.unwrap_err(),
+        "LaunchState",
+        "approved",
+    );
     assert_eq!(
         states(&r.launches().await.unwrap()),
         [pair("1", "retired"), pair("2", "approved")]
@@ -128,19 +152,27 @@ async fn launches_are_added_approved_retired_and_discarded() {
 
     // The bundle of a given launch, to an fd and to a path.
     let out = h.bus.dir.path().join("one.tgz");
-    r.export_launch_bundle("1", OwnedFd::from(std::os::fd::OwnedFd::from(File::create(&out).unwrap())))
-        .await
-        .unwrap();
+    r.export_launch_bundle(
+        "1",
+        OwnedFd::from(std::os::fd::OwnedFd::from(File::create(&out).unwrap())),
+    )
+    .await
+    .unwrap();
     let got = std::fs::read(&out).unwrap();
     assert!(got.starts_with(format!("SNPGUARD-TEST-BUNDLE {id} launch 1\n").as_bytes()));
     let at = h.import_dir.join("two.tgz");
-    r.export_launch_bundle_to_path("2", at.to_str().unwrap()).await.unwrap();
+    r.export_launch_bundle_to_path("2", at.to_str().unwrap())
+        .await
+        .unwrap();
     assert!(std::fs::read(&at)
         .unwrap()
         .starts_with(format!("SNPGUARD-TEST-BUNDLE {id} launch 2\n").as_bytes()));
 
     r.discard_launch("1").await.unwrap();
-    assert_eq!(states(&r.launches().await.unwrap()), [pair("2", "approved")]);
+    assert_eq!(
+        states(&r.launches().await.unwrap()),
+        [pair("2", "approved")]
+    );
 
     // polkit was asked for the right action each time.
     let actions: Vec<String> = h.polkit.calls().into_iter().map(|c| c.action).collect();
@@ -182,7 +214,11 @@ async fn add_launch_from_paths_and_bad_inputs() {
     // Missing, unknown and non-regular files.
     let mut f = fds(&outside);
     f.remove("initrd");
-    assert_error(r.add_launch(f, "").await.unwrap_err(), "InvalidInput", "initrd");
+    assert_error(
+        r.add_launch(f, "").await.unwrap_err(),
+        "InvalidInput",
+        "initrd",
+    );
     let extra = files(h.bus.dir.path(), "x", &["kernel", "initrd", "firmware"]);
     assert_error(
         r.add_launch(fds(&extra), "").await.unwrap_err(),
@@ -191,17 +227,29 @@ async fn add_launch_from_paths_and_bad_inputs() {
     );
     let mut f = fds(&outside);
     f.insert("kernel", fd(std::path::Path::new("/dev/null")));
-    assert_error(r.add_launch(f, "").await.unwrap_err(), "InvalidInput", "kernel");
     assert_error(
-        r.add_launch(fds(&outside), &"x".repeat(5000)).await.unwrap_err(),
+        r.add_launch(f, "").await.unwrap_err(),
+        "InvalidInput",
+        "kernel",
+    );
+    assert_error(
+        r.add_launch(fds(&outside), &"x".repeat(5000))
+            .await
+            .unwrap_err(),
         "InvalidInput",
         "cmdline",
     );
-    assert_error(r.approve_launch(&"9".repeat(40)).await.unwrap_err(), "InvalidInput", "launch id");
+    assert_error(
+        r.approve_launch(&"9".repeat(40)).await.unwrap_err(),
+        "InvalidInput",
+        "launch id",
+    );
 
     // The pending limit is a typed error.
     for n in 0..3 {
-        r.add_launch(fds(&outside), &format!("n={n}")).await.unwrap();
+        r.add_launch(fds(&outside), &format!("n={n}"))
+            .await
+            .unwrap();
     }
     assert_error(
         r.add_launch(fds(&outside), "one more").await.unwrap_err(),
@@ -222,24 +270,38 @@ async fn launch_changes_emit_properties_changed() {
         .await
         .unwrap();
     let mut pending = cached.receive_pending_launches_changed().await;
-    let first = tokio::time::timeout(DEADLINE, pending.next()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(DEADLINE, pending.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.get().await.unwrap(), 0);
     let mut measurement = cached.receive_measurement_changed().await;
-    let _ = tokio::time::timeout(DEADLINE, measurement.next()).await.unwrap();
+    let _ = tokio::time::timeout(DEADLINE, measurement.next())
+        .await
+        .unwrap();
 
     let new = files(h.bus.dir.path(), "new", &["kernel", "initrd"]);
     cached.add_launch(fds(&new), "quiet").await.unwrap();
-    let ch = tokio::time::timeout(DEADLINE, pending.next()).await.unwrap().unwrap();
+    let ch = tokio::time::timeout(DEADLINE, pending.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ch.get().await.unwrap(), 1);
     cached.approve_launch("2").await.unwrap();
-    let ch = tokio::time::timeout(DEADLINE, pending.next()).await.unwrap().unwrap();
+    let ch = tokio::time::timeout(DEADLINE, pending.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ch.get().await.unwrap(), 0);
     let ch = tokio::time::timeout(DEADLINE, measurement.next())
         .await
         .unwrap()
         .unwrap();
     let id = cached.id().await.unwrap();
-    assert_eq!(ch.get().await.unwrap(), h.service.records()[&id].info.measurement);
+    assert_eq!(
+        ch.get().await.unwrap(),
+        h.service.records()[&id].info.measurement
+    );
 
     // A launch a guest added behind the API is published by update().
     let info = {
@@ -257,8 +319,13 @@ async fn launch_changes_emit_properties_changed() {
             .unwrap()
             .record
     };
-    snpguardd::dbus::record::update(&h.daemon, info).await.unwrap();
-    let ch = tokio::time::timeout(DEADLINE, pending.next()).await.unwrap().unwrap();
+    snpguardd::dbus::record::update(&h.daemon, info)
+        .await
+        .unwrap();
+    let ch = tokio::time::timeout(DEADLINE, pending.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ch.get().await.unwrap(), 1);
 }
 
@@ -272,9 +339,21 @@ async fn polkit_denial_changes_no_launch() {
     let before = h.service.records()[&id].info.clone();
     h.polkit.set_allow(false);
 
-    assert_error(r.approve_launch("2").await.unwrap_err(), "AccessDenied", ".manage");
-    assert_error(r.retire_launch("1").await.unwrap_err(), "AccessDenied", ".manage");
-    assert_error(r.discard_launch("2").await.unwrap_err(), "AccessDenied", ".manage");
+    assert_error(
+        r.approve_launch("2").await.unwrap_err(),
+        "AccessDenied",
+        ".manage",
+    );
+    assert_error(
+        r.retire_launch("1").await.unwrap_err(),
+        "AccessDenied",
+        ".manage",
+    );
+    assert_error(
+        r.discard_launch("2").await.unwrap_err(),
+        "AccessDenied",
+        ".manage",
+    );
     assert_error(
         r.add_launch(fds(&new), "other").await.unwrap_err(),
         "AccessDenied",

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use snpguard::attest::{
-    AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, IngestionKeyResponse, RenewRequest,
-    RenewResponse, MAX_BODY,
+    AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, IngestionKeyResponse,
+    RenewRequest, RenewResponse, MAX_BODY,
 };
 use snpguardd::attest::{AttestError, AttestHandler};
 use snpguardd::https::load::{load, Conn, Target};

@@ -462,8 +462,13 @@ impl Attestor {
         cert_table: Option<&str>,
         peer: IpAddr,
     ) -> Result<Evidence, AttestError> {
-        let nonce = decode_nonce(nonce)
-            .ok_or_else(|| protocol(peer, "nonce-invalid", "nonce: not a nonce this service issued"))?;
+        let nonce = decode_nonce(nonce).ok_or_else(|| {
+            protocol(
+                peer,
+                "nonce-invalid",
+                "nonce: not a nonce this service issued",
+            )
+        })?;
         let report_bytes = unb64(report, REPORT_SIZE).ok_or_else(|| {
             protocol(
                 peer,
@@ -554,9 +559,15 @@ impl Attestor {
         // The launch the report's measurement names, if any: the rules
         // are checked against it, and only an approved one passes.
         let reported = hex::encode(report.measurement);
-        let launch = rec.launches.iter().find(|l| l.measurement == reported).cloned();
+        let launch = rec
+            .launches
+            .iter()
+            .find(|l| l.measurement == reported)
+            .cloned();
         entry.launch = launch.as_ref().map(|l| l.id.clone());
-        let measurement = launch.as_ref().map_or(rec.measurement.as_str(), |l| &l.measurement);
+        let measurement = launch
+            .as_ref()
+            .map_or(rec.measurement.as_str(), |l| &l.measurement);
         let expect = expectations(&rec, measurement, report_data)?;
         let gathered = self.gather(&report, table)?;
         entry.cert_source = gathered.source.map(str::to_owned);

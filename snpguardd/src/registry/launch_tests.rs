@@ -110,24 +110,34 @@ fn add_approve_retire_discard() {
     assert_eq!(state_of(&info, "2"), LaunchState::Approved);
     assert_eq!(info.measurement, added.measurement);
     assert_eq!(info.cmdline, NEW_CMDLINE);
-    assert_eq!((info.id_key_digest.clone(), info.image_id.clone()), (rec.id_key_digest.clone(), rec.image_id.clone()));
+    assert_eq!(
+        (info.id_key_digest.clone(), info.image_id.clone()),
+        (rec.id_key_digest.clone(), rec.image_id.clone())
+    );
     let (cfg, out) = bundle_of(&reg, &rec.id, None).unwrap();
     assert_eq!(cfg.measurement, added.measurement);
-    assert_eq!(fs::read(out.path().join(bundle::KERNEL)).unwrap(), fs::read(&k).unwrap());
+    assert_eq!(
+        fs::read(out.path().join(bundle::KERNEL)).unwrap(),
+        fs::read(&k).unwrap()
+    );
     let block = fs::read(out.path().join(bundle::ID_BLOCK)).unwrap();
-    let digests = idblock::verify_id_auth(
-        &block,
-        &fs::read(out.path().join(bundle::ID_AUTH)).unwrap(),
-    )
-    .unwrap();
+    let digests =
+        idblock::verify_id_auth(&block, &fs::read(out.path().join(bundle::ID_AUTH)).unwrap())
+            .unwrap();
     assert_eq!(hex::encode(digests.id_key), rec.id_key_digest);
-    assert_eq!(hex::encode(digests.author_key.unwrap()), rec.author_key_digest);
+    assert_eq!(
+        hex::encode(digests.author_key.unwrap()),
+        rec.author_key_digest
+    );
     let parsed = IdBlock::from_bytes(&block).unwrap();
     assert_eq!(parsed.launch_digest.to_string(), added.measurement);
     assert_eq!(hex::encode(parsed.image_id), rec.image_id);
     assert_eq!(parsed.policy, rec.policy);
     // The old launch's bundle is still there on request.
-    assert_eq!(bundle_of(&reg, &rec.id, Some("1")).unwrap().0.measurement, old);
+    assert_eq!(
+        bundle_of(&reg, &rec.id, Some("1")).unwrap().0.measurement,
+        old
+    );
     assert!(matches!(
         reg.approve_launch(&rec.id, "2"),
         Err(ServiceError::LaunchState(_))
@@ -151,7 +161,10 @@ fn add_approve_retire_discard() {
     ));
     for bad in ["9", "x", ""] {
         assert!(
-            matches!(reg.approve_launch(&rec.id, bad), Err(ServiceError::NotFound(_))),
+            matches!(
+                reg.approve_launch(&rec.id, bad),
+                Err(ServiceError::NotFound(_))
+            ),
             "{bad:?}"
         );
     }
@@ -177,7 +190,10 @@ fn add_approve_retire_discard() {
     let reg = open(state.path());
     let info = reg.get(&rec.id).unwrap();
     assert_eq!(info.measurement, added.measurement);
-    assert_eq!(bundle_of(&reg, &rec.id, None).unwrap().0.measurement, added.measurement);
+    assert_eq!(
+        bundle_of(&reg, &rec.id, None).unwrap().0.measurement,
+        added.measurement
+    );
 }
 
 #[test]
@@ -190,7 +206,11 @@ fn the_same_artifacts_are_one_launch() {
     let again = reg
         .add_launch(
             &rec.id,
-            launch_req(&inp.kernel, &inp.initrd, "console=ttyS0 root=/dev/mapper/root"),
+            launch_req(
+                &inp.kernel,
+                &inp.initrd,
+                "console=ttyS0 root=/dev/mapper/root",
+            ),
         )
         .unwrap();
     assert_eq!((again.launch.as_str(), again.created), ("1", false));
@@ -198,8 +218,12 @@ fn the_same_artifacts_are_one_launch() {
 
     let dir = tempfile::tempdir().unwrap();
     let (k, i) = new_artifacts(dir.path());
-    let first = reg.add_launch(&rec.id, launch_req(&k, &i, NEW_CMDLINE)).unwrap();
-    let second = reg.add_launch(&rec.id, launch_req(&k, &i, NEW_CMDLINE)).unwrap();
+    let first = reg
+        .add_launch(&rec.id, launch_req(&k, &i, NEW_CMDLINE))
+        .unwrap();
+    let second = reg
+        .add_launch(&rec.id, launch_req(&k, &i, NEW_CMDLINE))
+        .unwrap();
     assert!(first.created && !second.created);
     assert_eq!(first.launch, second.launch);
     assert_eq!(second.record.launches.len(), 2);
@@ -289,20 +313,35 @@ fn a_v1_record_is_migrated_to_launches() {
         let mut tgz = Vec::new();
         reg.export_bundle(&info.id, None, &mut tgz).unwrap();
         // Rewrite the record as version 1 wrote it.
-        let v2: serde_json::Value =
-            serde_json::from_slice(&reg.store.get(Tree::Records, info.id.as_bytes()).unwrap().unwrap())
-                .unwrap();
+        let v2: serde_json::Value = serde_json::from_slice(
+            &reg.store
+                .get(Tree::Records, info.id.as_bytes())
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
         let mut v1 = v2.as_object().unwrap().clone();
         let launch = v1.remove("launches").unwrap()[0].clone();
         for k in ["next_launch", "next_approval"] {
             v1.remove(k);
         }
         v1.insert("v".into(), 1.into());
-        for k in ["measurement", "kernel", "initrd", "cmdline", "id_block", "id_auth"] {
+        for k in [
+            "measurement",
+            "kernel",
+            "initrd",
+            "cmdline",
+            "id_block",
+            "id_auth",
+        ] {
             v1.insert(k.into(), launch[k].clone());
         }
         reg.store
-            .put(Tree::Records, info.id.as_bytes(), &serde_json::to_vec(&v1).unwrap())
+            .put(
+                Tree::Records,
+                info.id.as_bytes(),
+                &serde_json::to_vec(&v1).unwrap(),
+            )
             .unwrap();
         reg.store
             .put(Tree::Meta, SCHEMA_VERSION_KEY, &1u32.to_be_bytes())
@@ -316,10 +355,15 @@ fn a_v1_record_is_migrated_to_launches() {
     let mut tgz = Vec::new();
     reg.export_bundle(&id, None, &mut tgz).unwrap();
     assert_eq!(tgz, bundle_before);
-    assert_eq!(reg.record_vmk(&id).unwrap().as_slice(), &super::tests::VMK[..]);
+    assert_eq!(
+        reg.record_vmk(&id).unwrap().as_slice(),
+        &super::tests::VMK[..]
+    );
     let dir = tempfile::tempdir().unwrap();
     let (k, i) = new_artifacts(dir.path());
-    let a = reg.add_launch(&id, launch_req(&k, &i, NEW_CMDLINE)).unwrap();
+    let a = reg
+        .add_launch(&id, launch_req(&k, &i, NEW_CMDLINE))
+        .unwrap();
     assert_eq!(a.launch, "2");
     reg.approve_launch(&id, "2").unwrap();
 }

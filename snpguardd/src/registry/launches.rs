@@ -108,8 +108,13 @@ impl Registry {
     }
 
     /// The ID block and ID auth (hex) of `measurement` for record `rec`.
-    fn sign(&self, rec: &StoredRecord, measurement: &str) -> Result<(String, String), ServiceError> {
-        let corrupt = |what: &str| ServiceError::Storage(format!("record {}: corrupt {what}", rec.id));
+    fn sign(
+        &self,
+        rec: &StoredRecord,
+        measurement: &str,
+    ) -> Result<(String, String), ServiceError> {
+        let corrupt =
+            |what: &str| ServiceError::Storage(format!("record {}: corrupt {what}", rec.id));
         let digest: LaunchDigest = measurement.parse().map_err(|_| corrupt("measurement"))?;
         let image_id: [u8; 16] = hex::decode(&rec.image_id)
             .ok()
@@ -129,8 +134,7 @@ impl Registry {
             .unseal(Purpose::IdKey, &rec.id, &sealed)
             .map_err(secrets_err)?;
         let id_key = SigningKey::from_slice(&scalar).map_err(|_| corrupt("ID key"))?;
-        if hex::encode(snpguard::idblock::key_digest(id_key.verifying_key())) != rec.id_key_digest
-        {
+        if hex::encode(snpguard::idblock::key_digest(id_key.verifying_key())) != rec.id_key_digest {
             return Err(corrupt("ID key (its digest differs from the record's)"));
         }
         let block = IdBlock {

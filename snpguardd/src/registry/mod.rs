@@ -51,11 +51,11 @@ use crate::service::{
 use crate::store::{Op, SledStore, Store, StoreError, Tree};
 
 use blobs::{BlobRef, Blobs};
+pub use launch::MAX_LAUNCHES;
 pub use record::{
     guest_policy, MAX_NAME_LEN, MAX_VCPUS, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_RESERVED_ONE,
     POLICY_SMT,
 };
-pub use launch::MAX_LAUNCHES;
 
 /// The origins of a launch, as stored and shown.
 pub mod launch_origin {
@@ -619,6 +619,6 @@ impl RecordService for Registry {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod launch_tests;
+#[cfg(test)]
+mod tests;

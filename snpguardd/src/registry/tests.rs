@@ -9,7 +9,8 @@ use snpguard::verify::MinTcb;
 use super::*;
 use crate::secrets::MasterKeySource;
 
-pub(super) const VMK: [u8; 64] = *b"VMK-PLAINTEXT-0123456789abcdef-VMK-PLAINTEXT-0123456789abcdef!!!";
+pub(super) const VMK: [u8; 64] =
+    *b"VMK-PLAINTEXT-0123456789abcdef-VMK-PLAINTEXT-0123456789abcdef!!!";
 
 /// Inputs on disk, reusable for several registrations.
 pub(super) struct Inputs {

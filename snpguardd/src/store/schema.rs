@@ -54,7 +54,11 @@ fn v1_to_v2(store: &dyn Store) -> Result<Vec<Op>, String> {
         match rec.get("v").and_then(Value::as_u64) {
             Some(1) => {}
             Some(2) => continue,
-            other => return Err(format!("record {name}: unexpected format version {other:?}")),
+            other => {
+                return Err(format!(
+                    "record {name}: unexpected format version {other:?}"
+                ))
+            }
         }
         let mut take = |field: &str| {
             rec.remove(field)
@@ -206,7 +210,14 @@ mod tests {
         assert_eq!(got["v"], 2);
         assert_eq!(got["attestations_ok"], 5);
         assert_eq!(got["firmware"]["sha256"], "1");
-        for gone in ["measurement", "kernel", "initrd", "cmdline", "id_block", "id_auth"] {
+        for gone in [
+            "measurement",
+            "kernel",
+            "initrd",
+            "cmdline",
+            "id_block",
+            "id_auth",
+        ] {
             assert!(got.get(gone).is_none(), "{gone} still at the top: {got}");
         }
         let launches = got["launches"].as_array().unwrap();
@@ -218,7 +229,10 @@ mod tests {
         assert_eq!(l["kernel"]["sha256"], "2");
         assert_eq!(l["initrd"]["len"], 3);
         assert_eq!(l["cmdline"], "console=ttyS0");
-        assert_eq!((l["id_block"].clone(), l["id_auth"].clone()), ("b".into(), "c".into()));
+        assert_eq!(
+            (l["id_block"].clone(), l["id_auth"].clone()),
+            ("b".into(), "c".into())
+        );
         assert_eq!(l["approved"], "2026-01-01T00:00:00Z");
         assert_eq!(l["origin"], "registration");
         assert_eq!(got["next_launch"], 2);
@@ -230,7 +244,10 @@ mod tests {
         let s = at_v1(&dir.path().join("db"));
         s.put(Tree::Records, b"x", br#"{"v":1,"id":"x"}"#).unwrap();
         let err = migrate(&s, &MIGRATIONS).unwrap_err();
-        assert!(matches!(err, StoreError::Migration { from: 1, .. }), "{err:?}");
+        assert!(
+            matches!(err, StoreError::Migration { from: 1, .. }),
+            "{err:?}"
+        );
         assert_eq!(version(&s), 1);
     }
 

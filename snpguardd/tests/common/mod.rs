@@ -387,8 +387,8 @@ impl RecordService for MemService {
                     if launch_of(r, l)?.state == LaunchState::Pending {
                         return Err(ServiceError::LaunchState(format!("launch {l} is pending")));
                     }
-                    let mut v = format!("SNPGUARD-TEST-BUNDLE {} launch {l}\n", r.info.id)
-                        .into_bytes();
+                    let mut v =
+                        format!("SNPGUARD-TEST-BUNDLE {} launch {l}\n", r.info.id).into_bytes();
                     v.extend_from_slice(&r.firmware);
                     v
                 }
@@ -468,7 +468,9 @@ impl RecordService for MemService {
             .count();
         let l = launch_of(r, launch)?;
         if l.state != LaunchState::Approved {
-            return Err(ServiceError::LaunchState(format!("{launch} is not approved")));
+            return Err(ServiceError::LaunchState(format!(
+                "{launch} is not approved"
+            )));
         }
         if approved <= 1 {
             return Err(ServiceError::LastApprovedLaunch(format!(

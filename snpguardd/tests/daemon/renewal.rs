@@ -82,12 +82,7 @@ async fn attest_as(
 
 /// The guest's renewal: a fresh nonce, a report of the running launch
 /// bound to the new artifacts, and the artifacts.
-async fn renew(
-    conn: &Conn,
-    sim: &SimPlatform,
-    running: &Launch,
-    staging: &Path,
-) -> (u16, Vec<u8>) {
+async fn renew(conn: &Conn, sim: &SimPlatform, running: &Launch, staging: &Path) -> (u16, Vec<u8>) {
     let (status, body) = conn
         .post_json("/v1/attest/challenge", "{}")
         .await
@@ -143,7 +138,10 @@ async fn a_guest_renewal_boots_only_after_approval() {
     );
     assert_eq!(show(&s.bus, "guest")["pending_launches"], 1);
     let text = ok(&ctl(&s.bus, &["records", "show", "guest"]));
-    assert!(text.contains("pending") && text.contains(NEW_CMDLINE), "{text}");
+    assert!(
+        text.contains("pending") && text.contains(NEW_CMDLINE),
+        "{text}"
+    );
 
     // The new measurement boots, but gets no key.
     let new = with_measurement(&old, &want);
@@ -159,7 +157,13 @@ async fn a_guest_renewal_boots_only_after_approval() {
     let bundle = s.dir.path().join("guest-2.tar.gz");
     let out = ok(&ctl(
         &s.bus,
-        &["records", "approve", "guest", "--output", bundle.to_str().expect("utf-8")],
+        &[
+            "records",
+            "approve",
+            "guest",
+            "--output",
+            bundle.to_str().expect("utf-8"),
+        ],
     ));
     assert!(out.contains("approved launch 2"), "{out}");
     let x = s.dir.path().join("x-guest-2");
@@ -179,13 +183,19 @@ async fn a_guest_renewal_boots_only_after_approval() {
     assert!(e.contains("no pending launch"), "{e}");
 
     // Retire the old launch: its measurement gets nothing any more.
-    ok(&ctl(&s.bus, &["records", "retire", "guest", "--launch", "1"]));
+    ok(&ctl(
+        &s.bus,
+        &["records", "retire", "guest", "--launch", "1"],
+    ));
     assert_eq!(
         attest_as(&conn, &sim, &old).await,
         Err((403, "attestation-rejected".into()))
     );
     assert!(daemon_log(&s.state).contains("launch-retired"));
-    let e = err(&ctl(&s.bus, &["records", "retire", "guest", "--launch", "2"]));
+    let e = err(&ctl(
+        &s.bus,
+        &["records", "retire", "guest", "--launch", "2"],
+    ));
     assert!(e.contains("LastApprovedLaunch"), "{e}");
     assert_eq!(attest_as(&conn, &sim, &new).await, Ok(vmk.clone()));
 
@@ -215,16 +225,29 @@ async fn an_operator_adds_a_launch_and_polkit_guards_its_approval() {
 
     let out = ok(&ctl(
         &s.bus,
-        &["records", "add-launch", "ops", "--staging", staging, "--json"],
+        &[
+            "records",
+            "add-launch",
+            "ops",
+            "--staging",
+            staging,
+            "--json",
+        ],
     ));
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["launch"]["id"], "2");
     assert_eq!(v["launch"]["state"], "pending");
     assert_eq!(v["launch"]["origin"], "operator");
     assert_eq!(v["launch"]["measurement"], want.as_str());
-    assert_eq!(v["launch"]["cmdline"], NEW_CMDLINE, "one trailing newline is stripped");
+    assert_eq!(
+        v["launch"]["cmdline"], NEW_CMDLINE,
+        "one trailing newline is stripped"
+    );
     // The same directory again is the same launch.
-    let out = ok(&ctl(&s.bus, &["records", "add-launch", "ops", "--staging", staging]));
+    let out = ok(&ctl(
+        &s.bus,
+        &["records", "add-launch", "ops", "--staging", staging],
+    ));
     assert!(out.contains("launch 2"), "{out}");
     assert_eq!(launch_states(&s.bus, "ops").len(), 2);
 
@@ -254,26 +277,55 @@ async fn an_operator_adds_a_launch_and_polkit_guards_its_approval() {
     let other = new_staging(s.dir.path(), 33);
     ok(&ctl(
         &s.bus,
-        &["records", "add-launch", "ops", "--staging", other.to_str().expect("utf-8")],
+        &[
+            "records",
+            "add-launch",
+            "ops",
+            "--staging",
+            other.to_str().expect("utf-8"),
+        ],
     ));
     let e = err(&ctl(&s.bus, &["records", "approve", "ops"]));
     assert!(e.contains("several pending launches (2, 3)"), "{e}");
-    ok(&ctl(&s.bus, &["records", "discard", "ops", "--launch", "3"]));
+    ok(&ctl(
+        &s.bus,
+        &["records", "discard", "ops", "--launch", "3"],
+    ));
 
-    ok(&ctl(&s.bus, &["records", "approve", "ops", "--launch", "2"]));
+    ok(&ctl(
+        &s.bus,
+        &["records", "approve", "ops", "--launch", "2"],
+    ));
     assert_eq!(attest_as(&conn, &sim, &new).await, Ok(vmk.clone()));
     // The bundle of either launch on request.
     let b1 = s.dir.path().join("ops-1.tar.gz");
     ok(&ctl(
         &s.bus,
-        &["records", "export", "ops", "--launch", "1", "--out", b1.to_str().expect("utf-8")],
+        &[
+            "records",
+            "export",
+            "ops",
+            "--launch",
+            "1",
+            "--out",
+            b1.to_str().expect("utf-8"),
+        ],
     ));
     assert_eq!(
         bundle_measurement(&b1, &s.dir.path().join("x-ops-1")),
         hex::encode(&old.measurement)
     );
     let b = s.dir.path().join("ops.tar.gz");
-    ok(&ctl(&s.bus, &["records", "export", "ops", "--out", b.to_str().expect("utf-8")]));
+    ok(&ctl(
+        &s.bus,
+        &[
+            "records",
+            "export",
+            "ops",
+            "--out",
+            b.to_str().expect("utf-8"),
+        ],
+    ));
     assert_eq!(bundle_measurement(&b, &s.dir.path().join("x-ops")), want);
     daemon.stop();
 }

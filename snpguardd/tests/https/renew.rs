@@ -23,7 +23,10 @@ async fn renew_is_202_with_a_body_larger_than_an_attestation() {
     let req = renew_request(MAX_BODY * 2);
     let body = serde_json::to_vec(&req).expect("json");
     assert!(body.len() > MAX_BODY);
-    let (status, answer) = conn.post_json("/v1/renew", body.clone()).await.expect("renew");
+    let (status, answer) = conn
+        .post_json("/v1/renew", body.clone())
+        .await
+        .expect("renew");
     assert_eq!(status.as_u16(), 202, "{answer:?}");
     let resp: RenewResponse = serde_json::from_slice(&answer).expect("response");
     assert_eq!(resp.launch, "2");
@@ -59,7 +62,11 @@ async fn renew_has_its_own_limit_and_json_errors() {
     let conn = server.conn().await;
     expect_error(
         &conn,
-        post("/v1/renew", Some("application/json"), b"{\"nonce\":1}".to_vec()),
+        post(
+            "/v1/renew",
+            Some("application/json"),
+            b"{\"nonce\":1}".to_vec(),
+        ),
         400,
         "malformed-json",
     )

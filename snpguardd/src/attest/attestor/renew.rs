@@ -59,9 +59,7 @@ impl Attestor {
             ));
         }
         let data = attest::renewal_report_data(&ev.nonce, &kernel, &initrd, &cmdline);
-        let Verified {
-            rec, mut entry, ..
-        } = self.verify_evidence(ev, data, peer, now)?;
+        let Verified { rec, mut entry, .. } = self.verify_evidence(ev, data, peer, now)?;
         if !rec.enabled {
             let r = Refusal::rejected(
                 "record-disabled",

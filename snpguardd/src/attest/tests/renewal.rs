@@ -86,7 +86,11 @@ impl Fixture {
             "no blob left behind"
         );
         let audit = self.last_audit();
-        assert_eq!(audit.codes.first().map(String::as_str), Some(code), "{audit:?}");
+        assert_eq!(
+            audit.codes.first().map(String::as_str),
+            Some(code),
+            "{audit:?}"
+        );
         err
     }
 }
@@ -144,7 +148,10 @@ fn a_retired_launch_releases_nothing() {
 fn a_renewal_is_stored_as_a_pending_launch() {
     let Some(f) = fixture() else { return };
     let a = artifacts();
-    let resp = f.attestor.renew(f.renewal(&f.guest(), &a, &a), PEER).unwrap();
+    let resp = f
+        .attestor
+        .renew(f.renewal(&f.guest(), &a, &a), PEER)
+        .unwrap();
     assert_eq!(resp.record, f.rec.id);
     assert_eq!(resp.launch, "2");
     let rec = f.registry.get(&f.rec.id).unwrap();
@@ -165,7 +172,10 @@ fn a_renewal_is_stored_as_a_pending_launch() {
     f.expect_refused(&g, "launch-pending");
 
     // The same artifacts again: the same launch, no duplicate.
-    let again = f.attestor.renew(f.renewal(&f.guest(), &a, &a), PEER).unwrap();
+    let again = f
+        .attestor
+        .renew(f.renewal(&f.guest(), &a, &a), PEER)
+        .unwrap();
     assert_eq!(again, resp);
     assert_eq!(f.registry.get(&f.rec.id).unwrap().launches.len(), 2);
 
@@ -246,7 +256,9 @@ fn renewals_stop_at_the_pending_limit_and_bad_input_is_a_protocol_error() {
             cmdline: format!("{NEW_CMDLINE} n={n}"),
             ..artifacts()
         };
-        f.attestor.renew(f.renewal(&f.guest(), &a, &a), PEER).unwrap();
+        f.attestor
+            .renew(f.renewal(&f.guest(), &a, &a), PEER)
+            .unwrap();
     }
     let a = artifacts();
     let err = f.expect_renewal_refused(f.renewal(&f.guest(), &a, &a), "too-many-pending");
