@@ -9,7 +9,11 @@
 //! 5. no record: `unknown-image`;
 //! 6. certificates: the request's table, then the daemon's (imported,
 //!    KDS-cached), then KDS when enabled (VCEK only);
-//! 7. verification against the record's expectations (every rule);
+//! 7. verification against the record's expectations (every rule), the
+//!    measurement being the launch of the record the report names; a
+//!    pending launch is refused as `launch-pending`, a retired one as
+//!    `launch-retired`, any other measurement as `measurement-mismatch`
+//!    (checked against the newest approved launch);
 //! 8. release: the record's VMK (a disabled record: `record-disabled`)
 //!    sealed to the ephemeral key and bound to the report; counters and
 //!    the audit trail written before the answer leaves.

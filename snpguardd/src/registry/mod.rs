@@ -11,7 +11,8 @@
 //! | `ingestion.pub` | HPKE ingestion public key, raw 32 bytes (0644)       |
 //! | `tls/cert.pem`  | generated TLS certificate (0644)                     |
 //!
-//! Database trees: `records/<id>` (JSON [`record::StoredRecord`]),
+//! Database trees: `records/<id>` (JSON [`record::StoredRecord`], with
+//! its launches: [`launch::StoredLaunch`]),
 //! `names/<name>` → id, `secrets/vmk/<id>` and `secrets/id-key/<id>`
 //! (sealed with the master key, associated data `snpguard/v1/<purpose>/
 //! <id>`), `keys/*` (see [`crate::keys`]); the attestor's `nonces`,
@@ -21,6 +22,12 @@
 //! before it gets its name), then the record, the name index and both
 //! sealed secrets in one transaction. A crash leaves either no record
 //! (and perhaps orphan blobs, removed at the next open) or a complete one.
+//! Adding a launch likewise writes its blobs first and then the record.
+//!
+//! Launches (kernel updates): a record has one or more launches, each
+//! approved, pending or retired ([`launch`]); only an approved launch's
+//! measurement releases the key. A pending launch is signed (ID block and
+//! auth with the record's ID key) when an operator approves it.
 
 mod blobs;
 mod launch;
