@@ -118,10 +118,8 @@ fn main() -> ExitCode {
                     println!("record: {}", resp.record);
                     println!("launch: {}", resp.launch);
                     println!("measurement: {}", resp.measurement);
-                    println!(
-                        "the launch is pending; an operator approves it on the host with:\n  {}",
-                        renew::approve_command(&resp)
-                    );
+                    // Pending until an operator runs this on the host.
+                    println!("approve: {}", renew::approve_command(&resp));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -136,9 +136,9 @@ async fn a_renewal_is_pending_until_an_operator_approves_it() {
     let measurement = field(&stdout, "measurement");
     assert_eq!(measurement.len(), 96, "{stdout}");
     assert_ne!(measurement, old_measurement);
-    assert!(
-        stdout.contains(&format!("snpguardctl records approve {record} --launch 2")),
-        "{stdout}"
+    assert_eq!(
+        field(&stdout, "approve"),
+        format!("snpguardctl records approve {record} --launch 2")
     );
     assert_eq!(
         launches(&g),
@@ -259,4 +259,87 @@ async fn bad_artifacts_are_refused_before_anything_is_sent() {
     assert!(last.contains("initrd") && last.contains("empty"), "{last}");
     assert!(!lines.iter().any(|l| l.contains("renewing with")));
     assert_eq!(launches(&g).len(), 1);
+}
+
+/// Runs the kernel hook as the kernel package would (`hook VERSION
+/// IMAGE`), with the built agent and `boot` as /boot; exit code and
+/// stderr.
+fn hook(config: &Path, boot: &Path, disabled: &Path, version: &str) -> (Option<i32>, String) {
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/kernel-hooks/zz-snpguard-renew"
+    ))
+    .arg(version)
+    .arg(boot.join(format!("vmlinuz-{version}")))
+    .env("SNPGUARD_AGENT", env!("CARGO_BIN_EXE_snpguard-agent"))
+    .env("SNPGUARD_AGENT_CONFIG", config)
+    .env("SNPGUARD_RENEW_DISABLED", disabled)
+    .env("SNPGUARD_BOOT", boot)
+    .stdin(Stdio::null())
+    .output()
+    .expect("run the hook");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{stderr}");
+    (out.status.code(), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_hook_submits_and_never_fails_the_installation() {
+    let Some(g) = registered_guest().await else {
+        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        return;
+    };
+    let blob = g.launch_blob("launch.json", &[]);
+    let config = g.config(Path::new("/dev/null"), &blob, "sghook");
+    let boot = g.dir.path().join("boot");
+    std::fs::create_dir(&boot).unwrap();
+    let (kernel, initrd, _) = new_artifacts(&g, 11);
+    std::fs::copy(&kernel, boot.join("vmlinuz-6.12.0-9-amd64")).unwrap();
+    std::fs::copy(&initrd, boot.join("initrd.img-6.12.0-9-amd64")).unwrap();
+    let disabled = g.dir.path().join("renew.disabled");
+
+    // Opted out: nothing is submitted.
+    std::fs::write(&disabled, b"").unwrap();
+    let (code, err) = hook(&config, &boot, &disabled, "6.12.0-9-amd64");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("renew.disabled exists"), "{err}");
+    assert_eq!(launches(&g).len(), 1);
+    std::fs::remove_file(&disabled).unwrap();
+
+    // Not an SnpGuard guest (no configuration): silently nothing.
+    let (code, err) = hook(&g.dir.path().join("absent.toml"), &boot, &disabled, "6.12.0-9-amd64");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("absent"), "{err}");
+    assert_eq!(launches(&g).len(), 1);
+
+    // No initrd for that version: a warning, exit 0.
+    let (code, err) = hook(&config, &boot, &disabled, "6.12.0-10-amd64");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("WARNING") && err.contains("is missing"), "{err}");
+
+    // The real submission: a pending launch with the running cmdline.
+    let (code, err) = hook(&config, &boot, &disabled, "6.12.0-9-amd64");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("kernel 6.12.0-9-amd64 submitted"), "{err}");
+    assert!(
+        err.contains("snpguard-renew: approve: snpguardctl records approve "),
+        "{err}"
+    );
+    let l = launches(&g);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!(l[1].1, "pending");
+
+    // Refused (a VM that is not approved): a warning, still exit 0.
+    let evil = g.dir.path().join("initrd.evil");
+    std::fs::write(&evil, b"a different initrd").unwrap();
+    let evil_blob = g.launch_blob("evil.json", &["--initrd", evil.to_str().unwrap()]);
+    let evil_config = g.config(Path::new("/dev/null"), &evil_blob, "sghookevil");
+    let (code, err) = hook(&evil_config, &boot, &disabled, "6.12.0-9-amd64");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("WARNING: submitting kernel 6.12.0-9-amd64 failed"),
+        "{err}"
+    );
+    assert!(err.contains("attestation-rejected"), "{err}");
+    assert_eq!(launches(&g).len(), 2);
 }
