@@ -7,7 +7,7 @@ SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
 .PHONY: all build deps test lint unit check-units check-install install demo bench clean \
-	agent agent-sim check-agent
+	agent agent-sim check-agent check-shell
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -22,6 +22,8 @@ TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 DBUSDIR = $(PREFIX)/share/dbus-1
 POLKITDIR = $(PREFIX)/share/polkit-1/actions
 AGENTDIR = $(PREFIX)/lib/snpguard
+# Hooks for the guest image (`convert` copies them into the guest).
+KERNELHOOKDIR = $(PREFIX)/share/snpguard/kernel/postinst.d
 
 # The static guest agent (x86_64 musl, `agent` profile: size-optimised,
 # stripped). AGENT_BIN is what `make install` and the initrd modules use;
@@ -75,12 +77,16 @@ check-agent: agent
 check-units:
 	./scripts/check-units.sh
 
+# ShellCheck on scripts/, tests/ and the guest's kernel hooks.
+check-shell:
+	./scripts/check-shell.sh
+
 # `make install` into a scratch DESTDIR lays out the expected tree.
 check-install:
 	./tests/install-tree.sh
 
 # Every test, after installing what the tests need (idempotent).
-test: deps lint check-units check-install check-agent unit
+test: deps lint check-shell check-units check-install check-agent unit
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)
@@ -100,6 +106,7 @@ install:
 	install -m 0644 $(DBUS_INTERFACES) '$(DESTDIR)$(DBUSDIR)/interfaces/'
 	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.policy,$(POLKITDIR)/org.snpguard.SnpGuard1.policy)
 	$(call install-file,0755,$(AGENT_BIN),$(AGENTDIR)/snpguard-agent)
+	$(call install-file,0755,agent/kernel-hooks/zz-snpguard-renew,$(KERNELHOOKDIR)/zz-snpguard-renew)
 
 # The main job on embedded defaults (grows with the project).
 demo: deps build

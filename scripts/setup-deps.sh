@@ -45,6 +45,8 @@ declare -A APT=(
     # the agent's LUKS2 tests format volumes; readelf for check-agent.sh
     [cryptsetup-bin]=/usr/sbin/cryptsetup
     [binutils]=/usr/bin/readelf
+    # make check-shell
+    [shellcheck]=/usr/bin/shellcheck
 )
 # pip only when no Python pip is there at all (pyenv's counts).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || APT[python3-pip]=/usr/bin/pip3
