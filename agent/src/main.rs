@@ -200,9 +200,13 @@ mod tests {
 
     #[test]
     fn renew_arguments() {
-        let (config, kernel, initrd, cmdline) =
-            renew(&["--kernel", "/boot/vmlinuz-6.12", "--initrd", "/boot/initrd.img-6.12"])
-                .unwrap();
+        let (config, kernel, initrd, cmdline) = renew(&[
+            "--kernel",
+            "/boot/vmlinuz-6.12",
+            "--initrd",
+            "/boot/initrd.img-6.12",
+        ])
+        .unwrap();
         assert_eq!(config, PathBuf::from("/etc/snpguard/agent.toml"));
         assert_eq!(kernel, PathBuf::from("/boot/vmlinuz-6.12"));
         assert_eq!(initrd, PathBuf::from("/boot/initrd.img-6.12"));

@@ -265,6 +265,17 @@ async fn bad_artifacts_are_refused_before_anything_is_sent() {
 /// IMAGE`), with the built agent and `boot` as /boot; exit code and
 /// stderr.
 fn hook(config: &Path, boot: &Path, disabled: &Path, version: &str) -> (Option<i32>, String) {
+    hook_with(config, boot, disabled, version, "configure 6.12.0-9-amd64")
+}
+
+/// [`hook`] with the maintainer script's parameters `params`.
+fn hook_with(
+    config: &Path,
+    boot: &Path,
+    disabled: &Path,
+    version: &str,
+    params: &str,
+) -> (Option<i32>, String) {
     let out = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/kernel-hooks/zz-snpguard-renew"
@@ -275,6 +286,7 @@ fn hook(config: &Path, boot: &Path, disabled: &Path, version: &str) -> (Option<i
     .env("SNPGUARD_AGENT_CONFIG", config)
     .env("SNPGUARD_RENEW_DISABLED", disabled)
     .env("SNPGUARD_BOOT", boot)
+    .env("DEB_MAINT_PARAMS", params)
     .stdin(Stdio::null())
     .output()
     .expect("run the hook");
@@ -307,15 +319,29 @@ async fn the_kernel_hook_submits_and_never_fails_the_installation() {
     std::fs::remove_file(&disabled).unwrap();
 
     // Not an SnpGuard guest (no configuration): silently nothing.
-    let (code, err) = hook(&g.dir.path().join("absent.toml"), &boot, &disabled, "6.12.0-9-amd64");
+    let (code, err) = hook(
+        &g.dir.path().join("absent.toml"),
+        &boot,
+        &disabled,
+        "6.12.0-9-amd64",
+    );
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("absent"), "{err}");
+    assert_eq!(launches(&g).len(), 1);
+
+    // Another maintainer-script action than configure: nothing.
+    let (code, err) = hook_with(&config, &boot, &disabled, "6.12.0-9-amd64", "abort-remove");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
     assert_eq!(launches(&g).len(), 1);
 
     // No initrd for that version: a warning, exit 0.
     let (code, err) = hook(&config, &boot, &disabled, "6.12.0-10-amd64");
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("WARNING") && err.contains("is missing"), "{err}");
+    assert!(
+        err.contains("WARNING") && err.contains("is missing"),
+        "{err}"
+    );
 
     // The real submission: a pending launch with the running cmdline.
     let (code, err) = hook(&config, &boot, &disabled, "6.12.0-9-amd64");
