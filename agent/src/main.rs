@@ -48,24 +48,22 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Submit a new kernel, initrd and command line for approval (in the
-    /// booted guest, after a kernel update).
+    /// Submit a new kernel for approval (booted guest, after an update).
     Renew {
-        /// Agent configuration file.
-        #[arg(long, default_value = config::DEFAULT_PATH)]
+        /// Configuration.
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
-        /// The new kernel, e.g. /boot/vmlinuz-<version>.
-        #[arg(long)]
+        /// The new kernel (/boot/vmlinuz-VERSION).
+        #[arg(long, value_name = "FILE")]
         kernel: PathBuf,
-        /// The new initrd, e.g. /boot/initrd.img-<version>.
-        #[arg(long)]
+        /// The new initrd (/boot/initrd.img-VERSION).
+        #[arg(long, value_name = "FILE")]
         initrd: PathBuf,
-        /// The new command line, exactly (default: the running one).
-        #[arg(long, conflicts_with = "cmdline_file")]
+        /// New command line, exact [default: the running one].
+        #[arg(long, value_name = "STR", conflicts_with = "cmdline_file")]
         cmdline: Option<String>,
-        /// A file holding the new command line (one trailing newline is
-        /// dropped).
-        #[arg(long)]
+        /// File with the command line (final newline dropped).
+        #[arg(long, value_name = "FILE")]
         cmdline_file: Option<PathBuf>,
     },
 }
@@ -176,6 +174,18 @@ mod tests {
         let c = Cli::try_parse_from(["snpguard-agent", "check-config", "--config", "/x"]).unwrap();
         assert!(matches!(c.command, Command::CheckConfig { config } if config == Path::new("/x")));
         assert!(Cli::try_parse_from(["snpguard-agent", "shell"]).is_err());
+    }
+
+    #[test]
+    fn renew_help_fits_80_columns() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("renew")
+            .expect("renew")
+            .render_help()
+            .to_string();
+        assert!(help.contains("--cmdline-file"), "{help}");
+        assert!(help.lines().all(|l| l.len() <= 80), "{help}");
     }
 
     fn renew(args: &[&str]) -> Result<(PathBuf, PathBuf, PathBuf, renew::CmdlineArg), String> {
