@@ -36,7 +36,7 @@ use time::OffsetDateTime;
 use super::audit::{AuditEntry, AuditLog};
 use super::certs::{self as held, CertImportError, HeldSource};
 use super::kds::KdsClient;
-use super::nonce::{self, NonceError, Nonces, NONCE_LIFETIME_SECS};
+use super::nonce::{self, NonceError, Nonces};
 use super::{AttestError, AttestHandler};
 use crate::config::Config;
 use crate::registry::{Registry, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SMT};
@@ -248,7 +248,8 @@ impl Attestor {
         }
         let audit = AuditLog::open(registry.store())?;
         Ok(Attestor {
-            nonces: Nonces::new(registry.keys().nonce_hmac()),
+            nonces: Nonces::new(registry.keys().nonce_hmac())
+                .with_lifetime(config.attest.nonce_lifetime_secs),
             registry,
             verifier: Verifier::new(anchors),
             audit,
@@ -611,7 +612,7 @@ impl AttestHandler for Attestor {
         self.collect_nonces(now);
         Ok(ChallengeResponse {
             nonce: encode_nonce(&nonce),
-            expires_in: NONCE_LIFETIME_SECS,
+            expires_in: self.nonces.lifetime(),
         })
     }
 

@@ -139,6 +139,7 @@ fn config(state: &Path, roots: Vec<TestRoot>, kds: bool) -> Config {
         tls_key: None,
         test_roots: roots,
         kds: Kds { enabled: kds },
+        attest: Default::default(),
         rate_limit: Default::default(),
     }
 }
