@@ -34,7 +34,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::audit::{AuditEntry, AuditLog};
-use super::certs::{self as held, CertImportError, HeldSource};
+use super::certs::{self as held, CertImportError, CertSummary, CertificateService, HeldSource};
 use super::kds::KdsClient;
 use super::nonce::{self, NonceError, Nonces};
 use super::{AttestError, AttestHandler};
@@ -281,15 +281,37 @@ impl Attestor {
     }
 
     /// Imports certificates for verification without KDS (VCEKs, VLEKs,
-    /// ASKs, ASVKs; DER or PEM, several PEM blocks per file allowed).
-    /// All or nothing; returns how many were stored.
+    /// ASKs, ASVKs, ARKs; DER, PEM with several blocks, or a certificate
+    /// table), each checked against the trust anchors now. All or
+    /// nothing; returns what was imported. See [`held::import`].
     pub fn import_certificates(
         &self,
-        der_or_pem_files: &[Vec<u8>],
-    ) -> Result<usize, CertImportError> {
-        let n = held::import(self.store(), der_or_pem_files)?;
-        tracing::info!(COUNT = n, "imported certificates for attestation");
-        Ok(n)
+        files: &[(String, Vec<u8>)],
+    ) -> Result<Vec<CertSummary>, CertImportError> {
+        let imported = held::import(
+            self.store(),
+            self.verifier.anchors(),
+            files,
+            self.clock.now(),
+        )
+        .inspect_err(|e| tracing::warn!("certificate import refused: {e}"))?;
+        for c in &imported {
+            tracing::info!(
+                ROLE = %c.role,
+                PRODUCT = %c.product,
+                CHIP_ID = c.chip_id.as_deref().unwrap_or("-"),
+                TCB = c.tcb.as_deref().unwrap_or("-"),
+                FILE = c.file.as_deref().unwrap_or("-"),
+                SOURCE = c.source,
+                "imported a certificate for attestation"
+            );
+        }
+        Ok(imported)
+    }
+
+    /// Every certificate the daemon holds (imports and the KDS cache).
+    pub fn held_certificates(&self) -> Result<Vec<CertSummary>, StoreError> {
+        held::list(self.store())
     }
 
     /// The last `n` audit entries, oldest first.
@@ -600,6 +622,19 @@ impl Attestor {
             record: rec.id,
             sealed_key: attest::b64(&sealed.to_bytes()),
         })
+    }
+}
+
+impl CertificateService for Attestor {
+    fn import_certificates(
+        &self,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<Vec<CertSummary>, CertImportError> {
+        Attestor::import_certificates(self, files)
+    }
+
+    fn list_certificates(&self) -> Result<Vec<CertSummary>, StoreError> {
+        self.held_certificates()
     }
 }
 
