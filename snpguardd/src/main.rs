@@ -16,6 +16,7 @@ use snpguardd::config::{self, Bus, Config};
 use snpguardd::keys::{TlsConfig, TlsMaterial};
 use snpguardd::registry::{Registry, RegistryOptions};
 use snpguardd::secrets::MasterKey;
+use snpguardd::store::Store;
 use snpguardd::{dbus, https, logging, notify, sandbox};
 
 fn main() -> ExitCode {
@@ -112,9 +113,14 @@ async fn serve(
         let _ = updates_tx.try_send(info);
     })));
     // The attestor also holds the certificates operators import over D-Bus.
-    let conn = dbus::serve(builder, registry, attestor.clone(), cfg.import_dir.clone())
-        .await
-        .with_context(|| format!("serving the management API on the {} bus", cfg.bus))?;
+    let conn = dbus::serve(
+        builder,
+        registry.clone(),
+        attestor.clone(),
+        cfg.import_dir.clone(),
+    )
+    .await
+    .with_context(|| format!("serving the management API on the {} bus", cfg.bus))?;
     let bus_conn = conn.clone();
     tokio::spawn(async move {
         while let Some(info) = updates_rx.recv().await {
@@ -157,5 +163,10 @@ async fn serve(
         Err(e) => tracing::warn!("HTTPS server task failed: {e}"),
     }
     drop(conn);
+    // Counters and audit entries are written deferred; make them durable.
+    registry
+        .store()
+        .flush()
+        .context("flushing the database at shutdown")?;
     Ok(())
 }

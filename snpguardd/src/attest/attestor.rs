@@ -14,6 +14,14 @@
 //!    sealed to the ephemeral key and bound to the report; counters and
 //!    the audit trail written before the answer leaves.
 //!
+//! Durability: the nonce's used mark is flushed to disk in step 4, before
+//! anything is verified or released (concurrent attestations share one
+//! flush: group commit). Counters and audit entries are written deferred
+//! — visible at once, durable with the next flush (any nonce's, or the
+//! store's periodic one within `DEFERRED_FLUSH_MS`, or at shutdown). A
+//! crash can lose the last moments of counters and audit; it can never
+//! lose a nonce's used state, so no nonce can be replayed.
+//!
 //! The client sees `attestation-rejected` (403) for every trust decision;
 //! the precise reasons go to the journal and the audit trail.
 
