@@ -1089,8 +1089,10 @@ async fn tcb_vmpl_binding_chips_and_roots_are_refused_end_to_end() {
     let req = tampered(&conn, &chip2, &launch, Some(&chip2), |_| {}).await;
     expect_refused(&s, &conn, &req, rejected, "hwid-mismatch").await;
 
-    // A platform whose root is not trusted, complete with its chain.
+    // A platform whose root is not trusted, complete with its chain
+    // (generating it takes a while: reconnect after).
     let rogue = sim_platform();
+    let conn = target.connect().await.expect("connect");
     let req = tampered(&conn, &rogue, &launch, Some(&rogue), |_| {}).await;
     let log = expect_refused(&s, &conn, &req, rejected, "signature-invalid").await;
     assert!(log.contains("ASK's signature does not verify"), "{log}");
@@ -1225,7 +1227,9 @@ async fn certs_import_lets_an_air_gapped_daemon_attest() {
     assert_eq!(v["tcb"], "3.0.20.209");
     assert_eq!(v["file"], vcek.to_str().expect("utf-8"));
 
-    // Now the same request shape is accepted, from the imported VCEK.
+    // Now the same request shape is accepted, from the imported VCEK (on
+    // a new connection: the first one may have idled out meanwhile).
+    let conn = target.connect().await.expect("connect");
     let (ch, nonce) = challenge(&conn).await;
     let (secret, public) = seal::generate_keypair();
     let report = sim_report(&sim, &launch, &report_data(&nonce, &public));
