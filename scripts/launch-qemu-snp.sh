@@ -74,8 +74,9 @@ MAX_TOTAL=$((4 << 30))
 MAX_CONFIG=$((64 << 10))
 ID_BLOCK_SIZE=96
 ID_AUTH_SIZE=4096
-# One argv string, NUL included (Linux MAX_ARG_STRLEN).
-MAX_CMDLINE=131071
+# The longest cmdline a launch digest is computed for
+# (snpguard::measure::MAX_CMDLINE_LEN).
+MAX_CMDLINE=4096
 # vCPU models a record may name (snpguard/src/measure/vcpu.rs).
 VCPU_TYPES=(EPYC EPYC-v1 EPYC-v2 EPYC-IBPB EPYC-v3 EPYC-v4 EPYC-Rome EPYC-Rome-v1
     EPYC-Rome-v2 EPYC-Rome-v3 EPYC-Milan EPYC-Milan-v1 EPYC-Milan-v2 EPYC-Genoa
@@ -307,8 +308,10 @@ extract_partition() {
     local out fs dev type found="" slot m kind size
     command -v guestfish >/dev/null 2>&1 \
         || die "--from-partition needs guestfish (apt-get install libguestfs-tools)"
-    out=$(guestfish --listen --ro --format="$hda_format" -a "$hda" 2>&1) \
-        || die "guestfish could not open $hda: $out"
+    # The forked server keeps stderr open: only stdout is captured.
+    out=$(guestfish --listen --ro --format="$hda_format" -a "$hda" 2>"$workdir/.guestfish-errors") \
+        || die "guestfish could not open $hda: $(tail -n 1 -- "$workdir/.guestfish-errors")"
+    rm -f -- "$workdir/.guestfish-errors"
     [[ $out =~ ^GUESTFISH_PID=([0-9]+)\;\ export\ GUESTFISH_PID$ ]] \
         || die "unexpected answer from guestfish --listen: $out"
     gf_pid=${BASH_REMATCH[1]}
@@ -390,7 +393,7 @@ bad_field=$(jq -r --argjson types "$(printf '%s\n' "${VCPU_TYPES[@]}" | jq -R . 
         (if .version == 1 then empty else "version" end),
         (if .name | token then empty else "name" end),
         (if (.vcpus | type == "number") and .vcpus == (.vcpus | floor)
-            and .vcpus >= 1 and .vcpus <= 1024 then empty else "vcpus" end),
+            and .vcpus >= 1 and .vcpus <= 4096 then empty else "vcpus" end),
         (if (.vcpu_type | type == "string") and (.vcpu_type as $t | $types | index([$t])) != null
             then empty else "vcpu_type" end),
         (if .guest_policy | hex64 then empty else "guest_policy" end),
@@ -407,14 +410,13 @@ IFS=$'\t' read -r name vcpus vcpu_type policy features measurement < <(jq -r \
     '[.name, .vcpus, .vcpu_type, .guest_policy, .guest_features, .measurement] | @tsv' "$config")
 
 # The command line, byte for byte. QEMU takes it from argv and hashes
-# strlen() + 1 bytes, so a NUL would cut it short; argv itself caps one
-# string at MAX_ARG_STRLEN.
+# strlen() + 1 bytes, so a NUL would cut it short.
 cmdline_file=$workdir/cmdline
 cmdline_size=$(stat -c %s -- "$cmdline_file")
 [ "$(tr -d '\000' <"$cmdline_file" | wc -c)" = "$cmdline_size" ] \
     || die "the cmdline contains a NUL byte, which QEMU's -append cannot carry; re-register with a clean command line"
 [ "$cmdline_size" -le "$MAX_CMDLINE" ] \
-    || die "the cmdline is $cmdline_size bytes; a single QEMU argument holds at most $MAX_CMDLINE"
+    || die "the cmdline is $cmdline_size bytes; no launch with more than $MAX_CMDLINE was measured"
 cmdline=
 IFS= read -r -d '' cmdline <"$cmdline_file" || true
 [ "${#cmdline}" = "$cmdline_size" ] || die "could not read the cmdline faithfully"
