@@ -44,7 +44,7 @@ its launch bundle, exactly as registered with snpguardd.
   --qemu BIN           QEMU binary (default qemu-system-x86_64)
   --workdir DIR        extract the bundle into DIR (created, must be empty)
                        and keep it; default: a private temporary directory,
-                       removed on exit (kept with --dry-run)
+                       removed on exit (kept after a successful --dry-run)
   --dry-run            check the bundle, print the QEMU command, start
                        nothing; needs neither root nor SEV-SNP hardware
   -h, --help           this help
@@ -217,6 +217,8 @@ fi
 
 # --- a private directory for the bundle --------------------------------------
 
+# Only a directory this script created is ever removed, never --workdir.
+temp_dir=
 keep_workdir=false
 gf_pid=
 # shellcheck disable=SC2317 # called by the EXIT trap
@@ -224,8 +226,8 @@ cleanup() {
     if [ -n "$gf_pid" ]; then
         GUESTFISH_PID=$gf_pid guestfish --remote -- exit >/dev/null 2>&1 || true
     fi
-    if ! $keep_workdir && [ -n "$workdir" ]; then
-        rm -rf -- "$workdir"
+    if ! $keep_workdir && [ -n "$temp_dir" ]; then
+        rm -rf -- "$temp_dir"
     fi
 }
 trap cleanup EXIT
@@ -233,7 +235,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 if [ -n "$workdir" ]; then
-    keep_workdir=true
     if [ -e "$workdir" ]; then
         if [ ! -d "$workdir" ] || [ -L "$workdir" ]; then
             die "--workdir $workdir is not a directory"
@@ -244,9 +245,9 @@ if [ -n "$workdir" ]; then
     fi
     workdir=$(cd -- "$workdir" && pwd -P)
 else
-    workdir=$(mktemp -d "${TMPDIR:-/tmp}/snpguard-launch.XXXXXXXX") \
+    temp_dir=$(mktemp -d "${TMPDIR:-/tmp}/snpguard-launch.XXXXXXXX") \
         || die "cannot create a temporary directory"
-    $dry_run && keep_workdir=true
+    workdir=$temp_dir
 fi
 chmod 0700 -- "$workdir"
 
@@ -464,6 +465,7 @@ if $dry_run; then
         shell_quote "$a"
     done
     printf '\n'
+    keep_workdir=true
     note "dry run: bundle kept in $workdir for the command above; remove it when done"
     exit 0
 fi

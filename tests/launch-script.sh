@@ -23,6 +23,8 @@ trap 'rm -rf -- "$tmp"' EXIT
 export LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
 # The test machines have no usable KVM; TCG works everywhere.
 export LIBGUESTFS_BACKEND_SETTINGS=${LIBGUESTFS_BACKEND_SETTINGS:-force_tcg}
+# One appliance cache for every run, whatever TMPDIR a run is given.
+export LIBGUESTFS_CACHEDIR=${LIBGUESTFS_CACHEDIR:-${TMPDIR:-/var/tmp}}
 
 passed=0
 failed=0
@@ -264,13 +266,18 @@ check "the extracted bundle is removed after QEMU exits" [ ! -e "$run_kernel" ]
 refused() { # refused LABEL EXPECTED-MESSAGE ARGS... (env via `env`)
     local label=$1 want=$2 rc=0
     shift 2
-    "$@" >"$tmp/ref.out" 2>"$tmp/ref.err" || rc=$?
+    TMPDIR=$scratch "$@" >"$tmp/ref.out" 2>"$tmp/ref.err" || rc=$?
     if [ "$rc" = 1 ] && grep -qF -- "$want" "$tmp/ref.err" && [ ! -s "$tmp/ref.out" ]; then
         ok "refused: $label"
     else
         fail "refused: $label (exit $rc, stderr: $(tr '\n' ' ' <"$tmp/ref.err"))"
     fi
 }
+# Where refused runs would leave their private directories (guestfish
+# keeps its own files there too).
+scratch=$tmp/scratch
+mkdir "$scratch"
+leftovers() { find "$scratch" -mindepth 1 -maxdepth 1 -name 'snpguard-launch.*'; }
 dry() { "$script" --hda "$hda" --dry-run --cbitpos 51 --reduced-phys-bits 1 "$@"; }
 
 make_bundle "$src" "$tmp/missing.tar.gz" launch-config.json firmware.fd kernel initrd cmdline id-block.bin
@@ -350,6 +357,8 @@ refused "no /dev/sev" "/dev/sev is missing" env SNPGUARD_HOST_ROOT="$tmp/host-no
 refused "CPUID without SEV-SNP" "CPUID 0x8000001F reports no SEV-SNP" env SNPGUARD_HOST_ROOT="$tmp/host-cpuid" "$script" --hda "$hda" --artifacts "$bundle" --qemu "$fakebin/fake-qemu"
 check "QEMU never ran for a refused host" [ ! -e "$tmp/fake-qemu.argv" ]
 
+check "refused runs leave no extracted files behind" [ -z "$(leftovers)" ]
+
 rc=0
 "$script" --hda "$hda" --artifacts "$bundle" --from-partition --dry-run >/dev/null 2>&1 || rc=$?
 check "--artifacts with --from-partition is a usage error (exit 2)" [ "$rc" = 2 ]
@@ -401,6 +410,8 @@ refused "--from-partition: a symlink in the active slot" "active slot /B has no 
     "$script" --hda "$part" --from-partition --dry-run --cbitpos 51 --reduced-phys-bits 1
 refused "--from-partition: no LAUNCH_ARTIFACTS partition" "has no LAUNCH_ARTIFACTS partition" \
     "$script" --hda "$hda" --from-partition --dry-run --cbitpos 51 --reduced-phys-bits 1
+
+check "the partition refusals leave no extracted files behind" [ -z "$(leftovers)" ]
 
 printf '%s passed, %s failed\n' "$passed" "$failed"
 [ "$failed" = 0 ]
