@@ -7,7 +7,7 @@ SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
 .PHONY: all build deps test lint unit check-units check-install install demo bench clean \
-	agent agent-sim check-agent check-shell
+	agent agent-sim check-agent check-shell check-launch
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -85,8 +85,13 @@ check-shell:
 check-install:
 	./tests/install-tree.sh
 
+# scripts/launch-qemu-snp.sh: --dry-run against a real bundle, a faked
+# SNP host with a fake QEMU, --from-partition (guestfish), refusals.
+check-launch:
+	./tests/launch-script.sh
+
 # Every test, after installing what the tests need (idempotent).
-test: deps lint check-shell check-units check-install check-agent unit
+test: deps lint check-shell check-units check-install check-agent unit check-launch
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)

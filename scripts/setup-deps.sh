@@ -48,6 +48,11 @@ declare -A APT=(
     # make check-shell
     [shellcheck]=/usr/bin/shellcheck
 )
+# scripts/launch-qemu-snp.sh (jq; guestfish for --from-partition) and its
+# test (shellcheck).
+APT[jq]=/usr/bin/jq
+APT[libguestfs-tools]=/usr/bin/guestfish
+APT[shellcheck]=/usr/bin/shellcheck
 # pip only when no Python pip is there at all (pyenv's counts).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || APT[python3-pip]=/usr/bin/pip3
 
