@@ -4,7 +4,10 @@
 //! errors print one `error: ...` line and exit with status 2.
 
 mod bus;
+mod convert;
+mod embed;
 mod idblock;
+mod image;
 mod measure;
 mod output;
 mod records;
@@ -44,6 +47,11 @@ enum Command {
     /// List, show, enable, disable, delete or export the daemon's records
     #[command(subcommand)]
     Records(records::RecordsCommand),
+    /// Turn a cloud image into one with a LUKS2 root and the agent in its
+    /// initrd, and stage what register needs
+    Convert(convert::Args),
+    /// Write a launch bundle into the image's LAUNCH_ARTIFACTS partition
+    Embed(embed::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -57,6 +65,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::IdBlock(args) => idblock::run(args).map(|()| ExitCode::SUCCESS),
         Command::Register(args) => register::run(&target, args).map(|()| ExitCode::SUCCESS),
         Command::Records(cmd) => records::run(&target, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Convert(args) => convert::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Embed(args) => embed::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
