@@ -6,7 +6,7 @@ BUILD_DIR ?= build
 SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
-.PHONY: all build deps test lint unit check-units check-install install demo bench clean
+.PHONY: all build deps test test-convert lint unit check-units check-install install demo bench clean
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -53,7 +53,17 @@ check-install:
 	./tests/install-tree.sh
 
 # Every test, after installing what the tests need (idempotent).
-test: deps lint check-units check-install unit
+test: deps lint check-units check-install unit test-convert
+
+# convert and embed through libguestfs under TCG (slow: about 25 minutes
+# on 2 cores). The guest root filesystem and the test images are cached
+# under $(BUILD_DIR); SNPGUARD_TEST_ROOTFS=DIR-or-TAR skips the build.
+SNPGUARD_TEST_ROOTFS ?= $(BUILD_DIR)/guest/initramfs-tools/rootfs.tar
+test-convert:
+	@test -e '$(SNPGUARD_TEST_ROOTFS)' || ./tests/guest/build-rootfs.sh \
+		--flavour initramfs-tools --out $(BUILD_DIR)/guest/initramfs-tools
+	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' LIBGUESTFS_BACKEND=direct \
+		$(CARGO) test -p snpguardctl --locked --test convert --test embed -- --ignored
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)

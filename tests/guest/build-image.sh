@@ -2,18 +2,19 @@
 # Builds a small Debian-like qcow2 from a root filesystem directory, for the
 # convert/embed tests. Generated, never downloaded.
 #
-#   tests/guest/build-image.sh LAYOUT [ROOTFS_DIR]
+#   tests/guest/build-image.sh LAYOUT [ROOTFS]
 #
 # LAYOUT is one of
 #   simple  GPT: BIOS boot partition + root (ext4)
 #   boot    GPT: BIOS boot + /boot (ext4) + root (ext4)
 #   esp     GPT: ESP (vfat, mounted at /boot/efi) + root (ext4)
-# ROOTFS_DIR defaults to $SNPGUARD_TEST_ROOTFS, else build/guest/rootfs (the
-# output of tests/guest/build-rootfs.sh: a debootstrapped Debian 13 with a
-# kernel and initramfs-tools or dracut).
+# ROOTFS is a root filesystem directory or tar (the rootfs.tar of
+# tests/guest/build-rootfs.sh: a debootstrapped Debian 13 with a kernel and
+# initramfs-tools or dracut, numeric owners and xattrs); default
+# $SNPGUARD_TEST_ROOTFS.
 #
-# The image is cached as build/guest/image-LAYOUT.qcow2 and rebuilt only when
-# it is older than this script or the root filesystem's /boot. Prints the
+# The image is cached as build/guest/image-LAYOUT-<hash of ROOTFS's path>.qcow2
+# and rebuilt only when it is older than this script or ROOTFS. Prints the
 # image's path on stdout. Needs root (to read every file of the rootfs and
 # keep owners), mke2fs with -d, sgdisk, mkfs.vfat and mcopy, qemu-img.
 #
@@ -23,18 +24,27 @@
 # a symlink, so a copy that loses any of these is caught.
 set -eu
 
-LAYOUT=${1:?usage: build-image.sh simple|boot|esp [ROOTFS_DIR]}
-ROOTFS=${2:-${SNPGUARD_TEST_ROOTFS:-build/guest/rootfs}}
+LAYOUT=${1:?usage: build-image.sh simple|boot|esp [ROOTFS]}
+ROOTFS=${2:-${SNPGUARD_TEST_ROOTFS:?set SNPGUARD_TEST_ROOTFS to a rootfs dir or tar (tests/guest/build-rootfs.sh)}}
 case $LAYOUT in simple|boot|esp) ;; *) echo "build-image.sh: unknown layout $LAYOUT" >&2; exit 2 ;; esac
-[ -d "$ROOTFS/boot" ] && [ -d "$ROOTFS/etc" ] || {
-	echo "build-image.sh: $ROOTFS is not a root filesystem; run tests/guest/build-rootfs.sh" >&2
+if [ -d "$ROOTFS" ]; then
+	[ -d "$ROOTFS/boot" ] && [ -d "$ROOTFS/etc" ] || {
+		echo "build-image.sh: $ROOTFS is not a root filesystem" >&2
+		exit 1
+	}
+	STAMP=$ROOTFS/boot
+elif [ -f "$ROOTFS" ]; then
+	STAMP=$ROOTFS
+else
+	echo "build-image.sh: $ROOTFS is missing; run tests/guest/build-rootfs.sh" >&2
 	exit 1
-}
+fi
 OUTDIR=${SNPGUARD_TEST_IMAGES:-build/guest}
-OUT=$OUTDIR/image-$LAYOUT.qcow2
+KEY=$(realpath "$ROOTFS" | sha256sum | cut -c1-8)
+OUT=$OUTDIR/image-$LAYOUT-$KEY.qcow2
 mkdir -p "$OUTDIR"
 
-if [ -f "$OUT" ] && [ "$OUT" -nt "$0" ] && [ "$OUT" -nt "$ROOTFS/boot" ]; then
+if [ -f "$OUT" ] && [ "$OUT" -nt "$0" ] && [ "$OUT" -nt "$STAMP" ]; then
 	echo "$OUT"
 	exit 0
 fi
@@ -42,7 +52,7 @@ fi
 WORK=$(mktemp -d "$OUTDIR/.image-$LAYOUT.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT INT TERM
 
-ROOT_MIB=1280
+ROOT_MIB=1536
 BOOT_MIB=256
 ESP_MIB=64
 ROOT_UUID=$(cat /proc/sys/kernel/random/uuid)
@@ -52,7 +62,12 @@ ESP_UUID="$(echo "$ESP_ID" | cut -c1-4)-$(echo "$ESP_ID" | cut -c5-8)"
 
 # The root tree: a copy of the rootfs plus the test files.
 TREE=$WORK/tree
-cp -a "$ROOTFS" "$TREE"
+if [ -d "$ROOTFS" ]; then
+	cp -a "$ROOTFS" "$TREE"
+else
+	mkdir "$TREE"
+	tar --numeric-owner --xattrs --xattrs-include='*' --acls -xpf "$ROOTFS" -C "$TREE"
+fi
 T=$TREE/srv/snpguard-test
 mkdir -p "$T/acl-dir" "$T/sticky"
 chmod 1777 "$T/sticky"
