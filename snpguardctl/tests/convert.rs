@@ -18,25 +18,31 @@ use std::time::{Duration, Instant};
 use guestfs_util::{ctl, diff, image, manifest, repo, sha256, Appliance};
 use snpguard::seal;
 
-/// Everything a conversion test needs, in a directory removed at the end
-/// of the test process (tempfile).
+/// Everything a conversion test needs, in build/convert-test/NAME: emptied
+/// when created and removed when dropped (the shared conversion lives in
+/// a static, so its directory stays until the next run empties it).
 struct Fixture {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
     secret: seal::SecretKey,
 }
 
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::Builder::new()
-            .prefix("snpguard-convert-test")
-            .tempdir_in(repo().join("build"))
-            .unwrap();
+    fn new(name: &str) -> Fixture {
+        let dir = repo().join("build/convert-test").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let (secret, public) = seal::generate_keypair();
-        std::fs::write(dir.path().join("ingestion.pub"), public.to_bytes()).unwrap();
+        std::fs::write(dir.join("ingestion.pub"), public.to_bytes()).unwrap();
         // Any bytes: convert copies the firmware, register measures it.
-        std::fs::write(dir.path().join("OVMF.fd"), vec![0x5au8; 8192]).unwrap();
+        std::fs::write(dir.join("OVMF.fd"), vec![0x5au8; 8192]).unwrap();
         std::fs::write(
-            dir.path().join("ca.pem"),
+            dir.join("ca.pem"),
             "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
@@ -44,7 +50,7 @@ impl Fixture {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir.join(name)
     }
 
     /// The convert arguments for `input` → `out`/`staging`.
@@ -82,7 +88,7 @@ impl Fixture {
 
     /// Nothing but the fixture's own files is left in its directory.
     fn assert_no_outputs(&self) {
-        let mut left: Vec<String> = std::fs::read_dir(self.dir.path())
+        let mut left: Vec<String> = std::fs::read_dir(&self.dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| !["ingestion.pub", "OVMF.fd", "ca.pem"].contains(&n.as_str()))
@@ -103,7 +109,7 @@ struct Converted {
 }
 
 fn convert(layout: &str, extra: &[&str]) -> Converted {
-    let fx = Fixture::new();
+    let fx = Fixture::new(layout);
     let input = image(layout);
     let input_hash = sha256(&input);
     let mut args = fx.args(&input, "out.qcow2", "staging");
@@ -269,8 +275,9 @@ fn check(c: &Converted) {
     mo.retain(|k, _| !k.starts_with("./usr/share/initramfs-tools/scripts/local-top/snpguard"));
     mo.retain(|k, _| !k.starts_with("./usr/lib/dracut/modules.d/90snpguard"));
     let mut differences = diff(&mi, &mo);
-    // Directories that received the new files, the regenerated initrd
-    // and initramfs-tools' own state change by design.
+    // Directories that received the new files, the regenerated initrd,
+    // initramfs-tools' own state and the temporary directory it works in
+    // change by design.
     differences.retain(|d| {
         let path = d.split([':', '\n']).next().unwrap_or("");
         ![
@@ -419,7 +426,7 @@ fn overlay(fx: &Fixture, name: &str, script: &str) -> PathBuf {
 #[test]
 #[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
 fn kernels_without_sev_snp_are_refused_with_the_reason() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("refusal");
     // A second kernel whose config lacks CONFIG_SEV_GUEST, and a copy of
     // the real one that is the only kernel in the second image.
     let two = overlay(
@@ -465,7 +472,7 @@ fn kernels_without_sev_snp_are_refused_with_the_reason() {
 #[test]
 #[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
 fn interrupt_leaves_no_output() {
-    let fx = Fixture::new();
+    let fx = Fixture::new("interrupt");
     let input = image("simple");
     let args = fx.args(&input, "out.qcow2", "staging");
     let mut child = Command::new(env!("CARGO_BIN_EXE_snpguardctl"))

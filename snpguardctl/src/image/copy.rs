@@ -50,7 +50,7 @@ pub fn rewrite_sfdisk_dump(dump: &str, root: i32, grow: u64) -> Result<String> {
                 .and_then(|n| n.parse::<i32>().ok())
                 .with_context(|| format!("sfdisk dump: unexpected device {dev}"))?;
             let mut fields: Vec<(String, String)> = Vec::new();
-            for f in rest.split(',') {
+            for f in split_fields(rest)? {
                 let f = f.trim();
                 match f.split_once('=') {
                     Some((k, v)) => fields.push((k.trim().into(), v.trim().into())),
@@ -113,13 +113,43 @@ pub fn rewrite_sfdisk_dump(dump: &str, root: i32, grow: u64) -> Result<String> {
     Ok(out)
 }
 
+/// Splits the fields of a partition line at commas outside double quotes
+/// (partition names are quoted and may hold commas).
+fn split_fields(rest: &str) -> Result<Vec<&str>> {
+    let mut out = Vec::new();
+    let (mut quoted, mut start) = (false, 0);
+    for (i, c) in rest.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&rest[start..i]);
+                start = i + 1;
+            }
+            '\n' | '\r' => bail!("sfdisk dump: a line break inside a partition line"),
+            _ => {}
+        }
+    }
+    if quoted {
+        bail!("sfdisk dump: unterminated quote in a partition line");
+    }
+    out.push(&rest[start..]);
+    Ok(out)
+}
+
+/// Where the new partition table is written in the appliance's own tree
+/// (nothing is mounted at /sysroot yet); a file, not a here-document, so
+/// names from the input image never reach a shell.
+const SFDISK_SCRIPT: &str = "/sysroot/.snpguard-sfdisk";
+
 /// Writes the output disk's partition table and boot code, and copies
 /// every partition but the root block for block.
 pub fn partitions(app: &Appliance, root: i32, grow: u64) -> Result<Vec<i32>> {
     let dump = app.sh(&format!("sfdisk --dump {IN_DISK}"))?;
     let new = rewrite_sfdisk_dump(&dump, root, grow)?;
+    app.write_appliance_file(SFDISK_SCRIPT, new.as_bytes())?;
     app.sh(&format!(
-        "sfdisk -q --no-reread --no-tell-kernel {OUT_DISK} <<'SNPGUARD_EOF'\n{new}SNPGUARD_EOF\n\
+        "sfdisk -q --no-reread --no-tell-kernel {OUT_DISK} < {SFDISK_SCRIPT}\n\
+         rm -f {SFDISK_SCRIPT}\n\
          blockdev --rereadpt {OUT_DISK}\n\
          udevadm settle\n\
          dd if={IN_DISK} of={OUT_DISK} bs=440 count=1 conv=notrunc status=none"
@@ -312,6 +342,16 @@ sector-size: 512
             "{out}"
         );
         assert!(!out.contains("/dev/sda"));
+    }
+
+    #[test]
+    fn quoted_names_keep_their_commas() {
+        let dump = GPT.replace("name=\"root\"", "name=\"root, start=0\"");
+        let out = rewrite_sfdisk_dump(&dump, 2, 16 << 20).unwrap();
+        assert!(out.contains("start=4096, size=2654208,"), "{out}");
+        assert!(out.contains("name=\"root, start=0\""), "{out}");
+        let open = GPT.replace("name=\"root\"", "name=\"root");
+        assert!(rewrite_sfdisk_dump(&open, 2, 16 << 20).is_err());
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub fn format_and_open(
     passphrase: &RecoveryPassphrase,
 ) -> Result<()> {
     app.sh(&format!(
-        "mountpoint -q /sysroot && {{ echo '/sysroot is in use'; exit 1; }}
+        "if grep -qs ' /sysroot ' /proc/mounts; then echo '/sysroot is in use'; exit 1; fi
 mkdir -p {KEY_DIR}
 mount -t tmpfs -o size=64k,mode=0700 snpguard-keys {KEY_DIR}
 test \"$(stat -f -c %T {KEY_DIR})\" = tmpfs"

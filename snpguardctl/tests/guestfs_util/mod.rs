@@ -160,7 +160,9 @@ pub fn manifest(app: &Appliance, dir: &str) -> BTreeMap<String, String> {
         let links = if f[1] == "d" {
             String::new()
         } else {
-            by_inode[f[8]].join(",")
+            let mut group = by_inode[f[8]].clone();
+            group.sort();
+            group.join(",")
         };
         let mut xa = xattr_of.get(f[0]).cloned().unwrap_or_default();
         xa.sort();
