@@ -8,6 +8,7 @@ mod convert;
 mod embed;
 mod idblock;
 mod image;
+mod interrupt;
 mod measure;
 mod output;
 mod records;
@@ -81,6 +82,10 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => code,
+        Err(_) if interrupt::interrupted() => {
+            eprintln!("interrupted; partial output removed");
+            ExitCode::from(interrupt::EXIT_INTERRUPTED)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -1,51 +1,15 @@
 //! Outputs that appear only when convert succeeds: the output image and
 //! the staging directory are written under temporary names next to their
 //! final ones and renamed at the end. A guard removes them on any error,
-//! and a Ctrl-C/SIGTERM handler removes them before the process exits.
+//! and the interrupt handler (crate::interrupt) removes them on Ctrl-C or
+//! SIGTERM.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
-type Registry = Arc<Mutex<Vec<PathBuf>>>;
-
-static REGISTRY: OnceLock<Registry> = OnceLock::new();
-
-fn remove(p: &Path) {
-    // Best effort: called while failing or being interrupted.
-    if p.is_dir() {
-        let _ = fs::remove_dir_all(p);
-    } else {
-        let _ = fs::remove_file(p);
-    }
-}
-
-/// The registry of partial outputs, with the interrupt handler installed
-/// on first use. On SIGINT/SIGTERM every registered path is removed and
-/// the process exits with status 130 (libguestfs's exit handler stops the
-/// appliance).
-fn registry() -> Result<Registry> {
-    if let Some(r) = REGISTRY.get() {
-        return Ok(r.clone());
-    }
-    let r: Registry = Arc::default();
-    let handler = r.clone();
-    ctrlc::set_handler(move || {
-        let paths = match handler.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        for p in &paths {
-            remove(p);
-        }
-        eprintln!("interrupted; partial output removed");
-        std::process::exit(130);
-    })
-    .context("installing the interrupt handler")?;
-    Ok(REGISTRY.get_or_init(|| r).clone())
-}
+use crate::interrupt::{registry, remove, Registry};
 
 /// One output written under a temporary name.
 pub struct Partial {
@@ -103,6 +67,9 @@ impl Partial {
 
     /// Renames the temporary output to its final name.
     pub fn commit(mut self) -> Result<()> {
+        if crate::interrupt::interrupted() {
+            bail!("interrupted");
+        }
         fs::rename(&self.tmp, &self.target).with_context(|| {
             format!(
                 "renaming {} to {}",

@@ -83,6 +83,7 @@ impl Appliance {
         g.launch()
             .map_err(gerr("launch"))
             .context("starting the libguestfs appliance (is libguestfs-tools installed?)")?;
+        crate::interrupt::set_appliance(g.get_pid().unwrap_or(0));
         Ok(Appliance { g })
     }
 
@@ -110,7 +111,8 @@ impl Appliance {
 
     /// Writes `content` to `path` inside the appliance's own tree (not the
     /// guest): through the `/sysroot` view, so `path` must start with
-    /// `/sysroot/`.
+    /// `/sysroot/` and lie on a tmpfs mounted there (libguestfs refuses
+    /// `write` while nothing is mounted under /sysroot).
     pub fn write_appliance_file(&self, path: &str, content: &[u8]) -> Result<()> {
         let rel = path
             .strip_prefix("/sysroot")
@@ -121,7 +123,14 @@ impl Appliance {
 
     /// Shuts the appliance down cleanly (flushing writes to the drives).
     pub fn shutdown(self) -> Result<()> {
+        crate::interrupt::set_appliance(0);
         self.g.shutdown().map_err(gerr("shutdown"))
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        crate::interrupt::set_appliance(0);
     }
 }
 

@@ -136,20 +136,25 @@ fn split_fields(rest: &str) -> Result<Vec<&str>> {
     Ok(out)
 }
 
-/// Where the new partition table is written in the appliance's own tree
-/// (nothing is mounted at /sysroot yet); a file, not a here-document, so
-/// names from the input image never reach a shell.
-const SFDISK_SCRIPT: &str = "/sysroot/.snpguard-sfdisk";
+/// A tmpfs in the appliance's own tree (libguestfs `write` needs something
+/// mounted under /sysroot) for the new partition table: a file, not a
+/// here-document, so names from the input image never reach a shell.
+const WORK_DIR: &str = "/sysroot/.snpguard-work";
+const SFDISK_SCRIPT: &str = "/sysroot/.snpguard-work/sfdisk";
 
 /// Writes the output disk's partition table and boot code, and copies
 /// every partition but the root block for block.
 pub fn partitions(app: &Appliance, root: i32, grow: u64) -> Result<Vec<i32>> {
     let dump = app.sh(&format!("sfdisk --dump {IN_DISK}"))?;
     let new = rewrite_sfdisk_dump(&dump, root, grow)?;
+    app.sh(&format!(
+        "mkdir -p {WORK_DIR}\nmount -t tmpfs -o size=1m,mode=0700 snpguard-work {WORK_DIR}"
+    ))?;
     app.write_appliance_file(SFDISK_SCRIPT, new.as_bytes())?;
     app.sh(&format!(
         "sfdisk -q --no-reread --no-tell-kernel {OUT_DISK} < {SFDISK_SCRIPT}\n\
-         rm -f {SFDISK_SCRIPT}\n\
+         umount {WORK_DIR}\n\
+         rmdir {WORK_DIR}\n\
          blockdev --rereadpt {OUT_DISK}\n\
          udevadm settle\n\
          dd if={IN_DISK} of={OUT_DISK} bs=440 count=1 conv=notrunc status=none"
