@@ -276,7 +276,7 @@ fn convert(
     let guest = inspect::inspect(&app)?;
     progress.finish(phase);
 
-    let interactive = std::io::stdin().is_terminal() && !a.json;
+    let interactive = std::io::stdin().is_terminal();
     let kernel = select::choose(&guest, a.kernel.as_deref(), a.yes, interactive)?.clone();
     let root_in = format!("{IN_DISK}{}", guest.root.partnum);
     let root_out = format!("{OUT_DISK}{}", guest.root.partnum);
@@ -334,7 +334,7 @@ fn convert(
     stage_download(&app, &kernel.initrd, &staging.join(INITRD))?;
     let cmdline = guest::cmdline(
         &kernel.cmdline,
-        &guest.root.uuid,
+        &params.mapper(),
         guest.initrd_tool,
         &a.cmdline_append,
     );

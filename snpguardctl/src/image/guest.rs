@@ -17,36 +17,54 @@ pub const CONFIG_PATH: &str = "/etc/snpguard/agent.toml";
 /// The pinned CA's path in the guest.
 pub const CA_PATH: &str = "/etc/snpguard/ca.pem";
 
-/// Kernel parameters convert adds for the guest's initrd framework: the
-/// network the agent needs and failing closed (no shell, no prompt, power
-/// off on panic). Keep in step with docs/initrd.md.
+/// Kernel parameters convert adds for the guest's initrd framework, as
+/// docs/initrd.md pins them: failing closed (no shell, no prompt, power
+/// off or reboot on panic) and, for dracut, the network the agent needs
+/// (initramfs-tools brings it up by default). `rd.luks=0` keeps dracut's
+/// own LUKS handling from ever prompting for a passphrase.
 pub fn snpguard_args(tool: InitrdTool) -> &'static [&'static str] {
     match tool {
-        InitrdTool::InitramfsTools => &["ip=dhcp", "panic=-1"],
+        InitrdTool::InitramfsTools => &["panic=-1"],
         InitrdTool::Dracut => &[
-            "ip=dhcp",
-            "panic=-1",
             "rd.neednet=1",
+            "ip=dhcp",
             "rd.shell=0",
             "rd.emergency=poweroff",
             "rd.luks=0",
+            "panic=-1",
         ],
     }
 }
 
-/// The command line that boots the converted guest: the bootloader's
-/// arguments without `root=` and without what convert sets itself, then
-/// `root=UUID=<fs uuid>`, convert's parameters and the operator's
-/// additions.
-pub fn cmdline(bootloader_args: &str, fs_uuid: &str, tool: InitrdTool, append: &str) -> String {
+/// Arguments never carried over from the bootloader: each opens a shell
+/// or changes the boot in ways the measurement would then vouch for.
+const FORBIDDEN: [&str; 6] = [
+    "rd.break",
+    "rd.debug",
+    "systemd.debug_shell",
+    "systemd.unit",
+    "init",
+    "rdinit",
+];
+
+/// The command line that boots the converted guest: `root=` naming the
+/// device the agent maps, the bootloader's arguments without `root=`,
+/// `BOOT_IMAGE=`, the [`FORBIDDEN`] ones and those convert sets itself,
+/// `ro` unless `ro`/`rw` is there, `console=ttyS0` unless a console is
+/// named, convert's parameters, then the operator's additions.
+pub fn cmdline(bootloader_args: &str, mapper: &str, tool: InitrdTool, append: &str) -> String {
     let ours = snpguard_args(tool);
     let mut drop: Vec<&str> = vec!["root"];
+    drop.extend(FORBIDDEN);
     drop.extend(ours.iter().map(|a| a.split('=').next().unwrap_or(a)));
     let mut args = super::kernel::strip_args(bootloader_args, &drop);
     if !args.iter().any(|a| a == "ro" || a == "rw") {
         args.insert(0, "ro".into());
     }
-    let mut out = vec![format!("root=UUID={fs_uuid}")];
+    if !args.iter().any(|a| a.starts_with("console=")) {
+        args.push("console=ttyS0".into());
+    }
+    let mut out = vec![format!("root={mapper}")];
     out.extend(args);
     out.extend(ours.iter().map(|s| s.to_string()));
     out.extend(append.split_whitespace().map(String::from));
@@ -296,19 +314,20 @@ mod tests {
     #[test]
     fn cmdline_keeps_bootloader_args_and_sets_root() {
         let c = cmdline(
-            "BOOT_IMAGE=/vmlinuz root=PARTUUID=abc ro console=ttyS0 ip=none quiet",
-            "1111-2222",
+            "BOOT_IMAGE=/vmlinuz root=PARTUUID=abc ro console=ttyS0 panic=5 quiet rd.break init=/bin/sh",
+            "/dev/mapper/snpguard_root",
             InitrdTool::InitramfsTools,
             "loglevel=7 ",
         );
         assert_eq!(
             c,
-            "root=UUID=1111-2222 ro console=ttyS0 quiet ip=dhcp panic=-1 loglevel=7"
+            "root=/dev/mapper/snpguard_root ro console=ttyS0 quiet panic=-1 loglevel=7"
         );
-        let d = cmdline("", "u", InitrdTool::Dracut, "");
+        let d = cmdline("", "/dev/mapper/r", InitrdTool::Dracut, "");
         assert_eq!(
             d,
-            "root=UUID=u ro ip=dhcp panic=-1 rd.neednet=1 rd.shell=0 rd.emergency=poweroff rd.luks=0"
+            "root=/dev/mapper/r ro console=ttyS0 rd.neednet=1 ip=dhcp rd.shell=0 \
+             rd.emergency=poweroff rd.luks=0 panic=-1"
         );
         assert!(!d.ends_with(' ') && !d.contains('\n'));
     }
