@@ -57,12 +57,21 @@ test: deps lint check-units check-install unit test-convert
 
 # convert and embed through libguestfs under TCG (slow: about 25 minutes
 # on 2 cores). The guest root filesystem and the test images are cached
-# under $(BUILD_DIR); SNPGUARD_TEST_ROOTFS=DIR-or-TAR skips the build.
+# under $(BUILD_DIR); SNPGUARD_TEST_ROOTFS=DIR-or-TAR skips the build. A
+# fixed libguestfs appliance (built once) keeps the tests off supermin's
+# shared cache, which is rebuilt under running appliances whenever host
+# packages change.
 SNPGUARD_TEST_ROOTFS ?= $(BUILD_DIR)/guest/initramfs-tools/rootfs.tar
 test-convert:
+	@test -e '$(SNPGUARD_TEST_ROOTFS)' || test -x tests/guest/build-rootfs.sh || { \
+		echo "test-convert: set SNPGUARD_TEST_ROOTFS or add tests/guest/build-rootfs.sh" >&2; exit 1; }
 	@test -e '$(SNPGUARD_TEST_ROOTFS)' || ./tests/guest/build-rootfs.sh \
 		--flavour initramfs-tools --out $(BUILD_DIR)/guest/initramfs-tools
+	@test -f $(BUILD_DIR)/guestfs-appliance/root || LIBGUESTFS_BACKEND=direct \
+		LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
+		libguestfs-make-fixed-appliance $(BUILD_DIR)/guestfs-appliance
 	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' LIBGUESTFS_BACKEND=direct \
+		LIBGUESTFS_PATH='$(abspath $(BUILD_DIR)/guestfs-appliance)' \
 		$(CARGO) test -p snpguardctl --locked --test convert --test embed -- --ignored
 
 install:

@@ -290,6 +290,7 @@ fn check(c: &Converted) {
             "./usr/share/initramfs-tools",
             "./boot",
             "./var/lib/initramfs-tools",
+            "./var/tmp",
         ]
         .contains(&path)
             && !path.starts_with("./boot/initrd.img-")
@@ -419,6 +420,9 @@ fn overlay(fx: &Fixture, name: &str, script: &str) -> PathBuf {
         .unwrap();
     assert!(st.success());
     let app = Appliance::launch(&[(&ov, false)]);
+    // Waits for udev to create the partition nodes.
+    let parts = app.0.list_partitions().unwrap();
+    assert!(parts.contains(&"/dev/sda2".to_string()), "{parts:?}");
     app.ok(&format!("mkdir -p /run/r && mount /dev/sda2 /run/r && cd /run/r && {script} && cd / && umount /run/r"));
     app.0.shutdown().unwrap();
     ov
