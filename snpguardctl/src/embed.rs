@@ -226,11 +226,17 @@ fn create_partition(app: &Appliance) -> Result<String> {
     Ok(format!("/dev/sda{num}"))
 }
 
-/// Formats `dev` as the empty artifacts filesystem.
+/// Formats `dev` (a libguestfs API partition name) as the empty artifacts
+/// filesystem.
 fn format(app: &Appliance, dev: &str) -> Result<()> {
+    let num = app
+        .g()
+        .part_to_partnum(dev)
+        .map_err(gerr("part_to_partnum"))?;
+    let dev = format!("{}{num}", app.kernel_disk(0)?);
     app.sh(&format!(
         "wipefs -q -a {d}\nmke2fs -q -F -t ext4 -L {LABEL} -E nodiscard {d}",
-        d = quote(dev)
+        d = quote(&dev)
     ))
     .context("formatting the LAUNCH_ARTIFACTS partition")?;
     Ok(())

@@ -317,8 +317,8 @@ fn check(c: &Converted) {
     assert!(mi["./srv/snpguard-test/hardlink-a"].contains("hardlink-b"));
 
     // The agent as installed, and the config the agent reads.
-    let agent = app.ok("stat -c '%a %U %G' /run/out/usr/lib/snpguard/snpguard-agent");
-    assert_eq!(agent.trim(), "755 root root");
+    let agent = app.ok("stat -c '%a %u %g' /run/out/usr/lib/snpguard/snpguard-agent");
+    assert_eq!(agent.trim(), "755 0 0");
     let config = app.ok("cat /run/out/etc/snpguard/agent.toml");
     let config: toml::Table = toml::from_str(&config).expect("agent.toml");
     assert_eq!(config["luks"]["uuid"].as_str(), Some(luks_uuid));

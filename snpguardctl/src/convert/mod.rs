@@ -278,17 +278,19 @@ fn convert(
 
     let interactive = std::io::stdin().is_terminal();
     let kernel = select::choose(&guest, a.kernel.as_deref(), a.yes, interactive)?.clone();
+    // API name for libguestfs calls; kernel names for shell commands.
     let root_in = format!("{IN_DISK}{}", guest.root.partnum);
-    let root_out = format!("{OUT_DISK}{}", guest.root.partnum);
+    let root_in_k = format!("{}{}", app.kernel_disk(0)?, guest.root.partnum);
+    let root_out_k = format!("{}{}", app.kernel_disk(1)?, guest.root.partnum);
 
     let phase = progress.start("encrypt", "partitioning and formatting the LUKS2 root");
     copy::partitions(&app, guest.root.partnum, luks::DATA_OFFSET)?;
-    luks::format_and_open(&app, &root_out, &params, vmk, passphrase)?;
+    luks::format_and_open(&app, &root_out_k, &params, vmk, passphrase)?;
     copy::mkfs_like(&app, &guest.root.fstype, &root_in, &params.mapper())?;
     progress.finish(phase);
 
     let phase = progress.start_bytes("copy", "copying the root filesystem", guest.root.used_bytes);
-    copy::copy_files(&app, &root_in, &params.mapper(), |done| {
+    copy::copy_files(&app, &root_in_k, &params.mapper(), |done| {
         phase.set_position(done)
     })?;
     progress.finish(phase);

@@ -109,6 +109,24 @@ impl Appliance {
         Ok(body.to_string())
     }
 
+    /// The kernel's name of attached drive `index` (0 for the first), for
+    /// shell commands. libguestfs API names (`/dev/sda` = first drive) are
+    /// translated by its daemon; the kernel may name the disks in another
+    /// order when SCSI scanning races, so the shell must not assume them.
+    pub fn kernel_disk(&self, index: usize) -> Result<String> {
+        let out = self.sh(&format!(
+            "readlink -f /dev/disk/by-path/*-scsi-0:0:{index}:0"
+        ))?;
+        let dev = out.trim();
+        if !dev.starts_with("/dev/sd")
+            || dev.len() > 12
+            || !dev[7..].chars().all(|c| c.is_ascii_lowercase())
+        {
+            bail!("cannot find the kernel device of drive {index}: {dev:?}");
+        }
+        Ok(dev.to_string())
+    }
+
     /// Writes `content` to `path` inside the appliance's own tree (not the
     /// guest): through the `/sysroot` view, so `path` must start with
     /// `/sysroot/` and lie on a tmpfs mounted there (libguestfs refuses

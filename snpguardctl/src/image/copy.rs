@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 
 use super::appliance::{gerr, quote, Appliance};
 
-/// Input and output disks inside the appliance.
+/// Input and output disks as libguestfs API names (its daemon maps them to
+/// the kernel's; shell commands get the kernel names from
+/// `Appliance::kernel_disk`).
 pub const IN_DISK: &str = "/dev/sda";
 /// See [`IN_DISK`].
 pub const OUT_DISK: &str = "/dev/sdb";
@@ -19,7 +21,13 @@ pub const OUT_DISK: &str = "/dev/sdb";
 /// root partition `root` grows by `grow` bytes and every partition that
 /// starts after it moves by as much. Identifiers (label-id, partition
 /// UUIDs, types, names, attributes) stay.
-pub fn rewrite_sfdisk_dump(dump: &str, root: i32, grow: u64) -> Result<String> {
+pub fn rewrite_sfdisk_dump(
+    dump: &str,
+    root: i32,
+    grow: u64,
+    in_dev: &str,
+    out_dev: &str,
+) -> Result<String> {
     let sector: u64 = dump
         .lines()
         .find_map(|l| l.strip_prefix("sector-size:"))
@@ -46,7 +54,7 @@ pub fn rewrite_sfdisk_dump(dump: &str, root: i32, grow: u64) -> Result<String> {
         if let Some((dev, rest)) = line.split_once(" : ") {
             let num = dev
                 .trim()
-                .strip_prefix(IN_DISK)
+                .strip_prefix(in_dev)
                 .and_then(|n| n.parse::<i32>().ok())
                 .with_context(|| format!("sfdisk dump: unexpected device {dev}"))?;
             let mut fields: Vec<(String, String)> = Vec::new();
@@ -108,7 +116,7 @@ pub fn rewrite_sfdisk_dump(dump: &str, root: i32, grow: u64) -> Result<String> {
                 }
             })
             .collect();
-        out.push_str(&format!("{OUT_DISK}{num} : {}\n", rendered.join(", ")));
+        out.push_str(&format!("{out_dev}{num} : {}\n", rendered.join(", ")));
     }
     Ok(out)
 }
@@ -145,31 +153,32 @@ const SFDISK_SCRIPT: &str = "/sysroot/.snpguard-work/sfdisk";
 /// Writes the output disk's partition table and boot code, and copies
 /// every partition but the root block for block.
 pub fn partitions(app: &Appliance, root: i32, grow: u64) -> Result<Vec<i32>> {
-    let dump = app.sh(&format!("sfdisk --dump {IN_DISK}"))?;
-    let new = rewrite_sfdisk_dump(&dump, root, grow)?;
+    let (kin, kout) = (app.kernel_disk(0)?, app.kernel_disk(1)?);
+    let dump = app.sh(&format!("sfdisk --dump {kin}"))?;
+    let new = rewrite_sfdisk_dump(&dump, root, grow, &kin, &kout)?;
     app.sh(&format!(
         "mkdir -p {WORK_DIR}\nmount -t tmpfs -o size=1m,mode=0700 snpguard-work {WORK_DIR}"
     ))?;
     app.write_appliance_file(SFDISK_SCRIPT, new.as_bytes())?;
     app.sh(&format!(
-        "sfdisk -q --no-reread --no-tell-kernel {OUT_DISK} < {SFDISK_SCRIPT}\n\
+        "sfdisk -q --no-reread --no-tell-kernel {kout} < {SFDISK_SCRIPT}\n\
          umount {WORK_DIR}\n\
          rmdir {WORK_DIR}\n\
-         blockdev --rereadpt {OUT_DISK}\n\
+         blockdev --rereadpt {kout}\n\
          udevadm settle\n\
-         dd if={IN_DISK} of={OUT_DISK} bs=440 count=1 conv=notrunc status=none"
+         dd if={kin} of={kout} bs=440 count=1 conv=notrunc status=none"
     ))
     .context("writing the output partition table")?;
     if dump.lines().any(|l| l.trim() == "label: dos") {
         // Boot code between the MBR and the first partition (GRUB's
         // core image on dos disks).
         let first = app.sh(&format!(
-            "sfdisk --dump {IN_DISK} | sed -n 's/.*start= *\\([0-9]*\\).*/\\1/p' | sort -n | head -1"
+            "sfdisk --dump {kin} | sed -n 's/.*start= *\\([0-9]*\\).*/\\1/p' | sort -n | head -1"
         ))?;
         let first: u64 = first.trim().parse().context("first partition start")?;
         if first > 1 {
             app.sh(&format!(
-                "dd if={IN_DISK} of={OUT_DISK} bs=512 skip=1 seek=1 count={} conv=notrunc status=none",
+                "dd if={kin} of={kout} bs=512 skip=1 seek=1 count={} conv=notrunc status=none",
                 first - 1
             ))?;
         }
@@ -266,7 +275,8 @@ pub fn mkfs_like(app: &Appliance, fstype: &str, source: &str, target: &str) -> R
 const IN_MNT: &str = "/run/snpguard/in";
 const OUT_MNT: &str = "/run/snpguard/out";
 
-/// Copies every file of `source` to the new filesystem on `target` with
+/// Copies every file of `source` (a kernel device name) to the new
+/// filesystem on `target` with
 /// `cp -a` (owners, modes, timestamps, xattrs, ACLs, hard links, sparse
 /// files, device nodes), calling `progress(bytes_done)` about once a
 /// second.
@@ -335,7 +345,7 @@ sector-size: 512
 
     #[test]
     fn root_grows_and_later_partitions_move() {
-        let out = rewrite_sfdisk_dump(GPT, 2, 16 << 20).unwrap();
+        let out = rewrite_sfdisk_dump(GPT, 2, 16 << 20, IN_DISK, OUT_DISK).unwrap();
         assert!(out.contains("label-id: 8D3F0E4B-4C9A-4E64-9A3B-1C2D3E4F5A6B"));
         assert!(!out.contains("last-lba") && !out.contains("device:"));
         assert!(out.contains("/dev/sdb1 : start=2048, size=2048, type=21686148"));
@@ -352,22 +362,28 @@ sector-size: 512
     #[test]
     fn quoted_names_keep_their_commas() {
         let dump = GPT.replace("name=\"root\"", "name=\"root, start=0\"");
-        let out = rewrite_sfdisk_dump(&dump, 2, 16 << 20).unwrap();
+        let out = rewrite_sfdisk_dump(&dump, 2, 16 << 20, IN_DISK, OUT_DISK).unwrap();
         assert!(out.contains("start=4096, size=2654208,"), "{out}");
         assert!(out.contains("name=\"root, start=0\""), "{out}");
         let open = GPT.replace("name=\"root\"", "name=\"root");
-        assert!(rewrite_sfdisk_dump(&open, 2, 16 << 20).is_err());
+        assert!(rewrite_sfdisk_dump(&open, 2, 16 << 20, IN_DISK, OUT_DISK).is_err());
     }
 
     #[test]
     fn unsupported_tables_are_named() {
-        let e =
-            rewrite_sfdisk_dump(&GPT.replace("label: gpt", "label: sun"), 2, 16 << 20).unwrap_err();
+        let e = rewrite_sfdisk_dump(
+            &GPT.replace("label: gpt", "label: sun"),
+            2,
+            16 << 20,
+            IN_DISK,
+            OUT_DISK,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("sun"), "{e}");
         let dos = GPT.replace("label: gpt", "label: dos");
-        assert!(rewrite_sfdisk_dump(&dos, 5, 16 << 20).is_err());
-        assert!(rewrite_sfdisk_dump(GPT, 9, 16 << 20).is_err());
-        assert!(rewrite_sfdisk_dump(GPT, 2, 1000).is_err());
+        assert!(rewrite_sfdisk_dump(&dos, 5, 16 << 20, IN_DISK, OUT_DISK).is_err());
+        assert!(rewrite_sfdisk_dump(GPT, 9, 16 << 20, IN_DISK, OUT_DISK).is_err());
+        assert!(rewrite_sfdisk_dump(GPT, 2, 1000, IN_DISK, OUT_DISK).is_err());
     }
 
     #[test]
