@@ -213,8 +213,9 @@ fn check(c: &Converted) {
     let g = &app.0;
     let parts = g.list_partitions().unwrap();
     let root_num = s["root"]["partnum"].as_i64().unwrap();
-    let root_out = format!("/dev/sdb{root_num}");
-    assert!(parts.contains(&root_out), "{parts:?}");
+    assert!(parts.contains(&format!("/dev/sdb{root_num}")), "{parts:?}");
+    let (kin, kout) = (app.kdisk(0), app.kdisk(1));
+    let root_out = format!("{kout}{root_num}");
     let size_in = g.blockdev_getsize64("/dev/sda").unwrap();
     let size_out = g.blockdev_getsize64("/dev/sdb").unwrap();
     assert_eq!(
@@ -258,7 +259,7 @@ fn check(c: &Converted) {
         s["root"]["label"].as_str().unwrap()
     );
     app.ok(&format!(
-        "mkdir -p /run/in /run/out && mount -o ro /dev/sda{root_num} /run/in && mount -o ro,noload /dev/mapper/t_root /run/out"
+        "mkdir -p /run/in /run/out && mount -o ro {kin}{root_num} /run/in && mount -o ro,noload /dev/mapper/t_root /run/out"
     ));
     let mi = manifest(&app, "/run/in");
     let mut mo = manifest(&app, "/run/out");
@@ -342,7 +343,7 @@ fn check(c: &Converted) {
         .unwrap()
         .iter()
         .find(|m| m["mountpoint"] == "/boot")
-        .map(|m| format!("/dev/sdb{}", m["partnum"]));
+        .map(|m| format!("{kout}{}", m["partnum"]));
     let boot_root = match &boot_dev {
         Some(dev) => {
             app.ok(&format!(
@@ -423,7 +424,10 @@ fn overlay(fx: &Fixture, name: &str, script: &str) -> PathBuf {
     // Waits for udev to create the partition nodes.
     let parts = app.0.list_partitions().unwrap();
     assert!(parts.contains(&"/dev/sda2".to_string()), "{parts:?}");
-    app.ok(&format!("mkdir -p /run/r && mount /dev/sda2 /run/r && cd /run/r && {script} && cd / && umount /run/r"));
+    let k = app.kdisk(0);
+    app.ok(&format!(
+        "mkdir -p /run/r && mount {k}2 /run/r && cd /run/r && {script} && cd / && umount /run/r"
+    ));
     app.0.shutdown().unwrap();
     ov
 }

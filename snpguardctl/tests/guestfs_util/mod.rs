@@ -98,6 +98,16 @@ impl Appliance {
         (rc, out[..at].to_string())
     }
 
+    /// The kernel's name of drive `index` (the kernel may order disks
+    /// differently from libguestfs's API names).
+    pub fn kdisk(&self, index: usize) -> String {
+        self.ok(&format!(
+            "readlink -f /dev/disk/by-path/*-scsi-0:0:{index}:0"
+        ))
+        .trim()
+        .to_string()
+    }
+
     /// Like `sh`, panicking on a non-zero exit.
     pub fn ok(&self, script: &str) -> String {
         let (rc, out) = self.sh(script);
