@@ -365,15 +365,24 @@ fn check(c: &Converted) {
         .collect();
     assert_eq!(sums[0], sha256(&staging.join("kernel")), "staged kernel");
     assert_eq!(sums[1], sha256(&staging.join("initrd")), "staged initrd");
-    let listing = app.ok(&format!(
-        "cd /run/t && cat {boot_root}{} > initrd && (unmkinitramfs initrd x >/dev/null 2>&1 || true); \
-         if [ -d x ]; then find x; else (zstd -dc initrd 2>/dev/null || gzip -dc initrd 2>/dev/null || cat initrd) | cpio -t 2>/dev/null; fi",
+    // The initrd may be several concatenated cpio archives in one zstd
+    // stream (cpio -t stops at the first trailer): search the member
+    // names, and the config's LUKS UUID, in the decompressed bytes.
+    let found = app.ok(&format!(
+        "cd /run/t && cat {boot_root}{} > initrd && \
+         {{ zstd -dcq initrd 2>/dev/null || gzip -dc initrd 2>/dev/null || cat initrd; }} \
+         | grep -a -o -e 'usr/lib/snpguard/snpguard-agent' -e 'etc/snpguard/agent.toml' -e '{luks_uuid}' \
+         | sort -u",
         rel(initrd)
     ));
-    for want in ["usr/lib/snpguard/snpguard-agent", "etc/snpguard/agent.toml"] {
+    for want in [
+        "usr/lib/snpguard/snpguard-agent",
+        "etc/snpguard/agent.toml",
+        luks_uuid,
+    ] {
         assert!(
-            listing.contains(want),
-            "{want} not in the initrd:\n{listing}"
+            found.lines().any(|l| l == want),
+            "{want} not in the initrd: {found}"
         );
     }
 }
