@@ -365,12 +365,14 @@ fn check(c: &Converted) {
         .collect();
     assert_eq!(sums[0], sha256(&staging.join("kernel")), "staged kernel");
     assert_eq!(sums[1], sha256(&staging.join("initrd")), "staged initrd");
-    // The initrd may be several concatenated cpio archives in one zstd
-    // stream (cpio -t stops at the first trailer): search the member
-    // names, and the config's LUKS UUID, in the decompressed bytes.
+    // The initrd is several concatenated cpio archives (initramfs-tools
+    // stores the already compressed modules uncompressed, then the rest
+    // in zstd): search the raw bytes and the stream from the first zstd
+    // frame on for the member names and the config's LUKS UUID.
     let found = app.ok(&format!(
         "cd /run/t && cat {boot_root}{} > initrd && \
-         {{ zstd -dcq initrd 2>/dev/null || gzip -dc initrd 2>/dev/null || cat initrd; }} \
+         off=$(grep -obUaP '\\x28\\xb5\\x2f\\xfd' initrd | head -n 1 | cut -d: -f1) && \
+         {{ cat initrd; if [ -n \"$off\" ]; then tail -c +$((off + 1)) initrd | zstd -dcq 2>/dev/null || true; fi; }} \
          | grep -a -o -e 'usr/lib/snpguard/snpguard-agent' -e 'etc/snpguard/agent.toml' -e '{luks_uuid}' \
          | sort -u",
         rel(initrd)
