@@ -6,7 +6,7 @@ BUILD_DIR ?= build
 SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
-.PHONY: all build deps test lint unit check-units check-install install demo bench clean \
+.PHONY: all build deps test test-convert lint unit check-units check-install install demo bench clean \
 	agent agent-sim check-agent check-shell check-launch
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
@@ -91,7 +91,26 @@ check-launch:
 	./tests/launch-script.sh
 
 # Every test, after installing what the tests need (idempotent).
-test: deps lint check-shell check-units check-install check-agent unit check-launch
+test: deps lint check-shell check-units check-install check-agent unit check-launch test-convert
+
+# convert and embed through libguestfs under TCG (slow: about 25 minutes
+# on 2 cores). The guest root filesystem and the test images are cached
+# under $(BUILD_DIR); SNPGUARD_TEST_ROOTFS=DIR-or-TAR skips the build. A
+# fixed libguestfs appliance (built once) keeps the tests off supermin's
+# shared cache, which is rebuilt under running appliances whenever host
+# packages change.
+SNPGUARD_TEST_ROOTFS ?= $(BUILD_DIR)/guest/initramfs-tools/rootfs.tar
+test-convert:
+	@test -e '$(SNPGUARD_TEST_ROOTFS)' || test -x tests/guest/build-rootfs.sh || { \
+		echo "test-convert: set SNPGUARD_TEST_ROOTFS or add tests/guest/build-rootfs.sh" >&2; exit 1; }
+	@test -e '$(SNPGUARD_TEST_ROOTFS)' || ./tests/guest/build-rootfs.sh \
+		--flavour initramfs-tools --out $(BUILD_DIR)/guest/initramfs-tools
+	@test -f $(BUILD_DIR)/guestfs-appliance/root || LIBGUESTFS_BACKEND=direct \
+		LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
+		libguestfs-make-fixed-appliance $(BUILD_DIR)/guestfs-appliance
+	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' LIBGUESTFS_BACKEND=direct \
+		LIBGUESTFS_PATH='$(abspath $(BUILD_DIR)/guestfs-appliance)' \
+		$(CARGO) test -p snpguardctl --locked --test convert --test embed -- --ignored
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)

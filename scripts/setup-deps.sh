@@ -53,6 +53,13 @@ declare -A APT=(
 APT[jq]=/usr/bin/jq
 APT[libguestfs-tools]=/usr/bin/guestfish
 APT[shellcheck]=/usr/bin/shellcheck
+# snpguardctl embed (qemu-img) and tests/guest/build-image.sh.
+APT[qemu-utils]=/usr/bin/qemu-img
+APT[gdisk]=/usr/sbin/sgdisk
+APT[dosfstools]=/usr/sbin/mkfs.vfat
+APT[mtools]=/usr/bin/mcopy
+APT[attr]=/usr/bin/setfattr
+APT[acl]=/usr/bin/setfacl
 # pip only when no Python pip is there at all (pyenv's counts).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || APT[python3-pip]=/usr/bin/pip3
 
@@ -66,6 +73,34 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 else
     log "Debian packages present"
+fi
+
+# libguestfs for snpguardctl convert/embed (the guestfs crate links
+# libguestfs-dev) and its appliance kernel. Debian 12 has a usable 1.48
+# only in bookworm-backports, whose source is added when missing.
+if [ ! -e /usr/bin/guestfish ] || [ ! -e /usr/include/guestfs.h ]; then
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    guestfs_release=()
+    if [ "$codename" = bookworm ]; then
+        if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            log "adding the bookworm-backports source (libguestfs)"
+            printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+                'Suites: bookworm-backports' 'Components: main' \
+                'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+                | as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+        fi
+        guestfs_release=(-t bookworm-backports)
+    fi
+    log "installing libguestfs-tools libguestfs-dev ${guestfs_release[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${guestfs_release[@]}" \
+        libguestfs-tools libguestfs-dev
+else
+    log "libguestfs present"
+fi
+if ! compgen -G '/boot/vmlinuz-*' >/dev/null; then
+    log "installing a kernel for the libguestfs appliance"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-image-amd64
 fi
 
 # Rust lints are part of the test run.

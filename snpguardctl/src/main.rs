@@ -5,7 +5,11 @@
 
 mod bus;
 mod certs;
+mod convert;
+mod embed;
 mod idblock;
+mod image;
+mod interrupt;
 mod launches;
 mod measure;
 mod output;
@@ -49,6 +53,11 @@ enum Command {
     /// Import or list the AMD certificates the daemon holds
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Turn a cloud image into one with a LUKS2 root and the agent in its
+    /// initrd, and stage what register needs
+    Convert(convert::Args),
+    /// Write a launch bundle into the image's LAUNCH_ARTIFACTS partition
+    Embed(embed::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -63,6 +72,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Register(args) => register::run(&target, args).map(|()| ExitCode::SUCCESS),
         Command::Records(cmd) => records::run(&target, cmd).map(|()| ExitCode::SUCCESS),
         Command::Certs(cmd) => certs::run(&target, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Convert(args) => convert::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Embed(args) => embed::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -77,6 +88,10 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => code,
+        Err(_) if interrupt::interrupted() => {
+            eprintln!("interrupted; partial output removed");
+            ExitCode::from(interrupt::EXIT_INTERRUPTED)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

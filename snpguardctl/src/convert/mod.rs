@@ -1,0 +1,414 @@
+//! `snpguardctl convert`: a stock cloud image in, an image with a LUKS2
+//! root and the agent in its initrd out, plus the staging directory that
+//! `register` reads (firmware.fd, kernel, initrd, cmdline, vmk.sealed).
+//!
+//! The input is attached read-only; the output and the staging directory
+//! are written under temporary names and renamed only when everything
+//! succeeded. docs/convert.md describes the steps.
+
+mod ingest;
+mod outputs;
+mod progress;
+mod select;
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use serde_json::json;
+use snpguard::seal::{self, PublicKey};
+
+use crate::image::appliance::{gerr, Appliance, Drive};
+use crate::image::copy::{self, IN_DISK, OUT_DISK};
+use crate::image::guest::{self, Install};
+use crate::image::inspect;
+use crate::image::luks::{self, LuksParams, RecoveryPassphrase, Vmk};
+use crate::register::{CMDLINE, FIRMWARE, INITRD, KERNEL, SEALED_VMK};
+
+use outputs::Partial;
+use progress::Progress;
+
+/// Default agent binary (as installed).
+pub const DEFAULT_AGENT: &str = "/usr/lib/snpguard/snpguard-agent";
+/// Default directory of the initrd modules (as installed).
+pub const DEFAULT_MODULES_DIR: &str = "/usr/share/snpguard";
+/// Largest firmware file accepted.
+const MAX_FIRMWARE: u64 = 64 << 20;
+/// Largest server URL.
+const MAX_URL: usize = 2048;
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Input image (qcow2 or raw); never modified
+    #[arg(long, value_name = "IN")]
+    pub in_image: PathBuf,
+    /// Output image (qcow2); must not exist
+    #[arg(long, value_name = "OUT")]
+    pub out_image: PathBuf,
+    /// Staging directory for register; must not exist or be empty
+    #[arg(long, value_name = "DIR")]
+    pub out_staging: PathBuf,
+    /// OVMF firmware (AmdSev build) to copy into the staging directory
+    #[arg(long, value_name = "FILE")]
+    pub firmware: PathBuf,
+    /// Attestation server URL for the agent (https://HOST[:PORT]);
+    /// repeatable, tried in order
+    #[arg(long = "server", value_name = "URL", required = true)]
+    pub servers: Vec<String>,
+    /// CA certificate (PEM) the agent and this command pin for the servers
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// The daemon's ingestion public key (raw 32 bytes, base64 or the
+    /// /v1/ingestion-key JSON); default: fetched from the first --server
+    #[arg(long, value_name = "FILE")]
+    pub ingestion_key: Option<PathBuf>,
+    /// Kernel version to boot (default: the bootloader's default among
+    /// the kernels with SEV-SNP support)
+    #[arg(long, value_name = "VERSION")]
+    pub kernel: Option<String>,
+    /// Extra kernel command line arguments
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline_append: String,
+    /// Take the default kernel without asking
+    #[arg(long)]
+    pub yes: bool,
+    /// Agent binary to install into the guest
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_AGENT)]
+    pub agent: PathBuf,
+    /// Directory holding initramfs-tools/ and dracut/90snpguard/
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_MODULES_DIR)]
+    pub modules_dir: PathBuf,
+    /// Print a JSON summary instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A server URL the agent can use: https, no whitespace, bounded.
+fn check_server(url: &str) -> Result<()> {
+    let rest = url
+        .strip_prefix("https://")
+        .with_context(|| format!("server {url:?} is not an https:// URL"))?;
+    if url.len() > MAX_URL
+        || rest.is_empty()
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!("server {url:?} is not a valid URL");
+    }
+    Ok(())
+}
+
+/// Creates `path` for writing with mode 0600 (never following an existing
+/// file).
+fn create_private(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+fn utf8(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("{} is not a UTF-8 path", p.display()))
+}
+
+fn check_inputs(a: &Args) -> Result<()> {
+    for s in &a.servers {
+        check_server(s)?;
+    }
+    for (what, p) in [
+        ("input image", &a.in_image),
+        ("firmware", &a.firmware),
+        ("CA file", &a.ca),
+        ("agent", &a.agent),
+    ] {
+        if !p.is_file() {
+            bail!("{what} {} is not a file", p.display());
+        }
+    }
+    if !a.modules_dir.is_dir() {
+        bail!(
+            "modules directory {} is missing; pass --modules-dir DIR",
+            a.modules_dir.display()
+        );
+    }
+    let fw = std::fs::metadata(&a.firmware)?.len();
+    if fw == 0 || fw > MAX_FIRMWARE {
+        bail!(
+            "firmware {} has {fw} bytes; expected an OVMF image",
+            a.firmware.display()
+        );
+    }
+    if a.cmdline_append.contains(['\n', '\0']) {
+        bail!("--cmdline-append must be one line");
+    }
+    Ok(())
+}
+
+fn ingestion_key(a: &Args) -> Result<PublicKey> {
+    match &a.ingestion_key {
+        Some(p) => ingest::from_file(p),
+        None => {
+            let ca = std::fs::read(&a.ca).with_context(|| format!("reading {}", a.ca.display()))?;
+            ingest::fetch(&a.servers[0], &ca)
+        }
+    }
+}
+
+/// Copies the firmware into the staging directory.
+fn stage_firmware(src: &Path, dst: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut out = create_private(dst)?;
+    let mut inp = File::open(src)
+        .with_context(|| format!("opening {}", src.display()))?
+        .take(MAX_FIRMWARE);
+    std::io::copy(&mut inp, &mut out).context("copying the firmware")?;
+    out.sync_all()?;
+    Ok(())
+}
+
+/// Downloads `remote` from the mounted guest into a new 0600 file.
+fn stage_download(app: &Appliance, remote: &str, dst: &Path) -> Result<()> {
+    drop(create_private(dst)?);
+    app.g()
+        .download(remote, utf8(dst)?)
+        .map_err(gerr("download"))
+        .with_context(|| format!("extracting {remote}"))?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// What the summary reports.
+struct Outcome {
+    guest: inspect::Guest,
+    kernel: inspect::Kernel,
+    cmdline: String,
+    luks: LuksParams,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    check_inputs(&a)?;
+    let in_abs = std::fs::canonicalize(&a.in_image)?;
+    if std::fs::canonicalize(&a.out_image).ok().as_ref() == Some(&in_abs) {
+        bail!("--out-image must not be the input image");
+    }
+    let key = ingestion_key(&a)?;
+    let out = Partial::new(&a.out_image, false)?;
+    let staging = Partial::new(&a.out_staging, true)?;
+    std::fs::create_dir(staging.path())
+        .with_context(|| format!("creating {}", staging.path().display()))?;
+    std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o700))?;
+
+    let vmk = Vmk::generate();
+    let passphrase = RecoveryPassphrase::generate();
+    let params = LuksParams::new();
+    let sealed = seal::seal(&key, seal::INFO_INGEST, b"", vmk.bytes())
+        .context("sealing the VMK to the ingestion key")?;
+    let mut f = create_private(&staging.path().join(SEALED_VMK))?;
+    f.write_all(&sealed.to_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    stage_firmware(&a.firmware, &staging.path().join(FIRMWARE))?;
+
+    let mut progress = Progress::new(a.json);
+    let outcome = convert(
+        &a,
+        &mut progress,
+        out.path(),
+        staging.path(),
+        &vmk,
+        &passphrase,
+        params,
+    )?;
+    drop(vmk);
+
+    out.commit()?;
+    staging.commit()?;
+    summary(&a, &progress, &outcome, &passphrase)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn convert(
+    a: &Args,
+    progress: &mut Progress,
+    out_path: &Path,
+    staging: &Path,
+    vmk: &Vmk,
+    passphrase: &RecoveryPassphrase,
+    params: LuksParams,
+) -> Result<Outcome> {
+    let phase = progress.start("inspect", "starting the appliance and inspecting the image");
+    crate::image::appliance::configure_environment();
+    {
+        let g = guestfs::Handle::create().map_err(gerr("create"))?;
+        let size = g
+            .disk_virtual_size(utf8(&a.in_image)?)
+            .map_err(gerr("disk_virtual_size"))?;
+        g.disk_create(
+            utf8(out_path)?,
+            "qcow2",
+            size + luks::DATA_OFFSET as i64,
+            guestfs::DiskCreateOptArgs {
+                backingfile: None,
+                backingformat: None,
+                preallocation: None,
+                compat: None,
+                clustersize: None,
+            },
+        )
+        .map_err(gerr("disk_create"))
+        .context("creating the output image")?;
+    }
+    let app = Appliance::launch(&[
+        Drive {
+            path: &a.in_image,
+            readonly: true,
+        },
+        Drive {
+            path: out_path,
+            readonly: false,
+        },
+    ])?;
+    let guest = inspect::inspect(&app)?;
+    progress.finish(phase);
+
+    let interactive = std::io::stdin().is_terminal();
+    let kernel = select::choose(&guest, a.kernel.as_deref(), a.yes, interactive)?.clone();
+    // API name for libguestfs calls; kernel names for shell commands.
+    let root_in = format!("{IN_DISK}{}", guest.root.partnum);
+    let root_in_k = format!("{}{}", app.kernel_disk(0)?, guest.root.partnum);
+    let root_out_k = format!("{}{}", app.kernel_disk(1)?, guest.root.partnum);
+
+    let phase = progress.start("encrypt", "partitioning and formatting the LUKS2 root");
+    copy::partitions(&app, guest.root.partnum, luks::DATA_OFFSET)?;
+    luks::format_and_open(&app, &root_out_k, &params, vmk, passphrase)?;
+    copy::mkfs_like(&app, &guest.root.fstype, &root_in, &params.mapper())?;
+    progress.finish(phase);
+
+    let phase = progress.start_bytes("copy", "copying the root filesystem", guest.root.used_bytes);
+    copy::copy_files(&app, &root_in_k, &params.mapper(), |done| {
+        phase.set_position(done)
+    })?;
+    progress.finish(phase);
+
+    let phase = progress.start("install", "installing the agent and its initrd module");
+    let g = app.g();
+    g.mount(&params.mapper(), "/").map_err(gerr("mount"))?;
+    for m in &guest.mounts {
+        g.mount(&format!("{OUT_DISK}{}", m.partnum), &m.mountpoint)
+            .map_err(gerr("mount"))
+            .with_context(|| format!("mounting {} of the output image", m.mountpoint))?;
+    }
+    let config = guest::agent_config(&a.servers, &params);
+    guest::install(
+        &app,
+        &Install {
+            agent: &a.agent,
+            modules_dir: &a.modules_dir,
+            ca: &a.ca,
+            config: &config,
+            tool: guest.initrd_tool,
+        },
+        &guest.root.uuid,
+        &guest.root.label,
+    )?;
+    progress.finish(phase);
+
+    let phase = progress.start(
+        "initrd",
+        &format!("regenerating the initrd of {} in the guest", kernel.version),
+    );
+    guest::regenerate_initrd(
+        &app,
+        guest.initrd_tool,
+        &guest.initrd_tool_path,
+        &kernel.version,
+        &kernel.initrd,
+    )?;
+    progress.finish(phase);
+
+    let phase = progress.start("extract", "extracting kernel, initrd and command line");
+    stage_download(&app, &kernel.kernel, &staging.join(KERNEL))?;
+    stage_download(&app, &kernel.initrd, &staging.join(INITRD))?;
+    let cmdline = guest::cmdline(
+        &kernel.cmdline,
+        &params.mapper(),
+        guest.initrd_tool,
+        &a.cmdline_append,
+    );
+    let mut f = create_private(&staging.join(CMDLINE))?;
+    f.write_all(cmdline.as_bytes())?;
+    f.sync_all()?;
+    g.umount_all().map_err(gerr("umount_all"))?;
+    app.sh(&format!("cryptsetup close {}", luks::MAPPER_NAME))?;
+    app.shutdown()?;
+    progress.finish(phase);
+    Ok(Outcome {
+        guest,
+        kernel,
+        cmdline,
+        luks: params,
+    })
+}
+
+fn summary(
+    a: &Args,
+    progress: &Progress,
+    o: &Outcome,
+    passphrase: &RecoveryPassphrase,
+) -> Result<()> {
+    let timings: serde_json::Map<String, serde_json::Value> = progress
+        .timings()
+        .iter()
+        .map(|(n, d)| (n.to_string(), json!(d.as_millis() as u64)))
+        .collect();
+    if a.json {
+        let v = json!({
+            "out_image": a.out_image.display().to_string(),
+            "out_staging": a.out_staging.display().to_string(),
+            "product": o.guest.product,
+            "root": o.guest.root,
+            "mounts": o.guest.mounts,
+            "initrd_tool": o.guest.initrd_tool,
+            "kernel": o.kernel,
+            "cmdline": o.cmdline,
+            "luks": o.luks,
+            "recovery_passphrase": passphrase.expose(),
+            "timings_ms": timings,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "converted {} -> {}",
+            a.in_image.display(),
+            a.out_image.display()
+        );
+        println!("staging   {}", a.out_staging.display());
+        println!("kernel    {}", o.kernel.version);
+        println!("cmdline   {}", o.cmdline);
+        println!("luks      {} ({})", o.luks.uuid, o.luks.cipher);
+        println!(
+            "recovery passphrase (shown once; store it offline, it opens the root with cryptsetup):"
+        );
+        println!("          {}", passphrase.expose());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_must_be_https() {
+        check_server("https://snpguard.example:8443").unwrap();
+        assert!(check_server("http://x").is_err());
+        assert!(check_server("https://").is_err());
+        assert!(check_server("https://a b").is_err());
+        assert!(check_server(&format!("https://{}", "a".repeat(3000))).is_err());
+    }
+}

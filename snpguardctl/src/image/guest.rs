@@ -1,0 +1,402 @@
+//! What convert changes inside the guest: the agent, its configuration and
+//! CA, the initrd module, fstab, and the regenerated initrd; and the kernel
+//! command line that boots it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::appliance::{gerr, Appliance};
+use super::inspect::InitrdTool;
+use super::luks::LuksParams;
+
+/// The agent's path in the guest.
+pub const AGENT_PATH: &str = "/usr/lib/snpguard/snpguard-agent";
+/// The agent configuration's path in the guest.
+pub const CONFIG_PATH: &str = "/etc/snpguard/agent.toml";
+/// The pinned CA's path in the guest.
+pub const CA_PATH: &str = "/etc/snpguard/ca.pem";
+
+/// Kernel parameters convert adds for the guest's initrd framework, as
+/// docs/initrd.md pins them: failing closed (no shell, no prompt, power
+/// off or reboot on panic) and, for dracut, the network the agent needs
+/// (initramfs-tools brings it up by default). `rd.luks=0` keeps dracut's
+/// own LUKS handling from ever prompting for a passphrase.
+pub fn snpguard_args(tool: InitrdTool) -> &'static [&'static str] {
+    match tool {
+        InitrdTool::InitramfsTools => &["panic=-1"],
+        InitrdTool::Dracut => &[
+            "rd.neednet=1",
+            "ip=dhcp",
+            "rd.shell=0",
+            "rd.emergency=poweroff",
+            "rd.luks=0",
+            "panic=-1",
+        ],
+    }
+}
+
+/// Arguments never carried over from the bootloader: each opens a shell
+/// or changes the boot in ways the measurement would then vouch for.
+const FORBIDDEN: [&str; 6] = [
+    "rd.break",
+    "rd.debug",
+    "systemd.debug_shell",
+    "systemd.unit",
+    "init",
+    "rdinit",
+];
+
+/// The command line that boots the converted guest: `root=` naming the
+/// device the agent maps, the bootloader's arguments without `root=`,
+/// `BOOT_IMAGE=`, the [`FORBIDDEN`] ones and those convert sets itself,
+/// `ro` unless `ro`/`rw` is there, `console=ttyS0` unless a console is
+/// named, convert's parameters, then the operator's additions.
+pub fn cmdline(bootloader_args: &str, mapper: &str, tool: InitrdTool, append: &str) -> String {
+    let ours = snpguard_args(tool);
+    let mut drop: Vec<&str> = vec!["root"];
+    drop.extend(FORBIDDEN);
+    drop.extend(ours.iter().map(|a| a.split('=').next().unwrap_or(a)));
+    let mut args = super::kernel::strip_args(bootloader_args, &drop);
+    if !args.iter().any(|a| a == "ro" || a == "rw") {
+        args.insert(0, "ro".into());
+    }
+    if !args.iter().any(|a| a.starts_with("console=")) {
+        args.push("console=ttyS0".into());
+    }
+    let mut out = vec![format!("root={mapper}")];
+    out.extend(args);
+    out.extend(ours.iter().map(|s| s.to_string()));
+    out.extend(append.split_whitespace().map(String::from));
+    out.join(" ")
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => o.push_str(&format!("\\u{:04X}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// The agent configuration (/etc/snpguard/agent.toml) for `servers` and
+/// the LUKS2 volume.
+pub fn agent_config(servers: &[String], luks: &LuksParams) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| toml_str(s)).collect();
+    format!(
+        "# Written by snpguardctl convert. Measured as part of the initrd.\n\
+         servers = [{servers}]\n\
+         ca = {ca}\n\
+         report_source = \"auto\"\n\
+         \n\
+         [luks]\n\
+         device = {device}\n\
+         uuid = {uuid}\n\
+         name = {name}\n\
+         cipher = {cipher}\n\
+         key_bytes = {key_bytes}\n\
+         sector_size = {sector_size}\n\
+         offset = {offset}\n\
+         \n\
+         [retry]\n\
+         attempts = 5\n\
+         initial_delay_ms = 1000\n\
+         max_delay_ms = 30000\n\
+         device_timeout_secs = 60\n",
+        servers = servers.join(", "),
+        ca = toml_str(CA_PATH),
+        device = toml_str(&format!("UUID={}", luks.uuid)),
+        uuid = toml_str(&luks.uuid),
+        name = toml_str(&luks.name),
+        cipher = toml_str(&luks.cipher),
+        key_bytes = luks.key_bytes,
+        sector_size = luks.sector_size,
+        offset = luks.offset,
+    )
+}
+
+/// fstab with the root entry naming the filesystem by UUID (a partition
+/// path or PARTUUID would now point at the LUKS2 container). Other lines
+/// are kept byte for byte. `None` when nothing changes.
+pub fn rewrite_fstab(fstab: &str, fs_uuid: &str, label: &str) -> Option<String> {
+    let mut changed = false;
+    let mut out = String::with_capacity(fstab.len() + 64);
+    for line in fstab.split_inclusive('\n') {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let is_root = !line.trim_start().starts_with('#') && fields.get(1) == Some(&"/");
+        if is_root {
+            let spec = fields[0];
+            let keeps = spec == format!("UUID={fs_uuid}")
+                || spec == format!("/dev/disk/by-uuid/{fs_uuid}")
+                || (!label.is_empty() && spec == format!("LABEL={label}"));
+            if !keeps {
+                let mut f: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
+                f[0] = format!("UUID={fs_uuid}");
+                out.push_str(&f.join(" "));
+                out.push('\n');
+                changed = true;
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    changed.then_some(out)
+}
+
+/// Files of the initrd module for `tool` under `modules_dir` (the tree
+/// installed at /usr/share/snpguard, or the source tree), with their
+/// destination in the guest and whether they are executable.
+pub fn module_files(modules_dir: &Path, tool: InitrdTool) -> Result<Vec<(PathBuf, String, bool)>> {
+    let (src, dst) = match tool {
+        InitrdTool::InitramfsTools => (
+            modules_dir.join("initramfs-tools"),
+            "/usr/share/initramfs-tools".to_string(),
+        ),
+        InitrdTool::Dracut => (
+            modules_dir.join("dracut").join("90snpguard"),
+            "/usr/lib/dracut/modules.d/90snpguard".to_string(),
+        ),
+    };
+    let mut out = Vec::new();
+    walk(&src, &src, &dst, &mut out)
+        .with_context(|| format!("reading the {} module in {}", tool.name(), src.display()))?;
+    if out.is_empty() {
+        bail!(
+            "no {} module files in {}; pass --modules-dir DIR with the SnpGuard modules",
+            tool.name(),
+            src.display()
+        );
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn walk(base: &Path, dir: &Path, dst: &str, out: &mut Vec<(PathBuf, String, bool)>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let ft = e.file_type()?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("README") || name.starts_with('.') {
+            continue;
+        }
+        if ft.is_dir() {
+            walk(base, &p, dst, out)?;
+        } else if ft.is_file() {
+            let rel = p.strip_prefix(base).context("module path")?;
+            let rel = rel.to_str().context("module file names must be UTF-8")?;
+            let exec = e.metadata()?.permissions().mode() & 0o111 != 0;
+            out.push((p.clone(), format!("{dst}/{rel}"), exec));
+        } else {
+            bail!("{} is neither a file nor a directory", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn utf8(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("{} is not a UTF-8 path", p.display()))
+}
+
+/// Uploads `local` to `remote` in the mounted guest, owned by root with
+/// `mode`.
+fn install_file(app: &Appliance, local: &Path, remote: &str, mode: i32) -> Result<()> {
+    let g = app.g();
+    let parent = remote
+        .rsplit_once('/')
+        .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
+    g.mkdir_p(parent).map_err(gerr("mkdir_p"))?;
+    g.upload(utf8(local)?, remote)
+        .map_err(gerr("upload"))
+        .with_context(|| format!("installing {} as {remote}", local.display()))?;
+    g.chown(0, 0, remote).map_err(gerr("chown"))?;
+    g.chmod(mode, remote).map_err(gerr("chmod"))?;
+    Ok(())
+}
+
+/// What to install into the guest.
+pub struct Install<'a> {
+    /// Agent binary on the host.
+    pub agent: &'a Path,
+    /// Directory with `initramfs-tools/` and `dracut/90snpguard/`.
+    pub modules_dir: &'a Path,
+    /// The pinned CA (PEM) on the host.
+    pub ca: &'a Path,
+    /// The agent configuration.
+    pub config: &'a str,
+    /// The guest's initrd framework.
+    pub tool: InitrdTool,
+}
+
+/// Installs the agent, configuration, CA and module into the guest mounted
+/// at `/`, and rewrites fstab for the encrypted root.
+pub fn install(app: &Appliance, i: &Install<'_>, fs_uuid: &str, label: &str) -> Result<()> {
+    let g = app.g();
+    install_file(app, i.agent, AGENT_PATH, 0o755)?;
+    install_file(app, i.ca, CA_PATH, 0o644)?;
+    g.write(CONFIG_PATH, i.config.as_bytes())
+        .map_err(gerr("write"))
+        .context("writing the agent configuration")?;
+    g.chmod(0o644, CONFIG_PATH).map_err(gerr("chmod"))?;
+    for (local, remote, exec) in module_files(i.modules_dir, i.tool)? {
+        install_file(app, &local, &remote, if exec { 0o755 } else { 0o644 })?;
+    }
+    if g.is_file(
+        "/etc/fstab",
+        guestfs::IsFileOptArgs {
+            followsymlinks: Some(true),
+        },
+    )
+    .map_err(gerr("is_file"))?
+    {
+        let fstab = String::from_utf8_lossy(&g.read_file("/etc/fstab").map_err(gerr("read_file"))?)
+            .into_owned();
+        if let Some(new) = rewrite_fstab(&fstab, fs_uuid, label) {
+            g.write("/etc/fstab", new.as_bytes())
+                .map_err(gerr("write"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Regenerates the initrd of kernel `version` at `initrd` with the guest's
+/// own tool (chrooted into the guest by libguestfs; no network).
+pub fn regenerate_initrd(
+    app: &Appliance,
+    tool: InitrdTool,
+    tool_path: &str,
+    version: &str,
+    initrd: &str,
+) -> Result<String> {
+    let g = app.g();
+    let exists = g
+        .is_file(
+            initrd,
+            guestfs::IsFileOptArgs {
+                followsymlinks: Some(true),
+            },
+        )
+        .map_err(gerr("is_file"))?;
+    let args: Vec<&str> = match tool {
+        InitrdTool::InitramfsTools => {
+            vec![tool_path, if exists { "-u" } else { "-c" }, "-k", version]
+        }
+        InitrdTool::Dracut => vec![
+            tool_path,
+            "--force",
+            "--no-hostonly-cmdline",
+            "--add",
+            "snpguard",
+            "--kver",
+            version,
+            initrd,
+        ],
+    };
+    g.command(&args)
+        .map_err(gerr("command"))
+        .with_context(|| format!("regenerating the initrd with {}", args.join(" ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_keeps_bootloader_args_and_sets_root() {
+        let c = cmdline(
+            "BOOT_IMAGE=/vmlinuz root=PARTUUID=abc ro console=ttyS0 panic=5 quiet rd.break init=/bin/sh",
+            "/dev/mapper/snpguard_root",
+            InitrdTool::InitramfsTools,
+            "loglevel=7 ",
+        );
+        assert_eq!(
+            c,
+            "root=/dev/mapper/snpguard_root ro console=ttyS0 quiet panic=-1 loglevel=7"
+        );
+        let d = cmdline("", "/dev/mapper/r", InitrdTool::Dracut, "");
+        assert_eq!(
+            d,
+            "root=/dev/mapper/r ro console=ttyS0 rd.neednet=1 ip=dhcp rd.shell=0 \
+             rd.emergency=poweroff rd.luks=0 panic=-1"
+        );
+        assert!(!d.ends_with(' ') && !d.contains('\n'));
+    }
+
+    #[test]
+    fn agent_config_is_valid_toml_with_the_pinned_parameters() {
+        let mut p = LuksParams::new();
+        p.uuid = "0b5c7d1e-aaaa-4bbb-8ccc-123456789abc".into();
+        let c = agent_config(&["https://a:8443".into(), "https://b\"x".into()], &p);
+        let v: toml::Table = toml::from_str(&c).expect("valid TOML");
+        assert_eq!(
+            v["servers"].as_array().unwrap()[1].as_str(),
+            Some("https://b\"x")
+        );
+        assert_eq!(v["ca"].as_str(), Some(CA_PATH));
+        let l = v["luks"].as_table().unwrap();
+        assert_eq!(
+            l["device"].as_str(),
+            Some("UUID=0b5c7d1e-aaaa-4bbb-8ccc-123456789abc")
+        );
+        assert_eq!(l["offset"].as_integer(), Some(16 * 1024 * 1024));
+        assert_eq!(l["key_bytes"].as_integer(), Some(64));
+        assert_eq!(l["sector_size"].as_integer(), Some(512));
+        assert_eq!(l["name"].as_str(), Some("snpguard_root"));
+        assert_eq!(v["retry"]["attempts"].as_integer(), Some(5));
+    }
+
+    #[test]
+    fn fstab_root_is_named_by_uuid() {
+        let f = "# comment with / in it\n/dev/sda1 / ext4 errors=remount-ro 0 1\nUUID=b /boot ext4 defaults 0 2\n";
+        let n = rewrite_fstab(f, "U", "").unwrap();
+        assert_eq!(
+            n,
+            "# comment with / in it\nUUID=U / ext4 errors=remount-ro 0 1\nUUID=b /boot ext4 defaults 0 2\n"
+        );
+        assert_eq!(rewrite_fstab("UUID=U / ext4 defaults 0 1\n", "U", ""), None);
+        assert_eq!(
+            rewrite_fstab("LABEL=r / ext4 defaults 0 1\n", "U", "r"),
+            None
+        );
+        assert!(rewrite_fstab("PARTUUID=x / ext4 defaults 0 1\n", "U", "r").is_some());
+    }
+
+    #[test]
+    fn module_files_map_to_guest_paths() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let h = d.path().join("initramfs-tools/hooks");
+        let s = d.path().join("initramfs-tools/scripts/local-top");
+        std::fs::create_dir_all(&h).unwrap();
+        std::fs::create_dir_all(&s).unwrap();
+        std::fs::write(h.join("snpguard"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(h.join("snpguard"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(s.join("snpguard"), "#!/bin/sh\n").unwrap();
+        std::fs::write(d.path().join("initramfs-tools/README.md"), "x").unwrap();
+        let f = module_files(d.path(), InitrdTool::InitramfsTools).unwrap();
+        let got: Vec<(&str, bool)> = f.iter().map(|(_, r, x)| (r.as_str(), *x)).collect();
+        assert_eq!(
+            got,
+            [
+                ("/usr/share/initramfs-tools/hooks/snpguard", true),
+                (
+                    "/usr/share/initramfs-tools/scripts/local-top/snpguard",
+                    false
+                )
+            ]
+        );
+        let e = module_files(d.path(), InitrdTool::Dracut).unwrap_err();
+        assert!(format!("{e:#}").contains("dracut"), "{e:#}");
+    }
+}

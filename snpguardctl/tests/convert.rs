@@ -1,0 +1,523 @@
+//! `snpguardctl convert` on generated Debian 13 images (tests/guest/
+//! build-image.sh), checked from the outside with libguestfs.
+//!
+//! Slow (an appliance under TCG, the guest's update-initramfs): ignored by
+//! default; `make test-convert` runs them. SNPGUARD_TEST_ROOTFS names the
+//! root filesystem the images are built from; SNPGUARD_TEST_AGENT and
+//! SNPGUARD_TEST_MODULES_DIR replace the fixture agent and initrd module
+//! with the real ones.
+
+mod guestfs_util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use guestfs_util::{ctl, diff, image, manifest, repo, sha256, Appliance};
+use snpguard::seal;
+
+/// Everything a conversion test needs, in build/convert-test/NAME: emptied
+/// when created and removed when dropped (the shared conversion lives in
+/// a static, so its directory stays until the next run empties it).
+struct Fixture {
+    dir: PathBuf,
+    secret: seal::SecretKey,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = repo().join("build/convert-test").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (secret, public) = seal::generate_keypair();
+        std::fs::write(dir.join("ingestion.pub"), public.to_bytes()).unwrap();
+        // Any bytes: convert copies the firmware, register measures it.
+        std::fs::write(dir.join("OVMF.fd"), vec![0x5au8; 8192]).unwrap();
+        std::fs::write(
+            dir.join("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        Fixture { dir, secret }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The convert arguments for `input` → `out`/`staging`.
+    fn args(&self, input: &Path, out: &str, staging: &str) -> Vec<String> {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert");
+        let agent = std::env::var("SNPGUARD_TEST_AGENT")
+            .map_or_else(|_| fixtures.join("agent"), PathBuf::from);
+        let modules = std::env::var("SNPGUARD_TEST_MODULES_DIR")
+            .map_or_else(|_| fixtures.join("modules"), PathBuf::from);
+        [
+            "convert",
+            "--in-image",
+            input.to_str().unwrap(),
+            "--out-image",
+            self.path(out).to_str().unwrap(),
+            "--out-staging",
+            self.path(staging).to_str().unwrap(),
+            "--firmware",
+            self.path("OVMF.fd").to_str().unwrap(),
+            "--server",
+            "https://snpguard.test:8443",
+            "--ca",
+            self.path("ca.pem").to_str().unwrap(),
+            "--ingestion-key",
+            self.path("ingestion.pub").to_str().unwrap(),
+            "--agent",
+            agent.to_str().unwrap(),
+            "--modules-dir",
+            modules.to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    }
+
+    /// Nothing but the fixture's own files is left in its directory.
+    fn assert_no_outputs(&self) {
+        let mut left: Vec<String> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !["ingestion.pub", "OVMF.fd", "ca.pem"].contains(&n.as_str()))
+            .collect();
+        left.sort();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+/// One conversion and what it printed.
+struct Converted {
+    fx: Fixture,
+    input: PathBuf,
+    input_hash: String,
+    summary: serde_json::Value,
+    stdout: String,
+    stderr: String,
+}
+
+fn convert(layout: &str, extra: &[&str]) -> Converted {
+    let fx = Fixture::new(layout);
+    let input = image(layout);
+    let input_hash = sha256(&input);
+    let mut args = fx.args(&input, "out.qcow2", "staging");
+    args.push("--json".into());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let out = ctl(&args);
+    eprintln!("convert {layout}: {:.1?}", started.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "convert {layout} failed: {stderr}");
+    let summary = serde_json::from_str(&stdout).expect("JSON summary");
+    Converted {
+        fx,
+        input,
+        input_hash,
+        summary,
+        stdout,
+        stderr,
+    }
+}
+
+fn simple() -> &'static Converted {
+    static C: OnceLock<Converted> = OnceLock::new();
+    C.get_or_init(|| convert("simple", &["--yes"]))
+}
+
+/// Checks one conversion from every side the issue names.
+fn check(c: &Converted) {
+    let s = &c.summary;
+    let staging = c.fx.path("staging");
+
+    // IN is untouched.
+    assert_eq!(sha256(&c.input), c.input_hash, "the input image changed");
+
+    // Staging: exactly the five files, 0600, the VMK only sealed.
+    let mut names: Vec<String> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["cmdline", "firmware.fd", "initrd", "kernel", "vmk.sealed"]
+    );
+    for n in &names {
+        let mode = std::fs::metadata(staging.join(n))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{n} has mode {mode:o}");
+    }
+    let sealed = std::fs::read(staging.join("vmk.sealed")).unwrap();
+    let sealed = seal::SealedBox::from_bytes(&sealed).expect("sealed box");
+    let vmk = seal::open(&c.fx.secret, seal::INFO_INGEST, b"", &sealed).expect("unseal VMK");
+    assert_eq!(vmk.len(), 64);
+    let needles = [
+        vmk.to_vec(),
+        hex::encode(&vmk[..]).into_bytes(),
+        snpguard::attest::b64(&vmk).into_bytes(),
+    ];
+    for n in &names {
+        let bytes = std::fs::read(staging.join(n)).unwrap();
+        for needle in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == &needle[..]),
+                "the plaintext VMK is in staging/{n}"
+            );
+        }
+    }
+    for (what, text) in [("stdout", &c.stdout), ("stderr", &c.stderr)] {
+        for needle in &needles[1..] {
+            let needle = std::str::from_utf8(needle).unwrap();
+            assert!(!text.contains(needle), "the plaintext VMK is in {what}");
+        }
+    }
+    assert_eq!(
+        std::fs::read(staging.join("firmware.fd")).unwrap(),
+        std::fs::read(c.fx.path("OVMF.fd")).unwrap()
+    );
+    let cmdline = std::fs::read_to_string(staging.join("cmdline")).unwrap();
+    let uuid = s["root"]["uuid"].as_str().unwrap();
+    assert!(!cmdline.ends_with('\n'));
+    // docs/initrd.md: the mapped device, a console, no shell on panic.
+    assert!(
+        cmdline.starts_with("root=/dev/mapper/snpguard_root ro "),
+        "{cmdline}"
+    );
+    assert!(
+        cmdline.contains(" console=ttyS0") && cmdline.ends_with(" panic=-1"),
+        "{cmdline}"
+    );
+    assert_eq!(s["cmdline"].as_str(), Some(cmdline.as_str()));
+
+    let out = c.fx.path("out.qcow2");
+    let in_size = std::fs::metadata(&c.input).unwrap().len();
+    assert!(in_size > 0);
+    let app = Appliance::launch(&[(&c.input, true), (&out, true)]);
+    let g = &app.0;
+    let parts = g.list_partitions().unwrap();
+    let root_num = s["root"]["partnum"].as_i64().unwrap();
+    assert!(parts.contains(&format!("/dev/sdb{root_num}")), "{parts:?}");
+    let (kin, kout) = (app.kdisk(0), app.kdisk(1));
+    let root_out = format!("{kout}{root_num}");
+    let size_in = g.blockdev_getsize64("/dev/sda").unwrap();
+    let size_out = g.blockdev_getsize64("/dev/sdb").unwrap();
+    assert_eq!(
+        size_out,
+        size_in + (16 << 20),
+        "OUT = IN + the LUKS2 header"
+    );
+
+    // LUKS2 with the pinned parameters; opens with the VMK and with the
+    // recovery passphrase.
+    let dump = app.ok(&format!("cryptsetup luksDump {root_out}"));
+    assert!(dump.contains("Version:       \t2"), "{dump}");
+    let luks_uuid = s["luks"]["uuid"].as_str().unwrap();
+    assert!(dump.contains(luks_uuid));
+    assert!(dump.contains("offset: 16777216 [bytes]") && dump.contains("cipher: aes-xts-plain64"));
+    app.ok("mkdir -p /run/t && mount -t tmpfs tmpfs /run/t");
+    app.ok(&format!(
+        "printf '%s' {} | base64 -d > /run/t/vmk",
+        snpguard::attest::b64(&vmk)
+    ));
+    app.ok(&format!(
+        "printf '%s' '{}' > /run/t/pass",
+        s["recovery_passphrase"].as_str().unwrap()
+    ));
+    let (rc, o) = app.sh(&format!(
+        "cryptsetup open --readonly --test-passphrase --key-file /run/t/pass {root_out}"
+    ));
+    assert_eq!(rc, 0, "recovery passphrase does not open the volume: {o}");
+    let (rc, _) = app.sh(&format!(
+        "printf wrong > /run/t/bad && cryptsetup open --readonly --test-passphrase --key-file /run/t/bad {root_out}"
+    ));
+    assert_ne!(rc, 0, "a wrong passphrase opened the volume");
+    app.ok(&format!(
+        "cryptsetup open --readonly --volume-key-file /run/t/vmk {root_out} t_root"
+    ));
+
+    // Filesystem identity and every file of IN in OUT.
+    assert_eq!(g.vfs_uuid("/dev/mapper/t_root").unwrap(), uuid);
+    assert_eq!(
+        g.vfs_label("/dev/mapper/t_root").unwrap(),
+        s["root"]["label"].as_str().unwrap()
+    );
+    app.ok(&format!(
+        "mkdir -p /run/in /run/out && mount -o ro {kin}{root_num} /run/in && mount -o ro,noload /dev/mapper/t_root /run/out"
+    ));
+    let mi = manifest(&app, "/run/in");
+    let mut mo = manifest(&app, "/run/out");
+    // What convert adds or changes on purpose.
+    for added in [
+        "./usr/lib/snpguard",
+        "./usr/lib/snpguard/snpguard-agent",
+        "./etc/snpguard",
+        "./etc/snpguard/agent.toml",
+        "./etc/snpguard/ca.pem",
+    ] {
+        assert!(mo.remove(added).is_some(), "{added} not installed");
+    }
+    mo.retain(|k, _| !k.starts_with("./usr/share/initramfs-tools/hooks/snpguard"));
+    mo.retain(|k, _| !k.starts_with("./usr/share/initramfs-tools/scripts/local-top/snpguard"));
+    mo.retain(|k, _| !k.starts_with("./usr/lib/dracut/modules.d/90snpguard"));
+    let mut differences = diff(&mi, &mo);
+    // Directories that received the new files, the regenerated initrd,
+    // initramfs-tools' own state and the temporary directory it works in
+    // change by design.
+    differences.retain(|d| {
+        let path = d.split([':', '\n']).next().unwrap_or("");
+        ![
+            "./usr/lib",
+            "./etc",
+            "./usr/share/initramfs-tools/hooks",
+            "./usr/share/initramfs-tools/scripts/local-top",
+            "./usr/share/initramfs-tools/scripts",
+            "./usr/share/initramfs-tools",
+            "./boot",
+            "./var/lib/initramfs-tools",
+            "./var/tmp",
+        ]
+        .contains(&path)
+            && !path.starts_with("./boot/initrd.img-")
+            && !path.starts_with("./var/lib/initramfs-tools/")
+    });
+    assert!(
+        differences.is_empty(),
+        "IN and OUT differ:\n{}",
+        differences.join("\n")
+    );
+    let test_files = mi
+        .keys()
+        .filter(|k| k.starts_with("./srv/snpguard-test/"))
+        .count();
+    assert!(
+        test_files >= 10,
+        "the image lacks the test files ({test_files})"
+    );
+    assert!(
+        mi["./srv/snpguard-test/acl-file"].contains("system.posix_acl_access"),
+        "{}",
+        mi["./srv/snpguard-test/acl-file"]
+    );
+    assert!(mi["./srv/snpguard-test/hardlink-a"].contains("hardlink-b"));
+
+    // The agent as installed, and the config the agent reads.
+    let agent = app.ok("stat -c '%a %u %g' /run/out/usr/lib/snpguard/snpguard-agent");
+    assert_eq!(agent.trim(), "755 0 0");
+    let config = app.ok("cat /run/out/etc/snpguard/agent.toml");
+    let config: toml::Table = toml::from_str(&config).expect("agent.toml");
+    assert_eq!(config["luks"]["uuid"].as_str(), Some(luks_uuid));
+    assert_eq!(
+        config["luks"]["device"].as_str().unwrap(),
+        format!("UUID={luks_uuid}")
+    );
+    assert_eq!(
+        config["servers"][0].as_str(),
+        Some("https://snpguard.test:8443")
+    );
+    let fstab = app.ok("cat /run/out/etc/fstab");
+    assert!(fstab.contains(&format!("UUID={uuid} / ")), "{fstab}");
+
+    // The staged kernel and initrd are what the guest's /boot holds, and
+    // the initrd carries the agent and its configuration.
+    let kernel = s["kernel"]["kernel"].as_str().unwrap();
+    let initrd = s["kernel"]["initrd"].as_str().unwrap();
+    let boot_dev = s["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountpoint"] == "/boot")
+        .map(|m| format!("{kout}{}", m["partnum"]));
+    let boot_root = match &boot_dev {
+        Some(dev) => {
+            app.ok(&format!(
+                "mkdir -p /run/boot && mount -o ro,noload {dev} /run/boot"
+            ));
+            "/run/boot".to_string()
+        }
+        None => "/run/out/boot".to_string(),
+    };
+    let rel = |p: &str| p.trim_start_matches("/boot").to_string();
+    let sums = app.ok(&format!(
+        "sha256sum {boot_root}{} {boot_root}{}",
+        rel(kernel),
+        rel(initrd)
+    ));
+    let sums: Vec<&str> = sums
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(sums[0], sha256(&staging.join("kernel")), "staged kernel");
+    assert_eq!(sums[1], sha256(&staging.join("initrd")), "staged initrd");
+    // The initrd is several concatenated cpio archives (initramfs-tools
+    // stores the already compressed modules uncompressed, then the rest
+    // in zstd): search the raw bytes and the stream from the first zstd
+    // frame on for the member names and the config's LUKS UUID.
+    let found = app.ok(&format!(
+        "cd /run/t && cat {boot_root}{} > initrd && \
+         off=$(grep -obUaP '\\x28\\xb5\\x2f\\xfd' initrd | head -n 1 | cut -d: -f1) && \
+         {{ cat initrd; if [ -n \"$off\" ]; then tail -c +$((off + 1)) initrd | zstd -dcq 2>/dev/null || true; fi; }} \
+         | grep -a -o -e 'usr/lib/snpguard/snpguard-agent' -e 'etc/snpguard/agent.toml' -e '{luks_uuid}' \
+         | sort -u",
+        rel(initrd)
+    ));
+    for want in [
+        "usr/lib/snpguard/snpguard-agent",
+        "etc/snpguard/agent.toml",
+        luks_uuid,
+    ] {
+        assert!(
+            found.lines().any(|l| l == want),
+            "{want} not in the initrd: {found}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
+fn converts_the_simple_layout() {
+    check(simple());
+}
+
+#[test]
+#[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
+fn converts_a_separate_boot_with_an_explicit_kernel() {
+    let rootfs_kernel = simple().summary["kernel"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = convert("boot", &["--kernel", &rootfs_kernel]);
+    assert_eq!(
+        c.summary["kernel"]["version"].as_str(),
+        Some(rootfs_kernel.as_str())
+    );
+    assert_eq!(c.summary["mounts"][0]["mountpoint"], "/boot");
+    check(&c);
+}
+
+#[test]
+#[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
+fn converts_the_esp_layout() {
+    let c = convert("esp", &["--yes"]);
+    assert_eq!(c.summary["mounts"][0]["mountpoint"], "/boot/efi");
+    check(&c);
+}
+
+/// A copy-on-write overlay of the simple image with `script` run on its
+/// root filesystem (mounted at /run/r in an appliance).
+fn overlay(fx: &Fixture, name: &str, script: &str) -> PathBuf {
+    let base = image("simple");
+    let ov = fx.path(name);
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(&ov)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let app = Appliance::launch(&[(&ov, false)]);
+    // Waits for udev to create the partition nodes.
+    let parts = app.0.list_partitions().unwrap();
+    assert!(parts.contains(&"/dev/sda2".to_string()), "{parts:?}");
+    let k = app.kdisk(0);
+    app.ok(&format!(
+        "mkdir -p /run/r && mount {k}2 /run/r && cd /run/r && {script} && cd / && umount /run/r"
+    ));
+    app.0.shutdown().unwrap();
+    ov
+}
+
+#[test]
+#[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
+fn kernels_without_sev_snp_are_refused_with_the_reason() {
+    let fx = Fixture::new("refusal");
+    // A second kernel whose config lacks CONFIG_SEV_GUEST, and a copy of
+    // the real one that is the only kernel in the second image.
+    let two = overlay(
+        &fx,
+        "two-kernels.qcow2",
+        "v=$(ls boot | sed -n 's/^vmlinuz-//p' | head -1) && \
+         cp boot/vmlinuz-$v boot/vmlinuz-6.1.0-nosev && \
+         grep -v '^CONFIG_SEV_GUEST=' boot/config-$v > boot/config-6.1.0-nosev",
+    );
+    let args = fx.args(&two, "out.qcow2", "staging");
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.extend(["--kernel", "6.1.0-nosev"]);
+    let out = ctl(&a);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("kernel 6.1.0-nosev has CONFIG_SEV_GUEST unset"),
+        "{err}"
+    );
+    std::fs::remove_file(&two).unwrap();
+    fx.assert_no_outputs();
+
+    let none = overlay(
+        &fx,
+        "no-sev.qcow2",
+        "for c in boot/config-*; do sed -i 's/^CONFIG_SEV_GUEST=.*/# CONFIG_SEV_GUEST is not set/' $c; done",
+    );
+    let args = fx.args(&none, "out.qcow2", "staging");
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push("--yes");
+    let out = ctl(&a);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no kernel in the image can boot as an SEV-SNP guest")
+            && err.contains("CONFIG_SEV_GUEST unset"),
+        "{err}"
+    );
+    std::fs::remove_file(&none).unwrap();
+    fx.assert_no_outputs();
+}
+
+#[test]
+#[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
+fn interrupt_leaves_no_output() {
+    let fx = Fixture::new("interrupt");
+    let input = image("simple");
+    let args = fx.args(&input, "out.qcow2", "staging");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snpguardctl"))
+        .args(&args)
+        .arg("--yes")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = fx.path(&format!(".out.qcow2.partial-{}", child.id()));
+    // Wait until the appliance writes OUT (the copy has begun).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let len = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        if len > 64 << 20 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "convert ended early");
+        assert!(Instant::now() < deadline, "convert never started writing");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    fx.assert_no_outputs();
+}

@@ -1,0 +1,215 @@
+//! `snpguardctl embed` on a small generated image, checked with
+//! libguestfs. Slow (appliance launches under TCG): ignored by default;
+//! `make test-convert` runs it.
+
+mod guestfs_util;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use guestfs_util::{ctl, manifest, repo, sha256, Appliance};
+use snpguard::bundle::{write_bundle, BundleSources, LaunchConfig, CONFIG_VERSION};
+use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
+
+fn config(name: &str) -> LaunchConfig {
+    LaunchConfig {
+        version: CONFIG_VERSION,
+        name: name.into(),
+        vcpus: 2,
+        vcpu_type: "EPYC-v4".into(),
+        guest_policy: "0x30000".into(),
+        guest_features: "0x1".into(),
+        measurement: "ab".repeat(48),
+        id_key_digest: "cd".repeat(48),
+        author_key_digest: "ef".repeat(48),
+        family_id: "01".repeat(16),
+        image_id: "02".repeat(16),
+        kernel_hashes: true,
+    }
+}
+
+/// A valid bundle whose kernel is `kernel`.
+fn bundle(path: &Path, name: &str, kernel: &[u8]) {
+    let firmware = vec![7u8; 4096];
+    let initrd = vec![9u8; 8192];
+    let f = std::fs::File::create(path).unwrap();
+    write_bundle(
+        f,
+        &config(name),
+        BundleSources {
+            firmware: &mut &firmware[..],
+            firmware_len: firmware.len() as u64,
+            kernel: &mut &kernel[..],
+            kernel_len: kernel.len() as u64,
+            initrd: &mut &initrd[..],
+            initrd_len: initrd.len() as u64,
+            cmdline: "root=UUID=x ro",
+            id_block: &[0u8; ID_BLOCK_SIZE],
+            id_auth: &[0u8; ID_AUTH_SIZE],
+        },
+    )
+    .unwrap();
+}
+
+/// A gzip'd tar with one regular file whose header name is `name`,
+/// written byte by byte (the tar crate refuses such names).
+fn hostile(path: &Path, name: &str) {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(b"00000000004\0");
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut data = h.to_vec();
+    let mut body = [0u8; 512];
+    body[..4].copy_from_slice(b"evil");
+    data.extend_from_slice(&body);
+    data.extend_from_slice(&[0u8; 1024]);
+    let gz = Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    gz.stdin.as_ref().unwrap().write_all(&data).unwrap();
+    let out = gz.wait_with_output().unwrap();
+    std::fs::write(path, out.stdout).unwrap();
+}
+
+fn virtual_size(img: &Path) -> u64 {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(img)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["virtual-size"].as_u64().unwrap()
+}
+
+/// A 64 MiB qcow2 with a GPT and one partition.
+fn small_image(dir: &Path) -> PathBuf {
+    let raw = dir.join("disk.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let st = Command::new("sgdisk")
+        .args(["-o", "-n", "1:2048:+32M", "-c", "1:data"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let img = dir.join("disk.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_file(raw).unwrap();
+    img
+}
+
+fn embed(img: &Path, bundle: &Path) -> serde_json::Value {
+    let out = ctl(&[
+        "embed",
+        "--image",
+        img.to_str().unwrap(),
+        "--in-bundle",
+        bundle.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "embed failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The LAUNCH_ARTIFACTS filesystem's manifest and /artifacts target.
+fn artifacts(img: &Path) -> (BTreeMap<String, String>, String) {
+    let app = Appliance::launch(&[(img, true)]);
+    let dev = app.ok("blkid -L LAUNCH_ARTIFACTS").trim().to_string();
+    app.ok(&format!(
+        "mkdir -p /run/a && mount -o ro,noload {dev} /run/a"
+    ));
+    let m = manifest(&app, "/run/a");
+    let link = app.ok("readlink /run/a/artifacts").trim().to_string();
+    (m, link)
+}
+
+#[test]
+#[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
+fn embed_creates_is_idempotent_switches_slots_and_refuses_hostile_bundles() {
+    let dir = tempfile::Builder::new()
+        .prefix("snpguard-embed-test")
+        .tempdir_in(repo().join("build"))
+        .unwrap();
+    let img = small_image(dir.path());
+
+    // Hostile bundles are refused before the image is opened.
+    let before = sha256(&img);
+    for (file, name) in [("dotdot.tar.gz", "../x"), ("abs.tar.gz", "/etc/x")] {
+        let p = dir.path().join(file);
+        hostile(&p, name);
+        let out = ctl(&[
+            "embed",
+            "--image",
+            img.to_str().unwrap(),
+            "--in-bundle",
+            p.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} accepted");
+        assert!(err.contains("the image was not touched"), "{err}");
+        assert_eq!(sha256(&img), before, "{name}: the image changed");
+    }
+
+    let b1 = dir.path().join("one.tar.gz");
+    let b2 = dir.path().join("two.tar.gz");
+    bundle(&b1, "web", &[1u8; 10000]);
+    bundle(&b2, "web", &[2u8; 12000]);
+
+    let size0 = virtual_size(&img);
+    let r = embed(&img, &b1);
+    assert_eq!(r["action"], "created");
+    assert_eq!(r["active_slot"], "A");
+    let size1 = virtual_size(&img);
+    assert!(size1 >= size0 + (512 << 20), "{size0} -> {size1}");
+    let (m1, link1) = artifacts(&img);
+    assert_eq!(link1, "A");
+    assert!(m1.contains_key("./A/kernel") && m1.contains_key("./B"));
+    assert_eq!(m1.keys().filter(|k| k.starts_with("./B/")).count(), 0);
+
+    // Twice: the same result, nothing grown.
+    let r = embed(&img, &b1);
+    assert_eq!(r["action"], "unchanged");
+    assert_eq!(virtual_size(&img), size1);
+    let (m2, _) = artifacts(&img);
+    assert_eq!(m1, m2);
+
+    // An update goes to the inactive slot and the link switches.
+    let r = embed(&img, &b2);
+    assert_eq!(r["action"], "switched");
+    assert_eq!(r["active_slot"], "B");
+    let (m3, link3) = artifacts(&img);
+    assert_eq!(link3, "B");
+    assert_eq!(m3["./A/kernel"], m1["./A/kernel"], "the old slot is kept");
+    assert!(
+        m3["./B/kernel"].contains("size=12000"),
+        "{}",
+        m3["./B/kernel"]
+    );
+    assert_eq!(virtual_size(&img), size1);
+}

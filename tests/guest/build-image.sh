@@ -1,0 +1,167 @@
+#!/bin/sh
+# Builds a small Debian-like qcow2 from a root filesystem directory, for the
+# convert/embed tests. Generated, never downloaded.
+#
+#   tests/guest/build-image.sh LAYOUT [ROOTFS]
+#
+# LAYOUT is one of
+#   simple  GPT: BIOS boot partition + root (ext4)
+#   boot    GPT: BIOS boot + /boot (ext4) + root (ext4)
+#   esp     GPT: ESP (vfat, mounted at /boot/efi) + root (ext4)
+# ROOTFS is a root filesystem directory or tar (the rootfs.tar of
+# tests/guest/build-rootfs.sh: a debootstrapped Debian 13 with a kernel and
+# initramfs-tools or dracut, numeric owners and xattrs); default
+# $SNPGUARD_TEST_ROOTFS.
+#
+# The image is cached as build/guest/image-LAYOUT-<hash of ROOTFS's path>.qcow2
+# and rebuilt only when it is older than this script or ROOTFS. Prints the
+# image's path on stdout. Needs root (to read every file of the rootfs and
+# keep owners), mke2fs with -d, sgdisk, mkfs.vfat and mcopy, qemu-img.
+#
+# On top of the rootfs, the root filesystem gets /srv/snpguard-test: files
+# with user and trusted xattrs, POSIX ACLs (access and default), hard links,
+# a setuid file owned by 1234:5678, a sparse file, a fifo, a device node and
+# a symlink, so a copy that loses any of these is caught.
+set -eu
+
+LAYOUT=${1:?usage: build-image.sh simple|boot|esp [ROOTFS]}
+ROOTFS=${2:-${SNPGUARD_TEST_ROOTFS:?set SNPGUARD_TEST_ROOTFS to a rootfs dir or tar (tests/guest/build-rootfs.sh)}}
+case $LAYOUT in simple|boot|esp) ;; *) echo "build-image.sh: unknown layout $LAYOUT" >&2; exit 2 ;; esac
+if [ -d "$ROOTFS" ]; then
+	[ -d "$ROOTFS/boot" ] && [ -d "$ROOTFS/etc" ] || {
+		echo "build-image.sh: $ROOTFS is not a root filesystem" >&2
+		exit 1
+	}
+	STAMP=$ROOTFS/boot
+elif [ -f "$ROOTFS" ]; then
+	STAMP=$ROOTFS
+else
+	echo "build-image.sh: $ROOTFS is missing; run tests/guest/build-rootfs.sh" >&2
+	exit 1
+fi
+OUTDIR=${SNPGUARD_TEST_IMAGES:-build/guest}
+KEY=$(realpath "$ROOTFS" | sha256sum | cut -c1-8)
+OUT=$OUTDIR/image-$LAYOUT-$KEY.qcow2
+mkdir -p "$OUTDIR"
+
+if [ -f "$OUT" ] && [ "$OUT" -nt "$0" ] && [ "$OUT" -nt "$STAMP" ]; then
+	echo "$OUT"
+	exit 0
+fi
+
+WORK=$(mktemp -d "$OUTDIR/.image-$LAYOUT.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT INT TERM
+
+ROOT_MIB=1536
+BOOT_MIB=256
+ESP_MIB=64
+ROOT_UUID=$(cat /proc/sys/kernel/random/uuid)
+BOOT_UUID=$(cat /proc/sys/kernel/random/uuid)
+ESP_ID=$(od -An -N4 -tx4 /dev/urandom | tr -d ' ' | tr a-f A-F)
+ESP_UUID="$(echo "$ESP_ID" | cut -c1-4)-$(echo "$ESP_ID" | cut -c5-8)"
+
+# The root tree: a copy of the rootfs plus the test files.
+TREE=$WORK/tree
+if [ -d "$ROOTFS" ]; then
+	cp -a "$ROOTFS" "$TREE"
+else
+	mkdir "$TREE"
+	tar --numeric-owner --xattrs --xattrs-include='*' --acls -xpf "$ROOTFS" -C "$TREE"
+fi
+T=$TREE/srv/snpguard-test
+mkdir -p "$T/acl-dir" "$T/sticky"
+chmod 1777 "$T/sticky"
+echo hello >"$T/xattr-file"
+setfattr -n user.snpguard -v hello "$T/xattr-file"
+setfattr -n trusted.snpguard -v 0xdeadbeef "$T/xattr-file"
+echo acl >"$T/acl-file"
+setfacl -m u:1234:rw,g:5678:r "$T/acl-file"
+setfacl -d -m u:1234:rwx "$T/acl-dir"
+echo linked >"$T/hardlink-a"
+ln "$T/hardlink-a" "$T/hardlink-b"
+ln "$T/hardlink-a" "$T/acl-dir/hardlink-c"
+echo owned >"$T/setuid"
+chown 1234:5678 "$T/setuid"
+chmod 4750 "$T/setuid"
+truncate -s 64M "$T/sparse"
+echo tail >>"$T/sparse"
+mkfifo "$T/fifo"
+mknod "$T/null" c 1 3
+ln -s ../snpguard-test/xattr-file "$T/symlink"
+touch -h -d 2001-02-03T04:05:06Z "$T/symlink" "$T/xattr-file"
+
+FSTAB="UUID=$ROOT_UUID / ext4 errors=remount-ro 0 1"
+case $LAYOUT in
+boot)
+	FSTAB="$FSTAB
+UUID=$BOOT_UUID /boot ext4 defaults 0 2"
+	mkdir "$WORK/boot"
+	# The /boot tree moves to its own filesystem; the root keeps the
+	# empty mount point.
+	(cd "$TREE/boot" && tar -cf - .) | (cd "$WORK/boot" && tar -xpf -)
+	find "$TREE/boot" -mindepth 1 -delete
+	;;
+esp)
+	FSTAB="$FSTAB
+UUID=$ESP_UUID /boot/efi vfat umask=0077 0 1"
+	mkdir -p "$TREE/boot/efi"
+	;;
+esac
+printf '%s\n' "$FSTAB" >"$TREE/etc/fstab"
+echo "snpguard-test-$LAYOUT" >"$TREE/etc/hostname"
+
+mke2fs -q -t ext4 -L rootfs -U "$ROOT_UUID" -d "$TREE" "$WORK/root.img" "${ROOT_MIB}M" >&2
+rm -rf "$TREE"
+
+# Partition table. Sizes in MiB; 1 MiB alignment; the backup GPT needs the
+# last MiB.
+DISK=$WORK/disk.raw
+case $LAYOUT in
+simple) TOTAL=$((1 + 1 + ROOT_MIB + 1)) ;;
+boot) TOTAL=$((1 + 1 + BOOT_MIB + ROOT_MIB + 1)) ;;
+esp) TOTAL=$((1 + ESP_MIB + ROOT_MIB + 1)) ;;
+esac
+truncate -s "${TOTAL}M" "$DISK"
+# Sector number of a MiB offset (sgdisk ignores unit suffixes on starts).
+mib() { echo $(($1 * 2048)); }
+gpt() {
+	d=$1
+	shift
+	sgdisk -o "$@" "$d" >/dev/null
+	sgdisk -v "$d" | grep -q 'No problems found' || {
+		echo "build-image.sh: sgdisk did not write a valid GPT" >&2
+		exit 1
+	}
+}
+case $LAYOUT in
+simple)
+	gpt "$DISK" -n 1:$(mib 1):+1M -t 1:EF02 -c 1:bios \
+		-n 2:$(mib 2):+${ROOT_MIB}M -t 2:8304 -c 2:root
+	ROOT_AT=2
+	;;
+boot)
+	mke2fs -q -t ext4 -L boot -U "$BOOT_UUID" -d "$WORK/boot" "$WORK/boot.img" "${BOOT_MIB}M" >&2
+	gpt "$DISK" -n 1:$(mib 1):+1M -t 1:EF02 -c 1:bios \
+		-n 2:$(mib 2):+${BOOT_MIB}M -t 2:EA00 -c 2:boot \
+		-n 3:$(mib $((2 + BOOT_MIB))):+${ROOT_MIB}M -t 3:8304 -c 3:root
+	dd if="$WORK/boot.img" of="$DISK" bs=1M seek=2 conv=notrunc,sparse status=none
+	ROOT_AT=$((2 + BOOT_MIB))
+	;;
+esp)
+	truncate -s "${ESP_MIB}M" "$WORK/esp.img"
+	mkfs.vfat -n ESP -i "$ESP_ID" "$WORK/esp.img" >/dev/null
+	mkdir -p "$WORK/efi/EFI/debian"
+	echo "snpguard test ESP" >"$WORK/efi/EFI/debian/README"
+	mcopy -s -i "$WORK/esp.img" "$WORK/efi/EFI" ::/
+	gpt "$DISK" -n 1:$(mib 1):+${ESP_MIB}M -t 1:EF00 -c 1:esp \
+		-n 2:$(mib $((1 + ESP_MIB))):+${ROOT_MIB}M -t 2:8304 -c 2:root
+	dd if="$WORK/esp.img" of="$DISK" bs=1M seek=1 conv=notrunc status=none
+	ROOT_AT=$((1 + ESP_MIB))
+	;;
+esac
+dd if="$WORK/root.img" of="$DISK" bs=1M seek="$ROOT_AT" conv=notrunc,sparse status=none
+rm -f "$WORK/root.img" "$WORK/boot.img" "$WORK/esp.img"
+
+qemu-img convert -q -f raw -O qcow2 "$DISK" "$WORK/image.qcow2"
+mv "$WORK/image.qcow2" "$OUT"
+echo "$OUT"
