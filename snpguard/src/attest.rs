@@ -8,6 +8,12 @@
 //! is [`report_data`]`(nonce, key)`, and `POST /v1/attest` with the nonce,
 //! the report, its certificate table and the key; the daemon answers with
 //! the VMK sealed by [`seal_key`] to that key, bound to the report.
+//!
+//! Renewal (a kernel update): the guest takes a fresh nonce, asks for a
+//! report whose REPORT_DATA is [`renewal_report_data`] of the nonce and
+//! the new kernel, initrd and command line, and `POST /v1/renew`s them in
+//! a [`RenewRequest`]. The daemon stores them as a *pending* launch of the
+//! record; nothing is released for it until an operator approves it.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -21,6 +27,11 @@ use crate::seal::{self, PublicKey, SealError, SealedBox, SecretKey};
 pub const MAX_BODY: usize = 64 * 1024;
 /// Length of a nonce in bytes.
 pub const NONCE_LEN: usize = 32;
+/// Largest `POST /v1/renew` body the daemon reads: room for a distribution
+/// kernel and initrd in base64.
+pub const MAX_RENEW_BODY: usize = 256 << 20;
+/// Most pending launches a record may have at once.
+pub const MAX_PENDING_LAUNCHES: usize = 4;
 
 /// `POST /v1/attest/challenge` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +67,52 @@ pub struct AttestResponse {
     pub record: String,
     /// The key, sealed by [`seal_key`]: standard base64 of the sealed box.
     pub sealed_key: String,
+}
+
+/// `POST /v1/renew` request: new boot artifacts, bound to an attested VM.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// The nonce from the challenge, as received.
+    pub nonce: String,
+    /// The raw 1184-byte report, standard base64; its REPORT_DATA is
+    /// [`renewal_report_data`] of the nonce and the three artifacts.
+    pub report: String,
+    /// The GUID certificate table, standard base64, when available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_table: Option<String>,
+    /// The new kernel, standard base64.
+    pub kernel: String,
+    /// The new initrd, standard base64.
+    pub initrd: String,
+    /// The new kernel command line, exactly as it will be measured.
+    pub cmdline: String,
+}
+
+impl std::fmt::Debug for RenewRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The artifacts are large; their sizes say enough.
+        f.debug_struct("RenewRequest")
+            .field("nonce", &self.nonce)
+            .field("report_len", &self.report.len())
+            .field("cert_table", &self.cert_table.is_some())
+            .field("kernel_len", &self.kernel.len())
+            .field("initrd_len", &self.initrd.len())
+            .field("cmdline", &self.cmdline)
+            .finish()
+    }
+}
+
+/// `POST /v1/renew` response (202 Accepted): the pending launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewResponse {
+    /// The record the report matched (its id).
+    pub record: String,
+    /// The launch id of the new (or already present) pending launch.
+    pub launch: String,
+    /// Its launch digest, 96 hex digits.
+    pub measurement: String,
 }
 
 /// Every error response: a stable code and a coarse message.
@@ -112,6 +169,25 @@ pub fn report_data(nonce: &[u8; NONCE_LEN], ephemeral_key: &PublicKey) -> [u8; 6
     h.finalize().into()
 }
 
+/// REPORT_DATA of a renewal: binds the server's nonce and the SHA-384
+/// digests of the new kernel, initrd and command line to the report, so
+/// the artifacts come from the attested VM and not just over its TLS
+/// session. SHA-512 over a domain label, the nonce and the three digests.
+pub fn renewal_report_data(
+    nonce: &[u8; NONCE_LEN],
+    kernel: &[u8],
+    initrd: &[u8],
+    cmdline: &str,
+) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(b"snpguard/v1/renewal\0");
+    h.update(nonce);
+    h.update(Sha384::digest(kernel));
+    h.update(Sha384::digest(initrd));
+    h.update(Sha384::digest(cmdline.as_bytes()));
+    h.finalize().into()
+}
+
 /// The HPKE info for a key release: a domain label and SHA-384 of the
 /// exact report the key is released for.
 pub fn release_info(report: &[u8]) -> Vec<u8> {
@@ -158,6 +234,31 @@ mod tests {
         assert_eq!(base, report_data(&n1, &k1));
         assert_ne!(base, report_data(&n2, &k1));
         assert_ne!(base, report_data(&n1, &k2));
+    }
+
+    #[test]
+    fn renewal_report_data_binds_every_artifact() {
+        let n = [4u8; NONCE_LEN];
+        let base = renewal_report_data(&n, b"kernel", b"initrd", "console=ttyS0");
+        assert_eq!(
+            base,
+            renewal_report_data(&n, b"kernel", b"initrd", "console=ttyS0")
+        );
+        let mut n2 = n;
+        n2[0] ^= 1;
+        for other in [
+            renewal_report_data(&n2, b"kernel", b"initrd", "console=ttyS0"),
+            renewal_report_data(&n, b"kernel!", b"initrd", "console=ttyS0"),
+            renewal_report_data(&n, b"kernel", b"initrd!", "console=ttyS0"),
+            renewal_report_data(&n, b"kernel", b"initrd", "console=ttyS1"),
+            // Moving bytes between fields changes the binding too.
+            renewal_report_data(&n, b"kerneli", b"nitrd", "console=ttyS0"),
+        ] {
+            assert_ne!(base, other);
+        }
+        // Never the key-release binding of the same nonce.
+        let (_, k) = seal::generate_keypair();
+        assert_ne!(base, report_data(&n, &k));
     }
 
     #[test]

@@ -18,11 +18,14 @@ pub const MANAGER_INTERFACE: &str = "org.snpguard.SnpGuard1.Manager";
 /// Record interface name.
 pub const RECORD_INTERFACE: &str = "org.snpguard.SnpGuard1.Record";
 
-/// polkit action for `Register` and `RegisterFromPaths`.
+/// polkit action for `Register`, `RegisterFromPaths`, `AddLaunch` and
+/// `AddLaunchFromPaths`.
 pub const ACTION_REGISTER: &str = "org.snpguard.SnpGuard1.register";
-/// polkit action for `Enable`, `Disable` and `Delete`.
+/// polkit action for `Enable`, `Disable`, `Delete`, `ApproveLaunch`,
+/// `RetireLaunch` and `DiscardLaunch`.
 pub const ACTION_MANAGE: &str = "org.snpguard.SnpGuard1.manage";
-/// polkit action for `ExportBundle` and `ExportBundleToPath`.
+/// polkit action for `ExportBundle`, `ExportBundleToPath`,
+/// `ExportLaunchBundle` and `ExportLaunchBundleToPath`.
 pub const ACTION_EXPORT: &str = "org.snpguard.SnpGuard1.export";
 
 /// Keys of the `files` argument of `Register`/`RegisterFromPaths`.
@@ -36,6 +39,31 @@ pub mod file_key {
     /// Every key, each required exactly once.
     pub const ALL: [&str; 3] = [FIRMWARE, KERNEL, INITRD];
 }
+
+/// Keys of the `files` argument of `AddLaunch`/`AddLaunchFromPaths`.
+pub mod launch_file_key {
+    /// Guest kernel.
+    pub const KERNEL: &str = "kernel";
+    /// Guest initrd.
+    pub const INITRD: &str = "initrd";
+    /// Every key, each required exactly once.
+    pub const ALL: [&str; 2] = [KERNEL, INITRD];
+}
+
+/// States of a launch, as the `Launches` property spells them.
+pub mod launch_state {
+    /// Attestation with this measurement may release the key.
+    pub const APPROVED: &str = "approved";
+    /// Waiting for an operator's approval; releases nothing.
+    pub const PENDING: &str = "pending";
+    /// Superseded; releases nothing.
+    pub const RETIRED: &str = "retired";
+}
+
+/// One entry of the `Launches` property: id, state (see
+/// [`launch_state`]), measurement (hex), command line, creation time
+/// (RFC 3339) and origin (`registration`, `operator`, `guest <address>`).
+pub type LaunchEntry = (String, String, String, String, String, String);
 
 /// Keys of the `options` argument of `Register`/`RegisterFromPaths`, with
 /// their D-Bus type in the comment.
@@ -82,6 +110,8 @@ pub mod limit {
     pub const PATH: usize = 4096;
     /// Record lookup key (`FindRecord`), bytes.
     pub const FIND_KEY: usize = 256;
+    /// A launch id argument, bytes.
+    pub const LAUNCH_ID: usize = 16;
     /// Entries one `AuditTrail` call returns at most.
     pub const AUDIT_ENTRIES: u32 = 1000;
 }
@@ -123,6 +153,13 @@ pub enum Error {
     Storage(String),
     /// polkit did not authorize the caller, or could not be asked.
     AccessDenied(String),
+    /// The launch is not in a state the operation applies to (approving
+    /// a retired launch, discarding an approved one, …).
+    LaunchState(String),
+    /// Retiring the launch would leave the record without an approved one.
+    LastApprovedLaunch(String),
+    /// The record already has the most pending launches it may have.
+    TooManyPending(String),
 }
 
 /// Options of `Register` as built by clients.
@@ -196,6 +233,27 @@ pub trait Record {
     fn export_bundle(&self, fd: OwnedFd) -> zbus::Result<()>;
     /// Writes launch-artifacts.tar.gz to a new file in the import directory.
     fn export_bundle_to_path(&self, path: &str) -> zbus::Result<()>;
+    /// Writes the bundle of one approved launch to a writable fd.
+    fn export_launch_bundle(&self, launch: &str, fd: OwnedFd) -> zbus::Result<()>;
+    /// Writes the bundle of one approved launch to a new file in the import
+    /// directory.
+    fn export_launch_bundle_to_path(&self, launch: &str, path: &str) -> zbus::Result<()>;
+    /// Adds a pending launch from open files (keys of [`launch_file_key`]);
+    /// returns its launch id.
+    fn add_launch(&self, files: HashMap<&str, OwnedFd>, cmdline: &str) -> zbus::Result<String>;
+    /// Adds a pending launch from files inside the import directory.
+    fn add_launch_from_paths(
+        &self,
+        files: HashMap<&str, &str>,
+        cmdline: &str,
+    ) -> zbus::Result<String>;
+    /// Approves a pending launch: signs its ID block; attestation with its
+    /// measurement releases the key from now on.
+    fn approve_launch(&self, launch: &str) -> zbus::Result<()>;
+    /// Retires an approved launch (never the last one).
+    fn retire_launch(&self, launch: &str) -> zbus::Result<()>;
+    /// Discards a pending launch.
+    fn discard_launch(&self, launch: &str) -> zbus::Result<()>;
 
     /// Record id (image ID, hex).
     #[zbus(property)]
@@ -209,9 +267,15 @@ pub trait Record {
     /// Creation time, RFC 3339.
     #[zbus(property)]
     fn created(&self) -> zbus::Result<String>;
-    /// Launch digest, hex.
+    /// Launch digest of the newest approved launch, hex.
     #[zbus(property)]
     fn measurement(&self) -> zbus::Result<String>;
+    /// Every launch, oldest first.
+    #[zbus(property)]
+    fn launches(&self) -> zbus::Result<Vec<LaunchEntry>>;
+    /// Number of pending launches.
+    #[zbus(property)]
+    fn pending_launches(&self) -> zbus::Result<u32>;
     /// Guest policy.
     #[zbus(property)]
     fn policy(&self) -> zbus::Result<u64>;
@@ -221,7 +285,7 @@ pub trait Record {
     /// vCPU model.
     #[zbus(property)]
     fn vcpu_type(&self) -> zbus::Result<String>;
-    /// Kernel command line.
+    /// Kernel command line of the newest approved launch.
     #[zbus(property)]
     fn cmdline(&self) -> zbus::Result<String>;
     /// Family ID, hex.

@@ -5,6 +5,7 @@
 
 mod bus;
 mod idblock;
+mod launches;
 mod measure;
 mod output;
 mod records;
@@ -41,7 +42,7 @@ enum Command {
     IdBlock(idblock::Args),
     /// Register a launch with the daemon and write its bundle
     Register(register::Args),
-    /// List, show, enable, disable, delete or export the daemon's records
+    /// Manage the daemon's records and their launches (list, show, approve…)
     #[command(subcommand)]
     Records(records::RecordsCommand),
 }
@@ -181,6 +182,86 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["snpguardctl", "records", "export", "web"]).is_err());
+    }
+
+    #[test]
+    fn launch_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "snpguardctl",
+            "records",
+            "approve",
+            "web",
+            "--launch",
+            "2",
+            "--output",
+            "b.tar.gz",
+        ])
+        .unwrap();
+        let Command::Records(records::RecordsCommand::Approve(a)) = cli.command else {
+            panic!("not approve")
+        };
+        assert_eq!(a.record, "web");
+        assert_eq!(a.launch.as_deref(), Some("2"));
+        assert_eq!(a.output.as_deref(), Some(std::path::Path::new("b.tar.gz")));
+
+        // The launch is optional for approve only.
+        let cli = Cli::try_parse_from(["snpguardctl", "records", "approve", "web"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Records(records::RecordsCommand::Approve(launches::ApproveArgs {
+                launch: None,
+                output: None,
+                ..
+            }))
+        ));
+        for sub in ["retire", "discard"] {
+            assert!(Cli::try_parse_from(["snpguardctl", "records", sub, "web"]).is_err());
+            let cli = Cli::try_parse_from(["snpguardctl", "records", sub, "web", "--launch", "1"])
+                .unwrap();
+            let Command::Records(cmd) = cli.command else {
+                panic!("not records")
+            };
+            match (sub, cmd) {
+                ("retire", records::RecordsCommand::Retire(a))
+                | ("discard", records::RecordsCommand::Discard(a)) => {
+                    assert_eq!((a.record.as_str(), a.launch.as_str()), ("web", "1"));
+                }
+                (_, other) => panic!("{sub} parsed as {other:?}"),
+            }
+        }
+
+        let cli = Cli::try_parse_from([
+            "snpguardctl",
+            "records",
+            "add-launch",
+            "web",
+            "--staging",
+            "/s",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Records(records::RecordsCommand::AddLaunch(a)) = cli.command else {
+            panic!("not add-launch")
+        };
+        assert_eq!(a.staging, std::path::PathBuf::from("/s"));
+        assert!(a.json);
+        assert!(Cli::try_parse_from(["snpguardctl", "records", "add-launch", "web"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "snpguardctl",
+            "records",
+            "export",
+            "web",
+            "--out",
+            "b",
+            "--launch",
+            "3",
+        ])
+        .unwrap();
+        let Command::Records(records::RecordsCommand::Export(a)) = cli.command else {
+            panic!("not export")
+        };
+        assert_eq!(a.launch.as_deref(), Some("3"));
     }
 
     #[test]

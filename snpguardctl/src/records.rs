@@ -1,5 +1,6 @@
 //! `snpguardctl records`: list, show, enable, disable, delete and export
-//! the daemon's records over D-Bus.
+//! the daemon's records over D-Bus; their launches are in
+//! [`crate::launches`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use snpguard::dbus::{ManagerProxy, RecordProxy};
 use zbus::zvariant::{OwnedFd, OwnedObjectPath};
 
 use crate::bus::{self, call_mut, describe, Bus, Target};
+use crate::launches::{self, AddLaunchArgs, ApproveArgs, LaunchArgs, LaunchView};
 use crate::output;
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +29,14 @@ pub enum RecordsCommand {
     Delete(RecordArg),
     /// Export the record's launch-artifacts.tar.gz
     Export(ExportArgs),
+    /// Add a pending launch (new kernel, initrd, cmdline) from a directory
+    AddLaunch(AddLaunchArgs),
+    /// Approve a pending launch: sign it and (with --output) write its bundle
+    Approve(ApproveArgs),
+    /// Retire an approved launch; its measurement gets no key any more
+    Retire(LaunchArgs),
+    /// Discard a pending or retired launch
+    Discard(LaunchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +64,9 @@ pub struct ExportArgs {
     /// Where to write launch-artifacts.tar.gz (replaced atomically)
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Export this launch (default: the newest approved one)
+    #[arg(long, value_name = "L")]
+    pub launch: Option<String>,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -71,6 +84,8 @@ pub struct RecordView {
     pub vcpus: u32,
     pub vcpu_type: String,
     pub cmdline: String,
+    pub launches: Vec<LaunchView>,
+    pub pending_launches: u32,
     pub family_id: String,
     pub image_id: String,
     pub id_key_digest: String,
@@ -98,6 +113,13 @@ impl RecordView {
             vcpus: r.vcpus().await?,
             vcpu_type: r.vcpu_type().await?,
             cmdline: r.cmdline().await?,
+            launches: r
+                .launches()
+                .await?
+                .into_iter()
+                .map(LaunchView::from)
+                .collect(),
+            pending_launches: r.pending_launches().await?,
             family_id: r.family_id().await?,
             image_id: r.image_id().await?,
             id_key_digest: r.id_key_digest().await?,
@@ -138,6 +160,7 @@ impl RecordView {
             self.attestations_failed,
             self.last_attestation.as_deref().unwrap_or("never")
         );
+        launches::print_launches(&self.launches);
     }
 }
 
@@ -208,7 +231,10 @@ async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
         }
         RecordsCommand::Export(a) => {
             let r = find(&bus, &a.record).await?;
-            export_to(&bus, &r, &a.out).await?;
+            match &a.launch {
+                None => export_to(&bus, &r, &a.out).await?,
+                Some(l) => launches::export_launch(&bus, &r, l, &a.out).await?,
+            }
             let id = r.id().await.map_err(describe)?;
             if a.json {
                 println!(
@@ -219,6 +245,20 @@ async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
                 println!("wrote {}", a.out.display());
             }
             Ok(())
+        }
+        RecordsCommand::AddLaunch(a) => {
+            launches::add(&bus, &find(&bus, &a.record).await?, &a).await
+        }
+        RecordsCommand::Approve(a) => {
+            launches::approve(&bus, &find(&bus, &a.record).await?, &a).await
+        }
+        RecordsCommand::Retire(a) => {
+            let r = find(&bus, &a.record).await?;
+            launches::change(&r, &a, "RetireLaunch", "retired").await
+        }
+        RecordsCommand::Discard(a) => {
+            let r = find(&bus, &a.record).await?;
+            launches::change(&r, &a, "DiscardLaunch", "discarded").await
         }
     }
 }
@@ -239,17 +279,18 @@ async fn list(bus: &Bus, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<32} {:<7} {:>5} MEASUREMENT",
-        "NAME", "ID", "ENABLED", "VCPUS"
+        "{:<24} {:<32} {:<7} {:>5} {:>7} MEASUREMENT",
+        "NAME", "ID", "ENABLED", "VCPUS", "PENDING"
     );
     for v in &views {
         let short: String = v.measurement.chars().take(16).collect();
         println!(
-            "{:<24} {:<32} {:<7} {:>5} {short}…",
+            "{:<24} {:<32} {:<7} {:>5} {:>7} {short}…",
             v.name,
             v.id,
             if v.enabled { "yes" } else { "no" },
-            v.vcpus
+            v.vcpus,
+            v.pending_launches
         );
     }
     Ok(())

@@ -120,7 +120,9 @@ pub fn options(a: &Args, cmdline: &str) -> Result<Options> {
     Ok(o)
 }
 
-fn read_cmdline(dir: &Path) -> Result<String> {
+/// The `cmdline` file of a staging directory, without one trailing
+/// newline.
+pub fn read_cmdline(dir: &Path) -> Result<String> {
     let p = dir.join(CMDLINE);
     let raw = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
     let mut s = String::from_utf8(raw).with_context(|| format!("{} is not UTF-8", p.display()))?;

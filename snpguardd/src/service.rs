@@ -42,6 +42,94 @@ pub struct RegisterRequest {
     pub sealed_vmk: Vec<u8>,
 }
 
+/// A new launch of an existing record: the boot artifacts that change
+/// with a kernel update. Firmware, vCPUs, policy and TCB minimums stay
+/// the record's. The artifacts are read once (bounded) into blobs.
+pub struct LaunchRequest {
+    /// Guest kernel (an open file, or the bytes a guest sent).
+    pub kernel: Box<dyn std::io::Read + Send>,
+    /// Guest initrd.
+    pub initrd: Box<dyn std::io::Read + Send>,
+    /// Kernel command line, exactly as it will be measured.
+    pub cmdline: String,
+    /// Who asked: `operator`, or `guest <peer address>`.
+    pub origin: String,
+}
+
+impl std::fmt::Debug for LaunchRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchRequest")
+            .field("cmdline", &self.cmdline)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The life of a launch: added pending, approved by an operator, retired
+/// when superseded. Only an approved launch releases the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LaunchState {
+    /// Attestation with this measurement may release the key.
+    Approved,
+    /// Waiting for an operator; releases nothing.
+    Pending,
+    /// Superseded; releases nothing.
+    Retired,
+}
+
+impl LaunchState {
+    /// The state's name (`approved`, `pending`, `retired`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaunchState::Approved => "approved",
+            LaunchState::Pending => "pending",
+            LaunchState::Retired => "retired",
+        }
+    }
+}
+
+impl std::fmt::Display for LaunchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One launch of a record as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchInfo {
+    /// Launch id, unique within the record (`1`, `2`, …; never reused).
+    pub id: String,
+    /// Its state.
+    pub state: LaunchState,
+    /// Launch digest, 96 hex digits.
+    pub measurement: String,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// When it was added, RFC 3339.
+    pub created: String,
+    /// When it was approved, if it was.
+    pub approved: Option<String>,
+    /// When it was retired, if it was.
+    pub retired: Option<String>,
+    /// `registration`, `operator` or `guest <peer address>`.
+    pub origin: String,
+}
+
+/// What adding a launch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchAdded {
+    /// The record afterwards.
+    pub record: RecordInfo,
+    /// The launch id: the new pending launch, or the existing launch with
+    /// the same measurement.
+    pub launch: String,
+    /// Its measurement.
+    pub measurement: String,
+    /// False when a launch with that measurement already existed.
+    pub created: bool,
+}
+
 /// What a record looks like to a client. Never carries key material.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordInfo {
@@ -54,7 +142,7 @@ pub struct RecordInfo {
     pub enabled: bool,
     /// Creation time, RFC 3339.
     pub created: String,
-    /// Launch digest, 96 hex digits.
+    /// Launch digest of the newest approved launch, 96 hex digits.
     pub measurement: String,
     /// Guest policy.
     pub policy: u64,
@@ -62,8 +150,10 @@ pub struct RecordInfo {
     pub vcpus: u32,
     /// vCPU model.
     pub vcpu_type: String,
-    /// Kernel command line.
+    /// Kernel command line of the newest approved launch.
     pub cmdline: String,
+    /// Every launch, oldest first.
+    pub launches: Vec<LaunchInfo>,
     /// Family ID of the ID block (hex).
     pub family_id: String,
     /// Image ID of the ID block (hex).
@@ -101,6 +191,15 @@ pub enum ServiceError {
     /// Storage failed; the operation had no effect.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The launch is not in a state the operation applies to.
+    #[error("{0}")]
+    LaunchState(String),
+    /// Retiring that launch would leave the record without an approved one.
+    #[error("{0}")]
+    LastApprovedLaunch(String),
+    /// The record has the most pending launches it may have.
+    #[error("{0}")]
+    TooManyPending(String),
 }
 
 /// The management operations. Implementations are thread-safe and every
@@ -116,8 +215,25 @@ pub trait RecordService: Send + Sync + 'static {
     fn set_enabled(&self, id: &str, enabled: bool) -> Result<RecordInfo, ServiceError>;
     /// Deletes a record and its secrets.
     fn delete(&self, id: &str) -> Result<(), ServiceError>;
-    /// Writes the record's launch-artifacts.tar.gz to `out`.
-    fn export_bundle(&self, id: &str, out: &mut dyn std::io::Write) -> Result<(), ServiceError>;
+    /// Writes launch-artifacts.tar.gz of the record's newest approved
+    /// launch (`launch` None) or of the approved launch `launch` to `out`.
+    fn export_bundle(
+        &self,
+        id: &str,
+        launch: Option<&str>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), ServiceError>;
+    /// Adds a pending launch to record `id` (measured with the record's
+    /// firmware, vCPUs and policy); a launch with the same measurement is
+    /// returned instead of a duplicate.
+    fn add_launch(&self, id: &str, req: LaunchRequest) -> Result<LaunchAdded, ServiceError>;
+    /// Approves a pending launch: signs its ID block with the record's ID
+    /// key; attestation with its measurement releases the key from now on.
+    fn approve_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError>;
+    /// Retires an approved launch; refuses the record's last approved one.
+    fn retire_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError>;
+    /// Discards a pending launch.
+    fn discard_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError>;
     /// The HPKE ingestion public key (raw X25519, 32 bytes).
     fn ingestion_public_key(&self) -> Vec<u8>;
     /// The last `n` attestations of the audit trail, oldest first.

@@ -904,3 +904,6 @@ async fn load_10000_attestations_over_200_connections() {
     assert_eq!(stats.ops, ops);
     daemon.stop();
 }
+
+#[path = "daemon/renewal.rs"]
+mod renewal;

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use snpguard::attest::{
-    AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, IngestionKeyResponse, MAX_BODY,
+    AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, IngestionKeyResponse,
+    RenewRequest, RenewResponse, MAX_BODY,
 };
 use snpguardd::attest::{AttestError, AttestHandler};
 use snpguardd::https::load::{load, Conn, Target};
@@ -64,6 +65,22 @@ impl AttestHandler for Double {
             None => Ok(AttestResponse {
                 record,
                 sealed_key: snpguard::attest::b64(b"sealed"),
+            }),
+        }
+    }
+
+    fn renew(&self, req: RenewRequest, _peer: IpAddr) -> Result<RenewResponse, AttestError> {
+        if let Some(gate) = &self.gate {
+            let _ = gate.entered.send(());
+            let release = gate.release.lock().expect("gate");
+            release.recv_timeout(DEADLINE).expect("released in time");
+        }
+        match &self.refuse {
+            Some(e) => Err(e.clone()),
+            None => Ok(RenewResponse {
+                record: format!("record-for-{}", req.nonce),
+                launch: "2".into(),
+                measurement: format!("{:0>96}", req.kernel.len()),
             }),
         }
     }
@@ -770,3 +787,6 @@ async fn an_oversize_request_head_is_refused_by_the_http_layer() {
     let (status, _) = server.conn().await.get("/v1/health").await.expect("health");
     assert_eq!(status.as_u16(), 200);
 }
+
+#[path = "https/renew.rs"]
+mod renew;

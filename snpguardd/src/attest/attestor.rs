@@ -9,7 +9,11 @@
 //! 5. no record: `unknown-image`;
 //! 6. certificates: the request's table, then the daemon's (imported,
 //!    KDS-cached), then KDS when enabled (VCEK only);
-//! 7. verification against the record's expectations (every rule);
+//! 7. verification against the record's expectations (every rule), the
+//!    measurement being the launch of the record the report names; a
+//!    pending launch is refused as `launch-pending`, a retired one as
+//!    `launch-retired`, any other measurement as `measurement-mismatch`
+//!    (checked against the newest approved launch);
 //! 8. release: the record's VMK (a disabled record: `record-disabled`)
 //!    sealed to the ephemeral key and bound to the report; counters and
 //!    the audit trail written before the answer leaves.
@@ -24,7 +28,7 @@ use std::sync::Arc;
 
 use snpguard::attest::{
     self, decode_nonce, encode_nonce, unb64, AttestRequest, AttestResponse, ChallengeResponse,
-    MAX_BODY, NONCE_LEN,
+    RenewRequest, RenewResponse, MAX_BODY, NONCE_LEN,
 };
 use snpguard::certs::{Cert, CertSet, KeyKind, Product, TrustAnchors};
 use snpguard::report::{Report, SigningKey, TcbParts, REPORT_SIZE};
@@ -33,6 +37,8 @@ use snpguard::verify::{product_from_report, tcb_layout, Expectations, Failure, V
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+mod renew;
+
 use super::audit::{AuditEntry, AuditLog};
 use super::certs::{self as held, CertImportError, HeldSource};
 use super::kds::KdsClient;
@@ -40,7 +46,7 @@ use super::nonce::{self, NonceError, Nonces, NONCE_LIFETIME_SECS};
 use super::{AttestError, AttestHandler};
 use crate::config::Config;
 use crate::registry::{Registry, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SMT};
-use crate::service::{RecordInfo, RecordService, ServiceError};
+use crate::service::{LaunchState, RecordInfo, RecordService, ServiceError};
 use crate::store::{Store, StoreError};
 
 /// Largest test root file read.
@@ -155,6 +161,27 @@ fn nonce_error(e: &NonceError) -> AttestError {
     }
 }
 
+/// A protocol error (400) with its journal line.
+fn protocol(peer: IpAddr, code: &'static str, msg: &str) -> AttestError {
+    tracing::info!(REASON = code, PEER = %peer, "attestation request refused: {msg}");
+    AttestError::bad_request(code, msg)
+}
+
+/// The evidence of a request, decoded.
+struct Evidence {
+    nonce: [u8; NONCE_LEN],
+    report_bytes: Vec<u8>,
+    report: Report,
+    table: Option<CertSet>,
+}
+
+/// Evidence that passed every rule, with an approved launch.
+struct Verified {
+    rec: RecordInfo,
+    report_bytes: Vec<u8>,
+    entry: AuditEntry,
+}
+
 /// Certificates gathered for one report.
 struct Gathered {
     certs: CertSet,
@@ -188,11 +215,12 @@ fn hex48(s: &str, what: &str) -> Result<[u8; 48], AttestError> {
         .ok_or_else(|| internal("corrupt record", format!("{what} is not 48 bytes of hex")))
 }
 
-/// What the record demands of a report bound to `nonce` and `key`.
+/// What the record demands of a report of the launch with `measurement`
+/// whose REPORT_DATA must be `report_data`.
 fn expectations(
     rec: &RecordInfo,
-    nonce: &[u8; NONCE_LEN],
-    key: &PublicKey,
+    measurement: &str,
+    report_data: [u8; 64],
 ) -> Result<Expectations, AttestError> {
     Ok(Expectations {
         product: None,
@@ -204,8 +232,8 @@ fn expectations(
         min_abi: None,
         min_tcb: rec.min_tcb,
         strict_tcb: false,
-        measurement: Some(hex48(&rec.measurement, "measurement")?),
-        report_data: Some(attest::report_data(nonce, key)),
+        measurement: Some(hex48(measurement, "measurement")?),
+        report_data: Some(report_data),
         host_data: None,
         id_key_digest: Some(hex48(&rec.id_key_digest, "id_key_digest")?),
         author_key_digest: Some(hex48(&rec.author_key_digest, "author_key_digest")?),
@@ -430,51 +458,73 @@ impl Attestor {
         r.client
     }
 
-    fn attest_inner(
+    /// Decodes the evidence fields of a request (protocol errors: 400).
+    fn decode_evidence(
         &self,
-        req: &AttestRequest,
+        nonce: &str,
+        report: &str,
+        cert_table: Option<&str>,
         peer: IpAddr,
-        now: OffsetDateTime,
-    ) -> Result<AttestResponse, AttestError> {
-        let protocol = |code: &'static str, msg: &str| {
-            tracing::info!(REASON = code, PEER = %peer, "attestation request refused: {msg}");
-            AttestError::bad_request(code, msg)
-        };
-        let nonce = decode_nonce(&req.nonce)
-            .ok_or_else(|| protocol("nonce-invalid", "nonce: not a nonce this service issued"))?;
-        let report_bytes = unb64(&req.report, REPORT_SIZE).ok_or_else(|| {
+    ) -> Result<Evidence, AttestError> {
+        let nonce = decode_nonce(nonce).ok_or_else(|| {
             protocol(
+                peer,
+                "nonce-invalid",
+                "nonce: not a nonce this service issued",
+            )
+        })?;
+        let report_bytes = unb64(report, REPORT_SIZE).ok_or_else(|| {
+            protocol(
+                peer,
                 "bad-request",
                 "report: expected standard base64 of the 1184-byte report",
             )
         })?;
-        let key = unb64(&req.ephemeral_key, 32)
-            .and_then(|k| PublicKey::from_bytes(&k).ok())
-            .ok_or_else(|| {
-                protocol(
-                    "bad-request",
-                    "ephemeral_key: expected standard base64 of a valid X25519 public key",
-                )
-            })?;
-        let table = match &req.cert_table {
+        let table = match cert_table {
             None => None,
             Some(t) => {
                 let bytes = unb64(t, MAX_BODY).ok_or_else(|| {
-                    protocol("bad-request", "cert_table: expected standard base64")
+                    protocol(peer, "bad-request", "cert_table: expected standard base64")
                 })?;
                 Some(
                     CertSet::from_cert_table(&bytes)
-                        .map_err(|e| protocol("bad-request", &format!("cert_table: {e}")))?,
+                        .map_err(|e| protocol(peer, "bad-request", &format!("cert_table: {e}")))?,
                 )
             }
         };
         let report = Report::parse(&report_bytes)
-            .map_err(|e| protocol("bad-request", &format!("report: {e}")))?;
+            .map_err(|e| protocol(peer, "bad-request", &format!("report: {e}")))?;
+        Ok(Evidence {
+            nonce,
+            report_bytes,
+            report,
+            table,
+        })
+    }
 
+    /// The whole verification of `ev`, exactly as `/v1/attest` does it:
+    /// record, nonce, certificates, every rule of the record with
+    /// REPORT_DATA `report_data`, and an approved launch with the report's
+    /// measurement. Every refusal is counted, audited and journaled here.
+    /// Returns the record, the launch and the audit entry so far.
+    fn verify_evidence(
+        &self,
+        ev: Evidence,
+        report_data: [u8; 64],
+        peer: IpAddr,
+        now: OffsetDateTime,
+    ) -> Result<Verified, AttestError> {
+        let Evidence {
+            nonce,
+            report_bytes,
+            report,
+            table,
+        } = ev;
         let mut entry = AuditEntry {
             time: now.format(&Rfc3339).unwrap_or_default(),
             peer: peer.to_string(),
             record: None,
+            launch: None,
             result: String::new(),
             codes: Vec::new(),
             detail: String::new(),
@@ -510,7 +560,19 @@ impl Attestor {
             );
             return Err(self.refuse(entry, Refusal::rejected("unknown-image", detail), now));
         };
-        let expect = expectations(&rec, &nonce, &key)?;
+        // The launch the report's measurement names, if any: the rules
+        // are checked against it, and only an approved one passes.
+        let reported = hex::encode(report.measurement);
+        let launch = rec
+            .launches
+            .iter()
+            .find(|l| l.measurement == reported)
+            .cloned();
+        entry.launch = launch.as_ref().map(|l| l.id.clone());
+        let measurement = launch
+            .as_ref()
+            .map_or(rec.measurement.as_str(), |l| &l.measurement);
+        let expect = expectations(&rec, measurement, report_data)?;
         let gathered = self.gather(&report, table)?;
         entry.cert_source = gathered.source.map(str::to_owned);
         entry.notes = gathered.notes;
@@ -540,19 +602,77 @@ impl Attestor {
                 Err(e) => tracing::error!("caching the VCEK fetched from KDS: {e}"),
             }
         }
-        let verified = match verified {
-            Ok(v) => v,
-            Err(rej) => {
-                let codes = rej.codes().into_iter().map(str::to_owned).collect();
+        let unapproved = launch.as_ref().and_then(|l| match l.state {
+            LaunchState::Approved => None,
+            LaunchState::Pending => Some((
+                "launch-pending",
+                format!(
+                    "the measurement is launch {} of record {}, which is pending approval \
+                     (snpguardctl records approve {} --launch {})",
+                    l.id, rec.id, rec.id, l.id
+                ),
+            )),
+            LaunchState::Retired => Some((
+                "launch-retired",
+                format!(
+                    "the measurement is launch {} of record {}, which was retired",
+                    l.id, rec.id
+                ),
+            )),
+        });
+        match (verified, unapproved) {
+            (Ok(v), None) => {
+                entry.notes.extend(v.notes);
+                Ok(Verified {
+                    rec,
+                    report_bytes,
+                    entry,
+                })
+            }
+            (Ok(_), Some((code, detail))) => {
+                let r = Refusal::rejected(code, format!("{detail}; the report verified"));
+                Err(self.refuse(entry, r, now))
+            }
+            (Err(rej), unapproved) => {
+                let mut codes: Vec<String> = Vec::new();
+                let mut detail = rej.to_string();
+                if let Some((code, why)) = unapproved {
+                    codes.push(code.to_owned());
+                    detail = format!("{why}; {detail}");
+                }
+                codes.extend(rej.codes().into_iter().map(str::to_owned));
                 let r = Refusal {
                     codes,
-                    detail: rej.to_string(),
+                    detail,
                     client: rejected(),
                 };
-                return Err(self.refuse(entry, r, now));
+                Err(self.refuse(entry, r, now))
             }
-        };
-        entry.notes.extend(verified.notes);
+        }
+    }
+
+    fn attest_inner(
+        &self,
+        req: &AttestRequest,
+        peer: IpAddr,
+        now: OffsetDateTime,
+    ) -> Result<AttestResponse, AttestError> {
+        let ev = self.decode_evidence(&req.nonce, &req.report, req.cert_table.as_deref(), peer)?;
+        let key = unb64(&req.ephemeral_key, 32)
+            .and_then(|k| PublicKey::from_bytes(&k).ok())
+            .ok_or_else(|| {
+                protocol(
+                    peer,
+                    "bad-request",
+                    "ephemeral_key: expected standard base64 of a valid X25519 public key",
+                )
+            })?;
+        let data = attest::report_data(&ev.nonce, &key);
+        let Verified {
+            rec,
+            report_bytes,
+            mut entry,
+        } = self.verify_evidence(ev, data, peer, now)?;
 
         let vmk = match self.registry.record_vmk(&rec.id) {
             Ok(vmk) => vmk,
@@ -587,6 +707,7 @@ impl Attestor {
         tracing::info!(
             RECORD = %rec.id,
             NAME = %rec.name,
+            LAUNCH = entry.launch.as_deref().unwrap_or("-"),
             PEER = %entry.peer,
             MEASUREMENT = entry.measurement.as_deref().unwrap_or("-"),
             REPORTED_TCB = entry.reported_tcb.as_deref().unwrap_or("-"),
@@ -618,6 +739,11 @@ impl AttestHandler for Attestor {
     fn attest(&self, req: AttestRequest, peer: IpAddr) -> Result<AttestResponse, AttestError> {
         let now = self.clock.now();
         self.attest_inner(&req, peer, now)
+    }
+
+    fn renew(&self, req: RenewRequest, peer: IpAddr) -> Result<RenewResponse, AttestError> {
+        let now = self.clock.now();
+        self.renew_inner(req, peer, now)
     }
 
     fn ingestion_key(&self) -> [u8; 32] {

@@ -22,7 +22,11 @@ pub struct AuditEntry {
     pub peer: String,
     /// The record the report named, when one matched.
     pub record: Option<String>,
-    /// `ok`, or the headline reason code of the refusal.
+    /// The launch of the record the report's measurement is, when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<String>,
+    /// `ok`, `renewal-stored` (a renewal added or found a pending
+    /// launch), or the headline reason code of the refusal.
     pub result: String,
     /// Every reason code (empty on success).
     pub codes: Vec<String>,
@@ -106,6 +110,7 @@ mod tests {
 
     fn entry(i: usize) -> AuditEntry {
         AuditEntry {
+            launch: None,
             time: format!("t{i}"),
             peer: "127.0.0.1".into(),
             record: None,

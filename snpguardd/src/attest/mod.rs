@@ -20,7 +20,9 @@ mod tests;
 
 use std::net::IpAddr;
 
-use snpguard::attest::{AttestRequest, AttestResponse, ChallengeResponse};
+use snpguard::attest::{
+    AttestRequest, AttestResponse, ChallengeResponse, RenewRequest, RenewResponse,
+};
 
 pub use attestor::{Attestor, AttestorError, Clock, SystemClock};
 pub use audit::{AuditEntry, AUDIT_CAPACITY};
@@ -34,7 +36,7 @@ pub use kds::{HttpKds, KdsClient, KdsError, AMD_KDS_URL};
 #[error("{code}: {message}")]
 pub struct AttestError {
     /// Stable code, e.g. `attestation-rejected`, `bad-request`,
-    /// `nonce-invalid`, `rate-limited`, `internal`.
+    /// `nonce-invalid`, `rate-limited`, `too-many-pending`, `internal`.
     pub code: &'static str,
     /// HTTP status to answer with.
     pub status: u16,
@@ -61,6 +63,10 @@ pub trait AttestHandler: Send + Sync + 'static {
     fn challenge(&self) -> Result<ChallengeResponse, AttestError>;
     /// Verifies the evidence and, if every rule holds, releases the key.
     fn attest(&self, req: AttestRequest, peer: IpAddr) -> Result<AttestResponse, AttestError>;
+    /// Verifies the evidence as [`AttestHandler::attest`] does, with
+    /// REPORT_DATA bound to the new artifacts, and stores them as a
+    /// pending launch of the record. Releases nothing.
+    fn renew(&self, req: RenewRequest, peer: IpAddr) -> Result<RenewResponse, AttestError>;
     /// The HPKE ingestion public key (raw X25519).
     fn ingestion_key(&self) -> [u8; 32];
 }

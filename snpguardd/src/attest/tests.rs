@@ -24,6 +24,8 @@ use crate::registry::{Registry, POLICY_DEBUG};
 use crate::secrets::{MasterKey, MasterKeySource};
 use crate::service::{RecordInfo, RecordService, RegisterRequest};
 
+mod renewal;
+
 const VMK: [u8; 64] = *b"attested-VMK-0123456789abcdef-attested-VMK-0123456789abcdef-!!!!";
 const TCB: SimTcb = SimTcb {
     bootloader: 3,
@@ -253,6 +255,19 @@ impl Fixture {
         } else {
             pk.clone()
         };
+        let r = Self::report(g, &report_data(nonce, &bound));
+        let req = AttestRequest {
+            nonce: encode_nonce(nonce),
+            report: b64(&r),
+            cert_table: g.table.as_ref().map(|t| b64(t)),
+            ephemeral_key: b64(&pk.to_bytes()),
+        };
+        (req, sk, r.to_vec())
+    }
+
+    /// The report the simulated firmware gives guest `g` for REPORT_DATA
+    /// `data`.
+    fn report(g: &Guest<'_>, data: &[u8; 64]) -> [u8; REPORT_SIZE] {
         let mut r = [0u8; REPORT_SIZE];
         let tcb = tcb_bytes(Product::Milan, TCB).to_le_bytes();
         r[0..4].copy_from_slice(&3u32.to_le_bytes());
@@ -264,7 +279,7 @@ impl Fixture {
         r[0x38..0x40].copy_from_slice(&tcb);
         // KEY_INFO: author key enabled, signed by the VCEK.
         r[0x48..0x4C].copy_from_slice(&1u32.to_le_bytes());
-        r[0x50..0x90].copy_from_slice(&report_data(nonce, &bound));
+        r[0x50..0x90].copy_from_slice(data);
         r[0x90..0xC0].copy_from_slice(&g.measurement);
         r[0xE0..0x110].copy_from_slice(&g.id_key_digest);
         r[0x110..0x140].copy_from_slice(&g.author_key_digest);
@@ -275,13 +290,7 @@ impl Fixture {
         r[0x1E0..0x1E8].copy_from_slice(&tcb);
         r[0x1F0..0x1F8].copy_from_slice(&tcb);
         g.signer.sign_report(&mut r, SimKey::Vcek).unwrap();
-        let req = AttestRequest {
-            nonce: encode_nonce(nonce),
-            report: b64(&r),
-            cert_table: g.table.as_ref().map(|t| b64(t)),
-            ephemeral_key: b64(&pk.to_bytes()),
-        };
-        (req, sk, r.to_vec())
+        r
     }
 
     fn attest(&self, g: &Guest<'_>) -> Result<Vec<u8>, AttestError> {

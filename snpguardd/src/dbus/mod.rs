@@ -79,5 +79,8 @@ pub(crate) fn to_dbus(e: ServiceError) -> Error {
         ServiceError::AlreadyExists(_) => Error::AlreadyExists(msg),
         ServiceError::SealedKey(_) => Error::SealedKey(msg),
         ServiceError::Storage(_) => Error::Storage(msg),
+        ServiceError::LaunchState(_) => Error::LaunchState(msg),
+        ServiceError::LastApprovedLaunch(_) => Error::LastApprovedLaunch(msg),
+        ServiceError::TooManyPending(_) => Error::TooManyPending(msg),
     }
 }

@@ -5,14 +5,18 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 
-use snpguard::dbus::{limit, Error, ACTION_EXPORT, ACTION_MANAGE, RECORDS_PATH};
+use snpguard::dbus::{
+    launch_file_key, limit, Error, LaunchEntry, ACTION_EXPORT, ACTION_MANAGE, ACTION_REGISTER,
+    RECORDS_PATH,
+};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath};
 use zbus::{interface, Connection, ObjectServer};
 
-use super::{blocking, polkit, Context};
-use crate::service::RecordInfo;
+use super::{blocking, import, polkit, Context};
+use crate::registry::launch_origin;
+use crate::service::{LaunchRequest, LaunchState, RecordInfo, ServiceError};
 
 /// The object path of record `id`. Ids are lowercase hex; anything else
 /// is a storage inconsistency, not a client error.
@@ -66,6 +70,46 @@ pub async fn update(conn: &Connection, info: RecordInfo) -> Result<(), Error> {
     if old.last_attestation != rec.info.last_attestation {
         rec.last_attestation_changed(e).await?;
     }
+    rec.launches_changed_from(&old, e).await
+}
+
+/// Checks a launch id argument's length (the registry checks the rest).
+fn check_launch_arg(launch: &str) -> Result<(), Error> {
+    if launch.is_empty() || launch.len() > limit::LAUNCH_ID {
+        return Err(Error::InvalidInput(format!(
+            "launch id must be 1 to {} bytes; see the Launches property",
+            limit::LAUNCH_ID
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the keys of a launch files dictionary: exactly
+/// [`launch_file_key::ALL`].
+fn check_launch_files<V>(files: &HashMap<String, V>) -> Result<(), Error> {
+    for k in files.keys() {
+        if !launch_file_key::ALL.contains(&k.as_str()) {
+            return Err(Error::InvalidInput(format!(
+                "unknown file {k:?}; expected {}",
+                launch_file_key::ALL.join(", ")
+            )));
+        }
+    }
+    for k in launch_file_key::ALL {
+        if !files.contains_key(k) {
+            return Err(Error::InvalidInput(format!("file {k:?} is missing")));
+        }
+    }
+    Ok(())
+}
+
+fn check_cmdline_arg(cmdline: &str) -> Result<(), Error> {
+    if cmdline.len() > limit::CMDLINE {
+        return Err(Error::InvalidInput(format!(
+            "cmdline is longer than {} bytes",
+            limit::CMDLINE
+        )));
+    }
     Ok(())
 }
 
@@ -95,12 +139,98 @@ impl Record {
         Ok(())
     }
 
-    async fn export_to(&self, out: File) -> Result<(), Error> {
+    /// Emits PropertiesChanged for the launch properties that differ
+    /// between `old` and the current state.
+    async fn launches_changed_from(
+        &self,
+        old: &RecordInfo,
+        e: &SignalEmitter<'_>,
+    ) -> Result<(), Error> {
+        if old.launches != self.info.launches {
+            self.launches_changed(e).await?;
+            self.pending_launches_changed(e).await?;
+        }
+        if old.measurement != self.info.measurement {
+            self.measurement_changed(e).await?;
+        }
+        if old.cmdline != self.info.cmdline {
+            self.cmdline_changed(e).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the cached state after a launch operation and announces
+    /// what changed.
+    async fn replace_info(&mut self, info: RecordInfo, e: &SignalEmitter<'_>) -> Result<(), Error> {
+        let old = std::mem::replace(&mut self.info, info);
+        self.launches_changed_from(&old, e).await
+    }
+
+    async fn add_launch_files(
+        &mut self,
+        emitter: &SignalEmitter<'_>,
+        mut files: HashMap<String, File>,
+        cmdline: String,
+    ) -> Result<String, Error> {
+        let mut take = |k: &str| {
+            files
+                .remove(k)
+                .ok_or_else(|| Error::InvalidInput(format!("file {k:?} is missing")))
+        };
+        let req = LaunchRequest {
+            kernel: Box::new(take(launch_file_key::KERNEL)?),
+            initrd: Box::new(take(launch_file_key::INITRD)?),
+            cmdline,
+            origin: launch_origin::OPERATOR.to_owned(),
+        };
+        let svc = self.ctx.service.clone();
+        let id = self.info.id.clone();
+        let added = blocking(move || svc.add_launch(&id, req)).await?;
+        tracing::info!(
+            RECORD = %self.info.id,
+            LAUNCH = %added.launch,
+            MEASUREMENT = %added.measurement,
+            ORIGIN = launch_origin::OPERATOR,
+            "{} launch {} of record {}",
+            if added.created { "added pending" } else { "already had" },
+            added.launch,
+            self.info.id
+        );
+        self.replace_info(added.record, emitter).await?;
+        Ok(added.launch)
+    }
+
+    /// Runs a launch operation that answers with the changed record.
+    async fn launch_op(
+        &mut self,
+        conn: &Connection,
+        hdr: &Header<'_>,
+        emitter: &SignalEmitter<'_>,
+        launch: String,
+        what: &'static str,
+        op: fn(&dyn crate::service::RecordService, &str, &str) -> Result<RecordInfo, ServiceError>,
+    ) -> Result<(), Error> {
+        polkit::authorize(conn, hdr, ACTION_MANAGE).await?;
+        check_launch_arg(&launch)?;
+        let svc = self.ctx.service.clone();
+        let id = self.info.id.clone();
+        let l = launch.clone();
+        let info = blocking(move || op(svc.as_ref(), &id, &l)).await?;
+        tracing::info!(
+            RECORD = %self.info.id,
+            LAUNCH = %launch,
+            "{what} launch {launch} of record {}",
+            self.info.id
+        );
+        self.replace_info(info, emitter).await
+    }
+
+    async fn export_to(&self, launch: Option<String>, out: File) -> Result<(), Error> {
         let svc = self.ctx.service.clone();
         let id = self.info.id.clone();
         blocking(move || {
             let mut out = std::io::BufWriter::new(out);
-            svc.export_bundle(&id, &mut out)?;
+            svc.export_bundle(&id, launch.as_deref(), &mut out)?;
             out.flush().map_err(|e| {
                 crate::service::ServiceError::Storage(format!("writing the bundle: {e}"))
             })
@@ -156,7 +286,7 @@ impl Record {
     ) -> Result<(), Error> {
         polkit::authorize(conn, &hdr, ACTION_EXPORT).await?;
         let out = File::from(std::os::fd::OwnedFd::from(fd));
-        self.export_to(out).await
+        self.export_to(None, out).await
     }
 
     /// Writes the record's launch-artifacts.tar.gz to a new file at `path`
@@ -175,11 +305,140 @@ impl Record {
             )));
         }
         let out = self.ctx.import.create_file(&path)?;
-        let res = self.export_to(out).await;
+        let res = self.export_to(None, out).await;
         if res.is_err() {
             self.ctx.import.remove_file(&path);
         }
         res
+    }
+
+    /// Writes the launch-artifacts.tar.gz of launch `launch` (approved or
+    /// retired) to `fd`, which the caller opened for writing.
+    async fn export_launch_bundle(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        launch: String,
+        fd: OwnedFd,
+    ) -> Result<(), Error> {
+        polkit::authorize(conn, &hdr, ACTION_EXPORT).await?;
+        check_launch_arg(&launch)?;
+        let out = File::from(std::os::fd::OwnedFd::from(fd));
+        self.export_to(Some(launch), out).await
+    }
+
+    /// Writes the launch-artifacts.tar.gz of launch `launch` to a new file
+    /// at `path` inside the import directory.
+    async fn export_launch_bundle_to_path(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        launch: String,
+        path: String,
+    ) -> Result<(), Error> {
+        polkit::authorize(conn, &hdr, ACTION_EXPORT).await?;
+        check_launch_arg(&launch)?;
+        if path.len() > limit::PATH {
+            return Err(Error::InvalidInput(format!(
+                "path longer than {} bytes",
+                limit::PATH
+            )));
+        }
+        let out = self.ctx.import.create_file(&path)?;
+        let res = self.export_to(Some(launch), out).await;
+        if res.is_err() {
+            self.ctx.import.remove_file(&path);
+        }
+        res
+    }
+
+    /// Adds a pending launch: `files` maps "kernel" and "initrd" to open
+    /// regular files; `cmdline` is the kernel command line as measured.
+    /// Returns the launch id (an existing launch's when the measurement is
+    /// the same).
+    #[zbus(out_args("launch"))]
+    async fn add_launch(
+        &mut self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        files: HashMap<String, OwnedFd>,
+        cmdline: String,
+    ) -> Result<String, Error> {
+        polkit::authorize(conn, &hdr, ACTION_REGISTER).await?;
+        check_launch_files(&files)?;
+        check_cmdline_arg(&cmdline)?;
+        let mut opened = HashMap::new();
+        for (k, fd) in files {
+            let f = File::from(std::os::fd::OwnedFd::from(fd));
+            import::require_regular(&f, &format!("file {k:?}"))?;
+            opened.insert(k, f);
+        }
+        self.add_launch_files(&emitter, opened, cmdline).await
+    }
+
+    /// Adds a pending launch from files inside the import directory.
+    #[zbus(out_args("launch"))]
+    async fn add_launch_from_paths(
+        &mut self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        files: HashMap<String, String>,
+        cmdline: String,
+    ) -> Result<String, Error> {
+        polkit::authorize(conn, &hdr, ACTION_REGISTER).await?;
+        check_launch_files(&files)?;
+        check_cmdline_arg(&cmdline)?;
+        let mut opened = HashMap::new();
+        for (k, path) in files {
+            opened.insert(k, self.ctx.import.open_file(&path)?);
+        }
+        self.add_launch_files(&emitter, opened, cmdline).await
+    }
+
+    /// Approves a pending (or retired) launch: signs its ID block; from
+    /// now on attestation with its measurement releases the key.
+    async fn approve_launch(
+        &mut self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        launch: String,
+    ) -> Result<(), Error> {
+        self.launch_op(conn, &hdr, &emitter, launch, "approved", |s, id, l| {
+            s.approve_launch(id, l)
+        })
+        .await
+    }
+
+    /// Retires an approved launch; its measurement releases nothing from
+    /// now on. The last approved launch cannot be retired.
+    async fn retire_launch(
+        &mut self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        launch: String,
+    ) -> Result<(), Error> {
+        self.launch_op(conn, &hdr, &emitter, launch, "retired", |s, id, l| {
+            s.retire_launch(id, l)
+        })
+        .await
+    }
+
+    /// Removes a pending or retired launch and its artifacts.
+    async fn discard_launch(
+        &mut self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        launch: String,
+    ) -> Result<(), Error> {
+        self.launch_op(conn, &hdr, &emitter, launch, "discarded", |s, id, l| {
+            s.discard_launch(id, l)
+        })
+        .await
     }
 
     /// Record id: the image ID in lowercase hex.
@@ -206,10 +465,42 @@ impl Record {
         self.info.created.clone()
     }
 
-    /// Launch digest, 96 hex digits.
+    /// Launch digest of the newest approved launch, 96 hex digits.
     #[zbus(property)]
     async fn measurement(&self) -> String {
         self.info.measurement.clone()
+    }
+
+    /// Every launch, oldest first: (id, state, measurement, cmdline,
+    /// created, origin).
+    #[zbus(property)]
+    async fn launches(&self) -> Vec<LaunchEntry> {
+        self.info
+            .launches
+            .iter()
+            .map(|l| {
+                (
+                    l.id.clone(),
+                    l.state.as_str().to_owned(),
+                    l.measurement.clone(),
+                    l.cmdline.clone(),
+                    l.created.clone(),
+                    l.origin.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Number of pending launches.
+    #[zbus(property)]
+    async fn pending_launches(&self) -> u32 {
+        let n = self
+            .info
+            .launches
+            .iter()
+            .filter(|l| l.state == LaunchState::Pending)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// Guest policy.
@@ -230,7 +521,7 @@ impl Record {
         self.info.vcpu_type.clone()
     }
 
-    /// Kernel command line.
+    /// Kernel command line of the newest approved launch.
     #[zbus(property)]
     async fn cmdline(&self) -> String {
         self.info.cmdline.clone()

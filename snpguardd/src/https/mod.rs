@@ -7,6 +7,7 @@
 //! |--------|------------------------|-------------------------------------|
 //! | POST   | `/v1/attest/challenge` | `ChallengeResponse`                 |
 //! | POST   | `/v1/attest`           | `AttestResponse` (JSON request)     |
+//! | POST   | `/v1/renew`            | 202 `RenewResponse` (JSON request)  |
 //! | GET    | `/v1/health`           | `{"status":"ok"}`                   |
 //! | GET    | `/v1/ingestion-key`    | `IngestionKeyResponse`              |
 //!
@@ -64,6 +65,12 @@ pub struct Limits {
     /// Largest request body in bytes (default
     /// [`snpguard::attest::MAX_BODY`]).
     pub max_body: usize,
+    /// Largest `/v1/renew` body in bytes (default
+    /// [`snpguard::attest::MAX_RENEW_BODY`]); one renewal is processed at
+    /// a time, others are answered `busy`.
+    pub max_renew_body: usize,
+    /// Time for a whole `/v1/renew` request: body and handler.
+    pub renew_timeout: Duration,
     /// Requests per second a source regains (token bucket refill).
     pub per_ip_rate: f64,
     /// Requests a source may make at once (token bucket size).
@@ -87,6 +94,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body: snpguard::attest::MAX_BODY,
+            max_renew_body: snpguard::attest::MAX_RENEW_BODY,
+            renew_timeout: Duration::from_secs(600),
             per_ip_rate: 20.0,
             per_ip_burst: 200,
             max_connections: 512,
@@ -102,8 +111,8 @@ impl Default for Limits {
 impl Limits {
     fn check(&self) -> Result<(), ServeError> {
         let bad = |what: &'static str| Err(ServeError::Limits(what));
-        if self.max_body == 0 {
-            return bad("max_body must be positive");
+        if self.max_body == 0 || self.max_renew_body == 0 {
+            return bad("max_body and max_renew_body must be positive");
         }
         if !(self.per_ip_rate.is_finite() && self.per_ip_rate > 0.0) {
             return bad("per_ip_rate must be a positive number");
@@ -121,6 +130,7 @@ impl Limits {
             self.handshake_timeout,
             self.header_timeout,
             self.request_timeout,
+            self.renew_timeout,
         ];
         if times.iter().any(Duration::is_zero) {
             return bad("timeouts must be positive");
@@ -149,6 +159,8 @@ struct Shared {
     handler: Arc<dyn AttestHandler>,
     limits: Limits,
     rate: RateLimiter,
+    /// One permit: the renewal being processed.
+    renewing: Arc<Semaphore>,
 }
 
 /// Serves `/v1` on `listener` until `shutdown` completes; then stops
@@ -171,6 +183,7 @@ pub async fn serve(
             limits.max_tracked_sources,
         ),
         limits,
+        renewing: Arc::new(Semaphore::new(1)),
     });
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
@@ -319,7 +332,12 @@ async fn respond(shared: &Shared, req: Request<hyper::body::Incoming>, peer: IpA
             "too many requests from this address; retry later",
         )
     } else {
-        let deadline = started + shared.limits.request_timeout;
+        let timeout = if req.uri().path() == "/v1/renew" {
+            shared.limits.renew_timeout
+        } else {
+            shared.limits.request_timeout
+        };
+        let deadline = started + timeout;
         routes::route(shared, req, peer, deadline).await
     };
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

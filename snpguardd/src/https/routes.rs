@@ -11,7 +11,7 @@ use hyper::header::{HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CO
 use hyper::header::{CONTENT_TYPE, EXPECT};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use snpguard::attest::{b64, AttestRequest, ErrorBody, IngestionKeyResponse};
+use snpguard::attest::{b64, AttestRequest, ErrorBody, IngestionKeyResponse, RenewRequest};
 
 use super::Shared;
 use crate::attest::AttestError;
@@ -110,6 +110,7 @@ enum Endpoint {
     Health,
     Challenge,
     Attest,
+    Renew,
     IngestionKey,
 }
 
@@ -140,6 +141,7 @@ where
         "/v1/ingestion-key" => (Endpoint::IngestionKey, Method::GET),
         "/v1/attest/challenge" => (Endpoint::Challenge, Method::POST),
         "/v1/attest" => (Endpoint::Attest, Method::POST),
+        "/v1/renew" => (Endpoint::Renew, Method::POST),
         _ => {
             return Reply::error(
                 StatusCode::NOT_FOUND,
@@ -167,6 +169,7 @@ where
             let handler = shared.handler.clone();
             call(
                 deadline,
+                StatusCode::OK,
                 move || Ok(handler.ingestion_key()),
                 |key| IngestionKeyResponse {
                     public_key: b64(&key),
@@ -189,7 +192,7 @@ where
                 }
             }
             let handler = shared.handler.clone();
-            call(deadline, move || handler.challenge(), |c| c).await
+            call(deadline, StatusCode::OK, move || handler.challenge(), |c| c).await
         }
         Endpoint::Attest => {
             if !is_json(req.headers()) {
@@ -204,13 +207,52 @@ where
                 Err(e) => return malformed(&e),
             };
             let handler = shared.handler.clone();
-            call(deadline, move || handler.attest(request, peer), |r| r).await
+            call(
+                deadline,
+                StatusCode::OK,
+                move || handler.attest(request, peer),
+                |r| r,
+            )
+            .await
+        }
+        Endpoint::Renew => {
+            if !is_json(req.headers()) {
+                return unsupported_media_type();
+            }
+            // One renewal at a time: each holds a large body in memory
+            // and measures it.
+            let Ok(_permit) = shared.renewing.clone().try_acquire_owned() else {
+                return Reply::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "another renewal is being processed; retry later",
+                )
+                .closing();
+            };
+            let body = match read_body(req, shared.limits.max_renew_body, deadline).await {
+                Ok(body) => body,
+                Err(reply) => return reply,
+            };
+            let request: RenewRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return malformed(&e),
+            };
+            drop(body);
+            let handler = shared.handler.clone();
+            call(
+                deadline,
+                StatusCode::ACCEPTED,
+                move || handler.renew(request, peer),
+                |r| r,
+            )
+            .await
         }
     }
 }
 
-/// Runs a handler call on the blocking pool, bounded by `deadline`.
-async fn call<T, R, F, M>(deadline: Instant, f: F, map: M) -> Reply
+/// Runs a handler call on the blocking pool, bounded by `deadline`;
+/// success is answered with `ok`.
+async fn call<T, R, F, M>(deadline: Instant, ok: StatusCode, f: F, map: M) -> Reply
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, AttestError> + Send + 'static,
@@ -219,7 +261,7 @@ where
 {
     let task = tokio::task::spawn_blocking(f);
     match tokio::time::timeout_at(deadline.into(), task).await {
-        Ok(Ok(Ok(value))) => Reply::json(StatusCode::OK, &map(value)),
+        Ok(Ok(Ok(value))) => Reply::json(ok, &map(value)),
         Ok(Ok(Err(e))) => Reply::from_attest_error(e),
         Ok(Err(join)) => {
             tracing::error!(error = %join, "attestation handler failed");

@@ -11,7 +11,8 @@
 //! | `ingestion.pub` | HPKE ingestion public key, raw 32 bytes (0644)       |
 //! | `tls/cert.pem`  | generated TLS certificate (0644)                     |
 //!
-//! Database trees: `records/<id>` (JSON [`record::StoredRecord`]),
+//! Database trees: `records/<id>` (JSON [`record::StoredRecord`], with
+//! its launches: [`launch::StoredLaunch`]),
 //! `names/<name>` → id, `secrets/vmk/<id>` and `secrets/id-key/<id>`
 //! (sealed with the master key, associated data `snpguard/v1/<purpose>/
 //! <id>`), `keys/*` (see [`crate::keys`]); the attestor's `nonces`,
@@ -21,8 +22,16 @@
 //! before it gets its name), then the record, the name index and both
 //! sealed secrets in one transaction. A crash leaves either no record
 //! (and perhaps orphan blobs, removed at the next open) or a complete one.
+//! Adding a launch likewise writes its blobs first and then the record.
+//!
+//! Launches (kernel updates): a record has one or more launches, each
+//! approved, pending or retired ([`launch`]); only an approved launch's
+//! measurement releases the key. A pending launch is signed (ID block and
+//! auth with the record's ID key) when an operator approves it.
 
 mod blobs;
+mod launch;
+mod launches;
 mod record;
 
 use std::collections::BTreeSet;
@@ -31,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
 use p384::ecdsa::SigningKey;
-use snpguard::bundle::{self, BundleSources, LaunchConfig};
+use snpguard::bundle;
 use snpguard::idblock::{self, IdAuth, IdBlock};
 use snpguard::measure::{self, MeasureError, MeasureInput, VmmType};
 use snpguard::seal::{self, SealedBox};
@@ -43,14 +52,32 @@ use crate::attest::AuditEntry;
 use crate::fsutil;
 use crate::keys::{self, DaemonKeys, KeySummary, KeysError, TlsConfig};
 use crate::secrets::{random_bytes, MasterKey, Purpose, SecretsError};
-use crate::service::{RecordInfo, RecordService, RegisterRequest, ServiceError};
+use crate::service::{
+    LaunchAdded, LaunchRequest, LaunchState, RecordInfo, RecordService, RegisterRequest,
+    ServiceError,
+};
 use crate::store::{Op, SledStore, Store, StoreError, Tree};
 
 use blobs::{BlobRef, Blobs};
+pub use launch::MAX_LAUNCHES;
 pub use record::{
     guest_policy, MAX_NAME_LEN, MAX_VCPUS, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_RESERVED_ONE,
     POLICY_SMT,
 };
+
+/// The origins of a launch, as stored and shown.
+pub mod launch_origin {
+    /// A launch an operator added over D-Bus.
+    pub const OPERATOR: &str = super::launch::ORIGIN_OPERATOR;
+    /// The launch a registration created.
+    pub const REGISTRATION: &str = super::launch::ORIGIN_REGISTRATION;
+
+    /// A launch an attested guest submitted from `peer`.
+    pub fn guest(peer: std::net::IpAddr) -> String {
+        format!("guest {peer}")
+    }
+}
+use launch::StoredLaunch;
 use record::{StoredRecord, RECORD_VERSION};
 
 /// Family ID of every record's ID block: the ASCII bytes `snpguard`
@@ -268,9 +295,22 @@ impl Registry {
         id: &str,
         change: impl FnOnce(&mut StoredRecord),
     ) -> Result<RecordInfo, ServiceError> {
+        self.try_update(id, |r| {
+            change(r);
+            Ok(())
+        })
+    }
+
+    /// Changes a record under the commit lock; nothing is written when
+    /// `change` fails.
+    fn try_update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut StoredRecord) -> Result<(), ServiceError>,
+    ) -> Result<RecordInfo, ServiceError> {
         let _guard = self.lock_commit();
         let mut rec = self.load(id)?;
-        change(&mut rec);
+        change(&mut rec)?;
         self.store
             .transaction(&[Op::put(Tree::Records, id, rec.to_json()?)])
             .map_err(store_err)?;
@@ -283,7 +323,7 @@ impl Registry {
         let referenced: BTreeSet<String> = self
             .all()?
             .iter()
-            .flat_map(|r| r.blob_digests().map(str::to_owned))
+            .flat_map(|r| r.blob_digests().into_iter().map(str::to_owned))
             .collect();
         self.blobs.collect_garbage(&referenced)
     }
@@ -325,7 +365,8 @@ impl Registry {
         firmware: &BlobRef,
         kernel: &BlobRef,
         initrd: &BlobRef,
-        req: &RegisterRequest,
+        cmdline: &str,
+        vcpus: u32,
         vcpu_type: measure::VcpuType,
     ) -> Result<measure::LaunchDigest, ServiceError> {
         let fw_path = self.blobs.path(firmware);
@@ -334,8 +375,8 @@ impl Registry {
             ovmf_hash: None,
             kernel: Some(self.blobs.path(kernel)),
             initrd: Some(self.blobs.path(initrd)),
-            cmdline: Some(req.cmdline.clone()),
-            vcpus: req.vcpus,
+            cmdline: Some(cmdline.to_owned()),
+            vcpus,
             vcpu_type,
             guest_features: GUEST_FEATURES,
             vmm_type: VmmType::Qemu,
@@ -363,7 +404,14 @@ impl Registry {
         blobs: [BlobRef; 3],
     ) -> Result<StoredRecord, ServiceError> {
         let [firmware, kernel, initrd] = blobs;
-        let digest = self.measure(&firmware, &kernel, &initrd, req, vcpu_type)?;
+        let digest = self.measure(
+            &firmware,
+            &kernel,
+            &initrd,
+            &req.cmdline,
+            req.vcpus,
+            vcpu_type,
+        )?;
         let policy = guest_policy(req.allow_smt, req.allow_debug, req.allow_migrate_ma);
 
         let mut image_id = [0u8; 16];
@@ -382,18 +430,32 @@ impl Registry {
             .map_err(|e| ServiceError::InvalidInput(format!("signing the ID block: {e}")))?;
         let id_key_scalar = Zeroizing::new(id_key.to_bytes());
 
+        let created = now()?;
+        let first = StoredLaunch {
+            id: 1,
+            state: LaunchState::Approved,
+            measurement: digest.to_string(),
+            kernel,
+            initrd,
+            cmdline: req.cmdline.clone(),
+            id_block: Some(hex::encode(block.to_bytes())),
+            id_auth: Some(hex::encode(auth.as_bytes())),
+            created: created.clone(),
+            approved: Some(created.clone()),
+            retired: None,
+            origin: launch::ORIGIN_REGISTRATION.to_owned(),
+            approval: Some(1),
+        };
         let rec = StoredRecord {
             v: RECORD_VERSION,
             id: id.clone(),
             name: req.name.clone(),
             enabled: true,
-            created: now()?,
-            measurement: digest.to_string(),
+            created,
             policy,
             guest_features: GUEST_FEATURES,
             vcpus: req.vcpus,
             vcpu_type: vcpu_type.name().to_owned(),
-            cmdline: req.cmdline.clone(),
             allow_smt: req.allow_smt,
             allow_debug: req.allow_debug,
             allow_migrate_ma: req.allow_migrate_ma,
@@ -403,10 +465,9 @@ impl Registry {
             id_key_digest: hex::encode(idblock::key_digest(id_key.verifying_key())),
             author_key_digest: hex::encode(idblock::key_digest(author.verifying_key())),
             firmware,
-            kernel,
-            initrd,
-            id_block: hex::encode(block.to_bytes()),
-            id_auth: hex::encode(auth.as_bytes()),
+            launches: vec![first],
+            next_launch: 2,
+            next_approval: 2,
             attestations_ok: 0,
             attestations_failed: 0,
             last_attestation: None,
@@ -528,42 +589,36 @@ impl RecordService for Registry {
         Ok(())
     }
 
-    fn export_bundle(&self, id: &str, out: &mut dyn Write) -> Result<(), ServiceError> {
+    fn export_bundle(
+        &self,
+        id: &str,
+        launch: Option<&str>,
+        out: &mut dyn Write,
+    ) -> Result<(), ServiceError> {
         record::check_id(id)?;
         let rec = self.load(id)?;
-        let corrupt = |what: &str| ServiceError::Storage(format!("record {id}: corrupt {what}"));
-        let id_block = hex::decode(&rec.id_block).map_err(|_| corrupt("ID block"))?;
-        let id_auth = hex::decode(&rec.id_auth).map_err(|_| corrupt("ID auth block"))?;
-        let config = LaunchConfig {
-            version: bundle::CONFIG_VERSION,
-            name: rec.name.clone(),
-            vcpus: rec.vcpus,
-            vcpu_type: rec.vcpu_type.clone(),
-            guest_policy: format!("{:#x}", rec.policy),
-            guest_features: format!("{:#x}", rec.guest_features),
-            measurement: rec.measurement.clone(),
-            id_key_digest: rec.id_key_digest.clone(),
-            author_key_digest: rec.author_key_digest.clone(),
-            family_id: rec.family_id.clone(),
-            image_id: rec.image_id.clone(),
-            kernel_hashes: true,
-        };
-        let mut firmware = self.blobs.open_blob(&rec.firmware)?;
-        let mut kernel = self.blobs.open_blob(&rec.kernel)?;
-        let mut initrd = self.blobs.open_blob(&rec.initrd)?;
-        let src = BundleSources {
-            firmware: &mut firmware,
-            firmware_len: rec.firmware.len,
-            kernel: &mut kernel,
-            kernel_len: rec.kernel.len,
-            initrd: &mut initrd,
-            initrd_len: rec.initrd.len,
-            cmdline: &rec.cmdline,
-            id_block: &id_block,
-            id_auth: &id_auth,
-        };
-        bundle::write_bundle(out, &config, src)
-            .map_err(|e| ServiceError::Storage(format!("writing the bundle of {id}: {e}")))
+        self.write_bundle(&rec, launch, out)
+    }
+
+    fn add_launch(&self, id: &str, req: LaunchRequest) -> Result<LaunchAdded, ServiceError> {
+        self.add_launch_from(id, req)
+    }
+
+    fn approve_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError> {
+        self.approve(id, launch)
+    }
+
+    fn retire_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError> {
+        record::check_id(id)?;
+        let now = now()?;
+        self.try_update(id, |r| launch::retire(r, launch, &now))
+    }
+
+    fn discard_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError> {
+        record::check_id(id)?;
+        let info = self.try_update(id, |r| launch::discard(r, launch))?;
+        self.collect_garbage()?;
+        Ok(info)
     }
 
     fn ingestion_public_key(&self) -> Vec<u8> {
@@ -575,5 +630,7 @@ impl RecordService for Registry {
     }
 }
 
+#[cfg(test)]
+mod launch_tests;
 #[cfg(test)]
 mod tests;

@@ -5,10 +5,13 @@ use serde::{Deserialize, Serialize};
 use snpguard::verify::MinTcb;
 
 use super::blobs::BlobRef;
-use crate::service::{RecordInfo, ServiceError};
+use super::launch::StoredLaunch;
+use crate::service::{LaunchState, RecordInfo, ServiceError};
 
-/// Format version of [`StoredRecord`].
-pub const RECORD_VERSION: u32 = 1;
+/// Format version of [`StoredRecord`]. Version 1 had one launch in the
+/// record itself; version 2 has a list of launches (the migration is
+/// [`crate::store`]'s schema step 1 → 2).
+pub const RECORD_VERSION: u32 = 2;
 /// Longest record name.
 pub const MAX_NAME_LEN: usize = 64;
 /// Most vCPUs a record may have.
@@ -84,12 +87,10 @@ pub struct StoredRecord {
     pub name: String,
     pub enabled: bool,
     pub created: String,
-    pub measurement: String,
     pub policy: u64,
     pub guest_features: u64,
     pub vcpus: u32,
     pub vcpu_type: String,
-    pub cmdline: String,
     pub allow_smt: bool,
     pub allow_debug: bool,
     pub allow_migrate_ma: bool,
@@ -99,12 +100,13 @@ pub struct StoredRecord {
     pub id_key_digest: String,
     pub author_key_digest: String,
     pub firmware: BlobRef,
-    pub kernel: BlobRef,
-    pub initrd: BlobRef,
-    /// ID block, hex.
-    pub id_block: String,
-    /// ID authentication information, hex.
-    pub id_auth: String,
+    /// Every launch, oldest first.
+    pub launches: Vec<StoredLaunch>,
+    /// The id the next launch gets (ids are never reused).
+    pub next_launch: u32,
+    /// The approval number the next approved launch gets; the newest
+    /// approved launch has the highest.
+    pub next_approval: u64,
     pub attestations_ok: u64,
     pub attestations_failed: u64,
     pub last_attestation: Option<String>,
@@ -129,27 +131,60 @@ impl StoredRecord {
         Ok(r)
     }
 
-    /// The digests of the record's blobs.
-    pub fn blob_digests(&self) -> [&str; 3] {
-        [
-            &self.firmware.sha256,
-            &self.kernel.sha256,
-            &self.initrd.sha256,
-        ]
+    /// The digests of the record's blobs, every launch's included.
+    pub fn blob_digests(&self) -> Vec<&str> {
+        let mut v = vec![self.firmware.sha256.as_str()];
+        for l in &self.launches {
+            v.push(&l.kernel.sha256);
+            v.push(&l.initrd.sha256);
+        }
+        v
     }
 
-    /// What a client sees.
+    /// The newest approved launch (highest approval number).
+    pub fn newest_approved(&self) -> Option<&StoredLaunch> {
+        self.launches
+            .iter()
+            .filter(|l| l.state == LaunchState::Approved)
+            .max_by_key(|l| l.approval)
+    }
+
+    /// The launch with id `launch`.
+    pub fn launch(&self, launch: &str) -> Result<&StoredLaunch, ServiceError> {
+        let i = self.launch_index(launch)?;
+        Ok(&self.launches[i])
+    }
+
+    /// The position of launch `launch` in [`StoredRecord::launches`].
+    pub fn launch_index(&self, launch: &str) -> Result<usize, ServiceError> {
+        let missing = || {
+            ServiceError::NotFound(format!(
+                "record {} has no launch {launch:?}; see `records show`",
+                self.id
+            ))
+        };
+        let n: u32 = launch.parse().map_err(|_| missing())?;
+        self.launches
+            .iter()
+            .position(|l| l.id == n)
+            .ok_or_else(missing)
+    }
+
+    /// What a client sees. Measurement and command line are the newest
+    /// approved launch's.
     pub fn info(&self) -> RecordInfo {
+        let current = self.newest_approved();
         RecordInfo {
             id: self.id.clone(),
             name: self.name.clone(),
             enabled: self.enabled,
             created: self.created.clone(),
-            measurement: self.measurement.clone(),
+            measurement: current.map(|l| l.measurement.clone()).unwrap_or_default(),
             policy: self.policy,
             vcpus: self.vcpus,
             vcpu_type: self.vcpu_type.clone(),
-            cmdline: self.cmdline.clone(),
+            cmdline: current.map(|l| l.cmdline.clone()).unwrap_or_default(),
+            launches: self.launches.iter().map(StoredLaunch::info).collect(),
             family_id: self.family_id.clone(),
             image_id: self.image_id.clone(),
             id_key_digest: self.id_key_digest.clone(),
@@ -286,7 +321,7 @@ mod tests {
 
     #[test]
     fn record_version_is_checked() {
-        let json = br#"{"v":2}"#;
+        let json = br#"{"v":1}"#;
         assert!(matches!(
             StoredRecord::from_json(json),
             Err(ServiceError::Storage(_))

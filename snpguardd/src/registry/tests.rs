@@ -9,23 +9,24 @@ use snpguard::verify::MinTcb;
 use super::*;
 use crate::secrets::MasterKeySource;
 
-const VMK: [u8; 64] = *b"VMK-PLAINTEXT-0123456789abcdef-VMK-PLAINTEXT-0123456789abcdef!!!";
+pub(super) const VMK: [u8; 64] =
+    *b"VMK-PLAINTEXT-0123456789abcdef-VMK-PLAINTEXT-0123456789abcdef!!!";
 
 /// Inputs on disk, reusable for several registrations.
-struct Inputs {
+pub(super) struct Inputs {
     _dir: tempfile::TempDir,
-    firmware: PathBuf,
-    kernel: PathBuf,
-    initrd: PathBuf,
+    pub(super) firmware: PathBuf,
+    pub(super) kernel: PathBuf,
+    pub(super) initrd: PathBuf,
 }
 
-fn random(len: usize) -> Vec<u8> {
+pub(super) fn random(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     random_bytes(&mut v).unwrap();
     v
 }
 
-fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+pub(super) fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let p = dir.join(name);
     File::create(&p).unwrap().write_all(data).unwrap();
     p
@@ -34,7 +35,7 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
 /// A synthetic AmdSev firmware (random pages before the real fixture's
 /// SEV metadata suffix), a random kernel and initrd. `None` when the test
 /// data set is absent outside CI.
-fn inputs_with(fixture: &str) -> Option<Inputs> {
+pub(super) fn inputs_with(fixture: &str) -> Option<Inputs> {
     let suffix = snpguard::testdata::read(fixture)?;
     let dir = tempfile::tempdir().unwrap();
     let mut fw = random(3 * 4096);
@@ -47,19 +48,19 @@ fn inputs_with(fixture: &str) -> Option<Inputs> {
     })
 }
 
-fn inputs() -> Option<Inputs> {
+pub(super) fn inputs() -> Option<Inputs> {
     inputs_with("measurement/ovmf_AmdSev_suffix.bin")
 }
 
-fn master() -> MasterKey {
+pub(super) fn master() -> MasterKey {
     MasterKey::from_bytes(&[9; 32], MasterKeySource::Credential("/test".into()))
 }
 
-fn open(state: &Path) -> Registry {
+pub(super) fn open(state: &Path) -> Registry {
     Registry::open(state, master()).unwrap()
 }
 
-fn request(reg: &Registry, inp: &Inputs, name: &str) -> RegisterRequest {
+pub(super) fn request(reg: &Registry, inp: &Inputs, name: &str) -> RegisterRequest {
     let pk = seal::PublicKey::from_bytes(&reg.ingestion_public_key()).unwrap();
     let sealed = seal::seal(&pk, seal::INFO_INGEST, b"", &VMK).unwrap();
     RegisterRequest {
@@ -84,7 +85,7 @@ fn request(reg: &Registry, inp: &Inputs, name: &str) -> RegisterRequest {
     }
 }
 
-fn blob_count(state: &Path) -> usize {
+pub(super) fn blob_count(state: &Path) -> usize {
     fs::read_dir(state.join(BLOB_DIR)).unwrap().count()
 }
 
@@ -168,8 +169,9 @@ fn register_measures_like_the_reference_and_signs_the_id_block() {
     // The stored ID block names this launch and verifies with the keys
     // the record reports.
     let rec = reg.load(&info.id).unwrap();
-    let block = hex::decode(&rec.id_block).unwrap();
-    let auth = hex::decode(&rec.id_auth).unwrap();
+    let first = rec.newest_approved().unwrap();
+    let block = hex::decode(first.id_block.as_ref().unwrap()).unwrap();
+    let auth = hex::decode(first.id_auth.as_ref().unwrap()).unwrap();
     let digests = idblock::verify_id_auth(&block, &auth).unwrap();
     assert_eq!(hex::encode(digests.id_key), info.id_key_digest);
     assert_eq!(
@@ -495,7 +497,7 @@ fn bad_ids_and_unknown_records() {
         Err(ServiceError::NotFound(_))
     ));
     assert!(matches!(
-        reg.export_bundle(&unknown, &mut Vec::new()),
+        reg.export_bundle(&unknown, None, &mut Vec::new()),
         Err(ServiceError::NotFound(_))
     ));
 }
@@ -507,9 +509,9 @@ fn exported_bundle_holds_the_registered_launch() {
     let reg = open(state.path());
     let info = reg.register(request(&reg, &inp, "web")).unwrap();
     let mut tgz = Vec::new();
-    reg.export_bundle(&info.id, &mut tgz).unwrap();
+    reg.export_bundle(&info.id, None, &mut tgz).unwrap();
     let mut again = Vec::new();
-    reg.export_bundle(&info.id, &mut again).unwrap();
+    reg.export_bundle(&info.id, None, &mut again).unwrap();
     assert_eq!(tgz, again, "export is deterministic");
 
     let out = tempfile::tempdir().unwrap();

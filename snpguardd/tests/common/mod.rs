@@ -13,7 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use snpguardd::attest::AuditEntry;
-use snpguardd::service::{RecordInfo, RecordService, RegisterRequest, ServiceError};
+use snpguardd::service::{
+    LaunchAdded, LaunchInfo, LaunchRequest, LaunchState, RecordInfo, RecordService,
+    RegisterRequest, ServiceError,
+};
 use zbus::zvariant::OwnedValue;
 use zbus::{interface, Connection};
 
@@ -224,7 +227,9 @@ pub struct Stored {
 /// In-memory [`RecordService`] test double. Known vCPU types are
 /// `EPYC-v4`, `EPYC-Milan`, `EPYC-Genoa`; a sealed VMK starting with
 /// `BAD` cannot be opened; the bundle is `SNPGUARD-TEST-BUNDLE <id>\n`
-/// followed by the firmware bytes.
+/// followed by the firmware bytes (with ` launch <l>` after the id when a
+/// launch is given). Launches: measurements are counters, at most 4
+/// pending, the last approved launch cannot be retired.
 #[derive(Default)]
 pub struct MemService {
     state: Mutex<(u64, BTreeMap<String, Stored>)>,
@@ -261,7 +266,15 @@ impl MemService {
     }
 }
 
-fn read_all(mut f: File) -> Result<Vec<u8>, ServiceError> {
+fn launch_of<'a>(r: &'a mut Stored, launch: &str) -> Result<&'a mut LaunchInfo, ServiceError> {
+    r.info
+        .launches
+        .iter_mut()
+        .find(|l| l.id == launch)
+        .ok_or_else(|| ServiceError::NotFound(format!("no launch {launch}")))
+}
+
+fn read_all(mut f: impl Read) -> Result<Vec<u8>, ServiceError> {
     let mut v = Vec::new();
     f.read_to_end(&mut v)
         .map_err(|e| ServiceError::InvalidInput(format!("reading input: {e}")))?;
@@ -297,6 +310,16 @@ impl RecordService for MemService {
             policy: 0x30000 | u64::from(req.allow_smt) << 16 | u64::from(req.allow_debug) << 19,
             vcpus: req.vcpus,
             vcpu_type: req.vcpu_type,
+            launches: vec![LaunchInfo {
+                id: "1".into(),
+                state: LaunchState::Approved,
+                measurement: format!("{:096x}", st.0),
+                cmdline: req.cmdline.clone(),
+                created: "2026-01-01T00:00:00Z".into(),
+                approved: Some("2026-01-01T00:00:00Z".into()),
+                retired: None,
+                origin: "registration".into(),
+            }],
             cmdline: req.cmdline,
             family_id: "00".repeat(16),
             image_id: id.clone(),
@@ -354,16 +377,138 @@ impl RecordService for MemService {
             .ok_or_else(|| ServiceError::NotFound(id.into()))
     }
 
-    fn export_bundle(&self, id: &str, out: &mut dyn Write) -> Result<(), ServiceError> {
+    fn export_bundle(
+        &self,
+        id: &str,
+        launch: Option<&str>,
+        out: &mut dyn Write,
+    ) -> Result<(), ServiceError> {
         let data = {
-            let st = self.state.lock().unwrap();
+            let mut st = self.state.lock().unwrap();
             let r =
-                st.1.get(id)
+                st.1.get_mut(id)
                     .ok_or_else(|| ServiceError::NotFound(id.into()))?;
-            bundle_bytes(r)
+            match launch {
+                None => bundle_bytes(r),
+                Some(l) => {
+                    if launch_of(r, l)?.state == LaunchState::Pending {
+                        return Err(ServiceError::LaunchState(format!("launch {l} is pending")));
+                    }
+                    let mut v =
+                        format!("SNPGUARD-TEST-BUNDLE {} launch {l}\n", r.info.id).into_bytes();
+                    v.extend_from_slice(&r.firmware);
+                    v
+                }
+            }
         };
         out.write_all(&data)
             .map_err(|e| ServiceError::Storage(format!("writing bundle: {e}")))
+    }
+
+    fn add_launch(&self, id: &str, req: LaunchRequest) -> Result<LaunchAdded, ServiceError> {
+        read_all(req.kernel)?;
+        read_all(req.initrd)?;
+        let mut st = self.state.lock().unwrap();
+        st.0 += 1;
+        let n = st.0;
+        let r =
+            st.1.get_mut(id)
+                .ok_or_else(|| ServiceError::NotFound(id.into()))?;
+        let pending = r
+            .info
+            .launches
+            .iter()
+            .filter(|l| l.state == LaunchState::Pending)
+            .count();
+        if pending >= 4 {
+            return Err(ServiceError::TooManyPending(format!(
+                "{pending} pending launches"
+            )));
+        }
+        let launch = (r.info.launches.len() + 1).to_string();
+        let measurement = format!("{n:096x}");
+        r.info.launches.push(LaunchInfo {
+            id: launch.clone(),
+            state: LaunchState::Pending,
+            measurement: measurement.clone(),
+            cmdline: req.cmdline,
+            created: "2026-01-03T00:00:00Z".into(),
+            approved: None,
+            retired: None,
+            origin: req.origin,
+        });
+        Ok(LaunchAdded {
+            record: r.info.clone(),
+            launch,
+            measurement,
+            created: true,
+        })
+    }
+
+    fn approve_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError> {
+        let mut st = self.state.lock().unwrap();
+        let r =
+            st.1.get_mut(id)
+                .ok_or_else(|| ServiceError::NotFound(id.into()))?;
+        let l = launch_of(r, launch)?;
+        if l.state == LaunchState::Approved {
+            return Err(ServiceError::LaunchState(format!("{launch} is approved")));
+        }
+        l.state = LaunchState::Approved;
+        l.approved = Some("2026-01-04T00:00:00Z".into());
+        let (m, c) = (l.measurement.clone(), l.cmdline.clone());
+        r.info.measurement = m;
+        r.info.cmdline = c;
+        Ok(r.info.clone())
+    }
+
+    fn retire_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError> {
+        let mut st = self.state.lock().unwrap();
+        let r =
+            st.1.get_mut(id)
+                .ok_or_else(|| ServiceError::NotFound(id.into()))?;
+        let approved = r
+            .info
+            .launches
+            .iter()
+            .filter(|l| l.state == LaunchState::Approved)
+            .count();
+        let l = launch_of(r, launch)?;
+        if l.state != LaunchState::Approved {
+            return Err(ServiceError::LaunchState(format!(
+                "{launch} is not approved"
+            )));
+        }
+        if approved <= 1 {
+            return Err(ServiceError::LastApprovedLaunch(format!(
+                "{launch} is the last approved launch"
+            )));
+        }
+        l.state = LaunchState::Retired;
+        let current = r
+            .info
+            .launches
+            .iter()
+            .rev()
+            .find(|l| l.state == LaunchState::Approved)
+            .map(|l| (l.measurement.clone(), l.cmdline.clone()));
+        if let Some((m, c)) = current {
+            r.info.measurement = m;
+            r.info.cmdline = c;
+        }
+        Ok(r.info.clone())
+    }
+
+    fn discard_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError> {
+        let mut st = self.state.lock().unwrap();
+        let r =
+            st.1.get_mut(id)
+                .ok_or_else(|| ServiceError::NotFound(id.into()))?;
+        if launch_of(r, launch)?.state == LaunchState::Approved {
+            return Err(ServiceError::LaunchState(format!("{launch} is approved")));
+        }
+        r.info.launches.retain(|l| l.id != launch);
+        Ok(r.info.clone())
     }
 
     fn ingestion_public_key(&self) -> Vec<u8> {
