@@ -126,7 +126,12 @@ fn main() -> anyhow::Result<()> {
 /// Writes firmware.fd (random pages + the AmdSev footer), random kernel
 /// and initrd, `cmdline` and a random VMK sealed to the ingestion key.
 /// The plaintext VMK is not kept: nothing may read it back.
-fn stage(dir: &Path, ingestion_key: &Path, ovmf_suffix: &Path, cmdline: &str) -> anyhow::Result<()> {
+fn stage(
+    dir: &Path,
+    ingestion_key: &Path,
+    ovmf_suffix: &Path,
+    cmdline: &str,
+) -> anyhow::Result<()> {
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let public = seal::PublicKey::from_bytes(&read(ingestion_key)?)
         .with_context(|| format!("{} is not an ingestion key", ingestion_key.display()))?;

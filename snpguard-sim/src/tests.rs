@@ -253,9 +253,12 @@ fn stage_writes_what_register_reads_with_a_vmk_only_the_daemon_opens() {
     .unwrap();
     let firmware = std::fs::read(dir.join("firmware.fd")).unwrap();
     assert!(firmware.ends_with(&suffix));
-    assert_eq!(std::fs::read(dir.join("cmdline")).unwrap(), b"console=ttyS0");
-    let sealed = seal::SealedBox::from_bytes(&std::fs::read(dir.join("vmk.sealed")).unwrap())
-        .unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("cmdline")).unwrap(),
+        b"console=ttyS0"
+    );
+    let sealed =
+        seal::SealedBox::from_bytes(&std::fs::read(dir.join("vmk.sealed")).unwrap()).unwrap();
     let vmk = seal::open(&secret, seal::INFO_INGEST, b"", &sealed).unwrap();
     assert_eq!(vmk.len(), 64);
     let (other, _) = seal::generate_keypair();

@@ -118,7 +118,9 @@ pub mod limit {
 
 /// One attestation of the audit trail as `AuditTrail` returns it
 /// (`(ssssass)`): accepted or refused, never key material.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, zbus::zvariant::Type)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, zbus::zvariant::Type,
+)]
 pub struct AuditEntry {
     /// When, RFC 3339 (UTC).
     pub time: String,
