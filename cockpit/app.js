@@ -2,13 +2,13 @@
 // (org.snpguard.SnpGuard1, docs/dbus.md). Authorization is the daemon's:
 // polkit decides, the page shows what it said.
 
-import { BUS_NAME, MANAGER_IFACE, MANAGER_PATH, showAlert, showError } from "./util.js";
+import { BUS_NAME, Manager, showAlert, showError } from "./util.js";
 import { Records } from "./records.js";
 import { Register } from "./register.js";
 import { AttestationLog } from "./log.js";
 
 const client = cockpit.dbus(BUS_NAME, { bus: "system", superuser: "try" });
-const manager = client.proxy(MANAGER_IFACE, MANAGER_PATH);
+const manager = new Manager(client);
 const records = new Records(client, manager);
 const register = new Register(client, manager, id => { window.location.hash = "#/record/" + id });
 const log = new AttestationLog(manager, records);
@@ -38,17 +38,13 @@ function route() {
 
 window.addEventListener("hashchange", route);
 
-manager.addEventListener("changed", () => register.refresh());
-manager.wait()
+manager.load()
         .then(() => {
-            if (!manager.valid) {
-                showAlert("error", "snpguardd is not available.",
-                          "Nothing answers as " + BUS_NAME + " on the system bus; start snpguardd.service.");
-                return;
-            }
             document.getElementById("daemon-version").textContent = "snpguardd " + manager.Version;
             register.refresh();
-        }, err => showError("snpguardd is not available.", err));
+        }, err => showAlert("error", "snpguardd is not available.",
+                            "Nothing answers as " + BUS_NAME + " on the system bus (" + (err.message || err.problem) +
+                            "); start snpguardd.service."));
 
 records.ready
         .then(() => {

@@ -114,7 +114,9 @@ export class Register {
     }
 
     async readStaging(dir) {
-        const read = (name, binary) => cockpit.file(dir + "/" + name, binary ? { binary: true } : {}).read()
+        // A native promise: cockpit's own do not turn a throw into a rejection.
+        const read = (name, binary) => new Promise((resolve, reject) =>
+            cockpit.file(dir + "/" + name, binary ? { binary: true } : {}).read().then(resolve, reject))
                 .then(content => {
                     if (content === null) throw new Error(dir + "/" + name + " does not exist");
                     return content;

@@ -6,6 +6,32 @@ export const MANAGER_IFACE = "org.snpguard.SnpGuard1.Manager";
 export const RECORD_IFACE = "org.snpguard.SnpGuard1.Record";
 const ERROR_PREFIX = "org.snpguard.SnpGuard1.Error.";
 
+/** The Manager object. Its properties are constant for the daemon's
+ *  lifetime, so they are read once (GetAll). A cockpit.dbus proxy is not
+ *  used: the bridge fills proxies from the ObjectManager, which does not
+ *  list the object it sits on. */
+export class Manager {
+    constructor(client) {
+        this.client = client;
+        this.valid = false;
+    }
+
+    load() {
+        return this.client.call(MANAGER_PATH, "org.freedesktop.DBus.Properties", "GetAll", [MANAGER_IFACE],
+                                { type: "s" })
+                .then(([props]) => {
+                    for (const [k, v] of Object.entries(props)) this[k] = v.v;
+                    this.valid = true;
+                });
+    }
+
+    /** Calls a Manager method with its D-Bus signature. */
+    call(method, args) {
+        const types = { RegisterFromPaths: "a{ss}a{sv}ay", AuditTrail: "u", FindRecord: "s", ListRecords: "" };
+        return this.client.call(MANAGER_PATH, MANAGER_IFACE, method, args, { type: types[method] });
+    }
+}
+
 /** Builds an element: h("td", { class: "x", onclick: f }, "text", child). */
 export function h(tag, attrs, ...children) {
     const el = document.createElement(tag);

@@ -703,6 +703,7 @@ fn audited(i: u32, record: Option<&str>, result: &str) -> snpguardd::attest::Aud
         time: format!("2026-01-02T03:04:{i:02}Z"),
         peer: format!("192.0.2.{i}:4000"),
         record: record.map(str::to_string),
+        launch: None,
         result: result.into(),
         codes: if result == "ok" {
             vec![]

@@ -591,6 +591,7 @@ fn audit_trail_reads_what_the_attestor_appended_and_survives_reopen() {
         time: format!("t{i}"),
         peer: "127.0.0.1:1".into(),
         record: (i % 2 == 0).then(|| format!("rec{i}")),
+        launch: None,
         result: if i % 2 == 0 {
             "ok".into()
         } else {
