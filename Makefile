@@ -7,7 +7,7 @@ SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
 .PHONY: all build deps test lint unit check-units check-install install demo bench clean \
-	agent agent-sim check-agent test-cockpit
+	agent agent-sim check-agent check-shell check-launch test-cockpit
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -22,6 +22,8 @@ TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 DBUSDIR = $(PREFIX)/share/dbus-1
 POLKITDIR = $(PREFIX)/share/polkit-1/actions
 AGENTDIR = $(PREFIX)/lib/snpguard
+# Hooks for the guest image (`convert` copies them into the guest).
+KERNELHOOKDIR = $(PREFIX)/share/snpguard/kernel/postinst.d
 COCKPITDIR = $(PREFIX)/share/cockpit/snpguard
 COCKPIT_FILES = $(sort $(wildcard cockpit/*.html cockpit/*.js cockpit/*.css cockpit/manifest.json))
 
@@ -77,9 +79,18 @@ check-agent: agent
 check-units:
 	./scripts/check-units.sh
 
+# ShellCheck on scripts/, tests/ and the guest's kernel hooks.
+check-shell:
+	./scripts/check-shell.sh
+
 # `make install` into a scratch DESTDIR lays out the expected tree.
 check-install:
 	./tests/install-tree.sh
+
+# scripts/launch-qemu-snp.sh: --dry-run against a real bundle, a faked
+# SNP host with a fake QEMU, --from-partition (guestfish), refusals.
+check-launch:
+	./tests/launch-script.sh
 
 # The Cockpit page in headless Chromium against real cockpit-ws and
 # snpguardd on a private bus (tests/cockpit; screenshots in
@@ -92,7 +103,7 @@ test-cockpit:
 		SNPGUARD_BIN_DIR=$(abspath target/debug) npm test
 
 # Every test, after installing what the tests need (idempotent).
-test: deps lint check-units check-install check-agent unit test-cockpit
+test: deps lint check-shell check-units check-install check-agent unit check-launch test-cockpit
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)
@@ -112,6 +123,7 @@ install:
 	install -m 0644 $(DBUS_INTERFACES) '$(DESTDIR)$(DBUSDIR)/interfaces/'
 	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.policy,$(POLKITDIR)/org.snpguard.SnpGuard1.policy)
 	$(call install-file,0755,$(AGENT_BIN),$(AGENTDIR)/snpguard-agent)
+	$(call install-file,0755,agent/kernel-hooks/zz-snpguard-renew,$(KERNELHOOKDIR)/zz-snpguard-renew)
 	@test -f cockpit/manifest.json || { echo "install: cockpit/manifest.json is missing" >&2; exit 1; }
 	install -d '$(DESTDIR)$(COCKPITDIR)'
 	install -m 0644 $(COCKPIT_FILES) '$(DESTDIR)$(COCKPITDIR)/'

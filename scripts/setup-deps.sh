@@ -66,7 +66,14 @@ declare -A APT=(
     # the agent's LUKS2 tests format volumes; readelf for check-agent.sh
     [cryptsetup-bin]=/usr/sbin/cryptsetup
     [binutils]=/usr/bin/readelf
+    # make check-shell
+    [shellcheck]=/usr/bin/shellcheck
 )
+# scripts/launch-qemu-snp.sh (jq; guestfish for --from-partition) and its
+# test (shellcheck).
+APT[jq]=/usr/bin/jq
+APT[libguestfs-tools]=/usr/bin/guestfish
+APT[shellcheck]=/usr/bin/shellcheck
 # pip only when no Python pip is there at all (pyenv's counts).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || APT[python3-pip]=/usr/bin/pip3
 

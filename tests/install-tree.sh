@@ -23,6 +23,7 @@ expected=(
     "755 usr/bin/snpguardctl"
     "755 usr/libexec/snpguard/snpguardd"
     "755 usr/lib/snpguard/snpguard-agent"
+    "755 usr/share/snpguard/kernel/postinst.d/zz-snpguard-renew"
     "644 usr/lib/systemd/system/snpguardd.service"
     "644 usr/lib/systemd/system/snpguardd.socket"
     "644 usr/lib/sysusers.d/snpguard.conf"
@@ -45,6 +46,8 @@ if [ "$want" != "$got" ]; then
     diff <(printf '%s\n' "$want") <(printf '%s\n' "$got") >&2 || true
     fail "installed tree differs from the expected one (< expected, > installed)"
 fi
+cmp -s agent/kernel-hooks/zz-snpguard-renew "$dest/usr/share/snpguard/kernel/postinst.d/zz-snpguard-renew" \
+    || fail "zz-snpguard-renew differs from agent/kernel-hooks/"
 cmp -s units/snpguardd.socket "$dest/usr/lib/systemd/system/snpguardd.socket" \
     || fail "snpguardd.socket differs from units/"
 cmp -s units/snpguardd.service "$dest/usr/lib/systemd/system/snpguardd.service" \

@@ -1,14 +1,15 @@
-//! The attestation exchange with snpguardd over HTTPS: TLS only to the
-//! pinned CA (no system roots), servers tried in order, bounded retries
-//! with exponential backoff. A 4xx refusal is final for that server.
+//! The exchanges with snpguardd over HTTPS (attestation, renewal): TLS
+//! only to the pinned CA (no system roots), servers tried in order,
+//! bounded retries with exponential backoff. A 4xx refusal is final for
+//! that server.
 
 use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
 
 use snpguard::attest::{
-    b64, decode_nonce, open_key, report_data, unb64, AttestRequest, AttestResponse,
-    ChallengeResponse, ErrorBody,
+    b64, decode_nonce, open_key, renewal_report_data, report_data, unb64, AttestRequest,
+    AttestResponse, ChallengeResponse, ErrorBody, RenewRequest, RenewResponse, NONCE_LEN,
 };
 use snpguard::seal::{self, SealedBox};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
@@ -17,13 +18,18 @@ use zeroize::Zeroizing;
 use crate::config::{Retry, Server};
 use crate::console::say;
 use crate::evidence::Source;
+use crate::renew::Artifacts;
 
 /// Largest response body read.
 const MAX_RESPONSE: u64 = 64 * 1024;
 /// Largest CA file read.
 const MAX_CA: u64 = 256 * 1024;
-/// Per-request timeout.
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// Per-request timeout of the attestation exchange.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// Per-request timeout of a renewal: the daemon allows a renewal 600 s
+/// (a large body to receive, measure and store); a little more here so
+/// that its own answer, not ours, ends a slow one.
+pub const RENEW_TIMEOUT: Duration = Duration::from_secs(630);
 
 /// Why an attestation attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +73,8 @@ pub fn load_ca(path: &Path) -> anyhow::Result<Vec<Certificate<'static>>> {
 }
 
 impl Client {
-    pub fn new(ca: Vec<Certificate<'static>>) -> Client {
+    /// A client whose every request must finish within `timeout`.
+    pub fn new(ca: Vec<Certificate<'static>>, timeout: Duration) -> Client {
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
             .root_certs(RootCerts::Specific(std::sync::Arc::new(ca)))
@@ -76,7 +83,7 @@ impl Client {
             .tls_config(tls)
             .https_only(true)
             .http_status_as_error(false)
-            .timeout_global(Some(TIMEOUT))
+            .timeout_global(Some(timeout))
             .max_redirects(0)
             .user_agent(concat!("snpguard-agent/", env!("CARGO_PKG_VERSION")))
             .build();
@@ -103,26 +110,32 @@ impl Client {
         Ok((status, out))
     }
 
+    /// A fresh nonce from `server`: as received and decoded.
+    fn challenge(&self, server: &Server) -> Result<(String, [u8; NONCE_LEN]), AttemptError> {
+        let url = format!("{}/v1/attest/challenge", server.url);
+        let (status, body) = self.post(&url, b"{}".to_vec())?;
+        check_status(&server.url, 200, status, &body)?;
+        let ch: ChallengeResponse = serde_json::from_slice(&body)
+            .map_err(|e| AttemptError::Transient(format!("{url}: bad challenge: {e}")))?;
+        let nonce = decode_nonce(&ch.nonce)
+            .ok_or_else(|| AttemptError::Transient(format!("{url}: bad nonce")))?;
+        Ok((ch.nonce, nonce))
+    }
+
     /// One full attempt against `server`: challenge, report, attest, open.
     pub fn attest_once(
         &self,
         server: &Server,
         source: &Source,
     ) -> Result<(String, Zeroizing<Vec<u8>>), AttemptError> {
-        let url = format!("{}/v1/attest/challenge", server.url);
-        let (status, body) = self.post(&url, b"{}".to_vec())?;
-        check_status(&server.url, status, &body)?;
-        let ch: ChallengeResponse = serde_json::from_slice(&body)
-            .map_err(|e| AttemptError::Transient(format!("{url}: bad challenge: {e}")))?;
-        let nonce = decode_nonce(&ch.nonce)
-            .ok_or_else(|| AttemptError::Transient(format!("{url}: bad nonce")))?;
+        let (wire_nonce, nonce) = self.challenge(server)?;
         let (secret, public) = seal::generate_keypair();
         let data = report_data(&nonce, &public);
         let evidence = source
             .get(&data)
             .map_err(|e| AttemptError::Transient(e.to_string()))?;
         let req = AttestRequest {
-            nonce: ch.nonce,
+            nonce: wire_nonce,
             report: b64(&evidence.report),
             cert_table: evidence.cert_table.as_deref().map(b64),
             ephemeral_key: b64(&public.to_bytes()),
@@ -131,12 +144,61 @@ impl Client {
         let body = serde_json::to_vec(&req)
             .map_err(|e| AttemptError::Transient(format!("encoding the request: {e}")))?;
         let (status, body) = self.post(&url, body)?;
-        check_status(&server.url, status, &body)?;
+        check_status(&server.url, 200, status, &body)?;
         let resp: AttestResponse = serde_json::from_slice(&body)
             .map_err(|e| AttemptError::Transient(format!("{url}: bad response: {e}")))?;
         let key = open_released(&secret, &evidence.report, &resp.sealed_key)
             .map_err(|e| AttemptError::Transient(format!("{url}: {e}")))?;
         Ok((resp.record, key))
+    }
+
+    /// One renewal attempt against `server`: challenge, a report whose
+    /// REPORT_DATA binds the nonce and the artifacts, `POST /v1/renew`.
+    pub fn renew_once(
+        &self,
+        server: &Server,
+        source: &Source,
+        artifacts: &Artifacts,
+    ) -> Result<RenewResponse, AttemptError> {
+        let (wire_nonce, nonce) = self.challenge(server)?;
+        let data = renewal_report_data(
+            &nonce,
+            &artifacts.kernel,
+            &artifacts.initrd,
+            &artifacts.cmdline,
+        );
+        let evidence = source
+            .get(&data)
+            .map_err(|e| AttemptError::Transient(e.to_string()))?;
+        let req = RenewRequest {
+            nonce: wire_nonce,
+            report: b64(&evidence.report),
+            cert_table: evidence.cert_table.as_deref().map(b64),
+            kernel: b64(&artifacts.kernel),
+            initrd: b64(&artifacts.initrd),
+            cmdline: artifacts.cmdline.clone(),
+        };
+        let body = serde_json::to_vec(&req)
+            .map_err(|e| AttemptError::Transient(format!("encoding the request: {e}")))?;
+        drop(req);
+        // The daemon reads at most MAX_RENEW_BODY; a larger body is refused
+        // by every server alike, so say so here instead of sending it.
+        if body.len() > snpguard::attest::MAX_RENEW_BODY {
+            return Err(AttemptError::Refused {
+                server: server.url.clone(),
+                code: "too-large".into(),
+                message: format!(
+                    "the request is {} bytes; the daemon reads at most {}",
+                    body.len(),
+                    snpguard::attest::MAX_RENEW_BODY
+                ),
+            });
+        }
+        let url = format!("{}/v1/renew", server.url);
+        let (status, body) = self.post(&url, body)?;
+        check_status(&server.url, 202, status, &body)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| AttemptError::Transient(format!("{url}: bad response: {e}")))
     }
 }
 
@@ -153,8 +215,10 @@ pub fn open_released(
     open_key(secret, report, &sealed).map_err(|e| format!("opening the released key: {e}"))
 }
 
-fn check_status(server: &str, status: u16, body: &[u8]) -> Result<(), AttemptError> {
-    if status == 200 {
+/// `Ok` when the server answered `expected`; otherwise its refusal (4xx
+/// other than 408/429: final) or a transient failure.
+fn check_status(server: &str, expected: u16, status: u16, body: &[u8]) -> Result<(), AttemptError> {
+    if status == expected {
         return Ok(());
     }
     let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
@@ -183,14 +247,17 @@ pub fn backoff(retry: &Retry, n: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Tries every server in order, each up to `retry.attempts` times; returns
-/// the record id and the released key, or every server's last error.
-pub fn attest(
-    client: &Client,
+/// Runs `once` against every server in order, each up to
+/// `retry.attempts` times with backoff, until one succeeds; a refusal
+/// ends that server's attempts. `what` names the exchange in the progress
+/// lines ("attesting to", "renewing with"). Returns every server's last
+/// error otherwise.
+pub fn with_retries<T>(
     servers: &[Server],
     retry: &Retry,
-    source: &Source,
-) -> Result<(String, Zeroizing<Vec<u8>>), String> {
+    what: &str,
+    mut once: impl FnMut(&Server) -> Result<T, AttemptError>,
+) -> Result<T, String> {
     let mut errors = Vec::new();
     for server in servers {
         let mut last = None;
@@ -199,12 +266,12 @@ pub fn attest(
                 std::thread::sleep(backoff(retry, attempt - 1));
             }
             say!(
-                "attesting to {} (attempt {}/{})",
+                "{what} {} (attempt {}/{})",
                 server.url,
                 attempt + 1,
                 retry.attempts
             );
-            match client.attest_once(server, source) {
+            match once(server) {
                 Ok(ok) => return Ok(ok),
                 Err(e @ AttemptError::Refused { .. }) => {
                     say!("{e}");
@@ -222,6 +289,19 @@ pub fn attest(
         }
     }
     Err(errors.join("; "))
+}
+
+/// Attests to the servers in turn (see [`with_retries`]); returns the
+/// record id and the released key.
+pub fn attest(
+    client: &Client,
+    servers: &[Server],
+    retry: &Retry,
+    source: &Source,
+) -> Result<(String, Zeroizing<Vec<u8>>), String> {
+    with_retries(servers, retry, "attesting to", |s| {
+        client.attest_once(s, source)
+    })
 }
 
 #[cfg(test)]
@@ -244,7 +324,7 @@ mod tests {
     #[test]
     fn refusals_are_final_and_server_errors_are_not() {
         let body = br#"{"error":"attestation-rejected","message":"measurement mismatch"}"#;
-        match check_status("https://s", 403, body) {
+        match check_status("https://s", 200, 403, body) {
             Err(AttemptError::Refused { code, message, .. }) => {
                 assert_eq!(code, "attestation-rejected");
                 assert_eq!(message, "measurement mismatch");
@@ -252,14 +332,28 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            check_status("https://s", 503, body),
+            check_status("https://s", 200, 503, body),
             Err(AttemptError::Transient(_))
         ));
         assert!(matches!(
-            check_status("https://s", 429, b"x"),
+            check_status("https://s", 200, 429, b"x"),
             Err(AttemptError::Transient(_))
         ));
-        assert!(check_status("https://s", 200, b"").is_ok());
+        assert!(check_status("https://s", 200, 200, b"").is_ok());
+        // A renewal answers 202; a 200 there is not what was asked for.
+        assert!(check_status("https://s", 202, 202, b"").is_ok());
+        assert!(check_status("https://s", 202, 200, b"").is_err());
+        // A refusal of a renewal carries its code.
+        let busy = br#"{"error":"busy","message":"another renewal"}"#;
+        assert!(matches!(
+            check_status("https://s", 202, 503, busy),
+            Err(AttemptError::Transient(m)) if m.contains("busy")
+        ));
+        let pending = br#"{"error":"too-many-pending","message":"approve or discard one"}"#;
+        assert!(matches!(
+            check_status("https://s", 202, 409, pending),
+            Err(AttemptError::Refused { code, .. }) if code == "too-many-pending"
+        ));
     }
 
     #[test]

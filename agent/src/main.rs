@@ -1,7 +1,9 @@
 //! snpguard-agent: runs in the guest's initrd. `unlock` attests to
 //! snpguardd, receives the root volume's key and maps it with dm-crypt;
 //! on failure it prints one `snpguard: FAILED: <reason>` line and powers
-//! off. `check-config` validates a configuration at build time.
+//! off. `check-config` validates a configuration at build time. `renew`
+//! runs in the booted guest after a kernel update and submits the new
+//! kernel, initrd and command line as a pending launch.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +18,7 @@ mod dm;
 mod evidence;
 mod luks;
 mod power;
+mod renew;
 mod unlock;
 
 use console::say;
@@ -45,6 +48,24 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Submit a new kernel for approval (booted guest, after an update).
+    Renew {
+        /// Configuration.
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The new kernel (/boot/vmlinuz-VERSION).
+        #[arg(long, value_name = "FILE")]
+        kernel: PathBuf,
+        /// The new initrd (/boot/initrd.img-VERSION).
+        #[arg(long, value_name = "FILE")]
+        initrd: PathBuf,
+        /// New command line, exact [default: the running one].
+        #[arg(long, value_name = "STR", conflicts_with = "cmdline_file")]
+        cmdline: Option<String>,
+        /// File with the command line (final newline dropped).
+        #[arg(long, value_name = "FILE")]
+        cmdline_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +91,42 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Renew {
+            config,
+            kernel,
+            initrd,
+            cmdline,
+            cmdline_file,
+        } => {
+            let req = renew::Request {
+                kernel: &kernel,
+                initrd: &initrd,
+                cmdline: renew::CmdlineArg::from_options(cmdline, cmdline_file),
+            };
+            let result = config::Config::load(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| renew::run(&c, &req));
+            match result {
+                Ok(resp) => {
+                    say!(
+                        "renewal stored: record {} launch {} is pending approval",
+                        resp.record,
+                        resp.launch
+                    );
+                    println!("record: {}", resp.record);
+                    println!("launch: {}", resp.launch);
+                    println!("measurement: {}", resp.measurement);
+                    // Pending until an operator runs this on the host.
+                    println!("approve: {}", renew::approve_command(&resp));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    // Not the boot path: no FAILED line, no power-off.
+                    say!("{}", format!("{e:#}"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Unlock {
             config,
             no_poweroff,
@@ -117,5 +174,91 @@ mod tests {
         let c = Cli::try_parse_from(["snpguard-agent", "check-config", "--config", "/x"]).unwrap();
         assert!(matches!(c.command, Command::CheckConfig { config } if config == Path::new("/x")));
         assert!(Cli::try_parse_from(["snpguard-agent", "shell"]).is_err());
+    }
+
+    #[test]
+    fn renew_help_fits_80_columns() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("renew")
+            .expect("renew")
+            .render_help()
+            .to_string();
+        assert!(help.contains("--cmdline-file"), "{help}");
+        assert!(help.lines().all(|l| l.len() <= 80), "{help}");
+    }
+
+    fn renew(args: &[&str]) -> Result<(PathBuf, PathBuf, PathBuf, renew::CmdlineArg), String> {
+        let c = Cli::try_parse_from(["snpguard-agent", "renew"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        match c.command {
+            Command::Renew {
+                config,
+                kernel,
+                initrd,
+                cmdline,
+                cmdline_file,
+            } => Ok((
+                config,
+                kernel,
+                initrd,
+                renew::CmdlineArg::from_options(cmdline, cmdline_file),
+            )),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn renew_arguments() {
+        let (config, kernel, initrd, cmdline) = renew(&[
+            "--kernel",
+            "/boot/vmlinuz-6.12",
+            "--initrd",
+            "/boot/initrd.img-6.12",
+        ])
+        .unwrap();
+        assert_eq!(config, PathBuf::from("/etc/snpguard/agent.toml"));
+        assert_eq!(kernel, PathBuf::from("/boot/vmlinuz-6.12"));
+        assert_eq!(initrd, PathBuf::from("/boot/initrd.img-6.12"));
+        assert_eq!(cmdline, renew::CmdlineArg::Running);
+
+        let (config, _, _, cmdline) = renew(&[
+            "--config",
+            "/c.toml",
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ])
+        .unwrap();
+        assert_eq!(config, PathBuf::from("/c.toml"));
+        assert_eq!(
+            cmdline,
+            renew::CmdlineArg::Given("console=ttyS0 quiet".into())
+        );
+        // An empty command line is a command line.
+        let (.., cmdline) = renew(&["--kernel", "k", "--initrd", "i", "--cmdline", ""]).unwrap();
+        assert_eq!(cmdline, renew::CmdlineArg::Given(String::new()));
+        let (.., cmdline) =
+            renew(&["--kernel", "k", "--initrd", "i", "--cmdline-file", "/f"]).unwrap();
+        assert_eq!(cmdline, renew::CmdlineArg::File("/f".into()));
+
+        // Both sources at once, or a missing artifact, is a usage error.
+        let e = renew(&[
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--cmdline",
+            "a",
+            "--cmdline-file",
+            "/f",
+        ])
+        .unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        assert!(renew(&["--kernel", "k"]).unwrap_err().contains("--initrd"));
+        assert!(renew(&["--initrd", "i"]).unwrap_err().contains("--kernel"));
     }
 }

@@ -46,7 +46,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
     say!("LUKS2 header matches the pinned uuid, cipher, offset and sector size");
 
-    let client = Client::new(ca);
+    let client = Client::new(ca, client::TIMEOUT);
     let (record, key) = client::attest(&client, &config.servers, &config.retry, &source)
         .map_err(|e| anyhow::anyhow!("attestation failed: {e}"))?;
     say!("attested as record {record}; key released");

@@ -17,6 +17,8 @@ pub const RECORDS_PATH: &str = "/org/snpguard/SnpGuard1/records";
 pub const MANAGER_INTERFACE: &str = "org.snpguard.SnpGuard1.Manager";
 /// Record interface name.
 pub const RECORD_INTERFACE: &str = "org.snpguard.SnpGuard1.Record";
+/// Certificates interface name (on the Manager object).
+pub const CERTIFICATES_INTERFACE: &str = "org.snpguard.SnpGuard1.Certificates";
 
 /// polkit action for `Register`, `RegisterFromPaths`, `AddLaunch` and
 /// `AddLaunchFromPaths`.
@@ -27,6 +29,8 @@ pub const ACTION_MANAGE: &str = "org.snpguard.SnpGuard1.manage";
 /// polkit action for `ExportBundle`, `ExportBundleToPath`,
 /// `ExportLaunchBundle` and `ExportLaunchBundleToPath`.
 pub const ACTION_EXPORT: &str = "org.snpguard.SnpGuard1.export";
+/// polkit action for `Certificates.Import` and `ImportFromPaths`.
+pub const ACTION_IMPORT_CERTIFICATES: &str = "org.snpguard.SnpGuard1.import-certificates";
 
 /// Keys of the `files` argument of `Register`/`RegisterFromPaths`.
 pub mod file_key {
@@ -112,6 +116,12 @@ pub mod limit {
     pub const FIND_KEY: usize = 256;
     /// A launch id argument, bytes.
     pub const LAUNCH_ID: usize = 16;
+    /// Files of one certificate import.
+    pub const IMPORT_FILES: usize = 64;
+    /// One file of a certificate import, bytes.
+    pub const IMPORT_FILE: usize = 64 * 1024;
+    /// A file's name in a certificate import, bytes.
+    pub const FILE_LABEL: usize = 256;
     /// Entries one `AuditTrail` call returns at most.
     pub const AUDIT_ENTRIES: u32 = 1000;
 }
@@ -134,6 +144,29 @@ pub struct AuditEntry {
     pub codes: Vec<String>,
     /// The precise reason (empty on success).
     pub detail: String,
+}
+
+/// One certificate as `Certificates.Import` and `List` return it
+/// (D-Bus `(sssssss)`); empty strings where a field does not apply.
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, zbus::zvariant::Type,
+)]
+pub struct CertificateInfo {
+    /// `VCEK`, `VLEK`, `ASK`, `ASVK` or `ARK`.
+    pub kind: String,
+    /// `milan`, `genoa` or `turin`.
+    pub product: String,
+    /// First 8 bytes of the VCEK's hwID (the report's CHIP_ID), hex.
+    pub chip_id: String,
+    /// VCEK/VLEK TCB as `bootloader.tee.snp.microcode` (`.fmc` on Turin).
+    pub tcb: String,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
+    /// `imported`, `kds-cache`, or `trusted-root` (an ARK that is a trust
+    /// anchor already; checked, not stored).
+    pub source: String,
+    /// The name the client gave the input (imports only).
+    pub file: String,
 }
 
 /// The typed errors of the API, `org.snpguard.SnpGuard1.Error.<Variant>`.
@@ -162,6 +195,9 @@ pub enum Error {
     LastApprovedLaunch(String),
     /// The record already has the most pending launches it may have.
     TooManyPending(String),
+    /// A certificate does not chain to a trusted root (or is expired,
+    /// or its AMD extensions are wrong); the message names the file.
+    Untrusted(String),
 }
 
 /// Options of `Register` as built by clients.
@@ -315,4 +351,23 @@ pub trait Record {
     /// Last attestation, RFC 3339, or "" if never.
     #[zbus(property)]
     fn last_attestation(&self) -> zbus::Result<String>;
+}
+
+/// Client side of `org.snpguard.SnpGuard1.Certificates`.
+#[proxy(
+    interface = "org.snpguard.SnpGuard1.Certificates",
+    default_service = "org.snpguard.SnpGuard1",
+    default_path = "/org/snpguard/SnpGuard1",
+    gen_blocking = false
+)]
+pub trait Certificates {
+    /// Checks and stores certificates from open files, keyed by the name
+    /// errors and results use; all or nothing.
+    fn import(&self, files: HashMap<&str, OwnedFd>) -> zbus::Result<Vec<CertificateInfo>>;
+
+    /// As `Import`, from files inside the daemon's import directory.
+    fn import_from_paths(&self, paths: &[&str]) -> zbus::Result<Vec<CertificateInfo>>;
+
+    /// Every certificate the daemon holds.
+    fn list(&self) -> zbus::Result<Vec<CertificateInfo>>;
 }

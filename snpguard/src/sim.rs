@@ -263,6 +263,9 @@ pub struct SimPlatform {
     pub vlek_der: Vec<u8>,
     vcek_key: p384::ecdsa::SigningKey,
     vlek_key: p384::ecdsa::SigningKey,
+    /// The ASK's key and name, to issue VCEKs for more chips.
+    ask_key: RsaPrivateKey,
+    ask_name: Name,
 }
 
 impl fmt::Debug for SimPlatform {
@@ -343,22 +346,7 @@ impl SimPlatform {
         let (asvk_key, asvk_name, asvk_der) =
             intermediate("ASVK", format!("SEV-VLEK-{p}"), 0x10101)?;
 
-        let vcek_key = p384::ecdsa::SigningKey::random(&mut OsRng);
-        let mut vcek_ext = amd_extensions(product, vcek_product_name(product), tcb, "VCEK")?;
-        vcek_ext.push(raw_ext(crate::certs::oid::HW_ID, hwid, "VCEK")?);
-        let vcek_der = issue(
-            Tbs {
-                cert: "VCEK",
-                serial: 0,
-                issuer: &ask_name,
-                subject: amd_name("SEV-VCEK", "VCEK")?,
-                validity,
-                spki: ec_spki(&vcek_key, "VCEK")?,
-                extensions: vcek_ext,
-            },
-            &ask_key,
-            &PSS_PARAMS_DEFAULT_TRAILER,
-        )?;
+        let (vcek_key, vcek_der) = issue_vcek(product, tcb, hwid, &ask_key, &ask_name)?;
 
         let vlek_key = p384::ecdsa::SigningKey::random(&mut OsRng);
         let mut vlek_ext = amd_extensions(product, product.kds_name(), tcb, "VLEK")?;
@@ -393,6 +381,28 @@ impl SimPlatform {
             vlek_der,
             vcek_key,
             vlek_key,
+            ask_key,
+            ask_name,
+        })
+    }
+
+    /// Another chip of the same platform: a fresh VCEK for `hwid` at the
+    /// same TCB, issued by the same ASK under the same ARK (the VLEK is
+    /// shared, as a cloud provider's is).
+    pub fn another_chip(&self, hwid: &[u8]) -> Result<Self, SimError> {
+        if hwid.len() != self.product.hwid_len() {
+            return Err(SimError::HwidLength {
+                product: self.product,
+                expected: self.product.hwid_len(),
+                got: hwid.len(),
+            });
+        }
+        let (vcek_key, vcek_der) =
+            issue_vcek(self.product, self.tcb, hwid, &self.ask_key, &self.ask_name)?;
+        Ok(SimPlatform {
+            vcek_der,
+            vcek_key,
+            ..self.clone()
         })
     }
 
@@ -455,6 +465,33 @@ fn sign_report_with(
 }
 
 /// Everything of a certificate except its signature.
+/// A fresh VCEK key and its certificate for chip `hwid` at `tcb`.
+fn issue_vcek(
+    product: Product,
+    tcb: SimTcb,
+    hwid: &[u8],
+    ask_key: &RsaPrivateKey,
+    ask_name: &Name,
+) -> Result<(p384::ecdsa::SigningKey, Vec<u8>), SimError> {
+    let vcek_key = p384::ecdsa::SigningKey::random(&mut OsRng);
+    let mut vcek_ext = amd_extensions(product, vcek_product_name(product), tcb, "VCEK")?;
+    vcek_ext.push(raw_ext(crate::certs::oid::HW_ID, hwid, "VCEK")?);
+    let vcek_der = issue(
+        Tbs {
+            cert: "VCEK",
+            serial: 0,
+            issuer: ask_name,
+            subject: amd_name("SEV-VCEK", "VCEK")?,
+            validity: validity()?,
+            spki: ec_spki(&vcek_key, "VCEK")?,
+            extensions: vcek_ext,
+        },
+        ask_key,
+        &PSS_PARAMS_DEFAULT_TRAILER,
+    )?;
+    Ok((vcek_key, vcek_der))
+}
+
 struct Tbs<'a> {
     cert: &'static str,
     serial: u32,

@@ -4,6 +4,7 @@
 //! errors print one `error: ...` line and exit with status 2.
 
 mod bus;
+mod certs;
 mod idblock;
 mod launches;
 mod measure;
@@ -45,6 +46,9 @@ enum Command {
     /// Manage the daemon's records and their launches (list, show, approve…)
     #[command(subcommand)]
     Records(records::RecordsCommand),
+    /// Import or list the AMD certificates the daemon holds
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -58,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::IdBlock(args) => idblock::run(args).map(|()| ExitCode::SUCCESS),
         Command::Register(args) => register::run(&target, args).map(|()| ExitCode::SUCCESS),
         Command::Records(cmd) => records::run(&target, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Certs(cmd) => certs::run(&target, cmd).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -182,6 +187,16 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["snpguardctl", "records", "export", "web"]).is_err());
+
+        let cli =
+            Cli::try_parse_from(["snpguardctl", "certs", "import", "vcek.pem", "certs/"]).unwrap();
+        let Command::Certs(certs::CertsCommand::Import(a)) = cli.command else {
+            panic!("not certs import")
+        };
+        assert_eq!(a.files.len(), 2);
+        assert!(!a.in_import_dir);
+        assert!(Cli::try_parse_from(["snpguardctl", "certs", "import"]).is_err());
+        assert!(Cli::try_parse_from(["snpguardctl", "certs", "list", "--json"]).is_ok());
     }
 
     #[test]

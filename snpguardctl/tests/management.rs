@@ -320,3 +320,72 @@ async fn bus_policy_lets_others_read_and_polkit_decide() {
     ok(&ctl_with(&h, &["records", "disable", "web"], nobody).await);
     assert!(!h.service.records().values().next().unwrap().info.enabled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_import_expands_directories_and_reports_refusals() {
+    let h = Harness::start().await;
+    let dir = h.bus.dir.path().join("chain");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("b.pem"), b"second").unwrap();
+    std::fs::write(dir.join("a.der"), b"first").unwrap();
+    std::fs::write(dir.join("sub/ignored.pem"), b"not recursive").unwrap();
+    let single = h.bus.dir.path().join("vcek.pem");
+    std::fs::write(&single, b"third").unwrap();
+
+    let out = ok(&ctl(
+        &h,
+        &[
+            "certs",
+            "import",
+            dir.to_str().unwrap(),
+            single.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .await);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let files: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["file"].as_str().unwrap())
+        .collect();
+    let name = |p: &Path| p.to_str().unwrap().to_owned();
+    let mut want = vec![
+        name(&dir.join("a.der")),
+        name(&dir.join("b.pem")),
+        name(&single),
+    ];
+    want.sort();
+    assert_eq!(files, want, "directories expand to their files");
+    assert_eq!(h.certs.held().len(), 3);
+
+    // Refusals: exit 2 with the daemon's message naming the file.
+    let bad = h.bus.dir.path().join("bad.pem");
+    std::fs::write(&bad, b"UNTRUSTED").unwrap();
+    let e = failed(&ctl(&h, &["certs", "import", bad.to_str().unwrap()]).await);
+    assert!(e.contains("bad.pem") && e.contains("Untrusted"), "{e}");
+    let e = failed(&ctl(&h, &["certs", "import", "/nonexistent/x.pem"]).await);
+    assert!(e.contains("/nonexistent/x.pem"), "{e}");
+
+    // The path variant reads inside the daemon's import directory.
+    let inside = h.import_dir.join("ask.der");
+    std::fs::write(&inside, b"ask").unwrap();
+    let out = ok(&ctl(
+        &h,
+        &[
+            "certs",
+            "import",
+            "--in-import-dir",
+            inside.to_str().unwrap(),
+        ],
+    )
+    .await);
+    assert!(out.contains("ASK") && out.contains("ask.der"), "{out}");
+    let listed = ok(&ctl(&h, &["certs", "list"]).await);
+    assert_eq!(
+        listed.lines().count(),
+        1 + 4,
+        "header and 4 certificates: {listed}"
+    );
+}

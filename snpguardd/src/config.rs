@@ -17,6 +17,8 @@ use clap::Parser;
 use serde::Deserialize;
 use snpguard::certs::Product;
 
+use crate::attest::nonce::{NONCE_LIFETIME_SECS, NONCE_MAX_LIFETIME_SECS};
+
 /// Where the configuration file is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/snpguard/snpguardd.toml";
 /// Default state directory (the unit's `StateDirectory=snpguard`).
@@ -123,6 +125,22 @@ pub struct Kds {
     pub enabled: bool,
 }
 
+/// Attestation settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attest {
+    /// Seconds a nonce from `/v1/attest/challenge` stays usable,
+    /// `1..=`[`NONCE_MAX_LIFETIME_SECS`].
+    pub nonce_lifetime_secs: u64,
+}
+
+impl Default for Attest {
+    fn default() -> Self {
+        Attest {
+            nonce_lifetime_secs: NONCE_LIFETIME_SECS,
+        }
+    }
+}
+
 /// The resolved configuration of the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -145,6 +163,8 @@ pub struct Config {
     pub test_roots: Vec<TestRoot>,
     /// AMD KDS access.
     pub kds: Kds,
+    /// Attestation settings.
+    pub attest: Attest,
     /// Per-source rate limit of the HTTPS endpoint.
     pub rate_limit: RateLimit,
 }
@@ -201,6 +221,9 @@ pub enum ConfigError {
     /// A test root names an unknown product.
     #[error("test_roots: {0}")]
     UnknownProduct(#[from] snpguard::certs::UnknownProduct),
+    /// An `[attest]` value out of range.
+    #[error("attest: {0}")]
+    InvalidAttest(String),
     /// A `[rate_limit]` value out of range.
     #[error("rate_limit: {0}")]
     InvalidRateLimit(String),
@@ -230,7 +253,14 @@ struct FileConfig {
     #[serde(default)]
     test_roots: Vec<FileTestRoot>,
     kds: Option<FileKds>,
+    attest: Option<FileAttest>,
     rate_limit: Option<FileRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAttest {
+    nonce_lifetime_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +345,15 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
     let kds = Kds {
         enabled: file.kds.and_then(|k| k.enabled).unwrap_or(true),
     };
+    let mut attest = Attest::default();
+    if let Some(v) = file.attest.and_then(|a| a.nonce_lifetime_secs) {
+        if !(1..=NONCE_MAX_LIFETIME_SECS).contains(&v) {
+            return Err(ConfigError::InvalidAttest(format!(
+                "nonce_lifetime_secs = {v} (must be 1 to {NONCE_MAX_LIFETIME_SECS} seconds)"
+            )));
+        }
+        attest.nonce_lifetime_secs = v;
+    }
     let mut rate_limit = RateLimit::default();
     if let Some(r) = file.rate_limit {
         if let Some(v) = r.per_source_per_second {
@@ -345,6 +384,7 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
         tls_key,
         test_roots,
         kds,
+        attest,
         rate_limit,
     })
 }
@@ -364,6 +404,7 @@ impl Config {
             bus = %self.bus,
             listen = %self.listen,
             kds = self.kds.enabled,
+            nonce_lifetime_secs = self.attest.nonce_lifetime_secs,
             "settings"
         );
         for root in &self.test_roots {
@@ -679,6 +720,31 @@ ark_path = "sim/ark.pem"
         ] {
             std::fs::write(&path, bad).expect("write");
             assert!(resolve(&args(&path)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attest_section_bounds_the_nonce_lifetime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(&dir, "");
+        let a = args(&["--config", path.to_str().expect("utf-8")]);
+        assert_eq!(
+            resolve(&a).expect("ok").attest.nonce_lifetime_secs,
+            NONCE_LIFETIME_SECS
+        );
+        std::fs::write(&path, "[attest]\nnonce_lifetime_secs = 1\n").expect("write");
+        assert_eq!(resolve(&a).expect("ok").attest.nonce_lifetime_secs, 1);
+        for bad in [
+            "[attest]\nnonce_lifetime_secs = 0\n".to_owned(),
+            format!(
+                "[attest]\nnonce_lifetime_secs = {}\n",
+                NONCE_MAX_LIFETIME_SECS + 1
+            ),
+            "[attest]\nnonce_lifetime = 5\n".to_owned(),
+        ] {
+            std::fs::write(&path, &bad).expect("write");
+            let e = resolve(&a).expect_err(&bad);
+            assert!(e.to_string().contains("nonce_lifetime"), "{bad}: {e}");
         }
     }
 }

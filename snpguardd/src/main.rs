@@ -16,6 +16,7 @@ use snpguardd::config::{self, Bus, Config};
 use snpguardd::keys::{TlsConfig, TlsMaterial};
 use snpguardd::registry::{Registry, RegistryOptions};
 use snpguardd::secrets::MasterKey;
+use snpguardd::store::Store;
 use snpguardd::{dbus, https, logging, notify, sandbox};
 
 fn main() -> ExitCode {
@@ -104,16 +105,22 @@ async fn serve(
         Bus::Address(a) => zbus::connection::Builder::address(a.as_str()),
     }
     .with_context(|| format!("connecting to the {} bus", cfg.bus))?;
-    let conn = dbus::serve(builder, registry, cfg.import_dir.clone())
-        .await
-        .with_context(|| format!("serving the management API on the {} bus", cfg.bus))?;
     // Attestations update the records' counters; publish them on the bus.
     // Bounded: under a flood a few intermediate counter signals are
     // dropped (the store has the truth, the next update catches up).
     let (updates_tx, mut updates_rx) = tokio::sync::mpsc::channel(1024);
-    let attestor = attestor.with_observer(Box::new(move |info| {
+    let attestor = Arc::new(attestor.with_observer(Box::new(move |info| {
         let _ = updates_tx.try_send(info);
-    }));
+    })));
+    // The attestor also holds the certificates operators import over D-Bus.
+    let conn = dbus::serve(
+        builder,
+        registry.clone(),
+        attestor.clone(),
+        cfg.import_dir.clone(),
+    )
+    .await
+    .with_context(|| format!("serving the management API on the {} bus", cfg.bus))?;
     let bus_conn = conn.clone();
     tokio::spawn(async move {
         while let Some(info) = updates_rx.recv().await {
@@ -136,15 +143,9 @@ async fn serve(
         ..https::Limits::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(https::serve(
-        listener,
-        tls,
-        Arc::new(attestor),
-        limits,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let server = tokio::spawn(https::serve(listener, tls, attestor, limits, async move {
+        let _ = stop_rx.await;
+    }));
     notify::ready("serving the management API and HTTPS attestation")?;
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -162,5 +163,10 @@ async fn serve(
         Err(e) => tracing::warn!("HTTPS server task failed: {e}"),
     }
     drop(conn);
+    // Counters and audit entries are written deferred; make them durable.
+    registry
+        .store()
+        .flush()
+        .context("flushing the database at shutdown")?;
     Ok(())
 }

@@ -279,6 +279,7 @@ mod tests {
                 ark_path: PathBuf::from("/sim/ark.pem"),
             }],
             kds: Kds { enabled: false },
+            attest: Default::default(),
             rate_limit: Default::default(),
         }
     }

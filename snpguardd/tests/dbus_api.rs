@@ -687,7 +687,8 @@ async fn existing_records_are_served_at_start() {
     let import = bus.dir.path().join("import");
     std::fs::create_dir(&import).unwrap();
     let builder = zbus::connection::Builder::address(bus.address.as_str()).unwrap();
-    let _daemon = snpguardd::dbus::serve(builder, service, import)
+    let certs = std::sync::Arc::new(common::MemCerts::default());
+    let _daemon = snpguardd::dbus::serve(builder, service, certs, import)
         .await
         .unwrap();
     let conn = bus.connect().await;

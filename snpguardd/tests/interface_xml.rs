@@ -9,7 +9,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::{Harness, TestBus};
-use snpguard::dbus::{ManagerProxy, BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, RECORD_INTERFACE};
+use snpguard::dbus::{
+    ManagerProxy, BUS_NAME, CERTIFICATES_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH,
+    RECORD_INTERFACE,
+};
 use zbus::fdo::IntrospectableProxy;
 use zbus::zvariant::{OwnedFd, OwnedValue, Value};
 use zbus_xml::{ArgDirection, Node};
@@ -116,6 +119,7 @@ async fn checked_in_xml_matches_the_live_objects() {
     let record = m.register(files.into(), &opts, b"v").await.unwrap();
 
     compare(MANAGER_INTERFACE, &live(&h.bus, MANAGER_PATH).await);
+    compare(CERTIFICATES_INTERFACE, &live(&h.bus, MANAGER_PATH).await);
     compare(RECORD_INTERFACE, &live(&h.bus, record.as_str()).await);
 
     // The ObjectManager sits on the manager object, nothing sits at `/`

@@ -569,6 +569,84 @@ pub(crate) fn verify_static(
     })
 }
 
+/// An AMD CA certificate verified on its own by [`verify_ca`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaCert {
+    /// ARK, ASK or ASVK.
+    pub role: CertRole,
+    /// The product it is for.
+    pub product: Product,
+    /// It is, or chains to, a test root rather than AMD's.
+    pub test_root: bool,
+}
+
+/// Verifies an AMD CA certificate without an endorsement key below it (an
+/// operator importing AMD's `cert_chain`): an ARK (`ARK-<Product>`) must
+/// be one of the trusted roots of its product; an ASK (`SEV-<Product>`)
+/// or ASVK (`SEV-VLEK-<Product>`) must be signed by a trusted root of its
+/// product. Every certificate involved must be valid at `at`.
+pub fn verify_ca(
+    anchors: &TrustAnchors,
+    cert: &Cert,
+    at: OffsetDateTime,
+) -> Result<CaCert, ChainError> {
+    let subject = cn(cert, true);
+    let (role, name) = if let Some(n) = subject.strip_prefix("ARK-") {
+        (CertRole::Ark, n)
+    } else if let Some(n) = subject.strip_prefix("SEV-VLEK-") {
+        (CertRole::Asvk, n)
+    } else if let Some(n) = subject.strip_prefix("SEV-") {
+        (CertRole::Ask, n)
+    } else {
+        return Err(ChainError::ProductUnknown {
+            role: CertRole::Ask,
+            reason: format!("subject {subject:?} is not ARK-, SEV- or SEV-VLEK-<product>"),
+        });
+    };
+    let product = Product::from_amd_name(name).ok_or_else(|| ChainError::ProductUnknown {
+        role,
+        reason: format!("subject {subject:?} names no known product"),
+    })?;
+    if role == CertRole::Ark {
+        let root = anchors
+            .roots(product)
+            .find(|r| &r.cert == cert)
+            .ok_or_else(|| ChainError::ArkNotPinned {
+                product,
+                fingerprint: hex::encode(cert.fingerprint()),
+            })?;
+        Window::of(CertRole::Ark, &root.cert).check(at)?;
+        return Ok(CaCert {
+            role,
+            product,
+            test_root: root.test,
+        });
+    }
+    let mut candidates: Vec<&Root> = anchors.roots(product).collect();
+    candidates.sort_by_key(|r| !cert.issued_by_name(&r.cert));
+    let mut first_err = None;
+    for root in candidates {
+        match check_root(root, cert, role) {
+            Ok(()) => {
+                Window::of(CertRole::Ark, &root.cert).check(at)?;
+                Window::of(role, cert).check(at)?;
+                return Ok(CaCert {
+                    role,
+                    product,
+                    test_root: root.test,
+                });
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| ChainError::ArkNotPinned {
+        product,
+        fingerprint: "(no trusted root for this product)".to_owned(),
+    }))
+}
+
 /// The endorsement certificate's EC P-384 public key.
 fn endorsement_key(leaf: &Cert) -> Result<p384::ecdsa::VerifyingKey, String> {
     let spki = &leaf.x509().tbs_certificate.subject_public_key_info;

@@ -36,7 +36,7 @@ use std::str::FromStr;
 pub use amd::TrustAnchors;
 pub use cache::EndorsementCache;
 pub use cert::Cert;
-pub use chain::{verify_endorsement, CertRole, ChainError, Endorsement};
+pub use chain::{verify_ca, verify_endorsement, CaCert, CertRole, ChainError, Endorsement};
 pub use ext::CertTcb;
 pub use set::CertSet;
 pub use table::{

@@ -4,7 +4,9 @@
 //! - `platform.json`: format version, product, TCB and CHIP_ID;
 //! - `ark.pem`, `ask.pem`, `asvk.pem`, `vcek.pem`, `vlek.pem`: the chain
 //!   (`ark.pem` is the root a test daemon's `[[test_roots]]` trusts);
-//! - `vcek-key.pem`, `vlek-key.pem`: the endorsement keys, PKCS#8, 0600.
+//! - `vcek-key.pem`, `vlek-key.pem`: the endorsement keys, PKCS#8, 0600;
+//! - `ask-key.pem`: the ASK's RSA key, PKCS#8, 0600 (to issue VCEKs for
+//!   more chips after loading).
 
 use std::fs;
 use std::io::Write as _;
@@ -199,6 +201,11 @@ impl SimPlatform {
             let pem = zeroize::Zeroizing::new(key_pem(key)?);
             write_file(&dir.join(name), pem.as_bytes(), 0o600)?;
         }
+        let ask_pem = self
+            .ask_key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| malformed("ASK key", e))?;
+        write_file(&dir.join("ask-key.pem"), ask_pem.as_bytes(), 0o600)?;
         let meta = PlatformFile {
             version: PLATFORM_VERSION,
             product: self.product.to_string(),
@@ -227,16 +234,42 @@ impl SimPlatform {
         let chip_id = parse_hex::<64>("platform.json chip_id", &meta.chip_id)?;
         let cert = |name: &str| cert_from_pem(name, &read_bounded(&dir.join(name))?);
         let key = |name: &str| key_from_pem(name, &read_bounded(&dir.join(name))?);
+        let ask_der = cert("ask.pem")?;
+        let ask_key = {
+            let pem = zeroize::Zeroizing::new(read_bounded(&dir.join("ask-key.pem"))?);
+            let text = std::str::from_utf8(&pem).map_err(|e| malformed("ask-key.pem", e))?;
+            rsa::RsaPrivateKey::from_pkcs8_pem(text).map_err(|e| malformed("ask-key.pem", e))?
+        };
+        let ask_cert = Certificate::from_der(&ask_der).map_err(|e| malformed("ask.pem", e))?;
+        let ask_public = rsa::pkcs8::EncodePublicKey::to_public_key_der(&ask_key.to_public_key())
+            .map_err(|e| malformed("ask-key.pem", e))?;
+        let ask_spki = ask_cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|source| SimError::Der {
+                cert: "ASK",
+                source,
+            })?;
+        if ask_public.as_bytes() != ask_spki.as_slice() {
+            return Err(malformed(
+                "ask-key.pem",
+                "the private key does not belong to the certificate",
+            ));
+        }
+        let ask_name = ask_cert.tbs_certificate.subject.clone();
         let platform = SimPlatform {
             product,
             tcb: meta.tcb.into(),
             ark_der: cert("ark.pem")?,
-            ask_der: cert("ask.pem")?,
+            ask_der,
             asvk_der: cert("asvk.pem")?,
             vcek_der: cert("vcek.pem")?,
             vlek_der: cert("vlek.pem")?,
             vcek_key: key("vcek-key.pem")?,
             vlek_key: key("vlek-key.pem")?,
+            ask_key,
+            ask_name,
         };
         check_key_matches("VCEK", &platform.vcek_key, &platform.vcek_der)?;
         check_key_matches("VLEK", &platform.vlek_key, &platform.vlek_der)?;

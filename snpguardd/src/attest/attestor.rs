@@ -18,6 +18,14 @@
 //!    sealed to the ephemeral key and bound to the report; counters and
 //!    the audit trail written before the answer leaves.
 //!
+//! Durability: the nonce's used mark is flushed to disk in step 4, before
+//! anything is verified or released (concurrent attestations share one
+//! flush: group commit). Counters and audit entries are written deferred
+//! — visible at once, durable with the next flush (any nonce's, or the
+//! store's periodic one within `DEFERRED_FLUSH_MS`, or at shutdown). A
+//! crash can lose the last moments of counters and audit; it can never
+//! lose a nonce's used state, so no nonce can be replayed.
+//!
 //! The client sees `attestation-rejected` (403) for every trust decision;
 //! the precise reasons go to the journal and the audit trail.
 
@@ -40,9 +48,9 @@ use time::OffsetDateTime;
 mod renew;
 
 use super::audit::{AuditEntry, AuditLog};
-use super::certs::{self as held, CertImportError, HeldSource};
+use super::certs::{self as held, CertImportError, CertSummary, CertificateService, HeldSource};
 use super::kds::KdsClient;
-use super::nonce::{self, NonceError, Nonces, NONCE_LIFETIME_SECS};
+use super::nonce::{self, NonceError, Nonces};
 use super::{AttestError, AttestHandler};
 use crate::config::Config;
 use crate::registry::{Registry, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SMT};
@@ -276,7 +284,8 @@ impl Attestor {
         }
         let audit = AuditLog::open(registry.store())?;
         Ok(Attestor {
-            nonces: Nonces::new(registry.keys().nonce_hmac()),
+            nonces: Nonces::new(registry.keys().nonce_hmac())
+                .with_lifetime(config.attest.nonce_lifetime_secs),
             registry,
             verifier: Verifier::new(anchors),
             audit,
@@ -308,15 +317,37 @@ impl Attestor {
     }
 
     /// Imports certificates for verification without KDS (VCEKs, VLEKs,
-    /// ASKs, ASVKs; DER or PEM, several PEM blocks per file allowed).
-    /// All or nothing; returns how many were stored.
+    /// ASKs, ASVKs, ARKs; DER, PEM with several blocks, or a certificate
+    /// table), each checked against the trust anchors now. All or
+    /// nothing; returns what was imported. See [`held::import`].
     pub fn import_certificates(
         &self,
-        der_or_pem_files: &[Vec<u8>],
-    ) -> Result<usize, CertImportError> {
-        let n = held::import(self.store(), der_or_pem_files)?;
-        tracing::info!(COUNT = n, "imported certificates for attestation");
-        Ok(n)
+        files: &[(String, Vec<u8>)],
+    ) -> Result<Vec<CertSummary>, CertImportError> {
+        let imported = held::import(
+            self.store(),
+            self.verifier.anchors(),
+            files,
+            self.clock.now(),
+        )
+        .inspect_err(|e| tracing::warn!("certificate import refused: {e}"))?;
+        for c in &imported {
+            tracing::info!(
+                ROLE = %c.role,
+                PRODUCT = %c.product,
+                CHIP_ID = c.chip_id.as_deref().unwrap_or("-"),
+                TCB = c.tcb.as_deref().unwrap_or("-"),
+                FILE = c.file.as_deref().unwrap_or("-"),
+                SOURCE = c.source,
+                "imported a certificate for attestation"
+            );
+        }
+        Ok(imported)
+    }
+
+    /// Every certificate the daemon holds (imports and the KDS cache).
+    pub fn held_certificates(&self) -> Result<Vec<CertSummary>, StoreError> {
+        held::list(self.store())
     }
 
     /// The last `n` audit entries, oldest first.
@@ -723,6 +754,19 @@ impl Attestor {
     }
 }
 
+impl CertificateService for Attestor {
+    fn import_certificates(
+        &self,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<Vec<CertSummary>, CertImportError> {
+        Attestor::import_certificates(self, files)
+    }
+
+    fn list_certificates(&self) -> Result<Vec<CertSummary>, StoreError> {
+        self.held_certificates()
+    }
+}
+
 impl AttestHandler for Attestor {
     fn challenge(&self) -> Result<ChallengeResponse, AttestError> {
         let now = secs(self.clock.now());
@@ -732,7 +776,7 @@ impl AttestHandler for Attestor {
         self.collect_nonces(now);
         Ok(ChallengeResponse {
             nonce: encode_nonce(&nonce),
-            expires_in: NONCE_LIFETIME_SECS,
+            expires_in: self.nonces.lifetime(),
         })
     }
 

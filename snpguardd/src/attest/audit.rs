@@ -67,7 +67,9 @@ impl AuditLog {
     }
 
     /// Appends `entry` and deletes the entries beyond the capacity, in one
-    /// transaction.
+    /// transaction, deferred: durable within the store's flush interval
+    /// (a crash may lose the last moments of the trail, never a nonce's
+    /// used state, which is flushed before any key is released).
     pub fn append(&self, store: &dyn Store, entry: &AuditEntry) -> Result<(), StoreError> {
         let value = serde_json::to_vec(entry)
             .map_err(|e| StoreError::Backend(format!("encoding an audit entry: {e}")))?;
@@ -80,7 +82,7 @@ impl AuditLog {
             .map(|k| Op::delete(Tree::Audit, k))
             .collect();
         ops.push(Op::put(Tree::Audit, seq.to_be_bytes(), value));
-        store.transaction(&ops)?;
+        store.transaction_deferred(&ops)?;
         *next = seq + 1;
         Ok(())
     }

@@ -20,42 +20,56 @@
 
 use der::asn1::Ia5StringRef;
 use der::Decode;
-use snpguard::certs::{oid, Cert, CertSet, KeyKind, Product};
+use snpguard::certs::{
+    oid, verify_ca, verify_endorsement, Cert, CertRole, CertSet, CertTcb, KeyKind, Product,
+    TrustAnchors,
+};
 use snpguard::report::TcbParts;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use crate::store::{Op, Store, StoreError, Tree};
 
 /// Most certificates one import call takes.
 pub const MAX_IMPORT_CERTS: usize = 64;
 
-/// Why an import was refused; nothing was stored.
+/// Largest file one import reads (a certificate table is at most 64 KiB).
+pub const MAX_IMPORT_FILE: usize = 64 * 1024;
+
+/// Why an import was refused; nothing was stored. `file` is the name the
+/// client gave the input.
 #[derive(Debug, thiserror::Error)]
 pub enum CertImportError {
     /// A file holds no parsable certificate.
-    #[error("file {file}: {reason}")]
+    #[error("{file}: {reason}")]
     Malformed {
-        /// Index of the file in the call.
-        file: usize,
+        /// The input's name.
+        file: String,
         /// The parser's complaint.
         reason: String,
     },
-    /// A certificate that is no AMD VCEK, VLEK, ASK or ASVK.
-    #[error("file {file}: certificate {subject:?} is not an AMD VCEK, VLEK, ASK or ASVK")]
+    /// A certificate that is no AMD VCEK, VLEK, ASK, ASVK or ARK.
+    #[error("{file}: certificate {subject:?} is not an AMD VCEK, VLEK, ASK, ASVK or ARK")]
     Unrecognized {
-        /// Index of the file in the call.
-        file: usize,
+        /// The input's name.
+        file: String,
         /// Its subject common name.
         subject: String,
     },
-    /// A VCEK/VLEK whose AMD extensions cannot be read.
-    #[error("file {file}: {reason}")]
-    Extension {
-        /// Index of the file in the call.
-        file: usize,
-        /// What is wrong.
+    /// A certificate that does not chain to a trusted root (or is
+    /// outside its validity, or its extensions are wrong).
+    #[error("{file}: the {role} is not trusted ({code}): {reason}")]
+    Untrusted {
+        /// The input's name.
+        file: String,
+        /// VCEK, VLEK, ASK, ASVK or ARK.
+        role: CertRole,
+        /// The chain rule's stable code (`signature-invalid`, …).
+        code: &'static str,
+        /// The precise reason.
         reason: String,
     },
-    /// Too many certificates at once.
+    /// Too many certificates or files at once.
     #[error("more than {MAX_IMPORT_CERTS} certificates in one import; import them in batches")]
     TooMany,
     /// The store failed.
@@ -166,33 +180,121 @@ pub fn cache_vcek(
     store.put(Tree::Certs, &vcek_key("kds", product, hwid, tcb), der)
 }
 
-/// Splits a file into certificates: DER, or every PEM `CERTIFICATE`
-/// block (KDS's `cert_chain` holds two).
-fn split(bytes: &[u8], file: usize) -> Result<Vec<Cert>, CertImportError> {
-    let malformed = |reason: String| CertImportError::Malformed { file, reason };
-    if !bytes.trim_ascii_start().starts_with(b"-----BEGIN ") {
+/// Certificate management as the D-Bus layer sees it (implemented by the
+/// [`super::Attestor`], which holds the trust anchors). Calls block.
+pub trait CertificateService: Send + Sync + 'static {
+    /// Checks and stores certificates; all or nothing. See [`import`].
+    fn import_certificates(
+        &self,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<Vec<CertSummary>, CertImportError>;
+    /// Every certificate held. See [`list`].
+    fn list_certificates(&self) -> Result<Vec<CertSummary>, StoreError>;
+}
+
+/// One certificate the daemon holds or just imported, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// VCEK, VLEK, ASK, ASVK or ARK.
+    pub role: CertRole,
+    /// The product.
+    pub product: Product,
+    /// First 8 bytes of the hwID (VCEK), lowercase hex.
+    pub chip_id: Option<String>,
+    /// `bootloader.tee.snp.microcode` (`.fmc` on Turin), VCEK and VLEK.
+    pub tcb: Option<String>,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
+    /// `imported`, `kds-cache`, or `trusted-root` (an ARK that is already
+    /// a trust anchor, not stored).
+    pub source: &'static str,
+    /// The input it came from (imports only).
+    pub file: Option<String>,
+}
+
+fn not_after(cert: &Cert) -> String {
+    let t = cert
+        .x509()
+        .tbs_certificate
+        .validity
+        .not_after
+        .to_unix_duration();
+    i64::try_from(t.as_secs())
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn tcb_parts(t: &CertTcb) -> TcbParts {
+    TcbParts {
+        bootloader: t.bootloader,
+        tee: t.tee,
+        snp: t.snp,
+        microcode: t.microcode,
+        fmc: t.fmc,
+    }
+}
+
+/// Splits one input into certificates: PEM (every `CERTIFICATE` block;
+/// KDS's `cert_chain` holds two), DER, or an extended-report /
+/// configfs-tsm certificate table (GUID entries).
+fn split(bytes: &[u8], file: &str) -> Result<Vec<Cert>, CertImportError> {
+    let malformed = |reason: String| CertImportError::Malformed {
+        file: file.to_owned(),
+        reason,
+    };
+    if bytes.len() > MAX_IMPORT_FILE {
+        return Err(malformed(format!(
+            "{} bytes; at most {MAX_IMPORT_FILE} are read",
+            bytes.len()
+        )));
+    }
+    let trimmed = bytes.trim_ascii_start();
+    if trimmed.is_empty() {
+        return Err(malformed("empty; expected a PEM or DER certificate".into()));
+    }
+    if trimmed.starts_with(b"-----BEGIN ") {
+        let text = std::str::from_utf8(bytes).map_err(|_| malformed("PEM is not UTF-8".into()))?;
+        const END: &str = "-----END CERTIFICATE-----";
+        let mut certs = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("-----BEGIN ") {
+            let block = &rest[start..];
+            let end = block
+                .find(END)
+                .ok_or_else(|| malformed("PEM block without END CERTIFICATE line".into()))?
+                + END.len();
+            certs.push(
+                Cert::from_pem_or_der(&block.as_bytes()[..end])
+                    .map_err(|e| malformed(e.to_string()))?,
+            );
+            if certs.len() > MAX_IMPORT_CERTS {
+                return Err(CertImportError::TooMany);
+            }
+            rest = &block[end..];
+        }
+        return Ok(certs);
+    }
+    // DER is a SEQUENCE (0x30); a certificate table starts with a GUID.
+    if bytes[0] == 0x30 {
         return Ok(vec![
             Cert::from_pem_or_der(bytes).map_err(|e| malformed(e.to_string()))?
         ]);
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| malformed("PEM is not UTF-8".into()))?;
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut certs = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let block = &rest[start..];
-        let end = block
-            .find(END)
-            .ok_or_else(|| malformed("PEM block without END CERTIFICATE line".into()))?
-            + END.len();
-        certs.push(
-            Cert::from_pem_or_der(&block.as_bytes()[..end])
-                .map_err(|e| malformed(e.to_string()))?,
-        );
-        if certs.len() > MAX_IMPORT_CERTS {
-            return Err(CertImportError::TooMany);
-        }
-        rest = &block[end..];
+    let set = CertSet::from_cert_table(bytes).map_err(|e| {
+        malformed(format!(
+            "neither a PEM or DER certificate nor a certificate table ({e})"
+        ))
+    })?;
+    let certs: Vec<Cert> = [set.ark, set.ask, set.asvk, set.vcek, set.vlek]
+        .into_iter()
+        .flatten()
+        .collect();
+    if certs.is_empty() {
+        return Err(malformed(
+            "the certificate table holds no certificate".into(),
+        ));
     }
     Ok(certs)
 }
@@ -207,8 +309,9 @@ fn extension(cert: &Cert, id: const_oid::ObjectIdentifier) -> Option<&[u8]> {
         .map(|e| e.extn_value.as_bytes())
 }
 
-/// The product of an endorsement certificate: its productName
-/// ("Milan-B0"), else its issuer ("SEV-Milan", "SEV-VLEK-Milan").
+/// The product an endorsement certificate claims (productName
+/// "Milan-B0", else its issuer "SEV-Milan" / "SEV-VLEK-Milan"), to pick
+/// its intermediate; the chain verification decides whether it holds.
 fn endorsement_product(cert: &Cert) -> Option<Product> {
     let from_name = |name: &str| {
         let base = name.split('-').next().unwrap_or(name);
@@ -226,98 +329,210 @@ fn endorsement_product(cert: &Cert) -> Option<Product> {
     from_name(base)
 }
 
-fn spl(cert: &Cert, id: const_oid::ObjectIdentifier) -> Option<u8> {
-    u8::from_der(extension(cert, id)?).ok()
-}
-
-fn endorsement_tcb(cert: &Cert, product: Product) -> Option<TcbParts> {
-    Some(TcbParts {
-        bootloader: spl(cert, oid::BL_SPL)?,
-        tee: spl(cert, oid::TEE_SPL)?,
-        snp: spl(cert, oid::SNP_SPL)?,
-        microcode: spl(cert, oid::UCODE_SPL)?,
-        fmc: if product.has_fmc() {
-            Some(spl(cert, oid::FMC_SPL)?)
-        } else {
-            None
-        },
+/// What a certificate claims to be, from its subject name.
+fn role_of(cert: &Cert, file: &str) -> Result<CertRole, CertImportError> {
+    let subject = cert.subject_cn().unwrap_or_default();
+    Ok(match subject.as_str() {
+        "SEV-VCEK" => CertRole::Vcek,
+        "SEV-VLEK" => CertRole::Vlek,
+        s if s.starts_with("ARK-") => CertRole::Ark,
+        s if s.starts_with("SEV-VLEK-") => CertRole::Asvk,
+        s if s.starts_with("SEV-") => CertRole::Ask,
+        s => {
+            return Err(CertImportError::Unrecognized {
+                file: file.to_owned(),
+                subject: s.chars().take(64).collect(),
+            })
+        }
     })
 }
 
-fn product_of_intermediate(cn: &str, prefix: &str) -> Option<Product> {
-    let name = cn.strip_prefix(prefix)?;
-    Product::ALL.into_iter().find(|p| p.kds_name() == name)
-}
-
-/// Where one imported certificate goes, or `None` for an ARK (skipped).
-fn import_key(cert: &Cert, file: usize) -> Result<Option<Vec<u8>>, CertImportError> {
-    let subject = cert.subject_cn().unwrap_or_default();
-    let ext_err = |reason: String| CertImportError::Extension { file, reason };
-    let endorsement = |kind: &str| {
-        let product = endorsement_product(cert).ok_or_else(|| {
-            ext_err(format!(
-                "the {kind}'s product is unknown (no productName and no SEV-<product> issuer)"
-            ))
-        })?;
-        let tcb = endorsement_tcb(cert, product).ok_or_else(|| {
-            ext_err(format!(
-                "the {kind}'s TCB extensions are missing or malformed"
-            ))
-        })?;
-        Ok::<_, CertImportError>((product, tcb))
-    };
-    match subject.as_str() {
-        "SEV-VCEK" => {
-            let (product, tcb) = endorsement("VCEK")?;
-            let hwid = extension(cert, oid::HW_ID)
-                .filter(|h| h.len() == product.hwid_len())
-                .ok_or_else(|| {
-                    ext_err(format!(
-                        "the VCEK's hwID is missing or not {} bytes",
-                        product.hwid_len()
-                    ))
-                })?;
-            Ok(Some(vcek_key("import", product, hwid, &tcb)))
-        }
-        "SEV-VLEK" => {
-            let (product, tcb) = endorsement("VLEK")?;
-            Ok(Some(vlek_key(product, &tcb)))
-        }
-        cn => {
-            if let Some(p) = product_of_intermediate(cn, "ARK-") {
-                tracing::info!(product = %p, "not importing an ARK: roots are built in");
-                Ok(None)
-            } else if let Some(p) = product_of_intermediate(cn, "SEV-VLEK-") {
-                Ok(Some(intermediate_key("asvk", p)))
-            } else if let Some(p) = product_of_intermediate(cn, "SEV-") {
-                Ok(Some(intermediate_key("ask", p)))
-            } else {
-                Err(CertImportError::Unrecognized {
-                    file,
-                    subject: cn.chars().take(64).collect(),
-                })
-            }
-        }
-    }
-}
-
-/// Imports certificates (each file DER or PEM, possibly several PEM
-/// blocks) in one transaction: all or none. Returns how many were stored
-/// (ARKs are skipped). A later import of the same key replaces it.
-pub fn import(store: &dyn Store, files: &[Vec<u8>]) -> Result<usize, CertImportError> {
-    let mut ops = Vec::new();
-    for (file, bytes) in files.iter().enumerate() {
+/// Checks every certificate of `files` (name, bytes) against `anchors`
+/// at `now` and stores them in one transaction: all or none. ASKs and
+/// ASVKs must be signed by a trusted root; VCEKs and VLEKs must chain to
+/// one through an intermediate of the same import, one held, or (VCEK,
+/// AMD roots) the built-in ASK. ARKs are checked and not stored (the
+/// roots are built in or configured). A later import of the same key
+/// replaces it. Returns what was imported, in input order.
+pub fn import(
+    store: &dyn Store,
+    anchors: &TrustAnchors,
+    files: &[(String, Vec<u8>)],
+    now: OffsetDateTime,
+) -> Result<Vec<CertSummary>, CertImportError> {
+    let mut parsed: Vec<(&str, CertRole, Cert)> = Vec::new();
+    for (file, bytes) in files {
         for cert in split(bytes, file)? {
-            if let Some(key) = import_key(&cert, file)? {
-                ops.push(Op::put(Tree::Certs, key, cert.der()));
-            }
-            if ops.len() > MAX_IMPORT_CERTS {
+            parsed.push((file, role_of(&cert, file)?, cert));
+            if parsed.len() > MAX_IMPORT_CERTS {
                 return Err(CertImportError::TooMany);
             }
         }
     }
+    let untrusted =
+        |file: &str, role: CertRole, e: snpguard::certs::ChainError| CertImportError::Untrusted {
+            file: file.to_owned(),
+            role,
+            code: e.code(),
+            reason: e.to_string(),
+        };
+    // Intermediates first: the endorsement keys may need them.
+    let mut ops = Vec::new();
+    let mut out = Vec::new();
+    let mut batch_asks: Vec<(Product, Cert)> = Vec::new();
+    let mut batch_asvks: Vec<(Product, Cert)> = Vec::new();
+    for (file, role, cert) in parsed
+        .iter()
+        .filter(|(_, r, _)| matches!(r, CertRole::Ark | CertRole::Ask | CertRole::Asvk))
+    {
+        let ca = verify_ca(anchors, cert, now).map_err(|e| untrusted(file, *role, e))?;
+        let source = match ca.role {
+            CertRole::Ask => {
+                ops.push(Op::put(
+                    Tree::Certs,
+                    intermediate_key("ask", ca.product),
+                    cert.der(),
+                ));
+                batch_asks.push((ca.product, cert.clone()));
+                "imported"
+            }
+            CertRole::Asvk => {
+                ops.push(Op::put(
+                    Tree::Certs,
+                    intermediate_key("asvk", ca.product),
+                    cert.der(),
+                ));
+                batch_asvks.push((ca.product, cert.clone()));
+                "imported"
+            }
+            _ => "trusted-root",
+        };
+        out.push(CertSummary {
+            role: ca.role,
+            product: ca.product,
+            chip_id: None,
+            tcb: None,
+            not_after: not_after(cert),
+            source,
+            file: Some((*file).to_owned()),
+        });
+    }
+    for (file, role, cert) in parsed
+        .iter()
+        .filter(|(_, r, _)| matches!(r, CertRole::Vcek | CertRole::Vlek))
+    {
+        let kind = if *role == CertRole::Vcek {
+            KeyKind::Vcek
+        } else {
+            KeyKind::Vlek
+        };
+        let claimed = endorsement_product(cert);
+        let pick = |list: &[(Product, Cert)]| {
+            list.iter()
+                .find(|(p, _)| Some(*p) == claimed)
+                .map(|(_, c)| c.clone())
+        };
+        let held_ca = |role: &str| -> Result<Option<Cert>, CertImportError> {
+            match claimed {
+                Some(p) => Ok(get_cert(store, &intermediate_key(role, p))?),
+                None => Ok(None),
+            }
+        };
+        let mut set = CertSet::default();
+        match kind {
+            KeyKind::Vcek => {
+                set.vcek = Some(cert.clone());
+                set.ask = match pick(&batch_asks) {
+                    Some(c) => Some(c),
+                    None => held_ca("ask")?,
+                };
+            }
+            KeyKind::Vlek => {
+                set.vlek = Some(cert.clone());
+                set.asvk = match pick(&batch_asvks) {
+                    Some(c) => Some(c),
+                    None => held_ca("asvk")?,
+                };
+            }
+        }
+        let e = verify_endorsement(anchors, &set, kind, None, now)
+            .map_err(|e| untrusted(file, *role, e))?;
+        let tcb = tcb_parts(&e.tcb);
+        let (key, chip_id) = match (&e.hwid, kind) {
+            (Some(hwid), KeyKind::Vcek) => (
+                vcek_key("import", e.product, hwid, &tcb),
+                Some(hex::encode(&hwid[..hwid.len().min(8)])),
+            ),
+            _ => (vlek_key(e.product, &tcb), None),
+        };
+        ops.push(Op::put(Tree::Certs, key, cert.der()));
+        out.push(CertSummary {
+            role: *role,
+            product: e.product,
+            chip_id,
+            tcb: Some(tcb_key(e.product, &tcb)),
+            not_after: not_after(cert),
+            source: "imported",
+            file: Some((*file).to_owned()),
+        });
+    }
     if !ops.is_empty() {
         store.transaction(&ops)?;
     }
-    Ok(ops.len())
+    Ok(out)
+}
+
+/// Every certificate held (imports and the KDS cache), in key order.
+/// Entries that no longer parse are skipped (and logged).
+pub fn list(store: &dyn Store) -> Result<Vec<CertSummary>, StoreError> {
+    let mut out = Vec::new();
+    for (key, der) in store.entries(Tree::Certs)? {
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let parts: Vec<&str> = key.split('/').collect();
+        let (Some(source), Some(role), Some(product)) = (
+            parts.first().and_then(|s| match *s {
+                "import" => Some("imported"),
+                "kds" => Some("kds-cache"),
+                _ => None,
+            }),
+            parts.get(1).and_then(|r| match *r {
+                "vcek" => Some(CertRole::Vcek),
+                "vlek" => Some(CertRole::Vlek),
+                "ask" => Some(CertRole::Ask),
+                "asvk" => Some(CertRole::Asvk),
+                _ => None,
+            }),
+            parts
+                .get(2)
+                .and_then(|p| Product::ALL.into_iter().find(|x| x.kds_name() == *p)),
+        ) else {
+            tracing::warn!(KEY = %key, "unexpected key in the certificate store, skipping it");
+            continue;
+        };
+        let cert = match Cert::from_pem_or_der(&der) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(KEY = %key, "stored certificate does not parse, skipping it: {e}");
+                continue;
+            }
+        };
+        let (chip_id, tcb) = match role {
+            CertRole::Vcek => (
+                parts.get(3).map(|h| h.chars().take(16).collect()),
+                parts.get(4).map(|t| (*t).to_owned()),
+            ),
+            CertRole::Vlek => (None, parts.get(3).map(|t| (*t).to_owned())),
+            _ => (None, None),
+        };
+        out.push(CertSummary {
+            role,
+            product,
+            chip_id,
+            tcb,
+            not_after: not_after(&cert),
+            source,
+            file: None,
+        });
+    }
+    Ok(out)
 }

@@ -26,7 +26,7 @@ use snpguard::attest::{
 
 pub use attestor::{Attestor, AttestorError, Clock, SystemClock};
 pub use audit::{AuditEntry, AUDIT_CAPACITY};
-pub use certs::CertImportError;
+pub use certs::{CertImportError, CertSummary, CertificateService};
 pub use kds::{HttpKds, KdsClient, KdsError, AMD_KDS_URL};
 
 /// A refusal or failure as the remote client sees it: a stable code, an

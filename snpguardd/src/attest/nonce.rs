@@ -17,8 +17,11 @@ use zeroize::Zeroizing;
 
 use crate::store::{Store, StoreError, Tree};
 
-/// How long a nonce is accepted after it was issued, in seconds.
+/// How long a nonce is accepted after it was issued, in seconds, unless
+/// the configuration (`[attest] nonce_lifetime_secs`) says otherwise.
 pub const NONCE_LIFETIME_SECS: u64 = 120;
+/// The longest lifetime the configuration may set, in seconds.
+pub const NONCE_MAX_LIFETIME_SECS: u64 = 600;
 /// How far in the future an issue time may lie (clock skew between
 /// replicas sharing the store), in seconds.
 pub const NONCE_MAX_SKEW_SECS: u64 = 30;
@@ -37,11 +40,13 @@ pub enum NonceError {
     /// Not issued by this daemon (bad MAC) or issued in the future.
     #[error("the nonce was not issued by this service")]
     Invalid,
-    /// Older than [`NONCE_LIFETIME_SECS`].
-    #[error("the nonce expired {age} s after issue (lifetime {NONCE_LIFETIME_SECS} s)")]
+    /// Older than the lifetime.
+    #[error("the nonce expired {age} s after issue (lifetime {lifetime} s)")]
     Expired {
         /// Its age in seconds.
         age: u64,
+        /// The lifetime in force, in seconds.
+        lifetime: u64,
     },
     /// Already used once.
     #[error("the nonce was already used")]
@@ -62,11 +67,14 @@ impl NonceError {
 /// Issues and checks nonces with the daemon's nonce key.
 pub struct Nonces {
     key: Zeroizing<[u8; 32]>,
+    lifetime: u64,
 }
 
 impl std::fmt::Debug for Nonces {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Nonces").finish_non_exhaustive()
+        f.debug_struct("Nonces")
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,9 +90,26 @@ fn mac(key: &[u8; 32], body: &[u8]) -> Hmac<Sha256> {
 }
 
 impl Nonces {
-    /// Nonces keyed with `key` (the daemon's nonce HMAC key).
+    /// Nonces keyed with `key` (the daemon's nonce HMAC key), living
+    /// [`NONCE_LIFETIME_SECS`].
     pub fn new(key: &Zeroizing<[u8; 32]>) -> Self {
-        Nonces { key: key.clone() }
+        Nonces {
+            key: key.clone(),
+            lifetime: NONCE_LIFETIME_SECS,
+        }
+    }
+
+    /// The same nonces with a lifetime of `secs`, clamped to
+    /// `1..=`[`NONCE_MAX_LIFETIME_SECS`] (the configuration refuses
+    /// values outside that range before this is called).
+    pub fn with_lifetime(mut self, secs: u64) -> Self {
+        self.lifetime = secs.clamp(1, NONCE_MAX_LIFETIME_SECS);
+        self
+    }
+
+    /// How long a nonce is accepted after issue, in seconds.
+    pub fn lifetime(&self) -> u64 {
+        self.lifetime
     }
 
     /// A fresh nonce issued at `now` (Unix seconds) with `random` bytes.
@@ -110,8 +135,11 @@ impl Nonces {
             return Err(NonceError::Invalid);
         }
         let age = now.saturating_sub(issued);
-        if age > NONCE_LIFETIME_SECS {
-            return Err(NonceError::Expired { age });
+        if age > self.lifetime {
+            return Err(NonceError::Expired {
+                age,
+                lifetime: self.lifetime,
+            });
         }
         Ok(issued)
     }
@@ -136,9 +164,10 @@ impl Nonces {
 }
 
 /// Deletes used nonces that can no longer pass [`Nonces::check`] at
-/// `now` (issued before `now - lifetime - margin`); returns how many.
+/// `now` under any configurable lifetime (issued before `now -`
+/// [`NONCE_MAX_LIFETIME_SECS`] `- margin`); returns how many.
 pub fn collect_garbage(store: &dyn Store, now: u64) -> Result<usize, StoreError> {
-    let cutoff = now.saturating_sub(NONCE_LIFETIME_SECS + NONCE_GC_MARGIN_SECS);
+    let cutoff = now.saturating_sub(NONCE_MAX_LIFETIME_SECS + NONCE_GC_MARGIN_SECS);
     let mut removed = 0;
     loop {
         let keys = store.keys_below(Tree::Nonces, &cutoff.to_be_bytes(), GC_BATCH)?;
@@ -171,8 +200,24 @@ mod tests {
         assert_eq!(
             nonces().check(&n, 1001 + NONCE_LIFETIME_SECS),
             Err(NonceError::Expired {
-                age: NONCE_LIFETIME_SECS + 1
+                age: NONCE_LIFETIME_SECS + 1,
+                lifetime: NONCE_LIFETIME_SECS,
             })
+        );
+        // A configured lifetime moves the bound, within its limits.
+        let short = nonces().with_lifetime(1);
+        assert_eq!(short.check(&n, 1001), Ok(1000));
+        assert_eq!(
+            short.check(&n, 1002),
+            Err(NonceError::Expired {
+                age: 2,
+                lifetime: 1
+            })
+        );
+        assert_eq!(nonces().with_lifetime(0).lifetime(), 1);
+        assert_eq!(
+            nonces().with_lifetime(u64::MAX).lifetime(),
+            NONCE_MAX_LIFETIME_SECS
         );
     }
 
@@ -204,7 +249,7 @@ mod tests {
             Err(NonceError::Reused)
         );
         assert_eq!(n.consume(&store, &fresh, 2000).unwrap(), Ok(()));
-        let now = 1001 + NONCE_LIFETIME_SECS + NONCE_GC_MARGIN_SECS;
+        let now = 1001 + NONCE_MAX_LIFETIME_SECS + NONCE_GC_MARGIN_SECS;
         assert_eq!(collect_garbage(&store, now).unwrap(), 1);
         assert_eq!(store.get(Tree::Nonces, &old).unwrap(), None);
         assert!(store.get(Tree::Nonces, &fresh).unwrap().is_some());

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use snpguard::attest::{b64, encode_nonce, open_key, report_data, AttestRequest};
-use snpguard::certs::{Product, GUID_ASK, GUID_VCEK};
+use snpguard::certs::{CertRole, Product, GUID_ASK, GUID_VCEK};
 use snpguard::report::REPORT_SIZE;
 use snpguard::seal::{self, SealedBox};
 use snpguard::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
@@ -141,6 +141,7 @@ fn config(state: &Path, roots: Vec<TestRoot>, kds: bool) -> Config {
         tls_key: None,
         test_roots: roots,
         kds: Kds { enabled: kds },
+        attest: Default::default(),
         rate_limit: Default::default(),
     }
 }
@@ -191,6 +192,14 @@ fn fixture_with(kds: Box<dyn KdsClient>, kds_enabled: bool, trust: bool) -> Opti
 
 fn fixture() -> Option<Fixture> {
     fixture_with(Box::new(NoKds), false, true)
+}
+
+/// Import inputs named as a client would name its files.
+fn named(files: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+    files
+        .iter()
+        .map(|(n, b)| ((*n).to_owned(), b.to_vec()))
+        .collect()
 }
 
 fn cert_table(entries: &[([u8; 16], &[u8])]) -> Vec<u8> {
@@ -636,12 +645,15 @@ fn kds_serves_the_vcek_and_the_cache_survives_an_outage() {
     };
     // KDS serves only VCEKs; the simulated ASK is imported like an
     // air-gapped operator would import AMD's cert_chain.
+    let imported = f
+        .attestor
+        .import_certificates(&named(&[("ask.der", &p.ask_der), ("ark.der", &p.ark_der)]))
+        .unwrap();
+    let sources: Vec<_> = imported.iter().map(|c| (c.role, c.source)).collect();
     assert_eq!(
-        f.attestor
-            .import_certificates(&[p.ask_der.clone(), p.ark_der.clone()])
-            .unwrap(),
-        1,
-        "the ARK is skipped"
+        sources,
+        [(CertRole::Ask, "imported"), (CertRole::Ark, "trusted-root")],
+        "the ARK is checked, not stored"
     );
     let mut g = f.guest();
     g.table = None;
@@ -671,7 +683,7 @@ fn kds_outage_without_a_cached_vcek_names_the_missing_certificate() {
         return;
     };
     f.attestor
-        .import_certificates(&[platform().ask_der.clone()])
+        .import_certificates(&named(&[("ask.der", &platform().ask_der)]))
         .unwrap();
     let mut g = f.guest();
     g.table = None;
@@ -703,12 +715,22 @@ fn kds_disabled_uses_only_held_certificates() {
         &platform().vcek_der,
     )
     .unwrap();
+    let imported = f
+        .attestor
+        .import_certificates(&named(&[
+            ("vcek.pem", pem.as_bytes()),
+            ("ask.der", &platform().ask_der),
+        ]))
+        .unwrap();
+    assert_eq!(imported.len(), 2);
+    let vcek = imported.iter().find(|c| c.role == CertRole::Vcek).unwrap();
+    assert_eq!(vcek.file.as_deref(), Some("vcek.pem"));
     assert_eq!(
-        f.attestor
-            .import_certificates(&[pem.into_bytes(), platform().ask_der.clone()])
-            .unwrap(),
-        2
+        vcek.chip_id.as_deref(),
+        Some(&hex::encode(&hwid(0x11)[..8])[..])
     );
+    assert_eq!(vcek.tcb.as_deref(), Some("3.0.8.115"));
+    assert_eq!(f.attestor.held_certificates().unwrap().len(), 2);
     assert_eq!(f.attest(&g).unwrap(), VMK);
     assert_eq!(f.last_audit().cert_source.as_deref(), Some("imported"));
 }
@@ -716,21 +738,76 @@ fn kds_disabled_uses_only_held_certificates() {
 #[test]
 fn import_refuses_what_is_not_an_amd_certificate() {
     let Some(f) = fixture() else { return };
-    assert!(matches!(
-        f.attestor.import_certificates(&[b"garbage".to_vec()]),
-        Err(CertImportError::Malformed { file: 0, .. })
-    ));
+    let e = f
+        .attestor
+        .import_certificates(&named(&[("junk.bin", b"garbage")]))
+        .unwrap_err();
+    assert!(
+        matches!(&e, CertImportError::Malformed { file, .. } if file == "junk.bin"),
+        "{e}"
+    );
     let tls = std::fs::read(f.dir.path().join("state/tls/cert.pem")).unwrap();
-    assert!(matches!(
-        f.attestor
-            .import_certificates(&[platform().ask_der.clone(), tls]),
-        Err(CertImportError::Unrecognized { file: 1, .. })
-    ));
+    let e = f
+        .attestor
+        .import_certificates(&named(&[
+            ("ask.der", &platform().ask_der),
+            ("tls.pem", &tls),
+        ]))
+        .unwrap_err();
+    assert!(
+        matches!(&e, CertImportError::Unrecognized { file, .. } if file == "tls.pem"),
+        "{e}"
+    );
     // All or nothing: the ASK of the refused batch was not stored.
+    assert!(f.attestor.held_certificates().unwrap().is_empty());
     let mut g = f.guest();
     g.table = Some(cert_table(&[(GUID_VCEK, &platform().vcek_der)]));
     let err = f.attest(&g).unwrap_err();
     assert_eq!(err.code, "attestation-rejected");
+}
+
+#[test]
+fn import_refuses_certificates_of_an_untrusted_root() {
+    let Some(f) = fixture() else { return };
+    let other = SimPlatform::generate(Product::Milan, TCB, &hwid(0x11)).unwrap();
+    for (name, der, role) in [
+        ("other-ask.der", &other.ask_der, CertRole::Ask),
+        ("other-ark.der", &other.ark_der, CertRole::Ark),
+    ] {
+        let e = f
+            .attestor
+            .import_certificates(&named(&[(name, der)]))
+            .unwrap_err();
+        assert!(
+            matches!(&e, CertImportError::Untrusted { file, role: r, .. } if file == name && *r == role),
+            "{e}"
+        );
+    }
+    // A foreign VCEK fails even next to the trusted ASK: it is not
+    // signed by it.
+    let e = f
+        .attestor
+        .import_certificates(&named(&[
+            ("ask.der", &platform().ask_der),
+            ("vcek.der", &other.vcek_der),
+        ]))
+        .unwrap_err();
+    assert!(
+        matches!(&e, CertImportError::Untrusted { file, code: "signature-invalid", .. } if file == "vcek.der"),
+        "{e}"
+    );
+    assert!(f.attestor.held_certificates().unwrap().is_empty());
+    // A certificate table (what the guest's firmware hands out) imports.
+    let table = cert_table(&[
+        (GUID_VCEK, &platform().vcek_der),
+        (GUID_ASK, &platform().ask_der),
+    ]);
+    let imported = f
+        .attestor
+        .import_certificates(&named(&[("certs.bin", &table)]))
+        .unwrap();
+    let roles: Vec<_> = imported.iter().map(|c| c.role).collect();
+    assert_eq!(roles, [CertRole::Ask, CertRole::Vcek]);
 }
 
 #[test]

@@ -4,10 +4,13 @@
 //!
 //! - [`manager`]: the Manager object (register, list, find).
 //! - [`record`]: one object per record (properties, enable, export, …).
+//! - [`certificates`]: certificate imports and listing (on the Manager
+//!   object), over a [`CertificateService`].
 //! - [`options`]: the `a{sv}` registration options, parsed once.
 //! - [`import`]: confinement of path arguments to the import directory.
 //! - [`polkit`]: authorization of every mutating call.
 
+pub mod certificates;
 pub mod import;
 pub mod manager;
 pub mod options;
@@ -21,33 +24,45 @@ use snpguard::dbus::{Error, BUS_NAME, MANAGER_PATH};
 use zbus::fdo::ObjectManager;
 use zbus::Connection;
 
+use crate::attest::CertificateService;
 use crate::service::{RecordService, ServiceError};
 
 /// What every object of the API shares.
 pub(crate) struct Context {
     pub(crate) service: Arc<dyn RecordService>,
+    pub(crate) certs: Arc<dyn CertificateService>,
     pub(crate) import: import::ImportDir,
 }
 
 /// Serves the API on the connection `builder` makes: registers the
-/// Manager, the ObjectManager and one object per existing record, then
-/// requests [`BUS_NAME`]. Returns the connection; the API is served for as
+/// Manager (with its Certificates interface over `certs`), the
+/// ObjectManager and one object per existing record, then requests
+/// [`BUS_NAME`]. Returns the connection; the API is served for as
 /// long as it lives.
 ///
-/// `import_dir` is the only directory `RegisterFromPaths` reads from and
-/// `ExportBundleToPath` writes to; it must exist.
+/// `import_dir` is the only directory `RegisterFromPaths` and
+/// `ImportFromPaths` read from and `ExportBundleToPath` writes to; it
+/// must exist.
 pub async fn serve(
     builder: zbus::connection::Builder<'_>,
     service: Arc<dyn RecordService>,
+    certs: Arc<dyn CertificateService>,
     import_dir: PathBuf,
 ) -> Result<Connection, Error> {
     let import = import::ImportDir::open(&import_dir)?;
-    let ctx = Arc::new(Context { service, import });
+    let ctx = Arc::new(Context {
+        service,
+        certs,
+        import,
+    });
     let conn = builder.build().await?;
     let server = conn.object_server();
     server.at(MANAGER_PATH, ObjectManager).await?;
     server
         .at(MANAGER_PATH, manager::Manager::new(ctx.clone()))
+        .await?;
+    server
+        .at(MANAGER_PATH, certificates::Certificates::new(ctx.clone()))
         .await?;
     let svc = ctx.service.clone();
     let records = blocking(move || svc.list()).await?;

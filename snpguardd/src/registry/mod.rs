@@ -257,7 +257,10 @@ impl Registry {
         let at = at
             .format(&Rfc3339)
             .map_err(|e| ServiceError::InvalidInput(format!("at: {e}")))?;
-        self.update(id, |r| {
+        // Counters are written deferred (durable within the store's flush
+        // interval): attestation's throughput must not wait for a disk
+        // sync per counter; a crash may lose the last moments of counts.
+        self.update_with(id, false, |r| {
             if ok {
                 r.attestations_ok = r.attestations_ok.saturating_add(1);
             } else {
@@ -295,7 +298,7 @@ impl Registry {
         id: &str,
         change: impl FnOnce(&mut StoredRecord),
     ) -> Result<RecordInfo, ServiceError> {
-        self.try_update(id, |r| {
+        self.try_update_with(id, true, |r| {
             change(r);
             Ok(())
         })
@@ -308,12 +311,39 @@ impl Registry {
         id: &str,
         change: impl FnOnce(&mut StoredRecord) -> Result<(), ServiceError>,
     ) -> Result<RecordInfo, ServiceError> {
+        self.try_update_with(id, true, change)
+    }
+
+    /// [`Self::update`], flushed before it returns when `durable`.
+    fn update_with(
+        &self,
+        id: &str,
+        durable: bool,
+        change: impl FnOnce(&mut StoredRecord),
+    ) -> Result<RecordInfo, ServiceError> {
+        self.try_update_with(id, durable, |r| {
+            change(r);
+            Ok(())
+        })
+    }
+
+    /// [`Self::try_update`], flushed before it returns when `durable`.
+    fn try_update_with(
+        &self,
+        id: &str,
+        durable: bool,
+        change: impl FnOnce(&mut StoredRecord) -> Result<(), ServiceError>,
+    ) -> Result<RecordInfo, ServiceError> {
         let _guard = self.lock_commit();
         let mut rec = self.load(id)?;
         change(&mut rec)?;
-        self.store
-            .transaction(&[Op::put(Tree::Records, id, rec.to_json()?)])
-            .map_err(store_err)?;
+        let ops = [Op::put(Tree::Records, id, rec.to_json()?)];
+        if durable {
+            self.store.transaction(&ops)
+        } else {
+            self.store.transaction_deferred(&ops)
+        }
+        .map_err(store_err)?;
         Ok(rec.info())
     }
 

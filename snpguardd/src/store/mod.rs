@@ -181,8 +181,13 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// The entries of a tree: `(key, value)` pairs in key order.
 pub type Entries = Vec<Entry>;
 
+/// Milliseconds within which a deferred write reaches the disk at the latest
+/// (sled's periodic flush; any later flushed write also carries it).
+pub const DEFERRED_FLUSH_MS: u64 = 500;
+
 /// A key-value store of named trees. Implementations are thread-safe and
-/// every successful mutation is on disk before it returns.
+/// every successful mutation is on disk before it returns, except those of
+/// [`Store::transaction_deferred`].
 pub trait Store: Send + Sync {
     /// The value of `key` in `tree`.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -199,6 +204,16 @@ pub trait Store: Send + Sync {
     /// Applies all `ops` atomically (all or none, also across a crash),
     /// then flushes.
     fn transaction(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Applies all `ops` atomically like [`Store::transaction`] (readers
+    /// see them at once; a crash keeps all or none) without waiting for
+    /// the disk: they are durable after the next flush — of any later
+    /// write, [`Store::flush`], or the periodic one within
+    /// [`DEFERRED_FLUSH_MS`]. For data a crash may lose the last moments
+    /// of (attestation counters, the audit trail); never for data a
+    /// security decision rests on.
+    fn transaction_deferred(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Makes every earlier write durable.
+    fn flush(&self) -> Result<(), StoreError>;
     /// Sets `key` to `value` only if `key` is absent, atomically with
     /// respect to every other writer (then flushes). Returns whether it
     /// was inserted; `false` means the key was already present and

@@ -70,7 +70,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn transaction(&self, ops: &[Op]) -> Result<(), StoreError> {
+    fn transaction_deferred(&self, ops: &[Op]) -> Result<(), StoreError> {
         let result: Result<(), TransactionError<()>> = self.trees[..].transaction(|views| {
             for op in ops {
                 match op {
@@ -91,6 +91,18 @@ impl Store for SledStore {
                 return Err(StoreError::Backend("transaction aborted".into()))
             }
         }
+        Ok(())
+    }
+
+    fn transaction(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.transaction_deferred(ops)?;
+        self.flush()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Concurrent callers share the work: sled writes its log once up
+        // to the newest reserved position and a caller whose writes are
+        // already stable returns without another sync (group commit).
         self.db.flush().map_err(backend)?;
         Ok(())
     }
@@ -141,7 +153,11 @@ fn open_locked(path: &Path) -> Result<sled::Db, sled::Error> {
     }
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(super::DEFERRED_FLUSH_MS))
+            .open()
+        {
             Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
                 // Bounded back-off while the holder goes away.
                 std::thread::sleep(std::time::Duration::from_millis(20));

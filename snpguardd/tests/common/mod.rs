@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use snpguardd::attest::AuditEntry;
+use snpguard::certs::{CertRole, Product};
+use snpguardd::attest::{AuditEntry, CertImportError, CertSummary, CertificateService};
 use snpguardd::service::{
     LaunchAdded, LaunchInfo, LaunchRequest, LaunchState, RecordInfo, RecordService,
     RegisterRequest, ServiceError,
 };
+use snpguardd::store::StoreError;
 use zbus::zvariant::OwnedValue;
 use zbus::{interface, Connection};
 
@@ -521,6 +523,70 @@ impl RecordService for MemService {
     }
 }
 
+/// In-memory [`CertificateService`] test double: every file is one ASK of
+/// `milan` named after it, unless its bytes start with `GARBAGE`
+/// (malformed) or `UNTRUSTED` (refused as untrusted); all or nothing.
+#[derive(Default)]
+pub struct MemCerts {
+    held: Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+impl MemCerts {
+    /// What was stored: (name, bytes) per file.
+    pub fn held(&self) -> Vec<(String, Vec<u8>)> {
+        self.held.lock().unwrap().clone()
+    }
+}
+
+fn summary(name: &str) -> CertSummary {
+    CertSummary {
+        role: CertRole::Ask,
+        product: Product::Milan,
+        chip_id: None,
+        tcb: None,
+        not_after: "2045-01-01T00:00:00Z".into(),
+        source: "imported",
+        file: Some(name.to_owned()),
+    }
+}
+
+impl CertificateService for MemCerts {
+    fn import_certificates(
+        &self,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<Vec<CertSummary>, CertImportError> {
+        for (name, bytes) in files {
+            if bytes.starts_with(b"GARBAGE") {
+                return Err(CertImportError::Malformed {
+                    file: name.clone(),
+                    reason: "not a certificate".into(),
+                });
+            }
+            if bytes.starts_with(b"UNTRUSTED") {
+                return Err(CertImportError::Untrusted {
+                    file: name.clone(),
+                    role: CertRole::Ask,
+                    code: "signature-invalid",
+                    reason: "not signed by a trusted root".into(),
+                });
+            }
+        }
+        self.held.lock().unwrap().extend(files.iter().cloned());
+        Ok(files.iter().map(|(n, _)| summary(n)).collect())
+    }
+
+    fn list_certificates(&self) -> Result<Vec<CertSummary>, StoreError> {
+        Ok(self
+            .held()
+            .iter()
+            .map(|(n, _)| CertSummary {
+                file: None,
+                ..summary(n)
+            })
+            .collect())
+    }
+}
+
 /// The real API served over the double on a private bus, with a mock
 /// polkit that allows until told otherwise.
 pub struct Harness {
@@ -528,6 +594,7 @@ pub struct Harness {
     pub polkit: MockPolkit,
     pub polkit_conn: Option<Connection>,
     pub service: Arc<MemService>,
+    pub certs: Arc<MemCerts>,
     pub daemon: Connection,
     pub import_dir: PathBuf,
 }
@@ -555,15 +622,18 @@ impl Harness {
         )
         .expect("chmod");
         let service = Arc::new(MemService::default());
+        let certs = Arc::new(MemCerts::default());
         let builder = zbus::connection::Builder::address(bus.address.as_str()).expect("address");
-        let daemon = snpguardd::dbus::serve(builder, service.clone(), import_dir.clone())
-            .await
-            .expect("serving the API");
+        let daemon =
+            snpguardd::dbus::serve(builder, service.clone(), certs.clone(), import_dir.clone())
+                .await
+                .expect("serving the API");
         Harness {
             bus,
             polkit,
             polkit_conn,
             service,
+            certs,
             daemon,
             import_dir,
         }

@@ -201,7 +201,7 @@ async fn a_guest_renewal_boots_only_after_approval() {
 
     // Everything survives a restart.
     daemon.stop();
-    let (daemon, target) = attest_daemon(&s, &sim);
+    let (daemon, target) = attest_daemon_with(&s, &sim, "");
     let conn = target.connect().await.expect("connect");
     assert_eq!(attest_as(&conn, &sim, &new).await, Ok(vmk));
     assert_eq!(

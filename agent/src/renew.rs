@@ -1,0 +1,384 @@
+//! `snpguard-agent renew`: runs in the booted guest after a kernel update
+//! (the kernel hook calls it once the new initrd is written). It submits
+//! the new kernel, initrd and command line to snpguardd (`POST
+//! /v1/renew`) with a report of the running VM whose REPORT_DATA binds
+//! them; the daemon stores them as a *pending* launch of the record, which
+//! an operator approves. Nothing is powered off here: this is not the boot
+//! path, the launch that runs now keeps booting whatever happens.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use snpguard::attest::{RenewResponse, MAX_RENEW_BODY};
+use snpguard::measure::MAX_CMDLINE_LEN;
+
+use crate::client::{self, Client};
+use crate::config::Config;
+use crate::console::say;
+use crate::evidence::Source;
+
+/// The running kernel's command line.
+pub const PROC_CMDLINE: &str = "/proc/cmdline";
+
+/// What a renewal request holds besides the kernel and the initrd: the
+/// report and certificate table (base64), the nonce, the command line
+/// (JSON-escaped, at worst 6 bytes per byte) and the JSON around them.
+const ENVELOPE: usize = 64 * 1024;
+
+/// Most bytes the kernel and the initrd may have together: their base64
+/// plus [`ENVELOPE`] must fit in the daemon's [`MAX_RENEW_BODY`].
+pub const MAX_ARTIFACTS: usize = (MAX_RENEW_BODY - ENVELOPE) / 4 * 3;
+
+/// What OVMF appends to the command line it hands a kernel booted from
+/// QEMU's fw_cfg with an initrd (so that the EFI stub finds the initrd on
+/// its in-memory file system). It is not part of the measured command
+/// line, which is the one QEMU was given.
+const OVMF_INITRD_SUFFIX: &str = " initrd=initrd";
+
+/// Where the new command line comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmdlineArg {
+    /// `--cmdline STR`: exactly as given.
+    Given(String),
+    /// `--cmdline-file FILE`: its content, one trailing newline removed.
+    File(PathBuf),
+    /// Neither: the running one, from [`PROC_CMDLINE`].
+    Running,
+}
+
+impl CmdlineArg {
+    /// From the two mutually exclusive options.
+    pub fn from_options(given: Option<String>, file: Option<PathBuf>) -> CmdlineArg {
+        match (given, file) {
+            (Some(s), _) => CmdlineArg::Given(s),
+            (None, Some(p)) => CmdlineArg::File(p),
+            (None, None) => CmdlineArg::Running,
+        }
+    }
+}
+
+/// The new boot artifacts, checked against the daemon's limits.
+pub struct Artifacts {
+    pub kernel: Vec<u8>,
+    pub initrd: Vec<u8>,
+    /// Exactly as it will be measured.
+    pub cmdline: String,
+}
+
+/// What `renew` was asked to submit.
+pub struct Request<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub cmdline: CmdlineArg,
+}
+
+/// Reads `path` whole if it is a regular file of at most `max` bytes.
+fn read_bounded(path: &Path, max: usize, what: &str) -> anyhow::Result<Vec<u8>> {
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("opening the {what} {}", path.display()))?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("the {what} {} is not a regular file", path.display());
+    }
+    let mut out = Vec::new();
+    f.take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    if out.len() > max {
+        bail!(
+            "the {what} {} is larger than {max} bytes, more than a renewal can carry",
+            path.display()
+        );
+    }
+    Ok(out)
+}
+
+/// [`read_bounded`], and not empty.
+fn read_artifact(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let out = read_bounded(path, MAX_ARTIFACTS, what)?;
+    if out.is_empty() {
+        bail!("the {what} {} is empty", path.display());
+    }
+    Ok(out)
+}
+
+/// Checks a command line the daemon will measure: no NUL, at most
+/// [`MAX_CMDLINE_LEN`] bytes.
+pub fn check_cmdline(cmdline: &str) -> anyhow::Result<()> {
+    if let Some(at) = cmdline.bytes().position(|b| b == 0) {
+        bail!("the command line has a NUL byte at offset {at}");
+    }
+    if cmdline.len() > MAX_CMDLINE_LEN {
+        bail!(
+            "the command line is {} bytes; at most {MAX_CMDLINE_LEN} can be measured",
+            cmdline.len()
+        );
+    }
+    Ok(())
+}
+
+/// The command line of a `--cmdline-file`: UTF-8, one trailing newline
+/// (as an editor writes it) removed, nothing else changed.
+pub fn cmdline_from_file(bytes: &[u8]) -> anyhow::Result<String> {
+    let text = std::str::from_utf8(bytes).context("the command line is not UTF-8")?;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    check_cmdline(text)?;
+    Ok(text.to_owned())
+}
+
+/// The measured command line of the running kernel, from the text of
+/// /proc/cmdline: its trailing newline removed and, when present, the
+/// suffix OVMF appended at boot (which would otherwise be measured into
+/// the new launch and appended once more at every renewal). The flag says
+/// whether that suffix was removed.
+pub fn cmdline_from_running(text: &str) -> anyhow::Result<(String, bool)> {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let (cmdline, stripped) = match text.strip_suffix(OVMF_INITRD_SUFFIX) {
+        Some(rest) => (rest, true),
+        None if text == OVMF_INITRD_SUFFIX.trim_start() => ("", true),
+        None => (text, false),
+    };
+    check_cmdline(cmdline)?;
+    Ok((cmdline.to_owned(), stripped))
+}
+
+/// Fails unless the kernel and initrd, in base64, fit in one request.
+pub fn check_total(kernel: usize, initrd: usize) -> anyhow::Result<()> {
+    let total = kernel.saturating_add(initrd);
+    if total > MAX_ARTIFACTS {
+        bail!(
+            "the kernel and initrd are {total} bytes together; a renewal carries at most \
+             {MAX_ARTIFACTS} (the daemon reads {MAX_RENEW_BODY} bytes of base64); \
+             use a smaller initrd (e.g. MODULES=dep) or add the launch on the host with \
+             snpguardctl records add-launch"
+        );
+    }
+    Ok(())
+}
+
+/// Reads and checks the artifacts of `req`.
+pub fn load(req: &Request<'_>) -> anyhow::Result<Artifacts> {
+    let cmdline = match &req.cmdline {
+        CmdlineArg::Given(s) => {
+            check_cmdline(s)?;
+            s.clone()
+        }
+        CmdlineArg::File(p) => {
+            // The command line and its newline.
+            let bytes = read_bounded(p, MAX_CMDLINE_LEN + 1, "command line file")?;
+            cmdline_from_file(&bytes).with_context(|| p.display().to_string())?
+        }
+        CmdlineArg::Running => {
+            let text = std::fs::read_to_string(PROC_CMDLINE)
+                .with_context(|| format!("reading {PROC_CMDLINE}"))?;
+            let (cmdline, stripped) = cmdline_from_running(&text)
+                .with_context(|| format!("{PROC_CMDLINE}; give --cmdline or --cmdline-file"))?;
+            if stripped {
+                say!("the running command line without OVMF's appended \"initrd=initrd\"");
+            }
+            cmdline
+        }
+    };
+    let kernel = read_artifact(req.kernel, "kernel")?;
+    let initrd = read_artifact(req.initrd, "initrd")?;
+    check_total(kernel.len(), initrd.len())?;
+    Ok(Artifacts {
+        kernel,
+        initrd,
+        cmdline,
+    })
+}
+
+/// Submits the renewal to the configured servers (retried per the
+/// configuration for transport errors and 5xx; a 4xx is final).
+pub fn run(config: &Config, req: &Request<'_>) -> anyhow::Result<RenewResponse> {
+    let artifacts = load(req)?;
+    let source = Source::from_config(config, None);
+    say!(
+        "submitting kernel {} ({} bytes), initrd {} ({} bytes), cmdline \"{}\" for renewal (report source {}, {} server(s))",
+        req.kernel.display(),
+        artifacts.kernel.len(),
+        req.initrd.display(),
+        artifacts.initrd.len(),
+        artifacts.cmdline,
+        source.describe(),
+        config.servers.len()
+    );
+    let ca = client::load_ca(&config.ca)?;
+    let client = Client::new(ca, client::RENEW_TIMEOUT);
+    client::with_retries(&config.servers, &config.retry, "renewing with", |s| {
+        client.renew_once(s, &source, &artifacts)
+    })
+    .map_err(|e| anyhow::anyhow!("renewal failed: {e}"))
+}
+
+/// The operator's next step, printed on success.
+pub fn approve_command(resp: &RenewResponse) -> String {
+    format!(
+        "snpguardctl records approve {} --launch {}",
+        resp.record, resp.launch
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_cmdline_loses_its_newline_and_ovmfs_suffix_only() {
+        let (c, s) = cmdline_from_running("console=ttyS0 root=/dev/mapper/root\n").unwrap();
+        assert_eq!(c, "console=ttyS0 root=/dev/mapper/root");
+        assert!(!s);
+        let (c, s) =
+            cmdline_from_running("console=ttyS0 root=/dev/mapper/root initrd=initrd\n").unwrap();
+        assert_eq!(c, "console=ttyS0 root=/dev/mapper/root");
+        assert!(s);
+        // Only one suffix, only at the end, only as a whole word.
+        let (c, _) = cmdline_from_running("a initrd=initrd initrd=initrd\n").unwrap();
+        assert_eq!(c, "a initrd=initrd");
+        let (c, s) = cmdline_from_running("initrd=initrd quiet\n").unwrap();
+        assert_eq!(c, "initrd=initrd quiet");
+        assert!(!s);
+        let (c, s) = cmdline_from_running("a xinitrd=initrd\n").unwrap();
+        assert_eq!(c, "a xinitrd=initrd");
+        assert!(!s);
+        // QEMU given an empty command line: OVMF's suffix alone.
+        assert_eq!(
+            cmdline_from_running("initrd=initrd\n").unwrap(),
+            (String::new(), true)
+        );
+        // Inner spacing and a missing newline stay as they are.
+        let (c, _) = cmdline_from_running("a  b ").unwrap();
+        assert_eq!(c, "a  b ");
+        assert!(cmdline_from_running(&"x".repeat(MAX_CMDLINE_LEN + 1)).is_err());
+        assert!(cmdline_from_running("a\0b\n").is_err());
+    }
+
+    #[test]
+    fn a_cmdline_file_loses_one_newline() {
+        assert_eq!(cmdline_from_file(b"quiet\n").unwrap(), "quiet");
+        assert_eq!(cmdline_from_file(b"quiet\n\n").unwrap(), "quiet\n");
+        assert_eq!(cmdline_from_file(b"quiet").unwrap(), "quiet");
+        assert_eq!(cmdline_from_file(b"").unwrap(), "");
+        assert!(cmdline_from_file(b"\xff").is_err());
+        assert!(cmdline_from_file(b"a\0").is_err());
+        let long = vec![b'x'; MAX_CMDLINE_LEN];
+        assert!(cmdline_from_file(&long).is_ok());
+        let long = vec![b'x'; MAX_CMDLINE_LEN + 1];
+        assert!(cmdline_from_file(&long).is_err());
+    }
+
+    #[test]
+    fn options_pick_the_cmdline_source() {
+        assert_eq!(CmdlineArg::from_options(None, None), CmdlineArg::Running);
+        assert_eq!(
+            CmdlineArg::from_options(Some("q".into()), None),
+            CmdlineArg::Given("q".into())
+        );
+        assert_eq!(
+            CmdlineArg::from_options(None, Some("/f".into())),
+            CmdlineArg::File("/f".into())
+        );
+    }
+
+    #[test]
+    fn the_artifacts_must_fit_in_one_request() {
+        // Their base64 and the envelope fit in the daemon's body limit.
+        assert!(MAX_ARTIFACTS.div_ceil(3) * 4 + ENVELOPE <= MAX_RENEW_BODY + 4);
+        assert!(check_total(MAX_ARTIFACTS - 1, 1).is_ok());
+        let e = check_total(MAX_ARTIFACTS, 1).unwrap_err().to_string();
+        assert!(e.contains("add-launch"), "{e}");
+        assert!(check_total(usize::MAX, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn files_are_read_bounded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("vmlinuz");
+        std::fs::write(&k, b"kernel").unwrap();
+        let i = dir.path().join("initrd.img");
+        std::fs::write(&i, b"initrd").unwrap();
+        let c = dir.path().join("cmdline");
+        std::fs::write(&c, "console=ttyS0\n").unwrap();
+        let a = load(&Request {
+            kernel: &k,
+            initrd: &i,
+            cmdline: CmdlineArg::File(c.clone()),
+        })
+        .unwrap();
+        assert_eq!(
+            (&a.kernel[..], &a.initrd[..], &a.cmdline[..]),
+            (&b"kernel"[..], &b"initrd"[..], "console=ttyS0")
+        );
+        let a = load(&Request {
+            kernel: &k,
+            initrd: &i,
+            cmdline: CmdlineArg::Given(" exact \n".into()),
+        })
+        .unwrap();
+        assert_eq!(a.cmdline, " exact \n");
+        std::fs::write(&c, "").unwrap();
+        let a = load(&Request {
+            kernel: &k,
+            initrd: &i,
+            cmdline: CmdlineArg::File(c.clone()),
+        })
+        .unwrap();
+        assert_eq!(a.cmdline, "");
+
+        let missing = dir.path().join("absent");
+        let e = load(&Request {
+            kernel: &missing,
+            initrd: &i,
+            cmdline: CmdlineArg::Given(String::new()),
+        })
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("kernel"), "{e:#}");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        let e = load(&Request {
+            kernel: &k,
+            initrd: &empty,
+            cmdline: CmdlineArg::Given(String::new()),
+        })
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("initrd") && format!("{e:#}").contains("empty"));
+        let e = load(&Request {
+            kernel: dir.path(),
+            initrd: &i,
+            cmdline: CmdlineArg::Given(String::new()),
+        })
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("regular file"), "{e:#}");
+        let e = read_bounded(&k, 5, "kernel").unwrap_err().to_string();
+        assert!(e.contains("larger than 5 bytes"), "{e}");
+        assert_eq!(read_bounded(&k, 6, "kernel").unwrap(), b"kernel");
+        let e = load(&Request {
+            kernel: &k,
+            initrd: &i,
+            cmdline: CmdlineArg::Given("a\0".into()),
+        })
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("NUL"), "{e}");
+    }
+
+    #[test]
+    fn the_approval_command_names_record_and_launch() {
+        let r = RenewResponse {
+            record: "4f2a".into(),
+            launch: "3".into(),
+            measurement: "ab".repeat(48),
+        };
+        assert_eq!(
+            approve_command(&r),
+            "snpguardctl records approve 4f2a --launch 3"
+        );
+    }
+}

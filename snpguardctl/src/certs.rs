@@ -1,0 +1,161 @@
+//! `snpguardctl certs`: import AMD certificates into the daemon for hosts
+//! without KDS access, and list what it holds, over D-Bus.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use snpguard::dbus::{limit, CertificateInfo, CertificatesProxy};
+use zbus::zvariant::OwnedFd;
+
+use crate::bus::{self, call_mut, describe, Bus, Target};
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Import VCEK, VLEK, ASK, ASVK or ARK certificates (PEM, DER or a
+    /// certificate table); each must chain to a trusted root
+    Import(ImportArgs),
+    /// List the certificates the daemon holds
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Certificate files, or directories whose regular files are imported
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// The FILEs are absolute paths inside the daemon's import directory
+    /// (for -H, where file descriptors cannot be passed)
+    #[arg(long)]
+    pub in_import_dir: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(target: &Target, cmd: CertsCommand) -> Result<()> {
+    bus::runtime()?.block_on(run_async(target, cmd))
+}
+
+async fn run_async(target: &Target, cmd: CertsCommand) -> Result<()> {
+    let bus = bus::connect(target).await?;
+    match cmd {
+        CertsCommand::Import(a) => import(&bus, a).await,
+        CertsCommand::List(a) => {
+            let c = CertificatesProxy::new(&bus.conn).await.map_err(describe)?;
+            let held = c.list().await.map_err(describe)?;
+            if !a.json && held.is_empty() {
+                println!("no certificates held; import some with snpguardctl certs import");
+                return Ok(());
+            }
+            print(&held, a.json, false)
+        }
+    }
+}
+
+/// The files named on the command line: files as given, directories
+/// expanded to their regular files (sorted, not recursive).
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            for e in std::fs::read_dir(p).with_context(|| format!("reading {}", p.display()))? {
+                let e = e.with_context(|| format!("reading {}", p.display()))?;
+                if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                    files.push(e.path());
+                }
+            }
+            files.sort();
+            if files.is_empty() {
+                anyhow::bail!("{} holds no files to import", p.display());
+            }
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    if out.len() > limit::IMPORT_FILES {
+        anyhow::bail!(
+            "{} files given; import at most {} per call",
+            out.len(),
+            limit::IMPORT_FILES
+        );
+    }
+    Ok(out)
+}
+
+fn label(p: &Path) -> String {
+    p.display().to_string()
+}
+
+async fn import(bus: &Bus, a: ImportArgs) -> Result<()> {
+    let c = CertificatesProxy::new(&bus.conn).await.map_err(describe)?;
+    let imported: Vec<CertificateInfo> = if a.in_import_dir {
+        let paths: Vec<String> = a.files.iter().map(|p| label(p)).collect();
+        call_mut(c.inner(), "ImportFromPaths", &(paths,))
+            .await
+            .context("importing certificates")?
+    } else {
+        bus.require_fd_passing("certs import")?;
+        let mut files: HashMap<String, OwnedFd> = HashMap::new();
+        for p in expand(&a.files)? {
+            let f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+            files.insert(label(&p), OwnedFd::from(std::os::fd::OwnedFd::from(f)));
+        }
+        call_mut(c.inner(), "Import", &(files,))
+            .await
+            .context("importing certificates")?
+    };
+    print(&imported, a.json, true)
+}
+
+fn print(certs: &[CertificateInfo], json: bool, with_file: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(certs)?);
+        return Ok(());
+    }
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    println!(
+        "{:<5} {:<7} {:<16} {:<14} {:<21} {:<13}{}",
+        "KIND",
+        "PRODUCT",
+        "CHIP",
+        "TCB",
+        "NOT AFTER",
+        "SOURCE",
+        if with_file { " FILE" } else { "" }
+    );
+    for c in certs {
+        println!(
+            "{:<5} {:<7} {:<16} {:<14} {:<21} {:<13}{}",
+            c.kind,
+            c.product,
+            dash(&c.chip_id),
+            dash(&c.tcb),
+            c.not_after,
+            c.source,
+            if with_file {
+                format!(" {}", c.file)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}

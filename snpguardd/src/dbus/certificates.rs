@@ -1,0 +1,152 @@
+//! The Certificates interface on the Manager object: operator imports of
+//! AMD certificates for hosts without KDS access, and their listing.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::sync::Arc;
+
+use snpguard::dbus::{limit, CertificateInfo, Error, ACTION_IMPORT_CERTIFICATES};
+use zbus::message::Header;
+use zbus::zvariant::OwnedFd;
+use zbus::{interface, Connection};
+
+use super::{import, polkit, Context};
+use crate::attest::{CertImportError, CertSummary};
+
+/// `org.snpguard.SnpGuard1.Certificates` at `/org/snpguard/SnpGuard1`.
+pub struct Certificates {
+    ctx: Arc<Context>,
+}
+
+impl Certificates {
+    pub(crate) fn new(ctx: Arc<Context>) -> Self {
+        Certificates { ctx }
+    }
+
+    async fn import_files(
+        &self,
+        files: Vec<(String, File)>,
+    ) -> Result<Vec<CertificateInfo>, Error> {
+        let certs = self.ctx.certs.clone();
+        let imported = tokio::task::spawn_blocking(move || {
+            let mut read = Vec::with_capacity(files.len());
+            for (name, f) in files {
+                let bytes = read_bounded(f, &name)?;
+                read.push((name, bytes));
+            }
+            certs.import_certificates(&read).map_err(to_dbus)
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("import task failed: {e}")))??;
+        Ok(imported.into_iter().map(info).collect())
+    }
+}
+
+fn check_count(n: usize) -> Result<(), Error> {
+    if n == 0 || n > limit::IMPORT_FILES {
+        return Err(Error::InvalidInput(format!(
+            "{n} files given; import 1 to {} files per call",
+            limit::IMPORT_FILES
+        )));
+    }
+    Ok(())
+}
+
+fn read_bounded(f: File, name: &str) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::new();
+    f.take(limit::IMPORT_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::InvalidInput(format!("{name}: reading: {e}")))?;
+    if bytes.len() > limit::IMPORT_FILE {
+        return Err(Error::InvalidInput(format!(
+            "{name}: larger than {} bytes; that is no certificate or certificate table",
+            limit::IMPORT_FILE
+        )));
+    }
+    Ok(bytes)
+}
+
+fn to_dbus(e: CertImportError) -> Error {
+    let msg = e.to_string();
+    match e {
+        CertImportError::Malformed { .. }
+        | CertImportError::Unrecognized { .. }
+        | CertImportError::TooMany => Error::InvalidInput(msg),
+        CertImportError::Untrusted { .. } => Error::Untrusted(msg),
+        CertImportError::Store(_) => Error::Storage(msg),
+    }
+}
+
+fn info(c: CertSummary) -> CertificateInfo {
+    CertificateInfo {
+        kind: c.role.to_string(),
+        product: c.product.to_string(),
+        chip_id: c.chip_id.unwrap_or_default(),
+        tcb: c.tcb.unwrap_or_default(),
+        not_after: c.not_after,
+        source: c.source.to_owned(),
+        file: c.file.unwrap_or_default(),
+    }
+}
+
+#[interface(name = "org.snpguard.SnpGuard1.Certificates")]
+impl Certificates {
+    /// Checks and stores AMD certificates (PEM, DER or a certificate
+    /// table per file), all or nothing. `files` maps a name (used in
+    /// errors and results) to an open regular file.
+    #[zbus(out_args("imported"))]
+    async fn import(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        files: HashMap<String, OwnedFd>,
+    ) -> Result<Vec<CertificateInfo>, Error> {
+        polkit::authorize(conn, &hdr, ACTION_IMPORT_CERTIFICATES).await?;
+        check_count(files.len())?;
+        let mut opened = Vec::with_capacity(files.len());
+        for (name, fd) in files {
+            if name.is_empty() || name.len() > limit::FILE_LABEL {
+                return Err(Error::InvalidInput(format!(
+                    "file names must be 1 to {} bytes",
+                    limit::FILE_LABEL
+                )));
+            }
+            let f = File::from(std::os::fd::OwnedFd::from(fd));
+            import::require_regular(&f, &name)?;
+            opened.push((name, f));
+        }
+        opened.sort_by(|a, b| a.0.cmp(&b.0));
+        self.import_files(opened).await
+    }
+
+    /// As Import, from absolute paths of regular files inside the import
+    /// directory (no "..", no symlinks below it).
+    #[zbus(out_args("imported"))]
+    async fn import_from_paths(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        paths: Vec<String>,
+    ) -> Result<Vec<CertificateInfo>, Error> {
+        polkit::authorize(conn, &hdr, ACTION_IMPORT_CERTIFICATES).await?;
+        check_count(paths.len())?;
+        let mut opened = Vec::with_capacity(paths.len());
+        for path in paths {
+            let f = self.ctx.import.open_file(&path)?;
+            opened.push((path, f));
+        }
+        self.import_files(opened).await
+    }
+
+    /// Every certificate the daemon holds (imports and the KDS cache).
+    #[zbus(out_args("certificates"))]
+    async fn list(&self) -> Result<Vec<CertificateInfo>, Error> {
+        let certs = self.ctx.certs.clone();
+        let held = tokio::task::spawn_blocking(move || certs.list_certificates())
+            .await
+            .map_err(|e| Error::Storage(format!("listing task failed: {e}")))?
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(held.into_iter().map(info).collect())
+    }
+}
