@@ -7,7 +7,7 @@ SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
 .PHONY: all build deps test test-convert lint unit check-units check-install install demo bench clean \
-	agent agent-sim check-agent check-shell check-launch
+	agent agent-sim check-agent check-shell check-launch test-cockpit
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -24,6 +24,8 @@ POLKITDIR = $(PREFIX)/share/polkit-1/actions
 AGENTDIR = $(PREFIX)/lib/snpguard
 # Hooks for the guest image (`convert` copies them into the guest).
 KERNELHOOKDIR = $(PREFIX)/share/snpguard/kernel/postinst.d
+COCKPITDIR = $(PREFIX)/share/cockpit/snpguard
+COCKPIT_FILES = $(sort $(wildcard cockpit/*.html cockpit/*.js cockpit/*.css cockpit/manifest.json))
 
 # The static guest agent (x86_64 musl, `agent` profile: size-optimised,
 # stripped). AGENT_BIN is what `make install` and the initrd modules use;
@@ -90,8 +92,18 @@ check-install:
 check-launch:
 	./tests/launch-script.sh
 
+# The Cockpit page in headless Chromium against real cockpit-ws and
+# snpguardd on a private bus (tests/cockpit; screenshots in
+# $(BUILD_DIR)/cockpit-test).
+test-cockpit:
+	./scripts/setup-deps.sh cockpit
+	$(CARGO) build -p snpguardd -p snpguardctl -p snpguard-sim --locked
+	cd tests/cockpit && npm ci --no-audit --no-fund --silent
+	cd tests/cockpit && COCKPIT_TEST_OUT=$(abspath $(BUILD_DIR))/cockpit-test \
+		SNPGUARD_BIN_DIR=$(abspath target/debug) npm test
+
 # Every test, after installing what the tests need (idempotent).
-test: deps lint check-shell check-units check-install check-agent unit check-launch test-convert
+test: deps lint check-shell check-units check-install check-agent unit check-launch test-cockpit test-convert
 
 # convert and embed through libguestfs under TCG (slow: about 25 minutes
 # on 2 cores). The guest root filesystem and the test images are cached
@@ -131,6 +143,9 @@ install:
 	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.policy,$(POLKITDIR)/org.snpguard.SnpGuard1.policy)
 	$(call install-file,0755,$(AGENT_BIN),$(AGENTDIR)/snpguard-agent)
 	$(call install-file,0755,agent/kernel-hooks/zz-snpguard-renew,$(KERNELHOOKDIR)/zz-snpguard-renew)
+	@test -f cockpit/manifest.json || { echo "install: cockpit/manifest.json is missing" >&2; exit 1; }
+	install -d '$(DESTDIR)$(COCKPITDIR)'
+	install -m 0644 $(COCKPIT_FILES) '$(DESTDIR)$(COCKPITDIR)/'
 
 # The main job on embedded defaults (grows with the project).
 demo: deps build

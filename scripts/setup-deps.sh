@@ -25,6 +25,27 @@ agent_deps() {
     fi
 }
 
+# The Cockpit page's browser test (make test-cockpit): Debian's Cockpit
+# web server and bridge, Chromium, and Node.js for playwright-core.
+cockpit_deps() {
+    local -a want=()
+    [ -x /usr/lib/cockpit/cockpit-ws ] || [ -x /usr/libexec/cockpit-ws ] || want+=(cockpit-ws)
+    command -v cockpit-bridge >/dev/null 2>&1 || want+=(cockpit-bridge)
+    command -v chromium >/dev/null 2>&1 || want+=(chromium)
+    command -v npm >/dev/null 2>&1 || want+=(nodejs npm)
+    if [ "${#want[@]}" -gt 0 ]; then
+        log "installing ${want[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}"
+    fi
+}
+
+if [ "${1:-}" = cockpit ]; then
+    cockpit_deps
+    log "cockpit test dependencies present"
+    exit 0
+fi
+
 if [ "${1:-}" = agent ]; then
     agent_deps
     log "agent toolchain present"
@@ -112,6 +133,7 @@ for comp in rustfmt clippy; do
 done
 
 agent_deps
+cockpit_deps
 
 # The reference implementation every launch digest is compared against.
 if ! command -v sev-snp-measure >/dev/null 2>&1; then

@@ -36,6 +36,10 @@ for xml in dbus/interfaces/*.xml; do
     [ -e "$xml" ] || fail "no dbus/interfaces/*.xml in the repository"
     expected+=("644 usr/share/dbus-1/interfaces/$(basename "$xml")")
 done
+for f in cockpit/manifest.json cockpit/*.html cockpit/*.js cockpit/*.css; do
+    [ -e "$f" ] || fail "$f: no Cockpit page in the repository"
+    expected+=("644 usr/share/cockpit/snpguard/$(basename "$f")")
+done
 want=$(printf '%s\n' "${expected[@]}" | sort -k2)
 got=$(cd "$dest" && find . -type f -printf '%m %P\n' | sort -k2)
 if [ "$want" != "$got" ]; then
@@ -48,6 +52,10 @@ cmp -s units/snpguardd.socket "$dest/usr/lib/systemd/system/snpguardd.socket" \
     || fail "snpguardd.socket differs from units/"
 cmp -s units/snpguardd.service "$dest/usr/lib/systemd/system/snpguardd.service" \
     || fail "with PREFIX=/usr the service must be installed unchanged"
+
+for f in cockpit/*; do
+    cmp -s "$f" "$dest/usr/share/cockpit/snpguard/$(basename "$f")" || fail "$f differs when installed"
+done
 
 # 2. Another prefix: the unit points at the binary where it was installed.
 dest2="$scratch/local"

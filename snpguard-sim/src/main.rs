@@ -4,7 +4,9 @@
 //! directory; `launch` computes what the PSP would for a guest booted from
 //! a launch bundle (optionally with another kernel, initrd or command
 //! line) and writes the launch blob the agent's simulated report source
-//! reads. **Test use only**: nothing here is trusted by a production
+//! reads; `stage` writes a synthetic staging directory (what `convert`
+//! leaves for `register`) for clients that test registration without
+//! libguestfs. **Test use only**: nothing here is trusted by a production
 //! daemon; a test daemon trusts `DIR/ark.pem` through `[[test_roots]]`.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use snpguard::bundle::{self, extract_bundle, ExtractLimits};
 use snpguard::certs::Product;
 use snpguard::idblock::{verify_id_auth, IdBlock};
 use snpguard::measure::{launch_digest, MeasureInput, VcpuType, VmmType};
+use snpguard::seal;
 use snpguard::sim::{LaunchValues, SimLaunch, SimPlatform, SimTcb};
 
 /// The TCB a new simulated platform runs at.
@@ -67,6 +70,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a synthetic staging directory as `convert` leaves it.
+    Stage {
+        /// Directory to create (must not exist).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The daemon's ingestion public key (ingestion.pub, 32 raw bytes).
+        #[arg(long)]
+        ingestion_key: PathBuf,
+        /// The OVMF AmdSev footer appended to random firmware pages
+        /// (testdata measurement/ovmf_AmdSev_suffix.bin).
+        #[arg(long)]
+        ovmf_suffix: PathBuf,
+        /// Kernel command line written to `cmdline`.
+        #[arg(long, default_value = "console=ttyS0 root=/dev/mapper/root")]
+        cmdline: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,7 +114,51 @@ fn main() -> anyhow::Result<()> {
             println!("{}: measurement {}", out.display(), blob.measurement);
             Ok(())
         }
+        Command::Stage {
+            dir,
+            ingestion_key,
+            ovmf_suffix,
+            cmdline,
+        } => stage(&dir, &ingestion_key, &ovmf_suffix, &cmdline),
     }
+}
+
+/// Writes firmware.fd (random pages + the AmdSev footer), random kernel
+/// and initrd, `cmdline` and a random VMK sealed to the ingestion key.
+/// The plaintext VMK is not kept: nothing may read it back.
+fn stage(
+    dir: &Path,
+    ingestion_key: &Path,
+    ovmf_suffix: &Path,
+    cmdline: &str,
+) -> anyhow::Result<()> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let public = seal::PublicKey::from_bytes(&read(ingestion_key)?)
+        .with_context(|| format!("{} is not an ingestion key", ingestion_key.display()))?;
+    let suffix = read(ovmf_suffix)?;
+    std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let random = |len: usize| {
+        let mut v = vec![0u8; len];
+        rand_core::OsRng.fill_bytes(&mut v);
+        v
+    };
+    let mut firmware = random(3 * 4096);
+    firmware.extend_from_slice(&suffix);
+    let vmk = zeroize::Zeroizing::new(random(64));
+    let sealed = seal::seal(&public, seal::INFO_INGEST, b"", &vmk).context("sealing the VMK")?;
+    let files: [(&str, Vec<u8>); 5] = [
+        ("firmware.fd", firmware),
+        ("kernel", random(64 * 1024)),
+        ("initrd", random(128 * 1024)),
+        ("cmdline", cmdline.as_bytes().to_vec()),
+        ("vmk.sealed", sealed.to_bytes()),
+    ];
+    for (name, bytes) in files {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("{}: synthetic staging directory", dir.display());
+    Ok(())
 }
 
 /// Creates the platform directory.

@@ -233,3 +233,42 @@ fn cli_parses() {
         Cli::try_parse_from(["snpguard-sim", "init", "--dir", "/d", "--product", "x"]).is_err()
     );
 }
+
+#[test]
+fn stage_writes_what_register_reads_with_a_vmk_only_the_daemon_opens() {
+    let Some(suffix) = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (secret, public) = seal::generate_keypair();
+    std::fs::write(tmp.path().join("ingestion.pub"), public.to_bytes()).unwrap();
+    std::fs::write(tmp.path().join("suffix.bin"), &suffix).unwrap();
+    let dir = tmp.path().join("staging");
+    stage(
+        &dir,
+        &tmp.path().join("ingestion.pub"),
+        &tmp.path().join("suffix.bin"),
+        "console=ttyS0",
+    )
+    .unwrap();
+    let firmware = std::fs::read(dir.join("firmware.fd")).unwrap();
+    assert!(firmware.ends_with(&suffix));
+    assert_eq!(
+        std::fs::read(dir.join("cmdline")).unwrap(),
+        b"console=ttyS0"
+    );
+    let sealed =
+        seal::SealedBox::from_bytes(&std::fs::read(dir.join("vmk.sealed")).unwrap()).unwrap();
+    let vmk = seal::open(&secret, seal::INFO_INGEST, b"", &sealed).unwrap();
+    assert_eq!(vmk.len(), 64);
+    let (other, _) = seal::generate_keypair();
+    assert!(seal::open(&other, seal::INFO_INGEST, b"", &sealed).is_err());
+    // An existing directory is never overwritten.
+    assert!(stage(
+        &dir,
+        &tmp.path().join("ingestion.pub"),
+        &tmp.path().join("suffix.bin"),
+        ""
+    )
+    .is_err());
+}

@@ -122,6 +122,28 @@ pub mod limit {
     pub const IMPORT_FILE: usize = 64 * 1024;
     /// A file's name in a certificate import, bytes.
     pub const FILE_LABEL: usize = 256;
+    /// Entries one `AuditTrail` call returns at most.
+    pub const AUDIT_ENTRIES: u32 = 1000;
+}
+
+/// One attestation of the audit trail as `AuditTrail` returns it
+/// (`(ssssass)`): accepted or refused, never key material.
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, zbus::zvariant::Type,
+)]
+pub struct AuditEntry {
+    /// When, RFC 3339 (UTC).
+    pub time: String,
+    /// Id of the record the report named, "" when none matched.
+    pub record: String,
+    /// The client's address.
+    pub peer: String,
+    /// `ok`, or the headline reason code of the refusal.
+    pub result: String,
+    /// Every reason code (empty on success).
+    pub codes: Vec<String>,
+    /// The precise reason (empty on success).
+    pub detail: String,
 }
 
 /// One certificate as `Certificates.Import` and `List` return it
@@ -211,6 +233,10 @@ pub trait Manager {
     /// Object path of the record with that name or id.
     fn find_record(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
 
+    /// The last `count` (1..=[`limit::AUDIT_ENTRIES`]) attestations,
+    /// oldest first.
+    fn audit_trail(&self, count: u32) -> zbus::Result<Vec<AuditEntry>>;
+
     /// The HPKE ingestion public key (raw X25519).
     #[zbus(property)]
     fn ingestion_public_key(&self) -> zbus::Result<Vec<u8>>;
@@ -218,6 +244,14 @@ pub trait Manager {
     /// Daemon version.
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
+
+    /// The directory path arguments must lie in (import and export).
+    #[zbus(property)]
+    fn import_directory(&self) -> zbus::Result<String>;
+
+    /// The vCPU models `vcpu_type` accepts, in the reference tool's order.
+    #[zbus(property)]
+    fn supported_vcpu_types(&self) -> zbus::Result<Vec<String>>;
 }
 
 /// Client side of `org.snpguard.SnpGuard1.Record`.

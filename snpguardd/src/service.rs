@@ -6,6 +6,8 @@ use std::fs::File;
 use serde::Serialize;
 use snpguard::verify::MinTcb;
 
+use crate::attest::AuditEntry;
+
 /// Registration input, as the D-Bus layer hands it over. Files are open
 /// handles (a file descriptor the client passed, or a file the daemon
 /// opened under its import directory for clients that cannot pass fds);
@@ -234,4 +236,6 @@ pub trait RecordService: Send + Sync + 'static {
     fn discard_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError>;
     /// The HPKE ingestion public key (raw X25519, 32 bytes).
     fn ingestion_public_key(&self) -> Vec<u8>;
+    /// The last `n` attestations of the audit trail, oldest first.
+    fn audit_trail(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError>;
 }

@@ -698,3 +698,84 @@ async fn existing_records_are_served_at_start() {
     let r = record(&conn, &p).await;
     assert_eq!(r.name().await.unwrap(), "old");
 }
+
+fn audited(i: u32, record: Option<&str>, result: &str) -> snpguardd::attest::AuditEntry {
+    snpguardd::attest::AuditEntry {
+        time: format!("2026-01-02T03:04:{i:02}Z"),
+        peer: format!("192.0.2.{i}:4000"),
+        record: record.map(str::to_string),
+        launch: None,
+        result: result.into(),
+        codes: if result == "ok" {
+            vec![]
+        } else {
+            vec![result.into(), "tcb".into()]
+        },
+        detail: if result == "ok" {
+            String::new()
+        } else {
+            format!("refused #{i}")
+        },
+        measurement: Some("ab".repeat(48)),
+        reported_tcb: None,
+        chip_id_prefix: None,
+        cert_source: None,
+        notes: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_and_supported_vcpu_types_for_clients_like_cockpit() {
+    let h = Harness::start().await;
+    // Reading needs no polkit.
+    h.polkit.set_allow(false);
+    let (_conn, m) = client(&h).await;
+    assert!(m.audit_trail(10).await.unwrap().is_empty());
+    for i in 0..5 {
+        let (record, result) = match i % 2 {
+            0 => (Some("00112233445566778899aabbccddeeff"), "ok"),
+            _ => (None, "unknown-image"),
+        };
+        h.service.audit(audited(i, record, result));
+    }
+    let last3 = m.audit_trail(3).await.unwrap();
+    let times: Vec<_> = last3.iter().map(|e| e.time.as_str()).collect();
+    assert_eq!(
+        times,
+        [
+            "2026-01-02T03:04:02Z",
+            "2026-01-02T03:04:03Z",
+            "2026-01-02T03:04:04Z"
+        ]
+    );
+    assert_eq!(last3[0].record, "00112233445566778899aabbccddeeff");
+    assert_eq!(last3[0].result, "ok");
+    assert!(last3[0].codes.is_empty());
+    assert_eq!(last3[1].record, "", "no record matched");
+    assert_eq!(last3[1].peer, "192.0.2.3:4000");
+    assert_eq!(last3[1].codes, ["unknown-image", "tcb"]);
+    assert_eq!(last3[1].detail, "refused #3");
+    assert_eq!(m.audit_trail(1000).await.unwrap().len(), 5);
+    for bad in [0, 1001] {
+        assert_error(
+            m.audit_trail(bad).await.unwrap_err(),
+            "InvalidInput",
+            "count",
+        );
+    }
+    assert!(h.polkit.calls().is_empty(), "reads never ask polkit");
+
+    assert_eq!(
+        m.import_directory().await.unwrap(),
+        h.import_dir.display().to_string()
+    );
+    let types = m.supported_vcpu_types().await.unwrap();
+    assert_eq!(types.first().map(String::as_str), Some("EPYC"));
+    for t in ["EPYC-v4", "EPYC-Milan", "EPYC-Genoa", "EPYC-Turin"] {
+        assert!(types.iter().any(|x| x == t), "{t} in {types:?}");
+    }
+    // Each is what registration's vcpu_type accepts.
+    for t in &types {
+        t.parse::<snpguard::measure::VcpuType>().expect(t);
+    }
+}

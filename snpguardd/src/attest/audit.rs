@@ -89,14 +89,20 @@ impl AuditLog {
 
     /// The last `n` entries, oldest first.
     pub fn recent(&self, store: &dyn Store, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let all = store.entries(Tree::Audit)?;
-        let skip = all.len().saturating_sub(n);
-        Ok(all
-            .into_iter()
-            .skip(skip)
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect())
+        recent(store, n)
     }
+}
+
+/// The last `n` entries of the trail in `store`, oldest first (for
+/// readers without the [`AuditLog`], e.g. the management API).
+pub fn recent(store: &dyn Store, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    let all = store.entries(Tree::Audit)?;
+    let skip = all.len().saturating_sub(n);
+    Ok(all
+        .into_iter()
+        .skip(skip)
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect())
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 
-use snpguard::dbus::{file_key, limit, Error, ACTION_REGISTER};
+use snpguard::dbus::{file_key, limit, AuditEntry, Error, ACTION_REGISTER};
+use snpguard::measure::VcpuType;
 use zbus::message::Header;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue};
 use zbus::{interface, Connection};
@@ -159,6 +160,31 @@ impl Manager {
         record::path(&found.id)
     }
 
+    /// The last `count` attestations (1..=1000), oldest first. Reading,
+    /// like the records' properties: the bus policy decides, not polkit.
+    #[zbus(out_args("entries"))]
+    async fn audit_trail(&self, count: u32) -> Result<Vec<AuditEntry>, Error> {
+        if count == 0 || count > limit::AUDIT_ENTRIES {
+            return Err(Error::InvalidInput(format!(
+                "count is {count}; it must be 1..={}",
+                limit::AUDIT_ENTRIES
+            )));
+        }
+        let svc = self.ctx.service.clone();
+        let entries = blocking(move || svc.audit_trail(count as usize)).await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| AuditEntry {
+                time: e.time,
+                record: e.record.unwrap_or_default(),
+                peer: e.peer,
+                result: e.result,
+                codes: e.codes,
+                detail: e.detail,
+            })
+            .collect())
+    }
+
     /// The daemon's HPKE ingestion public key (raw X25519, 32 bytes).
     #[zbus(property)]
     async fn ingestion_public_key(&self) -> Vec<u8> {
@@ -169,5 +195,18 @@ impl Manager {
     #[zbus(property)]
     async fn version(&self) -> String {
         env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    /// The only directory `RegisterFromPaths` reads from and
+    /// `ExportBundleToPath` writes to, as configured.
+    #[zbus(property)]
+    async fn import_directory(&self) -> String {
+        self.ctx.import.path().display().to_string()
+    }
+
+    /// The vCPU models `vcpu_type` accepts.
+    #[zbus(property)]
+    async fn supported_vcpu_types(&self) -> Vec<String> {
+        VcpuType::ALL.iter().map(|t| t.name().to_string()).collect()
     }
 }

@@ -48,6 +48,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::attest::AuditEntry;
 use crate::fsutil;
 use crate::keys::{self, DaemonKeys, KeySummary, KeysError, TlsConfig};
 use crate::secrets::{random_bytes, MasterKey, Purpose, SecretsError};
@@ -652,6 +653,10 @@ impl RecordService for Registry {
 
     fn ingestion_public_key(&self) -> Vec<u8> {
         self.keys.ingestion_public().to_bytes().to_vec()
+    }
+
+    fn audit_trail(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError> {
+        crate::attest::audit::recent(self.store(), n).map_err(store_err)
     }
 }
 

@@ -581,3 +581,42 @@ fn concurrent_registrations_of_one_name_yield_one_record() {
     assert_eq!(reg.list().unwrap().len(), 1);
     assert_eq!(blob_count(state.path()), 3);
 }
+
+#[test]
+fn audit_trail_reads_what_the_attestor_appended_and_survives_reopen() {
+    use crate::attest::audit::AuditLog;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let entry = |i: u32| AuditEntry {
+        time: format!("t{i}"),
+        peer: "127.0.0.1:1".into(),
+        record: (i % 2 == 0).then(|| format!("rec{i}")),
+        launch: None,
+        result: if i % 2 == 0 {
+            "ok".into()
+        } else {
+            "measurement".into()
+        },
+        codes: vec![],
+        detail: String::new(),
+        measurement: None,
+        reported_tcb: None,
+        chip_id_prefix: None,
+        cert_source: None,
+        notes: vec![],
+    };
+    {
+        let reg = open(&state);
+        assert!(reg.audit_trail(10).unwrap().is_empty());
+        let log = AuditLog::open(reg.store()).unwrap();
+        for i in 0..4 {
+            log.append(reg.store(), &entry(i)).unwrap();
+        }
+        let last2 = reg.audit_trail(2).unwrap();
+        assert_eq!(last2, [entry(2), entry(3)]);
+    }
+    let reg = open(&state);
+    let all = reg.audit_trail(100).unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0], entry(0));
+}

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use snpguard::certs::{CertRole, Product};
-use snpguardd::attest::{CertImportError, CertSummary, CertificateService};
+use snpguardd::attest::{AuditEntry, CertImportError, CertSummary, CertificateService};
 use snpguardd::service::{
     LaunchAdded, LaunchInfo, LaunchRequest, LaunchState, RecordInfo, RecordService,
     RegisterRequest, ServiceError,
@@ -235,6 +235,7 @@ pub struct Stored {
 #[derive(Default)]
 pub struct MemService {
     state: Mutex<(u64, BTreeMap<String, Stored>)>,
+    audit: Mutex<Vec<AuditEntry>>,
 }
 
 pub fn bundle_bytes(s: &Stored) -> Vec<u8> {
@@ -244,6 +245,11 @@ pub fn bundle_bytes(s: &Stored) -> Vec<u8> {
 }
 
 impl MemService {
+    /// Appends to the audit trail (as an attestation would).
+    pub fn audit(&self, entry: AuditEntry) {
+        self.audit.lock().unwrap().push(entry);
+    }
+
     pub fn records(&self) -> BTreeMap<String, Stored> {
         self.state.lock().unwrap().1.clone()
     }
@@ -509,6 +515,11 @@ impl RecordService for MemService {
 
     fn ingestion_public_key(&self) -> Vec<u8> {
         vec![0x42; 32]
+    }
+
+    fn audit_trail(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError> {
+        let all = self.audit.lock().unwrap();
+        Ok(all[all.len().saturating_sub(n)..].to_vec())
     }
 }
 
