@@ -6,7 +6,8 @@ BUILD_DIR ?= build
 SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
-.PHONY: all build deps test lint unit check-units check-install install demo bench clean
+.PHONY: all build deps test lint unit check-units check-install check-scripts install demo bench clean \
+	system-test
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -21,6 +22,11 @@ TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 DBUSDIR = $(PREFIX)/share/dbus-1
 POLKITDIR = $(PREFIX)/share/polkit-1/actions
 DBUS_INTERFACES = $(sort $(wildcard dbus/interfaces/*.xml))
+SHAREDIR = $(PREFIX)/share/snpguard
+# Shell scripts checked by `make check-scripts` (sh -n / bash -n, shellcheck).
+SHELL_SCRIPTS = $(wildcard scripts/*.sh tests/*.sh tests/guest/*.sh) \
+	initramfs-tools/hooks/snpguard initramfs-tools/scripts/local-top/snpguard \
+	dracut/90snpguard/module-setup.sh dracut/90snpguard/snpguard-unlock.sh
 
 # $(call install-file,MODE,SOURCE,DESTINATION): fails naming the missing
 # source rather than installing a partial tree.
@@ -52,8 +58,23 @@ check-units:
 check-install:
 	./tests/install-tree.sh
 
+# Syntax and shellcheck of every shell script, the initrd modules first.
+check-scripts:
+	@for f in $(SHELL_SCRIPTS); do \
+		case "$$(head -n 1 "$$f")" in *bash*) bash -n "$$f" ;; *) sh -n "$$f" ;; esac \
+			|| { echo "check-scripts: $$f has a syntax error" >&2; exit 1; }; \
+	done
+	shellcheck $(SHELL_SCRIPTS)
+
+# The initrd boot test (slow: a Debian guest per initrd flavour, booted
+# under QEMU/TCG; needs root). Guest root file systems are cached in
+# $(BUILD_DIR)/guest-rootfs. See tests/system/README.md.
+system-test:
+	$(CARGO) build --workspace --locked
+	$(CARGO) test -p snpguard-systest --locked -- --ignored --test-threads=1
+
 # Every test, after installing what the tests need (idempotent).
-test: deps lint check-units check-install unit
+test: deps lint check-scripts check-units check-install unit system-test
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)
@@ -72,6 +93,10 @@ install:
 	install -d '$(DESTDIR)$(DBUSDIR)/interfaces'
 	install -m 0644 $(DBUS_INTERFACES) '$(DESTDIR)$(DBUSDIR)/interfaces/'
 	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.policy,$(POLKITDIR)/org.snpguard.SnpGuard1.policy)
+	$(call install-file,0755,initramfs-tools/hooks/snpguard,$(SHAREDIR)/initramfs-tools/hooks/snpguard)
+	$(call install-file,0755,initramfs-tools/scripts/local-top/snpguard,$(SHAREDIR)/initramfs-tools/scripts/local-top/snpguard)
+	$(call install-file,0755,dracut/90snpguard/module-setup.sh,$(SHAREDIR)/dracut/90snpguard/module-setup.sh)
+	$(call install-file,0755,dracut/90snpguard/snpguard-unlock.sh,$(SHAREDIR)/dracut/90snpguard/snpguard-unlock.sh)
 
 # The main job on embedded defaults (grows with the project).
 demo: deps build
