@@ -13,7 +13,8 @@
 # Cache: build/guest-rootfs/<flavour>-<key>/, key = hash of this script and
 # the flavour, so editing the script rebuilds. An entry is built in a
 # temporary directory beside it and renamed into place only when complete,
-# so an interrupted run never looks finished. A second run is instant.
+# so an interrupted run never looks finished; a lock file serialises
+# concurrent runs. A second run is instant.
 #
 # DIR receives (hard links into the cache when on the same file system):
 #   rootfs.tar      the whole tree, numeric owners, xattrs (for the chroot
@@ -131,11 +132,16 @@ build_entry() {
     log "built $entry in $((SECONDS - started)) s (kernel $release)"
 }
 
+# One builder per entry: a concurrent run waits, then finds it cached.
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.lock-$flavour-$key"
+flock 9
 if [ -d "$entry" ]; then
     log "cached: $entry"
 else
     build_entry
 fi
+exec 9>&-
 
 mkdir -p "$out"
 for f in "${products[@]}"; do
