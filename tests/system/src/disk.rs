@@ -86,8 +86,11 @@ impl LuksDisk {
             .arg("-s")
             .arg(FS_BYTES.to_string())
             .arg(&fs))?;
+        // Blocks no smaller than the encryption sector: ext4 cannot mount
+        // 1 KiB blocks (mkfs's choice for a small file system) on a device
+        // with 4 KiB logical sectors.
         run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "snpguard-root", "-d"])
+            .args(["-q", "-F", "-b", "4096", "-L", "snpguard-root", "-d"])
             .arg(&tree)
             .arg(&fs))?;
 
