@@ -7,7 +7,7 @@ SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
 
 .PHONY: all build deps test lint unit check-units check-install check-scripts install demo bench clean \
-	system-test
+	agent agent-sim check-agent system-test
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -21,6 +21,17 @@ SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 DBUSDIR = $(PREFIX)/share/dbus-1
 POLKITDIR = $(PREFIX)/share/polkit-1/actions
+AGENTDIR = $(PREFIX)/lib/snpguard
+
+# The static guest agent (x86_64 musl, `agent` profile: size-optimised,
+# stripped). AGENT_BIN is what `make install` and the initrd modules use;
+# AGENT_SIM_BIN is the test-only build with the simulated report source.
+AGENT_TARGET = x86_64-unknown-linux-musl
+AGENT_BIN ?= target/$(AGENT_TARGET)/agent/snpguard-agent
+AGENT_SIM_BIN ?= target/$(AGENT_TARGET)/agent-sim/snpguard-agent
+AGENT_MAX_BYTES = 4194304
+AGENT_CARGO = CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build -p snpguard-agent \
+	--target $(AGENT_TARGET) --locked
 DBUS_INTERFACES = $(sort $(wildcard dbus/interfaces/*.xml))
 SHAREDIR = $(PREFIX)/share/snpguard
 # Shell scripts checked by `make check-scripts` (sh -n / bash -n, shellcheck).
@@ -49,6 +60,21 @@ lint:
 
 unit:
 	$(CARGO) test --workspace --locked
+	$(CARGO) test -p snpguard-agent --features simulator --locked
+
+# The static agent; installs musl-tools and the rustup target if missing.
+agent:
+	./scripts/setup-deps.sh agent
+	$(AGENT_CARGO) --profile agent
+	./scripts/check-agent.sh $(AGENT_BIN) $(AGENT_MAX_BYTES)
+
+# The agent with the simulated report source (QEMU tests only).
+agent-sim:
+	./scripts/setup-deps.sh agent
+	$(AGENT_CARGO) --profile agent-sim --features simulator
+	./scripts/check-agent.sh $(AGENT_SIM_BIN) $(AGENT_MAX_BYTES)
+
+check-agent: agent
 
 # Unit hardening score (<= 1.6), unit syntax, sysusers/tmpfiles snippets.
 check-units:
@@ -69,12 +95,15 @@ check-scripts:
 # The initrd boot test (slow: a Debian guest per initrd flavour, booted
 # under QEMU/TCG; needs root). Guest root file systems are cached in
 # $(BUILD_DIR)/guest-rootfs. See tests/system/README.md.
-system-test:
+# The agent in the guests is the simulator build (the only one that can
+# attest without SEV-SNP hardware).
+system-test: agent-sim
 	$(CARGO) build --workspace --locked
-	$(CARGO) test -p snpguard-systest --locked -- --ignored --test-threads=1
+	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) \
+		$(CARGO) test -p snpguard-systest --locked -- --ignored --test-threads=1
 
 # Every test, after installing what the tests need (idempotent).
-test: deps lint check-scripts check-units check-install unit system-test
+test: deps lint check-scripts check-units check-install check-agent unit system-test
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)
@@ -97,6 +126,7 @@ install:
 	$(call install-file,0755,initramfs-tools/scripts/local-top/snpguard,$(SHAREDIR)/initramfs-tools/scripts/local-top/snpguard)
 	$(call install-file,0755,dracut/90snpguard/module-setup.sh,$(SHAREDIR)/dracut/90snpguard/module-setup.sh)
 	$(call install-file,0755,dracut/90snpguard/snpguard-unlock.sh,$(SHAREDIR)/dracut/90snpguard/snpguard-unlock.sh)
+	$(call install-file,0755,$(AGENT_BIN),$(AGENTDIR)/snpguard-agent)
 
 # The main job on embedded defaults (grows with the project).
 demo: deps build

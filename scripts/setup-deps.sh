@@ -2,6 +2,8 @@
 # Installs what building and testing SnpGuard needs, idempotently: each
 # step checks first and does nothing when its tool is already there.
 # Run as root (or with sudo available) on Debian 12 or 13.
+# `setup-deps.sh agent` installs only what the static guest agent needs
+# (musl-gcc and the x86_64-unknown-linux-musl rustup target).
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -9,6 +11,25 @@ log() { printf 'setup: %s\n' "$*"; }
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
+
+# The static agent: ring's C code needs musl-gcc; Rust needs the target.
+agent_deps() {
+    if ! command -v musl-gcc >/dev/null 2>&1; then
+        log "installing musl-tools"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools
+    fi
+    if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+        log "adding rustup target x86_64-unknown-linux-musl"
+        rustup target add x86_64-unknown-linux-musl
+    fi
+}
+
+if [ "${1:-}" = agent ]; then
+    agent_deps
+    log "agent toolchain present"
+    exit 0
+fi
 
 # Debian packages: name of a package -> a file that proves it is installed.
 declare -A APT=(
@@ -19,6 +40,11 @@ declare -A APT=(
     [dbus]=/usr/bin/dbus-daemon
     # scripts/generate-tls-certs.sh and its test
     [openssl]=/usr/bin/openssl
+    # the static guest agent (ring's C code)
+    [musl-tools]=/usr/bin/musl-gcc
+    # the agent's LUKS2 tests format volumes; readelf for check-agent.sh
+    [cryptsetup-bin]=/usr/sbin/cryptsetup
+    [binutils]=/usr/bin/readelf
 )
 # The initrd boot test and the guest root file systems (tests/guest/,
 # tests/system/): debootstrap, LUKS2 images, a static busybox for the
@@ -87,6 +113,8 @@ for comp in rustfmt clippy; do
         rustup component add "$comp"
     fi
 done
+
+agent_deps
 
 # The reference implementation every launch digest is compared against.
 if ! command -v sev-snp-measure >/dev/null 2>&1; then

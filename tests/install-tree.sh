@@ -11,17 +11,18 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 bins="$scratch/bin"
 mkdir -p "$bins"
-for b in snpguardd snpguardctl; do
+for b in snpguardd snpguardctl snpguard-agent; do
     printf '#!/bin/sh\n' > "$bins/$b"
 done
 
 # 1. The full tree, PREFIX=/usr.
 dest="$scratch/root"
-make -s install DESTDIR="$dest" PREFIX=/usr TARGET_DIR="$bins" >/dev/null
+make -s install DESTDIR="$dest" PREFIX=/usr TARGET_DIR="$bins" AGENT_BIN="$bins/snpguard-agent" >/dev/null
 
 expected=(
     "755 usr/bin/snpguardctl"
     "755 usr/libexec/snpguard/snpguardd"
+    "755 usr/lib/snpguard/snpguard-agent"
     "644 usr/lib/systemd/system/snpguardd.service"
     "644 usr/lib/systemd/system/snpguardd.socket"
     "644 usr/lib/sysusers.d/snpguard.conf"
@@ -55,7 +56,7 @@ cmp -s units/snpguardd.service "$dest/usr/lib/systemd/system/snpguardd.service" 
 
 # 2. Another prefix: the unit points at the binary where it was installed.
 dest2="$scratch/local"
-make -s install DESTDIR="$dest2" PREFIX=/usr/local TARGET_DIR="$bins" >/dev/null
+make -s install DESTDIR="$dest2" PREFIX=/usr/local TARGET_DIR="$bins" AGENT_BIN="$bins/snpguard-agent" >/dev/null
 grep -qx 'ExecStart=/usr/local/libexec/snpguard/snpguardd' \
     "$dest2/usr/local/lib/systemd/system/snpguardd.service" \
     || fail "PREFIX=/usr/local did not rewrite ExecStart="

@@ -149,6 +149,22 @@ pub enum SimError {
         /// The DER error.
         source: der::Error,
     },
+    /// Reading or writing a persisted platform or launch blob failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A persisted platform or launch blob is malformed.
+    #[error("{what}: {reason}")]
+    Malformed {
+        /// What was being read (a file name or field).
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// ECDSA signing of a report failed.
     #[error("signing the simulated report with the {key:?}: {source}")]
     ReportSign {
@@ -227,7 +243,8 @@ pub enum SimKey {
 
 /// A simulated platform: its certificate chain (DER) and the private keys
 /// of its two endorsement keys. Generated fresh by [`SimPlatform::generate`];
-/// nothing is persisted except what [`SimPlatform::write_certs_dir`] writes.
+/// [`SimPlatform::save`] and [`SimPlatform::load`] persist one in a
+/// directory (the `snpguard-sim` tool's `init`).
 #[derive(Clone)]
 pub struct SimPlatform {
     /// The product the chain is issued for.
@@ -390,19 +407,7 @@ impl SimPlatform {
     /// rest of the signature area zeroed. The report's own fields
     /// (KEY_INFO, CHIP_ID, TCBs ...) are left as the caller set them.
     pub fn sign_report(&self, report: &mut [u8; REPORT_SIZE], key: SimKey) -> Result<(), SimError> {
-        let sig: p384::ecdsa::Signature = self
-            .signing_key(key)
-            .try_sign(&report[..SIGNED_LEN])
-            .map_err(|source| SimError::ReportSign { key, source })?;
-        let (r, s) = sig.split_bytes();
-        report[SIGNED_LEN..].fill(0);
-        for (i, b) in r.iter().rev().enumerate() {
-            report[0x2A0 + i] = *b;
-        }
-        for (i, b) in s.iter().rev().enumerate() {
-            report[0x2E8 + i] = *b;
-        }
-        Ok(())
+        sign_report_with(self.signing_key(key), key, report)
     }
 
     /// Writes the chain as `ark.der`, `ask.der`, `asvk.der`, `vcek.der` and
@@ -427,6 +432,26 @@ impl SimPlatform {
             SimKey::Vlek => &self.vlek_key,
         }
     }
+}
+
+/// Signs `report` with `signer` as [`SimPlatform::sign_report`] describes.
+fn sign_report_with(
+    signer: &p384::ecdsa::SigningKey,
+    key: SimKey,
+    report: &mut [u8; REPORT_SIZE],
+) -> Result<(), SimError> {
+    let sig: p384::ecdsa::Signature = signer
+        .try_sign(&report[..SIGNED_LEN])
+        .map_err(|source| SimError::ReportSign { key, source })?;
+    let (r, s) = sig.split_bytes();
+    report[SIGNED_LEN..].fill(0);
+    for (i, b) in r.iter().rev().enumerate() {
+        report[0x2A0 + i] = *b;
+    }
+    for (i, b) in s.iter().rev().enumerate() {
+        report[0x2E8 + i] = *b;
+    }
+    Ok(())
 }
 
 /// Everything of a certificate except its signature.
@@ -650,6 +675,11 @@ fn ec_spki(
     SubjectPublicKeyInfoOwned::from_der(doc.as_bytes())
         .map_err(|source| SimError::Der { cert, source })
 }
+
+mod launch;
+mod persist;
+
+pub use launch::{LaunchValues, SimLaunch, SIM_LAUNCH_MAX_SIZE, SIM_LAUNCH_VERSION};
 
 #[cfg(test)]
 mod tests;

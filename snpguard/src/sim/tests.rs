@@ -410,3 +410,123 @@ fn sim_genoa_and_certs_dir() {
     }
     assert!(!format!("{p:?}").contains("key"));
 }
+
+fn turin_chip_id() -> [u8; 64] {
+    let mut c = [0u8; 64];
+    c[..8].copy_from_slice(&hwid(Product::Turin));
+    c
+}
+
+fn launch_values() -> LaunchValues {
+    LaunchValues {
+        policy: 0x30000,
+        vmpl: 0,
+        measurement: [0x4d; 48],
+        image_id: [0x49; 16],
+        family_id: [0x46; 16],
+        guest_svn: 2,
+        id_key_digest: [0x1d; 48],
+        author_key_digest: [0; 48],
+    }
+}
+
+#[test]
+fn persisted_platform_round_trips() {
+    let p = platform(Product::Turin);
+    let dir = tempfile::tempdir().unwrap();
+    p.save(dir.path(), &turin_chip_id()).unwrap();
+    let (q, chip) = SimPlatform::load(dir.path()).unwrap();
+    assert_eq!(chip, turin_chip_id());
+    assert_eq!((q.product, q.tcb), (p.product, p.tcb));
+    assert_eq!(q.vcek_der, p.vcek_der);
+    assert_eq!(q.ark_der, p.ark_der);
+    assert_eq!(q.verifying_key(SimKey::Vcek), p.verifying_key(SimKey::Vcek));
+    // A newer format version is refused, naming the file.
+    let meta = dir.path().join("platform.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(&meta, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+    let e = SimPlatform::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("platform.json") && e.contains("version 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn launch_blob_report_has_the_firmware_layout_and_verifies() {
+    let p = platform(Product::Turin);
+    let blob = SimLaunch::new(p, &turin_chip_id(), &launch_values()).unwrap();
+    let blob = SimLaunch::from_json(&blob.to_json().unwrap()).unwrap();
+    let data = [0x77; 64];
+    let raw = blob.report(&data).unwrap();
+    let r = Report::parse(&raw).expect("parses");
+    assert_eq!(r.version, 3);
+    assert_eq!(r.report_data, data);
+    assert_eq!(r.measurement, [0x4d; 48]);
+    assert_eq!(r.image_id, [0x49; 16]);
+    assert_eq!(r.family_id, [0x46; 16]);
+    assert_eq!(r.guest_svn, 2);
+    assert_eq!(r.policy.0, 0x30000);
+    assert_eq!(r.chip_id, turin_chip_id());
+    assert_eq!(
+        r.cpuid.map(|c| Product::from_cpuid(c.family, c.model)),
+        Some(Some(Product::Turin))
+    );
+    assert_eq!(r.reported_tcb.0, tcb_bytes(Product::Turin, TURIN_TCB));
+    let anchors = crate::certs::TrustAnchors::amd()
+        .unwrap()
+        .with_test_root(Product::Turin, &blob.ark_der().unwrap())
+        .unwrap();
+    let certs = crate::certs::CertSet::from_cert_table(&blob.cert_table().unwrap()).unwrap();
+    crate::verify::verify(
+        &anchors,
+        &raw,
+        &certs,
+        &crate::verify::Expectations {
+            allow_smt: true,
+            report_data: Some(data),
+            measurement: Some([0x4d; 48]),
+            ..Default::default()
+        },
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap_or_else(|e| panic!("{:?}", e.codes()));
+}
+
+#[test]
+fn malformed_launch_blobs_are_refused() {
+    let p = platform(Product::Milan);
+    let mut chip = [0u8; 64];
+    chip.copy_from_slice(&hwid(Product::Milan));
+    let good = SimLaunch::new(p, &chip, &launch_values()).unwrap();
+    let json = String::from_utf8(good.to_json().unwrap()).unwrap();
+    let bad = |edit: &dyn Fn(&str) -> String, want: &str| {
+        let e = SimLaunch::from_json(edit(&json).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{want}: {e}");
+    };
+    bad(
+        &|j| j.replacen("\"version\": 1", "\"version\": 9", 1),
+        "version 9",
+    );
+    bad(
+        &|j| j.replacen("\"product\": \"milan\"", "\"product\": \"rome\"", 1),
+        "product",
+    );
+    bad(&|j| j.replacen(&"4d".repeat(48), "4d", 1), "measurement");
+    bad(&|j| j.replacen("{", "{\"extra\": 1,", 1), "extra");
+    let other = platform(Product::Turin);
+    let foreign = SimLaunch::new(other, &turin_chip_id(), &launch_values()).unwrap();
+    let foreign_key = serde_json::to_value(&foreign).unwrap()["vcek_key"].clone();
+    bad(
+        &|j| {
+            let mut v: serde_json::Value = serde_json::from_str(j).unwrap();
+            v["vcek_key"] = foreign_key.clone();
+            v.to_string()
+        },
+        "does not belong",
+    );
+    let huge = format!("{json}{}", " ".repeat(SIM_LAUNCH_MAX_SIZE));
+    assert!(SimLaunch::from_json(huge.as_bytes()).is_err());
+}

@@ -1,0 +1,187 @@
+use super::*;
+
+const GOOD: &str = r#"
+servers = ["https://10.0.2.2:8443", "https://backup.example:443/"]
+ca = "/etc/snpguard/ca.pem"
+report_source = "auto"
+[luks]
+device = "UUID=0b6a3c3e-6c1c-4b5e-9d8a-3d7e2f1a9c00"
+uuid = "0b6a3c3e-6c1c-4b5e-9d8a-3d7e2f1a9c00"
+name = "snpguard_root"
+cipher = "aes-xts-plain64"
+key_bytes = 64
+sector_size = 512
+offset = 16777216
+[retry]
+attempts = 5
+initial_delay_ms = 1000
+max_delay_ms = 30000
+device_timeout_secs = 60
+"#;
+
+fn with(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "{from}");
+    GOOD.replacen(from, to, 1)
+}
+
+fn err(text: &str) -> String {
+    Config::parse(text)
+        .expect_err("must be refused")
+        .to_string()
+}
+
+#[test]
+fn good_config_parses() {
+    let c = Config::parse(GOOD).expect("good");
+    assert_eq!(c.servers.len(), 2);
+    assert_eq!(c.servers[1].url, "https://backup.example:443");
+    assert_eq!(c.report_source, ReportSource::Auto);
+    assert_eq!(c.luks.offset, 16 << 20);
+    assert_eq!(c.retry.attempts, 5);
+    assert!(c.simulator.is_none());
+}
+
+#[test]
+fn retry_defaults_apply() {
+    let text = GOOD.split("[retry]").next().unwrap();
+    let c = Config::parse(text).expect("no retry table");
+    assert_eq!(c.retry, Retry::default());
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    assert!(err(&format!("{GOOD}\nextra = 1\n")).contains("extra"));
+    assert!(err(&with("key_bytes = 64", "key_bytes = 64\nkeyslot = 1")).contains("keyslot"));
+    assert!(err(&with("attempts = 5", "attempts = 5\nforever = true")).contains("forever"));
+}
+
+#[test]
+fn each_bad_key_is_named() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "servers = [\"https://10.0.2.2:8443\", \"https://backup.example:443/\"]",
+            "servers = []",
+            "servers",
+        ),
+        (
+            "\"https://10.0.2.2:8443\"",
+            "\"http://10.0.2.2:8443\"",
+            "servers",
+        ),
+        (
+            "\"https://10.0.2.2:8443\"",
+            "\"https://10.0.2.2:8443/v1\"",
+            "servers",
+        ),
+        ("ca = \"/etc/snpguard/ca.pem\"", "ca = \"ca.pem\"", "ca"),
+        (
+            "report_source = \"auto\"",
+            "report_source = \"magic\"",
+            "report_source",
+        ),
+        (
+            "device = \"UUID=0b6a3c3e-6c1c-4b5e-9d8a-3d7e2f1a9c00\"",
+            "device = \"UUID=nope\"",
+            "luks.device",
+        ),
+        (
+            "device = \"UUID=0b6a3c3e-6c1c-4b5e-9d8a-3d7e2f1a9c00\"",
+            "device = \"sda2\"",
+            "luks.device",
+        ),
+        (
+            "uuid = \"0b6a3c3e-6c1c-4b5e-9d8a-3d7e2f1a9c00\"",
+            "uuid = \"0b6a3c3e\"",
+            "luks.uuid",
+        ),
+        (
+            "name = \"snpguard_root\"",
+            "name = \"../root\"",
+            "luks.name",
+        ),
+        (
+            "cipher = \"aes-xts-plain64\"",
+            "cipher = \"aes xts\"",
+            "luks.cipher",
+        ),
+        ("key_bytes = 64", "key_bytes = 8", "luks.key_bytes"),
+        (
+            "sector_size = 512",
+            "sector_size = 1024",
+            "luks.sector_size",
+        ),
+        ("offset = 16777216", "offset = 1000", "luks.offset"),
+        ("attempts = 5", "attempts = 0", "retry.attempts"),
+        ("attempts = 5", "attempts = 1000", "retry.attempts"),
+        (
+            "max_delay_ms = 30000",
+            "max_delay_ms = 10",
+            "retry.max_delay_ms",
+        ),
+        (
+            "initial_delay_ms = 1000",
+            "initial_delay_ms = 9999999",
+            "retry.initial_delay_ms",
+        ),
+        (
+            "device_timeout_secs = 60",
+            "device_timeout_secs = 0",
+            "retry.device_timeout_secs",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let e = err(&with(from, to));
+        assert!(e.contains(key), "{to}: {e}");
+    }
+}
+
+#[test]
+fn missing_tables_are_named() {
+    let no_luks = GOOD.replace("[luks]", "[other]");
+    assert!(err(&no_luks).contains("other") || err(&no_luks).contains("luks"));
+    let no_ca = with("ca = \"/etc/snpguard/ca.pem\"\n", "");
+    assert!(err(&no_ca).contains("ca"));
+}
+
+#[test]
+fn too_many_servers() {
+    let many = (0..9)
+        .map(|i| format!("\"https://s{i}.example\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = with(
+        "servers = [\"https://10.0.2.2:8443\", \"https://backup.example:443/\"]",
+        &format!("servers = [{many}]"),
+    );
+    assert!(err(&text).contains("servers"));
+}
+
+#[test]
+fn simulator_table_only_with_the_simulated_source() {
+    let text = format!("{GOOD}\n[simulator]\nlaunch = \"/tmp/blob\"\n");
+    assert!(err(&text).contains("simulator"));
+    let sim = with("report_source = \"auto\"", "report_source = \"simulated\"");
+    assert!(err(&sim).contains("simulator"));
+    let full = format!("{sim}\n[simulator]\nlaunch = \"/tmp/blob\"\n");
+    if cfg!(feature = "simulator") {
+        let c = Config::parse(&full).expect("simulated");
+        assert_eq!(c.report_source, ReportSource::Simulated);
+    } else {
+        let e = err(&full);
+        assert!(
+            e.contains("report_source") && e.contains("simulated"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn oversize_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("agent.toml");
+    std::fs::write(&p, "#".repeat(100 * 1024)).unwrap();
+    assert!(matches!(
+        Config::load(&p),
+        Err(ConfigError::TooLarge { .. })
+    ));
+}

@@ -1,0 +1,31 @@
+//! The simulated source (feature `simulator`, test builds only): the host
+//! hands the guest a launch blob (`snpguard-sim launch`, passed through
+//! QEMU fw_cfg) holding a simulated VCEK and the launch's values; the
+//! report is signed with it exactly as the firmware would sign one.
+
+use std::io::Read as _;
+use std::path::Path;
+
+use snpguard::sim::{SimLaunch, SIM_LAUNCH_MAX_SIZE};
+
+use super::{Evidence, EvidenceError};
+
+/// A report for `report_data` from the launch blob at `path`.
+pub fn get(path: &Path, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+    let err =
+        |e: &dyn std::fmt::Display| EvidenceError::Simulated(format!("{}: {e}", path.display()));
+    let mut blob = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(SIM_LAUNCH_MAX_SIZE as u64 + 1)
+                .read_to_end(&mut blob)
+        })
+        .map_err(|e| err(&e))?;
+    let launch = SimLaunch::from_json(&blob).map_err(|e| err(&e))?;
+    let report = launch.report(report_data).map_err(|e| err(&e))?;
+    let table = launch.cert_table().map_err(|e| err(&e))?;
+    Ok(Evidence {
+        report: report.to_vec(),
+        cert_table: Some(table),
+    })
+}

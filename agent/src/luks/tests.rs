@@ -1,0 +1,282 @@
+//! Headers made by `cryptsetup luksFormat` on a file (cryptsetup-bin),
+//! then tampered with one field at a time.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::*;
+
+const UUID: &str = "0b6a3c3e-6c1c-4b5e-9d8a-3d7e2f1a9c00";
+
+struct Volume {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    key: Vec<u8>,
+}
+
+/// A 17 MiB LUKS2 file with a known volume key, or `None` (with a note)
+/// when cryptsetup is not installed.
+fn volume(sector_size: u32) -> Option<Volume> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    let key: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0x5c).collect();
+    std::fs::write(dir.path().join("vk"), &key).unwrap();
+    std::fs::write(dir.path().join("pw"), b"passphrase").unwrap();
+    let out = match Command::new("cryptsetup")
+        .args(["luksFormat", "--type", "luks2", "--batch-mode"])
+        .arg("--volume-key-file")
+        .arg(dir.path().join("vk"))
+        .arg("--key-file")
+        .arg(dir.path().join("pw"))
+        .args(["--key-size", "512", "--pbkdf", "pbkdf2"])
+        .args(["--pbkdf-force-iterations", "1000", "--uuid", UUID])
+        .args(["--cipher", "aes-xts-plain64", "--sector-size"])
+        .arg(sector_size.to_string())
+        .arg(&path)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("cryptsetup not available ({e}); skipped");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "luksFormat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(Volume {
+        _dir: dir,
+        path,
+        key,
+    })
+}
+
+fn pin() -> Luks {
+    Luks {
+        device: "/dev/vda2".into(),
+        uuid: UUID.into(),
+        name: "root".into(),
+        cipher: "aes-xts-plain64".into(),
+        key_bytes: 64,
+        sector_size: 4096,
+        offset: 16 << 20,
+    }
+}
+
+fn field(e: LuksError) -> &'static str {
+    match e {
+        LuksError::Refused { field, .. } => field,
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+/// Rewrites the JSON area of both headers with `edit` and recomputes
+/// their checksums, as someone with write access to the disk could.
+fn rewrite_json(path: &Path, edit: impl Fn(&str) -> String) {
+    let mut disk = std::fs::read(path).unwrap();
+    for off in [0usize, 0x4000] {
+        let size = 0x4000;
+        let json_area = &disk[off + BIN_SIZE..off + size];
+        let json = std::str::from_utf8(cstr(json_area)).unwrap().to_string();
+        let new = edit(&json);
+        assert_ne!(new, json, "the edit changed nothing");
+        let area = &mut disk[off + BIN_SIZE..off + size];
+        area.fill(0);
+        area[..new.len()].copy_from_slice(new.as_bytes());
+        disk[off + 448..off + 512].fill(0);
+        let sum = Sha256::digest(&disk[off..off + size]);
+        disk[off + 448..off + 480].copy_from_slice(&sum);
+    }
+    std::fs::write(path, disk).unwrap();
+}
+
+#[test]
+fn a_fresh_header_matches_and_the_key_opens_it() {
+    let Some(v) = volume(4096) else { return };
+    let h = read_header(&v.path, &pin()).expect("header");
+    assert!(!h.used_secondary);
+    h.check_key(&v.key).expect("right key");
+    let mut wrong = v.key.clone();
+    wrong[0] ^= 1;
+    assert!(matches!(h.check_key(&wrong), Err(LuksError::WrongKey)));
+    assert!(matches!(
+        h.check_key(&v.key[..32]),
+        Err(LuksError::WrongKey)
+    ));
+}
+
+#[test]
+fn each_pinned_parameter_is_checked() {
+    let Some(v) = volume(4096) else { return };
+    let cases: Vec<(Luks, &str)> = vec![
+        (
+            Luks {
+                uuid: "0b6a3c3e-6c1c-4b5e-9d8a-3d7e2f1a9c01".into(),
+                ..pin()
+            },
+            "uuid",
+        ),
+        (
+            Luks {
+                cipher: "aes-cbc-essiv:sha256".into(),
+                ..pin()
+            },
+            "segments.0.encryption",
+        ),
+        (
+            Luks {
+                offset: 8 << 20,
+                ..pin()
+            },
+            "segments.0.offset",
+        ),
+        (
+            Luks {
+                sector_size: 512,
+                ..pin()
+            },
+            "segments.0.sector_size",
+        ),
+    ];
+    for (p, want) in cases {
+        let e = read_header(&v.path, &p).expect_err(want);
+        assert_eq!(field(e), want);
+    }
+}
+
+#[test]
+fn a_rewritten_header_with_a_valid_checksum_is_still_held_to_the_pins() {
+    // (section of the JSON, from, to, the field that must be named)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "segments",
+            "\"sector_size\":4096",
+            "\"sector_size\":512",
+            "segments.0.sector_size",
+        ),
+        (
+            "segments",
+            "\"encryption\":\"aes-xts-plain64\"",
+            "\"encryption\":\"cipher_null-ecb\"",
+            "segments.0.encryption",
+        ),
+        (
+            "segments",
+            "\"offset\":\"16777216\"",
+            "\"offset\":\"4194304\"",
+            "segments.0.offset",
+        ),
+        (
+            "segments",
+            "\"size\":\"dynamic\"",
+            "\"size\":\"4096\"",
+            "segments.0.size",
+        ),
+        (
+            "segments",
+            "\"type\":\"crypt\"",
+            "\"type\":\"linear\"",
+            "segments.0.type",
+        ),
+        (
+            "digests",
+            "\"type\":\"pbkdf2\"",
+            "\"type\":\"argon2\"",
+            "digests.type",
+        ),
+        (
+            "digests",
+            "\"hash\":\"sha256\"",
+            "\"hash\":\"whirlpool\"",
+            "digests.hash",
+        ),
+        (
+            "digests",
+            "\"iterations\":1000",
+            "\"iterations\":4000000000",
+            "digests.iterations",
+        ),
+    ];
+    for (section, from, to, want) in cases {
+        let Some(v) = volume(4096) else { return };
+        rewrite_json(&v.path, |j| in_section(j, section, from, to));
+        let e = read_header(&v.path, &pin()).expect_err(want);
+        assert_eq!(field(e), *want, "{to}");
+    }
+}
+
+/// Replaces the first `from` after `"section"` in `json`.
+fn in_section(json: &str, section: &str, from: &str, to: &str) -> String {
+    let at = json.find(&format!("\"{section}\"")).expect("section");
+    let (head, tail) = json.split_at(at);
+    format!("{head}{}", tail.replacen(from, to, 1))
+}
+
+#[test]
+fn a_bad_primary_checksum_falls_back_to_the_secondary() {
+    let Some(v) = volume(4096) else { return };
+    let mut disk = std::fs::read(&v.path).unwrap();
+    disk[BIN_SIZE + 10] ^= 0x20; // inside the primary JSON area
+    std::fs::write(&v.path, &disk).unwrap();
+    let h = read_header(&v.path, &pin()).expect("secondary header");
+    assert!(h.used_secondary);
+    h.check_key(&v.key).expect("right key");
+
+    // Both damaged: refused, naming the checksum.
+    disk[0x4000 + BIN_SIZE + 10] ^= 0x20;
+    std::fs::write(&v.path, &disk).unwrap();
+    assert_eq!(
+        field(read_header(&v.path, &pin()).expect_err("both bad")),
+        "checksum"
+    );
+}
+
+#[test]
+fn not_luks2_is_refused() {
+    let Some(v) = volume(4096) else { return };
+    let mut disk = std::fs::read(&v.path).unwrap();
+    disk[7] = 1; // version 1
+    std::fs::write(&v.path, &disk).unwrap();
+    assert_eq!(
+        field(read_header(&v.path, &pin()).expect_err("v1")),
+        "version"
+    );
+    disk[0] = b'X';
+    std::fs::write(&v.path, &disk).unwrap();
+    assert_eq!(
+        field(read_header(&v.path, &pin()).expect_err("magic")),
+        "magic"
+    );
+}
+
+#[test]
+fn sector_size_512_volume() {
+    let Some(v) = volume(512) else { return };
+    let h = read_header(
+        &v.path,
+        &Luks {
+            sector_size: 512,
+            ..pin()
+        },
+    )
+    .expect("512");
+    h.check_key(&v.key).expect("key");
+}
+
+#[test]
+fn pbkdf2_known_answer() {
+    // RFC 7914 section 11: PBKDF2-HMAC-SHA256("passwd", "salt", 1, 64).
+    let mut out = [0u8; 64];
+    pbkdf2::<Hmac<Sha256>>(b"passwd", b"salt", 1, &mut out);
+    assert_eq!(
+        hex::encode(out),
+        "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc\
+         49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783"
+    );
+}

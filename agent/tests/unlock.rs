@@ -1,0 +1,467 @@
+//! The built agent (feature `simulator`, `--no-poweroff`) against a real
+//! snpguardd on 127.0.0.1: a guest registered with `snpguardctl register`,
+//! a simulated platform from `snpguard-sim init`, launch blobs from
+//! `snpguard-sim launch`, and a LUKS2 volume made by cryptsetup with the
+//! registered VMK.
+//!
+//! Where device-mapper and loop devices are usable (root), the volume is
+//! mapped and read back; elsewhere the run must get exactly as far as the
+//! dm step.
+
+#![cfg(feature = "simulator")]
+
+#[path = "../../snpguardd/tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod bus;
+
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+use snpguard::seal;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const UUID: &str = "5f1d7c2a-0e3b-4a8e-9c61-7b2d4e6f8a10";
+const PLAINTEXT: &[u8] = b"SNPGUARD-AGENT-TEST-PLAINTEXT\n";
+
+fn sibling(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_snpguard-agent")).with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: `cargo build --workspace` (make test does) first",
+        p.display()
+    );
+    p
+}
+
+/// snpguardd with HTTPS on a free loopback port, trusting `ark`.
+struct Daemon {
+    child: Child,
+    port: u16,
+    state: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn daemon_log(state: &Path) -> String {
+    std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
+}
+
+fn start_daemon(bus: &bus::TestBus, dir: &Path, ark: &Path) -> Daemon {
+    let state = dir.join("state");
+    let conf_dir = dir.join("conf.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::copy(ark, conf_dir.join("sim-ark.pem")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    std::fs::write(
+        conf_dir.join("snpguardd.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n\
+             [[test_roots]]\nproduct = \"genoa\"\nark_path = \"sim-ark.pem\"\n\
+             [kds]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let sock_path = dir.join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut child = Command::new(sibling("snpguardd"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--bus")
+        .arg(&bus.address)
+        .arg("--config")
+        .arg(conf_dir.join("snpguardd.toml"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(state.with_extension("log")).unwrap())
+        .spawn()
+        .expect("spawn snpguardd");
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(n) = sock.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                break;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("snpguardd exited {status}; log:\n{}", daemon_log(&state));
+        }
+        assert!(start.elapsed() < DEADLINE, "snpguardd not ready");
+    }
+    Daemon { child, port, state }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A registered guest: the daemon, its bundle, the VMK and the platform.
+struct Guest {
+    _bus_conn: zbus::Connection,
+    _bus: bus::TestBus,
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+    bundle: PathBuf,
+    vmk: Vec<u8>,
+    platform: PathBuf,
+}
+
+async fn registered_guest() -> Option<Guest> {
+    let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
+    let bus = bus::TestBus::start();
+    let polkit = bus::MockPolkit::default();
+    polkit.set_allow(true);
+    let conn = polkit.serve(&bus).await;
+    let dir = tempfile::tempdir().unwrap();
+    let platform = dir.path().join("platform");
+    run(Command::new(sibling("snpguard-sim"))
+        .args(["init", "--product", "genoa", "--dir"])
+        .arg(&platform));
+    let daemon = start_daemon(&bus, dir.path(), &platform.join("ark.pem"));
+
+    // A staging directory as `convert` writes it.
+    let s = dir.path().join("staging");
+    std::fs::create_dir(&s).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut fw = vec![0u8; 2 * 4096];
+    rng.fill_bytes(&mut fw);
+    fw.extend_from_slice(&suffix);
+    std::fs::write(s.join("firmware.fd"), fw).unwrap();
+    let mut blob = vec![0u8; 40_000];
+    rng.fill_bytes(&mut blob);
+    std::fs::write(s.join("kernel"), &blob).unwrap();
+    rng.fill_bytes(&mut blob);
+    std::fs::write(s.join("initrd"), &blob).unwrap();
+    std::fs::write(s.join("cmdline"), "console=ttyS0 root=/dev/mapper/root").unwrap();
+    let public = std::fs::read(daemon.state.join("ingestion.pub")).unwrap();
+    let public = seal::PublicKey::from_bytes(&public).unwrap();
+    let mut vmk = vec![0u8; 64];
+    rng.fill_bytes(&mut vmk);
+    let sealed = seal::seal(&public, seal::INFO_INGEST, b"", &vmk).unwrap();
+    std::fs::write(s.join("vmk.sealed"), sealed.to_bytes()).unwrap();
+    let bundle = dir.path().join("guest.tar.gz");
+    run(Command::new(sibling("snpguardctl"))
+        .arg("--bus-address")
+        .arg(&bus.address)
+        .args([
+            "register",
+            "--name",
+            "guest",
+            "--vcpus",
+            "2",
+            "--vcpu-type",
+            "EPYC-v4",
+            "--allow-smt",
+            "--staging-dir",
+        ])
+        .arg(&s)
+        .arg("--out-bundle")
+        .arg(&bundle));
+    Some(Guest {
+        _bus_conn: conn,
+        _bus: bus,
+        dir,
+        daemon,
+        bundle,
+        vmk,
+        platform,
+    })
+}
+
+impl Guest {
+    /// `snpguard-sim launch` of the bundle, with `extra` overrides.
+    fn launch_blob(&self, name: &str, extra: &[&str]) -> PathBuf {
+        let out = self.dir.path().join(name);
+        run(Command::new(sibling("snpguard-sim"))
+            .args(["launch", "--dir"])
+            .arg(&self.platform)
+            .arg("--bundle")
+            .arg(&self.bundle)
+            .args(extra)
+            .arg("--out")
+            .arg(&out));
+        out
+    }
+
+    /// A 20 MiB LUKS2 file whose volume key is the registered VMK.
+    fn volume(&self) -> PathBuf {
+        let img = self.dir.path().join("disk.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(20 << 20)
+            .unwrap();
+        let vk = self.dir.path().join("vk");
+        std::fs::write(&vk, &self.vmk).unwrap();
+        std::fs::write(self.dir.path().join("pw"), "passphrase").unwrap();
+        run(Command::new("cryptsetup")
+            .args(["luksFormat", "--type", "luks2", "--batch-mode"])
+            .arg("--volume-key-file")
+            .arg(&vk)
+            .arg("--key-file")
+            .arg(self.dir.path().join("pw"))
+            .args(["--key-size", "512", "--pbkdf", "pbkdf2"])
+            .args(["--pbkdf-force-iterations", "1000", "--uuid", UUID])
+            .args(["--cipher", "aes-xts-plain64", "--sector-size", "4096"])
+            .arg(&img));
+        img
+    }
+
+    fn config(&self, device: &Path, blob: &Path, name: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                r#"servers = ["https://localhost:{port}"]
+ca = "{ca}"
+report_source = "simulated"
+[luks]
+device = "{device}"
+uuid = "{UUID}"
+name = "{name}"
+cipher = "aes-xts-plain64"
+key_bytes = 64
+sector_size = 4096
+offset = 16777216
+[retry]
+attempts = 3
+initial_delay_ms = 10
+max_delay_ms = 40
+device_timeout_secs = 5
+[simulator]
+launch = "{blob}"
+"#,
+                port = self.daemon.port,
+                ca = self.daemon.state.join("tls/cert.pem").display(),
+                device = device.display(),
+                blob = blob.display(),
+            ),
+        )
+        .unwrap();
+        p
+    }
+}
+
+fn agent(config: &Path) -> (Option<i32>, Vec<String>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_snpguard-agent"))
+        .args(["unlock", "--no-poweroff", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the agent");
+    let lines = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    // Shown with --nocapture; the console transcript a guest would print.
+    eprintln!("{}", lines.join("\n"));
+    (out.status.code(), lines)
+}
+
+fn failed_line(lines: &[String]) -> &str {
+    let failed: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("snpguard: FAILED: "))
+        .collect();
+    assert_eq!(failed.len(), 1, "exactly one FAILED line: {lines:#?}");
+    failed[0]
+}
+
+/// Whether this host can create dm-crypt mappings on loop devices.
+fn dm_usable() -> bool {
+    rustix::process::getuid().is_root()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/mapper/control")
+            .is_ok()
+        && Path::new("/dev/loop-control").exists()
+}
+
+struct Loop(String);
+
+/// Attaches `img` to a free loop device (root only), or `None`.
+fn loop_device(img: &Path) -> Option<Loop> {
+    if !rustix::process::getuid().is_root() || !Path::new("/dev/loop-control").exists() {
+        return None;
+    }
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(img)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registered_launch_unlocks_the_volume() {
+    let Some(g) = registered_guest().await else {
+        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        return;
+    };
+    let blob = g.launch_blob("launch.json", &[]);
+    let img = g.volume();
+    let name = format!("sgtest{}", std::process::id());
+
+    if !dm_usable() {
+        // Everything up to the dm step: attested, key released and
+        // checked against the header, then the file cannot be mapped.
+        let (code, lines) = agent(&g.config(&img, &blob, &name));
+        assert_eq!(code, Some(1), "{lines:#?}");
+        assert!(
+            lines[0].contains("SIMULATED"),
+            "the simulator build warns first: {lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("snpguard: attested as record ")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "snpguard: the released key opens this volume"),
+            "{lines:#?}"
+        );
+        let f = failed_line(&lines);
+        assert!(f.contains("not a block device"), "{f}");
+
+        // On a loop device (block size, major:minor) the run reaches
+        // device-mapper itself and fails there, naming the control node.
+        if let Some(dev) = loop_device(&img) {
+            let (code, lines) = agent(&g.config(Path::new(&dev.0), &blob, &name));
+            assert_eq!(code, Some(1), "{lines:#?}");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l == &format!("snpguard: found {} (20971520 bytes)", dev.0)),
+                "{lines:#?}"
+            );
+            let f = failed_line(&lines);
+            assert!(f.contains("/dev/mapper/control"), "{f}");
+        }
+        eprintln!("device-mapper unusable here: the mapping itself is not exercised");
+        return;
+    }
+
+    // Full path: write plaintext through cryptsetup, map with the agent,
+    // read it back.
+    let dev = loop_device(&img).expect("a loop device");
+    let pre = format!("{name}pre");
+    run(Command::new("cryptsetup")
+        .args(["open", "--type", "luks2", "--volume-key-file"])
+        .arg(g.dir.path().join("vk"))
+        .arg(&dev.0)
+        .arg(&pre));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(Path::new("/dev/mapper").join(&pre))
+            .unwrap();
+        f.write_all(PLAINTEXT).unwrap();
+        f.sync_all().unwrap();
+    }
+    run(Command::new("cryptsetup").args(["close", &pre]));
+
+    let (code, lines) = agent(&g.config(Path::new(&dev.0), &blob, &name));
+    let mapped = Path::new("/dev/mapper").join(&name);
+    let result = std::fs::File::open(&mapped).and_then(|mut f| {
+        let mut buf = vec![0u8; PLAINTEXT.len()];
+        f.seek(SeekFrom::Start(0))?;
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    });
+    let _ = Command::new("cryptsetup").args(["close", &name]).status();
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert_eq!(result.expect("read the mapping"), PLAINTEXT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_initrd_is_refused_and_nothing_is_mapped() {
+    let Some(g) = registered_guest().await else {
+        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        return;
+    };
+    let other = g.dir.path().join("initrd.evil");
+    std::fs::write(&other, b"a different initrd").unwrap();
+    let blob = g.launch_blob("tampered.json", &["--initrd", other.to_str().unwrap()]);
+    let img = g.volume();
+    let name = format!("sgrefused{}", std::process::id());
+    let (code, lines) = agent(&g.config(&img, &blob, &name));
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let f = failed_line(&lines);
+    assert!(f.contains("refused"), "{f}");
+    assert!(
+        f.contains("attestation-rejected") || f.contains("rejected"),
+        "{f}"
+    );
+    // A refusal is final for the server: one attempt, no retries.
+    let attempts = lines
+        .iter()
+        .filter(|l| l.starts_with("snpguard: attesting to "))
+        .count();
+    assert_eq!(attempts, 1, "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains("key released")));
+    assert!(!Path::new("/dev/mapper").join(&name).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_outside_the_pinned_ca_gets_nothing() {
+    let Some(g) = registered_guest().await else {
+        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        return;
+    };
+    let blob = g.launch_blob("launch.json", &[]);
+    let img = g.volume();
+    let config = g.config(&img, &blob, "sgpin");
+    // Pin the simulated ARK (a valid certificate, but not the daemon's).
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &g.daemon.state.join("tls/cert.pem").display().to_string(),
+        &g.platform.join("ark.pem").display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (code, lines) = agent(&config);
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let f = failed_line(&lines);
+    assert!(f.contains("attestation failed"), "{f}");
+    // Transport failures are retried up to the budget.
+    let attempts = lines
+        .iter()
+        .filter(|l| l.starts_with("snpguard: attesting to "))
+        .count();
+    assert_eq!(attempts, 3, "{lines:#?}");
+}
