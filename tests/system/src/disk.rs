@@ -42,7 +42,7 @@ pub struct LuksDisk {
     pub marker: String,
 }
 
-/// The encryption sector size (LUKS2 then numbers IVs in these units).
+/// The encryption sector size.
 pub const SECTOR_SIZE: usize = 4096;
 
 impl LuksDisk {
@@ -182,9 +182,12 @@ fn header_params(image: &Path) -> Result<LuksDisk, HarnessError> {
 }
 
 /// Encrypts `data` in place as dm-crypt's aes-xts-plain64 does for LUKS2
-/// with [`SECTOR_SIZE`]-byte sectors: sector `n` of the data segment has
-/// the tweak AES(K2, n as a little-endian 128-bit number), the 64-byte key
-/// being K1 || K2 (IEEE 1619 XTS-AES-256; whole sectors, no stealing).
+/// with [`SECTOR_SIZE`]-byte sectors. cryptsetup maps LUKS2 without
+/// `iv_large_sectors` (its table is `… 1 sector_size:4096`), so the IV
+/// still counts 512-byte sectors: encryption sector `n` of the data
+/// segment has the tweak AES(K2, n * 8 as a little-endian 128-bit number),
+/// the 64-byte key being K1 || K2 (IEEE 1619 XTS-AES-256; whole sectors,
+/// no stealing).
 pub fn encrypt_xts_plain64(key: &[u8; 64], data: &mut [u8]) {
     use aes::cipher::{BlockEncrypt, KeyInit};
     assert_eq!(data.len() % SECTOR_SIZE, 0, "whole sectors only");
@@ -192,7 +195,8 @@ pub fn encrypt_xts_plain64(key: &[u8; 64], data: &mut [u8]) {
     let k2 = aes::Aes256::new_from_slice(&key[32..]).expect("32-byte key");
     for (n, sector) in data.chunks_exact_mut(SECTOR_SIZE).enumerate() {
         let mut t = [0u8; 16];
-        t[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        let iv = (n * (SECTOR_SIZE / 512)) as u64;
+        t[..8].copy_from_slice(&iv.to_le_bytes());
         k2.encrypt_block((&mut t).into());
         for block in sector.chunks_exact_mut(16) {
             for (b, x) in block.iter_mut().zip(t) {
@@ -241,7 +245,7 @@ mod tests {
 
     /// Sector 5 of a random segment, encrypted here and by the
     /// `cryptography` package's AES-256-XTS (OpenSSL's) with the plain64
-    /// IV of that sector.
+    /// IV of that sector in 512-byte units (40).
     #[test]
     fn xts_plain64_matches_openssl() {
         let mut key = [0u8; 64];
@@ -254,7 +258,7 @@ mod tests {
         let script = "import sys\n\
             from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes\n\
             key = bytes.fromhex(sys.argv[1])\n\
-            iv = (5).to_bytes(16, 'little')\n\
+            iv = (5 * 8).to_bytes(16, 'little')\n\
             e = Cipher(algorithms.AES(key), modes.XTS(iv)).encryptor()\n\
             sys.stdout.buffer.write(e.update(open(sys.argv[2], 'rb').read()) + e.finalize())\n";
         let out = Command::new("/usr/bin/python3")
