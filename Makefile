@@ -126,6 +126,7 @@ install:
 	$(call install-file,0755,initramfs-tools/scripts/local-top/snpguard,$(SHAREDIR)/initramfs-tools/scripts/local-top/snpguard)
 	$(call install-file,0755,dracut/90snpguard/module-setup.sh,$(SHAREDIR)/dracut/90snpguard/module-setup.sh)
 	$(call install-file,0755,dracut/90snpguard/snpguard-unlock.sh,$(SHAREDIR)/dracut/90snpguard/snpguard-unlock.sh)
+	$(call install-file,0644,dracut/90snpguard/55-snpguard-dm.rules,$(SHAREDIR)/dracut/90snpguard/55-snpguard-dm.rules)
 	$(call install-file,0755,$(AGENT_BIN),$(AGENTDIR)/snpguard-agent)
 
 # The main job on embedded defaults (grows with the project).

@@ -34,6 +34,7 @@ expected=(
     "755 usr/share/snpguard/initramfs-tools/scripts/local-top/snpguard"
     "755 usr/share/snpguard/dracut/90snpguard/module-setup.sh"
     "755 usr/share/snpguard/dracut/90snpguard/snpguard-unlock.sh"
+    "644 usr/share/snpguard/dracut/90snpguard/55-snpguard-dm.rules"
 )
 for xml in dbus/interfaces/*.xml; do
     [ -e "$xml" ] || fail "no dbus/interfaces/*.xml in the repository"
@@ -46,7 +47,8 @@ if [ "$want" != "$got" ]; then
     fail "installed tree differs from the expected one (< expected, > installed)"
 fi
 for f in initramfs-tools/hooks/snpguard initramfs-tools/scripts/local-top/snpguard \
-    dracut/90snpguard/module-setup.sh dracut/90snpguard/snpguard-unlock.sh; do
+    dracut/90snpguard/module-setup.sh dracut/90snpguard/snpguard-unlock.sh \
+    dracut/90snpguard/55-snpguard-dm.rules; do
     cmp -s "$f" "$dest/usr/share/snpguard/$f" || fail "$f differs from its installed copy"
 done
 cmp -s units/snpguardd.socket "$dest/usr/lib/systemd/system/snpguardd.socket" \

@@ -64,6 +64,10 @@ install() {
     inst_simple "$snpguard_config" || snpguard_fail "copying $snpguard_config into the initrd failed"
     inst_simple "$ca" || snpguard_fail "copying $ca into the initrd failed"
     inst_multiple -o poweroff sync sleep
+    # Marks the mapping ready for systemd and links /dev/mapper/<name>
+    # (the guest has no dmsetup, so no device-mapper udev rules).
+    # shellcheck disable=SC2154 # moddir is set by dracut
+    inst_rules "$moddir/55-snpguard-dm.rules"
 
     # Runs in the initqueue once udev has settled, before the root device
     # it maps is waited for (the initqueue's finished condition).

@@ -52,11 +52,15 @@ pub fn install(chroot: &Chroot, flavour: Flavour, files: &GuestFiles) -> Result<
             )?;
         }
         Flavour::Dracut => {
-            for f in ["module-setup.sh", "snpguard-unlock.sh"] {
+            for (f, mode) in [
+                ("module-setup.sh", 0o755),
+                ("snpguard-unlock.sh", 0o755),
+                ("55-snpguard-dm.rules", 0o644),
+            ] {
                 copy(
                     &format!("dracut/90snpguard/{f}"),
                     &format!("/usr/lib/dracut/modules.d/90snpguard/{f}"),
-                    0o755,
+                    mode,
                 )?;
             }
             chroot.write(
