@@ -54,7 +54,7 @@ impl LuksDisk {
         marker: &str,
     ) -> Result<LuksDisk, HarnessError> {
         let tree = dir.join("root-tree");
-        for d in ["sbin", "bin", "proc", "sys", "dev", "run", "tmp"] {
+        for d in ["sbin", "bin", "etc", "proc", "sys", "dev", "run", "tmp"] {
             io(
                 "creating",
                 &tree.join(d),
@@ -80,6 +80,13 @@ impl LuksDisk {
              /bin/busybox poweroff -f\n"
         );
         write_mode(&tree.join("sbin/init"), init.as_bytes(), 0o755)?;
+        // systemd in a dracut initrd refuses to switch to a root without
+        // os-release ("does not seem to be an OS tree"), as a real root has.
+        write_mode(
+            &tree.join("etc/os-release"),
+            b"ID=snpguard-test-root\nNAME=\"SnpGuard test root\"\n",
+            0o644,
+        )?;
 
         let fs = dir.join("root.ext4");
         run(Command::new("truncate")
