@@ -219,6 +219,12 @@ fn initrd_holds_everything(flavour: Flavour) {
         "{} initrd lacks {hook}",
         flavour.name()
     );
+    // dracut's systemd waits for the mapping's device unit, which only the
+    // module's udev rule makes ready (the guest has no dmsetup rules).
+    if flavour == Flavour::Dracut {
+        let rule = "etc/udev/rules.d/55-snpguard-dm.rules";
+        assert!(files.contains(rule), "dracut initrd lacks {rule}");
+    }
     // The bytes in the initrd are the agent's and the config's.
     assert_eq!(
         std::fs::read(chroot.path(AGENT_PATH)).expect("agent in guest"),
