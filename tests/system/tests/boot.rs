@@ -14,7 +14,7 @@
 //! Slow and root-only: `make system-test` (about 1 to 3 minutes a boot).
 
 #[path = "../../../snpguardd/tests/common/mod.rs"]
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)] // dead_code: the module allows it itself
 mod bus;
 
 use std::os::unix::net::UnixDatagram;
