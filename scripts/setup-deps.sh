@@ -69,11 +69,9 @@ declare -A APT=(
     # make check-shell
     [shellcheck]=/usr/bin/shellcheck
 )
-# scripts/launch-qemu-snp.sh (jq; guestfish for --from-partition) and its
-# test (shellcheck).
+# scripts/launch-qemu-snp.sh (jq; guestfish for --from-partition, which
+# the libguestfs step below installs from backports) and its test.
 APT[jq]=/usr/bin/jq
-APT[libguestfs-tools]=/usr/bin/guestfish
-APT[shellcheck]=/usr/bin/shellcheck
 # snpguardctl embed (qemu-img) and tests/guest/build-image.sh.
 APT[qemu-utils]=/usr/bin/qemu-img
 APT[gdisk]=/usr/sbin/sgdisk
@@ -81,6 +79,17 @@ APT[dosfstools]=/usr/sbin/mkfs.vfat
 APT[mtools]=/usr/bin/mcopy
 APT[attr]=/usr/bin/setfattr
 APT[acl]=/usr/bin/setfacl
+# The initrd boot test and the guest root file systems (tests/guest/,
+# tests/system/): debootstrap, LUKS2 images, a static busybox for the
+# test root's init, initrd tools, shellcheck for the initrd scripts.
+APT[debootstrap]=/usr/sbin/debootstrap
+APT[cryptsetup-bin]=/usr/sbin/cryptsetup
+APT[busybox-static]=/usr/share/doc/busybox-static
+APT[cpio]=/usr/bin/cpio
+APT[zstd]=/usr/bin/zstd
+APT[e2fsprogs]=/usr/sbin/mkfs.ext4
+# the reference AES-XTS of the LUKS2 test disk's unit test
+APT[python3-cryptography]=/usr/lib/python3/dist-packages/cryptography
 # pip only when no Python pip is there at all (pyenv's counts).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || APT[python3-pip]=/usr/bin/pip3
 
@@ -122,6 +131,39 @@ fi
 if ! compgen -G '/boot/vmlinuz-*' >/dev/null; then
     log "installing a kernel for the libguestfs appliance"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-image-amd64
+fi
+
+# QEMU >= 9.1 (the sev-snp-guest object of scripts/launch-qemu-snp.sh; the
+# boot test runs it under TCG). Debian 12 has it only in bookworm-backports,
+# whose source is added when missing; Debian 13's own QEMU is new enough.
+qemu_ok() {
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || return 1
+    local major minor
+    read -r major minor < <(qemu-system-x86_64 --version \
+        | sed -n 's/^QEMU emulator version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+    [ -n "${minor:-}" ] || return 1
+    [ "$major" -gt 9 ] || { [ "$major" -eq 9 ] && [ "$minor" -ge 1 ]; }
+}
+if ! qemu_ok; then
+    # shellcheck source=/dev/null
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    qemu_release=()
+    if [ "$codename" = bookworm ]; then
+        if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            log "adding the bookworm-backports source (QEMU >= 9.1)"
+            printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+                'Suites: bookworm-backports' 'Components: main' \
+                'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+                | as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+        fi
+        qemu_release=(-t bookworm-backports)
+    fi
+    log "installing qemu-system-x86 ${qemu_release[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${qemu_release[@]}" qemu-system-x86
+    qemu_ok || { echo "setup: qemu-system-x86_64 >= 9.1 is not installed" >&2; exit 1; }
+else
+    log "QEMU present: $(qemu-system-x86_64 --version | head -n 1)"
 fi
 
 # Rust lints are part of the test run.

@@ -31,6 +31,11 @@ expected=(
     "644 usr/share/dbus-1/system.d/org.snpguard.SnpGuard1.conf"
     "644 usr/share/dbus-1/system-services/org.snpguard.SnpGuard1.service"
     "644 usr/share/polkit-1/actions/org.snpguard.SnpGuard1.policy"
+    "755 usr/share/snpguard/initramfs-tools/hooks/snpguard"
+    "755 usr/share/snpguard/initramfs-tools/scripts/local-top/snpguard"
+    "755 usr/share/snpguard/dracut/90snpguard/module-setup.sh"
+    "755 usr/share/snpguard/dracut/90snpguard/snpguard-unlock.sh"
+    "644 usr/share/snpguard/dracut/90snpguard/55-snpguard-dm.rules"
 )
 for xml in dbus/interfaces/*.xml; do
     [ -e "$xml" ] || fail "no dbus/interfaces/*.xml in the repository"
@@ -48,6 +53,11 @@ if [ "$want" != "$got" ]; then
 fi
 cmp -s agent/kernel-hooks/zz-snpguard-renew "$dest/usr/share/snpguard/kernel/postinst.d/zz-snpguard-renew" \
     || fail "zz-snpguard-renew differs from agent/kernel-hooks/"
+for f in initramfs-tools/hooks/snpguard initramfs-tools/scripts/local-top/snpguard \
+    dracut/90snpguard/module-setup.sh dracut/90snpguard/snpguard-unlock.sh \
+    dracut/90snpguard/55-snpguard-dm.rules; do
+    cmp -s "$f" "$dest/usr/share/snpguard/$f" || fail "$f differs from its installed copy"
+done
 cmp -s units/snpguardd.socket "$dest/usr/lib/systemd/system/snpguardd.socket" \
     || fail "snpguardd.socket differs from units/"
 cmp -s units/snpguardd.service "$dest/usr/lib/systemd/system/snpguardd.service" \

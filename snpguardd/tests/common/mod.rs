@@ -30,11 +30,14 @@ pub struct TestBus {
     child: Child,
 }
 
-/// The project's bus policy file.
+/// The project's bus policy file (found from any workspace member,
+/// including tests/system).
 pub fn policy_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../dbus/org.snpguard.SnpGuard1.conf")
-        .canonicalize()
+        .ancestors()
+        .map(|d| d.join("dbus/org.snpguard.SnpGuard1.conf"))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
         .expect("dbus/org.snpguard.SnpGuard1.conf")
 }
 
