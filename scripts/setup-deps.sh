@@ -109,6 +109,7 @@ fi
 # libguestfs-dev) and its appliance kernel. Debian 12 has a usable 1.48
 # only in bookworm-backports, whose source is added when missing.
 if [ ! -e /usr/bin/guestfish ] || [ ! -e /usr/include/guestfs.h ]; then
+    # shellcheck source=/dev/null
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     guestfs_release=()
     if [ "$codename" = bookworm ]; then

@@ -14,8 +14,8 @@ IMAGE=${1:?usage: bench-convert.sh IMAGE AGENT MODULES_DIR}
 AGENT=${2:?agent}
 MODULES=${3:?modules dir}
 ROOTPART=${ROOTPART:-2}
-export LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
-export LIBGUESTFS_BACKEND_SETTINGS=${LIBGUESTFS_BACKEND_SETTINGS-force_tcg}
+export LIBGUESTFS_BACKEND="${LIBGUESTFS_BACKEND:-direct}"
+export LIBGUESTFS_BACKEND_SETTINGS="${LIBGUESTFS_BACKEND_SETTINGS-force_tcg}"
 SNPGUARDCTL=${SNPGUARDCTL:-target/release/snpguardctl}
 W=$(mktemp -d build/bench-convert.XXXXXX)
 trap 'rm -rf "$W"' EXIT INT TERM

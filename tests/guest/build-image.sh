@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Builds a small Debian-like qcow2 from a root filesystem directory, for the
 # convert/embed tests. Generated, never downloaded.
 #
@@ -28,7 +28,7 @@ LAYOUT=${1:?usage: build-image.sh simple|boot|esp [ROOTFS]}
 ROOTFS=${2:-${SNPGUARD_TEST_ROOTFS:?set SNPGUARD_TEST_ROOTFS to a rootfs dir or tar (tests/guest/build-rootfs.sh)}}
 case $LAYOUT in simple|boot|esp) ;; *) echo "build-image.sh: unknown layout $LAYOUT" >&2; exit 2 ;; esac
 if [ -d "$ROOTFS" ]; then
-	[ -d "$ROOTFS/boot" ] && [ -d "$ROOTFS/etc" ] || {
+	{ [ -d "$ROOTFS/boot" ] && [ -d "$ROOTFS/etc" ]; } || {
 		echo "build-image.sh: $ROOTFS is not a root filesystem" >&2
 		exit 1
 	}
@@ -135,15 +135,15 @@ gpt() {
 }
 case $LAYOUT in
 simple)
-	gpt "$DISK" -n 1:$(mib 1):+1M -t 1:EF02 -c 1:bios \
-		-n 2:$(mib 2):+${ROOT_MIB}M -t 2:8304 -c 2:root
+	gpt "$DISK" -n 1:"$(mib 1)":+1M -t 1:EF02 -c 1:bios \
+		-n 2:"$(mib 2)":+${ROOT_MIB}M -t 2:8304 -c 2:root
 	ROOT_AT=2
 	;;
 boot)
 	mke2fs -q -t ext4 -L boot -U "$BOOT_UUID" -d "$WORK/boot" "$WORK/boot.img" "${BOOT_MIB}M" >&2
-	gpt "$DISK" -n 1:$(mib 1):+1M -t 1:EF02 -c 1:bios \
-		-n 2:$(mib 2):+${BOOT_MIB}M -t 2:EA00 -c 2:boot \
-		-n 3:$(mib $((2 + BOOT_MIB))):+${ROOT_MIB}M -t 3:8304 -c 3:root
+	gpt "$DISK" -n 1:"$(mib 1)":+1M -t 1:EF02 -c 1:bios \
+		-n 2:"$(mib 2)":+${BOOT_MIB}M -t 2:EA00 -c 2:boot \
+		-n 3:"$(mib $((2 + BOOT_MIB)))":+${ROOT_MIB}M -t 3:8304 -c 3:root
 	dd if="$WORK/boot.img" of="$DISK" bs=1M seek=2 conv=notrunc,sparse status=none
 	ROOT_AT=$((2 + BOOT_MIB))
 	;;
@@ -153,8 +153,8 @@ esp)
 	mkdir -p "$WORK/efi/EFI/debian"
 	echo "snpguard test ESP" >"$WORK/efi/EFI/debian/README"
 	mcopy -s -i "$WORK/esp.img" "$WORK/efi/EFI" ::/
-	gpt "$DISK" -n 1:$(mib 1):+${ESP_MIB}M -t 1:EF00 -c 1:esp \
-		-n 2:$(mib $((1 + ESP_MIB))):+${ROOT_MIB}M -t 2:8304 -c 2:root
+	gpt "$DISK" -n 1:"$(mib 1)":+${ESP_MIB}M -t 1:EF00 -c 1:esp \
+		-n 2:"$(mib $((1 + ESP_MIB)))":+${ROOT_MIB}M -t 2:8304 -c 2:root
 	dd if="$WORK/esp.img" of="$DISK" bs=1M seek=1 conv=notrunc status=none
 	ROOT_AT=$((1 + ESP_MIB))
 	;;
