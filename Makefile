@@ -63,7 +63,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The integration tests run the workspace's binaries (snpguardd,
+# snpguardctl, snpguard-sim) next to their own: build them all first.
 unit:
+	$(CARGO) build --workspace --locked
 	$(CARGO) test --workspace --locked
 	$(CARGO) test -p snpguard-agent --features simulator --locked
 
