@@ -105,6 +105,18 @@ else
     log "Debian packages present"
 fi
 
+# Adds Debian 12's bookworm-backports apt source unless one is configured;
+# $1 says what needs it.
+add_backports_source() {
+    if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        log "adding the bookworm-backports source ($1)"
+        printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+            'Suites: bookworm-backports' 'Components: main' \
+            'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+            | as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+    fi
+}
+
 # libguestfs for snpguardctl convert/embed (the guestfs crate links
 # libguestfs-dev) and its appliance kernel. Debian 12 has a usable 1.48
 # only in bookworm-backports, whose source is added when missing.
@@ -113,13 +125,7 @@ if [ ! -e /usr/bin/guestfish ] || [ ! -e /usr/include/guestfs.h ]; then
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     guestfs_release=()
     if [ "$codename" = bookworm ]; then
-        if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-            log "adding the bookworm-backports source (libguestfs)"
-            printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
-                'Suites: bookworm-backports' 'Components: main' \
-                'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
-                | as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
-        fi
+        add_backports_source libguestfs
         guestfs_release=(-t bookworm-backports)
     fi
     log "installing libguestfs-tools libguestfs-dev ${guestfs_release[*]}"
@@ -150,13 +156,7 @@ if ! qemu_ok; then
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     qemu_release=()
     if [ "$codename" = bookworm ]; then
-        if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-            log "adding the bookworm-backports source (QEMU >= 9.1)"
-            printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
-                'Suites: bookworm-backports' 'Components: main' \
-                'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
-                | as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
-        fi
+        add_backports_source 'QEMU >= 9.1'
         qemu_release=(-t bookworm-backports)
     fi
     log "installing qemu-system-x86 ${qemu_release[*]}"
