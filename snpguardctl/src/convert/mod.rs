@@ -23,7 +23,7 @@ use snpguard::seal::{self, PublicKey};
 
 use crate::image::appliance::{gerr, Appliance, Drive};
 use crate::image::copy::{self, IN_DISK, OUT_DISK};
-use crate::image::guest::{self, Install};
+use crate::image::guest::{self, Install, ReportSource};
 use crate::image::inspect;
 use crate::image::luks::{self, LuksParams, RecoveryPassphrase, Vmk};
 use crate::register::{CMDLINE, FIRMWARE, INITRD, KERNEL, SEALED_VMK};
@@ -84,6 +84,62 @@ pub struct Args {
     /// Print a JSON summary instead of text
     #[arg(long)]
     pub json: bool,
+    /// TEST ONLY: the agent attests with snpguard-sim's simulated platform
+    /// (QEMU fw_cfg), for the tests and `make demo`; needs the agent's
+    /// simulator build (a production agent refuses it)
+    #[arg(long)]
+    pub simulated_platform: bool,
+}
+
+/// The report source the agent is configured with.
+fn report_source(a: &Args) -> ReportSource {
+    if a.simulated_platform {
+        ReportSource::Simulated
+    } else {
+        ReportSource::Platform
+    }
+}
+
+/// Runs the agent's own `check-config` on `config` before anything is
+/// converted: the guest's initrd hook runs the same check and would fail
+/// the build minutes later. A production agent refuses
+/// `--simulated-platform` here.
+fn check_agent_config(agent: &Path, config: &str) -> Result<()> {
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    let out = std::process::Command::new(agent)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {} check-config", agent.display()))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        let said = said
+            .lines()
+            .filter(|l| !l.contains("WARNING"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        bail!(
+            "the agent {} rejects the configuration convert would install ({}){}",
+            agent.display(),
+            said.trim(),
+            if selects_simulator(config) {
+                "; --simulated-platform needs the agent's simulator build (make agent-sim), \
+                 never a production agent"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Whether `config` selects the simulated report source.
+fn selects_simulator(config: &str) -> bool {
+    config.contains("report_source = \"simulated\"")
 }
 
 /// A server URL the agent can use: https, no whitespace, bounded.
@@ -196,6 +252,16 @@ pub fn run(a: Args) -> Result<()> {
     if std::fs::canonicalize(&a.out_image).ok().as_ref() == Some(&in_abs) {
         bail!("--out-image must not be the input image");
     }
+    if a.simulated_platform {
+        eprintln!(
+            "WARNING: --simulated-platform: the guest's agent will attest with the SIMULATED \
+             SEV-SNP platform of snpguard-sim. TEST ONLY: this image gets its key from a \
+             daemon that trusts a test root, and proves nothing about real hardware."
+        );
+    }
+    let params = LuksParams::new();
+    let config = guest::agent_config(&a.servers, &params, report_source(&a));
+    check_agent_config(&a.agent, &config)?;
     let key = ingestion_key(&a)?;
     let out = Partial::new(&a.out_image, false)?;
     let staging = Partial::new(&a.out_staging, true)?;
@@ -205,7 +271,6 @@ pub fn run(a: Args) -> Result<()> {
 
     let vmk = Vmk::generate();
     let passphrase = RecoveryPassphrase::generate();
-    let params = LuksParams::new();
     let sealed = seal::seal(&key, seal::INFO_INGEST, b"", vmk.bytes())
         .context("sealing the VMK to the ingestion key")?;
     let mut f = create_private(&staging.path().join(SEALED_VMK))?;
@@ -223,6 +288,7 @@ pub fn run(a: Args) -> Result<()> {
         &vmk,
         &passphrase,
         params,
+        &config,
     )?;
     drop(vmk);
 
@@ -240,6 +306,7 @@ fn convert(
     vmk: &Vmk,
     passphrase: &RecoveryPassphrase,
     params: LuksParams,
+    config: &str,
 ) -> Result<Outcome> {
     let phase = progress.start("inspect", "starting the appliance and inspecting the image");
     crate::image::appliance::configure_environment();
@@ -303,14 +370,13 @@ fn convert(
             .map_err(gerr("mount"))
             .with_context(|| format!("mounting {} of the output image", m.mountpoint))?;
     }
-    let config = guest::agent_config(&a.servers, &params);
     guest::install(
         &app,
         &Install {
             agent: &a.agent,
             modules_dir: &a.modules_dir,
             ca: &a.ca,
-            config: &config,
+            config,
             tool: guest.initrd_tool,
         },
         &guest.root.uuid,
@@ -410,5 +476,42 @@ mod tests {
         assert!(check_server("https://").is_err());
         assert!(check_server("https://a b").is_err());
         assert!(check_server(&format!("https://{}", "a".repeat(3000))).is_err());
+    }
+
+    /// An executable script standing in for the agent.
+    fn fake_agent(dir: &Path, script: &str) -> PathBuf {
+        let p = dir.join("agent");
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_production_agent_refusing_the_simulator_fails_convert_early() {
+        let d = tempfile::tempdir().unwrap();
+        // What a production agent's check-config prints for it.
+        let agent = fake_agent(
+            d.path(),
+            "#!/bin/sh\n[ \"$1\" = check-config ] || exit 2\n\
+             grep -q 'report_source = \"simulated\"' \"$3\" || exit 0\n\
+             echo \"$3: report_source: \\\"simulated\\\" is not compiled into this agent\" >&2\n\
+             exit 1\n",
+        );
+        let params = LuksParams::new();
+        let servers = ["https://10.0.2.2:8443".to_owned()];
+        let sim = guest::agent_config(&servers, &params, ReportSource::Simulated);
+        let e = format!("{:#}", check_agent_config(&agent, &sim).unwrap_err());
+        assert!(e.contains("rejects the configuration"), "{e}");
+        assert!(e.contains("is not compiled into this agent"), "{e}");
+        assert!(e.contains("simulator build (make agent-sim)"), "{e}");
+        let prod = guest::agent_config(&servers, &params, ReportSource::Platform);
+        check_agent_config(&agent, &prod).unwrap();
+    }
+
+    #[test]
+    fn an_agent_that_cannot_run_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let e = check_agent_config(&d.path().join("missing"), "x").unwrap_err();
+        assert!(format!("{e:#}").contains("check-config"), "{e:#}");
     }
 }

@@ -16,6 +16,21 @@ pub const AGENT_PATH: &str = "/usr/lib/snpguard/snpguard-agent";
 pub const CONFIG_PATH: &str = "/etc/snpguard/agent.toml";
 /// The pinned CA's path in the guest.
 pub const CA_PATH: &str = "/etc/snpguard/ca.pem";
+/// Where the simulated platform's launch blob appears in the guest: the
+/// QEMU fw_cfg item `opt/org.snpguard/sim-launch` (`snpguard-sim launch`).
+pub const SIM_LAUNCH_PATH: &str =
+    "/sys/firmware/qemu_fw_cfg/by_name/opt/org.snpguard/sim-launch/raw";
+
+/// Where the guest's agent takes its attestation report from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportSource {
+    /// The SEV-SNP firmware (configfs-tsm, else /dev/sev-guest).
+    Platform,
+    /// snpguard-sim's simulated platform, through QEMU's fw_cfg: tests and
+    /// the demo only. Only the agent's simulator build accepts it; a
+    /// production agent rejects the configuration.
+    Simulated,
+}
 
 /// Kernel parameters convert adds for the guest's initrd framework, as
 /// docs/initrd.md pins them: failing closed (no shell, no prompt, power
@@ -86,15 +101,27 @@ fn toml_str(s: &str) -> String {
     o
 }
 
-/// The agent configuration (/etc/snpguard/agent.toml) for `servers` and
-/// the LUKS2 volume.
-pub fn agent_config(servers: &[String], luks: &LuksParams) -> String {
+/// The agent configuration (/etc/snpguard/agent.toml) for `servers`, the
+/// LUKS2 volume and the report `source`.
+pub fn agent_config(servers: &[String], luks: &LuksParams, source: ReportSource) -> String {
     let servers: Vec<String> = servers.iter().map(|s| toml_str(s)).collect();
+    let (report_source, simulator) = match source {
+        ReportSource::Platform => ("auto", String::new()),
+        ReportSource::Simulated => (
+            "simulated",
+            format!(
+                "\n# TEST ONLY: the simulated platform of snpguard-sim.\n\
+                 [simulator]\n\
+                 launch = {}\n",
+                toml_str(SIM_LAUNCH_PATH)
+            ),
+        ),
+    };
     format!(
         "# Written by snpguardctl convert. Measured as part of the initrd.\n\
          servers = [{servers}]\n\
          ca = {ca}\n\
-         report_source = \"auto\"\n\
+         report_source = \"{report_source}\"\n\
          \n\
          [luks]\n\
          device = {device}\n\
@@ -109,7 +136,8 @@ pub fn agent_config(servers: &[String], luks: &LuksParams) -> String {
          attempts = 5\n\
          initial_delay_ms = 1000\n\
          max_delay_ms = 30000\n\
-         device_timeout_secs = 60\n",
+         device_timeout_secs = 60\n\
+         {simulator}",
         servers = servers.join(", "),
         ca = toml_str(CA_PATH),
         device = toml_str(&format!("UUID={}", luks.uuid)),
@@ -336,7 +364,11 @@ mod tests {
     fn agent_config_is_valid_toml_with_the_pinned_parameters() {
         let mut p = LuksParams::new();
         p.uuid = "0b5c7d1e-aaaa-4bbb-8ccc-123456789abc".into();
-        let c = agent_config(&["https://a:8443".into(), "https://b\"x".into()], &p);
+        let c = agent_config(
+            &["https://a:8443".into(), "https://b\"x".into()],
+            &p,
+            ReportSource::Platform,
+        );
         let v: toml::Table = toml::from_str(&c).expect("valid TOML");
         assert_eq!(
             v["servers"].as_array().unwrap()[1].as_str(),
@@ -353,6 +385,35 @@ mod tests {
         assert_eq!(l["sector_size"].as_integer(), Some(512));
         assert_eq!(l["name"].as_str(), Some("snpguard_root"));
         assert_eq!(v["retry"]["attempts"].as_integer(), Some(5));
+        assert_eq!(v["report_source"].as_str(), Some("auto"));
+        assert!(v.get("simulator").is_none(), "{c}");
+    }
+
+    #[test]
+    fn simulated_platform_config_reads_the_fw_cfg_launch_blob() {
+        let p = LuksParams::new();
+        let c = agent_config(
+            &["https://10.0.2.2:8443".into()],
+            &p,
+            ReportSource::Simulated,
+        );
+        let v: toml::Table = toml::from_str(&c).expect("valid TOML");
+        assert_eq!(v["report_source"].as_str(), Some("simulated"));
+        assert_eq!(
+            v["simulator"]["launch"].as_str(),
+            Some("/sys/firmware/qemu_fw_cfg/by_name/opt/org.snpguard/sim-launch/raw")
+        );
+        // Everything else is what a production conversion writes.
+        let prod: toml::Table = toml::from_str(&agent_config(
+            &["https://10.0.2.2:8443".into()],
+            &p,
+            ReportSource::Platform,
+        ))
+        .unwrap();
+        for key in ["servers", "ca", "luks", "retry"] {
+            assert_eq!(v[key], prod[key], "{key}");
+        }
+        assert_eq!(v.len(), prod.len() + 1, "only [simulator] is added: {c}");
     }
 
     #[test]
