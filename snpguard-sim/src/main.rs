@@ -6,8 +6,11 @@
 //! line) and writes the launch blob the agent's simulated report source
 //! reads; `stage` writes a synthetic staging directory (what `convert`
 //! leaves for `register`) for clients that test registration without
-//! libguestfs. **Test use only**: nothing here is trusted by a production
+//! libguestfs; `polkit` serves an allow-everything polkit authority on a
+//! private bus (`make demo`, tests). **Test use only**: nothing here is trusted by a production
 //! daemon; a test daemon trusts `DIR/ark.pem` through `[[test_roots]]`.
+
+mod polkit;
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +89,13 @@ enum Command {
         #[arg(long, default_value = "console=ttyS0 root=/dev/mapper/root")]
         cmdline: String,
     },
+    /// Serve a polkit authority allowing EVERY action on a private bus.
+    Polkit {
+        /// D-Bus address of the private bus (unix:path=…), never the
+        /// system bus.
+        #[arg(long)]
+        bus: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -120,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             ovmf_suffix,
             cmdline,
         } => stage(&dir, &ingestion_key, &ovmf_suffix, &cmdline),
+        Command::Polkit { bus } => polkit::serve(&bus),
     }
 }
 
