@@ -2,7 +2,7 @@
 # Builds a small Debian-like qcow2 from a root filesystem directory, for the
 # convert/embed tests. Generated, never downloaded.
 #
-#   tests/guest/build-image.sh LAYOUT [ROOTFS]
+#   tests/guest/build-image.sh [--marker] LAYOUT [ROOTFS]
 #
 # LAYOUT is one of
 #   simple  GPT: BIOS boot partition + root (ext4)
@@ -22,9 +22,22 @@
 # with user and trusted xattrs, POSIX ACLs (access and default), hard links,
 # a setuid file owned by 1234:5678, a sparse file, a fifo, a device node and
 # a symlink, so a copy that loses any of these is caught.
+#
+# --marker (the demo and the end-to-end tests): the guest also gets a random
+# token in /etc/snpguard-demo/token and an enabled systemd unit that, once
+# multi-user.target is reached, prints `SNPGUARD-DEMO-BOOTED <token>` to
+# the serial console and powers the machine off. The token is also written
+# beside the image (image-LAYOUT-marker-<hash>.token) for the caller to
+# compare: the line proves that the booted root is this image's. Such
+# images are cached apart from the plain ones.
 set -eu
 
-LAYOUT=${1:?usage: build-image.sh simple|boot|esp [ROOTFS]}
+MARKER=
+if [ "${1:-}" = --marker ]; then
+	MARKER=-marker
+	shift
+fi
+LAYOUT=${1:?usage: build-image.sh [--marker] simple|boot|esp [ROOTFS]}
 ROOTFS=${2:-${SNPGUARD_TEST_ROOTFS:?set SNPGUARD_TEST_ROOTFS to a rootfs dir or tar (tests/guest/build-rootfs.sh)}}
 case $LAYOUT in simple|boot|esp) ;; *) echo "build-image.sh: unknown layout $LAYOUT" >&2; exit 2 ;; esac
 if [ -d "$ROOTFS" ]; then
@@ -41,10 +54,12 @@ else
 fi
 OUTDIR=${SNPGUARD_TEST_IMAGES:-build/guest}
 KEY=$(realpath "$ROOTFS" | sha256sum | cut -c1-8)
-OUT=$OUTDIR/image-$LAYOUT-$KEY.qcow2
+OUT=$OUTDIR/image-$LAYOUT$MARKER-$KEY.qcow2
+TOKEN_FILE=${OUT%.qcow2}.token
 mkdir -p "$OUTDIR"
 
-if [ -f "$OUT" ] && [ "$OUT" -nt "$0" ] && [ "$OUT" -nt "$STAMP" ]; then
+if [ -f "$OUT" ] && [ "$OUT" -nt "$0" ] && [ "$OUT" -nt "$STAMP" ] &&
+	{ [ -z "$MARKER" ] || [ -s "$TOKEN_FILE" ]; }; then
 	echo "$OUT"
 	exit 0
 fi
@@ -89,6 +104,28 @@ mkfifo "$T/fifo"
 mknod "$T/null" c 1 3
 ln -s ../snpguard-test/xattr-file "$T/symlink"
 touch -h -d 2001-02-03T04:05:06Z "$T/symlink" "$T/xattr-file"
+
+if [ -n "$MARKER" ]; then
+	TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+	mkdir -p "$TREE/etc/snpguard-demo"
+	echo "$TOKEN" >"$TREE/etc/snpguard-demo/token"
+	UNIT=snpguard-demo-marker.service
+	cat >"$TREE/etc/systemd/system/$UNIT" <<'EOF_UNIT'
+[Unit]
+Description=SnpGuard demo: report the booted root on the serial console and power off
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "SNPGUARD-DEMO-BOOTED $(cat /etc/snpguard-demo/token)" >/dev/ttyS0'
+ExecStartPost=/bin/systemctl --no-block poweroff
+
+[Install]
+WantedBy=multi-user.target
+EOF_UNIT
+	mkdir -p "$TREE/etc/systemd/system/multi-user.target.wants"
+	ln -sf "../$UNIT" "$TREE/etc/systemd/system/multi-user.target.wants/$UNIT"
+fi
 
 FSTAB="UUID=$ROOT_UUID / ext4 errors=remount-ro 0 1"
 case $LAYOUT in
@@ -163,5 +200,9 @@ dd if="$WORK/root.img" of="$DISK" bs=1M seek="$ROOT_AT" conv=notrunc,sparse stat
 rm -f "$WORK/root.img" "$WORK/boot.img" "$WORK/esp.img"
 
 qemu-img convert -q -f raw -O qcow2 "$DISK" "$WORK/image.qcow2"
+if [ -n "$MARKER" ]; then
+	echo "$TOKEN" >"$WORK/token"
+	mv "$WORK/token" "$TOKEN_FILE"
+fi
 mv "$WORK/image.qcow2" "$OUT"
 echo "$OUT"
