@@ -3,8 +3,9 @@
 //! ([`rootfs`]), a chroot of it ([`chroot`]), an initrd built inside that
 //! chroot by the guest's own tool with our module, agent, configuration
 //! and CA ([`initrd`]), a LUKS2 disk whose root prints a marker
-//! ([`disk`]), and a QEMU/TCG boot with a deadline whose serial log the
-//! tests read ([`qemu`]).
+//! ([`disk`]), a QEMU/TCG boot with a deadline whose serial log the
+//! tests read ([`qemu`]), and the host side of a boot: TLS, the simulated
+//! platform, the test polkit and snpguardd on a private bus ([`host`]).
 //!
 //! Everything here needs root (debootstrap, chroot, mounts, dm) and the
 //! tools `scripts/setup-deps.sh` installs. The tests are `#[ignore]`d in
@@ -13,6 +14,7 @@
 pub mod chroot;
 pub mod cmd;
 pub mod disk;
+pub mod host;
 pub mod initrd;
 pub mod qemu;
 pub mod rootfs;

@@ -7,6 +7,19 @@ use std::time::{Duration, Instant};
 
 use crate::cmd::{describe, io, HarnessError};
 
+/// Text that only a shell prompt or rescue mode prints: a refused guest
+/// must never show any of it.
+pub const SHELL_SIGNS: &[&str] = &[
+    "(initramfs)",
+    "BusyBox v",
+    "Entering emergency mode",
+    "emergency shell",
+    "Give root password",
+    "Press Enter for maintenance",
+    "dracut:/#",
+    "can't access tty",
+];
+
 /// One boot's set-up.
 pub struct Boot<'a> {
     /// The guest's kernel.
@@ -15,7 +28,8 @@ pub struct Boot<'a> {
     pub initrd: &'a Path,
     /// The kernel command line.
     pub append: &'a str,
-    /// A virtio disk (/dev/vda in the guest).
+    /// A virtio disk (/dev/vda in the guest): a raw image, or a qcow2
+    /// when its name ends in `.qcow2`.
     pub disk: Option<&'a Path>,
     /// `-fw_cfg name=NAME,file=PATH` items.
     pub fw_cfg: Vec<(String, PathBuf)>,
@@ -41,6 +55,15 @@ impl Outcome {
     /// or a hang).
     pub fn powered_off(&self) -> bool {
         self.exited.is_some() && self.log.contains("reboot: Power down")
+    }
+
+    /// The [`SHELL_SIGNS`] the console shows.
+    pub fn shell_signs(&self) -> Vec<&'static str> {
+        SHELL_SIGNS
+            .iter()
+            .copied()
+            .filter(|s| self.log.contains(s))
+            .collect()
     }
 }
 
@@ -78,8 +101,13 @@ impl Boot<'_> {
             .arg("-serial")
             .arg(format!("file:{}", log.display()));
         if let Some(disk) = self.disk {
+            let format = if disk.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
             cmd.arg("-drive")
-                .arg(format!("if=virtio,format=raw,file={}", disk.display()));
+                .arg(format!("if=virtio,format={format},file={}", disk.display()));
         }
         for (name, file) in &self.fw_cfg {
             cmd.arg("-fw_cfg")

@@ -17,25 +17,21 @@
 #[allow(unused_imports)] // dead_code: the module allows it itself
 mod bus;
 
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use rand::RngCore;
 use snpguard::seal;
 use snpguard_systest::chroot::Chroot;
 use snpguard_systest::disk::{LuksDisk, MARKER_PREFIX};
+use snpguard_systest::host::{self, Daemon, Polkit, FW_CFG_NAME, SIM_LAUNCH};
 use snpguard_systest::initrd::{self, GuestFiles, CA_PATH};
 use snpguard_systest::qemu::Boot;
 use snpguard_systest::rootfs::{Flavour, Rootfs};
 
-const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// A TCG boot on a loaded 2-core machine, with room.
 const BOOT_DEADLINE: Duration = Duration::from_secs(600);
-/// Where QEMU's fw_cfg item appears in the guest.
-const SIM_LAUNCH: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.snpguard/sim-launch/raw";
-const FW_CFG_NAME: &str = "opt/org.snpguard/sim-launch";
 const MAPPING: &str = "snpguard_root";
 
 /// The command line `convert` writes for `flavour` (docs/initrd.md).
@@ -48,18 +44,6 @@ fn cmdline(flavour: Flavour) -> String {
         }
     }
 }
-
-/// Text that only a shell prompt or rescue mode prints.
-const SHELL_SIGNS: &[&str] = &[
-    "(initramfs)",
-    "BusyBox v",
-    "Entering emergency mode",
-    "emergency shell",
-    "Give root password",
-    "Press Enter for maintenance",
-    "dracut:/#",
-    "can't access tty",
-];
 
 fn scratch() -> tempfile::TempDir {
     let base = snpguard_systest::repo_root().join("build/systest");
@@ -82,91 +66,6 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// snpguardd on the test bus, HTTPS on a free loopback port with a
-/// certificate for 10.0.2.2, trusting the simulated platform's root.
-struct Daemon {
-    child: Child,
-    port: u16,
-    state: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
-    }
-
-    fn start(bus: &bus::TestBus, dir: &Path, ark: &Path, tls: &Path) -> Daemon {
-        let state = dir.join("state");
-        let conf = dir.join("conf.d");
-        std::fs::create_dir_all(&conf).expect("conf.d");
-        std::fs::copy(ark, conf.join("sim-ark.pem")).expect("ark");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        std::fs::write(
-            conf.join("snpguardd.toml"),
-            format!(
-                "listen = \"127.0.0.1:{port}\"\n\
-                 tls_cert = \"{}\"\n\
-                 tls_key = \"{}\"\n\
-                 [[test_roots]]\nproduct = \"genoa\"\nark_path = \"sim-ark.pem\"\n\
-                 [kds]\nenabled = false\n",
-                tls.join("server.pem").display(),
-                tls.join("server.key").display(),
-            ),
-        )
-        .expect("daemon config");
-        let sock_path = dir.join("notify");
-        let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
-        sock.set_read_timeout(Some(Duration::from_millis(500)))
-            .expect("timeout");
-        let log = std::fs::File::create(state.with_extension("log")).expect("daemon log");
-        let child = Command::new(snpguard_systest::workspace_binary("snpguardd"))
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--bus")
-            .arg(&bus.address)
-            .arg("--config")
-            .arg(conf.join("snpguardd.toml"))
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn snpguardd");
-        let mut d = Daemon { child, port, state };
-        let start = Instant::now();
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Ok(n) = sock.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-                {
-                    return d;
-                }
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("snpguardd exited {status}; log:\n{}", d.log());
-            }
-            assert!(
-                start.elapsed() < READY_DEADLINE,
-                "snpguardd not ready; log:\n{}",
-                d.log()
-            );
-        }
-    }
-}
-
 /// How the guest is launched relative to what was registered.
 #[derive(Clone, Copy, PartialEq)]
 enum Launch {
@@ -183,7 +82,7 @@ struct Run {
     marker: String,
 }
 
-async fn boot(flavour: Flavour, launch: Launch) -> Run {
+fn boot(flavour: Flavour, launch: Launch) -> Run {
     let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
         .expect("the AMD test data (SNPGUARD_TESTDATA; the Makefile sets it)");
     let dir = scratch();
@@ -196,21 +95,14 @@ async fn boot(flavour: Flavour, launch: Launch) -> Run {
 
     // The host side: bus + polkit, TLS for 10.0.2.2, platform, daemon.
     let bus = bus::TestBus::start();
-    let polkit = bus::MockPolkit::default();
-    polkit.set_allow(true);
-    let _conn = polkit.serve(&bus).await;
+    let _polkit = Polkit::start(&bus.address, &d.join("polkit.log")).expect("test polkit");
     let tls = d.join("tls");
-    run(
-        Command::new(snpguard_systest::repo_root().join("scripts/generate-tls-certs.sh"))
-            .arg("--output")
-            .arg(&tls)
-            .args(["--ip", "10.0.2.2", "--ip", "127.0.0.1", "--days", "2"]),
-    );
+    host::generate_tls(&tls).expect("TLS certificates");
     let platform = d.join("platform");
-    run(Command::new(&sim)
-        .args(["init", "--product", "genoa", "--dir"])
-        .arg(&platform));
-    let daemon = Daemon::start(&bus, d, &platform.join("ark.pem"), &tls);
+    host::sim_platform(&platform).expect("simulated platform");
+    let port = host::free_port().expect("free port");
+    let daemon =
+        Daemon::start(&bus.address, d, &platform.join("ark.pem"), &tls, port).expect("snpguardd");
 
     // The VMK, the disk it encrypts, and the agent configuration pinning it.
     let mut vmk = [0u8; 64];
@@ -346,12 +238,7 @@ async fn boot(flavour: Flavour, launch: Launch) -> Run {
 }
 
 fn unlocks(flavour: Flavour) -> Run {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let r = rt.block_on(boot(flavour, Launch::Registered));
+    let r = boot(flavour, Launch::Registered);
     let log = &r.outcome.log;
     assert!(
         log.contains(&format!("{MARKER_PREFIX}{}", r.marker)),
@@ -368,12 +255,7 @@ fn unlocks(flavour: Flavour) -> Run {
 }
 
 fn refuses_wrong_measurement(flavour: Flavour) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let r = rt.block_on(boot(flavour, Launch::WrongMeasurement));
+    let r = boot(flavour, Launch::WrongMeasurement);
     let log = &r.outcome.log;
     let failed: Vec<&str> = log
         .lines()
@@ -393,9 +275,8 @@ fn refuses_wrong_measurement(flavour: Flavour) {
         !log.contains(MARKER_PREFIX),
         "the root was reached without a key:\n{log}"
     );
-    for sign in SHELL_SIGNS {
-        assert!(!log.contains(sign), "a shell showed up ({sign:?}):\n{log}");
-    }
+    let signs = r.outcome.shell_signs();
+    assert!(signs.is_empty(), "a shell showed up ({signs:?}):\n{log}");
     assert!(
         r.daemon_log.to_lowercase().contains("measurement"),
         "the daemon's log names the measurement:\n{}",
