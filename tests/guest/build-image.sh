@@ -25,8 +25,9 @@
 #
 # --marker (the demo and the end-to-end tests): the guest also gets a random
 # token in /etc/snpguard-demo/token and an enabled systemd unit that, once
-# multi-user.target is reached, prints `SNPGUARD-DEMO-BOOTED <token>` to
-# the serial console and powers the machine off. The token is also written
+# multi-user.target is reached, prints `SNPGUARD-DEMO-BOOTED <token>` on a
+# line of its own on the serial console (a getty may have left terminal
+# queries on the current one) and powers the machine off. The token is also written
 # beside the image (image-LAYOUT-marker-<hash>.token) for the caller to
 # compare: the line proves that the booted root is this image's. Such
 # images are cached apart from the plain ones.
@@ -110,6 +111,13 @@ if [ -n "$MARKER" ]; then
 	mkdir -p "$TREE/etc/snpguard-demo"
 	echo "$TOKEN" >"$TREE/etc/snpguard-demo/token"
 	UNIT=snpguard-demo-marker.service
+	cat >"$TREE/usr/local/sbin/snpguard-demo-marker" <<'EOF_SCRIPT'
+#!/bin/sh
+# On a line of its own: a getty may have left terminal queries on the
+# current one.
+printf '\nSNPGUARD-DEMO-BOOTED %s\n' "$(cat /etc/snpguard-demo/token)" >/dev/ttyS0
+EOF_SCRIPT
+	chmod 0755 "$TREE/usr/local/sbin/snpguard-demo-marker"
 	cat >"$TREE/etc/systemd/system/$UNIT" <<'EOF_UNIT'
 [Unit]
 Description=SnpGuard demo: report the booted root on the serial console and power off
@@ -117,7 +125,7 @@ After=multi-user.target
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "SNPGUARD-DEMO-BOOTED $(cat /etc/snpguard-demo/token)" >/dev/ttyS0'
+ExecStart=/usr/local/sbin/snpguard-demo-marker
 ExecStartPost=/bin/systemctl --no-block poweroff
 
 [Install]
