@@ -8,7 +8,7 @@ export SNPGUARD_TESTDATA
 
 .PHONY: all build deps test test-convert lint unit check-units check-install check-scripts \
 	install demo bench clean agent agent-sim check-agent check-shell check-launch test-cockpit \
-	system-test
+	system-test test-e2e
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -112,8 +112,8 @@ check-scripts:
 system-test: agent-sim
 	$(CARGO) build --workspace --locked
 	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) \
-		$(CARGO) test -p snpguard-systest --locked -- --ignored --test-threads=1 \
-		$(SYSTEM_TEST_FILTER)
+		$(CARGO) test -p snpguard-systest --locked --lib --test boot --test initrd \
+		-- --ignored --test-threads=1 $(SYSTEM_TEST_FILTER)
 
 # The dracut flavour's wrong-measurement boot (~3 minutes under TCG; the
 # same agent refusal is booted with initramfs-tools) runs with
@@ -137,7 +137,7 @@ test-cockpit:
 
 # Every test, after installing what the tests need (idempotent).
 test: deps lint check-shell check-scripts check-units check-install check-agent unit \
-	check-launch test-cockpit system-test test-convert
+	check-launch test-cockpit system-test test-convert test-e2e
 
 # convert and embed through libguestfs under TCG (slow: about 25 minutes
 # on 2 cores). The guest root filesystem and the test images are cached
@@ -164,6 +164,24 @@ test-convert:
 # `make test-convert CONVERT_TEST_FILTER=`.
 CONVERT_TEST_FILTER ?= --skip converts_a_separate_boot_with_an_explicit_kernel \
 	--skip converts_the_esp_layout
+
+# The fixed libguestfs appliance of test-convert and test-e2e (scripts/
+# demo.sh builds the same when it is missing).
+$(BUILD_DIR)/guestfs-appliance/root:
+	LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
+		libguestfs-make-fixed-appliance $(BUILD_DIR)/guestfs-appliance
+
+# End to end, the refusals (tests/system/tests/e2e.rs): one Debian image
+# converted with the agent's simulator build (about 7 minutes), then per
+# case a TCG boot from its bundle on a qcow2 overlay: an initrd changed
+# after registration, a disabled record, a pending launch refused until
+# approved. Needs root; the guest root file system is cached under
+# $(BUILD_DIR).
+test-e2e: agent-sim $(BUILD_DIR)/guestfs-appliance/root
+	$(CARGO) build --workspace --locked
+	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) LIBGUESTFS_BACKEND=direct \
+		LIBGUESTFS_PATH='$(abspath $(BUILD_DIR)/guestfs-appliance)' \
+		$(CARGO) test -p snpguard-systest --locked --test e2e -- --ignored --test-threads=1
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)
@@ -193,9 +211,11 @@ install:
 	install -d '$(DESTDIR)$(COCKPITDIR)'
 	install -m 0644 $(COCKPIT_FILES) '$(DESTDIR)$(COCKPITDIR)/'
 
-# The main job on embedded defaults (grows with the project).
-demo: deps build
-	./scripts/demo.sh
+# The main job end to end: a Debian guest converted, registered, embedded
+# and booted under QEMU/TCG with the simulated platform (scripts/demo.sh;
+# DEMO_INITRD=dracut for a dracut guest).
+demo: deps build agent-sim
+	SNPGUARD_BUILD_DIR='$(abspath $(BUILD_DIR))' ./scripts/demo.sh
 
 # Benchmarks; numbers go into docs/performance.md.
 bench:
