@@ -243,14 +243,19 @@ show tar -xzf "$run/launch-artifacts.tar.gz" -C "$run/bundle"
 # agent's simulated report source through fw_cfg.
 show "$sim" launch --dir "$run/platform" --bundle "$run/launch-artifacts.tar.gz" \
     --out "$run/sim-launch.json"
-printf '$ qemu-system-x86_64 … (serial console: %s)\n' "$run/serial.log"
-qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -nographic -no-reboot -monitor none \
-    -kernel "$run/bundle/kernel" -initrd "$run/bundle/initrd" \
-    -append "$(cat "$run/bundle/cmdline")" \
-    -drive "if=virtio,format=qcow2,file=$run/guest.qcow2" \
-    -netdev user,id=net0 -device virtio-net-pci,netdev=net0 -device virtio-rng-pci \
-    -fw_cfg "name=opt/org.snpguard/sim-launch,file=$run/sim-launch.json" \
-    -serial "file:$run/serial.log" </dev/null >"$run/qemu.log" 2>&1 &
+# On hardware this is scripts/launch-qemu-snp.sh (sev-snp-guest object, ID
+# block, kernel hashes); here TCG with the simulated platform's blob.
+qemu=(qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -nographic -no-reboot -monitor none
+    -kernel "$run/bundle/kernel" -initrd "$run/bundle/initrd"
+    -append "$(cat "$run/bundle/cmdline")"
+    -drive "if=virtio,format=qcow2,file=$run/guest.qcow2"
+    -netdev "user,id=net0" -device "virtio-net-pci,netdev=net0" -device virtio-rng-pci
+    -fw_cfg "name=opt/org.snpguard/sim-launch,file=$run/sim-launch.json"
+    -serial "file:$run/serial.log")
+printf '$'
+printf ' %q' "${qemu[@]}"
+printf ' &\n'
+"${qemu[@]}" </dev/null >"$run/qemu.log" 2>&1 &
 qemu_pid=$!
 pids+=("$qemu_pid")
 deadline=$((SECONDS + boot_timeout))
@@ -262,7 +267,8 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
     sleep 1
 done
 wait "$qemu_pid" || die "QEMU failed; $run/qemu.log"
-grep -a 'snpguard:' "$run/serial.log" | tr -d '\r' || true
+# The agent's console lines (it also logs them to the kernel log).
+grep -a '^snpguard:' "$run/serial.log" | tr -d '\r' || true
 if grep -aq 'snpguard: FAILED:' "$run/serial.log"; then
     die "the agent was refused; serial log: $run/serial.log, daemon log: $run/snpguardd.log"
 fi
