@@ -90,6 +90,8 @@ APT[zstd]=/usr/bin/zstd
 APT[e2fsprogs]=/usr/sbin/mkfs.ext4
 # the reference AES-XTS of the LUKS2 test disk's unit test
 APT[python3-cryptography]=/usr/lib/python3/dist-packages/cryptography
+# make demo fetches the daemon's ingestion key over HTTPS as a user would.
+APT[curl]=/usr/bin/curl
 # pip only when no Python pip is there at all (pyenv's counts).
 command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || APT[python3-pip]=/usr/bin/pip3
 
