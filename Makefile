@@ -139,31 +139,33 @@ test-cockpit:
 test: deps lint check-shell check-scripts check-units check-install check-agent unit \
 	check-launch test-cockpit system-test test-convert
 
-# convert and embed through libguestfs under TCG (slow: about 25 minutes
-# on 2 cores). The guest root filesystem and the test images are cached
-# under $(BUILD_DIR); SNPGUARD_TEST_ROOTFS=DIR-or-TAR skips the build. A
-# fixed libguestfs appliance (built once) keeps the tests off supermin's
-# shared cache, which is rebuilt under running appliances whenever host
-# packages change.
+# convert and embed through libguestfs under TCG (slow: about NN minutes
+# on 2 cores): the simple and separate-/boot layouts on the initramfs-tools
+# guest, the ESP layout on the dracut guest, the refusals, Ctrl-C and
+# embed. The guest root filesystems and the test images are cached under
+# $(BUILD_DIR); SNPGUARD_TEST_ROOTFS / SNPGUARD_TEST_ROOTFS_DRACUT =
+# DIR-or-TAR skip their builds. A fixed libguestfs appliance (built once;
+# LIBGUESTFS_PATH=DIR uses another) keeps the tests off supermin's shared
+# cache, which is rebuilt under running appliances whenever host packages
+# change. CONVERT_TEST_FILTER selects tests (cargo test's filter and
+# --skip NAME).
 SNPGUARD_TEST_ROOTFS ?= $(BUILD_DIR)/guest/initramfs-tools/rootfs.tar
+SNPGUARD_TEST_ROOTFS_DRACUT ?= $(BUILD_DIR)/guest/dracut/rootfs.tar
+LIBGUESTFS_PATH ?= $(BUILD_DIR)/guestfs-appliance
+CONVERT_TEST_FILTER ?=
 test-convert:
-	@test -e '$(SNPGUARD_TEST_ROOTFS)' || test -x tests/guest/build-rootfs.sh || { \
-		echo "test-convert: set SNPGUARD_TEST_ROOTFS or add tests/guest/build-rootfs.sh" >&2; exit 1; }
 	@test -e '$(SNPGUARD_TEST_ROOTFS)' || ./tests/guest/build-rootfs.sh \
 		--flavour initramfs-tools --out $(BUILD_DIR)/guest/initramfs-tools
-	@test -f $(BUILD_DIR)/guestfs-appliance/root || LIBGUESTFS_BACKEND=direct \
+	@test -e '$(SNPGUARD_TEST_ROOTFS_DRACUT)' || ./tests/guest/build-rootfs.sh \
+		--flavour dracut --out $(BUILD_DIR)/guest/dracut
+	@test -f '$(LIBGUESTFS_PATH)/root' || LIBGUESTFS_BACKEND=direct \
 		LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
-		libguestfs-make-fixed-appliance $(BUILD_DIR)/guestfs-appliance
-	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' LIBGUESTFS_BACKEND=direct \
-		LIBGUESTFS_PATH='$(abspath $(BUILD_DIR)/guestfs-appliance)' \
+		libguestfs-make-fixed-appliance '$(LIBGUESTFS_PATH)'
+	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
+		SNPGUARD_TEST_ROOTFS_DRACUT='$(abspath $(SNPGUARD_TEST_ROOTFS_DRACUT))' \
+		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(LIBGUESTFS_PATH))' \
 		$(CARGO) test -p snpguardctl --locked --test convert --test embed -- --ignored \
 		$(CONVERT_TEST_FILTER)
-
-# `make test` runs the simple layout, embed, the refusals and Ctrl-C; the
-# separate-/boot and ESP layouts (another ~12 minutes) run with
-# `make test-convert CONVERT_TEST_FILTER=`.
-CONVERT_TEST_FILTER ?= --skip converts_a_separate_boot_with_an_explicit_kernel \
-	--skip converts_the_esp_layout
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)

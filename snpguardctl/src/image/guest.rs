@@ -452,8 +452,8 @@ mod tests {
         // The shipped fixture links to the real hook.
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert/modules");
         let hook = kernel_hook(&fixture).unwrap();
-        let real = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../agent/kernel-hooks/zz-snpguard-renew");
+        let real =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/kernel-hooks/zz-snpguard-renew");
         assert_eq!(std::fs::read(hook).unwrap(), std::fs::read(real).unwrap());
     }
 }
