@@ -32,7 +32,10 @@ pub const MAX_ARTIFACTS: usize = (MAX_RENEW_BODY - ENVELOPE) / 4 * 3;
 
 /// What OVMF appends to the command line it hands a kernel booted from
 /// QEMU's fw_cfg with an initrd (so that the EFI stub finds the initrd on
-/// its in-memory file system). It is not part of the measured command
+/// its in-memory file system): edk2's `OvmfPkg/Library/X86QemuLoadImageLib`
+/// (`QemuLoadKernelImage`) formats the load options as the fw_cfg command
+/// line followed by this suffix whenever the initrd is not empty, also
+/// after an empty command line. It is not part of the measured command
 /// line, which is the one QEMU was given.
 const OVMF_INITRD_SUFFIX: &str = " initrd=initrd";
 

@@ -16,7 +16,7 @@ use snpguard::attest::{
 };
 use snpguardd::attest::{AttestError, AttestHandler};
 use snpguardd::https::load::{load, Conn, Target};
-use snpguardd::https::{serve, server_config, Limits, ServeError, TlsMaterial};
+use snpguardd::https::{serve, server_config, Limits, RateFloor, ServeError, TlsMaterial};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc as amp, oneshot};

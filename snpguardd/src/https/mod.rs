@@ -71,6 +71,9 @@ pub struct Limits {
     pub max_renew_body: usize,
     /// Time for a whole `/v1/renew` request: body and handler.
     pub renew_timeout: Duration,
+    /// The slowest average upload a `/v1/renew` body may arrive at: one
+    /// renewal holds the only slot while its body arrives.
+    pub renew_floor: RateFloor,
     /// Requests per second a source regains (token bucket refill).
     pub per_ip_rate: f64,
     /// Requests a source may make at once (token bucket size).
@@ -90,12 +93,34 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
+/// A minimum average upload rate, enforced once `grace` has passed (a
+/// TLS connection and the first frames may be slow to start).
+#[derive(Debug, Clone, Copy)]
+pub struct RateFloor {
+    /// Bytes per second, averaged over the whole upload so far.
+    pub bytes_per_sec: u64,
+    /// Time before the floor applies.
+    pub grace: Duration,
+}
+
+impl RateFloor {
+    /// Whether `received` bytes after `elapsed` are below the floor.
+    pub fn too_slow(&self, received: usize, elapsed: Duration) -> bool {
+        elapsed > self.grace
+            && (received as u128) * 1000 < u128::from(self.bytes_per_sec) * elapsed.as_millis()
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body: snpguard::attest::MAX_BODY,
             max_renew_body: snpguard::attest::MAX_RENEW_BODY,
             renew_timeout: Duration::from_secs(600),
+            renew_floor: RateFloor {
+                bytes_per_sec: 256 * 1024,
+                grace: Duration::from_secs(15),
+            },
             per_ip_rate: 20.0,
             per_ip_burst: 200,
             max_connections: 512,
@@ -122,6 +147,9 @@ impl Limits {
         }
         if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
             return bad("max_connections must be positive");
+        }
+        if self.renew_floor.bytes_per_sec == 0 {
+            return bad("renew_floor.bytes_per_sec must be positive");
         }
         if self.max_tracked_sources == 0 {
             return bad("max_tracked_sources must be positive");
@@ -361,4 +389,26 @@ fn logged_path(path: &str) -> &str {
         end -= 1;
     }
     &path[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_floor_applies_after_its_grace_on_the_average() {
+        let f = RateFloor {
+            bytes_per_sec: 1000,
+            grace: Duration::from_secs(2),
+        };
+        // Nothing yet, but within the grace.
+        assert!(!f.too_slow(0, Duration::from_millis(1999)));
+        assert!(f.too_slow(0, Duration::from_millis(2001)));
+        // 3 s at exactly the floor passes; one byte fewer does not.
+        assert!(!f.too_slow(3000, Duration::from_secs(3)));
+        assert!(f.too_slow(2999, Duration::from_secs(3)));
+        // A fast start covers a later stall while the average holds.
+        assert!(!f.too_slow(10_000, Duration::from_secs(9)));
+        assert!(f.too_slow(10_000, Duration::from_secs(11)));
+    }
 }

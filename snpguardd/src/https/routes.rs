@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use snpguard::attest::{b64, AttestRequest, ErrorBody, IngestionKeyResponse, RenewRequest};
 
-use super::Shared;
+use super::{RateFloor, Shared};
 use crate::attest::AttestError;
 
 /// After a body over the limit, up to this many more bytes are read and
@@ -21,6 +21,8 @@ use crate::attest::AttestError;
 const DRAIN_MAX: usize = 256 * 1024;
 /// How long that draining may take at most.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// How often a rate-floored body is checked while no data arrives.
+const FLOOR_CHECK: Duration = Duration::from_secs(1);
 /// Longest serde message passed back to the client.
 const MAX_DETAIL: usize = 160;
 
@@ -179,7 +181,7 @@ where
         }
         Endpoint::Challenge => {
             let json = is_json(req.headers());
-            let body = match read_body(req, shared.limits.max_body, deadline).await {
+            let body = match read_body(req, shared.limits.max_body, None, deadline).await {
                 Ok(body) => body,
                 Err(reply) => return reply,
             };
@@ -198,7 +200,7 @@ where
             if !is_json(req.headers()) {
                 return unsupported_media_type();
             }
-            let body = match read_body(req, shared.limits.max_body, deadline).await {
+            let body = match read_body(req, shared.limits.max_body, None, deadline).await {
                 Ok(body) => body,
                 Err(reply) => return reply,
             };
@@ -229,7 +231,14 @@ where
                 )
                 .closing();
             };
-            let body = match read_body(req, shared.limits.max_renew_body, deadline).await {
+            let body = match read_body(
+                req,
+                shared.limits.max_renew_body,
+                Some(shared.limits.renew_floor),
+                deadline,
+            )
+            .await
+            {
                 Ok(body) => body,
                 Err(reply) => return reply,
             };
@@ -321,7 +330,12 @@ fn too_large(max: usize) -> Reply {
 
 /// Reads the whole body, at most `max` bytes, counting what arrives (a
 /// declared Content-Length over the limit only fails earlier).
-async fn read_body<B>(req: Request<B>, max: usize, deadline: Instant) -> Result<Bytes, Reply>
+async fn read_body<B>(
+    req: Request<B>,
+    max: usize,
+    floor: Option<RateFloor>,
+    deadline: Instant,
+) -> Result<Bytes, Reply>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -340,6 +354,9 @@ where
             drain(&mut body).await;
         }
         return Err(too_large(max));
+    }
+    if let Some(floor) = floor {
+        return read_at_rate(&mut body, max, floor, deadline).await;
     }
     let read = Limited::new(&mut body, max).collect();
     match tokio::time::timeout_at(deadline.into(), read).await {
@@ -361,6 +378,88 @@ where
         )
         .closing()),
     }
+}
+
+/// Reads a body of at most `max` bytes that must keep arriving at
+/// `floor.bytes_per_sec` on average once `floor.grace` has passed, so that
+/// a client trickling its upload cannot hold the one renewal slot until
+/// the deadline. Checked at every frame and every [`FLOOR_CHECK`].
+async fn read_at_rate<B>(
+    body: &mut B,
+    max: usize,
+    floor: RateFloor,
+    deadline: Instant,
+) -> Result<Bytes, Reply>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(FLOOR_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut data = bytes::BytesMut::new();
+    let read = async {
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                _ = tick.tick() => {
+                    if floor.too_slow(data.len(), started.elapsed()) {
+                        return Err(too_slow(floor));
+                    }
+                    continue;
+                }
+            };
+            match frame {
+                None => return Ok(data.split().freeze()),
+                Some(Err(_)) => {
+                    return Err(Reply::error(
+                        StatusCode::BAD_REQUEST,
+                        "bad-request",
+                        "the request body could not be read",
+                    )
+                    .closing())
+                }
+                Some(Ok(frame)) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        if data.len() + chunk.len() > max {
+                            return Err(too_large(max));
+                        }
+                        data.extend_from_slice(chunk);
+                    }
+                    if floor.too_slow(data.len(), started.elapsed()) {
+                        return Err(too_slow(floor));
+                    }
+                }
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline.into(), read).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(reply)) => {
+            if reply.code == Some("body-too-large") {
+                drain(body).await;
+            }
+            Err(reply)
+        }
+        Err(_) => Err(Reply::error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "the request body did not arrive in time",
+        )
+        .closing()),
+    }
+}
+
+fn too_slow(floor: RateFloor) -> Reply {
+    Reply::error(
+        StatusCode::REQUEST_TIMEOUT,
+        "upload-too-slow",
+        format!(
+            "the request body arrived slower than {} bytes/s; retry over a faster link",
+            floor.bytes_per_sec
+        ),
+    )
+    .closing()
 }
 
 /// Reads and discards up to [`DRAIN_MAX`] bytes of a refused body for at

@@ -158,3 +158,52 @@ async fn one_renewal_at_a_time_others_are_busy() {
     assert_eq!(status.as_u16(), 202);
     server.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_trickled_renewal_is_refused_and_frees_the_slot() {
+    let limits = Limits {
+        renew_floor: RateFloor {
+            bytes_per_sec: 2000,
+            grace: Duration::from_millis(300),
+        },
+        ..Limits::default()
+    };
+    let server = start(Double::default(), limits).await;
+    let tls = raw_tls(&server).await;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    wr.write_all(
+        b"POST /v1/renew HTTP/1.1\r\nhost: localhost\r\n\
+          content-type: application/json\r\ncontent-length: 100000\r\n\r\n{",
+    )
+    .await
+    .expect("head");
+    // Ten bytes a second, far below the floor, until the server answers.
+    let trickle = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if wr.write_all(b" ").await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let raw = read_until_close(&mut rd).await;
+    trickle.abort();
+    let (status, e) = status_and_body(&raw);
+    assert_eq!(
+        (status, e.error.as_str()),
+        (408, "upload-too-slow"),
+        "{e:?}"
+    );
+    assert!(e.message.contains("2000 bytes/s"), "{e:?}");
+
+    // The slot is free again: a whole body at once is taken.
+    let body = serde_json::to_vec(&renew_request(1000)).expect("json");
+    let (status, answer) = server
+        .conn()
+        .await
+        .post_json("/v1/renew", body)
+        .await
+        .expect("renew");
+    assert_eq!(status.as_u16(), 202, "{answer:?}");
+    server.shutdown().await.expect("clean shutdown");
+}
