@@ -139,31 +139,31 @@ test-cockpit:
 test: deps lint check-shell check-scripts check-units check-install check-agent unit \
 	check-launch test-cockpit system-test test-convert
 
-# convert and embed through libguestfs under TCG (slow: about NN minutes
+# convert and embed through libguestfs under TCG (slow: about 16 minutes
 # on 2 cores): the simple and separate-/boot layouts on the initramfs-tools
 # guest, the ESP layout on the dracut guest, the refusals, Ctrl-C and
 # embed. The guest root filesystems and the test images are cached under
 # $(BUILD_DIR); SNPGUARD_TEST_ROOTFS / SNPGUARD_TEST_ROOTFS_DRACUT =
 # DIR-or-TAR skip their builds. A fixed libguestfs appliance (built once;
-# LIBGUESTFS_PATH=DIR uses another) keeps the tests off supermin's shared
+# GUESTFS_APPLIANCE=DIR uses another) keeps the tests off supermin's shared
 # cache, which is rebuilt under running appliances whenever host packages
 # change. CONVERT_TEST_FILTER selects tests (cargo test's filter and
 # --skip NAME).
 SNPGUARD_TEST_ROOTFS ?= $(BUILD_DIR)/guest/initramfs-tools/rootfs.tar
 SNPGUARD_TEST_ROOTFS_DRACUT ?= $(BUILD_DIR)/guest/dracut/rootfs.tar
-LIBGUESTFS_PATH ?= $(BUILD_DIR)/guestfs-appliance
+GUESTFS_APPLIANCE ?= $(BUILD_DIR)/guestfs-appliance
 CONVERT_TEST_FILTER ?=
 test-convert:
 	@test -e '$(SNPGUARD_TEST_ROOTFS)' || ./tests/guest/build-rootfs.sh \
 		--flavour initramfs-tools --out $(BUILD_DIR)/guest/initramfs-tools
 	@test -e '$(SNPGUARD_TEST_ROOTFS_DRACUT)' || ./tests/guest/build-rootfs.sh \
 		--flavour dracut --out $(BUILD_DIR)/guest/dracut
-	@test -f '$(LIBGUESTFS_PATH)/root' || LIBGUESTFS_BACKEND=direct \
+	@test -f '$(GUESTFS_APPLIANCE)/root' || LIBGUESTFS_BACKEND=direct \
 		LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
-		libguestfs-make-fixed-appliance '$(LIBGUESTFS_PATH)'
+		libguestfs-make-fixed-appliance '$(GUESTFS_APPLIANCE)'
 	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
 		SNPGUARD_TEST_ROOTFS_DRACUT='$(abspath $(SNPGUARD_TEST_ROOTFS_DRACUT))' \
-		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(LIBGUESTFS_PATH))' \
+		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
 		$(CARGO) test -p snpguardctl --locked --test convert --test embed -- --ignored \
 		$(CONVERT_TEST_FILTER)
 
