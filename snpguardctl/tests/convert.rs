@@ -109,8 +109,8 @@ fn modules_dir() -> PathBuf {
 }
 
 /// The files under `dir` (README* aside, as convert skips them): path
-/// relative to `dir` and SHA-256.
-fn module_files(dir: &Path) -> Vec<(String, String)> {
+/// relative to `dir`, the mode convert gives it and SHA-256.
+fn module_files(dir: &Path) -> Vec<(String, &'static str, String)> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -124,7 +124,8 @@ fn module_files(dir: &Path) -> Vec<(String, String)> {
                 todo.push(p);
             } else {
                 let rel = p.strip_prefix(dir).unwrap().to_str().unwrap().to_string();
-                out.push((rel, sha256(&p)));
+                let exec = std::fs::metadata(&p).unwrap().permissions().mode() & 0o111 != 0;
+                out.push((rel, if exec { "755" } else { "644" }, sha256(&p)));
             }
         }
     }
@@ -363,12 +364,12 @@ fn check(c: &Converted) {
     }
     let module = module_files(&modules_dir().join(module_src));
     assert!(!module.is_empty(), "no {tool} module in the modules dir");
-    for (rel, sha) in &module {
+    for (rel, mode, sha) in &module {
         let path = format!("{module_dst}/{rel}");
         let got = mo.remove(&path);
         let got = got.unwrap_or_else(|| panic!("the {tool} module's {path} is not installed"));
         assert!(
-            got.contains(" 0:0 ") && got.contains(&format!("sha={sha} ")),
+            got.starts_with(&format!("f {mode} 0:0 ")) && got.contains(&format!("sha={sha} ")),
             "{path} as installed: {got}"
         );
     }
