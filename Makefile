@@ -139,37 +139,39 @@ test-cockpit:
 test: deps lint check-shell check-scripts check-units check-install check-agent unit \
 	check-launch test-cockpit system-test test-convert test-e2e
 
-# convert and embed through libguestfs under TCG (slow: about 25 minutes
-# on 2 cores). The guest root filesystem and the test images are cached
-# under $(BUILD_DIR); SNPGUARD_TEST_ROOTFS=DIR-or-TAR skips the build. A
-# fixed libguestfs appliance (built once) keeps the tests off supermin's
-# shared cache, which is rebuilt under running appliances whenever host
-# packages change.
+# convert and embed through libguestfs under TCG (slow: about 16 minutes
+# on 2 cores): the simple and separate-/boot layouts on the initramfs-tools
+# guest, the ESP layout on the dracut guest, the refusals, Ctrl-C and
+# embed. The guest root filesystems and the test images are cached under
+# $(BUILD_DIR); SNPGUARD_TEST_ROOTFS / SNPGUARD_TEST_ROOTFS_DRACUT =
+# DIR-or-TAR skip their builds. A fixed libguestfs appliance (built once;
+# GUESTFS_APPLIANCE=DIR uses another) keeps the tests off supermin's shared
+# cache, which is rebuilt under running appliances whenever host packages
+# change. CONVERT_TEST_FILTER selects tests (cargo test's filter and
+# --skip NAME).
 SNPGUARD_TEST_ROOTFS ?= $(BUILD_DIR)/guest/initramfs-tools/rootfs.tar
+SNPGUARD_TEST_ROOTFS_DRACUT ?= $(BUILD_DIR)/guest/dracut/rootfs.tar
+GUESTFS_APPLIANCE ?= $(BUILD_DIR)/guestfs-appliance
+CONVERT_TEST_FILTER ?=
 test-convert:
-	@test -e '$(SNPGUARD_TEST_ROOTFS)' || test -x tests/guest/build-rootfs.sh || { \
-		echo "test-convert: set SNPGUARD_TEST_ROOTFS or add tests/guest/build-rootfs.sh" >&2; exit 1; }
 	@test -e '$(SNPGUARD_TEST_ROOTFS)' || ./tests/guest/build-rootfs.sh \
 		--flavour initramfs-tools --out $(BUILD_DIR)/guest/initramfs-tools
-	@test -f $(BUILD_DIR)/guestfs-appliance/root || LIBGUESTFS_BACKEND=direct \
+	@test -e '$(SNPGUARD_TEST_ROOTFS_DRACUT)' || ./tests/guest/build-rootfs.sh \
+		--flavour dracut --out $(BUILD_DIR)/guest/dracut
+	@test -f '$(GUESTFS_APPLIANCE)/root' || LIBGUESTFS_BACKEND=direct \
 		LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
-		libguestfs-make-fixed-appliance $(BUILD_DIR)/guestfs-appliance
-	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' LIBGUESTFS_BACKEND=direct \
-		LIBGUESTFS_PATH='$(abspath $(BUILD_DIR)/guestfs-appliance)' \
+		libguestfs-make-fixed-appliance '$(GUESTFS_APPLIANCE)'
+	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
+		SNPGUARD_TEST_ROOTFS_DRACUT='$(abspath $(SNPGUARD_TEST_ROOTFS_DRACUT))' \
+		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
 		$(CARGO) test -p snpguardctl --locked --test convert --test embed -- --ignored \
 		$(CONVERT_TEST_FILTER)
 
-# `make test` runs the simple layout, embed, the refusals and Ctrl-C; the
-# separate-/boot and ESP layouts (another ~12 minutes) run with
-# `make test-convert CONVERT_TEST_FILTER=`.
-CONVERT_TEST_FILTER ?= --skip converts_a_separate_boot_with_an_explicit_kernel \
-	--skip converts_the_esp_layout
-
 # The fixed libguestfs appliance of test-convert and test-e2e (scripts/
 # demo.sh builds the same when it is missing).
-$(BUILD_DIR)/guestfs-appliance/root:
+$(GUESTFS_APPLIANCE)/root:
 	LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
-		libguestfs-make-fixed-appliance $(BUILD_DIR)/guestfs-appliance
+		libguestfs-make-fixed-appliance '$(GUESTFS_APPLIANCE)'
 
 # End to end, the refusals (tests/system/tests/e2e.rs): one Debian image
 # converted with the agent's simulator build (about 7 minutes), then per
@@ -177,10 +179,10 @@ $(BUILD_DIR)/guestfs-appliance/root:
 # after registration, a disabled record, a pending launch refused until
 # approved. Needs root; the guest root file system is cached under
 # $(BUILD_DIR).
-test-e2e: agent-sim $(BUILD_DIR)/guestfs-appliance/root
+test-e2e: agent-sim $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
 	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) LIBGUESTFS_BACKEND=direct \
-		LIBGUESTFS_PATH='$(abspath $(BUILD_DIR)/guestfs-appliance)' \
+		LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
 		$(CARGO) test -p snpguard-systest --locked --test e2e -- --ignored --test-threads=1
 
 install:

@@ -192,20 +192,45 @@ fn grow(image: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Adds the partition at the end of the disk and formats it.
-fn create_partition(app: &Appliance) -> Result<String> {
+/// The partition table type (`gpt` or `msdos`) when a new partition fits
+/// in it; checked before the image is grown, so that a refusal leaves it
+/// untouched.
+fn table_with_room(app: &Appliance) -> Result<String> {
     let g = app.g();
     let table = g
         .part_get_parttype("/dev/sda")
-        .map_err(gerr("part_get_parttype"))?;
+        .map_err(gerr("part_get_parttype"))
+        .context("the image has no partition table to add LAUNCH_ARTIFACTS to")?;
+    let primaries = g
+        .part_list("/dev/sda")
+        .map_err(gerr("part_list"))?
+        .iter()
+        .filter(|p| p.part_num <= 4)
+        .count();
+    match table.as_str() {
+        "gpt" => {}
+        "msdos" if primaries < 4 => {}
+        "msdos" => bail!(
+            "the image's MBR has no free primary partition for {LABEL}; \
+             the image was not touched"
+        ),
+        other => bail!(
+            "the image has a {other} partition table; {LABEL} needs gpt or msdos; \
+             the image was not touched"
+        ),
+    }
+    Ok(table)
+}
+
+/// Adds the partition at the end of the disk (a `table` partition table)
+/// and formats it.
+fn create_partition(app: &Appliance, table: &str) -> Result<String> {
+    let g = app.g();
     if table == "gpt" {
         g.part_expand_gpt("/dev/sda")
             .map_err(gerr("part_expand_gpt"))?;
     }
     let parts = g.part_list("/dev/sda").map_err(gerr("part_list"))?;
-    if table == "msdos" && parts.len() >= 4 {
-        bail!("the image's MBR has no free primary partition for {LABEL}");
-    }
     let end_of_last = parts.iter().map(|p| p.part_end).max().unwrap_or(1 << 20);
     let start = (end_of_last + 1).div_ceil(1 << 20) * (1 << 20) / 512;
     let end = start + PARTITION_BYTES / 512 - 1;
@@ -334,10 +359,11 @@ fn embed(image: &Path, staged: &Path) -> Result<(Action, &'static str)> {
     let dev = match find_partition(&app)? {
         Some(d) => d,
         None => {
+            let table = table_with_room(&app)?;
             app.shutdown()?;
             grow(image)?;
             app = launch(image)?;
-            let d = create_partition(&app)?;
+            let d = create_partition(&app, &table)?;
             format(&app, &d)?;
             action = Some(Action::Created);
             d

@@ -3,9 +3,12 @@
 //!
 //! Slow (an appliance under TCG, the guest's update-initramfs): ignored by
 //! default; `make test-convert` runs them. SNPGUARD_TEST_ROOTFS names the
-//! root filesystem the images are built from; SNPGUARD_TEST_AGENT and
-//! SNPGUARD_TEST_MODULES_DIR replace the fixture agent and initrd module
-//! with the real ones.
+//! initramfs-tools root filesystem the images are built from,
+//! SNPGUARD_TEST_ROOTFS_DRACUT the dracut flavour's (the ESP layout is
+//! built from it). SNPGUARD_TEST_AGENT and SNPGUARD_TEST_MODULES_DIR
+//! replace the fixture agent and modules directory (the fixture's
+//! initramfs-tools hook is a stand-in; its dracut module and kernel hook
+//! link to the real ones).
 
 mod guestfs_util;
 
@@ -15,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use guestfs_util::{ctl, diff, image, manifest, repo, sha256, Appliance};
+use guestfs_util::{ctl, diff, image, image_of, manifest, repo, sha256, Appliance};
 use snpguard::seal;
 
 /// Everything a conversion test needs, in build/convert-test/NAME: emptied
@@ -58,8 +61,7 @@ impl Fixture {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert");
         let agent = std::env::var("SNPGUARD_TEST_AGENT")
             .map_or_else(|_| fixtures.join("agent"), PathBuf::from);
-        let modules = std::env::var("SNPGUARD_TEST_MODULES_DIR")
-            .map_or_else(|_| fixtures.join("modules"), PathBuf::from);
+        let modules = modules_dir();
         [
             "convert",
             "--in-image",
@@ -98,6 +100,38 @@ impl Fixture {
     }
 }
 
+/// The modules directory convert gets (--modules-dir).
+fn modules_dir() -> PathBuf {
+    std::env::var("SNPGUARD_TEST_MODULES_DIR").map_or_else(
+        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert/modules"),
+        PathBuf::from,
+    )
+}
+
+/// The files under `dir` (README* aside, as convert skips them): path
+/// relative to `dir`, the mode convert gives it and SHA-256.
+fn module_files(dir: &Path) -> Vec<(String, &'static str, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("README") || name.starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_str().unwrap().to_string();
+                let exec = std::fs::metadata(&p).unwrap().permissions().mode() & 0o111 != 0;
+                out.push((rel, if exec { "755" } else { "644" }, sha256(&p)));
+            }
+        }
+    }
+    out
+}
+
 /// One conversion and what it printed.
 struct Converted {
     fx: Fixture,
@@ -109,8 +143,12 @@ struct Converted {
 }
 
 fn convert(layout: &str, extra: &[&str]) -> Converted {
+    convert_image(layout, image(layout), extra)
+}
+
+/// Converts `input` in the fixture directory `layout`.
+fn convert_image(layout: &str, input: PathBuf, extra: &[&str]) -> Converted {
     let fx = Fixture::new(layout);
-    let input = image(layout);
     let input_hash = sha256(&input);
     let mut args = fx.args(&input, "out.qcow2", "staging");
     args.push("--json".into());
@@ -205,6 +243,19 @@ fn check(c: &Converted) {
         "{cmdline}"
     );
     assert_eq!(s["cmdline"].as_str(), Some(cmdline.as_str()));
+    // docs/initrd.md: dracut fails closed and brings up the network.
+    if s["initrd_tool"] == "dracut" {
+        let args: Vec<&str> = cmdline.split(' ').collect();
+        for want in [
+            "rd.neednet=1",
+            "ip=dhcp",
+            "rd.shell=0",
+            "rd.emergency=poweroff",
+            "rd.luks=0",
+        ] {
+            assert!(args.contains(&want), "{want} not in {cmdline}");
+        }
+    }
 
     let out = c.fx.path("out.qcow2");
     let in_size = std::fs::metadata(&c.input).unwrap().len();
@@ -263,37 +314,69 @@ fn check(c: &Converted) {
     ));
     let mi = manifest(&app, "/run/in");
     let mut mo = manifest(&app, "/run/out");
-    // What convert adds or changes on purpose.
-    for added in [
+    // What convert adds or changes on purpose: the agent, its
+    // configuration and CA, the kernel hook, and the initrd module of the
+    // guest's tool (with dracut's configuration enabling it).
+    let tool = s["initrd_tool"].as_str().unwrap();
+    let mut added = vec![
         "./usr/lib/snpguard",
         "./usr/lib/snpguard/snpguard-agent",
         "./etc/snpguard",
         "./etc/snpguard/agent.toml",
         "./etc/snpguard/ca.pem",
-    ] {
-        assert!(mo.remove(added).is_some(), "{added} not installed");
+        "./etc/kernel/postinst.d/zz-snpguard-renew",
+    ];
+    // Directories that receive new files, the regenerated initrd, the
+    // tool's own state and the temporary directory it works in change by
+    // design.
+    let mut changed = vec![
+        "./usr/lib",
+        "./etc",
+        "./etc/kernel/postinst.d",
+        "./boot",
+        "./var/tmp",
+    ];
+    // The module: every file of the modules directory's tree for the
+    // guest's tool, at its place in the guest.
+    let (module_src, module_dst) = match tool {
+        "initramfs-tools" => {
+            changed.extend([
+                "./usr/share/initramfs-tools/hooks",
+                "./usr/share/initramfs-tools/scripts/local-top",
+                "./usr/share/initramfs-tools/scripts",
+                "./usr/share/initramfs-tools",
+                "./var/lib/initramfs-tools",
+            ]);
+            ("initramfs-tools", "./usr/share/initramfs-tools")
+        }
+        "dracut" => {
+            added.extend([
+                "./etc/dracut.conf.d/snpguard.conf",
+                "./usr/lib/dracut/modules.d/90snpguard",
+            ]);
+            changed.extend(["./etc/dracut.conf.d", "./usr/lib/dracut/modules.d"]);
+            ("dracut/90snpguard", "./usr/lib/dracut/modules.d/90snpguard")
+        }
+        other => panic!("unexpected initrd tool {other}"),
+    };
+    for a in &added {
+        assert!(mo.remove(*a).is_some(), "{a} not installed");
     }
-    mo.retain(|k, _| !k.starts_with("./usr/share/initramfs-tools/hooks/snpguard"));
-    mo.retain(|k, _| !k.starts_with("./usr/share/initramfs-tools/scripts/local-top/snpguard"));
-    mo.retain(|k, _| !k.starts_with("./usr/lib/dracut/modules.d/90snpguard"));
+    let module = module_files(&modules_dir().join(module_src));
+    assert!(!module.is_empty(), "no {tool} module in the modules dir");
+    for (rel, mode, sha) in &module {
+        let path = format!("{module_dst}/{rel}");
+        let got = mo.remove(&path);
+        let got = got.unwrap_or_else(|| panic!("the {tool} module's {path} is not installed"));
+        assert!(
+            got.starts_with(&format!("f {mode} 0:0 ")) && got.contains(&format!("sha={sha} ")),
+            "{path} as installed: {got}"
+        );
+    }
     let mut differences = diff(&mi, &mo);
-    // Directories that received the new files, the regenerated initrd,
-    // initramfs-tools' own state and the temporary directory it works in
-    // change by design.
     differences.retain(|d| {
         let path = d.split([':', '\n']).next().unwrap_or("");
-        ![
-            "./usr/lib",
-            "./etc",
-            "./usr/share/initramfs-tools/hooks",
-            "./usr/share/initramfs-tools/scripts/local-top",
-            "./usr/share/initramfs-tools/scripts",
-            "./usr/share/initramfs-tools",
-            "./boot",
-            "./var/lib/initramfs-tools",
-            "./var/tmp",
-        ]
-        .contains(&path)
+        !changed.contains(&path)
             && !path.starts_with("./boot/initrd.img-")
             && !path.starts_with("./var/lib/initramfs-tools/")
     });
@@ -320,6 +403,21 @@ fn check(c: &Converted) {
     // The agent as installed, and the config the agent reads.
     let agent = app.ok("stat -c '%a %u %g' /run/out/usr/lib/snpguard/snpguard-agent");
     assert_eq!(agent.trim(), "755 0 0");
+    // The renewal hook, as shipped in the modules directory.
+    let hook = app.ok(
+        "cd /run/out/etc/kernel/postinst.d && stat -c '%a %u %g' zz-snpguard-renew && \
+         sha256sum < zz-snpguard-renew",
+    );
+    let hook_src = modules_dir().join("kernel/postinst.d/zz-snpguard-renew");
+    assert_eq!(
+        hook.split_whitespace().collect::<Vec<_>>(),
+        ["755", "0", "0", &sha256(&hook_src), "-"],
+        "the kernel hook as installed"
+    );
+    if tool == "dracut" {
+        let conf = app.ok("cat /run/out/etc/dracut.conf.d/snpguard.conf");
+        assert_eq!(conf, "add_dracutmodules+=\" snpguard \"\n");
+    }
     let config = app.ok("cat /run/out/etc/snpguard/agent.toml");
     let config: toml::Table = toml::from_str(&config).expect("agent.toml");
     assert_eq!(config["luks"]["uuid"].as_str(), Some(luks_uuid));
@@ -374,17 +472,58 @@ fn check(c: &Converted) {
          off=$(grep -obUaP '\\x28\\xb5\\x2f\\xfd' initrd | head -n 1 | cut -d: -f1) && \
          {{ cat initrd; if [ -n \"$off\" ]; then tail -c +$((off + 1)) initrd | zstd -dcq 2>/dev/null || true; fi; }} \
          | grep -a -o -e 'usr/lib/snpguard/snpguard-agent' -e 'etc/snpguard/agent.toml' -e '{luks_uuid}' \
+           -e 'initqueue/settled/50-snpguard-unlock.sh' -e 'rules.d/55-snpguard-dm.rules' \
          | sort -u",
         rel(initrd)
     ));
-    for want in [
+    let mut wants = vec![
         "usr/lib/snpguard/snpguard-agent",
         "etc/snpguard/agent.toml",
         luks_uuid,
-    ] {
+    ];
+    // The real dracut module: its initqueue hook and udev rules.
+    if tool == "dracut" {
+        wants.extend([
+            "initqueue/settled/50-snpguard-unlock.sh",
+            "rules.d/55-snpguard-dm.rules",
+        ]);
+    }
+    for want in wants {
         assert!(
             found.lines().any(|l| l == want),
             "{want} not in the initrd: {found}"
+        );
+    }
+
+    // Every other filesystem (copied block for block) holds what IN's
+    // does; on a separate /boot only the regenerated initrd (and so the
+    // directory holding it) differs.
+    for m in s["mounts"].as_array().unwrap() {
+        let mountpoint = m["mountpoint"].as_str().unwrap();
+        let num = m["partnum"].as_i64().unwrap();
+        let opts = if m["fstype"].as_str().unwrap().starts_with("ext") {
+            "ro,noload"
+        } else {
+            "ro"
+        };
+        let dir = format!("/run/part{num}");
+        app.ok(&format!(
+            "mkdir -p {dir}/in {dir}/out && mount -o {opts} {kin}{num} {dir}/in && \
+             mount -o {opts} {kout}{num} {dir}/out"
+        ));
+        let mi = manifest(&app, &format!("{dir}/in"));
+        assert!(mi.len() > 1, "{mountpoint} of IN is empty");
+        let mo = manifest(&app, &format!("{dir}/out"));
+        let regenerated = format!(".{}", rel(initrd));
+        let mut differences = diff(&mi, &mo);
+        differences.retain(|d| {
+            let path = d.split([':', '\n']).next().unwrap_or("");
+            !(mountpoint == "/boot" && (path == "." || path == regenerated))
+        });
+        assert!(
+            differences.is_empty(),
+            "{mountpoint} differs between IN and OUT:\n{}",
+            differences.join("\n")
         );
     }
 }
@@ -411,11 +550,25 @@ fn converts_a_separate_boot_with_an_explicit_kernel() {
     check(&c);
 }
 
+/// The dracut flavour's root filesystem (tests/guest/build-rootfs.sh
+/// --flavour dracut).
+fn dracut_rootfs() -> PathBuf {
+    let p = std::env::var_os("SNPGUARD_TEST_ROOTFS_DRACUT").map(PathBuf::from);
+    p.filter(|p| p.exists()).expect(
+        "set SNPGUARD_TEST_ROOTFS_DRACUT to the dracut flavour's rootfs \
+         (tests/guest/build-rootfs.sh --flavour dracut; `make test-convert` does)",
+    )
+}
+
+/// The ESP layout on the dracut flavour: both in one conversion, as each
+/// costs minutes under TCG.
 #[test]
 #[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
-fn converts_the_esp_layout() {
-    let c = convert("esp", &["--yes"]);
+fn converts_the_esp_layout_with_dracut() {
+    let input = image_of("esp", Some(&dracut_rootfs()));
+    let c = convert_image("esp-dracut", input, &["--yes"]);
     assert_eq!(c.summary["mounts"][0]["mountpoint"], "/boot/efi");
+    assert_eq!(c.summary["initrd_tool"], "dracut");
     check(&c);
 }
 

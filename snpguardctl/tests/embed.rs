@@ -95,6 +95,12 @@ fn virtual_size(img: &Path) -> u64 {
     v["virtual-size"].as_u64().unwrap()
 }
 
+/// Runs `cmd`, panicking with its output when it fails.
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
 /// A 64 MiB qcow2 with a GPT and one partition.
 fn small_image(dir: &Path) -> PathBuf {
     let raw = dir.join("disk.raw");
@@ -102,22 +108,95 @@ fn small_image(dir: &Path) -> PathBuf {
         .unwrap()
         .set_len(64 << 20)
         .unwrap();
-    let st = Command::new("sgdisk")
+    run(Command::new("sgdisk")
         .args(["-o", "-n", "1:2048:+32M", "-c", "1:data"])
-        .arg(&raw)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{st:?}");
-    let img = dir.join("disk.qcow2");
+        .arg(&raw));
+    to_qcow2(&raw)
+}
+
+/// `raw` converted to a qcow2 next to it (`raw` is removed).
+fn to_qcow2(raw: &Path) -> PathBuf {
+    let img = raw.with_extension("qcow2");
     let st = Command::new("qemu-img")
         .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
+        .arg(raw)
         .arg(&img)
         .status()
         .unwrap();
     assert!(st.success());
     std::fs::remove_file(raw).unwrap();
     img
+}
+
+/// A 64 MiB qcow2 whose one GPT partition holds an ext4 filesystem
+/// labelled LAUNCH_ARTIFACTS without the slot layout: stale files, a
+/// directory A and `/artifacts` naming a slot that does not exist.
+fn labelled_image(dir: &Path) -> PathBuf {
+    let raw = dir.join("labelled.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    run(Command::new("sgdisk")
+        .args(["-o", "-n", "1:2048:+32M", "-c", "1:old"])
+        .arg(&raw));
+    let tree = dir.join("stale");
+    std::fs::create_dir_all(tree.join("A")).unwrap();
+    std::fs::write(tree.join("A/kernel"), b"stale kernel").unwrap();
+    std::fs::write(tree.join("notes.txt"), b"stale").unwrap();
+    std::os::unix::fs::symlink("C", tree.join("artifacts")).unwrap();
+    // The filesystem written straight into partition 1 (1 MiB in).
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", "LAUNCH_ARTIFACTS"])
+        .args(["-E", "offset=1048576", "-d"])
+        .arg(&tree)
+        .arg(&raw)
+        .arg("32M"));
+    to_qcow2(&raw)
+}
+
+/// A 64 MiB qcow2 with an MBR whose four primary partitions are taken.
+fn full_mbr_image(dir: &Path) -> PathBuf {
+    let raw = dir.join("mbr.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&raw)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\n,16M\n,8M\n,8M\n,8M\n")
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    to_qcow2(&raw)
+}
+
+/// `embed` that must fail: its stderr.
+fn embed_refused(img: &Path, bundle: &Path) -> String {
+    let out = ctl(&[
+        "embed",
+        "--image",
+        img.to_str().unwrap(),
+        "--in-bundle",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "embed accepted {}", bundle.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn test_dir() -> tempfile::TempDir {
+    std::fs::create_dir_all(repo().join("build")).unwrap();
+    tempfile::Builder::new()
+        .prefix("snpguard-embed-test")
+        .tempdir_in(repo().join("build"))
+        .unwrap()
 }
 
 fn embed(img: &Path, bundle: &Path) -> serde_json::Value {
@@ -152,28 +231,29 @@ fn artifacts(img: &Path) -> (BTreeMap<String, String>, String) {
 #[test]
 #[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
 fn embed_creates_is_idempotent_switches_slots_and_refuses_hostile_bundles() {
-    let dir = tempfile::Builder::new()
-        .prefix("snpguard-embed-test")
-        .tempdir_in(repo().join("build"))
-        .unwrap();
+    let dir = test_dir();
     let img = small_image(dir.path());
 
-    // Hostile bundles are refused before the image is opened.
+    // Hostile or broken bundles are refused, with the reason, before the
+    // image is opened.
     let before = sha256(&img);
-    for (file, name) in [("dotdot.tar.gz", "../x"), ("abs.tar.gz", "/etc/x")] {
+    let cases = [
+        ("dotdot.tar.gz", Some("../x"), "has a `..` path component"),
+        ("abs.tar.gz", Some("/etc/x"), "has an absolute path"),
+        ("garbage.tar.gz", None, "not a valid tar.gz"),
+    ];
+    for (file, member, reason) in cases {
         let p = dir.path().join(file);
-        hostile(&p, name);
-        let out = ctl(&[
-            "embed",
-            "--image",
-            img.to_str().unwrap(),
-            "--in-bundle",
-            p.to_str().unwrap(),
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name} accepted");
-        assert!(err.contains("the image was not touched"), "{err}");
-        assert_eq!(sha256(&img), before, "{name}: the image changed");
+        match member {
+            Some(name) => hostile(&p, name),
+            None => std::fs::write(&p, b"\x1f\x8b not really gzip").unwrap(),
+        }
+        let err = embed_refused(&img, &p);
+        assert!(
+            err.contains("the image was not touched") && err.contains(reason),
+            "{file}: {err}"
+        );
+        assert_eq!(sha256(&img), before, "{file}: the image changed");
     }
 
     let b1 = dir.path().join("one.tar.gz");
@@ -212,4 +292,60 @@ fn embed_creates_is_idempotent_switches_slots_and_refuses_hostile_bundles() {
         m3["./B/kernel"]
     );
     assert_eq!(virtual_size(&img), size1);
+}
+
+#[test]
+#[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
+fn embed_initializes_a_labelled_partition_without_the_layout() {
+    let dir = test_dir();
+    let img = labelled_image(dir.path());
+    let (stale, link) = artifacts(&img);
+    assert_eq!(link, "C");
+    assert!(stale.contains_key("./notes.txt"), "{stale:?}");
+    let size = virtual_size(&img);
+    let b = dir.path().join("one.tar.gz");
+    bundle(&b, "web", &[3u8; 5000]);
+
+    let r = embed(&img, &b);
+    assert_eq!(r["action"], "initialized");
+    assert_eq!(r["active_slot"], "A");
+    assert_eq!(virtual_size(&img), size, "the image grew");
+    let (m, link) = artifacts(&img);
+    assert_eq!(link, "A");
+    let mut names: Vec<&str> = m.keys().map(String::as_str).collect();
+    names.retain(|n| !n.starts_with("./lost+found"));
+    let mut want = vec![".", "./A", "./B", "./artifacts"];
+    let members: Vec<String> = snpguard::bundle::MEMBERS
+        .iter()
+        .map(|n| format!("./A/{n}"))
+        .collect();
+    want.extend(members.iter().map(String::as_str));
+    want.sort();
+    assert_eq!(names, want, "the stale files are gone, slot A is full");
+    assert!(m["./A/kernel"].contains("size=5000"), "{}", m["./A/kernel"]);
+}
+
+#[test]
+#[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
+fn embed_refuses_images_without_room_and_leaves_them_alone() {
+    let dir = test_dir();
+    let b = dir.path().join("one.tar.gz");
+    bundle(&b, "web", &[4u8; 5000]);
+
+    // Four primary partitions: no room for a fifth; refused before the
+    // image is grown.
+    let img = full_mbr_image(dir.path());
+    let (before, size) = (sha256(&img), virtual_size(&img));
+    let err = embed_refused(&img, &b);
+    assert!(
+        err.contains("no free primary partition") && err.contains("the image was not touched"),
+        "{err}"
+    );
+    assert_eq!(virtual_size(&img), size, "the image grew");
+    assert_eq!(sha256(&img), before, "the image changed");
+
+    // An image that does not exist is not created.
+    let missing = dir.path().join("missing.qcow2");
+    embed_refused(&missing, &b);
+    assert!(!missing.exists(), "embed created {}", missing.display());
 }

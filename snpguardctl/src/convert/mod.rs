@@ -192,6 +192,7 @@ fn check_inputs(a: &Args) -> Result<()> {
             a.modules_dir.display()
         );
     }
+    guest::kernel_hook(&a.modules_dir)?;
     let fw = std::fs::metadata(&a.firmware)?.len();
     if fw == 0 || fw > MAX_FIRMWARE {
         bail!(

@@ -31,6 +31,16 @@ pub enum ReportSource {
     /// production agent rejects the configuration.
     Simulated,
 }
+/// The kernel postinst hook that submits a new kernel for renewal, under
+/// the modules directory (`make install`: /usr/share/snpguard/kernel/…).
+pub const KERNEL_HOOK_SRC: &str = "kernel/postinst.d/zz-snpguard-renew";
+/// Where the kernel package's run-parts finds that hook in the guest.
+pub const KERNEL_HOOK_PATH: &str = "/etc/kernel/postinst.d/zz-snpguard-renew";
+/// dracut configuration that keeps the module in every initrd the guest
+/// builds later (kernel updates run dracut without `--add snpguard`).
+pub const DRACUT_CONF_PATH: &str = "/etc/dracut.conf.d/snpguard.conf";
+/// Its content (docs/initrd.md).
+pub const DRACUT_CONF: &str = "add_dracutmodules+=\" snpguard \"\n";
 
 /// Kernel parameters convert adds for the guest's initrd framework, as
 /// docs/initrd.md pins them: failing closed (no shell, no prompt, power
@@ -206,6 +216,20 @@ pub fn module_files(modules_dir: &Path, tool: InitrdTool) -> Result<Vec<(PathBuf
     Ok(out)
 }
 
+/// The kernel postinst hook under `modules_dir` ([`KERNEL_HOOK_SRC`]).
+pub fn kernel_hook(modules_dir: &Path) -> Result<PathBuf> {
+    let p = modules_dir.join(KERNEL_HOOK_SRC);
+    if !p.is_file() {
+        bail!(
+            "the kernel hook {} is missing (converted guests need it to renew \
+             their launch after a kernel update); pass --modules-dir DIR with \
+             the tree `make install` puts at /usr/share/snpguard",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 fn walk(base: &Path, dir: &Path, dst: &str, out: &mut Vec<(PathBuf, String, bool)>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for e in std::fs::read_dir(dir)? {
@@ -266,8 +290,9 @@ pub struct Install<'a> {
     pub tool: InitrdTool,
 }
 
-/// Installs the agent, configuration, CA and module into the guest mounted
-/// at `/`, and rewrites fstab for the encrypted root.
+/// Installs the agent, configuration, CA, initrd module (with dracut's
+/// configuration enabling it) and the kernel postinst hook into the guest
+/// mounted at `/`, and rewrites fstab for the encrypted root.
 pub fn install(app: &Appliance, i: &Install<'_>, fs_uuid: &str, label: &str) -> Result<()> {
     let g = app.g();
     install_file(app, i.agent, AGENT_PATH, 0o755)?;
@@ -279,6 +304,15 @@ pub fn install(app: &Appliance, i: &Install<'_>, fs_uuid: &str, label: &str) -> 
     for (local, remote, exec) in module_files(i.modules_dir, i.tool)? {
         install_file(app, &local, &remote, if exec { 0o755 } else { 0o644 })?;
     }
+    if i.tool == InitrdTool::Dracut {
+        g.mkdir_p("/etc/dracut.conf.d").map_err(gerr("mkdir_p"))?;
+        g.write(DRACUT_CONF_PATH, DRACUT_CONF.as_bytes())
+            .map_err(gerr("write"))
+            .context("writing the dracut configuration")?;
+        g.chown(0, 0, DRACUT_CONF_PATH).map_err(gerr("chown"))?;
+        g.chmod(0o644, DRACUT_CONF_PATH).map_err(gerr("chmod"))?;
+    }
+    install_file(app, &kernel_hook(i.modules_dir)?, KERNEL_HOOK_PATH, 0o755)?;
     if g.is_file(
         "/etc/fstab",
         guestfs::IsFileOptArgs {
@@ -459,5 +493,28 @@ mod tests {
         );
         let e = module_files(d.path(), InitrdTool::Dracut).unwrap_err();
         assert!(format!("{e:#}").contains("dracut"), "{e:#}");
+    }
+
+    #[test]
+    fn the_kernel_hook_is_required_in_the_modules_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let e = kernel_hook(d.path()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("kernel/postinst.d/zz-snpguard-renew is missing"),
+            "{e:#}"
+        );
+        let hooks = d.path().join("kernel/postinst.d");
+        std::fs::create_dir_all(&hooks).unwrap();
+        std::fs::write(hooks.join("zz-snpguard-renew"), "#!/bin/sh\n").unwrap();
+        assert_eq!(
+            kernel_hook(d.path()).unwrap(),
+            hooks.join("zz-snpguard-renew")
+        );
+        // The shipped fixture links to the real hook.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert/modules");
+        let hook = kernel_hook(&fixture).unwrap();
+        let real =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/kernel-hooks/zz-snpguard-renew");
+        assert_eq!(std::fs::read(hook).unwrap(), std::fs::read(real).unwrap());
     }
 }

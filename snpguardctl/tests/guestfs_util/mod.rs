@@ -17,8 +17,15 @@ pub fn repo() -> PathBuf {
 /// The cached test image for `layout` (tests/guest/build-image.sh). Panics
 /// with what to do when the root filesystem it needs is missing.
 pub fn image(layout: &str) -> PathBuf {
+    image_of(layout, None)
+}
+
+/// The cached test image for `layout` built from `rootfs` (a directory or
+/// tar of tests/guest/build-rootfs.sh; default SNPGUARD_TEST_ROOTFS).
+pub fn image_of(layout: &str, rootfs: Option<&Path>) -> PathBuf {
     let out = Command::new(repo().join("tests/guest/build-image.sh"))
         .arg(layout)
+        .args(rootfs)
         .current_dir(repo())
         .output()
         .expect("running tests/guest/build-image.sh");
