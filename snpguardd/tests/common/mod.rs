@@ -74,22 +74,7 @@ impl TestBus {
   <type>system</type>
   <listen>unix:path={sock}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-    <allow send_destination="org.freedesktop.PolicyKit1"/>
-  </policy>
+  <include>{defaults}</include>
   <policy user="{uid}">
     <allow own="org.freedesktop.PolicyKit1"/>
   </policy>
@@ -99,6 +84,12 @@ impl TestBus {
 "#,
             sock = dir.path().join("bus").display(),
             policy = policy_file().display(),
+            defaults = policy_file()
+                .parent()
+                .and_then(Path::parent)
+                .expect("the repository")
+                .join("tests/dbus/private-system-bus.conf")
+                .display(),
         );
         let conf = dir.path().join("bus.conf");
         std::fs::write(&conf, config).expect("write bus config");
