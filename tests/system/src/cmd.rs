@@ -78,6 +78,12 @@ pub fn run(cmd: &mut Command) -> Result<Output, HarnessError> {
     }
 }
 
+/// [`run`] for tests: the output of a command that must succeed, else a
+/// panic naming the command, its status and the tail of its output.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    run(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// stdout then stderr of `out`, the last 60 lines.
 pub fn combined(out: &Output) -> String {
     let text = format!(

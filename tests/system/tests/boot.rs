@@ -18,12 +18,13 @@
 mod bus;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rand::RngCore;
 use snpguard::seal;
 use snpguard_systest::chroot::Chroot;
+use snpguard_systest::cmd::run_ok;
 use snpguard_systest::disk::{LuksDisk, MARKER_PREFIX};
 use snpguard_systest::host::{self, Daemon, Polkit, FW_CFG_NAME, SIM_LAUNCH};
 use snpguard_systest::initrd::{self, GuestFiles, CA_PATH};
@@ -52,18 +53,6 @@ fn scratch() -> tempfile::TempDir {
         .prefix("boot-")
         .tempdir_in(base)
         .expect("scratch dir")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// How the guest is launched relative to what was registered.
@@ -172,23 +161,25 @@ fn boot(flavour: Flavour, launch: Launch) -> Run {
     let sealed = seal::seal(&public, seal::INFO_INGEST, b"", &vmk).expect("seal");
     std::fs::write(stage.join("vmk.sealed"), sealed.to_bytes()).expect("vmk.sealed");
     let bundle = d.join("launch-artifacts.tar.gz");
-    run(Command::new(&ctl)
-        .arg("--bus-address")
-        .arg(&bus.address)
-        .args([
-            "register",
-            "--name",
-            "guest",
-            "--vcpus",
-            "1",
-            "--vcpu-type",
-            "EPYC-v4",
-        ])
-        .arg("--allow-smt")
-        .arg("--staging-dir")
-        .arg(&stage)
-        .arg("--out-bundle")
-        .arg(&bundle));
+    run_ok(
+        Command::new(&ctl)
+            .arg("--bus-address")
+            .arg(&bus.address)
+            .args([
+                "register",
+                "--name",
+                "guest",
+                "--vcpus",
+                "1",
+                "--vcpu-type",
+                "EPYC-v4",
+            ])
+            .arg("--allow-smt")
+            .arg("--staging-dir")
+            .arg(&stage)
+            .arg("--out-bundle")
+            .arg(&bundle),
+    );
 
     // The simulated firmware's view of this launch.
     let blob = d.join("sim-launch.json");
@@ -205,7 +196,7 @@ fn boot(flavour: Flavour, launch: Launch) -> Run {
         std::fs::write(&other, format!("{append} init=/bin/sh")).expect("other cmdline");
         launch_cmd.arg("--cmdline-file").arg(&other);
     }
-    run(&mut launch_cmd);
+    run_ok(&mut launch_cmd);
 
     let outcome = Boot {
         kernel: &rootfs.vmlinuz,

@@ -29,6 +29,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use snpguard_systest::cmd::run_ok;
 use snpguard_systest::host::{self, Daemon, Polkit, FW_CFG_NAME};
 use snpguard_systest::qemu::{Boot, Outcome};
 use snpguard_systest::rootfs::{Flavour, Rootfs};
@@ -40,18 +41,6 @@ const BOOT_DEADLINE: Duration = Duration::from_secs(900);
 const MARKER: &str = "SNPGUARD-DEMO-BOOTED";
 /// The record every case registers.
 const RECORD: &str = "guest";
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// The one conversion every case copies, and what it was sealed to.
 struct Converted {
@@ -85,10 +74,12 @@ fn convert() -> Converted {
 
     let rootfs =
         Rootfs::get(Flavour::InitramfsTools, &dir.join("rootfs")).expect("guest root file system");
-    let out = run(Command::new(repo.join("tests/guest/build-image.sh"))
-        .args(["--marker", "simple"])
-        .arg(&rootfs.tar)
-        .env("SNPGUARD_TEST_IMAGES", repo.join("build/guest")));
+    let out = run_ok(
+        Command::new(repo.join("tests/guest/build-image.sh"))
+            .args(["--marker", "simple"])
+            .arg(&rootfs.tar)
+            .env("SNPGUARD_TEST_IMAGES", repo.join("build/guest")),
+    );
     let image = PathBuf::from(
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -194,19 +185,23 @@ impl Case {
             .tempdir_in(&c.dir)
             .expect("case dir");
         let d = dir.path();
-        run(Command::new("cp")
-            .arg("-a")
-            .arg(&c.state)
-            .arg(d.join("state")));
+        run_ok(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&c.state)
+                .arg(d.join("state")),
+        );
         let bus = bus::TestBus::start();
         let polkit = Polkit::start(&bus.address, &d.join("polkit.log")).expect("test polkit");
         let daemon = Daemon::start(&bus.address, d, &c.platform.join("ark.pem"), &c.tls, c.port)
             .expect("snpguardd");
         let disk = d.join("disk.qcow2");
-        run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&c.image)
-            .arg(&disk));
+        run_ok(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&c.image)
+                .arg(&disk),
+        );
         Case {
             dir,
             daemon,
@@ -223,7 +218,7 @@ impl Case {
 
     /// `snpguardctl --bus-address … ARGS`, which must succeed.
     fn ctl(&self, args: &[&str]) -> Output {
-        run(
+        run_ok(
             Command::new(snpguard_systest::workspace_binary("snpguardctl"))
                 .arg("--bus-address")
                 .arg(&self.bus.address)
@@ -265,11 +260,13 @@ impl Case {
         self.boots += 1;
         let files = self.path(&format!("boot-{}", self.boots));
         std::fs::create_dir(&files).expect("boot dir");
-        run(Command::new("tar")
-            .arg("-xzf")
-            .arg(bundle)
-            .arg("-C")
-            .arg(&files));
+        run_ok(
+            Command::new("tar")
+                .arg("-xzf")
+                .arg(bundle)
+                .arg("-C")
+                .arg(&files),
+        );
         let blob = files.join("sim-launch.json");
         let mut launch = Command::new(snpguard_systest::workspace_binary("snpguard-sim"));
         launch
@@ -285,7 +282,7 @@ impl Case {
         if let Some(c) = &changed.cmdline {
             launch.arg("--cmdline-file").arg(c);
         }
-        run(&mut launch);
+        run_ok(&mut launch);
         let initrd = changed
             .initrd
             .clone()
@@ -375,11 +372,13 @@ fn an_initrd_changed_after_registration_is_refused() {
     // as padding, so the changed initrd still boots to the agent.
     let files = case.path("original");
     std::fs::create_dir(&files).unwrap();
-    run(Command::new("tar")
-        .arg("-xzf")
-        .arg(&bundle)
-        .arg("-C")
-        .arg(&files));
+    run_ok(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&bundle)
+            .arg("-C")
+            .arg(&files),
+    );
     let mut initrd = std::fs::read(files.join("initrd")).unwrap();
     initrd.push(0);
     let changed = case.path("initrd-changed");
