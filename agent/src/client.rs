@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use snpguard::attest::{
-    b64, decode_nonce, open_key, renewal_report_data, report_data, unb64, AttestRequest,
-    AttestResponse, ChallengeResponse, ErrorBody, RenewRequest, RenewResponse, NONCE_LEN,
+    b64, decode_nonce, open_key, release_message, renewal_message, renewal_report_data,
+    report_data, unb64, verify_signature, AttestRequest, AttestResponse, ChallengeResponse,
+    ErrorBody, RenewRequest, RenewResponse, SignatureError, NONCE_LEN,
 };
 use snpguard::seal::{self, SealedBox};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
@@ -139,6 +140,7 @@ impl Client {
             report: b64(&evidence.report),
             cert_table: evidence.cert_table.as_deref().map(b64),
             ephemeral_key: b64(&public.to_bytes()),
+            signed: true,
         };
         let url = format!("{}/v1/attest", server.url);
         let body = serde_json::to_vec(&req)
@@ -147,6 +149,14 @@ impl Client {
         check_status(&server.url, 200, status, &body)?;
         let resp: AttestResponse = serde_json::from_slice(&body)
             .map_err(|e| AttemptError::Transient(format!("{url}: bad response: {e}")))?;
+        // Before anything released is used: signed by a key the PSP put in
+        // this guest's own report, over this nonce, report and sealed key.
+        let sealed = unb64(&resp.sealed_key, seal::MAX_SEALED_LEN).ok_or_else(|| {
+            AttemptError::Transient(format!("{url}: the sealed key is not base64"))
+        })?;
+        let message = release_message(&nonce, &evidence.report, &resp.record, &sealed);
+        verify_signature(&evidence.report, &message, resp.signature.as_ref())
+            .map_err(|e| untrusted(&server.url, e))?;
         let key = open_released(&secret, &evidence.report, &resp.sealed_key)
             .map_err(|e| AttemptError::Transient(format!("{url}: {e}")))?;
         Ok((resp.record, key))
@@ -177,6 +187,7 @@ impl Client {
             kernel: b64(&artifacts.kernel),
             initrd: b64(&artifacts.initrd),
             cmdline: artifacts.cmdline.clone(),
+            signed: true,
         };
         let body = serde_json::to_vec(&req)
             .map_err(|e| AttemptError::Transient(format!("encoding the request: {e}")))?;
@@ -197,8 +208,23 @@ impl Client {
         let url = format!("{}/v1/renew", server.url);
         let (status, body) = self.post(&url, body)?;
         check_status(&server.url, 202, status, &body)?;
-        serde_json::from_slice(&body)
-            .map_err(|e| AttemptError::Transient(format!("{url}: bad response: {e}")))
+        let resp: RenewResponse = serde_json::from_slice(&body)
+            .map_err(|e| AttemptError::Transient(format!("{url}: bad response: {e}")))?;
+        let message = renewal_message(&nonce, &evidence.report, &resp);
+        verify_signature(&evidence.report, &message, resp.signature.as_ref())
+            .map_err(|e| untrusted(&server.url, e))?;
+        Ok(resp)
+    }
+}
+
+/// A response whose signature does not hold: final for that server (it
+/// is not the attestation service this guest was launched for, or it has
+/// been tampered with); the next server, if any, is tried.
+fn untrusted(server: &str, e: SignatureError) -> AttemptError {
+    AttemptError::Refused {
+        server: server.to_string(),
+        code: "untrusted-response".into(),
+        message: e.to_string(),
     }
 }
 

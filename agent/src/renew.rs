@@ -378,6 +378,7 @@ mod tests {
             record: "4f2a".into(),
             launch: "3".into(),
             measurement: "ab".repeat(48),
+            signature: None,
         };
         assert_eq!(
             approve_command(&r),

@@ -192,3 +192,59 @@ async fn a_server_outside_the_pinned_ca_gets_nothing() {
         .count();
     assert_eq!(attempts, 3, "{lines:#?}");
 }
+
+/// A server with a certificate the agent pins, and even the volume's real
+/// key sealed to the right report, still gets nothing opened: the release
+/// is not signed by the author key the PSP put in the guest's own report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_server_with_a_pinned_certificate_gets_nothing_opened() {
+    let Some(g) = registered_guest().await else {
+        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        return;
+    };
+    let blob = g.launch_blob("launch.json", &[]);
+    let img = g.volume();
+    for forgery in [
+        common::forged::Forgery::Unsigned,
+        common::forged::Forgery::OwnKey,
+    ] {
+        let name = format!("sgforged{}", std::process::id());
+        let server = common::forged::start(g.dir.path(), g.vmk.clone(), forgery);
+        let config = g.config(&img, &blob, &name);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(
+                &format!("https://localhost:{}", g.daemon.port),
+                &format!("https://localhost:{}", server.port),
+            )
+            .replace(
+                &g.daemon.state.join("tls/cert.pem").display().to_string(),
+                &server.ca.display().to_string(),
+            );
+        std::fs::write(&config, text).unwrap();
+        let (code, lines) = agent(&config);
+        assert_eq!(code, Some(1), "{forgery:?}: {lines:#?}");
+        let f = failed_line(&lines);
+        assert!(f.contains("untrusted-response"), "{forgery:?}: {f}");
+        let rule = match forgery {
+            common::forged::Forgery::Unsigned => "release-unsigned",
+            common::forged::Forgery::OwnKey => "release-signer-unknown",
+        };
+        assert!(f.contains(rule), "{forgery:?}: {f}");
+        // Refused at once (no retries against a forger), nothing used.
+        let attempts = lines
+            .iter()
+            .filter(|l| l.starts_with("snpguard: attesting to "))
+            .count();
+        assert_eq!(attempts, 1, "{lines:#?}");
+        assert!(
+            !lines.iter().any(|l| l.contains("key released")),
+            "{lines:#?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("opens this volume")),
+            "{lines:#?}"
+        );
+        assert!(!Path::new("/dev/mapper").join(&name).exists());
+    }
+}

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384, Sha512};
 use zeroize::Zeroizing;
 
+use crate::idblock;
+use crate::report::Report;
 use crate::seal::{self, PublicKey, SealError, SealedBox, SecretKey};
 
 /// Largest request body the daemon reads.
@@ -57,6 +59,11 @@ pub struct AttestRequest {
     pub cert_table: Option<String>,
     /// The agent's ephemeral X25519 public key, standard base64.
     pub ephemeral_key: String,
+    /// Asks for a [`ReleaseSignature`] in the response. Agents that check
+    /// it always set this; an agent that does not (older than the signed
+    /// release) gets the response it understands.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signed: bool,
 }
 
 /// `POST /v1/attest` success response.
@@ -67,6 +74,10 @@ pub struct AttestResponse {
     pub record: String,
     /// The key, sealed by [`seal_key`]: standard base64 of the sealed box.
     pub sealed_key: String,
+    /// The daemon's signature over the release ([`release_message`]),
+    /// when the request asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ReleaseSignature>,
 }
 
 /// `POST /v1/renew` request: new boot artifacts, bound to an attested VM.
@@ -87,6 +98,10 @@ pub struct RenewRequest {
     pub initrd: String,
     /// The new kernel command line, exactly as it will be measured.
     pub cmdline: String,
+    /// Asks for a [`ReleaseSignature`] over the response
+    /// ([`renewal_message`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signed: bool,
 }
 
 impl std::fmt::Debug for RenewRequest {
@@ -113,6 +128,114 @@ pub struct RenewResponse {
     pub launch: String,
     /// Its launch digest, 96 hex digits.
     pub measurement: String,
+    /// The daemon's signature over the response ([`renewal_message`]),
+    /// when the request asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ReleaseSignature>,
+}
+
+/// The daemon's signature over a response, by a key the PSP vouches for:
+/// the SHA-384 of `key` is the AUTHOR_KEY_DIGEST (or ID_KEY_DIGEST) in the
+/// very report the guest sent, so a server that only holds a valid TLS
+/// certificate cannot make one. Checked with [`verify_signature`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSignature {
+    /// The signer's SNP public key structure (1028 bytes), standard base64.
+    pub key: String,
+    /// ECDSA P-384/SHA-384 as an SNP signature structure (512 bytes),
+    /// standard base64.
+    pub signature: String,
+}
+
+/// Why a response's signature is not accepted; each names its rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// The response carries no signature.
+    #[error("the response is not signed (release-unsigned)")]
+    Missing,
+    /// The key or signature field does not decode.
+    #[error("the response's signature does not decode (release-signature-malformed): {0}")]
+    Malformed(String),
+    /// The report the guest sent does not parse.
+    #[error("the report sent cannot be parsed: {0}")]
+    Report(String),
+    /// The signer's digest is neither the report's author nor its ID key.
+    #[error(
+        "the response is signed by a key whose digest is neither the author key \
+         nor the ID key in this guest's own report (release-signer-unknown)"
+    )]
+    UnknownSigner,
+    /// The signature does not verify over the message.
+    #[error("the response's signature does not verify (release-signature-invalid)")]
+    Invalid,
+}
+
+/// The bytes a key release's signature covers: a domain label, the nonce,
+/// and SHA-384 of the report, the record id and the sealed box.
+pub fn release_message(
+    nonce: &[u8; NONCE_LEN],
+    report: &[u8],
+    record: &str,
+    sealed_key: &[u8],
+) -> Vec<u8> {
+    let mut m = b"snpguard/v1/release-signature\0".to_vec();
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(&Sha384::digest(report));
+    m.extend_from_slice(&Sha384::digest(record.as_bytes()));
+    m.extend_from_slice(&Sha384::digest(sealed_key));
+    m
+}
+
+/// The bytes a renewal response's signature covers: a domain label, the
+/// nonce, and SHA-384 of the report, the record, launch and measurement.
+pub fn renewal_message(nonce: &[u8; NONCE_LEN], report: &[u8], resp: &RenewResponse) -> Vec<u8> {
+    let mut m = b"snpguard/v1/renewal-signature\0".to_vec();
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(&Sha384::digest(report));
+    for field in [&resp.record, &resp.launch, &resp.measurement] {
+        m.extend_from_slice(&Sha384::digest(field.as_bytes()));
+    }
+    m
+}
+
+/// Signs `message` with `key` (the daemon's author key).
+pub fn sign_message(key: &p384::ecdsa::SigningKey, message: &[u8]) -> ReleaseSignature {
+    ReleaseSignature {
+        key: b64(&idblock::public_key_bytes(key.verifying_key())),
+        signature: b64(&idblock::sign_snp(key, message)),
+    }
+}
+
+/// Checks `sig` over `message` for the guest that sent `report`: the
+/// signer's key digest must be the report's AUTHOR_KEY_DIGEST or
+/// ID_KEY_DIGEST (both written by the PSP from the ID authentication
+/// information the launch was started with), and the signature must
+/// verify. Nothing released may be used before this passes.
+pub fn verify_signature(
+    report: &[u8],
+    message: &[u8],
+    sig: Option<&ReleaseSignature>,
+) -> Result<(), SignatureError> {
+    let sig = sig.ok_or(SignatureError::Missing)?;
+    let report = Report::parse(report).map_err(|e| SignatureError::Report(e.to_string()))?;
+    let key_bytes = unb64(&sig.key, idblock::PUBLIC_KEY_SIZE)
+        .filter(|k| k.len() == idblock::PUBLIC_KEY_SIZE)
+        .ok_or_else(|| SignatureError::Malformed("key: not a 1028-byte SNP public key".into()))?;
+    let digest: [u8; 48] = Sha384::digest(&key_bytes).into();
+    // A digest of all zeros means "no key"; no key hashes to it.
+    if digest != report.author_key_digest && digest != report.id_key_digest {
+        return Err(SignatureError::UnknownSigner);
+    }
+    let key = idblock::public_key_from_bytes(&key_bytes, "release signer")
+        .map_err(|e| SignatureError::Malformed(e.to_string()))?;
+    let signature = unb64(&sig.signature, idblock::SIGNATURE_SIZE).ok_or_else(|| {
+        SignatureError::Malformed("signature: not a 512-byte SNP signature".into())
+    })?;
+    idblock::verify_snp(&key, message, &signature, "release").map_err(|e| match e {
+        idblock::IdBlockError::SignatureMismatch(_) => SignatureError::Invalid,
+        other => SignatureError::Malformed(other.to_string()),
+    })
 }
 
 /// Every error response: a stable code and a coarse message.
@@ -275,6 +398,114 @@ mod tests {
         assert!(open_key(&sk, &other, &sealed).is_err());
         let (sk2, _) = seal::generate_keypair();
         assert!(open_key(&sk2, &report, &sealed).is_err());
+    }
+
+    /// A minimal report that parses, naming `author` and `id` as its keys.
+    fn report_naming(author: &[u8; 48], id: &[u8; 48]) -> Vec<u8> {
+        let mut r = vec![0u8; crate::report::REPORT_SIZE];
+        r[0..4].copy_from_slice(&2u32.to_le_bytes());
+        r[0x08..0x10].copy_from_slice(&0x30000u64.to_le_bytes());
+        r[0x34..0x38].copy_from_slice(&1u32.to_le_bytes());
+        r[0xE0..0x110].copy_from_slice(id);
+        r[0x110..0x140].copy_from_slice(author);
+        r
+    }
+
+    fn p384_key() -> p384::ecdsa::SigningKey {
+        p384::ecdsa::SigningKey::random(&mut rand_core::OsRng)
+    }
+
+    #[test]
+    fn a_release_signed_by_the_reports_author_or_id_key_verifies() {
+        let author = p384_key();
+        let id = p384_key();
+        let report = report_naming(
+            &idblock::key_digest(author.verifying_key()),
+            &idblock::key_digest(id.verifying_key()),
+        );
+        let nonce = [5u8; NONCE_LEN];
+        let msg = release_message(&nonce, &report, "rec", b"sealed box");
+        for key in [&author, &id] {
+            let sig = sign_message(key, &msg);
+            assert_eq!(verify_signature(&report, &msg, Some(&sig)), Ok(()));
+        }
+        // Renewal responses likewise, under their own label.
+        let resp = RenewResponse {
+            record: "rec".into(),
+            launch: "2".into(),
+            measurement: "ab".repeat(48),
+            signature: None,
+        };
+        let rmsg = renewal_message(&nonce, &report, &resp);
+        assert_ne!(rmsg, msg);
+        let sig = sign_message(&author, &rmsg);
+        assert_eq!(verify_signature(&report, &rmsg, Some(&sig)), Ok(()));
+        // ...and a renewal signature is no release signature.
+        assert_eq!(
+            verify_signature(&report, &msg, Some(&sig)),
+            Err(SignatureError::Invalid)
+        );
+    }
+
+    #[test]
+    fn a_release_not_signed_by_a_key_in_the_report_is_refused() {
+        let author = p384_key();
+        let report = report_naming(&idblock::key_digest(author.verifying_key()), &[0; 48]);
+        let nonce = [5u8; NONCE_LEN];
+        let msg = release_message(&nonce, &report, "rec", b"sealed box");
+        // Unsigned.
+        assert_eq!(
+            verify_signature(&report, &msg, None),
+            Err(SignatureError::Missing)
+        );
+        // Signed by a key the PSP never saw (a TLS-only attacker's).
+        let forged = sign_message(&p384_key(), &msg);
+        assert_eq!(
+            verify_signature(&report, &msg, Some(&forged)),
+            Err(SignatureError::UnknownSigner)
+        );
+        // The author key's public part with another key's signature.
+        let mut spliced = sign_message(&author, &msg);
+        spliced.signature = forged.signature.clone();
+        assert_eq!(
+            verify_signature(&report, &msg, Some(&spliced)),
+            Err(SignatureError::Invalid)
+        );
+        // Every field the message binds.
+        let good = sign_message(&author, &msg);
+        let mut other_report = report.clone();
+        other_report[0x50] ^= 1;
+        for other in [
+            release_message(&[6u8; NONCE_LEN], &report, "rec", b"sealed box"),
+            release_message(&nonce, &other_report, "rec", b"sealed box"),
+            release_message(&nonce, &report, "rec2", b"sealed box"),
+            release_message(&nonce, &report, "rec", b"sealed boy"),
+        ] {
+            assert_eq!(
+                verify_signature(&report, &other, Some(&good)),
+                Err(SignatureError::Invalid)
+            );
+        }
+        // Malformed fields are named, never a panic.
+        let mut bad = good.clone();
+        bad.key = b64(&[1u8; 10]);
+        assert!(matches!(
+            verify_signature(&report, &msg, Some(&bad)),
+            Err(SignatureError::Malformed(_))
+        ));
+        let mut bad = good.clone();
+        bad.signature = b64(&[0u8; 512]);
+        assert!(matches!(
+            verify_signature(&report, &msg, Some(&bad)),
+            Err(SignatureError::Malformed(_))
+        ));
+        // A report with no author and no ID key trusts no signer.
+        let bare = report_naming(&[0; 48], &[0; 48]);
+        let msg = release_message(&nonce, &bare, "rec", b"sealed box");
+        assert_eq!(
+            verify_signature(&bare, &msg, Some(&sign_message(&author, &msg))),
+            Err(SignatureError::UnknownSigner)
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub const ID_BLOCK_VERSION: u32 = 1;
 
 const ALGO_ECDSA_P384_SHA384: u32 = 1;
 const CURVE_P384: u32 = 2;
-const SIGNATURE_SIZE: usize = 512;
+/// Size of an SNP signature structure (r and s, 72-byte little-endian
+/// each, then reserved zeros).
+pub const SIGNATURE_SIZE: usize = 512;
 const COORD: usize = 72;
 
 // Offsets in the ID authentication information structure.
@@ -92,6 +94,10 @@ pub enum IdBlockError {
     /// The author key's signature over the ID key does not verify.
     #[error("the ID key signature does not verify with the author key")]
     IdKeySignature,
+    /// A signature (other than the ID block's own two) that does not
+    /// verify with its key.
+    #[error("the {0} signature does not verify")]
+    SignatureMismatch(&'static str),
     /// Non-zero bytes where the ABI reserves zeros.
     #[error("reserved bytes at offset {0:#x} of the ID authentication information are not zero")]
     ReservedNotZero(usize),
@@ -270,6 +276,52 @@ fn parse_public_key(b: &[u8], which: &'static str) -> Result<VerifyingKey, IdBlo
     let affine =
         Option::<AffinePoint>::from(AffinePoint::from_encoded_point(&point)).ok_or_else(bad)?;
     VerifyingKey::from_affine(affine).map_err(|_| bad())
+}
+
+/// Signs `msg` with `key` (ECDSA P-384 over SHA-384) into an SNP
+/// signature structure, the layout the firmware uses for ID blocks.
+pub fn sign_snp(key: &SigningKey, msg: &[u8]) -> [u8; SIGNATURE_SIZE] {
+    let sig: Signature = key.sign(msg);
+    signature_bytes(&sig)
+}
+
+/// Decodes an SNP public key structure (exactly [`PUBLIC_KEY_SIZE`] bytes,
+/// a valid P-384 point, reserved bytes zero).
+pub fn public_key_from_bytes(b: &[u8], which: &'static str) -> Result<VerifyingKey, IdBlockError> {
+    if b.len() != PUBLIC_KEY_SIZE {
+        return Err(IdBlockError::WrongSize {
+            what: which,
+            got: b.len(),
+            expected: PUBLIC_KEY_SIZE,
+        });
+    }
+    if b[4 + 2 * COORD..].iter().any(|&x| x != 0) {
+        return Err(IdBlockError::BadPublicKey(which));
+    }
+    parse_public_key(b, which)
+}
+
+/// Checks an SNP signature structure (exactly [`SIGNATURE_SIZE`] bytes,
+/// reserved bytes zero) over `msg` with `key`.
+pub fn verify_snp(
+    key: &VerifyingKey,
+    msg: &[u8],
+    sig: &[u8],
+    which: &'static str,
+) -> Result<(), IdBlockError> {
+    if sig.len() != SIGNATURE_SIZE {
+        return Err(IdBlockError::WrongSize {
+            what: which,
+            got: sig.len(),
+            expected: SIGNATURE_SIZE,
+        });
+    }
+    if sig[2 * COORD..].iter().any(|&x| x != 0) {
+        return Err(IdBlockError::MalformedSignature(which));
+    }
+    let sig = parse_signature(sig, which)?;
+    key.verify(msg, &sig)
+        .map_err(|_| IdBlockError::SignatureMismatch(which))
 }
 
 /// ID authentication information: the signed proof that the holder of an

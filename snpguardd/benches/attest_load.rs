@@ -229,6 +229,7 @@ async fn attest_once(conn: &Conn, guest: &Guest, sign_ns: &AtomicU64) -> Result<
         report: b64(&report),
         cert_table: Some(guest.table.clone()),
         ephemeral_key: b64(&public.to_bytes()),
+        signed: true,
     };
     let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
     let (status, body) = conn

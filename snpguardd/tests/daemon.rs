@@ -773,6 +773,7 @@ fn attest_request(
             (GUID_ASK, &sim.ask_der),
         ]))),
         ephemeral_key: snpguard::attest::b64(&public.to_bytes()),
+        signed: true,
     }
 }
 

@@ -65,6 +65,7 @@ impl AttestHandler for Double {
             None => Ok(AttestResponse {
                 record,
                 sealed_key: snpguard::attest::b64(b"sealed"),
+                signature: None,
             }),
         }
     }
@@ -81,6 +82,7 @@ impl AttestHandler for Double {
                 record: format!("record-for-{}", req.nonce),
                 launch: "2".into(),
                 measurement: format!("{:0>96}", req.kernel.len()),
+                signature: None,
             }),
         }
     }
@@ -162,6 +164,7 @@ fn request() -> AttestRequest {
         report: snpguard::attest::b64(&[1u8; 1184]),
         cert_table: None,
         ephemeral_key: snpguard::attest::b64(&[2u8; 32]),
+        signed: false,
     }
 }
 

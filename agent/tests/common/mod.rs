@@ -9,6 +9,7 @@
 #[path = "../../../snpguardd/tests/common/mod.rs"]
 #[allow(unused_imports)]
 pub mod bus;
+pub mod forged;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

@@ -699,6 +699,7 @@ impl Attestor {
                 )
             })?;
         let data = attest::report_data(&ev.nonce, &key);
+        let nonce = ev.nonce;
         let Verified {
             rec,
             report_bytes,
@@ -747,9 +748,18 @@ impl Attestor {
             NOTES = %entry.notes.join("; "),
             "attestation accepted; key released"
         );
+        let sealed = sealed.to_bytes();
+        // Signed by the author key, whose digest the PSP put in this very
+        // report: the agent uses nothing released by a server that merely
+        // holds a valid TLS certificate.
+        let signature = req.signed.then(|| {
+            let message = attest::release_message(&nonce, &report_bytes, &rec.id, &sealed);
+            attest::sign_message(self.registry.keys().author(), &message)
+        });
         Ok(AttestResponse {
             record: rec.id,
-            sealed_key: attest::b64(&sealed.to_bytes()),
+            sealed_key: attest::b64(&sealed),
+            signature,
         })
     }
 }

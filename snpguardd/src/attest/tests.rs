@@ -270,6 +270,7 @@ impl Fixture {
             report: b64(&r),
             cert_table: g.table.as_ref().map(|t| b64(t)),
             ephemeral_key: b64(&pk.to_bytes()),
+            signed: true,
         };
         (req, sk, r.to_vec())
     }
@@ -307,9 +308,13 @@ impl Fixture {
         let (req, sk, report) = self.request(g, &nonce);
         let resp = self.attestor.attest(req, PEER)?;
         assert_eq!(resp.record, self.rec.id);
-        let sealed =
-            SealedBox::from_bytes(&snpguard::attest::unb64(&resp.sealed_key, 4096).unwrap())
-                .unwrap();
+        let sealed_bytes = snpguard::attest::unb64(&resp.sealed_key, 4096).unwrap();
+        // Every release is signed by the author key the report names.
+        let message =
+            snpguard::attest::release_message(&nonce, &report, &resp.record, &sealed_bytes);
+        snpguard::attest::verify_signature(&report, &message, resp.signature.as_ref())
+            .expect("the release is signed by the report's author key");
+        let sealed = SealedBox::from_bytes(&sealed_bytes).unwrap();
         Ok(open_key(&sk, &report, &sealed).unwrap().to_vec())
     }
 

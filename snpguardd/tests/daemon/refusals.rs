@@ -55,6 +55,7 @@ fn request(
             ]))
         }),
         ephemeral_key: snpguard::attest::b64(&public.to_bytes()),
+        signed: true,
     }
 }
 

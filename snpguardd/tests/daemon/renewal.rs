@@ -104,6 +104,7 @@ async fn renew(conn: &Conn, sim: &SimPlatform, running: &Launch, staging: &Path)
         kernel: snpguard::attest::b64(&kernel),
         initrd: snpguard::attest::b64(&initrd),
         cmdline: NEW_CMDLINE.into(),
+        signed: true,
     };
     let (status, body) = conn
         .post_json("/v1/renew", serde_json::to_vec(&req).expect("json"))

@@ -12,6 +12,7 @@ fn renew_request(kernel_len: usize) -> RenewRequest {
         kernel: snpguard::attest::b64(&vec![7u8; kernel_len]),
         initrd: snpguard::attest::b64(b"initrd"),
         cmdline: "console=ttyS0".into(),
+        signed: false,
     }
 }
 

@@ -45,6 +45,7 @@ impl Attestor {
             kernel,
             initrd,
             cmdline,
+            signed,
         } = req;
         let ev = self.decode_evidence(&nonce, &report, cert_table.as_deref(), peer)?;
         let kernel = unb64(&kernel, MAX_RENEW_BODY)
@@ -59,7 +60,12 @@ impl Attestor {
             ));
         }
         let data = attest::renewal_report_data(&ev.nonce, &kernel, &initrd, &cmdline);
-        let Verified { rec, mut entry, .. } = self.verify_evidence(ev, data, peer, now)?;
+        let nonce = ev.nonce;
+        let Verified {
+            rec,
+            mut entry,
+            report_bytes,
+        } = self.verify_evidence(ev, data, peer, now)?;
         if !rec.enabled {
             let r = Refusal::rejected(
                 "record-disabled",
@@ -133,10 +139,19 @@ impl Attestor {
             rec.id,
             added.launch
         );
-        Ok(RenewResponse {
+        let mut resp = RenewResponse {
             record: rec.id,
             launch: added.launch,
             measurement: added.measurement,
-        })
+            signature: None,
+        };
+        if signed {
+            let message = attest::renewal_message(&nonce, &report_bytes, &resp);
+            resp.signature = Some(attest::sign_message(
+                self.registry.keys().author(),
+                &message,
+            ));
+        }
+        Ok(resp)
     }
 }

@@ -57,6 +57,7 @@ impl Fixture {
             kernel: b64(&a.kernel),
             initrd: b64(&a.initrd),
             cmdline: a.cmdline.clone(),
+            signed: true,
         }
     }
 
@@ -148,10 +149,16 @@ fn a_retired_launch_releases_nothing() {
 fn a_renewal_is_stored_as_a_pending_launch() {
     let Some(f) = fixture() else { return };
     let a = artifacts();
-    let resp = f
-        .attestor
-        .renew(f.renewal(&f.guest(), &a, &a), PEER)
-        .unwrap();
+    let req = f.renewal(&f.guest(), &a, &a);
+    let (nonce, report) = (
+        snpguard::attest::decode_nonce(&req.nonce).unwrap(),
+        snpguard::attest::unb64(&req.report, 1184).unwrap(),
+    );
+    let resp = f.attestor.renew(req, PEER).unwrap();
+    // Signed by the author key in the guest's report.
+    let message = snpguard::attest::renewal_message(&nonce, &report, &resp);
+    snpguard::attest::verify_signature(&report, &message, resp.signature.as_ref())
+        .expect("the renewal response is signed by the report's author key");
     assert_eq!(resp.record, f.rec.id);
     assert_eq!(resp.launch, "2");
     let rec = f.registry.get(&f.rec.id).unwrap();
@@ -176,7 +183,10 @@ fn a_renewal_is_stored_as_a_pending_launch() {
         .attestor
         .renew(f.renewal(&f.guest(), &a, &a), PEER)
         .unwrap();
-    assert_eq!(again, resp);
+    assert_eq!(
+        (&again.record, &again.launch, &again.measurement),
+        (&resp.record, &resp.launch, &resp.measurement)
+    );
     assert_eq!(f.registry.get(&f.rec.id).unwrap().launches.len(), 2);
 
     // A guest cannot approve itself: a renewal from the pending launch is
@@ -217,6 +227,7 @@ fn a_renewal_not_bound_to_its_artifacts_is_refused() {
         kernel: b64(&a.kernel),
         initrd: b64(&a.initrd),
         cmdline: a.cmdline.clone(),
+        signed: true,
     };
     f.expect_renewal_refused(req, "report-data-mismatch");
 }
