@@ -191,7 +191,7 @@ mod tests {
                     let line = format!("quiet {arg} console=ttyS0");
                     let got = filter_bootloader(&line, &[]);
                     assert_eq!(got.kept, ["quiet", "console=ttyS0"], "{arg}");
-                    assert_eq!(got.dropped, [arg.clone()], "{arg}");
+                    assert_eq!(got.dropped, std::slice::from_ref(&arg), "{arg}");
                 }
             }
         }
