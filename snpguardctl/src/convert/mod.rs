@@ -267,7 +267,7 @@ fn check_inputs(a: &Args) -> Result<Recovery> {
             a.firmware.display()
         );
     }
-    crate::image::cmdline::check_append(&a.cmdline_append)?;
+    guest::check_append(&a.cmdline_append)?;
     Ok(recovery)
 }
 

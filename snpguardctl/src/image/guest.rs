@@ -63,6 +63,40 @@ pub fn snpguard_args(tool: InitrdTool) -> &'static [&'static str] {
     }
 }
 
+/// The keys of [`snpguard_args`] (both frameworks) and `root`: convert
+/// sets them, and a later duplicate would override its value.
+fn reserved_keys() -> Vec<String> {
+    let both = [InitrdTool::InitramfsTools, InitrdTool::Dracut];
+    let mut keys: Vec<String> = both
+        .iter()
+        .flat_map(|t| snpguard_args(*t))
+        .chain(&["root"])
+        .map(|a| super::cmdline::key(a))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The arguments of `--cmdline-append`: refused when one is forbidden
+/// ([`super::cmdline::check_append`]) or sets what convert sets itself
+/// (`root=`, `panic=`, `noresume`, dracut's `rd.*` …).
+pub fn check_append(append: &str) -> Result<Vec<String>> {
+    let args = super::cmdline::check_append(append)?;
+    let reserved = reserved_keys();
+    if let Some(a) = args
+        .iter()
+        .find(|a| reserved.contains(&super::cmdline::key(a)))
+    {
+        bail!(
+            "--cmdline-append: {a:?} would override what convert sets itself \
+             (root=, noresume, panic= and, for dracut, rd.neednet, ip, rd.shell, \
+             rd.emergency, rd.luks); remove it"
+        );
+    }
+    Ok(args)
+}
+
 /// A converted guest's kernel command line.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Cmdline {
@@ -85,7 +119,7 @@ pub fn cmdline(
     tool: InitrdTool,
     append: &str,
 ) -> Result<Cmdline> {
-    let append = super::cmdline::check_append(append)?;
+    let append = check_append(append)?;
     let ours = snpguard_args(tool);
     let mut replaced: Vec<&str> = vec!["root"];
     replaced.extend(ours.iter().map(|a| a.split('=').next().unwrap_or(a)));
@@ -416,6 +450,33 @@ mod tests {
         );
         assert!(d.dropped.is_empty());
         assert!(!d.line.ends_with(' ') && !d.line.contains('\n'));
+    }
+
+    #[test]
+    fn an_append_overriding_convert_is_refused_by_name() {
+        for (append, named) in [
+            ("root=/dev/vdb1", "\"root=/dev/vdb1\""),
+            ("quiet panic=5", "\"panic=5\""),
+            ("noresume", "\"noresume\""),
+            ("rd.luks=1", "\"rd.luks=1\""),
+            ("ip=off", "\"ip=off\""),
+        ] {
+            for tool in [InitrdTool::InitramfsTools, InitrdTool::Dracut] {
+                let e = cmdline("", "/dev/mapper/r", tool, append)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.starts_with(&format!(
+                        "--cmdline-append: {named} would override what convert sets itself"
+                    )),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(
+            check_append("quiet loglevel=7 rootwait").unwrap(),
+            ["quiet", "loglevel=7", "rootwait"]
+        );
     }
 
     #[test]
