@@ -211,7 +211,7 @@ show "$ctl" convert --in-image "$image" --out-image "$run/guest.qcow2" \
     --out-staging "$run/staging" --firmware "$run/OVMF.amdsev.fd" \
     --server "https://10.0.2.2:$port" --ca "$run/tls/ca.pem" \
     --ingestion-key "$run/ingestion-key.json" --agent "$agent" --modules-dir "$top" \
-    --simulated-platform --yes
+    --recovery-key-file "$run/recovery.key" --simulated-platform --yes
 
 step "register: the daemon measures, signs the ID block, keeps the sealed VMK"
 show "$ctl" --bus-address "$bus" register --name demo --vcpus 1 --vcpu-type EPYC-v4 \

@@ -2,7 +2,9 @@
 //! cryptsetup does it: DM_DEV_CREATE (with a cryptsetup-style UUID),
 //! DM_TABLE_LOAD of one `crypt` target, DM_DEV_SUSPEND without the
 //! suspend flag to resume (activate); DM_DEV_REMOVE when any step fails.
-//! The table carries the key in hex; every buffer holding it is zeroized.
+//! The table carries the key in hex: it is written once into a buffer
+//! of its exact final size (never grown, so no reallocation leaves a copy
+//! behind) and every buffer holding it is zeroized.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd as _;
@@ -79,19 +81,29 @@ pub fn dm_uuid(luks_uuid: &str, name: &str) -> String {
     )
 }
 
-/// The table line (without the key: that is `key_hex`).
-pub fn table_params(t: &CryptTarget<'_>, key_hex: &str) -> Zeroizing<String> {
-    let mut p = Zeroizing::new(format!(
-        "{} {} 0 {}:{} {}",
-        t.cipher,
-        key_hex,
-        t.major,
-        t.minor,
-        t.offset / 512
-    ));
+/// The table line `CIPHER KEYHEX 0 MAJ:MIN OFFSET [1 sector_size:N]`,
+/// NUL-terminated as DM_TABLE_LOAD takes it. The parts without the key
+/// are formatted first; the line is then assembled in one zeroizing
+/// buffer allocated at its final length, the key hex-encoded straight into
+/// it.
+pub fn table_params(t: &CryptTarget<'_>) -> Zeroizing<Vec<u8>> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let head = format!("{} ", t.cipher);
+    let mut tail = format!(" 0 {}:{} {}", t.major, t.minor, t.offset / 512);
     if t.sector_size != 512 {
-        p.push_str(&format!(" 1 sector_size:{}", t.sector_size));
+        tail.push_str(&format!(" 1 sector_size:{}", t.sector_size));
     }
+    let len = head.len() + 2 * t.key.len() + tail.len() + 1;
+    let mut p = Zeroizing::new(Vec::with_capacity(len));
+    let start = p.as_ptr();
+    p.extend_from_slice(head.as_bytes());
+    for b in t.key {
+        p.push(HEX[usize::from(b >> 4)]);
+        p.push(HEX[usize::from(b & 15)]);
+    }
+    p.extend_from_slice(tail.as_bytes());
+    p.push(0);
+    debug_assert!(p.len() == len && std::ptr::eq(start, p.as_ptr()));
     p
 }
 
@@ -223,16 +235,15 @@ pub fn create_crypt(t: &CryptTarget<'_>) -> Result<PathBuf, DmError> {
 /// dm_target_spec: sector_start, length, status, next, target_type[16])
 /// followed by its NUL-terminated parameters.
 fn table_message(t: &CryptTarget<'_>, length: u64) -> Zeroizing<Vec<u8>> {
-    let key_hex = Zeroizing::new(hex::encode(t.key));
-    let params = table_params(t, &key_hex);
-    let spec_len = (SPEC + params.len() + 1).div_ceil(8) * 8;
+    let params = table_params(t);
+    let spec_len = (SPEC + params.len()).div_ceil(8) * 8;
     let mut data = Zeroizing::new(vec![0u8; spec_len]);
     data[0..8].copy_from_slice(&0u64.to_ne_bytes()); // sector_start
     data[8..16].copy_from_slice(&length.to_ne_bytes());
     data[16..20].copy_from_slice(&0i32.to_ne_bytes()); // status
     data[20..24].copy_from_slice(&(spec_len as u32).to_ne_bytes()); // next
     data[24..29].copy_from_slice(b"crypt");
-    data[SPEC..SPEC + params.len()].copy_from_slice(params.as_bytes());
+    data[SPEC..SPEC + params.len()].copy_from_slice(&params);
     let mut m = message(t.name, "", DM_SECURE_DATA_FLAG, &data);
     m[20..24].copy_from_slice(&1u32.to_ne_bytes()); // target_count
     m
@@ -302,8 +313,8 @@ mod tests {
             "CRYPT-LUKS2-0b6a3c3e6c1c4b5e9d8a3d7e2f1a9c00-snpguard_root"
         );
         assert_eq!(
-            table_params(&t, "abababab").as_str(),
-            "aes-xts-plain64 abababab 0 7:3 32768 1 sector_size:4096"
+            &table_params(&t)[..],
+            b"aes-xts-plain64 abababab 0 7:3 32768 1 sector_size:4096\0"
         );
         assert_eq!(length_sectors(&t).unwrap(), 80);
         let t512 = CryptTarget {
@@ -311,8 +322,8 @@ mod tests {
             ..target(&key)
         };
         assert_eq!(
-            table_params(&t512, "ab").as_str(),
-            "aes-xts-plain64 ab 0 7:3 32768"
+            &table_params(&t512)[..],
+            b"aes-xts-plain64 abababab 0 7:3 32768\0"
         );
         assert_eq!(length_sectors(&t512).unwrap(), 81);
         let tiny = CryptTarget {
@@ -320,6 +331,27 @@ mod tests {
             ..target(&key)
         };
         assert!(length_sectors(&tiny).is_err());
+    }
+
+    #[test]
+    fn the_table_is_built_in_one_buffer_of_its_final_size() {
+        // Every byte value, both sector sizes, a cipher name longer than
+        // any real one: the buffer is never grown (its capacity is exactly
+        // what was asked for, so no reallocation left a copy of the key).
+        let key: Vec<u8> = (0..=255u8).collect();
+        for sector_size in [512, 4096] {
+            let t = CryptTarget {
+                key: &key,
+                cipher: "capi:xts(aes)-plain64-and-a-long-tail",
+                sector_size,
+                ..target(&key)
+            };
+            let p = table_params(&t);
+            assert_eq!(p.len(), p.capacity(), "sector size {sector_size}");
+            let text = std::str::from_utf8(&p[..p.len() - 1]).unwrap();
+            assert_eq!(text.split(' ').nth(1), Some(hex::encode(&key).as_str()));
+            assert_eq!(p.last(), Some(&0));
+        }
     }
 
     #[test]
@@ -344,11 +376,13 @@ mod tests {
         assert_eq!(u64::from_ne_bytes(spec[0..8].try_into().unwrap()), 0);
         assert_eq!(u64::from_ne_bytes(spec[8..16].try_into().unwrap()), 80);
         assert_eq!(&spec[24..40], b"crypt\0\0\0\0\0\0\0\0\0\0\0");
-        let want = table_params(&t, &hex::encode(key));
+        let want = format!(
+            "aes-xts-plain64 {} 0 7:3 32768 1 sector_size:4096\0",
+            "11".repeat(64)
+        );
         assert_eq!(&spec[SPEC..SPEC + want.len()], want.as_bytes());
-        assert_eq!(spec[SPEC + want.len()], 0, "NUL-terminated");
         let next = u32::from_ne_bytes(spec[20..24].try_into().unwrap()) as usize;
-        assert!(next % 8 == 0 && next > SPEC + want.len());
+        assert!(next % 8 == 0 && next >= SPEC + want.len());
     }
 
     #[test]

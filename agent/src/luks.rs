@@ -27,6 +27,9 @@ const MAGIC_SECONDARY: &[u8; 6] = b"SKUL\xba\xbe";
 /// Most PBKDF2 iterations of the volume-key digest accepted (cryptsetup
 /// picks a few thousand to a few hundred thousand).
 pub const MAX_DIGEST_ITERATIONS: u32 = 10_000_000;
+/// Fewest bytes of the volume-key digest accepted: a shorter one lets
+/// a wrong key pass the check by chance (cryptsetup writes 32).
+pub const MIN_DIGEST_BYTES: usize = 32;
 
 /// A header or key that does not match the pinned configuration.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,12 @@ pub enum LuksError {
     Refused { field: &'static str, reason: String },
     #[error("the released key does not open this volume (it does not match the header's digest)")]
     WrongKey,
+    #[error(
+        "LUKS2 header refused: digests.digest: digest {id} has {bytes} bytes, fewer than \
+         {MIN_DIGEST_BYTES}: it cannot tell the right volume key from a wrong one; \
+         the header was tampered with or not written by cryptsetup"
+    )]
+    DigestTooShort { id: String, bytes: usize },
 }
 
 fn refused(field: &'static str, reason: impl Into<String>) -> LuksError {
@@ -363,6 +372,12 @@ fn check(bytes: &[u8], pin: &Luks) -> Result<KeyDigest, LuksError> {
     let digest = b64("digests.digest", &d.digest)?;
     if digest.len() > 64 {
         return Err(refused("digests.digest", format!("digest {id}: too long")));
+    }
+    if digest.len() < MIN_DIGEST_BYTES {
+        return Err(LuksError::DigestTooShort {
+            id: id.clone(),
+            bytes: digest.len(),
+        });
     }
     Ok(KeyDigest {
         hash,

@@ -53,10 +53,10 @@ enum Command {
         /// Configuration.
         #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
-        /// The new kernel (/boot/vmlinuz-VERSION).
+        /// New kernel, encrypted root (/boot/vmlinuz-VER)
         #[arg(long, value_name = "FILE")]
         kernel: PathBuf,
-        /// The new initrd (/boot/initrd.img-VERSION).
+        /// New initrd, encrypted root (/boot/initrd.img-VER)
         #[arg(long, value_name = "FILE")]
         initrd: PathBuf,
         /// New command line, exact [default: the running one].
@@ -98,10 +98,12 @@ fn main() -> ExitCode {
             cmdline,
             cmdline_file,
         } => {
+            let boot_files = renew::BootFiles::from_environment();
             let req = renew::Request {
                 kernel: &kernel,
                 initrd: &initrd,
                 cmdline: renew::CmdlineArg::from_options(cmdline, cmdline_file),
+                boot_files: &boot_files,
             };
             let result = config::Config::load(&config)
                 .map_err(anyhow::Error::from)

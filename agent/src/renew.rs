@@ -5,8 +5,16 @@
 //! them; the daemon stores them as a *pending* launch of the record, which
 //! an operator approves. Nothing is powered off here: this is not the boot
 //! path, the launch that runs now keeps booting whatever happens.
+//!
+//! The kernel and the initrd are read only from the encrypted root: a file
+//! on any other device (an unencrypted /boot, a second disk) is one the
+//! host can have rewritten, and the daemon would measure the host's choice
+//! into the pending launch.
 
+use std::ffi::OsString;
+use std::fs::Metadata;
 use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -74,10 +82,121 @@ pub struct Request<'a> {
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub cmdline: CmdlineArg,
+    /// Where the kernel and the initrd may be read from.
+    pub boot_files: &'a BootFiles,
 }
 
-/// Reads `path` whole if it is a regular file of at most `max` bytes.
-fn read_bounded(path: &Path, max: usize, what: &str) -> anyhow::Result<Vec<u8>> {
+/// TEST ONLY: in the agent's simulator build (feature `simulator`),
+/// `SNPGUARD_AGENT_TEST_BOOT_FILES_ANYWHERE=1` lets `renew` read the
+/// kernel and the initrd from any device (the integration tests keep them
+/// in temporary directories). A production agent has no such mode and
+/// ignores the variable.
+pub const TEST_ANYWHERE_ENV: &str = "SNPGUARD_AGENT_TEST_BOOT_FILES_ANYWHERE";
+
+/// Where `renew` may read the kernel and the initrd from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootFiles {
+    /// The file system mounted at `root`, which must be a dm-crypt device
+    /// (its `dm/uuid` under `sys_dev_block`, the kernel's /sys/dev/block,
+    /// starts with `CRYPT-`).
+    EncryptedRoot {
+        root: PathBuf,
+        sys_dev_block: PathBuf,
+    },
+    /// TEST ONLY (simulator builds): anywhere.
+    #[cfg(feature = "simulator")]
+    Anywhere,
+}
+
+impl BootFiles {
+    /// The running system's root: `/`, checked through /sys/dev/block.
+    pub fn system() -> BootFiles {
+        BootFiles::EncryptedRoot {
+            root: PathBuf::from("/"),
+            sys_dev_block: PathBuf::from("/sys/dev/block"),
+        }
+    }
+
+    /// [`BootFiles::system`], unless this is a simulator build and
+    /// [`TEST_ANYWHERE_ENV`] is `1`.
+    pub fn from_environment() -> BootFiles {
+        BootFiles::from_test_variable(std::env::var_os(TEST_ANYWHERE_ENV))
+    }
+
+    fn from_test_variable(value: Option<OsString>) -> BootFiles {
+        #[cfg(feature = "simulator")]
+        if value.as_deref() == Some(std::ffi::OsStr::new("1")) {
+            say!(
+                "WARNING: {TEST_ANYWHERE_ENV}=1 (simulator build, TEST ONLY): the kernel and \
+                 initrd are read from any device, also ones the host can rewrite"
+            );
+            return BootFiles::Anywhere;
+        }
+        let _ = value;
+        BootFiles::system()
+    }
+
+    /// Refuses the `what` at `path` (`meta`: of the opened file) unless it
+    /// lives on the encrypted root.
+    pub fn check(&self, path: &Path, what: &str, meta: &Metadata) -> anyhow::Result<()> {
+        let (root, sys_dev_block) = match self {
+            BootFiles::EncryptedRoot {
+                root,
+                sys_dev_block,
+            } => (root, sys_dev_block),
+            #[cfg(feature = "simulator")]
+            BootFiles::Anywhere => return Ok(()),
+        };
+        let root_meta = std::fs::metadata(root)
+            .with_context(|| format!("reading the root file system {}", root.display()))?;
+        let (major, minor) = split_dev(root_meta.dev());
+        let next = "the host can rewrite any other device; add this kernel on the host \
+                    with snpguardctl records add-launch instead";
+        if meta.dev() != root_meta.dev() {
+            let (fmaj, fmin) = split_dev(meta.dev());
+            bail!(
+                "the {what} {} is on device {fmaj}:{fmin}, not on the encrypted root \
+                 ({} is on {major}:{minor}); a renewal reads kernel and initrd only from \
+                 the encrypted root: {next}",
+                path.display(),
+                root.display()
+            );
+        }
+        let uuid_path = sys_dev_block.join(format!("{major}:{minor}/dm/uuid"));
+        let uuid = std::fs::read_to_string(&uuid_path).unwrap_or_default();
+        if !uuid.starts_with("CRYPT-") {
+            let found = match uuid.trim() {
+                "" => "no dm-crypt mapping".to_owned(),
+                u => format!("device-mapper UUID {u:?}"),
+            };
+            bail!(
+                "the {what} {} is on device {major}:{minor} ({}), which is not a dm-crypt \
+                 device ({}: {found}); a renewal reads kernel and initrd only from the \
+                 encrypted root: {next}",
+                path.display(),
+                root.display(),
+                uuid_path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// glibc's `major`/`minor` of a dev_t.
+fn split_dev(dev: u64) -> (u64, u64) {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    (major, minor)
+}
+
+/// Reads `path` whole if it is a regular file of at most `max` bytes,
+/// after `check` accepted the opened file's metadata.
+fn read_bounded(
+    path: &Path,
+    max: usize,
+    what: &str,
+    check: impl FnOnce(&Metadata) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<u8>> {
     let f = std::fs::File::open(path)
         .with_context(|| format!("opening the {what} {}", path.display()))?;
     let meta = f
@@ -86,6 +205,7 @@ fn read_bounded(path: &Path, max: usize, what: &str) -> anyhow::Result<Vec<u8>> 
     if !meta.is_file() {
         bail!("the {what} {} is not a regular file", path.display());
     }
+    check(&meta)?;
     let mut out = Vec::new();
     f.take(max as u64 + 1)
         .read_to_end(&mut out)
@@ -99,9 +219,11 @@ fn read_bounded(path: &Path, max: usize, what: &str) -> anyhow::Result<Vec<u8>> 
     Ok(out)
 }
 
-/// [`read_bounded`], and not empty.
-fn read_artifact(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    let out = read_bounded(path, MAX_ARTIFACTS, what)?;
+/// [`read_bounded`] from where `boot_files` allows, and not empty.
+fn read_artifact(path: &Path, what: &str, boot_files: &BootFiles) -> anyhow::Result<Vec<u8>> {
+    let out = read_bounded(path, MAX_ARTIFACTS, what, |meta| {
+        boot_files.check(path, what, meta)
+    })?;
     if out.is_empty() {
         bail!("the {what} {} is empty", path.display());
     }
@@ -171,7 +293,7 @@ pub fn load(req: &Request<'_>) -> anyhow::Result<Artifacts> {
         }
         CmdlineArg::File(p) => {
             // The command line and its newline.
-            let bytes = read_bounded(p, MAX_CMDLINE_LEN + 1, "command line file")?;
+            let bytes = read_bounded(p, MAX_CMDLINE_LEN + 1, "command line file", |_| Ok(()))?;
             cmdline_from_file(&bytes).with_context(|| p.display().to_string())?
         }
         CmdlineArg::Running => {
@@ -185,8 +307,8 @@ pub fn load(req: &Request<'_>) -> anyhow::Result<Artifacts> {
             cmdline
         }
     };
-    let kernel = read_artifact(req.kernel, "kernel")?;
-    let initrd = read_artifact(req.initrd, "initrd")?;
+    let kernel = read_artifact(req.kernel, "kernel", req.boot_files)?;
+    let initrd = read_artifact(req.initrd, "initrd", req.boot_files)?;
     check_total(kernel.len(), initrd.len())?;
     Ok(Artifacts {
         kernel,
@@ -297,9 +419,29 @@ mod tests {
         assert!(check_total(usize::MAX, usize::MAX).is_err());
     }
 
+    /// A root at `dir` whose device the fake /sys/dev/block under `dir`
+    /// maps with the device-mapper UUID `uuid` (none: not a dm device).
+    fn fake_root(dir: &Path, uuid: Option<&str>) -> BootFiles {
+        let (major, minor) = split_dev(std::fs::metadata(dir).unwrap().dev());
+        let sys = dir.join("sys-dev-block");
+        let dev = sys.join(format!("{major}:{minor}"));
+        std::fs::create_dir_all(&dev).unwrap();
+        if let Some(u) = uuid {
+            std::fs::create_dir(dev.join("dm")).unwrap();
+            std::fs::write(dev.join("dm/uuid"), format!("{u}\n")).unwrap();
+        }
+        BootFiles::EncryptedRoot {
+            root: dir.to_path_buf(),
+            sys_dev_block: sys,
+        }
+    }
+
+    const CRYPT_UUID: &str = "CRYPT-LUKS2-0b6a3c3e6c1c4b5e9d8a3d7e2f1a9c00-snpguard_root";
+
     #[test]
     fn files_are_read_bounded_and_checked() {
         let dir = tempfile::tempdir().unwrap();
+        let boot = fake_root(dir.path(), Some(CRYPT_UUID));
         let k = dir.path().join("vmlinuz");
         std::fs::write(&k, b"kernel").unwrap();
         let i = dir.path().join("initrd.img");
@@ -309,6 +451,7 @@ mod tests {
         let a = load(&Request {
             kernel: &k,
             initrd: &i,
+            boot_files: &boot,
             cmdline: CmdlineArg::File(c.clone()),
         })
         .unwrap();
@@ -319,6 +462,7 @@ mod tests {
         let a = load(&Request {
             kernel: &k,
             initrd: &i,
+            boot_files: &boot,
             cmdline: CmdlineArg::Given(" exact \n".into()),
         })
         .unwrap();
@@ -327,6 +471,7 @@ mod tests {
         let a = load(&Request {
             kernel: &k,
             initrd: &i,
+            boot_files: &boot,
             cmdline: CmdlineArg::File(c.clone()),
         })
         .unwrap();
@@ -336,6 +481,7 @@ mod tests {
         let e = load(&Request {
             kernel: &missing,
             initrd: &i,
+            boot_files: &boot,
             cmdline: CmdlineArg::Given(String::new()),
         })
         .err()
@@ -346,6 +492,7 @@ mod tests {
         let e = load(&Request {
             kernel: &k,
             initrd: &empty,
+            boot_files: &boot,
             cmdline: CmdlineArg::Given(String::new()),
         })
         .err()
@@ -354,22 +501,155 @@ mod tests {
         let e = load(&Request {
             kernel: dir.path(),
             initrd: &i,
+            boot_files: &boot,
             cmdline: CmdlineArg::Given(String::new()),
         })
         .err()
         .unwrap();
         assert!(format!("{e:#}").contains("regular file"), "{e:#}");
-        let e = read_bounded(&k, 5, "kernel").unwrap_err().to_string();
+        let e = read_bounded(&k, 5, "kernel", |_| Ok(()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("larger than 5 bytes"), "{e}");
-        assert_eq!(read_bounded(&k, 6, "kernel").unwrap(), b"kernel");
+        assert_eq!(
+            read_bounded(&k, 6, "kernel", |_| Ok(())).unwrap(),
+            b"kernel"
+        );
         let e = load(&Request {
             kernel: &k,
             initrd: &i,
+            boot_files: &boot,
             cmdline: CmdlineArg::Given("a\0".into()),
         })
         .err()
         .unwrap();
         assert!(e.to_string().contains("NUL"), "{e}");
+    }
+
+    /// `load` of `kernel` (and an initrd next to the root) under `boot`.
+    fn load_kernel(kernel: &Path, initrd: &Path, boot: &BootFiles) -> anyhow::Result<Artifacts> {
+        load(&Request {
+            kernel,
+            initrd,
+            cmdline: CmdlineArg::Given(String::new()),
+            boot_files: boot,
+        })
+    }
+
+    #[test]
+    fn kernel_and_initrd_on_the_dm_crypt_root_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = fake_root(dir.path(), Some(CRYPT_UUID));
+        let k = dir.path().join("vmlinuz");
+        std::fs::write(&k, b"kernel").unwrap();
+        let i = dir.path().join("initrd.img");
+        std::fs::write(&i, b"initrd").unwrap();
+        let a = load_kernel(&k, &i, &boot).unwrap();
+        assert_eq!(
+            (&a.kernel[..], &a.initrd[..]),
+            (&b"kernel"[..], &b"initrd"[..])
+        );
+    }
+
+    #[test]
+    fn a_root_that_is_not_dm_crypt_is_refused_naming_file_and_device() {
+        for (uuid, found) in [
+            (Some("LVM-abcdef"), "device-mapper UUID \"LVM-abcdef\""),
+            (
+                Some("CRYPTX-LUKS2-abc"),
+                "device-mapper UUID \"CRYPTX-LUKS2-abc\"",
+            ),
+            (Some(""), "no dm-crypt mapping"),
+            (None, "no dm-crypt mapping"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let boot = fake_root(dir.path(), uuid);
+            let (major, minor) = split_dev(std::fs::metadata(dir.path()).unwrap().dev());
+            let k = dir.path().join("vmlinuz");
+            std::fs::write(&k, b"kernel").unwrap();
+            let i = dir.path().join("initrd.img");
+            std::fs::write(&i, b"initrd").unwrap();
+            let e = load_kernel(&k, &i, &boot).err().unwrap().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "the kernel {} is on device {major}:{minor} ({}), which is not a dm-crypt device",
+                    k.display(),
+                    dir.path().display()
+                )),
+                "{e}"
+            );
+            assert!(e.contains(found) && e.contains("add-launch"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_file_on_another_device_than_the_root_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = fake_root(dir.path(), Some(CRYPT_UUID));
+        let i = dir.path().join("initrd.img");
+        std::fs::write(&i, b"initrd").unwrap();
+        // /proc is always another file system than a temporary directory;
+        // a symlink on the root does not make its target part of it.
+        let other = Path::new("/proc/version");
+        let link = dir.path().join("vmlinuz");
+        std::os::unix::fs::symlink(other, &link).unwrap();
+        let (fmaj, fmin) = split_dev(std::fs::metadata(other).unwrap().dev());
+        let (rmaj, rmin) = split_dev(std::fs::metadata(dir.path()).unwrap().dev());
+        assert_ne!((fmaj, fmin), (rmaj, rmin));
+        for kernel in [other, link.as_path()] {
+            let e = load_kernel(kernel, &i, &boot).err().unwrap().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "the kernel {} is on device {fmaj}:{fmin}, not on the encrypted root ({} is on {rmaj}:{rmin})",
+                    kernel.display(),
+                    dir.path().display()
+                )),
+                "{e}"
+            );
+        }
+        // The initrd is checked as well.
+        let k = dir.path().join("k");
+        std::fs::write(&k, b"kernel").unwrap();
+        let e = load_kernel(&k, other, &boot).err().unwrap().to_string();
+        assert!(
+            e.starts_with("the initrd /proc/version is on device"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn production_reads_boot_files_only_from_the_dm_crypt_root_at_slash() {
+        assert_eq!(
+            BootFiles::system(),
+            BootFiles::EncryptedRoot {
+                root: "/".into(),
+                sys_dev_block: "/sys/dev/block".into()
+            }
+        );
+        assert_eq!(BootFiles::from_test_variable(None), BootFiles::system());
+        assert_eq!(
+            BootFiles::from_test_variable(Some("yes".into())),
+            BootFiles::system()
+        );
+        // Only the simulator build has a test mode at all.
+        #[cfg(not(feature = "simulator"))]
+        assert_eq!(
+            BootFiles::from_test_variable(Some("1".into())),
+            BootFiles::system()
+        );
+        #[cfg(feature = "simulator")]
+        assert_eq!(
+            BootFiles::from_test_variable(Some("1".into())),
+            BootFiles::Anywhere
+        );
+    }
+
+    #[test]
+    fn device_numbers_split_like_glibc() {
+        assert_eq!(split_dev((253 << 8) | 3), (253, 3));
+        // makedev(259, 0x12345): the high parts above bit 32 and bit 12.
+        let dev = (259u64 & 0xfff) << 8 | (0x12345u64 & 0xff) | ((0x12345u64 & !0xff) << 12);
+        assert_eq!(split_dev(dev), (259, 0x12345));
     }
 
     #[test]

@@ -20,6 +20,9 @@ use common::{agent, daemon_log, failed_line, registered_guest, sibling, Guest};
 use rand::{RngCore, SeedableRng};
 
 const NEW_CMDLINE: &str = "console=ttyS0 root=/dev/mapper/root quiet";
+/// The simulator build's variable that lets `renew` read the kernel and
+/// initrd from any device.
+const ANYWHERE: &str = "SNPGUARD_AGENT_TEST_BOOT_FILES_ANYWHERE";
 
 /// The output of `snpguardctl --bus-address … args`.
 fn ctl(g: &Guest, args: &[&str]) -> Output {
@@ -79,6 +82,9 @@ fn renew(
     cmdline_file: &Path,
 ) -> (Option<i32>, String, Vec<String>) {
     let out = Command::new(env!("CARGO_BIN_EXE_snpguard-agent"))
+        // The artifacts are in a temporary directory, not on a dm-crypt
+        // root: the simulator build's test mode (src/renew.rs).
+        .env(ANYWHERE, "1")
         .args(["renew", "--config"])
         .arg(config)
         .arg("--kernel")
@@ -261,6 +267,38 @@ async fn bad_artifacts_are_refused_before_anything_is_sent() {
     assert_eq!(launches(&g).len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_test_mode_a_kernel_off_the_encrypted_root_is_refused() {
+    let Some(g) = registered_guest().await else {
+        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        return;
+    };
+    let blob = g.launch_blob("launch.json", &[]);
+    let config = g.config(Path::new("/dev/null"), &blob, "sgroot");
+    let (_, initrd, cmdline_file) = new_artifacts(&g, 11);
+    // /proc is never the root file system, dm-crypt or not.
+    let out = Command::new(env!("CARGO_BIN_EXE_snpguard-agent"))
+        .env_remove(ANYWHERE)
+        .args(["renew", "--config"])
+        .arg(&config)
+        .args(["--kernel", "/proc/version", "--initrd"])
+        .arg(&initrd)
+        .arg("--cmdline-file")
+        .arg(&cmdline_file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the kernel /proc/version is on device 0:")
+            && stderr.contains("not on the encrypted root"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("renewing with"), "{stderr}");
+    assert_eq!(launches(&g).len(), 1);
+}
+
 /// Runs the kernel hook as the kernel package would (`hook VERSION
 /// IMAGE`), with the built agent and `boot` as /boot; exit code and
 /// stderr.
@@ -283,6 +321,7 @@ fn hook_with(
     .arg(version)
     .arg(boot.join(format!("vmlinuz-{version}")))
     .env("SNPGUARD_AGENT", env!("CARGO_BIN_EXE_snpguard-agent"))
+    .env(ANYWHERE, "1")
     .env("SNPGUARD_AGENT_CONFIG", config)
     .env("SNPGUARD_RENEW_DISABLED", disabled)
     .env("SNPGUARD_BOOT", boot)

@@ -56,7 +56,8 @@ impl Fixture {
         self.dir.join(name)
     }
 
-    /// The convert arguments for `input` → `out`/`staging`.
+    /// The convert arguments for `input` → `out`/`staging`, the recovery
+    /// passphrase written to `recovery.key`.
     fn args(&self, input: &Path, out: &str, staging: &str) -> Vec<String> {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert");
         let agent = std::env::var("SNPGUARD_TEST_AGENT")
@@ -82,6 +83,8 @@ impl Fixture {
             agent.to_str().unwrap(),
             "--modules-dir",
             modules.to_str().unwrap(),
+            "--recovery-key-file",
+            self.path("recovery.key").to_str().unwrap(),
         ]
         .into_iter()
         .map(String::from)
@@ -151,6 +154,13 @@ fn convert_image(layout: &str, input: PathBuf, extra: &[&str]) -> Converted {
     let fx = Fixture::new(layout);
     let input_hash = sha256(&input);
     let mut args = fx.args(&input, "out.qcow2", "staging");
+    if extra.contains(&"--no-recovery-keyslot") {
+        let at = args
+            .iter()
+            .position(|a| a == "--recovery-key-file")
+            .unwrap();
+        args.drain(at..at + 2);
+    }
     args.push("--json".into());
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -276,31 +286,55 @@ fn check(c: &Converted) {
     );
 
     // LUKS2 with the pinned parameters; opens with the VMK and with the
-    // recovery passphrase.
+    // recovery passphrase from --recovery-key-file (never printed), or
+    // has no keyslot at all with --no-recovery-keyslot.
     let dump = app.ok(&format!("cryptsetup luksDump {root_out}"));
     assert!(dump.contains("Version:       \t2"), "{dump}");
     let luks_uuid = s["luks"]["uuid"].as_str().unwrap();
     assert!(dump.contains(luks_uuid));
     assert!(dump.contains("offset: 16777216 [bytes]") && dump.contains("cipher: aes-xts-plain64"));
+    assert!(
+        s.get("recovery_passphrase").is_none(),
+        "passphrase in the summary"
+    );
     app.ok("mkdir -p /run/t && mount -t tmpfs tmpfs /run/t");
     app.ok(&format!(
         "printf '%s' {} | base64 -d > /run/t/vmk",
         snpguard::attest::b64(&vmk)
     ));
+    let key_file = c.fx.path("recovery.key");
+    if s["recovery"]["keyslot"] == true {
+        assert_eq!(s["recovery"]["file"].as_str(), key_file.to_str());
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "recovery.key has mode {mode:o}");
+        let pass = std::fs::read_to_string(&key_file).unwrap();
+        let pass = pass.strip_suffix('\n').expect("one line");
+        assert_eq!(pass.len(), 47, "{pass}");
+        for (what, text) in [("stdout", &c.stdout), ("stderr", &c.stderr)] {
+            assert!(!text.contains(pass), "the recovery passphrase is in {what}");
+        }
+        app.ok(&format!("printf '%s' '{pass}' > /run/t/pass"));
+        let (rc, o) = app.sh(&format!(
+            "cryptsetup open --readonly --test-passphrase --key-file /run/t/pass {root_out}"
+        ));
+        assert_eq!(rc, 0, "recovery passphrase does not open the volume: {o}");
+        let (rc, _) = app.sh(&format!(
+            "printf wrong > /run/t/bad && cryptsetup open --readonly --test-passphrase --key-file /run/t/bad {root_out}"
+        ));
+        assert_ne!(rc, 0, "a wrong passphrase opened the volume");
+    } else {
+        assert_eq!(s["recovery"]["keyslot"], false, "{s}");
+        assert!(!key_file.exists());
+        let keyslots = dump
+            .split("Keyslots:")
+            .nth(1)
+            .and_then(|r| r.split("Tokens:").next())
+            .expect("a Keyslots section");
+        assert!(keyslots.trim().is_empty(), "keyslots left: {dump}");
+    }
+    // --key-size: without a keyslot cryptsetup cannot tell it otherwise.
     app.ok(&format!(
-        "printf '%s' '{}' > /run/t/pass",
-        s["recovery_passphrase"].as_str().unwrap()
-    ));
-    let (rc, o) = app.sh(&format!(
-        "cryptsetup open --readonly --test-passphrase --key-file /run/t/pass {root_out}"
-    ));
-    assert_eq!(rc, 0, "recovery passphrase does not open the volume: {o}");
-    let (rc, _) = app.sh(&format!(
-        "printf wrong > /run/t/bad && cryptsetup open --readonly --test-passphrase --key-file /run/t/bad {root_out}"
-    ));
-    assert_ne!(rc, 0, "a wrong passphrase opened the volume");
-    app.ok(&format!(
-        "cryptsetup open --readonly --volume-key-file /run/t/vmk {root_out} t_root"
+        "cryptsetup open --readonly --key-size 512 --volume-key-file /run/t/vmk {root_out} t_root"
     ));
 
     // Filesystem identity and every file of IN in OUT.
@@ -541,7 +575,10 @@ fn converts_a_separate_boot_with_an_explicit_kernel() {
         .as_str()
         .unwrap()
         .to_string();
-    let c = convert("boot", &["--kernel", &rootfs_kernel]);
+    let c = convert(
+        "boot",
+        &["--kernel", &rootfs_kernel, "--no-recovery-keyslot"],
+    );
     assert_eq!(
         c.summary["kernel"]["version"].as_str(),
         Some(rootfs_kernel.as_str())

@@ -280,3 +280,67 @@ fn pbkdf2_known_answer() {
          49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783"
     );
 }
+
+/// Replaces the volume-key digest in the `digests` section by its first
+/// `n` bytes.
+fn truncate_digest(json: &str, n: usize) -> String {
+    let at = json.find("\"digests\"").expect("digests");
+    let key = "\"digest\":\"";
+    let start = at + json[at..].find(key).expect("digest") + key.len();
+    let end = start + json[start..].find('"').expect("end of digest");
+    let digest = snpguard::attest::unb64(&json[start..end], 256).expect("base64");
+    assert_eq!(digest.len(), 32, "cryptsetup's digest");
+    let short = snpguard::attest::b64(&digest[..n]);
+    format!("{}{short}{}", &json[..start], &json[end..])
+}
+
+#[test]
+fn a_digest_shorter_than_32_bytes_is_refused_by_name() {
+    for n in [1, 4, 16, 31] {
+        let Some(v) = volume(4096) else { return };
+        rewrite_json(&v.path, |j| truncate_digest(j, n));
+        // Its first bytes still match the right key: only the length
+        // check stands between a forged header and a weak comparison.
+        match read_header(&v.path, &pin()) {
+            Err(LuksError::DigestTooShort { id, bytes }) => {
+                assert_eq!((id.as_str(), bytes), ("0", n));
+            }
+            Err(other) => panic!("{n} bytes: expected DigestTooShort, got {other}"),
+            Ok(_) => panic!("{n} bytes: a short digest was accepted"),
+        }
+        let e = read_header(&v.path, &pin()).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("digest 0 has {n} bytes, fewer than 32")),
+            "{e}"
+        );
+    }
+    // Exactly 32 (what cryptsetup writes) is accepted.
+    let Some(v) = volume(4096) else { return };
+    read_header(&v.path, &pin())
+        .expect("32-byte digest")
+        .check_key(&v.key)
+        .expect("right key");
+}
+
+#[test]
+fn a_volume_without_keyslots_still_checks_the_key() {
+    // `snpguardctl convert --no-recovery-keyslot` destroys the only
+    // keyslot; the volume-key digest stays and is all the agent reads.
+    let Some(v) = volume(4096) else { return };
+    let out = Command::new("cryptsetup")
+        .args(["luksKillSlot", "--batch-mode"])
+        .arg(&v.path)
+        .arg("0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "luksKillSlot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h = read_header(&v.path, &pin()).expect("header without keyslots");
+    h.check_key(&v.key).expect("right key");
+    let mut wrong = v.key.clone();
+    wrong[63] ^= 1;
+    assert!(matches!(h.check_key(&wrong), Err(LuksError::WrongKey)));
+}

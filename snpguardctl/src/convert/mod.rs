@@ -69,9 +69,21 @@ pub struct Args {
     /// the kernels with SEV-SNP support)
     #[arg(long, value_name = "VERSION")]
     pub kernel: Option<String>,
-    /// Extra kernel command line arguments
+    /// Extra kernel command line arguments (refused if one opens a shell,
+    /// changes init or resumes from disk: docs/convert.md)
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline_append: String,
+    /// Write the LUKS recovery passphrase to this new file (mode 0600; an
+    /// existing file is refused)
+    #[arg(long, value_name = "PATH")]
+    pub recovery_key_file: Option<PathBuf>,
+    /// Print the LUKS recovery passphrase (stdout; with --json the
+    /// recovery_passphrase field)
+    #[arg(long)]
+    pub show_recovery_key: bool,
+    /// Enrol no recovery passphrase: only the attested key opens the root
+    #[arg(long, conflicts_with_all = ["recovery_key_file", "show_recovery_key"])]
+    pub no_recovery_keyslot: bool,
     /// Take the default kernel without asking
     #[arg(long)]
     pub yes: bool,
@@ -89,6 +101,60 @@ pub struct Args {
     /// simulator build (a production agent refuses it)
     #[arg(long)]
     pub simulated_platform: bool,
+}
+
+/// What happens to the LUKS recovery passphrase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Recovery {
+    /// No recovery keyslot (`--no-recovery-keyslot`).
+    None,
+    /// A passphrase in keyslot 0, written to `file` and/or shown.
+    Keyslot { file: Option<PathBuf>, show: bool },
+}
+
+/// The operator's choice for the recovery passphrase; none is an error
+/// (a passphrase printed by default ends up in terminal scrollback, CI
+/// logs and shell history).
+fn recovery(a: &Args) -> Result<Recovery> {
+    match (
+        &a.recovery_key_file,
+        a.show_recovery_key,
+        a.no_recovery_keyslot,
+    ) {
+        (None, false, false) => bail!(
+            "choose what happens to the LUKS recovery passphrase: \
+             --recovery-key-file PATH (written to a new 0600 file), \
+             --show-recovery-key (printed once) or --no-recovery-keyslot \
+             (none: only the attested key opens the root)"
+        ),
+        (_, _, true) => Ok(Recovery::None),
+        (file, show, false) => {
+            if let Some(f) = file {
+                if std::fs::symlink_metadata(f).is_ok() {
+                    bail!(
+                        "--recovery-key-file {} exists; remove it or choose another path",
+                        f.display()
+                    );
+                }
+                // The outputs are renamed into place at the end, over
+                // whatever has their name by then.
+                let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+                if [&a.out_image, &a.out_staging]
+                    .iter()
+                    .any(|o| abs(o) == abs(f))
+                {
+                    bail!(
+                        "--recovery-key-file {} is also an output path; choose another path",
+                        f.display()
+                    );
+                }
+            }
+            Ok(Recovery::Keyslot {
+                file: file.clone(),
+                show,
+            })
+        }
+    }
 }
 
 /// The report source the agent is configured with.
@@ -172,7 +238,8 @@ fn utf8(p: &Path) -> Result<&str> {
         .with_context(|| format!("{} is not a UTF-8 path", p.display()))
 }
 
-fn check_inputs(a: &Args) -> Result<()> {
+fn check_inputs(a: &Args) -> Result<Recovery> {
+    let recovery = recovery(a)?;
     for s in &a.servers {
         check_server(s)?;
     }
@@ -200,10 +267,8 @@ fn check_inputs(a: &Args) -> Result<()> {
             a.firmware.display()
         );
     }
-    if a.cmdline_append.contains(['\n', '\0']) {
-        bail!("--cmdline-append must be one line");
-    }
-    Ok(())
+    guest::check_append(&a.cmdline_append)?;
+    Ok(recovery)
 }
 
 fn ingestion_key(a: &Args) -> Result<PublicKey> {
@@ -245,10 +310,11 @@ struct Outcome {
     kernel: inspect::Kernel,
     cmdline: String,
     luks: LuksParams,
+    recovery: Recovery,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    check_inputs(&a)?;
+    let recovery = check_inputs(&a)?;
     let in_abs = std::fs::canonicalize(&a.in_image)?;
     if std::fs::canonicalize(&a.out_image).ok().as_ref() == Some(&in_abs) {
         bail!("--out-image must not be the input image");
@@ -271,7 +337,19 @@ pub fn run(a: Args) -> Result<()> {
     std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o700))?;
 
     let vmk = Vmk::generate();
-    let passphrase = RecoveryPassphrase::generate();
+    let passphrase = match recovery {
+        Recovery::None => None,
+        Recovery::Keyslot { .. } => Some(RecoveryPassphrase::generate()),
+    };
+    // Written before anything is converted: an image whose passphrase
+    // could not be stored is never produced.
+    let key_file = match (&recovery, &passphrase) {
+        (Recovery::Keyslot { file: Some(f), .. }, Some(p)) => {
+            let line = zeroize::Zeroizing::new(format!("{}\n", p.expose()));
+            Some(outputs::Exclusive::create(f, line.as_bytes())?)
+        }
+        _ => None,
+    };
     let sealed = seal::seal(&key, seal::INFO_INGEST, b"", vmk.bytes())
         .context("sealing the VMK to the ingestion key")?;
     let mut f = create_private(&staging.path().join(SEALED_VMK))?;
@@ -287,7 +365,7 @@ pub fn run(a: Args) -> Result<()> {
         out.path(),
         staging.path(),
         &vmk,
-        &passphrase,
+        passphrase.as_ref(),
         params,
         &config,
     )?;
@@ -295,7 +373,18 @@ pub fn run(a: Args) -> Result<()> {
 
     out.commit()?;
     staging.commit()?;
-    summary(&a, &progress, &outcome, &passphrase)
+    if let Some(k) = key_file {
+        k.commit();
+    }
+    summary(
+        &a,
+        &progress,
+        &Outcome {
+            recovery,
+            ..outcome
+        },
+        passphrase.as_ref(),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -305,7 +394,7 @@ fn convert(
     out_path: &Path,
     staging: &Path,
     vmk: &Vmk,
-    passphrase: &RecoveryPassphrase,
+    passphrase: Option<&RecoveryPassphrase>,
     params: LuksParams,
     config: &str,
 ) -> Result<Outcome> {
@@ -401,12 +490,22 @@ fn convert(
     let phase = progress.start("extract", "extracting kernel, initrd and command line");
     stage_download(&app, &kernel.kernel, &staging.join(KERNEL))?;
     stage_download(&app, &kernel.initrd, &staging.join(INITRD))?;
-    let cmdline = guest::cmdline(
+    let guest::Cmdline {
+        line: cmdline,
+        dropped,
+    } = guest::cmdline(
         &kernel.cmdline,
         &params.mapper(),
         guest.initrd_tool,
         &a.cmdline_append,
-    );
+    )?;
+    if !dropped.is_empty() {
+        eprintln!(
+            "WARNING: not carried over from the bootloader's command line (each opens a \
+             shell, changes init or resumes from disk): {}",
+            dropped.join(" ")
+        );
+    }
     let mut f = create_private(&staging.join(CMDLINE))?;
     f.write_all(cmdline.as_bytes())?;
     f.sync_all()?;
@@ -419,6 +518,7 @@ fn convert(
         kernel,
         cmdline,
         luks: params,
+        recovery: Recovery::None,
     })
 }
 
@@ -426,15 +526,20 @@ fn summary(
     a: &Args,
     progress: &Progress,
     o: &Outcome,
-    passphrase: &RecoveryPassphrase,
+    passphrase: Option<&RecoveryPassphrase>,
 ) -> Result<()> {
+    let (file, show) = match &o.recovery {
+        Recovery::None => (None, false),
+        Recovery::Keyslot { file, show } => (file.as_deref(), *show),
+    };
+    let shown = passphrase.filter(|_| show);
     let timings: serde_json::Map<String, serde_json::Value> = progress
         .timings()
         .iter()
         .map(|(n, d)| (n.to_string(), json!(d.as_millis() as u64)))
         .collect();
     if a.json {
-        let v = json!({
+        let mut v = json!({
             "out_image": a.out_image.display().to_string(),
             "out_staging": a.out_staging.display().to_string(),
             "product": o.guest.product,
@@ -444,9 +549,15 @@ fn summary(
             "kernel": o.kernel,
             "cmdline": o.cmdline,
             "luks": o.luks,
-            "recovery_passphrase": passphrase.expose(),
+            "recovery": {
+                "keyslot": o.recovery != Recovery::None,
+                "file": file.map(|f| f.display().to_string()),
+            },
             "timings_ms": timings,
         });
+        if let Some(p) = shown {
+            v["recovery_passphrase"] = json!(p.expose());
+        }
         println!("{v}");
     } else {
         println!(
@@ -458,10 +569,24 @@ fn summary(
         println!("kernel    {}", o.kernel.version);
         println!("cmdline   {}", o.cmdline);
         println!("luks      {} ({})", o.luks.uuid, o.luks.cipher);
-        println!(
-            "recovery passphrase (shown once; store it offline, it opens the root with cryptsetup):"
-        );
-        println!("          {}", passphrase.expose());
+        match (&o.recovery, file) {
+            (Recovery::None, _) => {
+                println!(
+                    "recovery  none (--no-recovery-keyslot): only the attested key opens the root"
+                )
+            }
+            (_, Some(f)) => println!(
+                "recovery  passphrase in {} (store it offline; it opens the root with cryptsetup)",
+                f.display()
+            ),
+            (_, None) => {}
+        }
+        if let Some(p) = shown {
+            println!(
+                "recovery passphrase (shown once; store it offline, it opens the root with cryptsetup):"
+            );
+            println!("          {}", p.expose());
+        }
     }
     Ok(())
 }
@@ -469,6 +594,166 @@ fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `convert` as the CLI parses it.
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        use clap::Parser as _;
+        let base = [
+            "convert",
+            "--in-image",
+            "in.qcow2",
+            "--out-image",
+            "out.qcow2",
+            "--out-staging",
+            "s",
+            "--firmware",
+            "fw.fd",
+            "--server",
+            "https://a",
+            "--ca",
+            "ca.pem",
+        ];
+        Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.a)
+    }
+
+    #[test]
+    fn the_recovery_options_parse() {
+        let a = parse(&["--recovery-key-file", "/k"]).unwrap();
+        assert_eq!(a.recovery_key_file.as_deref(), Some(Path::new("/k")));
+        assert!(!a.show_recovery_key && !a.no_recovery_keyslot);
+        let a = parse(&["--show-recovery-key"]).unwrap();
+        assert!(a.show_recovery_key && a.recovery_key_file.is_none());
+        let a = parse(&["--show-recovery-key", "--recovery-key-file", "/k"]).unwrap();
+        assert!(a.show_recovery_key && a.recovery_key_file.is_some());
+        let a = parse(&["--no-recovery-keyslot"]).unwrap();
+        assert!(a.no_recovery_keyslot);
+        // No keyslot and a passphrase to store or show contradict.
+        for extra in [
+            &["--no-recovery-keyslot", "--show-recovery-key"][..],
+            &["--no-recovery-keyslot", "--recovery-key-file", "/k"][..],
+        ] {
+            let e = parse(extra).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+        }
+        assert!(parse(&["--recovery-key-file"]).is_err());
+    }
+
+    #[test]
+    fn convert_refuses_without_a_recovery_choice_naming_the_options() {
+        let a = parse(&[]).unwrap();
+        let e = recovery(&a).unwrap_err().to_string();
+        for o in [
+            "--recovery-key-file PATH",
+            "--show-recovery-key",
+            "--no-recovery-keyslot",
+        ] {
+            assert!(e.contains(o), "{e}");
+        }
+        // check_inputs refuses it first, before looking at any file.
+        let e = check_inputs(&a).unwrap_err().to_string();
+        assert!(
+            e.starts_with("choose what happens to the LUKS recovery passphrase"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_recovery_choice_is_what_the_options_say() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("recovery.key");
+        let k_str = k.to_str().unwrap();
+        assert_eq!(
+            recovery(&parse(&["--recovery-key-file", k_str]).unwrap()).unwrap(),
+            Recovery::Keyslot {
+                file: Some(k.clone()),
+                show: false
+            }
+        );
+        assert_eq!(
+            recovery(&parse(&["--show-recovery-key"]).unwrap()).unwrap(),
+            Recovery::Keyslot {
+                file: None,
+                show: true
+            }
+        );
+        assert_eq!(
+            recovery(&parse(&["--no-recovery-keyslot"]).unwrap()).unwrap(),
+            Recovery::None
+        );
+        // An existing file (or a dangling symlink) is refused up front.
+        std::fs::write(&k, b"old").unwrap();
+        let e = recovery(&parse(&["--recovery-key-file", k_str]).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("exists; remove it"), "{e}");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(d.path().join("nowhere"), &link).unwrap();
+        let a = parse(&["--recovery-key-file", link.to_str().unwrap()]).unwrap();
+        assert!(recovery(&a).is_err());
+        // Nor may it be where an output will be renamed to.
+        for clash in ["out.qcow2", "./s"] {
+            let a = parse(&["--recovery-key-file", clash]).unwrap();
+            let e = recovery(&a).unwrap_err().to_string();
+            assert!(e.contains("is also an output path"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_forbidden_cmdline_append_is_refused_before_anything_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let f = |n: &str| {
+            let p = d.path().join(n);
+            std::fs::write(&p, b"x").unwrap();
+            p.to_str().unwrap().to_owned()
+        };
+        let (img, fw, ca, agent) = (f("in"), f("fw"), f("ca"), f("agent"));
+        let modules = d.path().join("modules");
+        std::fs::create_dir_all(modules.join("kernel/postinst.d")).unwrap();
+        std::fs::write(
+            modules.join("kernel/postinst.d/zz-snpguard-renew"),
+            b"#!/bin/sh\n",
+        )
+        .unwrap();
+        let args = |append: &str| {
+            use clap::Parser as _;
+            Cli::try_parse_from([
+                "convert",
+                "--in-image",
+                &img,
+                "--out-image",
+                "out",
+                "--out-staging",
+                "s",
+                "--firmware",
+                &fw,
+                "--server",
+                "https://a",
+                "--ca",
+                &ca,
+                "--agent",
+                &agent,
+                "--modules-dir",
+                modules.to_str().unwrap(),
+                "--no-recovery-keyslot",
+                "--cmdline-append",
+                append,
+            ])
+            .unwrap()
+            .a
+        };
+        check_inputs(&args("quiet loglevel=7")).unwrap();
+        let e = check_inputs(&args("quiet systemd.debug-shell"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--cmdline-append: \"systemd.debug-shell\" is not allowed"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn servers_must_be_https() {

@@ -1,10 +1,13 @@
 //! Outputs that appear only when convert succeeds: the output image and
 //! the staging directory are written under temporary names next to their
-//! final ones and renamed at the end. A guard removes them on any error,
-//! and the interrupt handler (crate::interrupt) removes them on Ctrl-C or
-//! SIGTERM.
+//! final ones and renamed at the end; the recovery key file is created
+//! under its own name (never replacing a file) and written before the
+//! conversion starts. A guard removes them on any error, and the interrupt
+//! handler (crate::interrupt) removes them on Ctrl-C or SIGTERM.
 
 use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -98,9 +101,94 @@ impl Drop for Partial {
     }
 }
 
+/// A new file with secret content: created with O_EXCL and mode 0600
+/// under its final name (an existing file or symlink is refused, never
+/// replaced), removed again unless committed.
+pub struct Exclusive {
+    path: PathBuf,
+    registry: Registry,
+    committed: bool,
+}
+
+impl Exclusive {
+    /// Creates `path` and writes `content` to it, synced.
+    pub fn create(path: &Path, content: &[u8]) -> Result<Self> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "creating {} (it must not exist; remove it or choose another path)",
+                    path.display()
+                )
+            })?;
+        let registry = registry()?;
+        registry
+            .lock()
+            .map_err(|_| anyhow::anyhow!("output registry poisoned"))?
+            .push(path.to_path_buf());
+        let guard = Exclusive {
+            path: path.to_path_buf(),
+            registry,
+            committed: false,
+        };
+        f.write_all(content)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(guard)
+    }
+
+    /// Keeps the file.
+    pub fn commit(mut self) {
+        self.committed = true;
+        if let Ok(mut g) = self.registry.lock() {
+            g.retain(|p| p != &self.path);
+        }
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if !self.committed {
+            remove(&self.path);
+            if let Ok(mut g) = self.registry.lock() {
+                g.retain(|p| p != &self.path);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn an_exclusive_file_is_new_private_and_removed_unless_committed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("recovery.key");
+        {
+            let _e = Exclusive::create(&p, b"secret\n").unwrap();
+            let meta = fs::metadata(&p).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            assert_eq!(fs::read(&p).unwrap(), b"secret\n");
+        }
+        assert!(!p.exists(), "an uncommitted file is removed");
+
+        Exclusive::create(&p, b"kept").unwrap().commit();
+        assert_eq!(fs::read(&p).unwrap(), b"kept");
+        let e = Exclusive::create(&p, b"other").err().unwrap();
+        assert!(format!("{e:#}").contains("must not exist"), "{e:#}");
+        assert_eq!(fs::read(&p).unwrap(), b"kept", "never replaced");
+
+        // A symlink (even a dangling one) is not followed.
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(d.path().join("target"), &link).unwrap();
+        assert!(Exclusive::create(&link, b"x").is_err());
+        assert!(!d.path().join("target").exists());
+    }
 
     #[test]
     fn partial_outputs_vanish_unless_committed() {

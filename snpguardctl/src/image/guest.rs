@@ -44,45 +44,87 @@ pub const DRACUT_CONF: &str = "add_dracutmodules+=\" snpguard \"\n";
 
 /// Kernel parameters convert adds for the guest's initrd framework, as
 /// docs/initrd.md pins them: failing closed (no shell, no prompt, power
-/// off or reboot on panic) and, for dracut, the network the agent needs
-/// (initramfs-tools brings it up by default). `rd.luks=0` keeps dracut's
-/// own LUKS handling from ever prompting for a passphrase.
+/// off or reboot on panic), never resuming a hibernation image (it would
+/// come from a disk the host writes) and, for dracut, the network the
+/// agent needs (initramfs-tools brings it up by default). `rd.luks=0`
+/// keeps dracut's own LUKS handling from ever prompting for a passphrase.
 pub fn snpguard_args(tool: InitrdTool) -> &'static [&'static str] {
     match tool {
-        InitrdTool::InitramfsTools => &["panic=-1"],
+        InitrdTool::InitramfsTools => &["noresume", "panic=-1"],
         InitrdTool::Dracut => &[
             "rd.neednet=1",
             "ip=dhcp",
             "rd.shell=0",
             "rd.emergency=poweroff",
             "rd.luks=0",
+            "noresume",
             "panic=-1",
         ],
     }
 }
 
-/// Arguments never carried over from the bootloader: each opens a shell
-/// or changes the boot in ways the measurement would then vouch for.
-const FORBIDDEN: [&str; 6] = [
-    "rd.break",
-    "rd.debug",
-    "systemd.debug_shell",
-    "systemd.unit",
-    "init",
-    "rdinit",
-];
+/// The keys of [`snpguard_args`] (both frameworks) and `root`: convert
+/// sets them, and a later duplicate would override its value.
+fn reserved_keys() -> Vec<String> {
+    let both = [InitrdTool::InitramfsTools, InitrdTool::Dracut];
+    let mut keys: Vec<String> = both
+        .iter()
+        .flat_map(|t| snpguard_args(*t))
+        .chain(&["root"])
+        .map(|a| super::cmdline::key(a))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The arguments of `--cmdline-append`: refused when one is forbidden
+/// ([`super::cmdline::check_append`]) or sets what convert sets itself
+/// (`root=`, `panic=`, `noresume`, dracut's `rd.*` …).
+pub fn check_append(append: &str) -> Result<Vec<String>> {
+    let args = super::cmdline::check_append(append)?;
+    let reserved = reserved_keys();
+    if let Some(a) = args
+        .iter()
+        .find(|a| reserved.contains(&super::cmdline::key(a)))
+    {
+        bail!(
+            "--cmdline-append: {a:?} would override what convert sets itself \
+             (root=, noresume, panic= and, for dracut, rd.neednet, ip, rd.shell, \
+             rd.emergency, rd.luks); remove it"
+        );
+    }
+    Ok(args)
+}
+
+/// A converted guest's kernel command line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Cmdline {
+    /// The command line, as measured.
+    pub line: String,
+    /// Bootloader arguments the filter removed (see [`super::cmdline`]).
+    pub dropped: Vec<String>,
+}
 
 /// The command line that boots the converted guest: `root=` naming the
 /// device the agent maps, the bootloader's arguments without `root=`,
-/// `BOOT_IMAGE=`, the [`FORBIDDEN`] ones and those convert sets itself,
-/// `ro` unless `ro`/`rw` is there, `console=ttyS0` unless a console is
-/// named, convert's parameters, then the operator's additions.
-pub fn cmdline(bootloader_args: &str, mapper: &str, tool: InitrdTool, append: &str) -> String {
+/// `BOOT_IMAGE=`, the forbidden ones ([`super::cmdline::FORBIDDEN`],
+/// reported in [`Cmdline::dropped`]) and those convert sets itself, `ro`
+/// unless `ro`/`rw` is there, `console=ttyS0` unless a console is named,
+/// convert's parameters, then the operator's additions, which are refused
+/// when one of them is forbidden.
+pub fn cmdline(
+    bootloader_args: &str,
+    mapper: &str,
+    tool: InitrdTool,
+    append: &str,
+) -> Result<Cmdline> {
+    let append = check_append(append)?;
     let ours = snpguard_args(tool);
-    let mut drop: Vec<&str> = vec!["root"];
-    drop.extend(FORBIDDEN);
-    drop.extend(ours.iter().map(|a| a.split('=').next().unwrap_or(a)));
-    let mut args = super::kernel::strip_args(bootloader_args, &drop);
+    let mut replaced: Vec<&str> = vec!["root"];
+    replaced.extend(ours.iter().map(|a| a.split('=').next().unwrap_or(a)));
+    let filtered = super::cmdline::filter_bootloader(bootloader_args, &replaced);
+    let mut args = filtered.kept;
     if !args.iter().any(|a| a == "ro" || a == "rw") {
         args.insert(0, "ro".into());
     }
@@ -92,8 +134,11 @@ pub fn cmdline(bootloader_args: &str, mapper: &str, tool: InitrdTool, append: &s
     let mut out = vec![format!("root={mapper}")];
     out.extend(args);
     out.extend(ours.iter().map(|s| s.to_string()));
-    out.extend(append.split_whitespace().map(String::from));
-    out.join(" ")
+    out.extend(append);
+    Ok(Cmdline {
+        line: out.join(" "),
+        dropped: filtered.dropped,
+    })
 }
 
 /// A TOML basic string.
@@ -376,22 +421,81 @@ mod tests {
     #[test]
     fn cmdline_keeps_bootloader_args_and_sets_root() {
         let c = cmdline(
-            "BOOT_IMAGE=/vmlinuz root=PARTUUID=abc ro console=ttyS0 panic=5 quiet rd.break init=/bin/sh",
+            "BOOT_IMAGE=/vmlinuz root=PARTUUID=abc ro console=ttyS0 panic=5 quiet rd.break init=/bin/sh \
+             resume=/dev/vdb noresume systemd.debug-shell single",
             "/dev/mapper/snpguard_root",
             InitrdTool::InitramfsTools,
             "loglevel=7 ",
+        )
+        .unwrap();
+        assert_eq!(
+            c.line,
+            "root=/dev/mapper/snpguard_root ro console=ttyS0 quiet noresume panic=-1 loglevel=7"
         );
         assert_eq!(
-            c,
-            "root=/dev/mapper/snpguard_root ro console=ttyS0 quiet panic=-1 loglevel=7"
+            c.dropped,
+            [
+                "rd.break",
+                "init=/bin/sh",
+                "resume=/dev/vdb",
+                "systemd.debug-shell",
+                "single"
+            ]
         );
-        let d = cmdline("", "/dev/mapper/r", InitrdTool::Dracut, "");
+        let d = cmdline("", "/dev/mapper/r", InitrdTool::Dracut, "").unwrap();
         assert_eq!(
-            d,
+            d.line,
             "root=/dev/mapper/r ro console=ttyS0 rd.neednet=1 ip=dhcp rd.shell=0 \
-             rd.emergency=poweroff rd.luks=0 panic=-1"
+             rd.emergency=poweroff rd.luks=0 noresume panic=-1"
         );
-        assert!(!d.ends_with(' ') && !d.contains('\n'));
+        assert!(d.dropped.is_empty());
+        assert!(!d.line.ends_with(' ') && !d.line.contains('\n'));
+    }
+
+    #[test]
+    fn an_append_overriding_convert_is_refused_by_name() {
+        for (append, named) in [
+            ("root=/dev/vdb1", "\"root=/dev/vdb1\""),
+            ("quiet panic=5", "\"panic=5\""),
+            ("noresume", "\"noresume\""),
+            ("rd.luks=1", "\"rd.luks=1\""),
+            ("ip=off", "\"ip=off\""),
+        ] {
+            for tool in [InitrdTool::InitramfsTools, InitrdTool::Dracut] {
+                let e = cmdline("", "/dev/mapper/r", tool, append)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.starts_with(&format!(
+                        "--cmdline-append: {named} would override what convert sets itself"
+                    )),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(
+            check_append("quiet loglevel=7 rootwait").unwrap(),
+            ["quiet", "loglevel=7", "rootwait"]
+        );
+    }
+
+    #[test]
+    fn a_forbidden_append_is_refused_by_name() {
+        for (append, named) in [
+            ("quiet rd.break", "\"rd.break\""),
+            ("systemd.debug-shell", "\"systemd.debug-shell\""),
+            ("break=premount", "\"break=premount\""),
+            ("resume=/dev/vdb", "\"resume=/dev/vdb\""),
+            ("1", "\"1\""),
+        ] {
+            let e = cmdline("", "/dev/mapper/r", InitrdTool::Dracut, append)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("--cmdline-append: {named} is not allowed")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

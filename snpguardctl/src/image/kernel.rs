@@ -189,18 +189,6 @@ fn strip_zeros(d: &[u8]) -> &[u8] {
     &d[z..]
 }
 
-/// Removes every `root=` argument and the arguments convert sets itself
-/// from a bootloader command line, keeping the rest in order.
-pub fn strip_args(args: &str, drop: &[&str]) -> Vec<String> {
-    args.split_whitespace()
-        .filter(|a| {
-            let key = a.split('=').next().unwrap_or(a);
-            !drop.contains(&key) && !a.starts_with("BOOT_IMAGE=")
-        })
-        .map(String::from)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,16 +292,5 @@ submenu 'Advanced' {
         assert_eq!(compare_versions("6.1.0", "6.1.0"), Equal);
         assert_eq!(compare_versions("6.1", "6.1.0"), Less);
         assert_eq!(compare_versions("6.01", "6.1"), Equal);
-    }
-
-    #[test]
-    fn args_are_stripped() {
-        assert_eq!(
-            strip_args(
-                "BOOT_IMAGE=/vmlinuz root=PARTUUID=x ro quiet ip=dhcp",
-                &["root", "ip"]
-            ),
-            ["ro", "quiet"]
-        );
     }
 }

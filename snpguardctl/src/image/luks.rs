@@ -1,6 +1,8 @@
 //! The LUKS2 root volume: the VMK is the LUKS2 volume key itself (the
 //! agent maps the data segment with it, pinned parameters, no header
-//! trust); keyslot 0 holds a recovery passphrase.
+//! trust); keyslot 0 holds a recovery passphrase, or no keyslot exists at
+//! all (`--no-recovery-keyslot`: the volume key digest stays, so the VMK
+//! alone opens it).
 //!
 //! Secrets reach the appliance only through the libguestfs `write` call
 //! into a tmpfs mounted inside the appliance for the purpose; they are
@@ -140,14 +142,15 @@ pub fn random_uuid() -> String {
 }
 
 /// Formats `device` (in the appliance) as LUKS2 with `vmk` as the volume
-/// key and `passphrase` in keyslot 0, opens it as `params.name`, and checks
-/// the header states exactly `params`.
+/// key and `recovery` in keyslot 0 (no keyslot at all without it), opens
+/// it as `params.name`, and checks the header states exactly `params` and
+/// those keyslots.
 pub fn format_and_open(
     app: &Appliance,
     device: &str,
     params: &LuksParams,
     vmk: &Vmk,
-    passphrase: &RecoveryPassphrase,
+    recovery: Option<&RecoveryPassphrase>,
 ) -> Result<()> {
     app.sh(&format!(
         "if grep -qs ' /sysroot ' /proc/mounts; then echo '/sysroot is in use'; exit 1; fi
@@ -156,7 +159,7 @@ mount -t tmpfs -o size=64k,mode=0700 snpguard-keys {KEY_DIR}
 test \"$(stat -f -c %T {KEY_DIR})\" = tmpfs"
     ))
     .context("mounting a tmpfs for the keys in the appliance")?;
-    let result = format_with_keys(app, device, params, vmk, passphrase);
+    let result = format_with_keys(app, device, params, vmk, recovery);
     let wiped = app.sh(&format!(
         "for f in {KEY_DIR}/vmk {KEY_DIR}/passphrase; do
   if [ -f \"$f\" ]; then dd if=/dev/zero of=\"$f\" bs=\"$(stat -c %s \"$f\")\" count=1 conv=notrunc status=none; rm -f \"$f\"; fi
@@ -174,8 +177,18 @@ fn format_with_keys(
     device: &str,
     params: &LuksParams,
     vmk: &Vmk,
-    passphrase: &RecoveryPassphrase,
+    recovery: Option<&RecoveryPassphrase>,
 ) -> Result<()> {
+    // luksFormat always fills a keyslot: without a recovery passphrase it
+    // gets a throw-away one, never shown, and the slot is destroyed below.
+    let throwaway;
+    let passphrase = match recovery {
+        Some(p) => p,
+        None => {
+            throwaway = RecoveryPassphrase::generate();
+            &throwaway
+        }
+    };
     app.write_appliance_file(&format!("{KEY_DIR}/vmk"), vmk.bytes())?;
     app.write_appliance_file(
         &format!("{KEY_DIR}/passphrase"),
@@ -197,8 +210,35 @@ cryptsetup open --type luks2 --volume-key-file {KEY_DIR}/vmk {dev} {name}",
         name = quote(&params.name),
     ))
     .context("formatting the root partition as LUKS2")?;
+    if recovery.is_none() {
+        // Batch mode removes the last keyslot without asking; the volume
+        // key digest stays, and the VMK alone opens the volume.
+        app.sh(&format!("cryptsetup luksKillSlot --batch-mode {dev} 0"))
+            .context("removing the throw-away keyslot (--no-recovery-keyslot)")?;
+    }
     let dump = app.sh(&format!("cryptsetup luksDump {dev}"))?;
-    check_dump(&dump, params)
+    check_dump(&dump, params)?;
+    let want: &[u32] = if recovery.is_some() { &[0] } else { &[] };
+    let got = keyslots(&dump);
+    if got != want {
+        bail!("the new LUKS2 header has keyslots {got:?}, expected {want:?}; refusing to continue");
+    }
+    Ok(())
+}
+
+/// The keyslot numbers a `cryptsetup luksDump` lists.
+pub fn keyslots(dump: &str) -> Vec<u32> {
+    dump.lines()
+        .skip_while(|l| l.trim_end() != "Keyslots:")
+        .skip(1)
+        .take_while(|l| l.starts_with([' ', '\t']))
+        .filter_map(|l| {
+            let (n, kind) = l.trim().split_once(": ")?;
+            (!kind.is_empty() && !l.starts_with('\t'))
+                .then(|| n.parse().ok())
+                .flatten()
+        })
+        .collect()
 }
 
 /// Checks a `cryptsetup luksDump` against the parameters the agent pins.
@@ -240,6 +280,26 @@ Data segments:
 \tsector: 512 [bytes]
 ";
 
+    /// What `cryptsetup luksDump` (2.6) prints after the data segments.
+    const SLOTS: &str = "Keyslots:
+  0: luks2
+\tKey:        512 bits
+\tPriority:   normal
+\tCipher:     aes-xts-plain64
+\tCipher key: 512 bits
+\tPBKDF:      argon2id
+\tTime cost:  4
+\tSalt:       e4 d5 c2 9e 06 82 61 99 b2 3f 38 79 da d4 cf 7d
+\tAF stripes: 4000
+\tAF hash:    sha256
+\tArea offset:32768 [bytes]
+\tDigest ID:  0
+Tokens:
+Digests:
+  0: pbkdf2
+\tHash:       sha256
+";
+
     fn params() -> LuksParams {
         LuksParams {
             uuid: "0b5c7d1e-aaaa-4bbb-8ccc-123456789abc".into(),
@@ -256,6 +316,18 @@ Data segments:
         assert!(check_dump(&wrong_sector, &params()).is_err());
         let v1 = DUMP.replace("\t2\n", "\t1\n");
         assert!(check_dump(&v1, &params()).is_err());
+    }
+
+    #[test]
+    fn keyslots_are_read_from_the_dump() {
+        assert_eq!(keyslots(&format!("{DUMP}{SLOTS}")), [0]);
+        let two = SLOTS.replace("Tokens:", "  1: luks2\n\tKey:        512 bits\nTokens:");
+        assert_eq!(keyslots(&format!("{DUMP}{two}")), [0, 1]);
+        // After `luksKillSlot 0` (cryptsetup 2.6.1): the section is empty,
+        // the digest stays.
+        let none = "Keyslots:\nTokens:\nDigests:\n  0: pbkdf2\n\tHash:       sha256\n";
+        assert_eq!(keyslots(&format!("{DUMP}{none}")), Vec::<u32>::new());
+        assert_eq!(keyslots(DUMP), Vec::<u32>::new());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Disk images through libguestfs: inspection of a guest, its kernels and
-//! their SEV-SNP support, the LUKS2 root volume, the copy into it, and the
-//! changes convert makes inside the guest. `convert` and `embed` drive
-//! these.
+//! their SEV-SNP support, the filter of its kernel command line, the LUKS2
+//! root volume, the copy into it, and the changes convert makes inside the
+//! guest. `convert` and `embed` drive these.
 
 pub mod appliance;
+pub mod cmdline;
 pub mod copy;
 pub mod guest;
 pub mod inspect;

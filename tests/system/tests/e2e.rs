@@ -134,6 +134,8 @@ fn convert() -> Converted {
         .arg(&agent)
         .arg("--modules-dir")
         .arg(&repo)
+        .arg("--recovery-key-file")
+        .arg(dir.join("recovery.key"))
         .args(["--simulated-platform", "--yes", "--json"])
         .stdin(Stdio::null())
         .output()
