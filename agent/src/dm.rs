@@ -4,6 +4,8 @@
 //! suspend flag to resume (activate); DM_DEV_REMOVE when any step fails.
 //! The table carries the key in hex; every buffer holding it is zeroized.
 
+#![allow(unsafe_code, reason = "device-mapper ioctls and mknod(2) on /dev/mapper")]
+
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
