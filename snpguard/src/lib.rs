@@ -12,6 +12,8 @@
 //! - `dbus` (feature `dbus`): names, typed errors and client proxies of
 //!   the daemon's D-Bus management API.
 
+#![forbid(unsafe_code)]
+
 pub mod attest;
 pub mod bundle;
 pub mod certs;

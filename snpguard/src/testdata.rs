@@ -3,16 +3,18 @@
 //!
 //! The directory comes from `SNPGUARD_TESTDATA`, else the default
 //! `../shared/testdata/snp` next to the repository checkout. When it is
-//! missing, tests skip with a message, except under `CI=true`, where a
-//! missing data set is a failure: CI must never pass by testing nothing.
+//! missing, every test that needs it fails with a message saying where it
+//! looked: a suite must never pass by testing nothing. Only an explicit
+//! `SNPGUARD_SKIP_TESTDATA=1` turns that into a skip (for a checkout
+//! without the data set, on purpose).
 
 use std::path::PathBuf;
 
 /// The test-data directory, or `None` (after printing why) when it is
-/// absent outside CI.
+/// absent and `SNPGUARD_SKIP_TESTDATA=1` asks to skip.
 ///
 /// # Panics
-/// When the directory is absent and `CI=true`.
+/// When the directory is absent and skipping was not asked for.
 pub fn dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("SNPGUARD_TESTDATA") {
         Some(p) => PathBuf::from(p),
@@ -25,15 +27,21 @@ pub fn dir() -> Option<PathBuf> {
         "SNP test data not found at {} (set SNPGUARD_TESTDATA)",
         dir.display()
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}; CI=true, so this is a failure, not a skip");
+    if skip_requested() {
+        eprintln!("skipping (SNPGUARD_SKIP_TESTDATA=1): {msg}");
+        return None;
     }
-    eprintln!("skipping: {msg}");
-    None
+    panic!("{msg}; set SNPGUARD_SKIP_TESTDATA=1 to skip the tests that need it instead");
+}
+
+/// Whether `SNPGUARD_SKIP_TESTDATA=1` asks tests to skip when the data set
+/// is missing.
+pub fn skip_requested() -> bool {
+    std::env::var("SNPGUARD_SKIP_TESTDATA").is_ok_and(|v| v == "1")
 }
 
 /// Reads a file below the test-data directory; `None` when the data set is
-/// absent outside CI.
+/// absent and skipping was asked for.
 ///
 /// # Panics
 /// When the data set exists but the file cannot be read, or as [`dir`].

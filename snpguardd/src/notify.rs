@@ -6,6 +6,11 @@
 //! `$WATCHDOG_USEC` there is no watchdog, and without `$LISTEN_FDS` the
 //! configured fallback address is bound.
 
+#![allow(
+    unsafe_code,
+    reason = "owning the socket systemd hands over (LISTEN_FDS); fd set-up before exec in tests"
+)]
+
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
