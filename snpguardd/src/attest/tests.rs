@@ -143,6 +143,7 @@ fn config(state: &Path, roots: Vec<TestRoot>, kds: bool) -> Config {
         kds: Kds { enabled: kds },
         attest: Default::default(),
         rate_limit: Default::default(),
+        https: Default::default(),
     }
 }
 
