@@ -24,6 +24,7 @@ use crate::registry::{Registry, POLICY_DEBUG};
 use crate::secrets::{MasterKey, MasterKeySource};
 use crate::service::{RecordInfo, RecordService, RegisterRequest};
 
+mod certs;
 mod renewal;
 
 const VMK: [u8; 64] = *b"attested-VMK-0123456789abcdef-attested-VMK-0123456789abcdef-!!!!";
