@@ -31,6 +31,8 @@ pub const ACTION_MANAGE: &str = "org.snpguard.SnpGuard1.manage";
 pub const ACTION_EXPORT: &str = "org.snpguard.SnpGuard1.export";
 /// polkit action for `Certificates.Import` and `ImportFromPaths`.
 pub const ACTION_IMPORT_CERTIFICATES: &str = "org.snpguard.SnpGuard1.import-certificates";
+/// polkit action for `Certificates.Remove`.
+pub const ACTION_REMOVE_CERTIFICATES: &str = "org.snpguard.SnpGuard1.remove-certificates";
 
 /// Keys of the `files` argument of `Register`/`RegisterFromPaths`.
 pub mod file_key {
@@ -370,4 +372,15 @@ pub trait Certificates {
 
     /// Every certificate the daemon holds.
     fn list(&self) -> zbus::Result<Vec<CertificateInfo>>;
+
+    /// Removes the held certificates matching every non-empty argument
+    /// (source, kind, product, chip_id prefix, tcb); returns them.
+    fn remove(
+        &self,
+        source: &str,
+        kind: &str,
+        product: &str,
+        chip_id: &str,
+        tcb: &str,
+    ) -> zbus::Result<Vec<CertificateInfo>>;
 }

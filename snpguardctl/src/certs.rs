@@ -1,5 +1,5 @@
 //! `snpguardctl certs`: import AMD certificates into the daemon for hosts
-//! without KDS access, and list what it holds, over D-Bus.
+//! without KDS access, list what it holds and remove some, over D-Bus.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,45 @@ pub enum CertsCommand {
     Import(ImportArgs),
     /// List the certificates the daemon holds
     List(ListArgs),
+    /// Remove held certificates (imports, cached VCEKs) matching every
+    /// filter given
+    #[command(
+        override_usage = "snpguardctl certs remove FILTER... [--json]\n       \
+                                snpguardctl certs remove --all [--json]\n\n\
+                                FILTER: --source, --kind, --product, --chip-id, --tcb"
+    )]
+    Remove(RemoveArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("filter")
+        .args(["source", "kind", "product", "chip_id", "tcb", "all"])
+        .required(true)
+        .multiple(true)
+))]
+pub struct RemoveArgs {
+    /// Only imported certificates or only VCEKs cached from KDS
+    #[arg(long, value_parser = ["imported", "kds-cache"])]
+    pub source: Option<String>,
+    /// Only this kind: VCEK, VLEK, ASK or ASVK
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only this product: milan, genoa or turin
+    #[arg(long, value_name = "PRODUCT")]
+    pub product: Option<String>,
+    /// Only VCEKs whose chip id starts with these hex digits
+    #[arg(long, value_name = "HEX")]
+    pub chip_id: Option<String>,
+    /// Only VCEKs/VLEKs of this TCB (bootloader.tee.snp.microcode[.fmc])
+    #[arg(long, value_name = "TCB")]
+    pub tcb: Option<String>,
+    /// Remove every held certificate (no other filter)
+    #[arg(long, conflicts_with_all = ["source", "kind", "product", "chip_id", "tcb"])]
+    pub all: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +96,25 @@ async fn run_async(target: &Target, cmd: CertsCommand) -> Result<()> {
                 return Ok(());
             }
             print(&held, a.json, false)
+        }
+        CertsCommand::Remove(a) => {
+            let c = CertificatesProxy::new(&bus.conn).await.map_err(describe)?;
+            let s = |o: &Option<String>| o.clone().unwrap_or_default();
+            let args = (
+                s(&a.source),
+                s(&a.kind),
+                s(&a.product),
+                s(&a.chip_id),
+                s(&a.tcb),
+            );
+            let removed: Vec<CertificateInfo> = call_mut(c.inner(), "Remove", &args)
+                .await
+                .context("removing certificates")?;
+            if !a.json && removed.is_empty() {
+                println!("no held certificate matches; nothing removed");
+                return Ok(());
+            }
+            print(&removed, a.json, false)
         }
     }
 }

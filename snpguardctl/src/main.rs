@@ -212,6 +212,34 @@ mod tests {
         assert!(!a.in_import_dir);
         assert!(Cli::try_parse_from(["snpguardctl", "certs", "import"]).is_err());
         assert!(Cli::try_parse_from(["snpguardctl", "certs", "list", "--json"]).is_ok());
+
+        let cli = Cli::try_parse_from([
+            "snpguardctl",
+            "certs",
+            "remove",
+            "--source",
+            "kds-cache",
+            "--chip-id",
+            "0a1b",
+        ])
+        .unwrap();
+        let Command::Certs(certs::CertsCommand::Remove(a)) = cli.command else {
+            panic!("not certs remove")
+        };
+        assert_eq!(a.source.as_deref(), Some("kds-cache"));
+        assert_eq!(a.chip_id.as_deref(), Some("0a1b"));
+        assert!(!a.all);
+        // A filter or --all is required; --all takes no filter; sources
+        // are checked.
+        for bad in [
+            &["certs", "remove"][..],
+            &["certs", "remove", "--all", "--kind", "VCEK"],
+            &["certs", "remove", "--source", "kds"],
+        ] {
+            let argv = std::iter::once("snpguardctl").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "accepted {bad:?}");
+        }
+        assert!(Cli::try_parse_from(["snpguardctl", "certs", "remove", "--all"]).is_ok());
     }
 
     #[test]

@@ -275,6 +275,7 @@ fn main() -> anyhow::Result<()> {
         kds: Kds { enabled: false },
         attest: Default::default(),
         rate_limit: RateLimit::default(),
+        https: Default::default(),
     };
     let attestor = Attestor::new(registry, &config, Box::new(HttpKds::amd()))?;
     let guest = Arc::new(Guest::new(sim, &rec)?);
@@ -320,6 +321,7 @@ fn main() -> anyhow::Result<()> {
             per_ip_rate: 1e9,
             per_ip_burst: u32::MAX,
             max_connections: concurrency.max(1) + 16,
+            max_connections_per_source: concurrency.max(1) + 16,
             ..Limits::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

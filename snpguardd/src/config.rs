@@ -167,6 +167,27 @@ pub struct Config {
     pub attest: Attest,
     /// Per-source rate limit of the HTTPS endpoint.
     pub rate_limit: RateLimit,
+    /// Connection handling of the HTTPS endpoint.
+    pub https: Https,
+}
+
+/// Longest `client_hello_timeout_secs` accepted.
+pub const MAX_CLIENT_HELLO_TIMEOUT_SECS: u64 = 60;
+
+/// HTTPS connection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Https {
+    /// Seconds a client has after connecting to send its TLS ClientHello,
+    /// `1..=`[`MAX_CLIENT_HELLO_TIMEOUT_SECS`].
+    pub client_hello_timeout_secs: u64,
+}
+
+impl Default for Https {
+    fn default() -> Self {
+        Https {
+            client_hello_timeout_secs: 5,
+        }
+    }
 }
 
 /// The HTTPS endpoint's per-source (IP address, IPv6 /64) token bucket.
@@ -176,6 +197,8 @@ pub struct RateLimit {
     pub per_second: f64,
     /// Burst size per source.
     pub burst: u32,
+    /// Connections one source may hold open at once.
+    pub connections: usize,
 }
 
 impl Eq for RateLimit {}
@@ -185,6 +208,7 @@ impl Default for RateLimit {
         RateLimit {
             per_second: 20.0,
             burst: 200,
+            connections: 32,
         }
     }
 }
@@ -227,6 +251,9 @@ pub enum ConfigError {
     /// A `[rate_limit]` value out of range.
     #[error("rate_limit: {0}")]
     InvalidRateLimit(String),
+    /// An `[https]` value out of range.
+    #[error("https: {0}")]
+    InvalidHttps(String),
     /// Only one of `tls_cert` and `tls_key` was set.
     #[error("tls_cert and tls_key must be set together (or neither, to generate them)")]
     TlsHalfConfigured,
@@ -255,6 +282,13 @@ struct FileConfig {
     kds: Option<FileKds>,
     attest: Option<FileAttest>,
     rate_limit: Option<FileRateLimit>,
+    https: Option<FileHttps>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttps {
+    client_hello_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +302,7 @@ struct FileAttest {
 struct FileRateLimit {
     per_source_per_second: Option<f64>,
     per_source_burst: Option<u32>,
+    per_source_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -372,6 +407,23 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
             }
             rate_limit.burst = b;
         }
+        if let Some(c) = r.per_source_connections {
+            if c == 0 {
+                return Err(ConfigError::InvalidRateLimit(
+                    "per_source_connections = 0 (must be at least 1)".into(),
+                ));
+            }
+            rate_limit.connections = c;
+        }
+    }
+    let mut https = Https::default();
+    if let Some(v) = file.https.and_then(|h| h.client_hello_timeout_secs) {
+        if !(1..=MAX_CLIENT_HELLO_TIMEOUT_SECS).contains(&v) {
+            return Err(ConfigError::InvalidHttps(format!(
+                "client_hello_timeout_secs = {v} (must be 1 to {MAX_CLIENT_HELLO_TIMEOUT_SECS} seconds)"
+            )));
+        }
+        https.client_hello_timeout_secs = v;
     }
 
     Ok(Config {
@@ -386,6 +438,7 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
         kds,
         attest,
         rate_limit,
+        https,
     })
 }
 
@@ -707,15 +760,16 @@ ark_path = "sim/ark.pem"
         );
         std::fs::write(
             &path,
-            "[rate_limit]\nper_source_per_second = 5.5\nper_source_burst = 7\n",
+            "[rate_limit]\nper_source_per_second = 5.5\nper_source_burst = 7\nper_source_connections = 3\n",
         )
         .expect("write");
         let r = resolve(&args(&path)).expect("ok").rate_limit;
-        assert_eq!((r.per_second, r.burst), (5.5, 7));
+        assert_eq!((r.per_second, r.burst, r.connections), (5.5, 7, 3));
         for bad in [
             "[rate_limit]\nper_source_per_second = 0.0\n",
             "[rate_limit]\nper_source_per_second = -1.0\n",
             "[rate_limit]\nper_source_burst = 0\n",
+            "[rate_limit]\nper_source_connections = 0\n",
             "[rate_limit]\nunknown = 1\n",
         ] {
             std::fs::write(&path, bad).expect("write");
@@ -745,6 +799,29 @@ ark_path = "sim/ark.pem"
             std::fs::write(&path, &bad).expect("write");
             let e = resolve(&a).expect_err(&bad);
             assert!(e.to_string().contains("nonce_lifetime"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn https_section_bounds_the_client_hello_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(&dir, "");
+        let a = args(&["--config", path.to_str().expect("utf-8")]);
+        assert_eq!(resolve(&a).expect("ok").https, Https::default());
+        assert_eq!(Https::default().client_hello_timeout_secs, 5);
+        std::fs::write(&path, "[https]\nclient_hello_timeout_secs = 2\n").expect("write");
+        assert_eq!(resolve(&a).expect("ok").https.client_hello_timeout_secs, 2);
+        for bad in [
+            "[https]\nclient_hello_timeout_secs = 0\n".to_owned(),
+            format!(
+                "[https]\nclient_hello_timeout_secs = {}\n",
+                MAX_CLIENT_HELLO_TIMEOUT_SECS + 1
+            ),
+            "[https]\nclient_hello_timeout = 5\n".to_owned(),
+        ] {
+            std::fs::write(&path, &bad).expect("write");
+            let e = resolve(&a).expect_err(&bad);
+            assert!(e.to_string().contains("client_hello_timeout"), "{bad}: {e}");
         }
     }
 }

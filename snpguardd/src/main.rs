@@ -140,6 +140,8 @@ async fn serve(
     let limits = https::Limits {
         per_ip_rate: cfg.rate_limit.per_second,
         per_ip_burst: cfg.rate_limit.burst,
+        max_connections_per_source: cfg.rate_limit.connections,
+        client_hello_timeout: std::time::Duration::from_secs(cfg.https.client_hello_timeout_secs),
         ..https::Limits::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

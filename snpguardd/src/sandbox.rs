@@ -281,6 +281,7 @@ mod tests {
             kds: Kds { enabled: false },
             attest: Default::default(),
             rate_limit: Default::default(),
+            https: Default::default(),
         }
     }
 

@@ -612,6 +612,7 @@ fn attest_daemon_with(s: &Setup, sim: &SimPlatform, extra: &str) -> (Daemon, Tar
          [[test_roots]]\nproduct = \"milan\"\nark_path = \"sim-ark.der\"\n\
          [kds]\nenabled = false\n\
          [rate_limit]\nper_source_per_second = 100000.0\nper_source_burst = 100000\n\
+         per_source_connections = 1000\n\
          {extra}"
     );
     let daemon = Daemon::start_with(&s.bus, &s.state, &config);

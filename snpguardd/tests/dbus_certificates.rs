@@ -1,14 +1,18 @@
 //! The Certificates interface on a private system-type bus with the
 //! project's policy, a mock polkit and the certificate service double:
 //! fds and import-directory paths reach the service named, refusals come
-//! back typed, polkit is asked with its own action, bounds hold.
+//! back typed, polkit is asked with its own action, bounds hold; removal
+//! parses its filter, asks polkit with its own action and returns what
+//! was removed.
 
 mod common;
 
 use std::collections::HashMap;
 
 use common::{error_of, Harness};
-use snpguard::dbus::{CertificatesProxy, ACTION_IMPORT_CERTIFICATES};
+use snpguard::certs::{CertRole, Product};
+use snpguard::dbus::{CertificatesProxy, ACTION_IMPORT_CERTIFICATES, ACTION_REMOVE_CERTIFICATES};
+use snpguardd::attest::{CertFilter, HeldSource};
 use zbus::zvariant::OwnedFd;
 
 fn fd(path: &std::path::Path) -> OwnedFd {
@@ -124,5 +128,62 @@ async fn refusals_are_typed_name_the_file_and_store_nothing() {
         .unwrap_err();
     assert_error(e, "AccessDenied", "import-certificates");
     assert!(h.certs.held().is_empty());
+    assert!(c.list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_parses_the_filter_and_asks_polkit() {
+    let h = Harness::start().await;
+    let conn = h.bus.connect().await;
+    let c = CertificatesProxy::new(&conn).await.unwrap();
+    let a = h.bus.dir.path().join("ask.pem");
+    std::fs::write(&a, b"ask bytes").unwrap();
+    c.import(HashMap::from([("ask.pem", fd(&a))]))
+        .await
+        .unwrap();
+
+    // Bad filters are InvalidInput and remove nothing.
+    for (args, needle) in [
+        (["kds", "", "", "", ""], "source"),
+        (["", "ARK", "", "", ""], "kind"),
+        (["", "", "naples", "", ""], "product"),
+        (["", "", "", "xyz", ""], "chip_id"),
+        (["", "", "", "", "1.2.3"], "tcb"),
+    ] {
+        let e = c
+            .remove(args[0], args[1], args[2], args[3], args[4])
+            .await
+            .unwrap_err();
+        assert_error(e, "InvalidInput", needle);
+    }
+    assert_eq!(h.certs.held().len(), 1);
+
+    // polkit says no: AccessDenied naming the action, nothing removed.
+    h.polkit.set_allow(false);
+    let e = c.remove("imported", "", "", "", "").await.unwrap_err();
+    assert_error(e, "AccessDenied", "remove-certificates");
+    assert_eq!(h.certs.held().len(), 1);
+    h.polkit.set_allow(true);
+
+    let removed = c
+        .remove("kds-cache", "vcek", "milan", "0A1B", "3.0.8.115")
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].kind, "ASK");
+    assert_eq!(
+        h.certs.last_filter(),
+        Some(CertFilter {
+            source: Some(HeldSource::KdsCache),
+            role: Some(CertRole::Vcek),
+            product: Some(Product::Milan),
+            chip_id: Some("0a1b".into()),
+            tcb: Some("3.0.8.115".into()),
+        })
+    );
+    let calls = h.polkit.calls();
+    let last = calls.last().expect("polkit was asked");
+    assert_eq!(last.action, ACTION_REMOVE_CERTIFICATES);
+    assert_eq!(last.subject_name, conn.unique_name().unwrap().as_str());
     assert!(c.list().await.unwrap().is_empty());
 }

@@ -8,7 +8,8 @@
 //! 4. consume the nonce (MAC, age, single use; `nonce-*` codes);
 //! 5. no record: `unknown-image`;
 //! 6. certificates: the request's table, then the daemon's (imported,
-//!    KDS-cached), then KDS when enabled (VCEK only);
+//!    KDS-cached), then KDS when enabled (VCEK only), each tried when the
+//!    one before did not endorse the report (see `endorse`);
 //! 7. verification against the record's expectations (every rule), the
 //!    measurement being the launch of the record the report names; a
 //!    pending launch is refused as `launch-pending`, a retired one as
@@ -38,18 +39,19 @@ use snpguard::attest::{
     self, decode_nonce, encode_nonce, unb64, AttestRequest, AttestResponse, ChallengeResponse,
     RenewRequest, RenewResponse, MAX_BODY, NONCE_LEN,
 };
-use snpguard::certs::{Cert, CertSet, KeyKind, Product, TrustAnchors};
-use snpguard::report::{Report, SigningKey, TcbParts, REPORT_SIZE};
+use snpguard::certs::{CertSet, Product, TrustAnchors};
+use snpguard::report::{Report, REPORT_SIZE};
 use snpguard::seal::PublicKey;
-use snpguard::verify::{product_from_report, tcb_layout, Expectations, Failure, Verifier};
+use snpguard::verify::{product_from_report, Expectations, Verifier};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+mod endorse;
 mod renew;
 
 use super::audit::{AuditEntry, AuditLog};
-use super::certs::{self as held, CertImportError, CertSummary, CertificateService, HeldSource};
-use super::kds::KdsClient;
+use super::certs::{self as held, CertFilter, CertImportError, CertSummary, CertificateService};
+use super::kds::{KdsClient, KdsGate};
 use super::nonce::{self, NonceError, Nonces};
 use super::{AttestError, AttestHandler};
 use crate::config::Config;
@@ -104,7 +106,7 @@ pub struct Attestor {
     nonces: Nonces,
     audit: AuditLog,
     /// `None` when KDS access is disabled by the configuration.
-    kds: Option<Box<dyn KdsClient>>,
+    kds: Option<KdsGate>,
     clock: Box<dyn Clock>,
     observer: Option<Box<dyn Fn(RecordInfo) + Send + Sync>>,
     last_gc: AtomicU64,
@@ -188,15 +190,6 @@ struct Verified {
     rec: RecordInfo,
     report_bytes: Vec<u8>,
     entry: AuditEntry,
-}
-
-/// Certificates gathered for one report.
-struct Gathered {
-    certs: CertSet,
-    source: Option<&'static str>,
-    /// A VCEK fetched from KDS now, to cache once its chain verified.
-    fetched: Option<(Product, Vec<u8>, TcbParts, Vec<u8>)>,
-    notes: Vec<String>,
 }
 
 /// Why a refusal happened, for the audit trail and the journal.
@@ -289,7 +282,7 @@ impl Attestor {
             registry,
             verifier: Verifier::new(anchors),
             audit,
-            kds: config.kds.enabled.then_some(kds),
+            kds: config.kds.enabled.then(|| KdsGate::new(kds)),
             clock: Box::new(SystemClock),
             observer: None,
             last_gc: AtomicU64::new(0),
@@ -382,81 +375,6 @@ impl Attestor {
             Ok(_) | Err(ServiceError::NotFound(_)) => Ok(None),
             Err(e) => Err(internal("looking up the record", e)),
         }
-    }
-
-    /// The request's table, then what the daemon holds, then KDS.
-    fn gather(&self, report: &Report, table: Option<CertSet>) -> Result<Gathered, AttestError> {
-        let mut g = Gathered {
-            certs: table.unwrap_or_default(),
-            source: None,
-            fetched: None,
-            notes: Vec::new(),
-        };
-        let kind = match report.key_info.signing_key() {
-            SigningKey::Vcek => KeyKind::Vcek,
-            SigningKey::Vlek => KeyKind::Vlek,
-            // Unsigned or reserved: the verifier refuses it by name.
-            SigningKey::None | SigningKey::Reserved(_) => return Ok(g),
-        };
-        let has_leaf = |c: &CertSet| match kind {
-            KeyKind::Vcek => c.vcek.is_some(),
-            KeyKind::Vlek => c.vlek.is_some(),
-        };
-        if has_leaf(&g.certs) {
-            g.source = Some("table");
-        }
-        let products = candidate_products(report);
-        let chip = |p: Product| {
-            let tcb = report.reported_tcb.parts(tcb_layout(p));
-            (report.chip_id[..p.hwid_len()].to_vec(), tcb)
-        };
-        let store_err = |e: StoreError| internal("reading held certificates", e);
-        for &p in &products {
-            let (hwid, tcb) = chip(p);
-            let (set, source) =
-                held::held(self.store(), kind, p, &hwid, &tcb).map_err(store_err)?;
-            let found = has_leaf(&set);
-            if g.source.is_none() && found {
-                g.source = Some(match source {
-                    Some(HeldSource::KdsCache) => "kds-cache",
-                    _ => "imported",
-                });
-                g.certs.merge(set);
-                break;
-            }
-            if g.source.is_some() {
-                // The table has the leaf; fill in a held intermediate.
-                g.certs.merge(set);
-                break;
-            }
-        }
-        if g.source.is_some() || kind == KeyKind::Vlek {
-            return Ok(g);
-        }
-        let Some(kds) = &self.kds else {
-            g.notes
-                .push("no VCEK in the request or held, and KDS access is disabled".into());
-            return Ok(g);
-        };
-        for &p in &products {
-            let (hwid, tcb) = chip(p);
-            match kds.fetch_vcek(p, &hwid, &tcb) {
-                Ok(der) => match Cert::from_pem_or_der(&der) {
-                    Ok(cert) => {
-                        g.certs.vcek = Some(cert);
-                        let (set, _) =
-                            held::held(self.store(), kind, p, &hwid, &tcb).map_err(store_err)?;
-                        g.certs.merge(set);
-                        g.source = Some("kds");
-                        g.fetched = Some((p, hwid, tcb, der));
-                        break;
-                    }
-                    Err(e) => g.notes.push(format!("KDS served no certificate: {e}")),
-                },
-                Err(e) => g.notes.push(format!("KDS: {e}")),
-            }
-        }
-        Ok(g)
     }
 
     /// Counts, audits and journals a refusal; returns the client's error.
@@ -604,35 +522,10 @@ impl Attestor {
             .as_ref()
             .map_or(rec.measurement.as_str(), |l| &l.measurement);
         let expect = expectations(&rec, measurement, report_data)?;
-        let gathered = self.gather(&report, table)?;
-        entry.cert_source = gathered.source.map(str::to_owned);
-        entry.notes = gathered.notes;
-
-        let verified = self
-            .verifier
-            .verify(&report_bytes, &gathered.certs, &expect, now);
-        let chain_ok = match &verified {
-            Ok(_) => true,
-            Err(rej) => !rej.failures().iter().any(|f| {
-                matches!(
-                    f,
-                    Failure::Chain(_)
-                        | Failure::Signature(_)
-                        | Failure::HwidMismatch { .. }
-                        | Failure::TcbBinding { .. }
-                )
-            }),
-        };
-        if let (true, Some((p, hwid, tcb, der))) = (chain_ok, &gathered.fetched) {
-            match held::cache_vcek(self.store(), *p, hwid, tcb, der) {
-                Ok(()) => tracing::info!(
-                    PRODUCT = %p,
-                    CHIP_ID = %hex::encode(&hwid[..8]),
-                    "cached the VCEK fetched from KDS"
-                ),
-                Err(e) => tracing::error!("caching the VCEK fetched from KDS: {e}"),
-            }
-        }
+        let endorsed = self.endorse_and_verify(&report, &report_bytes, table, &expect, now)?;
+        entry.cert_source = endorsed.source.map(str::to_owned);
+        entry.notes = endorsed.notes;
+        let verified = endorsed.result;
         let unapproved = launch.as_ref().and_then(|l| match l.state {
             LaunchState::Approved => None,
             LaunchState::Pending => Some((
@@ -774,6 +667,21 @@ impl CertificateService for Attestor {
 
     fn list_certificates(&self) -> Result<Vec<CertSummary>, StoreError> {
         self.held_certificates()
+    }
+
+    fn remove_certificates(&self, filter: &CertFilter) -> Result<Vec<CertSummary>, StoreError> {
+        let removed = held::remove(self.store(), filter)?;
+        for c in &removed {
+            tracing::info!(
+                ROLE = %c.role,
+                PRODUCT = %c.product,
+                CHIP_ID = c.chip_id.as_deref().unwrap_or("-"),
+                TCB = c.tcb.as_deref().unwrap_or("-"),
+                SOURCE = c.source,
+                "removed a held certificate"
+            );
+        }
+        Ok(removed)
     }
 }
 

@@ -12,11 +12,15 @@
 //! | `import/asvk/<Product>`                 | DER of an imported ASVK    |
 //! | `kds/vcek/<Product>/<hwid>/<tcb>`       | DER of a VCEK from KDS     |
 //!
-//! A VCEK for a chip at a TCB never changes, so cached entries never
-//! expire; validity dates are still checked at every verification.
-//! Nothing here is trusted: every certificate goes through the chain
-//! verification against the pinned roots. ARKs are not imported (the
-//! roots are built in, or configured test roots).
+//! A VCEK for a chip at a TCB never changes, so cached entries do not
+//! expire; validity dates are still checked at every verification, and a
+//! cached VCEK whose chain or binding fails is evicted. A VCEK from KDS is
+//! cached only once it verified a report's signature, and the cache holds
+//! at most [`MAX_KDS_CACHE`] VCEKs (the first in key order make room).
+//! Operators list held certificates and remove them ([`remove`]) over
+//! D-Bus. Nothing here is trusted: every certificate goes through the
+//! chain verification against the pinned roots. ARKs are not imported
+//! (the roots are built in, or configured test roots).
 
 use der::asn1::Ia5StringRef;
 use der::Decode;
@@ -35,6 +39,12 @@ pub const MAX_IMPORT_CERTS: usize = 64;
 
 /// Largest file one import reads (a certificate table is at most 64 KiB).
 pub const MAX_IMPORT_FILE: usize = 64 * 1024;
+
+/// Most VCEKs the KDS cache holds (a VCEK is about 1.3 KiB).
+pub const MAX_KDS_CACHE: usize = 4096;
+
+/// The key prefix of the KDS cache.
+const KDS_PREFIX: &[u8] = b"kds/";
 
 /// Why an import was refused; nothing was stored. `file` is the name the
 /// client gave the input.
@@ -129,7 +139,7 @@ fn get_cert(store: &dyn Store, key: &[u8]) -> Result<Option<Cert>, StoreError> {
 }
 
 /// Where a held endorsement certificate came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HeldSource {
     /// Imported by an operator.
     Imported,
@@ -169,7 +179,10 @@ pub fn held(
     Ok((set, source))
 }
 
-/// Caches a VCEK fetched from KDS (call only after its chain verified).
+/// Caches a VCEK fetched from KDS. Call only after it verified a
+/// report's signature and its binding held. When the cache holds
+/// [`MAX_KDS_CACHE`] VCEKs, the first in key order are dropped to make
+/// room (KDS serves them again when needed).
 pub fn cache_vcek(
     store: &dyn Store,
     product: Product,
@@ -177,7 +190,142 @@ pub fn cache_vcek(
     tcb: &TcbParts,
     der: &[u8],
 ) -> Result<(), StoreError> {
-    store.put(Tree::Certs, &vcek_key("kds", product, hwid, tcb), der)
+    cache_vcek_bounded(store, product, hwid, tcb, der, MAX_KDS_CACHE)
+}
+
+pub(crate) fn cache_vcek_bounded(
+    store: &dyn Store,
+    product: Product,
+    hwid: &[u8],
+    tcb: &TcbParts,
+    der: &[u8],
+    capacity: usize,
+) -> Result<(), StoreError> {
+    let key = vcek_key("kds", product, hwid, tcb);
+    let others: Vec<Vec<u8>> = store
+        .entries(Tree::Certs)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(KDS_PREFIX) && *k != key)
+        .collect();
+    let excess = (others.len() + 1).saturating_sub(capacity.max(1));
+    let mut ops: Vec<Op> = others[..excess]
+        .iter()
+        .map(|k| Op::delete(Tree::Certs, k.clone()))
+        .collect();
+    if excess > 0 {
+        tracing::info!(
+            COUNT = excess,
+            "the KDS certificate cache is full; dropped the first cached VCEKs"
+        );
+    }
+    ops.push(Op::put(Tree::Certs, key, der));
+    store.transaction(&ops)
+}
+
+/// Drops a VCEK from the KDS cache (one whose chain or binding failed);
+/// imported certificates are the operator's and are never evicted.
+pub fn evict_vcek(
+    store: &dyn Store,
+    product: Product,
+    hwid: &[u8],
+    tcb: &TcbParts,
+) -> Result<(), StoreError> {
+    store.delete(Tree::Certs, &vcek_key("kds", product, hwid, tcb))
+}
+
+/// Which held certificates [`remove`] removes; a `None` field matches
+/// every certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertFilter {
+    /// Imported or cached from KDS.
+    pub source: Option<HeldSource>,
+    /// VCEK, VLEK, ASK or ASVK.
+    pub role: Option<CertRole>,
+    /// The product.
+    pub product: Option<Product>,
+    /// Leading hex digits of a VCEK's hwID (the listing shows the first
+    /// 16); matches VCEKs only.
+    pub chip_id: Option<String>,
+    /// `bootloader.tee.snp.microcode` (`.fmc` on Turin); matches VCEKs
+    /// and VLEKs only.
+    pub tcb: Option<String>,
+}
+
+/// Why a filter of [`CertFilter::parse`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FilterError(String);
+
+impl CertFilter {
+    /// A filter from the strings of the D-Bus method and the CLI (`""`
+    /// matches any): source `imported` or `kds-cache`; kind `VCEK`,
+    /// `VLEK`, `ASK` or `ASVK` (any case); product `milan`, `genoa` or
+    /// `turin`; chip_id 1 to 128 hex digits; tcb four (or five) numbers
+    /// separated by dots.
+    pub fn parse(
+        source: &str,
+        kind: &str,
+        product: &str,
+        chip_id: &str,
+        tcb: &str,
+    ) -> Result<CertFilter, FilterError> {
+        let bad = |m: String| Err(FilterError(m));
+        let source = match source {
+            "" => None,
+            "imported" => Some(HeldSource::Imported),
+            "kds-cache" => Some(HeldSource::KdsCache),
+            s => return bad(format!("source {s:?}: expected imported or kds-cache")),
+        };
+        let role = match kind.to_ascii_uppercase().as_str() {
+            "" => None,
+            "VCEK" => Some(CertRole::Vcek),
+            "VLEK" => Some(CertRole::Vlek),
+            "ASK" => Some(CertRole::Ask),
+            "ASVK" => Some(CertRole::Asvk),
+            _ => {
+                return bad(format!(
+                    "kind {:?}: expected VCEK, VLEK, ASK or ASVK (ARKs are never stored)",
+                    kind.chars().take(16).collect::<String>()
+                ))
+            }
+        };
+        let product = match product {
+            "" => None,
+            p => Some(
+                p.parse()
+                    .map_err(|e| FilterError(format!("product: {e}")))?,
+            ),
+        };
+        let chip_id = match chip_id {
+            "" => None,
+            c if c.len() <= 128 && c.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(c.to_ascii_lowercase())
+            }
+            _ => return bad("chip_id: expected 1 to 128 hex digits".into()),
+        };
+        let tcb = match tcb {
+            "" => None,
+            t if (4..=5).contains(&t.split('.').count())
+                && t.split('.').all(|n| n.parse::<u8>().is_ok()) =>
+            {
+                Some(t.to_owned())
+            }
+            _ => {
+                return bad(format!(
+                    "tcb {:?}: expected bootloader.tee.snp.microcode[.fmc], e.g. 3.0.8.115",
+                    tcb.chars().take(32).collect::<String>()
+                ))
+            }
+        };
+        Ok(CertFilter {
+            source,
+            role,
+            product,
+            chip_id,
+            tcb,
+        })
+    }
 }
 
 /// Certificate management as the D-Bus layer sees it (implemented by the
@@ -190,6 +338,8 @@ pub trait CertificateService: Send + Sync + 'static {
     ) -> Result<Vec<CertSummary>, CertImportError>;
     /// Every certificate held. See [`list`].
     fn list_certificates(&self) -> Result<Vec<CertSummary>, StoreError>;
+    /// Removes the held certificates `filter` matches. See [`remove`].
+    fn remove_certificates(&self, filter: &CertFilter) -> Result<Vec<CertSummary>, StoreError>;
 }
 
 /// One certificate the daemon holds or just imported, as operators see it.
@@ -485,9 +635,85 @@ pub fn import(
 /// Every certificate held (imports and the KDS cache), in key order.
 /// Entries that no longer parse are skipped (and logged).
 pub fn list(store: &dyn Store) -> Result<Vec<CertSummary>, StoreError> {
+    Ok(held_entries(store)?
+        .into_iter()
+        .map(|h| h.summary)
+        .collect())
+}
+
+/// Removes every held certificate `filter` matches, in one transaction;
+/// returns what was removed. Entries that no longer parse are removed
+/// when the filter names neither a kind, a product, a chip nor a TCB.
+pub fn remove(store: &dyn Store, filter: &CertFilter) -> Result<Vec<CertSummary>, StoreError> {
+    let mut ops = Vec::new();
     let mut out = Vec::new();
-    for (key, der) in store.entries(Tree::Certs)? {
-        let key = String::from_utf8_lossy(&key).into_owned();
+    let only_source = CertFilter {
+        source: filter.source,
+        ..CertFilter::default()
+    } == *filter;
+    for h in held_entries(store)? {
+        let s = &h.summary;
+        let source = match s.source {
+            "kds-cache" => HeldSource::KdsCache,
+            _ => HeldSource::Imported,
+        };
+        let matches = filter.source.is_none_or(|f| f == source)
+            && filter.role.is_none_or(|r| r == s.role)
+            && filter.product.is_none_or(|p| p == s.product)
+            && filter.chip_id.as_ref().is_none_or(|c| {
+                s.role == CertRole::Vcek && h.hwid.as_deref().is_some_and(|w| w.starts_with(c))
+            })
+            && filter
+                .tcb
+                .as_ref()
+                .is_none_or(|t| s.tcb.as_deref() == Some(t.as_str()));
+        if matches {
+            ops.push(Op::delete(Tree::Certs, h.key));
+            out.push(h.summary);
+        }
+    }
+    if only_source {
+        for key in unparsable_keys(store)? {
+            let source = if key.starts_with(KDS_PREFIX) {
+                HeldSource::KdsCache
+            } else {
+                HeldSource::Imported
+            };
+            if filter.source.is_none_or(|f| f == source) {
+                tracing::info!(KEY = %String::from_utf8_lossy(&key), "removing an unusable stored certificate");
+                ops.push(Op::delete(Tree::Certs, key));
+            }
+        }
+    }
+    if !ops.is_empty() {
+        store.transaction(&ops)?;
+    }
+    Ok(out)
+}
+
+/// One stored certificate: its key, its hwID in hex (VCEKs) and summary.
+struct HeldEntry {
+    key: Vec<u8>,
+    hwid: Option<String>,
+    summary: CertSummary,
+}
+
+/// Keys of entries [`held_entries`] skips.
+fn unparsable_keys(store: &dyn Store) -> Result<Vec<Vec<u8>>, StoreError> {
+    let good: std::collections::HashSet<Vec<u8>> =
+        held_entries(store)?.into_iter().map(|h| h.key).collect();
+    Ok(store
+        .entries(Tree::Certs)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !good.contains(k))
+        .collect())
+}
+
+fn held_entries(store: &dyn Store) -> Result<Vec<HeldEntry>, StoreError> {
+    let mut out = Vec::new();
+    for (raw_key, der) in store.entries(Tree::Certs)? {
+        let key = String::from_utf8_lossy(&raw_key).into_owned();
         let parts: Vec<&str> = key.split('/').collect();
         let (Some(source), Some(role), Some(product)) = (
             parts.first().and_then(|s| match *s {
@@ -524,14 +750,22 @@ pub fn list(store: &dyn Store) -> Result<Vec<CertSummary>, StoreError> {
             CertRole::Vlek => (None, parts.get(3).map(|t| (*t).to_owned())),
             _ => (None, None),
         };
-        out.push(CertSummary {
-            role,
-            product,
-            chip_id,
-            tcb,
-            not_after: not_after(&cert),
-            source,
-            file: None,
+        let hwid = match role {
+            CertRole::Vcek => parts.get(3).map(|h| (*h).to_owned()),
+            _ => None,
+        };
+        out.push(HeldEntry {
+            key: raw_key,
+            hwid,
+            summary: CertSummary {
+                role,
+                product,
+                chip_id,
+                tcb,
+                not_after: not_after(&cert),
+                source,
+                file: None,
+            },
         });
     }
     Ok(out)

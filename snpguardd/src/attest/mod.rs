@@ -26,8 +26,8 @@ use snpguard::attest::{
 
 pub use attestor::{Attestor, AttestorError, Clock, SystemClock};
 pub use audit::{AuditEntry, AUDIT_CAPACITY};
-pub use certs::{CertImportError, CertSummary, CertificateService};
-pub use kds::{HttpKds, KdsClient, KdsError, AMD_KDS_URL};
+pub use certs::{CertFilter, CertImportError, CertSummary, CertificateService, HeldSource};
+pub use kds::{HttpKds, KdsClient, KdsError, KdsGate, AMD_KDS_URL};
 
 /// A refusal or failure as the remote client sees it: a stable code, an
 /// HTTP status and a coarse message. The precise reason goes to the

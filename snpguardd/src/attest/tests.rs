@@ -24,6 +24,7 @@ use crate::registry::{Registry, POLICY_DEBUG};
 use crate::secrets::{MasterKey, MasterKeySource};
 use crate::service::{RecordInfo, RecordService, RegisterRequest};
 
+mod certs;
 mod renewal;
 
 const VMK: [u8; 64] = *b"attested-VMK-0123456789abcdef-attested-VMK-0123456789abcdef-!!!!";
@@ -143,6 +144,7 @@ fn config(state: &Path, roots: Vec<TestRoot>, kds: bool) -> Config {
         kds: Kds { enabled: kds },
         attest: Default::default(),
         rate_limit: Default::default(),
+        https: Default::default(),
     }
 }
 

@@ -1,18 +1,21 @@
 //! The Certificates interface on the Manager object: operator imports of
-//! AMD certificates for hosts without KDS access, and their listing.
+//! AMD certificates for hosts without KDS access, their listing, and the
+//! removal of imports and cached VCEKs.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
 
-use snpguard::dbus::{limit, CertificateInfo, Error, ACTION_IMPORT_CERTIFICATES};
+use snpguard::dbus::{
+    limit, CertificateInfo, Error, ACTION_IMPORT_CERTIFICATES, ACTION_REMOVE_CERTIFICATES,
+};
 use zbus::message::Header;
 use zbus::zvariant::OwnedFd;
 use zbus::{interface, Connection};
 
 use super::{import, polkit, Context};
-use crate::attest::{CertImportError, CertSummary};
+use crate::attest::{CertFilter, CertImportError, CertSummary};
 
 /// `org.snpguard.SnpGuard1.Certificates` at `/org/snpguard/SnpGuard1`.
 pub struct Certificates {
@@ -148,5 +151,33 @@ impl Certificates {
             .map_err(|e| Error::Storage(format!("listing task failed: {e}")))?
             .map_err(|e| Error::Storage(e.to_string()))?;
         Ok(held.into_iter().map(info).collect())
+    }
+
+    /// Removes the held certificates (imports and cached VCEKs) matching
+    /// every non-empty argument: source `imported` or `kds-cache`; kind
+    /// VCEK, VLEK, ASK or ASVK; product; leading hex digits of a VCEK's
+    /// chip id; tcb. All empty removes everything held. Returns what was
+    /// removed.
+    #[zbus(out_args("removed"))]
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature: five filters
+    async fn remove(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        source: String,
+        kind: String,
+        product: String,
+        chip_id: String,
+        tcb: String,
+    ) -> Result<Vec<CertificateInfo>, Error> {
+        polkit::authorize(conn, &hdr, ACTION_REMOVE_CERTIFICATES).await?;
+        let filter = CertFilter::parse(&source, &kind, &product, &chip_id, &tcb)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let certs = self.ctx.certs.clone();
+        let removed = tokio::task::spawn_blocking(move || certs.remove_certificates(&filter))
+            .await
+            .map_err(|e| Error::Storage(format!("removal task failed: {e}")))?
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(removed.into_iter().map(info).collect())
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! - [`manager`]: the Manager object (register, list, find).
 //! - [`record`]: one object per record (properties, enable, export, …).
-//! - [`certificates`]: certificate imports and listing (on the Manager
-//!   object), over a [`CertificateService`].
+//! - [`certificates`]: certificate imports, listing and removal (on the
+//!   Manager object), over a [`CertificateService`].
 //! - [`options`]: the `a{sv}` registration options, parsed once.
 //! - [`import`]: confinement of path arguments to the import directory.
 //! - [`polkit`]: authorization of every mutating call.

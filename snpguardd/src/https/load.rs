@@ -19,7 +19,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 
@@ -65,6 +65,7 @@ pub struct Target {
     addr: SocketAddr,
     server_name: ServerName<'static>,
     connector: TlsConnector,
+    source: Option<IpAddr>,
 }
 
 impl Target {
@@ -92,13 +93,34 @@ impl Target {
             addr,
             server_name,
             connector: TlsConnector::from(Arc::new(config)),
+            source: None,
         })
+    }
+
+    /// Connects from `source` (e.g. 127.0.0.2, a second client address on
+    /// loopback) instead of the address the system picks.
+    pub fn from_source(mut self, source: IpAddr) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Opens a TCP connection (from the source address, if one is set).
+    pub async fn tcp(&self) -> std::io::Result<TcpStream> {
+        let Some(source) = self.source else {
+            return TcpStream::connect(self.addr).await;
+        };
+        let socket = match source {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(self.addr).await
     }
 
     /// Opens one keep-alive connection.
     pub async fn connect(&self) -> Result<Conn, LoadError> {
         let err = |e: &dyn fmt::Display| LoadError::Connection(e.to_string());
-        let tcp = TcpStream::connect(self.addr).await.map_err(|e| err(&e))?;
+        let tcp = self.tcp().await.map_err(|e| err(&e))?;
         tcp.set_nodelay(true).map_err(|e| err(&e))?;
         let tls = self
             .connector

@@ -13,9 +13,13 @@
 //!
 //! Every refusal is a JSON `ErrorBody` with a stable code. Everything at
 //! the edge is bounded ([`Limits`]): body size (counted while reading),
-//! TLS handshake, header and whole-request time, a token bucket per
-//! source address, concurrent connections, and the wait for in-flight
-//! requests at shutdown. Handler calls run on tokio's blocking pool.
+//! the time to the TLS ClientHello and to the end of the handshake,
+//! header and whole-request time, a token bucket per source address
+//! (charged once per accepted connection and once per request),
+//! concurrent connections in all and per source, and the wait for
+//! in-flight requests at shutdown. A connection over its source's limits
+//! is closed at accept, before any TLS work. Handler calls run on tokio's
+//! blocking pool.
 //!
 //! Bodies are never logged: each request is one debug line (peer, method,
 //! path, status, time), refusals one info line with their code, server
@@ -40,13 +44,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 pub use rustls::ServerConfig;
 pub use tls::{server_config, TlsError, TlsMaterial};
 
 use crate::attest::AttestHandler;
-use ratelimit::RateLimiter;
+use ratelimit::{ConnectionCounts, ConnectionPermit, RateLimiter};
 use routes::Reply;
 
 /// Longest request path written to the log.
@@ -80,9 +84,15 @@ pub struct Limits {
     pub per_ip_burst: u32,
     /// Concurrent connections; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Concurrent connections of one source (IPv4 address or IPv6 /64);
+    /// more are closed at accept.
+    pub max_connections_per_source: usize,
     /// Sources whose buckets are remembered at once.
     pub max_tracked_sources: usize,
-    /// Time for the TLS handshake.
+    /// Time for the TLS ClientHello to arrive after the connection was
+    /// accepted.
+    pub client_hello_timeout: Duration,
+    /// Time for the whole TLS handshake.
     pub handshake_timeout: Duration,
     /// Time for a request head to arrive, counted from when the server
     /// waits for one (so it is also the keep-alive idle time).
@@ -124,7 +134,9 @@ impl Default for Limits {
             per_ip_rate: 20.0,
             per_ip_burst: 200,
             max_connections: 512,
+            max_connections_per_source: 32,
             max_tracked_sources: 10_000,
+            client_hello_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -148,6 +160,9 @@ impl Limits {
         if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
             return bad("max_connections must be positive");
         }
+        if self.max_connections_per_source == 0 {
+            return bad("max_connections_per_source must be positive");
+        }
         if self.renew_floor.bytes_per_sec == 0 {
             return bad("renew_floor.bytes_per_sec must be positive");
         }
@@ -155,6 +170,7 @@ impl Limits {
             return bad("max_tracked_sources must be positive");
         }
         let times = [
+            self.client_hello_timeout,
             self.handshake_timeout,
             self.header_timeout,
             self.request_timeout,
@@ -187,6 +203,8 @@ struct Shared {
     handler: Arc<dyn AttestHandler>,
     limits: Limits,
     rate: RateLimiter,
+    /// Open connections per source.
+    per_source: Arc<ConnectionCounts>,
     /// One permit: the renewal being processed.
     renewing: Arc<Semaphore>,
 }
@@ -210,10 +228,10 @@ pub async fn serve(
             limits.per_ip_burst,
             limits.max_tracked_sources,
         ),
+        per_source: ConnectionCounts::new(limits.max_connections_per_source),
         limits,
         renewing: Arc::new(Semaphore::new(1)),
     });
-    let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(());
     let mut connections = JoinSet::new();
@@ -246,13 +264,29 @@ pub async fn serve(
                 }
             },
         };
+        // Refused before any TLS work: closing costs the server nothing,
+        // and one source can hold neither every slot nor a flood of
+        // handshakes. Debug lines only, so a flood does not flood the
+        // journal too.
+        if !shared.rate.allow(peer.ip(), Instant::now()) {
+            tracing::debug!(peer = %peer.ip(), "HTTPS connection closed at accept: rate-limited");
+            continue;
+        }
+        let Some(permit) = shared.per_source.open(peer.ip()) else {
+            tracing::debug!(
+                peer = %peer.ip(),
+                limit = shared.limits.max_connections_per_source,
+                "HTTPS connection closed at accept: the source holds its limit of connections"
+            );
+            continue;
+        };
         connections.spawn(connection(
             shared.clone(),
-            acceptor.clone(),
+            tls.clone(),
             stream,
             peer,
             stop_rx.clone(),
-            slot,
+            (slot, permit),
         ));
     }
 
@@ -289,28 +323,43 @@ fn log_task_end(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// One connection: TLS handshake, then HTTP/1.1 with keep-alive until
-/// the client closes, a timeout fires or the server shuts down. `_slot`
-/// is held for the connection's lifetime.
+/// One connection: the ClientHello (within
+/// [`Limits::client_hello_timeout`]), the rest of the TLS handshake
+/// (within [`Limits::handshake_timeout`] from accept), then HTTP/1.1 with
+/// keep-alive until the client closes, a timeout fires or the server
+/// shuts down. `_slots` (the listener's and the source's) are held for
+/// the connection's lifetime.
 async fn connection(
     shared: Arc<Shared>,
-    acceptor: TlsAcceptor,
+    tls_config: Arc<ServerConfig>,
     stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<()>,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, ConnectionPermit),
 ) {
     let ip = peer.ip();
     // Small JSON replies: send them now rather than waiting for more.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(peer = %ip, %error, "TCP_NODELAY");
     }
-    let handshake = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream));
+    let limits = &shared.limits;
+    let handshake = async {
+        let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = tokio::time::timeout(limits.client_hello_timeout, lazy)
+            .await
+            .map_err(|_| "no TLS ClientHello in time".to_owned())?
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        start
+            .into_stream(tls_config)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))
+    };
+    let handshake = tokio::time::timeout(limits.handshake_timeout, handshake);
     let tls = tokio::select! {
         done = handshake => match done {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
-                tracing::info!(peer = %ip, %error, "TLS handshake failed");
+                tracing::info!(peer = %ip, "{error}");
                 return;
             }
             Err(_) => {

@@ -6,10 +6,14 @@
 //! When the map is full, buckets that have refilled completely are
 //! dropped first (losslessly: a new bucket starts full, too); if none
 //! has, the source seen longest ago is evicted.
+//!
+//! [`ConnectionCounts`] caps the connections one source (same key) holds
+//! open at once, so that one address cannot take every connection slot
+//! of the listener with idle or half-open connections.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Token buckets keyed by source.
@@ -86,6 +90,73 @@ impl RateLimiter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
+    }
+}
+
+/// Open connections per source, at most `max` each. The map holds only
+/// sources with an open connection, so it is bounded by the listener's
+/// connection limit.
+pub(crate) struct ConnectionCounts {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of a source; gives its place back when dropped.
+pub(crate) struct ConnectionPermit {
+    counts: Arc<ConnectionCounts>,
+    key: IpAddr,
+}
+
+impl ConnectionCounts {
+    /// At most `max` (checked `>= 1` by the caller) per source.
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnectionCounts {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more connection of `ip`; `None` when its source
+    /// already holds `max`.
+    pub(crate) fn open(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+        let key = source_key(ip);
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionPermit {
+            counts: self.clone(),
+            key,
+        })
+    }
+
+    #[cfg(test)]
+    fn sources(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = self
+            .counts
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -166,5 +237,28 @@ mod tests {
         assert_eq!(rl.tracked(), 2);
         assert!(rl.allow(v4(2), later));
         assert!(!rl.allow(v4(2), later));
+    }
+
+    #[test]
+    fn connections_are_capped_per_source_and_given_back() {
+        let counts = ConnectionCounts::new(2);
+        let a1 = counts.open(v4(1)).expect("first");
+        let a2 = counts.open(v4(1)).expect("second");
+        assert!(counts.open(v4(1)).is_none(), "a third of the same source");
+        // Another source is not affected; an IPv6 /64 is one source.
+        let b = counts.open(v4(2)).expect("other source");
+        let x: IpAddr = "2001:db8::1".parse().expect("addr");
+        let y: IpAddr = "2001:db8::2".parse().expect("addr");
+        let _x = counts.open(x).expect("v6");
+        let _x2 = counts.open(y).expect("v6, same /64");
+        assert!(counts.open(x).is_none());
+        drop(a1);
+        let _a3 = counts.open(v4(1)).expect("a place was given back");
+        drop((a2, b));
+        assert_eq!(
+            counts.sources(),
+            2,
+            "sources without connections are forgotten"
+        );
     }
 }

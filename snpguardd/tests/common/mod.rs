@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use snpguard::certs::{CertRole, Product};
-use snpguardd::attest::{AuditEntry, CertImportError, CertSummary, CertificateService};
+use snpguardd::attest::{AuditEntry, CertFilter, CertImportError, CertSummary, CertificateService};
 use snpguardd::service::{
     LaunchAdded, LaunchInfo, LaunchRequest, LaunchState, RecordInfo, RecordService,
     RegisterRequest, ServiceError,
@@ -523,9 +523,15 @@ impl RecordService for MemService {
 #[derive(Default)]
 pub struct MemCerts {
     held: Mutex<Vec<(String, Vec<u8>)>>,
+    last_filter: Mutex<Option<CertFilter>>,
 }
 
 impl MemCerts {
+    /// The filter of the last removal.
+    pub fn last_filter(&self) -> Option<CertFilter> {
+        self.last_filter.lock().unwrap().clone()
+    }
+
     /// What was stored: (name, bytes) per file.
     pub fn held(&self) -> Vec<(String, Vec<u8>)> {
         self.held.lock().unwrap().clone()
@@ -572,6 +578,23 @@ impl CertificateService for MemCerts {
     fn list_certificates(&self) -> Result<Vec<CertSummary>, StoreError> {
         Ok(self
             .held()
+            .iter()
+            .map(|(n, _)| CertSummary {
+                file: None,
+                ..summary(n)
+            })
+            .collect())
+    }
+
+    /// Removes by product (everything held is a milan ASK); records the
+    /// last filter.
+    fn remove_certificates(&self, filter: &CertFilter) -> Result<Vec<CertSummary>, StoreError> {
+        *self.last_filter.lock().unwrap() = Some(filter.clone());
+        if filter.product.is_some_and(|p| p != Product::Milan) {
+            return Ok(Vec::new());
+        }
+        let removed: Vec<_> = self.held.lock().unwrap().drain(..).collect();
+        Ok(removed
             .iter()
             .map(|(n, _)| CertSummary {
                 file: None,

@@ -305,5 +305,32 @@ async fn certs_import_lets_an_air_gapped_daemon_attest() {
     assert!(held.iter().all(|c| c["source"] == "imported"), "{held:?}");
     let text = ok(&ctl(&s.bus, &["certs", "list"]));
     assert!(text.contains("VCEK") && text.contains("ASK"), "{text}");
+
+    // The operator removes the VCEK by chip id: the chip cannot attest
+    // until it is imported again; the ASK stays.
+    let chip = hex::encode(&sim_hwid()[..4]);
+    let out = ok(&ctl(
+        &s.bus,
+        &[
+            "certs",
+            "remove",
+            "--kind",
+            "vcek",
+            "--chip-id",
+            &chip,
+            "--json",
+        ],
+    ));
+    let removed = json_list(&out);
+    assert_eq!(removed.len(), 1, "{out}");
+    assert_eq!(removed[0]["kind"], "VCEK");
+    let held = json_list(&ok(&ctl(&s.bus, &["certs", "list", "--json"])));
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["kind"], "ASK");
+    let e = err(&ctl(&s.bus, &["certs", "remove", "--tcb", "1.2"]));
+    assert!(e.contains("InvalidInput") && e.contains("tcb"), "{e}");
+    let conn = target.connect().await.expect("connect");
+    let req = tampered(&conn, &sim, &launch, None, |_| {}).await;
+    expect_refused(&s, &conn, &req, rejected, "missing-vcek").await;
     daemon.stop();
 }
