@@ -334,10 +334,21 @@ mod tests {
         let a = load(&Request {
             kernel: &k,
             initrd: &i,
-            cmdline: CmdlineArg::Given(" exact \n".into()),
+            cmdline: CmdlineArg::Given(" exact ".into()),
         })
         .unwrap();
-        assert_eq!(a.cmdline, " exact \n");
+        assert_eq!(a.cmdline, " exact ");
+        // A given command line is taken as is, so a newline in it is a
+        // control character the daemon would refuse.
+        let e = load(&Request {
+            kernel: &k,
+            initrd: &i,
+            cmdline: CmdlineArg::Given(" exact \n".into()),
+        })
+        .err()
+        .expect("newline refused")
+        .to_string();
+        assert!(e.contains("control character \\n at byte offset 7"), "{e}");
         std::fs::write(&c, "").unwrap();
         let a = load(&Request {
             kernel: &k,
