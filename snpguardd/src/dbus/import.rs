@@ -183,8 +183,7 @@ mod tests {
         std::fs::hard_link(&secret, &linked).unwrap();
         let e = import
             .open_file(linked.to_str().unwrap())
-            .err()
-            .expect("hard link refused");
+            .expect_err("hard link refused");
         let Error::InvalidInput(msg) = e else {
             panic!("wrong error: {e:?}")
         };
