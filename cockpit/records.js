@@ -6,6 +6,37 @@ import {
     shortHex, showAlert, showError, tcbText, MANAGER_PATH, RECORD_IFACE,
 } from "./util.js";
 
+/** Text from a guest, safe to show: control and bidirectional formatting
+ *  characters (and backslash) escaped as snpguardctl does. */
+function escapeText(s) {
+    return String(s).replace(/[\\\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, c => {
+        const n = c.codePointAt(0);
+        if (c === "\\") return "\\\\";
+        if (c === "\t") return "\\t";
+        if (c === "\n") return "\\n";
+        if (c === "\r") return "\\r";
+        return n < 0x100 ? "\\x" + n.toString(16).padStart(2, "0") : "\\u{" + n.toString(16) + "}";
+    });
+}
+
+/** The words removed from `old` ("- w") and added in `now` ("+ w"), from
+ *  a longest common subsequence of the space-separated words. */
+function cmdlineDiff(old, now) {
+    const a = old.split(" ").filter(w => w), b = now.split(" ").filter(w => w);
+    const lcs = Array.from({ length: a.length + 1 }, () => new Array(b.length + 1).fill(0));
+    for (let i = a.length - 1; i >= 0; i--)
+        for (let j = b.length - 1; j >= 0; j--)
+            lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    const out = [];
+    let i = 0, j = 0;
+    while (i < a.length || j < b.length) {
+        if (i < a.length && j < b.length && a[i] === b[j]) { i++; j++ }
+        else if (i < a.length && (j === b.length || lcs[i + 1][j] >= lcs[i][j + 1])) out.push("  - " + escapeText(a[i++]));
+        else out.push("  + " + escapeText(b[j++]));
+    }
+    return out;
+}
+
 function stateLabel(enabled) {
     return enabled
         ? h("span", { class: "sg-label sg-label-ok" }, "Enabled")
@@ -165,7 +196,7 @@ export class Records {
             h("td", { class: "sg-nowrap", title: l.created }, formatTime(l.created)),
             h("td", {}, l.origin),
             h("td", { class: "sg-nowrap" },
-              l.state !== "approved" && button("Approve", false, b => this.launchAct(p, "ApproveLaunch", l, b)),
+              l.state !== "approved" && button("Approve", false, b => this.approve(p, launches, l, b)),
               l.state === "approved" && button("Retire", false, b => this.launchAct(p, "RetireLaunch", l, b)),
               l.state !== "approved" && button("Discard", true, b =>
                   confirmAction("Discard launch " + l.id + " of " + p.Name + "?",
@@ -180,6 +211,38 @@ export class Records {
                      h("thead", {}, h("tr", {}, ["Launch", "State", "Measurement", "Kernel command line", "Created", "Origin", ""]
                              .map(t => h("th", {}, t)))),
                      h("tbody", {}, rows))));
+    }
+
+    /** Shows what approving `launch` signs, as `snpguardctl records
+     *  approve` does (origin, measurements, kernel and initrd SHA-256, the
+     *  command-line diff against the approved launch), and approves it
+     *  once confirmed. */
+    approve(p, launches, launch, button) {
+        button.disabled = true;
+        const current = launches.find(c => c.measurement === p.Measurement && c.id !== launch.id);
+        const digests = l => p.call("LaunchDigests", [l.id]);
+        return Promise.all([digests(launch), current ? digests(current) : Promise.resolve(null)])
+                .then(([[kernel, initrd], old]) => {
+                    button.disabled = false;
+                    const mark = (v, o) => (o === undefined ? "" : v === o ? " (unchanged)" : " (changed)");
+                    const diff = cmdlineDiff(current ? current.cmdline : (p.Cmdline || ""), launch.cmdline);
+                    const body = [
+                        "Origin: " + escapeText(launch.origin),
+                        "Measurement: " + escapeText(launch.measurement),
+                        "Replaces: " + (current ? escapeText(p.Measurement) + " (launch " + escapeText(current.id) + ")" : "nothing"),
+                        "Kernel sha256: " + escapeText(kernel) + mark(kernel, old?.[0]),
+                        "Initrd sha256: " + escapeText(initrd) + mark(initrd, old?.[1]),
+                        "Command line: " + escapeText(launch.cmdline),
+                        diff.length ? "Command-line diff:" : "Command-line diff: none",
+                        ...diff,
+                    ].join("\n");
+                    return confirmAction("Approve launch " + launch.id + " of " + p.Name + "?", body, "Approve");
+                }, err => {
+                    button.disabled = false;
+                    showError("Could not read launch " + launch.id + " of " + p.Name + ".", err);
+                    return false;
+                })
+                .then(ok => ok && this.launchAct(p, "ApproveLaunch", launch, button));
     }
 
     launchAct(p, method, launch, button) {

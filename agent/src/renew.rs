@@ -230,7 +230,8 @@ fn read_artifact(path: &Path, what: &str, boot_files: &BootFiles) -> anyhow::Res
     Ok(out)
 }
 
-/// Checks a command line the daemon will measure: no NUL, at most
+/// Checks a command line the daemon will measure: no NUL or other
+/// control character (the daemon refuses them), at most
 /// [`MAX_CMDLINE_LEN`] bytes.
 pub fn check_cmdline(cmdline: &str) -> anyhow::Result<()> {
     if let Some(at) = cmdline.bytes().position(|b| b == 0) {
@@ -242,6 +243,7 @@ pub fn check_cmdline(cmdline: &str) -> anyhow::Result<()> {
             cmdline.len()
         );
     }
+    snpguard::text::check_cmdline(cmdline)?;
     Ok(())
 }
 
@@ -380,12 +382,25 @@ mod tests {
         assert_eq!(c, "a  b ");
         assert!(cmdline_from_running(&"x".repeat(MAX_CMDLINE_LEN + 1)).is_err());
         assert!(cmdline_from_running("a\0b\n").is_err());
+        // Text hidden behind a carriage return or an escape sequence is
+        // refused before it is sent.
+        for hidden in [
+            "quiet\rinit=/bin/sh\n",
+            "quiet \x1b[8minit=/bin/sh\n",
+            "a\tb\n",
+        ] {
+            let e = cmdline_from_running(hidden).unwrap_err().to_string();
+            assert!(e.contains("control character"), "{e}");
+        }
     }
 
     #[test]
     fn a_cmdline_file_loses_one_newline() {
         assert_eq!(cmdline_from_file(b"quiet\n").unwrap(), "quiet");
-        assert_eq!(cmdline_from_file(b"quiet\n\n").unwrap(), "quiet\n");
+        // Only one: a second newline is a control character the daemon
+        // refuses.
+        let e = cmdline_from_file(b"quiet\n\n").unwrap_err().to_string();
+        assert!(e.contains("control character \\n at byte offset 5"), "{e}");
         assert_eq!(cmdline_from_file(b"quiet").unwrap(), "quiet");
         assert_eq!(cmdline_from_file(b"").unwrap(), "");
         assert!(cmdline_from_file(b"\xff").is_err());
@@ -463,10 +478,22 @@ mod tests {
             kernel: &k,
             initrd: &i,
             boot_files: &boot,
-            cmdline: CmdlineArg::Given(" exact \n".into()),
+            cmdline: CmdlineArg::Given(" exact ".into()),
         })
         .unwrap();
-        assert_eq!(a.cmdline, " exact \n");
+        assert_eq!(a.cmdline, " exact ");
+        // A given command line is taken as is, so a newline in it is a
+        // control character the daemon would refuse.
+        let e = load(&Request {
+            kernel: &k,
+            initrd: &i,
+            boot_files: &boot,
+            cmdline: CmdlineArg::Given(" exact \n".into()),
+        })
+        .err()
+        .expect("newline refused")
+        .to_string();
+        assert!(e.contains("control character \\n at byte offset 7"), "{e}");
         std::fs::write(&c, "").unwrap();
         let a = load(&Request {
             kernel: &k,

@@ -294,6 +294,8 @@ pub trait Record {
     fn retire_launch(&self, launch: &str) -> zbus::Result<()>;
     /// Discards a pending launch.
     fn discard_launch(&self, launch: &str) -> zbus::Result<()>;
+    /// The SHA-256 digests of a launch's kernel and initrd (hex).
+    fn launch_digests(&self, launch: &str) -> zbus::Result<(String, String)>;
 
     /// Record id (image ID, hex).
     #[zbus(property)]

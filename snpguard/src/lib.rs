@@ -9,6 +9,7 @@
 //! - [`seal`]: HPKE sealing of secrets (VMK ingestion, key release).
 //! - [`bundle`]: launch-artifacts.tar.gz, written and safely extracted.
 //! - [`sim`]: a simulated SEV-SNP platform for tests (never production).
+//! - [`text`]: printable command lines; escaping untrusted text for display.
 //! - `dbus` (feature `dbus`): names, typed errors and client proxies of
 //!   the daemon's D-Bus management API.
 
@@ -24,6 +25,7 @@ pub mod measure;
 pub mod report;
 pub mod seal;
 pub mod sim;
+pub mod text;
 pub mod verify;
 
 #[doc(hidden)]

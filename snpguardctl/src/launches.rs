@@ -11,11 +11,13 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 use snpguard::dbus::{launch_file_key, launch_state, LaunchEntry, RecordProxy};
+use snpguard::text::escape;
 use zbus::zvariant::OwnedFd;
 
 use crate::bus::{call_mut, describe, Bus};
 use crate::output;
 use crate::register::{read_cmdline, INITRD, KERNEL};
+use crate::review;
 
 #[derive(Debug, Args)]
 pub struct AddLaunchArgs {
@@ -35,9 +37,13 @@ pub struct ApproveArgs {
     /// Record name or id
     #[arg(value_name = "ID-OR-NAME")]
     pub record: String,
-    /// Launch to approve (default: the only pending one)
+    /// Launch to approve (needed off a terminal; on one, the only
+    /// pending launch is offered)
     #[arg(long, value_name = "L")]
     pub launch: Option<String>,
+    /// Approve after showing the review without asking (needs --launch)
+    #[arg(long, short = 'y', requires = "launch")]
+    pub yes: bool,
     /// Write the approved launch's launch-artifacts.tar.gz here
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -83,21 +89,29 @@ impl From<LaunchEntry> for LaunchView {
     }
 }
 
-/// Prints the launches as a table.
-pub fn print_launches(launches: &[LaunchView]) {
-    println!("Launches:");
-    println!(
+/// The launches as a table, every daemon-supplied string escaped.
+pub fn render_launches(launches: &[LaunchView]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("Launches:\n");
+    let _ = writeln!(
+        out,
         "  {:<4} {:<9} {:<20} {:<17} ORIGIN",
         "ID", "STATE", "CREATED", "MEASUREMENT"
     );
     for l in launches {
         let short: String = l.measurement.chars().take(16).collect();
-        println!(
-            "  {:<4} {:<9} {:<20} {short}… {}",
-            l.id, l.state, l.created, l.origin
+        let _ = writeln!(
+            out,
+            "  {:<4} {:<9} {:<20} {}… {}",
+            escape(&l.id),
+            escape(&l.state),
+            escape(&l.created),
+            escape(&short),
+            escape(&l.origin)
         );
-        println!("       cmdline: {}", l.cmdline);
+        let _ = writeln!(out, "       cmdline: {}", escape(&l.cmdline));
     }
+    out
 }
 
 /// The launch to approve: `given`, else the only pending one.
@@ -177,8 +191,9 @@ pub async fn add(bus: &Bus, r: &RecordProxy<'_>, a: &AddLaunchArgs) -> Result<()
     if a.json {
         println!("{}", serde_json::json!({ "id": id, "launch": view }));
     } else {
-        println!("launch {launch} of {} is {}", a.record, view.state);
-        println!("measurement {}", view.measurement);
+        let launch = escape(&launch);
+        println!("launch {launch} of {} is {}", a.record, escape(&view.state));
+        println!("measurement {}", escape(&view.measurement));
         if view.state == launch_state::PENDING {
             println!(
                 "approve it with: snpguardctl records approve {} --launch {launch}",
@@ -190,11 +205,62 @@ pub async fn add(bus: &Bus, r: &RecordProxy<'_>, a: &AddLaunchArgs) -> Result<()
 }
 
 pub async fn approve(bus: &Bus, r: &RecordProxy<'_>, a: &ApproveArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let plan = review::plan(&a.record, a.launch.as_deref(), a.yes, interactive)?;
     let before = launches_of(r).await?;
     let launch = pick_pending(&a.record, &before, a.launch.as_deref())?;
+    let view = before.iter().find(|l| l.id == launch).with_context(|| {
+        format!(
+            "{} has no launch {}; the launches are listed by snpguardctl records show {}",
+            a.record,
+            escape(&launch),
+            a.record
+        )
+    })?;
+    let id = r.id().await.map_err(describe)?;
+    let digests = |l: String| async move {
+        r.launch_digests(&l)
+            .await
+            .map(|(kernel, initrd)| review::Digests { kernel, initrd })
+            .map_err(describe)
+            .with_context(|| format!("reading the artifact digests of launch {}", escape(&l)))
+    };
+    let new_digests = digests(launch.clone()).await?;
+    let mut current = review::Current {
+        measurement: r.measurement().await.map_err(describe)?,
+        cmdline: r.cmdline().await.map_err(describe)?,
+        digests: None,
+    };
+    if let Some(c) = review::current_launch(&before, &current.measurement, &launch) {
+        current.digests = Some(digests(c.id.clone()).await?);
+    }
+    let text = review::render(&a.record, &id, view, &new_digests, &before, &current);
+    // The review goes where a person reads it; with --json, stdout is
+    // for the result only.
+    if a.json || plan == review::Plan::Ask {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+    if plan == review::Plan::Ask {
+        let question = format!("Approve launch {} of {}?", escape(&launch), a.record);
+        let yes = review::confirm(
+            &mut std::io::stdin().lock(),
+            &mut std::io::stderr(),
+            &question,
+        )?;
+        if !yes {
+            anyhow::bail!(
+                "launch {} of {} was not approved",
+                escape(&launch),
+                a.record
+            );
+        }
+    }
     call_mut::<_, ()>(r.inner(), "ApproveLaunch", &(launch.as_str(),))
         .await
-        .with_context(|| format!("approving launch {launch} of {}", a.record))?;
+        .with_context(|| format!("approving launch {} of {}", escape(&launch), a.record))?;
     if let Some(out) = &a.output {
         export_launch(bus, r, &launch, out).await.with_context(|| {
             format!(
@@ -210,7 +276,6 @@ pub async fn approve(bus: &Bus, r: &RecordProxy<'_>, a: &ApproveArgs) -> Result<
         .find(|l| l.id == launch)
         .map(|l| l.measurement)
         .unwrap_or_default();
-    let id = r.id().await.map_err(describe)?;
     if a.json {
         println!(
             "{}",
@@ -222,8 +287,13 @@ pub async fn approve(bus: &Bus, r: &RecordProxy<'_>, a: &ApproveArgs) -> Result<
             })
         );
     } else {
-        println!("approved launch {launch} of {} ({id})", a.record);
-        println!("measurement {measurement}");
+        println!(
+            "approved launch {} of {} ({})",
+            escape(&launch),
+            a.record,
+            escape(&id)
+        );
+        println!("measurement {}", escape(&measurement));
         if let Some(out) = &a.output {
             println!("wrote {}", out.display());
         }

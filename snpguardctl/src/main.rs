@@ -16,6 +16,7 @@ mod output;
 mod records;
 mod register;
 mod report;
+mod review;
 
 use std::process::ExitCode;
 

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use snpguard::dbus::{ManagerProxy, RecordProxy};
+use snpguard::text::escape;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath};
 
 use crate::bus::{self, call_mut, describe, Bus, Target};
@@ -132,6 +133,13 @@ impl RecordView {
     }
 
     fn print(&self) {
+        print!("{}", self.render());
+    }
+
+    /// The text of `records show`, every daemon-supplied string escaped.
+    fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
         let tcb = if self.min_tcb.is_empty() {
             "none".to_string()
         } else {
@@ -141,26 +149,37 @@ impl RecordView {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        println!("Name:         {}", self.name);
-        println!("Id:           {}", self.id);
-        println!("Enabled:      {}", if self.enabled { "yes" } else { "no" });
-        println!("Created:      {}", self.created);
-        println!("Measurement:  {}", self.measurement);
-        println!("Policy:       {:#x}", self.policy);
-        println!("vCPUs:        {} x {}", self.vcpus, self.vcpu_type);
-        println!("Cmdline:      {}", self.cmdline);
-        println!("Family ID:    {}", self.family_id);
-        println!("Image ID:     {}", self.image_id);
-        println!("ID key:       {}", self.id_key_digest);
-        println!("Author key:   {}", self.author_key_digest);
-        println!("Min TCB:      {tcb}");
-        println!(
+        let _ = writeln!(out, "Name:         {}", escape(&self.name));
+        let _ = writeln!(out, "Id:           {}", escape(&self.id));
+        let _ = writeln!(
+            out,
+            "Enabled:      {}",
+            if self.enabled { "yes" } else { "no" }
+        );
+        let _ = writeln!(out, "Created:      {}", escape(&self.created));
+        let _ = writeln!(out, "Measurement:  {}", escape(&self.measurement));
+        let _ = writeln!(out, "Policy:       {:#x}", self.policy);
+        let _ = writeln!(
+            out,
+            "vCPUs:        {} x {}",
+            self.vcpus,
+            escape(&self.vcpu_type)
+        );
+        let _ = writeln!(out, "Cmdline:      {}", escape(&self.cmdline));
+        let _ = writeln!(out, "Family ID:    {}", escape(&self.family_id));
+        let _ = writeln!(out, "Image ID:     {}", escape(&self.image_id));
+        let _ = writeln!(out, "ID key:       {}", escape(&self.id_key_digest));
+        let _ = writeln!(out, "Author key:   {}", escape(&self.author_key_digest));
+        let _ = writeln!(out, "Min TCB:      {tcb}");
+        let _ = writeln!(
+            out,
             "Attestations: {} ok, {} refused, last {}",
             self.attestations_ok,
             self.attestations_failed,
-            self.last_attestation.as_deref().unwrap_or("never")
+            escape(self.last_attestation.as_deref().unwrap_or("never"))
         );
-        launches::print_launches(&self.launches);
+        out.push_str(&launches::render_launches(&self.launches));
+        out
     }
 }
 
@@ -285,12 +304,13 @@ async fn list(bus: &Bus, json: bool) -> Result<()> {
     for v in &views {
         let short: String = v.measurement.chars().take(16).collect();
         println!(
-            "{:<24} {:<32} {:<7} {:>5} {:>7} {short}…",
-            v.name,
-            v.id,
+            "{:<24} {:<32} {:<7} {:>5} {:>7} {}…",
+            escape(&v.name),
+            escape(&v.id),
             if v.enabled { "yes" } else { "no" },
             v.vcpus,
-            v.pending_launches
+            v.pending_launches,
+            escape(&short)
         );
     }
     Ok(())
@@ -317,4 +337,58 @@ async fn set_enabled(bus: &Bus, a: RecordArg, enabled: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_escapes_what_a_guest_or_daemon_supplied() {
+        let launch = LaunchView {
+            id: "2".into(),
+            state: "pending".into(),
+            measurement: "b".repeat(96),
+            cmdline: "quiet\r\x1b[2Kconsole=ttyS0 init=/bin/sh".into(),
+            created: "2026-12-03T02:00:00Z".into(),
+            origin: "guest 10.0.0.5\x1b]0;owned\x07".into(),
+        };
+        let view = RecordView {
+            id: "0".repeat(32),
+            name: "web".into(),
+            enabled: true,
+            created: "2026-12-03T01:00:00Z".into(),
+            measurement: "a".repeat(96),
+            policy: 0x30000,
+            vcpus: 2,
+            vcpu_type: "EPYC-v4".into(),
+            cmdline: "console=ttyS0\u{202e}x".into(),
+            launches: vec![launch],
+            pending_launches: 1,
+            family_id: "00".repeat(16),
+            image_id: "00".repeat(16),
+            id_key_digest: "11".repeat(48),
+            author_key_digest: "22".repeat(48),
+            min_tcb: BTreeMap::new(),
+            attestations_ok: 0,
+            attestations_failed: 0,
+            last_attestation: None,
+        };
+        let text = view.render();
+        assert!(
+            text.contains("cmdline: quiet\\r\\x1b[2Kconsole=ttyS0 init=/bin/sh\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("guest 10.0.0.5\\x1b]0;owned\\x07\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Cmdline:      console=ttyS0\\u{202e}x\n"),
+            "{text}"
+        );
+        for c in ['\x1b', '\r', '\x07', '\u{202e}'] {
+            assert!(!text.contains(c), "{c:?} in {text}");
+        }
+    }
 }

@@ -123,12 +123,18 @@ pub fn options(a: &Args, cmdline: &str) -> Result<Options> {
 /// The `cmdline` file of a staging directory, without one trailing
 /// newline.
 pub fn read_cmdline(dir: &Path) -> Result<String> {
+    use std::io::Read;
     let p = dir.join(CMDLINE);
-    let raw = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    let max = snpguard::measure::MAX_CMDLINE_LEN;
+    let mut raw = Vec::new();
+    std::fs::File::open(&p)
+        .and_then(|f| f.take(max as u64 + 2).read_to_end(&mut raw))
+        .with_context(|| format!("reading {}", p.display()))?;
     let mut s = String::from_utf8(raw).with_context(|| format!("{} is not UTF-8", p.display()))?;
     if s.ends_with('\n') {
         s.pop();
     }
+    snpguard::text::check_cmdline(&s).with_context(|| format!("{} is refused", p.display()))?;
     Ok(s)
 }
 

@@ -389,3 +389,86 @@ async fn certs_import_expands_directories_and_reports_refusals() {
         "header and 4 certificates: {listed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_cmdline_with_control_characters_is_refused_before_the_daemon() {
+    let h = Harness::start().await;
+    let dir = h.bus.dir.path();
+    let st = staging(dir);
+    let out = dir.join("web.tar.gz");
+    let (s, o) = (st.to_str().unwrap(), out.to_str().unwrap());
+    std::fs::write(
+        st.join("cmdline"),
+        b"console=ttyS0 quiet\r\x1b[2Kinit=/bin/sh\n",
+    )
+    .unwrap();
+    let err = failed(&ctl(&h, &register_args(s, o, "web")).await);
+    assert!(
+        err.contains("control character \\r at byte offset 19"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "{err}");
+    assert!(h.service.records().is_empty());
+    assert!(h.polkit.calls().is_empty(), "the daemon was not asked");
+
+    // add-launch reads the same file the same way.
+    std::fs::write(st.join("cmdline"), b"console=ttyS0\n").unwrap();
+    ok(&ctl(&h, &register_args(s, o, "web")).await);
+    std::fs::write(st.join("cmdline"), b"console=ttyS0\tquiet\n").unwrap();
+    let err = failed(&ctl(&h, &["records", "add-launch", "web", "--staging", s]).await);
+    assert!(
+        err.contains("control character \\t at byte offset 13"),
+        "{err}"
+    );
+    let rec = h.service.records().into_values().next().unwrap();
+    assert_eq!(rec.info.launches.len(), 1, "nothing added");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_reviews_and_needs_a_named_launch_off_a_terminal() {
+    let h = Harness::start().await;
+    let dir = h.bus.dir.path();
+    let st = staging(dir);
+    let out = dir.join("web.tar.gz");
+    let (s, o) = (st.to_str().unwrap(), out.to_str().unwrap());
+    ok(&ctl(&h, &register_args(s, o, "web")).await);
+    std::fs::write(st.join("cmdline"), b"console=ttyS0 init=/bin/sh\n").unwrap();
+    ok(&ctl(&h, &["records", "add-launch", "web", "--staging", s]).await);
+
+    // No terminal (stdin is /dev/null), no --launch: refused, unchanged.
+    let err = failed(&ctl(&h, &["records", "approve", "web"]).await);
+    assert!(err.contains("pass --launch N"), "{err}");
+    // --yes alone is a usage error.
+    let o = ctl(&h, &["records", "approve", "web", "--yes"]).await;
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let rec = h.service.records().into_values().next().unwrap();
+    assert_eq!(rec.info.launches[1].state.as_str(), "pending");
+
+    let text = ok(&ctl(&h, &["records", "approve", "web", "--launch", "2"]).await);
+    let review_end = text.find("approved launch 2").expect("approved");
+    let review = &text[..review_end];
+    assert!(review.contains("Approving launch 2 of web"), "{text}");
+    assert!(review.contains("Origin:       operator"), "{text}");
+    assert!(
+        review.contains(&format!(
+            "Replaces:     {} (launch 1)",
+            rec.info.measurement
+        )),
+        "{text}"
+    );
+    assert!(
+        review.contains(&format!(
+            "Measurement:  {}",
+            rec.info.launches[1].measurement
+        )),
+        "{text}"
+    );
+    assert!(review.contains("Kernel:       sha256 "), "{text}");
+    assert!(
+        review
+            .contains("Cmdline diff against launch 1:\n    - root=/dev/vda1\n    + init=/bin/sh\n"),
+        "{text}"
+    );
+    let rec = h.service.records().into_values().next().unwrap();
+    assert_eq!(rec.info.launches[1].state.as_str(), "approved");
+}

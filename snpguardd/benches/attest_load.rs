@@ -120,6 +120,9 @@ impl AttestHandler for Timed {
     fn renew(&self, req: RenewRequest, peer: IpAddr) -> Result<RenewResponse, AttestError> {
         self.time(|| self.inner.renew(req, peer))
     }
+    fn check_nonce(&self, nonce: &str) -> Result<std::time::Duration, AttestError> {
+        self.time(|| self.inner.check_nonce(nonce))
+    }
     fn ingestion_key(&self) -> [u8; 32] {
         self.inner.ingestion_key()
     }

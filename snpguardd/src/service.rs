@@ -114,6 +114,10 @@ pub struct LaunchInfo {
     pub retired: Option<String>,
     /// `registration`, `operator` or `guest <peer address>`.
     pub origin: String,
+    /// SHA-256 of the kernel, 64 lowercase hex digits.
+    pub kernel_sha256: String,
+    /// SHA-256 of the initrd, 64 lowercase hex digits.
+    pub initrd_sha256: String,
 }
 
 /// What adding a launch did.

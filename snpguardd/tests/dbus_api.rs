@@ -173,6 +173,31 @@ async fn interactive_flag_reaches_polkit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_from_paths_refuses_a_hard_link() {
+    let h = Harness::start().await;
+    let (_conn, m) = client(&h).await;
+    let inside = inputs(&h.import_dir, "in");
+    let outside = inputs(h.bus.dir.path(), "out");
+    let linked = h.import_dir.join("linked-kernel");
+    std::fs::hard_link(&outside["kernel"], &linked).unwrap();
+    let mut files: HashMap<String, String> = inside
+        .iter()
+        .map(|(k, p)| (k.clone(), p.to_str().unwrap().to_string()))
+        .collect();
+    files.insert("kernel".into(), linked.to_str().unwrap().into());
+    let f: HashMap<&str, &str> = files
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let e = m
+        .register_from_paths(f, &opts("linked"), b"sealed")
+        .await
+        .unwrap_err();
+    assert_error(e, "InvalidInput", "has 2 hard links");
+    assert!(h.service.records().is_empty(), "nothing registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_from_paths_is_confined_to_the_import_dir() {
     let h = Harness::start().await;
     let (_conn, m) = client(&h).await;
@@ -569,6 +594,10 @@ async fn bad_inputs_are_invalid_input_and_the_daemon_stays_up() {
         (with("name", s("a b")), "not a record name"),
         (with("name", s(&"n".repeat(65))), "not a record name"),
         (with("cmdline", s(&"c".repeat(4097))), "at most 4096"),
+        (
+            with("cmdline", s("console=ttyS0\r\x1b[2Kquiet")),
+            "control character \\r at byte offset 13",
+        ),
         (
             with("cmdline", OwnedValue::from(1u32)),
             "\"cmdline\" must be of type s",

@@ -187,3 +187,29 @@ async fn remove_parses_the_filter_and_asks_polkit() {
     assert_eq!(last.subject_name, conn.unique_name().unwrap().as_str());
     assert!(c.list().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_link_in_the_import_dir_is_refused() {
+    let h = Harness::start().await;
+    let conn = h.bus.connect().await;
+    let c = CertificatesProxy::new(&conn).await.unwrap();
+    // A file outside the import directory, linked into it.
+    let outside = h.bus.dir.path().join("daemon-only.pem");
+    std::fs::write(&outside, b"ask bytes").unwrap();
+    let linked = h.import_dir.join("ask.pem");
+    std::fs::hard_link(&outside, &linked).unwrap();
+    let e = c
+        .import_from_paths(&[linked.to_str().unwrap()])
+        .await
+        .unwrap_err();
+    assert_error(e, "InvalidInput", "has 2 hard links");
+    assert!(h.certs.held().is_empty(), "nothing read");
+    // The same bytes as a copy are taken.
+    std::fs::remove_file(&linked).unwrap();
+    std::fs::copy(&outside, &linked).unwrap();
+    let got = c
+        .import_from_paths(&[linked.to_str().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+}

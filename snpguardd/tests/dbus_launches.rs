@@ -239,6 +239,38 @@ async fn add_launch_from_paths_and_bad_inputs() {
         "InvalidInput",
         "cmdline",
     );
+    // Control characters could hide part of the command line from the
+    // operator who approves it: refused, by fd and by path, naming the
+    // offset and the escaped character only.
+    for (cmdline, shown) in [
+        ("quiet\rinit=/bin/sh", "\\r at byte offset 5"),
+        ("quiet \x1b[8minit=/bin/sh", "\\x1b at byte offset 6"),
+        ("a\tb", "\\t at byte offset 1"),
+        ("a\x7f", "\\x7f at byte offset 1"),
+    ] {
+        assert_error(
+            r.add_launch(fds(&outside), cmdline).await.unwrap_err(),
+            "InvalidInput",
+            shown,
+        );
+        let by_path: HashMap<&str, &str> = inside
+            .iter()
+            .map(|(k, p)| (k.as_str(), p.to_str().unwrap()))
+            .collect();
+        assert_error(
+            r.add_launch_from_paths(by_path, cmdline).await.unwrap_err(),
+            "InvalidInput",
+            "control character",
+        );
+    }
+    assert_eq!(r.pending_launches().await.unwrap(), 1, "nothing added");
+    assert_error(
+        r.launch_digests("9").await.unwrap_err(),
+        "NotFound",
+        "no launch 9",
+    );
+    let (kernel, initrd) = r.launch_digests("2").await.unwrap();
+    assert_eq!((kernel.len(), initrd.len()), (64, 64));
     assert_error(
         r.approve_launch(&"9".repeat(40)).await.unwrap_err(),
         "InvalidInput",

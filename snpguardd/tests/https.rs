@@ -41,6 +41,14 @@ struct Double {
     refuse: Option<AttestError>,
     panic: bool,
     gate: Option<Gate>,
+    /// Nonces `check_nonce` refuses, with the refusal.
+    bad_nonces: Vec<(String, AttestError)>,
+    /// How long `check_nonce` says a nonce stays valid (default 60 s).
+    nonce_left: Option<Duration>,
+    /// Nonces `check_nonce` was asked about.
+    checked: Mutex<Vec<String>>,
+    /// Renewals that reached the handler, by nonce.
+    renewed: Mutex<Vec<String>>,
 }
 
 impl AttestHandler for Double {
@@ -73,6 +81,10 @@ impl AttestHandler for Double {
     }
 
     fn renew(&self, req: RenewRequest, _peer: IpAddr) -> Result<RenewResponse, AttestError> {
+        self.renewed
+            .lock()
+            .expect("renewed")
+            .push(req.nonce.clone());
         if let Some(gate) = &self.gate {
             let _ = gate.entered.send(());
             let release = gate.release.lock().expect("gate");
@@ -86,6 +98,14 @@ impl AttestHandler for Double {
                 measurement: format!("{:0>96}", req.kernel.len()),
                 signature: None,
             }),
+        }
+    }
+
+    fn check_nonce(&self, nonce: &str) -> Result<Duration, AttestError> {
+        self.checked.lock().expect("checked").push(nonce.to_owned());
+        match self.bad_nonces.iter().find(|(n, _)| n == nonce) {
+            Some((_, e)) => Err(e.clone()),
+            None => Ok(self.nonce_left.unwrap_or(Duration::from_secs(60))),
         }
     }
 

@@ -112,7 +112,18 @@ test("a pending launch appears live and is approved in the page", async () => {
     const row = page.locator(`#record-launches tr[data-launch="${pendingId}"][data-state="pending"]`);
     await row.waitFor();
     await shot("record-pending-launch");
+    // Approve shows what it signs first; cancel changes nothing.
     await row.locator('button[data-action="approve"]').click();
+    await page.locator("#confirm-dialog[open]").waitFor();
+    const review = await page.locator("#confirm-body").textContent();
+    assert.match(review, /^Origin: operator$/m);
+    assert.match(review, /^Kernel sha256: [0-9a-f]{64} \((un)?changed\)$/m);
+    assert.match(review, new RegExp(`^Measurement: ${before.launches.find(l => l.id === pendingId).measurement}$`, "m"));
+    await page.click("#confirm-cancel");
+    assert.equal((await record("web")).pending_launches, 1);
+    await row.locator('button[data-action="approve"]').click();
+    await page.locator("#confirm-dialog[open]").waitFor();
+    await page.click("#confirm-ok");
     await page.locator(`#record-launches tr[data-launch="${pendingId}"][data-state="approved"]`).waitFor();
     const after = await record("web");
     assert.equal(after.pending_launches, 0);

@@ -57,7 +57,7 @@ use super::{AttestError, AttestHandler};
 use crate::config::Config;
 use crate::registry::{Registry, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SMT};
 use crate::service::{LaunchState, RecordInfo, RecordService, ServiceError};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Tree};
 
 /// Largest test root file read.
 const MAX_TEST_ROOT: u64 = 64 * 1024;
@@ -706,6 +706,27 @@ impl AttestHandler for Attestor {
     fn renew(&self, req: RenewRequest, peer: IpAddr) -> Result<RenewResponse, AttestError> {
         let now = self.clock.now();
         self.renew_inner(req, peer, now)
+    }
+
+    fn check_nonce(&self, nonce: &str) -> Result<std::time::Duration, AttestError> {
+        let now = secs(self.clock.now());
+        let nonce = decode_nonce(nonce).ok_or_else(|| {
+            AttestError::bad_request("nonce-invalid", "nonce: not a nonce this service issued")
+        })?;
+        let issued = self
+            .nonces
+            .check(&nonce, now)
+            .map_err(|e| nonce_error(&e))?;
+        match self.store().get(Tree::Nonces, &nonce) {
+            Ok(None) => {}
+            Ok(Some(_)) => return Err(nonce_error(&NonceError::Reused)),
+            Err(e) => return Err(internal("reading the used nonces", e)),
+        }
+        // `check` accepts an age up to the lifetime, inclusive.
+        let until = issued
+            .saturating_add(self.nonces.lifetime())
+            .saturating_add(1);
+        Ok(std::time::Duration::from_secs(until.saturating_sub(now)))
     }
 
     fn ingestion_key(&self) -> [u8; 32] {

@@ -67,6 +67,12 @@ pub trait AttestHandler: Send + Sync + 'static {
     /// REPORT_DATA bound to the new artifacts, and stores them as a
     /// pending launch of the record. Releases nothing.
     fn renew(&self, req: RenewRequest, peer: IpAddr) -> Result<RenewResponse, AttestError>;
+    /// Checks a nonce without using it: issued by this service, not
+    /// expired, not used yet. Returns how much longer it stays valid.
+    /// The server asks this before it lets a `/v1/renew` upload take the
+    /// one renewal slot, so that a client without a live nonce cannot
+    /// hold it; [`AttestHandler::renew`] still consumes the nonce.
+    fn check_nonce(&self, nonce: &str) -> Result<std::time::Duration, AttestError>;
     /// The HPKE ingestion public key (raw X25519).
     fn ingestion_key(&self) -> [u8; 32];
 }

@@ -111,10 +111,15 @@ impl ImportDir {
             .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
     }
 
-    /// Opens a regular file inside the directory for reading.
+    /// Opens a regular file inside the directory for reading. It must
+    /// have one link: a hard link made into the import directory would
+    /// let a caller who can write there have the daemon read a file
+    /// elsewhere on the same file system (its own state, say) that the
+    /// caller could not hand over itself.
     pub fn open_file(&self, path: &str) -> Result<File, Error> {
         let f = self.resolve(path, OFlags::RDONLY, Mode::empty())?;
         require_regular(&f, path)?;
+        require_single_link(&f, path, &self.path)?;
         Ok(f)
     }
 
@@ -145,4 +150,55 @@ pub fn require_regular(f: &File, what: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Refuses a file with more than one name (`st_nlink > 1`), checked on
+/// the opened file, so a link added or removed around the open changes
+/// nothing.
+fn require_single_link(f: &File, what: &str, dir: &Path) -> Result<(), Error> {
+    let st = fstat(f).map_err(|e| Error::InvalidInput(format!("{what}: fstat: {e}")))?;
+    if st.st_nlink > 1 {
+        return Err(Error::InvalidInput(format!(
+            "{what:?} has {} hard links; files in {} must have one — copy the file there \
+             (cp, not ln)",
+            st.st_nlink,
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hard_linked_file_is_refused_a_copy_is_not() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("master.key");
+        std::fs::write(&secret, b"not for callers").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let import = ImportDir::open(dir.path()).unwrap();
+        let linked = dir.path().join("vcek.der");
+        std::fs::hard_link(&secret, &linked).unwrap();
+        let e = import
+            .open_file(linked.to_str().unwrap())
+            .expect_err("hard link refused");
+        let Error::InvalidInput(msg) = e else {
+            panic!("wrong error: {e:?}")
+        };
+        assert!(msg.contains("has 2 hard links"), "{msg}");
+        assert!(msg.contains("cp, not ln"), "{msg}");
+        // Two names inside the directory count the same.
+        let copy = dir.path().join("copy.der");
+        std::fs::copy(&secret, &copy).unwrap();
+        import
+            .open_file(copy.to_str().unwrap())
+            .expect("a copy is taken");
+        std::fs::hard_link(&copy, dir.path().join("again.der")).unwrap();
+        assert!(import.open_file(copy.to_str().unwrap()).is_err());
+        // Back to one name: taken again.
+        std::fs::remove_file(dir.path().join("again.der")).unwrap();
+        import.open_file(copy.to_str().unwrap()).expect("one link");
+    }
 }

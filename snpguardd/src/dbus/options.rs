@@ -129,6 +129,9 @@ impl RegisterOptions {
                 limit::CMDLINE
             )));
         }
+        if let Err(e) = snpguard::text::check_cmdline(&cmdline) {
+            return Err(invalid(format!("option \"cmdline\": {e}")));
+        }
         let vcpus = match o.get(key::VCPUS) {
             None => return Err(invalid("option \"vcpus\" (type u) is required".into())),
             Some(Value::U32(n)) => *n,

@@ -110,7 +110,7 @@ fn check_cmdline_arg(cmdline: &str) -> Result<(), Error> {
             limit::CMDLINE
         )));
     }
-    Ok(())
+    snpguard::text::check_cmdline(cmdline).map_err(|e| Error::InvalidInput(format!("cmdline: {e}")))
 }
 
 /// `org.snpguard.SnpGuard1.Record`: one registered launch.
@@ -439,6 +439,20 @@ impl Record {
             s.discard_launch(id, l)
         })
         .await
+    }
+
+    /// The SHA-256 digests of a launch's kernel and initrd, so that an
+    /// operator can check what an approval signs. Read-only.
+    #[zbus(out_args("kernel_sha256", "initrd_sha256"))]
+    async fn launch_digests(&self, launch: String) -> Result<(String, String), Error> {
+        match self.info.launches.iter().find(|l| l.id == launch) {
+            Some(l) => Ok((l.kernel_sha256.clone(), l.initrd_sha256.clone())),
+            None => Err(Error::NotFound(format!(
+                "record {} has no launch {}",
+                self.info.id,
+                snpguard::text::escape(&launch)
+            ))),
+        }
     }
 
     /// Record id: the image ID in lowercase hex.

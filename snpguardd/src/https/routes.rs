@@ -1,6 +1,7 @@
 //! The `/v1` routes: one request in, one JSON reply out. Every refusal is
 //! an [`ErrorBody`] with a stable code.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,8 @@ use hyper::header::{CONTENT_TYPE, EXPECT};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use snpguard::attest::{b64, AttestRequest, ErrorBody, IngestionKeyResponse, RenewRequest};
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{RateFloor, Shared};
 use crate::attest::AttestError;
@@ -25,6 +28,11 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 const FLOOR_CHECK: Duration = Duration::from_secs(1);
 /// Longest serde message passed back to the client.
 const MAX_DETAIL: usize = 160;
+/// Most bytes a `/v1/renew` body may take to reach the end of its nonce.
+const LEADING_MAX: usize = 1024;
+/// Longest nonce text read from the start of a renewal body (a nonce is
+/// 43 characters; the handler refuses anything else by its own rules).
+const MAX_NONCE_TEXT: usize = 128;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -181,7 +189,7 @@ where
         }
         Endpoint::Challenge => {
             let json = is_json(req.headers());
-            let body = match read_body(req, shared.limits.max_body, None, deadline).await {
+            let body = match read_body(req, shared.limits.max_body, deadline).await {
                 Ok(body) => body,
                 Err(reply) => return reply,
             };
@@ -200,7 +208,7 @@ where
             if !is_json(req.headers()) {
                 return unsupported_media_type();
             }
-            let body = match read_body(req, shared.limits.max_body, None, deadline).await {
+            let body = match read_body(req, shared.limits.max_body, deadline).await {
                 Ok(body) => body,
                 Err(reply) => return reply,
             };
@@ -221,25 +229,8 @@ where
             if !is_json(req.headers()) {
                 return unsupported_media_type();
             }
-            // One renewal at a time: each holds a large body in memory
-            // and measures it.
-            let Ok(_permit) = shared.renewing.clone().try_acquire_owned() else {
-                return Reply::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    "another renewal is being processed; retry later",
-                )
-                .closing();
-            };
-            let body = match read_body(
-                req,
-                shared.limits.max_renew_body,
-                Some(shared.limits.renew_floor),
-                deadline,
-            )
-            .await
-            {
-                Ok(body) => body,
+            let (body, _permit) = match read_renewal(shared, req, deadline).await {
+                Ok(read) => read,
                 Err(reply) => return reply,
             };
             let request: RenewRequest = match serde_json::from_slice(&body) {
@@ -257,6 +248,239 @@ where
             .await
         }
     }
+}
+
+/// What the start of a `/v1/renew` body says about its nonce.
+#[derive(Debug, PartialEq, Eq)]
+enum Leading {
+    /// The body opens with `{"nonce": "<nonce>"`.
+    Nonce(String),
+    /// Not enough has arrived to tell.
+    NeedMore,
+    /// The body does not open with a `nonce` member.
+    NotFirst,
+}
+
+/// Reads the `nonce` member a `/v1/renew` body must open with: `{`, the
+/// key `"nonce"` written literally, `:`, and a string of base64url
+/// characters, with JSON whitespace between (at most [`LEADING_MAX`]
+/// bytes in all).
+fn leading_nonce(buf: &[u8]) -> Leading {
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while buf
+            .get(*i)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            *i += 1;
+        }
+    };
+    // Each literal part must match as far as it has arrived.
+    let lit = |i: &mut usize, want: &[u8]| -> Option<Leading> {
+        let have = &buf[(*i).min(buf.len())..];
+        let n = have.len().min(want.len());
+        if have[..n] != want[..n] {
+            return Some(Leading::NotFirst);
+        }
+        if n < want.len() {
+            return Some(Leading::NeedMore);
+        }
+        *i += want.len();
+        None
+    };
+    for part in [&b"{"[..], b"\"nonce\"", b":", b"\""] {
+        ws(&mut i);
+        if let Some(end) = lit(&mut i, part) {
+            return too_long(buf, end);
+        }
+    }
+    let start = i;
+    while let Some(&b) = buf.get(i) {
+        match b {
+            b'"' => {
+                // Only base64url characters were accepted.
+                let nonce = String::from_utf8_lossy(&buf[start..i]).into_owned();
+                return Leading::Nonce(nonce);
+            }
+            b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' => {}
+            _ => return Leading::NotFirst,
+        }
+        if i - start >= MAX_NONCE_TEXT {
+            return Leading::NotFirst;
+        }
+        i += 1;
+    }
+    too_long(buf, Leading::NeedMore)
+}
+
+fn too_long(buf: &[u8], verdict: Leading) -> Leading {
+    if verdict == Leading::NeedMore && buf.len() >= LEADING_MAX {
+        Leading::NotFirst
+    } else {
+        verdict
+    }
+}
+
+fn nonce_not_first() -> Reply {
+    Reply::error(
+        StatusCode::BAD_REQUEST,
+        "malformed-json",
+        "a renewal body is a JSON object whose first member is \"nonce\" (docs/api.md)",
+    )
+}
+
+/// `reply` after draining a refused body; the connection is closed
+/// unless the whole body was read.
+async fn refuse_early<B>(body: &mut B, reply: Reply) -> Reply
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    drain(body).await;
+    if body.is_end_stream() {
+        reply
+    } else {
+        reply.closing()
+    }
+}
+
+/// Reads a `/v1/renew` body and takes the one renewal slot, in this
+/// order: the start of the body up to its nonce, without the slot; the
+/// handler's check that the nonce is live; the slot (or `busy`); the rest
+/// of the body, cut when the nonce expires. A client without a live nonce
+/// never holds the slot, and one with a nonce holds it at most for the
+/// nonce's remaining lifetime.
+async fn read_renewal<B>(
+    shared: &Shared,
+    req: Request<B>,
+    deadline: Instant,
+) -> Result<(Bytes, OwnedSemaphorePermit), Reply>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let max = shared.limits.max_renew_body;
+    let floor = shared.limits.renew_floor;
+    let mut body = match declared_fits(req, max).await {
+        Ok(body) => body,
+        Err(reply) => return Err(reply),
+    };
+    let started = tokio::time::Instant::now();
+    let mut data = bytes::BytesMut::new();
+
+    // The nonce, before the slot.
+    let mut nonce = None;
+    let head = read_at_rate(
+        &mut body,
+        &mut data,
+        max,
+        floor,
+        started,
+        |d| match leading_nonce(d) {
+            Leading::NeedMore => false,
+            Leading::NotFirst => true,
+            Leading::Nonce(n) => {
+                nonce = Some(n);
+                true
+            }
+        },
+    );
+    let head = bounded(deadline, head).await;
+    let ended = settle(&mut body, head).await?;
+    let Some(nonce) = nonce else {
+        if ended && leading_nonce(&data) == Leading::NeedMore {
+            // A short body that is not a renewal: serde names the fault.
+            return Err(match serde_json::from_slice::<RenewRequest>(&data) {
+                Err(e) => malformed(&e),
+                Ok(_) => nonce_not_first(),
+            });
+        }
+        return Err(refuse_early(&mut body, nonce_not_first()).await);
+    };
+    let handler = shared.handler.clone();
+    let checked = nonce.clone();
+    let check = tokio::task::spawn_blocking(move || handler.check_nonce(&checked));
+    let valid_for = match tokio::time::timeout_at(deadline.into(), check).await {
+        Ok(Ok(Ok(left))) => left,
+        Ok(Ok(Err(e))) => {
+            return Err(refuse_early(&mut body, Reply::from_attest_error(e)).await);
+        }
+        Ok(Err(join)) => {
+            tracing::error!(error = %join, "checking a renewal nonce failed");
+            return Err(Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the server failed to handle the request",
+            )
+            .closing());
+        }
+        Err(_) => return Err(timeout_reply()),
+    };
+
+    // One renewal at a time: each holds a large body in memory and
+    // measures it.
+    let Ok(permit) = shared.renewing.clone().try_acquire_owned() else {
+        return Err(Reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "another renewal is being processed; retry later",
+        )
+        .closing());
+    };
+    if ended {
+        return Ok((data.freeze(), permit));
+    }
+    let nonce_deadline = Instant::now() + valid_for;
+    let rest = bounded(
+        deadline,
+        read_at_rate(&mut body, &mut data, max, floor, started, |_| false),
+    );
+    let rest = match tokio::time::timeout_at(nonce_deadline.into(), rest).await {
+        Ok(rest) => rest,
+        Err(_) => {
+            return Err(Reply::error(
+                StatusCode::UNAUTHORIZED,
+                "nonce-expired",
+                "the nonce expired while the body arrived; request a new challenge and \
+                 send the renewal within its lifetime",
+            )
+            .closing())
+        }
+    };
+    settle(&mut body, rest).await?;
+    Ok((data.freeze(), permit))
+}
+
+/// Refuses a declared Content-Length over `max` (draining what a client
+/// already sends, so that it reads the 413); returns the body otherwise.
+async fn declared_fits<B>(req: Request<B>, max: usize) -> Result<B, Reply>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // A client waiting for "100 Continue" has sent nothing yet; reading
+    // would invite the body it is about to be refused for.
+    let waits_to_send = req.headers().contains_key(EXPECT);
+    let mut body = req.into_body();
+    if let Some(n) = declared.filter(|&n| n > max as u64) {
+        if !waits_to_send && n <= (max + DRAIN_MAX) as u64 {
+            drain(&mut body).await;
+        }
+        return Err(too_large(max));
+    }
+    Ok(body)
+}
+
+fn timeout_reply() -> Reply {
+    Reply::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timeout",
+        "the server did not answer in time; retry later",
+    )
+    .closing()
 }
 
 /// Runs a handler call on the blocking pool, bounded by `deadline`;
@@ -280,12 +504,7 @@ where
                 "the server failed to handle the request",
             )
         }
-        Err(_) => Reply::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            "the server did not answer in time; retry later",
-        )
-        .closing(),
+        Err(_) => timeout_reply(),
     }
 }
 
@@ -330,34 +549,12 @@ fn too_large(max: usize) -> Reply {
 
 /// Reads the whole body, at most `max` bytes, counting what arrives (a
 /// declared Content-Length over the limit only fails earlier).
-async fn read_body<B>(
-    req: Request<B>,
-    max: usize,
-    floor: Option<RateFloor>,
-    deadline: Instant,
-) -> Result<Bytes, Reply>
+async fn read_body<B>(req: Request<B>, max: usize, deadline: Instant) -> Result<Bytes, Reply>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    // A client waiting for "100 Continue" has sent nothing yet; reading
-    // would invite the body it is about to be refused for.
-    let waits_to_send = req.headers().contains_key(EXPECT);
-    let mut body = req.into_body();
-    if let Some(n) = declared.filter(|&n| n > max as u64) {
-        if !waits_to_send && n <= (max + DRAIN_MAX) as u64 {
-            drain(&mut body).await;
-        }
-        return Err(too_large(max));
-    }
-    if let Some(floor) = floor {
-        return read_at_rate(&mut body, max, floor, deadline).await;
-    }
+    let mut body = declared_fits(req, max).await?;
     let read = Limited::new(&mut body, max).collect();
     match tokio::time::timeout_at(deadline.into(), read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
@@ -365,89 +562,102 @@ where
             drain(&mut body).await;
             Err(too_large(max))
         }
-        Ok(Err(_)) => Err(Reply::error(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "the request body could not be read",
-        )
-        .closing()),
-        Err(_) => Err(Reply::error(
-            StatusCode::REQUEST_TIMEOUT,
-            "request-timeout",
-            "the request body did not arrive in time",
-        )
-        .closing()),
+        Ok(Err(_)) => Err(unreadable()),
+        Err(_) => Err(body_timeout()),
     }
 }
 
-/// Reads a body of at most `max` bytes that must keep arriving at
-/// `floor.bytes_per_sec` on average once `floor.grace` has passed, so that
-/// a client trickling its upload cannot hold the one renewal slot until
-/// the deadline. Checked at every frame and every [`FLOOR_CHECK`].
+fn unreadable() -> Reply {
+    Reply::error(
+        StatusCode::BAD_REQUEST,
+        "bad-request",
+        "the request body could not be read",
+    )
+    .closing()
+}
+
+fn body_timeout() -> Reply {
+    Reply::error(
+        StatusCode::REQUEST_TIMEOUT,
+        "request-timeout",
+        "the request body did not arrive in time",
+    )
+    .closing()
+}
+
+/// Reads frames of a body into `data` (at most `max` bytes in all) until
+/// `enough(&data)` holds or the body ends; returns whether it ended. The
+/// upload must keep arriving at `floor.bytes_per_sec` on average since
+/// `started` once `floor.grace` has passed, so that a client trickling
+/// its upload cannot hold the one renewal slot until the deadline.
+/// Checked at every frame and every [`FLOOR_CHECK`].
 async fn read_at_rate<B>(
     body: &mut B,
+    data: &mut bytes::BytesMut,
     max: usize,
     floor: RateFloor,
-    deadline: Instant,
-) -> Result<Bytes, Reply>
+    started: tokio::time::Instant,
+    mut enough: impl FnMut(&[u8]) -> bool,
+) -> Result<bool, Reply>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(FLOOR_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut data = bytes::BytesMut::new();
-    let read = async {
-        loop {
-            let frame = tokio::select! {
-                f = body.frame() => f,
-                _ = tick.tick() => {
-                    if floor.too_slow(data.len(), started.elapsed()) {
-                        return Err(too_slow(floor));
-                    }
-                    continue;
+    loop {
+        if enough(&data[..]) {
+            return Ok(false);
+        }
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = tick.tick() => {
+                if floor.too_slow(data.len(), started.elapsed()) {
+                    return Err(too_slow(floor));
                 }
-            };
-            match frame {
-                None => return Ok(data.split().freeze()),
-                Some(Err(_)) => {
-                    return Err(Reply::error(
-                        StatusCode::BAD_REQUEST,
-                        "bad-request",
-                        "the request body could not be read",
-                    )
-                    .closing())
+                continue;
+            }
+        };
+        match frame {
+            None => return Ok(true),
+            Some(Err(_)) => return Err(unreadable()),
+            Some(Ok(frame)) => {
+                if let Some(chunk) = frame.data_ref() {
+                    if data.len() + chunk.len() > max {
+                        return Err(too_large(max));
+                    }
+                    data.extend_from_slice(chunk);
                 }
-                Some(Ok(frame)) => {
-                    if let Some(chunk) = frame.data_ref() {
-                        if data.len() + chunk.len() > max {
-                            return Err(too_large(max));
-                        }
-                        data.extend_from_slice(chunk);
-                    }
-                    if floor.too_slow(data.len(), started.elapsed()) {
-                        return Err(too_slow(floor));
-                    }
+                if floor.too_slow(data.len(), started.elapsed()) {
+                    return Err(too_slow(floor));
                 }
             }
         }
-    };
-    match tokio::time::timeout_at(deadline.into(), read).await {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(reply)) => {
-            if reply.code == Some("body-too-large") {
-                drain(body).await;
-            }
-            Err(reply)
-        }
-        Err(_) => Err(Reply::error(
-            StatusCode::REQUEST_TIMEOUT,
-            "request-timeout",
-            "the request body did not arrive in time",
-        )
-        .closing()),
     }
+}
+
+/// Bounds a [`read_at_rate`] by `deadline`.
+async fn bounded(
+    deadline: Instant,
+    read: impl Future<Output = Result<bool, Reply>>,
+) -> Result<bool, Reply> {
+    tokio::time::timeout_at(deadline.into(), read)
+        .await
+        .unwrap_or_else(|_| Err(body_timeout()))
+}
+
+/// Passes a read's outcome on, after draining the rest of a body that
+/// was too large (so that the client reads the 413).
+async fn settle<B>(body: &mut B, read: Result<bool, Reply>) -> Result<bool, Reply>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    if let Err(reply) = &read {
+        if reply.code == Some("body-too-large") {
+            drain(body).await;
+        }
+    }
+    read
 }
 
 fn too_slow(floor: RateFloor) -> Reply {
@@ -513,6 +723,42 @@ mod tests {
         let body: ErrorBody = serde_json::from_slice(&reply.body).expect("error body");
         assert_eq!(body.error, "malformed-json");
         assert!(body.message.len() <= MAX_DETAIL + '…'.len_utf8());
+    }
+
+    #[test]
+    fn a_renewal_body_opens_with_its_nonce() {
+        let n = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let full = format!("{{\"nonce\":\"{n}\",\"report\":\"");
+        assert_eq!(leading_nonce(full.as_bytes()), Leading::Nonce(n.into()));
+        // Every prefix of it waits for more.
+        for cut in 0..full.find(n).unwrap() + n.len() + 1 {
+            assert_eq!(
+                leading_nonce(&full.as_bytes()[..cut]),
+                Leading::NeedMore,
+                "{cut}"
+            );
+        }
+        let spaced = format!(" \n{{ \"nonce\"\t:\r\n \"{n}\" }}");
+        assert_eq!(leading_nonce(spaced.as_bytes()), Leading::Nonce(n.into()));
+        for bad in [
+            "[",
+            "{}",
+            "{\"report\":\"x\",\"nonce\":\"x\"}",
+            "{\"nonce\":1}",
+            "{\"nonce\":null}",
+            "{\"Nonce\":\"x\"}",
+            "{\"\\u006eonce\":\"x\"}",
+            "{\"nonce\":\"a\\u0041\"}",
+            "{\"nonce\":\"a+b\"}",
+        ] {
+            assert_eq!(leading_nonce(bad.as_bytes()), Leading::NotFirst, "{bad}");
+        }
+        // Bounded: a nonce text or leading whitespace without end.
+        let long = format!("{{\"nonce\":\"{}", "A".repeat(MAX_NONCE_TEXT + 1));
+        assert_eq!(leading_nonce(long.as_bytes()), Leading::NotFirst);
+        let padded = " ".repeat(LEADING_MAX);
+        assert_eq!(leading_nonce(padded.as_bytes()), Leading::NotFirst);
+        assert_eq!(leading_nonce(&padded.as_bytes()[1..]), Leading::NeedMore);
     }
 
     #[test]

@@ -57,6 +57,8 @@ impl StoredLaunch {
             approved: self.approved.clone(),
             retired: self.retired.clone(),
             origin: self.origin.clone(),
+            kernel_sha256: self.kernel.sha256.clone(),
+            initrd_sha256: self.initrd.sha256.clone(),
         }
     }
 }

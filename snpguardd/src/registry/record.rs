@@ -247,22 +247,11 @@ pub fn parse_vcpu_type(s: &str) -> Result<snpguard::measure::VcpuType, ServiceEr
         .map_err(|e: snpguard::measure::UnknownVcpuType| invalid(format!("vcpu_type: {e}")))
 }
 
-/// Checks a kernel command line.
+/// Checks a kernel command line: bounded, and printable text only (no
+/// NUL, which would end it early in the guest, and no control character,
+/// which could hide part of it from the operator who approves it).
 pub fn check_cmdline(cmdline: &str) -> Result<(), ServiceError> {
-    let max = snpguard::measure::MAX_CMDLINE_LEN;
-    if cmdline.len() > max {
-        return Err(invalid(format!(
-            "cmdline: {} bytes is longer than the {max} accepted; shorten the kernel command line",
-            cmdline.len()
-        )));
-    }
-    if let Some(at) = cmdline.bytes().position(|b| b == 0) {
-        return Err(invalid(format!(
-            "cmdline: contains a NUL byte at offset {at}, which would end it early in the guest; \
-             remove it"
-        )));
-    }
-    Ok(())
+    snpguard::text::check_cmdline(cmdline).map_err(|e| invalid(format!("cmdline: {e}")))
 }
 
 /// Checks a record id: the image ID in 32 lowercase hex digits.

@@ -315,6 +315,8 @@ impl RecordService for MemService {
                 approved: Some("2026-01-01T00:00:00Z".into()),
                 retired: None,
                 origin: "registration".into(),
+                kernel_sha256: "11".repeat(32),
+                initrd_sha256: "22".repeat(32),
             }],
             cmdline: req.cmdline,
             family_id: "00".repeat(16),
@@ -432,6 +434,8 @@ impl RecordService for MemService {
             approved: None,
             retired: None,
             origin: req.origin,
+            kernel_sha256: format!("{n:064x}"),
+            initrd_sha256: format!("{:064x}", n + 1),
         });
         Ok(LaunchAdded {
             record: r.info.clone(),

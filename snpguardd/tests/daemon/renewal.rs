@@ -162,11 +162,19 @@ async fn a_guest_renewal_boots_only_after_approval() {
             "records",
             "approve",
             "guest",
+            "--launch",
+            "2",
             "--output",
             bundle.to_str().expect("utf-8"),
         ],
     ));
     assert!(out.contains("approved launch 2"), "{out}");
+    // The review came first: origin, measurement, digests, cmdline diff.
+    assert!(out.contains("Origin:       guest 127.0.0.1"), "{out}");
+    assert!(out.contains(&format!("Measurement:  {want}")), "{out}");
+    assert!(out.contains("Kernel:       sha256 "), "{out}");
+    assert!(out.contains("(changed)"), "{out}");
+    assert!(out.contains("Cmdline diff against launch 1:"), "{out}");
     let x = s.dir.path().join("x-guest-2");
     assert_eq!(bundle_measurement(&bundle, &x), want);
     assert_eq!(
@@ -180,8 +188,14 @@ async fn a_guest_renewal_boots_only_after_approval() {
     assert_eq!(show(&s.bus, "guest")["measurement"], want.as_str());
     assert_eq!(attest_as(&conn, &sim, &new).await, Ok(vmk.clone()));
     // Nothing left to approve.
+    // Without a terminal the launch must be named.
     let e = err(&ctl(&s.bus, &["records", "approve", "guest"]));
-    assert!(e.contains("no pending launch"), "{e}");
+    assert!(e.contains("pass --launch N"), "{e}");
+    let e = err(&ctl(
+        &s.bus,
+        &["records", "approve", "guest", "--launch", "7"],
+    ));
+    assert!(e.contains("has no launch 7"), "{e}");
 
     // Retire the old launch: its measurement gets nothing any more.
     ok(&ctl(
@@ -260,7 +274,10 @@ async fn an_operator_adds_a_launch_and_polkit_guards_its_approval() {
 
     // polkit says no: nothing approved, still no key.
     s.polkit.set_allow(false);
-    let e = err(&ctl(&s.bus, &["records", "approve", "ops"]));
+    let e = err(&ctl(
+        &s.bus,
+        &["records", "approve", "ops", "--launch", "2"],
+    ));
     assert!(e.contains("AccessDenied"), "{e}");
     assert!(s
         .polkit
@@ -287,7 +304,7 @@ async fn an_operator_adds_a_launch_and_polkit_guards_its_approval() {
         ],
     ));
     let e = err(&ctl(&s.bus, &["records", "approve", "ops"]));
-    assert!(e.contains("several pending launches (2, 3)"), "{e}");
+    assert!(e.contains("pass --launch N"), "{e}");
     ok(&ctl(
         &s.bus,
         &["records", "discard", "ops", "--launch", "3"],

@@ -208,3 +208,181 @@ async fn a_trickled_renewal_is_refused_and_frees_the_slot() {
     assert_eq!(status.as_u16(), 202, "{answer:?}");
     server.shutdown().await.expect("clean shutdown");
 }
+
+fn nonce_refusal(code: &'static str, status: u16) -> AttestError {
+    AttestError {
+        code,
+        status,
+        message: "request a new challenge".into(),
+    }
+}
+
+/// A handler that holds the first renewal until released; `bad` nonces
+/// are refused by `check_nonce`.
+fn gated(
+    bad: Vec<(String, AttestError)>,
+) -> (Double, amp::UnboundedReceiver<()>, mpsc::Sender<()>) {
+    let (entered_tx, entered) = amp::unbounded_channel();
+    let (release, release_rx) = mpsc::channel();
+    let handler = Double {
+        gate: Some(Gate {
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        }),
+        bad_nonces: bad,
+        ..Double::default()
+    };
+    (handler, entered, release)
+}
+
+#[tokio::test]
+async fn a_dead_nonce_is_refused_before_the_renewal_slot() {
+    let dead = snpguard::attest::encode_nonce(&[6; 32]);
+    let (handler, mut entered, release) =
+        gated(vec![(dead.clone(), nonce_refusal("nonce-expired", 401))]);
+    let handler = Arc::new(handler);
+    let server = start_shared(handler.clone(), Limits::default()).await;
+    let conn = server.conn().await;
+    let body = serde_json::to_vec(&renew_request(1000)).expect("json");
+    let first = tokio::spawn(async move { conn.post_json("/v1/renew", body).await });
+    tokio::time::timeout(DEADLINE, entered.recv())
+        .await
+        .expect("the handler was entered in time")
+        .expect("entered");
+
+    // The slot is taken, but a request with a dead nonce learns that
+    // first: it never competes for the slot.
+    let mut req = renew_request(1000);
+    req.nonce = dead.clone();
+    let e = expect_error(
+        &server.conn().await,
+        post(
+            "/v1/renew",
+            Some("application/json"),
+            serde_json::to_vec(&req).expect("json"),
+        ),
+        401,
+        "nonce-expired",
+    )
+    .await;
+    assert_eq!(e.message, "request a new challenge");
+    release.send(()).expect("release");
+    let (status, _) = tokio::time::timeout(DEADLINE, first)
+        .await
+        .expect("in time")
+        .expect("task")
+        .expect("the first renewal completed");
+    assert_eq!(status.as_u16(), 202);
+    // The dead nonce was checked and never reached the handler.
+    assert!(handler.checked.lock().expect("checked").contains(&dead));
+    assert!(!handler.renewed.lock().expect("renewed").contains(&dead));
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_stalled_upload_with_a_forged_nonce_does_not_hold_the_slot() {
+    let forged = snpguard::attest::encode_nonce(&[8; 32]);
+    let handler = Double {
+        bad_nonces: vec![(forged.clone(), nonce_refusal("nonce-invalid", 400))],
+        ..Double::default()
+    };
+    let server = start(handler, Limits::default()).await;
+    let tls = raw_tls(&server).await;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    // A large declared body that never comes: only its nonce arrives.
+    let head = format!(
+        "POST /v1/renew HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: 100000\r\n\r\n{{ \"nonce\" : \"{forged}\","
+    );
+    wr.write_all(head.as_bytes()).await.expect("head");
+    wr.flush().await.expect("flush");
+    // Answered at once, not after the upload floor's grace.
+    let raw = read_until_close(&mut rd).await;
+    let (status, e) = status_and_body(&raw);
+    assert_eq!((status, e.error.as_str()), (400, "nonce-invalid"), "{e:?}");
+
+    // Meanwhile a renewal with a live nonce gets the slot.
+    let body = serde_json::to_vec(&renew_request(1000)).expect("json");
+    let (status, answer) = server
+        .conn()
+        .await
+        .post_json("/v1/renew", body)
+        .await
+        .expect("renew");
+    assert_eq!(status.as_u16(), 202, "{answer:?}");
+    drop(wr);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn the_nonce_must_open_the_renewal_body() {
+    let handler = Arc::new(Double::default());
+    let server = start_shared(handler.clone(), Limits::default()).await;
+    let req = renew_request(10);
+    // The same request with the nonce last: serde_json::Value sorts keys.
+    let reordered = serde_json::to_value(&req).expect("value");
+    let body = serde_json::to_vec(&reordered).expect("json");
+    assert!(body.starts_with(b"{\"cmdline\""), "{body:?}");
+    let e = expect_error(
+        &server.conn().await,
+        post("/v1/renew", Some("application/json"), body),
+        400,
+        "malformed-json",
+    )
+    .await;
+    assert!(e.message.contains("first member is \"nonce\""), "{e:?}");
+    // An escaped key is not the literal key either.
+    let body = format!("{{\"\\u006eonce\":\"{}\"}}", req.nonce);
+    expect_error(
+        &server.conn().await,
+        post("/v1/renew", Some("application/json"), body),
+        400,
+        "malformed-json",
+    )
+    .await;
+    assert!(handler.checked.lock().expect("checked").is_empty());
+    assert!(handler.renewed.lock().expect("renewed").is_empty());
+    // Whitespace around the parts is JSON and accepted.
+    let json = serde_json::to_string_pretty(&req).expect("json");
+    let (status, answer) = server
+        .conn()
+        .await
+        .post_json("/v1/renew", format!("\n {json}").into_bytes())
+        .await
+        .expect("renew");
+    assert_eq!(status.as_u16(), 202, "{answer:?}");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_upload_is_cut_when_its_nonce_expires() {
+    let handler = Double {
+        nonce_left: Some(Duration::from_millis(400)),
+        ..Double::default()
+    };
+    let server = start(handler, Limits::default()).await;
+    let tls = raw_tls(&server).await;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let nonce = snpguard::attest::encode_nonce(&[5; 32]);
+    let head = format!(
+        "POST /v1/renew HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: 100000\r\n\r\n{{\"nonce\":\"{nonce}\",\"report\":\""
+    );
+    wr.write_all(head.as_bytes()).await.expect("head");
+    wr.flush().await.expect("flush");
+    // Well within the upload floor's grace, but past the nonce.
+    let raw = read_until_close(&mut rd).await;
+    let (status, e) = status_and_body(&raw);
+    assert_eq!((status, e.error.as_str()), (401, "nonce-expired"), "{e:?}");
+    // The slot is free again.
+    let body = serde_json::to_vec(&renew_request(1000)).expect("json");
+    let (status, answer) = server
+        .conn()
+        .await
+        .post_json("/v1/renew", body)
+        .await
+        .expect("renew");
+    assert_eq!(status.as_u16(), 202, "{answer:?}");
+    drop(wr);
+    server.shutdown().await.expect("clean shutdown");
+}

@@ -457,6 +457,8 @@ fn a_pending_launch_boots_only_after_approval() {
         "records",
         "approve",
         RECORD,
+        "--launch",
+        "2",
         "--output",
         bundle.to_str().unwrap(),
     ]);

@@ -52,12 +52,18 @@ impl Attestor {
             .ok_or_else(|| protocol(peer, "bad-request", "kernel: expected standard base64"))?;
         let initrd = unb64(&initrd, MAX_RENEW_BODY)
             .ok_or_else(|| protocol(peer, "bad-request", "initrd: expected standard base64"))?;
-        if cmdline.len() > snpguard::measure::MAX_CMDLINE_LEN {
-            return Err(protocol(
-                peer,
-                "bad-request",
-                "cmdline: longer than a measured command line can be",
-            ));
+        if let Err(e) = snpguard::text::check_cmdline(&cmdline) {
+            // The detail names the offset and the escaped character only,
+            // never the raw text.
+            let detail = match e {
+                snpguard::text::CmdlineError::TooLong { .. } => {
+                    "cmdline: longer than a measured command line can be"
+                }
+                snpguard::text::CmdlineError::Control { .. } => {
+                    "cmdline: contains a control character; a command line is printable text"
+                }
+            };
+            return Err(protocol(peer, "bad-request", detail));
         }
         let data = attest::renewal_report_data(&ev.nonce, &kernel, &initrd, &cmdline);
         let nonce = ev.nonce;

@@ -293,3 +293,68 @@ fn renewals_stop_at_the_pending_limit_and_bad_input_is_a_protocol_error() {
     assert_eq!(err.status, 400);
     assert!(err.message.starts_with("kernel"), "{err:?}");
 }
+
+#[test]
+fn a_renewal_whose_cmdline_hides_text_is_refused_before_verification() {
+    let Some(f) = fixture() else { return };
+    for hidden in [
+        "console=ttyS0 quiet\r init=/bin/sh",
+        "console=ttyS0 \x1b[8minit=/bin/sh",
+        "console=ttyS0\tquiet",
+        "console=ttyS0 \u{9b}8m",
+    ] {
+        let a = Artifacts {
+            cmdline: hidden.into(),
+            ..artifacts()
+        };
+        let before = f.launch_states();
+        let err = f
+            .attestor
+            .renew(f.renewal(&f.guest(), &a, &a), PEER)
+            .expect_err("control character");
+        assert_eq!((err.status, err.code), (400, "bad-request"), "{hidden:?}");
+        assert!(err.message.contains("control character"), "{err:?}");
+        assert!(!err.message.contains(hidden), "{err:?}");
+        assert_eq!(f.launch_states(), before, "nothing stored");
+    }
+}
+
+#[test]
+fn check_nonce_says_how_long_a_live_nonce_lasts_and_uses_nothing() {
+    let Some(f) = fixture() else { return };
+    let nonce = encode_nonce(&f.nonce());
+    let left = f.attestor.check_nonce(&nonce).expect("live");
+    assert_eq!(left.as_secs(), nonce::NONCE_LIFETIME_SECS + 1);
+    f.clock.advance(100);
+    let left = f.attestor.check_nonce(&nonce).expect("still live");
+    assert_eq!(left.as_secs(), nonce::NONCE_LIFETIME_SECS + 1 - 100);
+    // Checking does not use it: the renewal with it still goes through.
+    let a = artifacts();
+    let nonce_bytes = snpguard::attest::decode_nonce(&nonce).unwrap();
+    let data = renewal_report_data(&nonce_bytes, &a.kernel, &a.initrd, &a.cmdline);
+    let g = f.guest();
+    let req = RenewRequest {
+        nonce: nonce.clone(),
+        report: b64(&Fixture::report(&g, &data)),
+        cert_table: g.table.as_ref().map(|t| b64(t)),
+        kernel: b64(&a.kernel),
+        initrd: b64(&a.initrd),
+        cmdline: a.cmdline.clone(),
+    };
+    f.attestor.renew(req, PEER).expect("renewal");
+    // Used now.
+    let e = f.attestor.check_nonce(&nonce).expect_err("used");
+    assert_eq!((e.status, e.code), (401, "nonce-reused"));
+    // Expired, forged, not a nonce.
+    let old = encode_nonce(&f.nonce());
+    f.clock.advance(nonce::NONCE_LIFETIME_SECS as i64 + 1);
+    let e = f.attestor.check_nonce(&old).expect_err("expired");
+    assert_eq!((e.status, e.code), (401, "nonce-expired"));
+    let e = f
+        .attestor
+        .check_nonce(&encode_nonce(&[7; 32]))
+        .expect_err("forged");
+    assert_eq!((e.status, e.code), (400, "nonce-invalid"));
+    let e = f.attestor.check_nonce("not a nonce").expect_err("garbage");
+    assert_eq!((e.status, e.code), (400, "nonce-invalid"));
+}
