@@ -27,6 +27,8 @@ pub enum RecordsCommand {
     Disable(RecordArg),
     /// Delete the record and its secrets
     Delete(RecordArg),
+    /// Set the record's minimum TCB (e.g. after an AMD security bulletin)
+    SetMinTcb(SetMinTcbArgs),
     /// Export the record's launch-artifacts.tar.gz
     Export(ExportArgs),
     /// Add a pending launch (new kernel, initrd, cmdline) from a directory
@@ -51,6 +53,31 @@ pub struct RecordArg {
     /// Record name or id
     #[arg(value_name = "ID-OR-NAME")]
     pub record: String,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetMinTcbArgs {
+    /// Record name or id
+    #[arg(value_name = "ID-OR-NAME")]
+    pub record: String,
+    /// Minimum boot loader SPL
+    #[arg(long, value_name = "N")]
+    pub bootloader: u8,
+    /// Minimum TEE SPL
+    #[arg(long, value_name = "N")]
+    pub tee: u8,
+    /// Minimum SNP firmware SPL
+    #[arg(long, value_name = "N")]
+    pub snp: u8,
+    /// Minimum microcode SPL
+    #[arg(long, value_name = "N")]
+    pub microcode: u8,
+    /// Minimum FMC SPL (Turin; required for Turin guests)
+    #[arg(long, value_name = "N")]
+    pub fmc: Option<u8>,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -91,6 +118,7 @@ pub struct RecordView {
     pub id_key_digest: String,
     pub author_key_digest: String,
     pub min_tcb: BTreeMap<String, u8>,
+    pub allow_test_root: bool,
     pub attestations_ok: u64,
     pub attestations_failed: u64,
     pub last_attestation: Option<String>,
@@ -125,22 +153,28 @@ impl RecordView {
             id_key_digest: r.id_key_digest().await?,
             author_key_digest: r.author_key_digest().await?,
             min_tcb: r.min_tcb().await?.into_iter().collect(),
+            allow_test_root: r.allow_test_root().await?,
             attestations_ok: r.attestations_ok().await?,
             attestations_failed: r.attestations_failed().await?,
             last_attestation: (!last.is_empty()).then_some(last),
         })
     }
 
-    fn print(&self) {
-        let tcb = if self.min_tcb.is_empty() {
-            "none".to_string()
+    /// The minimum TCB as `bootloader=N,tee=N,…`, or `none`.
+    fn tcb_text(&self) -> String {
+        if self.min_tcb.is_empty() {
+            "none (only the daemon's [tcb_floor] applies)".to_string()
         } else {
             ["bootloader", "tee", "snp", "microcode", "fmc"]
                 .iter()
                 .filter_map(|k| self.min_tcb.get(*k).map(|v| format!("{k}={v}")))
                 .collect::<Vec<_>>()
                 .join(",")
-        };
+        }
+    }
+
+    fn print(&self) {
+        let tcb = self.tcb_text();
         println!("Name:         {}", self.name);
         println!("Id:           {}", self.id);
         println!("Enabled:      {}", if self.enabled { "yes" } else { "no" });
@@ -154,6 +188,14 @@ impl RecordView {
         println!("ID key:       {}", self.id_key_digest);
         println!("Author key:   {}", self.author_key_digest);
         println!("Min TCB:      {tcb}");
+        println!(
+            "Test root:    {}",
+            if self.allow_test_root {
+                "ACCEPTED (registered with --allow-test-root; never for production)"
+            } else {
+                "refused"
+            }
+        );
         println!(
             "Attestations: {} ok, {} refused, last {}",
             self.attestations_ok,
@@ -213,6 +255,7 @@ async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
             Ok(())
         }
         RecordsCommand::Enable(a) => set_enabled(&bus, a, true).await,
+        RecordsCommand::SetMinTcb(a) => set_min_tcb(&bus, a).await,
         RecordsCommand::Disable(a) => set_enabled(&bus, a, false).await,
         RecordsCommand::Delete(a) => {
             let r = find(&bus, &a.record).await?;
@@ -291,6 +334,39 @@ async fn list(bus: &Bus, json: bool) -> Result<()> {
             if v.enabled { "yes" } else { "no" },
             v.vcpus,
             v.pending_launches
+        );
+    }
+    Ok(())
+}
+
+async fn set_min_tcb(bus: &Bus, a: SetMinTcbArgs) -> Result<()> {
+    use snpguard::dbus::tcb_key as k;
+    let r = find(bus, &a.record).await?;
+    let mut tcb: std::collections::HashMap<&str, u8> = [
+        (k::BOOTLOADER, a.bootloader),
+        (k::TEE, a.tee),
+        (k::SNP, a.snp),
+        (k::MICROCODE, a.microcode),
+    ]
+    .into();
+    if let Some(f) = a.fmc {
+        tcb.insert(k::FMC, f);
+    }
+    call_mut::<_, ()>(r.inner(), "SetMinimumTcb", &(tcb,))
+        .await
+        .with_context(|| format!("setting the minimum TCB of {}", a.record))?;
+    let view = RecordView::fetch(&r).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "id": view.id, "name": view.name, "min_tcb": view.min_tcb })
+        );
+    } else {
+        println!(
+            "minimum TCB of {} ({}) is now {}",
+            view.name,
+            view.id,
+            view.tcb_text()
         );
     }
     Ok(())

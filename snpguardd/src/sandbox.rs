@@ -281,6 +281,7 @@ mod tests {
             kds: Kds { enabled: false },
             attest: Default::default(),
             rate_limit: Default::default(),
+            tcb_floors: Default::default(),
         }
     }
 
