@@ -150,7 +150,10 @@ export class Records {
             row("vCPUs", String(p.Vcpus)),
             row("vCPU type", p.VcpuType),
             row("Guest policy", [h("code", {}, policyHex(p.Policy)), " ", policyLabels(p.Policy)]),
-            row("TCB minimums", minTcb || h("span", { class: "sg-muted" }, "none")),
+            row("TCB minimums", minTcb || h("span", { class: "sg-muted" }, "none (only the daemon-wide floor applies)")),
+            row("Test root", p.AllowTestRoot
+                ? h("strong", {}, "accepted (simulated platforms; never for production)")
+                : "refused"),
             row("Measurement", hex(p.Measurement)),
             row("Kernel command line", p.Cmdline ? h("code", {}, p.Cmdline) : h("span", { class: "sg-muted" }, "(empty)")),
             row("Image ID", hex(p.ImageId)),

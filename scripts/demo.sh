@@ -214,8 +214,12 @@ show "$ctl" convert --in-image "$image" --out-image "$run/guest.qcow2" \
     --recovery-key-file "$run/recovery.key" --simulated-platform --yes
 
 step "register: the daemon measures, signs the ID block, keeps the sealed VMK"
+# --allow-test-root: the guest's reports come from the simulated platform,
+# whose root this daemon trusts through [[test_roots]]; a production
+# record never accepts such a report.
 show "$ctl" --bus-address "$bus" register --name demo --vcpus 1 --vcpu-type EPYC-v4 \
-    --allow-smt --staging-dir "$run/staging" --out-bundle "$run/launch-artifacts.tar.gz"
+    --allow-smt --allow-test-root --staging-dir "$run/staging" \
+    --out-bundle "$run/launch-artifacts.tar.gz"
 measurement=$("$ctl" --bus-address "$bus" records show demo --json | jq -r .measurement)
 
 step "embed: the bundle into the image's LAUNCH_ARTIFACTS partition (slot A)"

@@ -23,8 +23,8 @@ pub const CERTIFICATES_INTERFACE: &str = "org.snpguard.SnpGuard1.Certificates";
 /// polkit action for `Register`, `RegisterFromPaths`, `AddLaunch` and
 /// `AddLaunchFromPaths`.
 pub const ACTION_REGISTER: &str = "org.snpguard.SnpGuard1.register";
-/// polkit action for `Enable`, `Disable`, `Delete`, `ApproveLaunch`,
-/// `RetireLaunch` and `DiscardLaunch`.
+/// polkit action for `Enable`, `Disable`, `Delete`, `SetMinimumTcb`,
+/// `ApproveLaunch`, `RetireLaunch` and `DiscardLaunch`.
 pub const ACTION_MANAGE: &str = "org.snpguard.SnpGuard1.manage";
 /// polkit action for `ExportBundle`, `ExportBundleToPath`,
 /// `ExportLaunchBundle` and `ExportLaunchBundleToPath`.
@@ -98,6 +98,26 @@ pub mod option_key {
     pub const MIN_TCB_MICROCODE: &str = "min_tcb_microcode";
     /// `y`, optional (Turin); only together with the four above.
     pub const MIN_TCB_FMC: &str = "min_tcb_fmc";
+    /// `b`, default false: accept reports endorsed by a configured test
+    /// root (simulated platforms); refused when the daemon has none.
+    pub const ALLOW_TEST_ROOT: &str = "allow_test_root";
+}
+
+/// Keys of the `tcb` argument of `SetMinimumTcb` (and of the `MinTcb`
+/// property): each a `y`; `fmc` optional (Turin), the others required.
+pub mod tcb_key {
+    /// Boot loader SPL.
+    pub const BOOTLOADER: &str = "bootloader";
+    /// TEE SPL.
+    pub const TEE: &str = "tee";
+    /// SNP firmware SPL.
+    pub const SNP: &str = "snp";
+    /// Microcode SPL.
+    pub const MICROCODE: &str = "microcode";
+    /// FMC SPL (Turin).
+    pub const FMC: &str = "fmc";
+    /// Every key.
+    pub const ALL: [&str; 5] = [BOOTLOADER, TEE, SNP, MICROCODE, FMC];
 }
 
 /// Bounds the daemon enforces on its inputs.
@@ -124,7 +144,8 @@ pub mod limit {
     pub const IMPORT_FILE: usize = 64 * 1024;
     /// A file's name in a certificate import, bytes.
     pub const FILE_LABEL: usize = 256;
-    /// Entries one `AuditTrail` call returns at most.
+    /// Entries one `AuditTrail` or `UnverifiedRefusals` call returns at
+    /// most.
     pub const AUDIT_ENTRIES: u32 = 1000;
 }
 
@@ -239,6 +260,10 @@ pub trait Manager {
     /// oldest first.
     fn audit_trail(&self, count: u32) -> zbus::Result<Vec<AuditEntry>>;
 
+    /// The last `count` (1..=[`limit::AUDIT_ENTRIES`]) refusals decided
+    /// before a report's signature was verified, oldest first.
+    fn unverified_refusals(&self, count: u32) -> zbus::Result<Vec<AuditEntry>>;
+
     /// The HPKE ingestion public key (raw X25519).
     #[zbus(property)]
     fn ingestion_public_key(&self) -> zbus::Result<Vec<u8>>;
@@ -269,6 +294,8 @@ pub trait Record {
     fn disable(&self) -> zbus::Result<()>;
     /// Deletes the record and its secrets.
     fn delete(&self) -> zbus::Result<()>;
+    /// Replaces the record's minimum TCB (keys of [`tcb_key`]).
+    fn set_minimum_tcb(&self, tcb: HashMap<&str, u8>) -> zbus::Result<()>;
     /// Writes launch-artifacts.tar.gz to a writable fd.
     fn export_bundle(&self, fd: OwnedFd) -> zbus::Result<()>;
     /// Writes launch-artifacts.tar.gz to a new file in the import directory.
@@ -346,6 +373,9 @@ pub trait Record {
     /// when none.
     #[zbus(property)]
     fn min_tcb(&self) -> zbus::Result<HashMap<String, u8>>;
+    /// Whether reports endorsed by a configured test root are accepted.
+    #[zbus(property)]
+    fn allow_test_root(&self) -> zbus::Result<bool>;
     /// Successful attestations.
     #[zbus(property)]
     fn attestations_ok(&self) -> zbus::Result<u64>;

@@ -42,6 +42,14 @@ pub struct Expectations {
     pub min_abi: Option<(u8, u8)>,
     /// Minimum reported TCB, per component.
     pub min_tcb: Option<MinTcb>,
+    /// Per-product TCB floors applied on top of `min_tcb` (a daemon-wide
+    /// policy): the effective minimum is the component-wise maximum of
+    /// both, and a refusal names which of the two was not met.
+    pub tcb_floors: TcbFloors,
+    /// Refuse a chain that ends at a test root (one the caller added with
+    /// `TrustAnchors::with_test_root`), as `test-root-not-allowed`, before
+    /// the signature is looked at.
+    pub forbid_test_root: bool,
     /// Require the committed TCB to equal the current one (no provisional
     /// firmware).
     pub strict_tcb: bool,
@@ -70,6 +78,28 @@ pub struct MinTcb {
     pub microcode: u8,
     /// FMC SPL (Turin).
     pub fmc: Option<u8>,
+}
+
+/// TCB floors per product (`fmc` only for Turin, where it is required).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TcbFloors {
+    /// Floor for Milan.
+    pub milan: Option<MinTcb>,
+    /// Floor for Genoa.
+    pub genoa: Option<MinTcb>,
+    /// Floor for Turin.
+    pub turin: Option<MinTcb>,
+}
+
+impl TcbFloors {
+    /// The floor of `product`, if one is set.
+    pub fn get(&self, product: Product) -> Option<&MinTcb> {
+        match product {
+            Product::Milan => self.milan.as_ref(),
+            Product::Genoa => self.genoa.as_ref(),
+            Product::Turin => self.turin.as_ref(),
+        }
+    }
 }
 
 /// A `--min-tcb` value that does not parse.
@@ -240,6 +270,28 @@ pub enum Failure {
         /// Reported value.
         got: u8,
     },
+    /// A reported TCB component is below the daemon-wide floor of the
+    /// product (as opposed to the record's own minimum).
+    #[error(
+        "tcb below the daemon-wide {product} floor: {component} is {got}, at least {min} required"
+    )]
+    TcbBelowFloor {
+        /// The product whose floor applies.
+        product: Product,
+        /// Component name (bl, tee, snp, ucode, fmc).
+        component: &'static str,
+        /// Required minimum.
+        min: u8,
+        /// Reported value.
+        got: u8,
+    },
+    /// The endorsement chain ends at a test root, which the expectations
+    /// forbid.
+    #[error(
+        "the endorsement chain ends at a TEST root (a simulated platform), which is not \
+         trusted for this report; only a record registered with --allow-test-root accepts it"
+    )]
+    TestRootNotAllowed,
     /// The launch digest differs.
     #[error("measurement mismatch: expected {expected}, report has {got}")]
     Measurement {
@@ -306,6 +358,8 @@ impl Failure {
             Failure::TcbReportedAboveCurrent { .. } => "tcb-reported-above-current",
             Failure::TcbProvisional { .. } => "tcb-provisional",
             Failure::TcbBelowMinimum { .. } => "tcb-below-minimum",
+            Failure::TcbBelowFloor { .. } => "tcb-below-floor",
+            Failure::TestRootNotAllowed => "test-root-not-allowed",
             Failure::Measurement { .. } => "measurement-mismatch",
             Failure::ReportData { .. } => "report-data-mismatch",
             Failure::HostData { .. } => "host-data-mismatch",
@@ -479,6 +533,9 @@ fn verify_report(
     }
     let hint = expect.product.or(reported_product);
     let endorsement = endorse(kind, hint).map_err(Rejection::one)?;
+    if endorsement.test_root && expect.forbid_test_root {
+        return Err(Rejection::one(Failure::TestRootNotAllowed));
+    }
 
     let sig = p384::ecdsa::Signature::from_slice(&report.signature.to_p384_bytes())
         .map_err(|_| Rejection::one(Failure::Signature(kind)))?;
@@ -499,6 +556,7 @@ fn verify_report(
     }
     let mut notes = Vec::new();
     check_tcb(&report, expect, layout, &mut failures, &mut notes);
+    check_floor(&report, expect, endorsement.product, layout, &mut failures);
     check_values(&report, expect, &mut failures);
 
     if !failures.is_empty() {
@@ -624,6 +682,40 @@ fn check_tcb(
                     got,
                 });
             }
+        }
+    }
+}
+
+/// The daemon-wide floor of `product`, checked apart from the record's
+/// minimum so a refusal says which one was not met.
+fn check_floor(
+    r: &Report,
+    x: &Expectations,
+    product: Product,
+    layout: TcbLayout,
+    out: &mut Vec<Failure>,
+) {
+    let Some(floor) = x.tcb_floors.get(product) else {
+        return;
+    };
+    let reported = r.reported_tcb.parts(layout);
+    let mut checks = vec![
+        ("bl", floor.bootloader, reported.bootloader),
+        ("tee", floor.tee, reported.tee),
+        ("snp", floor.snp, reported.snp),
+        ("ucode", floor.microcode, reported.microcode),
+    ];
+    if let Some(fmc) = floor.fmc {
+        checks.insert(0, ("fmc", fmc, reported.fmc.unwrap_or(0)));
+    }
+    for (component, min, got) in checks {
+        if got < min {
+            out.push(Failure::TcbBelowFloor {
+                product,
+                component,
+                min,
+                got,
+            });
         }
     }
 }

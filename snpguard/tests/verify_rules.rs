@@ -10,7 +10,7 @@ use snpguard::certs::{Cert, CertSet, KeyKind, Product, TrustAnchors};
 use snpguard::report::{Report, TcbLayout, REPORT_SIZE};
 use snpguard::sim::{SimKey, SimPlatform, SimTcb};
 use snpguard::testdata;
-use snpguard::verify::{self, Expectations, Verified};
+use snpguard::verify::{self, Expectations, TcbFloors, Verified};
 
 type Bytes = [u8; REPORT_SIZE];
 
@@ -345,6 +345,82 @@ fn tcb_minimums_per_component() {
     ] {
         assert_eq!(b.codes(&min(spec), |_| {}), ["tcb-below-minimum"], "{spec}");
     }
+}
+
+#[test]
+fn daemon_floor_applies_on_top_of_the_minimum_and_is_named() {
+    let Some(b) = bench(&TURIN) else { return };
+    // turin-oak reports fmc=0 bl=1 tee=0 snp=2 ucode=71.
+    let x = |min: Option<&str>, turin: Option<&str>, milan: Option<&str>| Expectations {
+        min_tcb: min.map(|s| s.parse().expect("min tcb")),
+        tcb_floors: TcbFloors {
+            turin: turin.map(|s| s.parse().expect("floor")),
+            milan: milan.map(|s| s.parse().expect("floor")),
+            genoa: None,
+        },
+        ..smt()
+    };
+    let at = "fmc=0,bl=1,tee=0,snp=2,ucode=71";
+    let above = "fmc=0,bl=1,tee=0,snp=3,ucode=71";
+    assert_eq!(b.codes(&x(None, Some(at), None), |_| {}), NONE);
+    assert_eq!(b.codes(&x(Some(at), Some(at), None), |_| {}), NONE);
+    // No record minimum at all: the floor alone refuses.
+    assert_eq!(
+        b.codes(&x(None, Some(above), None), |_| {}),
+        ["tcb-below-floor"]
+    );
+    // The record's minimum is met, the floor is not.
+    assert_eq!(
+        b.codes(&x(Some(at), Some(above), None), |_| {}),
+        ["tcb-below-floor"]
+    );
+    // The floor is met, the record's minimum is not.
+    assert_eq!(
+        b.codes(&x(Some(above), Some(at), None), |_| {}),
+        ["tcb-below-minimum"]
+    );
+    // Both: each named.
+    assert_eq!(
+        b.codes(&x(Some(above), Some(above), None), |_| {}),
+        ["tcb-below-minimum", "tcb-below-floor"]
+    );
+    let e = b
+        .run(SimKey::Vcek, &x(None, Some(above), None), |_| {})
+        .expect_err("below the floor");
+    assert_eq!(
+        e.primary().to_string(),
+        "tcb below the daemon-wide turin floor: snp is 2, at least 3 required"
+    );
+    // Another product's floor does not apply.
+    assert_eq!(
+        b.codes(&x(None, None, Some("bl=9,tee=9,snp=9,ucode=255")), |_| {}),
+        NONE
+    );
+    // The FMC of a Turin floor counts.
+    assert_eq!(
+        b.codes(
+            &x(None, Some("fmc=1,bl=1,tee=0,snp=2,ucode=71"), None),
+            |_| {}
+        ),
+        ["tcb-below-floor"]
+    );
+}
+
+#[test]
+fn a_test_root_is_refused_when_forbidden_before_anything_else() {
+    let Some(b) = bench(&MILAN) else { return };
+    let forbid = Expectations {
+        forbid_test_root: true,
+        ..smt()
+    };
+    assert_eq!(b.codes(&forbid, |_| {}), ["test-root-not-allowed"]);
+    // Even a report that breaks content rules is refused for its root
+    // alone: nothing it claims is looked at.
+    assert_eq!(
+        b.codes(&forbid, |r| r[MEASUREMENT] ^= 1),
+        ["test-root-not-allowed"]
+    );
+    assert_eq!(b.codes(&smt(), |_| {}), NONE);
 }
 
 #[test]

@@ -204,6 +204,57 @@ mod tests {
         .is_err());
         assert!(Cli::try_parse_from(["snpguardctl", "records", "export", "web"]).is_err());
 
+        let set = |extra: &[&str]| {
+            let base = [
+                "snpguardctl",
+                "records",
+                "set-min-tcb",
+                "web",
+                "--bootloader",
+                "4",
+                "--tee",
+                "0",
+                "--snp",
+                "24",
+            ];
+            Cli::try_parse_from(base.iter().chain(extra))
+        };
+        let cli = set(&["--microcode", "213", "--fmc", "1"]).unwrap();
+        let Command::Records(records::RecordsCommand::SetMinTcb(a)) = cli.command else {
+            panic!("not set-min-tcb")
+        };
+        assert_eq!(
+            (a.record.as_str(), a.bootloader, a.snp, a.microcode, a.fmc),
+            ("web", 4, 24, 213, Some(1))
+        );
+        // Every component but fmc is required; 256 is no SPL.
+        assert!(set(&[]).is_err());
+        assert!(set(&["--microcode", "256"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "snpguardctl",
+            "register",
+            "--name",
+            "sim",
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "EPYC-v4",
+            "--allow-test-root",
+            "--staging-dir",
+            "s",
+            "--out-bundle",
+            "b",
+        ])
+        .unwrap();
+        let Command::Register(a) = cli.command else {
+            panic!("not register")
+        };
+        assert!(a.allow_test_root);
+        assert!(register::options(&a, "c")
+            .unwrap()
+            .contains_key("allow_test_root"));
+
         let cli =
             Cli::try_parse_from(["snpguardctl", "certs", "import", "vcek.pem", "certs/"]).unwrap();
         let Command::Certs(certs::CertsCommand::Import(a)) = cli.command else {

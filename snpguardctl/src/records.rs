@@ -28,6 +28,8 @@ pub enum RecordsCommand {
     Disable(RecordArg),
     /// Delete the record and its secrets
     Delete(RecordArg),
+    /// Set the record's minimum TCB (e.g. after an AMD security bulletin)
+    SetMinTcb(SetMinTcbArgs),
     /// Export the record's launch-artifacts.tar.gz
     Export(ExportArgs),
     /// Add a pending launch (new kernel, initrd, cmdline) from a directory
@@ -52,6 +54,31 @@ pub struct RecordArg {
     /// Record name or id
     #[arg(value_name = "ID-OR-NAME")]
     pub record: String,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetMinTcbArgs {
+    /// Record name or id
+    #[arg(value_name = "ID-OR-NAME")]
+    pub record: String,
+    /// Minimum boot loader SPL
+    #[arg(long, value_name = "N")]
+    pub bootloader: u8,
+    /// Minimum TEE SPL
+    #[arg(long, value_name = "N")]
+    pub tee: u8,
+    /// Minimum SNP firmware SPL
+    #[arg(long, value_name = "N")]
+    pub snp: u8,
+    /// Minimum microcode SPL
+    #[arg(long, value_name = "N")]
+    pub microcode: u8,
+    /// Minimum FMC SPL (Turin; required for Turin guests)
+    #[arg(long, value_name = "N")]
+    pub fmc: Option<u8>,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -92,6 +119,7 @@ pub struct RecordView {
     pub id_key_digest: String,
     pub author_key_digest: String,
     pub min_tcb: BTreeMap<String, u8>,
+    pub allow_test_root: bool,
     pub attestations_ok: u64,
     pub attestations_failed: u64,
     pub last_attestation: Option<String>,
@@ -126,10 +154,24 @@ impl RecordView {
             id_key_digest: r.id_key_digest().await?,
             author_key_digest: r.author_key_digest().await?,
             min_tcb: r.min_tcb().await?.into_iter().collect(),
+            allow_test_root: r.allow_test_root().await?,
             attestations_ok: r.attestations_ok().await?,
             attestations_failed: r.attestations_failed().await?,
             last_attestation: (!last.is_empty()).then_some(last),
         })
+    }
+
+    /// The minimum TCB as `bootloader=N,tee=N,…`, or `none`.
+    fn tcb_text(&self) -> String {
+        if self.min_tcb.is_empty() {
+            "none (only the daemon's [tcb_floor] applies)".to_string()
+        } else {
+            ["bootloader", "tee", "snp", "microcode", "fmc"]
+                .iter()
+                .filter_map(|k| self.min_tcb.get(*k).map(|v| format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
     }
 
     fn print(&self) {
@@ -140,15 +182,7 @@ impl RecordView {
     fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        let tcb = if self.min_tcb.is_empty() {
-            "none".to_string()
-        } else {
-            ["bootloader", "tee", "snp", "microcode", "fmc"]
-                .iter()
-                .filter_map(|k| self.min_tcb.get(*k).map(|v| format!("{k}={v}")))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let tcb = self.tcb_text();
         let _ = writeln!(out, "Name:         {}", escape(&self.name));
         let _ = writeln!(out, "Id:           {}", escape(&self.id));
         let _ = writeln!(
@@ -171,6 +205,15 @@ impl RecordView {
         let _ = writeln!(out, "ID key:       {}", escape(&self.id_key_digest));
         let _ = writeln!(out, "Author key:   {}", escape(&self.author_key_digest));
         let _ = writeln!(out, "Min TCB:      {tcb}");
+        let _ = writeln!(
+            out,
+            "Test root:    {}",
+            if self.allow_test_root {
+                "ACCEPTED (registered with --allow-test-root; never for production)"
+            } else {
+                "refused"
+            }
+        );
         let _ = writeln!(
             out,
             "Attestations: {} ok, {} refused, last {}",
@@ -232,6 +275,7 @@ async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
             Ok(())
         }
         RecordsCommand::Enable(a) => set_enabled(&bus, a, true).await,
+        RecordsCommand::SetMinTcb(a) => set_min_tcb(&bus, a).await,
         RecordsCommand::Disable(a) => set_enabled(&bus, a, false).await,
         RecordsCommand::Delete(a) => {
             let r = find(&bus, &a.record).await?;
@@ -311,6 +355,39 @@ async fn list(bus: &Bus, json: bool) -> Result<()> {
             v.vcpus,
             v.pending_launches,
             escape(&short)
+        );
+    }
+    Ok(())
+}
+
+async fn set_min_tcb(bus: &Bus, a: SetMinTcbArgs) -> Result<()> {
+    use snpguard::dbus::tcb_key as k;
+    let r = find(bus, &a.record).await?;
+    let mut tcb: std::collections::HashMap<&str, u8> = [
+        (k::BOOTLOADER, a.bootloader),
+        (k::TEE, a.tee),
+        (k::SNP, a.snp),
+        (k::MICROCODE, a.microcode),
+    ]
+    .into();
+    if let Some(f) = a.fmc {
+        tcb.insert(k::FMC, f);
+    }
+    call_mut::<_, ()>(r.inner(), "SetMinimumTcb", &(tcb,))
+        .await
+        .with_context(|| format!("setting the minimum TCB of {}", a.record))?;
+    let view = RecordView::fetch(&r).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "id": view.id, "name": view.name, "min_tcb": view.min_tcb })
+        );
+    } else {
+        println!(
+            "minimum TCB of {} ({}) is now {}",
+            view.name,
+            view.id,
+            view.tcb_text()
         );
     }
     Ok(())

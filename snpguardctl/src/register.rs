@@ -59,6 +59,10 @@ pub struct Args {
     /// Minimum FMC SPL (Turin)
     #[arg(long, value_name = "N", requires = "min_tcb_bootloader")]
     pub min_tcb_fmc: Option<u8>,
+    /// Accept reports from the daemon's configured test root (a simulated
+    /// platform; tests only, refused when the daemon trusts none)
+    #[arg(long)]
+    pub allow_test_root: bool,
     /// Staging directory written by convert (firmware.fd, kernel, initrd,
     /// cmdline, vmk.sealed)
     #[arg(long, value_name = "DIR")]
@@ -106,6 +110,9 @@ pub fn options(a: &Args, cmdline: &str) -> Result<Options> {
         key::ALLOW_MIGRATE_MA.to_string(),
         OwnedValue::from(a.allow_migrate_ma),
     );
+    if a.allow_test_root {
+        o.insert(key::ALLOW_TEST_ROOT.to_string(), OwnedValue::from(true));
+    }
     for (k, v) in [
         (key::MIN_TCB_BOOTLOADER, a.min_tcb_bootloader),
         (key::MIN_TCB_TEE, a.min_tcb_tee),
@@ -154,6 +161,29 @@ fn read_sealed_vmk(dir: &Path) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// What an operator must not miss about a new record (on stderr, so
+/// `--json` output stays parseable).
+pub fn warnings(view: &RecordView) -> Vec<String> {
+    let mut out = Vec::new();
+    if view.min_tcb.is_empty() {
+        out.push(format!(
+            "WARNING: {} has NO minimum TCB: reports from firmware with known \
+             vulnerabilities are accepted unless the daemon's [tcb_floor] refuses them; \
+             set one with snpguardctl records set-min-tcb {} --bootloader N --tee N \
+             --snp N --microcode N",
+            view.name, view.name
+        ));
+    }
+    if view.allow_test_root {
+        out.push(format!(
+            "WARNING: {} accepts reports endorsed by the daemon's TEST root (a simulated \
+             platform); never use it for a production guest",
+            view.name
+        ));
+    }
+    out
+}
+
 pub fn run(target: &Target, a: Args) -> Result<()> {
     bus::runtime()?.block_on(run_async(target, a))
 }
@@ -187,6 +217,9 @@ async fn run_async(target: &Target, a: Args) -> Result<()> {
         )
     })?;
     let view = RecordView::fetch(&r).await?;
+    for w in warnings(&view) {
+        eprintln!("{w}");
+    }
     if a.json {
         println!(
             "{}",

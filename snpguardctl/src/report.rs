@@ -235,6 +235,9 @@ fn verify_cmd(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         require_single_socket: a.require_single_socket,
         min_abi: a.min_abi,
         min_tcb: a.min_tcb,
+        // Only AMD's pinned roots are trusted here; no daemon floors.
+        tcb_floors: Default::default(),
+        forbid_test_root: true,
         strict_tcb: a.strict_tcb,
         measurement: a.measurement,
         report_data: a.report_data,

@@ -141,7 +141,11 @@ fn registry(dir: &Path) -> anyhow::Result<(Arc<Registry>, RecordInfo)> {
     let mut fw = vec![0x11u8; 3 * 4096];
     fw.extend_from_slice(&suffix);
     let master = MasterKey::from_bytes(&[7; 32], MasterKeySource::Credential("/bench".into()));
-    let reg = Registry::open(&dir.join("state"), master)?;
+    let options = snpguardd::registry::RegistryOptions {
+        test_roots: true,
+        ..Default::default()
+    };
+    let reg = Registry::open_with(&dir.join("state"), master, &options)?;
     let pk = seal::PublicKey::from_bytes(&reg.ingestion_public_key())?;
     let sealed_vmk = seal::seal(&pk, seal::INFO_INGEST, b"", &VMK)?.to_bytes();
     let rec = reg.register(RegisterRequest {
@@ -156,6 +160,8 @@ fn registry(dir: &Path) -> anyhow::Result<(Arc<Registry>, RecordInfo)> {
         allow_debug: false,
         allow_migrate_ma: false,
         min_tcb: None,
+        // The simulated platform's root, as the daemon's [[test_roots]].
+        allow_test_root: true,
         sealed_vmk,
     })?;
     Ok((Arc::new(reg), rec))
@@ -279,6 +285,7 @@ fn main() -> anyhow::Result<()> {
         attest: Default::default(),
         rate_limit: RateLimit::default(),
         https: Default::default(),
+        tcb_floors: Default::default(),
     };
     let attestor = Attestor::new(registry, &config, Box::new(HttpKds::amd()))?;
     let guest = Arc::new(Guest::new(sim, &rec)?);

@@ -16,6 +16,7 @@ use std::str::FromStr;
 use clap::Parser;
 use serde::Deserialize;
 use snpguard::certs::Product;
+use snpguard::verify::{MinTcb, TcbFloors};
 
 use crate::attest::nonce::{NONCE_LIFETIME_SECS, NONCE_MAX_LIFETIME_SECS};
 
@@ -167,6 +168,9 @@ pub struct Config {
     pub attest: Attest,
     /// Per-source rate limit of the HTTPS endpoint.
     pub rate_limit: RateLimit,
+    /// Daemon-wide minimum TCB per product (`[tcb_floor.<product>]`),
+    /// applied to every record on top of the record's own minimum.
+    pub tcb_floors: TcbFloors,
     /// Connection handling of the HTTPS endpoint.
     pub https: Https,
 }
@@ -248,6 +252,10 @@ pub enum ConfigError {
     /// An `[attest]` value out of range.
     #[error("attest: {0}")]
     InvalidAttest(String),
+    /// A `[tcb_floor.<product>]` table that is incomplete or does not fit
+    /// the product.
+    #[error("tcb_floor: {0}")]
+    InvalidTcbFloor(String),
     /// A `[rate_limit]` value out of range.
     #[error("rate_limit: {0}")]
     InvalidRateLimit(String),
@@ -283,6 +291,52 @@ struct FileConfig {
     attest: Option<FileAttest>,
     rate_limit: Option<FileRateLimit>,
     https: Option<FileHttps>,
+    tcb_floor: Option<FileTcbFloors>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTcbFloors {
+    milan: Option<FileTcb>,
+    genoa: Option<FileTcb>,
+    turin: Option<FileTcb>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTcb {
+    bootloader: u8,
+    tee: u8,
+    snp: u8,
+    microcode: u8,
+    fmc: Option<u8>,
+}
+
+impl FileTcb {
+    /// The floor of `product`: Turin's must have `fmc` (its TCB has
+    /// one), Milan's and Genoa's must not (theirs has none).
+    fn floor(self, product: Product) -> Result<MinTcb, ConfigError> {
+        match (product, self.fmc) {
+            (Product::Turin, None) => {
+                return Err(ConfigError::InvalidTcbFloor(
+                    "[tcb_floor.turin] needs fmc: the Turin TCB has an FMC component".into(),
+                ))
+            }
+            (Product::Milan | Product::Genoa, Some(_)) => {
+                return Err(ConfigError::InvalidTcbFloor(format!(
+                    "[tcb_floor.{product}] has fmc, which only Turin has; remove it"
+                )))
+            }
+            _ => {}
+        }
+        Ok(MinTcb {
+            bootloader: self.bootloader,
+            tee: self.tee,
+            snp: self.snp,
+            microcode: self.microcode,
+            fmc: self.fmc,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,6 +480,14 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
         https.client_hello_timeout_secs = v;
     }
 
+    let mut tcb_floors = TcbFloors::default();
+    if let Some(f) = file.tcb_floor {
+        let floor = |t: Option<FileTcb>, p| t.map(|t| t.floor(p)).transpose();
+        tcb_floors.milan = floor(f.milan, Product::Milan)?;
+        tcb_floors.genoa = floor(f.genoa, Product::Genoa)?;
+        tcb_floors.turin = floor(f.turin, Product::Turin)?;
+    }
+
     Ok(Config {
         source,
         state_dir,
@@ -439,6 +501,7 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
         attest,
         rate_limit,
         https,
+        tcb_floors,
     })
 }
 
@@ -460,6 +523,19 @@ impl Config {
             nonce_lifetime_secs = self.attest.nonce_lifetime_secs,
             "settings"
         );
+        for p in Product::ALL {
+            match self.tcb_floors.get(p) {
+                Some(f) => tracing::info!(
+                    product = %p,
+                    "daemon-wide TCB floor for {p}: {}, applied to every record",
+                    floor_text(f)
+                ),
+                None => tracing::info!(
+                    product = %p,
+                    "no daemon-wide TCB floor for {p}: only each record's own minimum applies"
+                ),
+            }
+        }
         for root in &self.test_roots {
             tracing::warn!(
                 product = %root.product,
@@ -471,6 +547,18 @@ impl Config {
             );
         }
     }
+}
+
+/// A TCB minimum as `bl=N,tee=N,snp=N,ucode=N[,fmc=N]`.
+pub fn floor_text(t: &MinTcb) -> String {
+    let mut s = format!(
+        "bl={},tee={},snp={},ucode={}",
+        t.bootloader, t.tee, t.snp, t.microcode
+    );
+    if let Some(f) = t.fmc {
+        s.push_str(&format!(",fmc={f}"));
+    }
+    s
 }
 
 fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
@@ -774,6 +862,56 @@ ark_path = "sim/ark.pem"
         ] {
             std::fs::write(&path, bad).expect("write");
             assert!(resolve(&args(&path)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tcb_floor_tables_per_product() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(&dir, "");
+        let a = args(&["--config", path.to_str().expect("utf-8")]);
+        assert_eq!(resolve(&a).expect("ok").tcb_floors, TcbFloors::default());
+        std::fs::write(
+            &path,
+            "[tcb_floor.milan]\nbootloader = 4\ntee = 0\nsnp = 24\nmicrocode = 213\n\
+             [tcb_floor.turin]\nbootloader = 1\ntee = 0\nsnp = 2\nmicrocode = 71\nfmc = 1\n",
+        )
+        .expect("write");
+        let f = resolve(&a).expect("ok").tcb_floors;
+        assert_eq!(
+            f.milan,
+            Some(MinTcb {
+                bootloader: 4,
+                tee: 0,
+                snp: 24,
+                microcode: 213,
+                fmc: None
+            })
+        );
+        assert_eq!(f.genoa, None);
+        assert_eq!(f.turin.and_then(|t| t.fmc), Some(1));
+        for (bad, said) in [
+            (
+                "[tcb_floor.turin]\nbootloader = 1\ntee = 0\nsnp = 2\nmicrocode = 71\n",
+                "needs fmc",
+            ),
+            (
+                "[tcb_floor.genoa]\nbootloader = 1\ntee = 0\nsnp = 2\nmicrocode = 71\nfmc = 0\n",
+                "only Turin",
+            ),
+            (
+                "[tcb_floor.milan]\nbootloader = 1\ntee = 0\nsnp = 2\n",
+                "microcode",
+            ),
+            ("[tcb_floor.rome]\nbootloader = 1\n", "rome"),
+            (
+                "[tcb_floor.milan]\nbootloader = 256\ntee = 0\nsnp = 2\nmicrocode = 1\n",
+                "bootloader",
+            ),
+        ] {
+            std::fs::write(&path, bad).expect("write");
+            let e = resolve(&a).expect_err(bad);
+            assert!(e.to_string().contains(said), "{bad}: {e}");
         }
     }
 

@@ -56,8 +56,15 @@ fn run(args: &config::Args) -> anyhow::Result<()> {
         },
         _ => TlsConfig::default(),
     };
-    let registry = Registry::open_with(&cfg.state_dir, master, &RegistryOptions { tls })
-        .with_context(|| format!("opening the registry in {}", cfg.state_dir.display()))?;
+    let registry = Registry::open_with(
+        &cfg.state_dir,
+        master,
+        &RegistryOptions {
+            tls,
+            test_roots: !cfg.test_roots.is_empty(),
+        },
+    )
+    .with_context(|| format!("opening the registry in {}", cfg.state_dir.display()))?;
     tracing::info!("{}", registry.key_summary());
     let tls = match registry.keys().tls() {
         TlsMaterial::Generated {

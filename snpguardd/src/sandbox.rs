@@ -282,6 +282,7 @@ mod tests {
             attest: Default::default(),
             rate_limit: Default::default(),
             https: Default::default(),
+            tcb_floors: Default::default(),
         }
     }
 

@@ -37,6 +37,10 @@ pub struct RegisterRequest {
     pub allow_migrate_ma: bool,
     /// Minimum reported TCB for attestation.
     pub min_tcb: Option<MinTcb>,
+    /// Accept reports whose endorsement chain ends at a configured test
+    /// root (`[[test_roots]]`; simulated platforms, tests only). Refused
+    /// when no test root is configured.
+    pub allow_test_root: bool,
     /// The VMK sealed (HPKE) to the daemon's ingestion key, as `convert`
     /// writes it into the staging directory.
     pub sealed_vmk: Vec<u8>,
@@ -166,8 +170,10 @@ pub struct RecordInfo {
     pub id_key_digest: String,
     /// SHA-384 digest of the daemon's author key (hex).
     pub author_key_digest: String,
-    /// Minimum TCB, if any.
+    /// Minimum TCB, if any (the daemon-wide floors apply on top).
     pub min_tcb: Option<MinTcb>,
+    /// Whether reports endorsed by a configured test root are accepted.
+    pub allow_test_root: bool,
     /// Successful attestations.
     pub attestations_ok: u64,
     /// Refused attestations.
@@ -217,6 +223,9 @@ pub trait RecordService: Send + Sync + 'static {
     fn get(&self, id: &str) -> Result<RecordInfo, ServiceError>;
     /// Enables or disables a record.
     fn set_enabled(&self, id: &str, enabled: bool) -> Result<RecordInfo, ServiceError>;
+    /// Replaces the record's own minimum TCB (e.g. after an AMD security
+    /// bulletin); the daemon-wide floors still apply on top.
+    fn set_min_tcb(&self, id: &str, min_tcb: MinTcb) -> Result<RecordInfo, ServiceError>;
     /// Deletes a record and its secrets.
     fn delete(&self, id: &str) -> Result<(), ServiceError>;
     /// Writes launch-artifacts.tar.gz of the record's newest approved
@@ -242,4 +251,10 @@ pub trait RecordService: Send + Sync + 'static {
     fn ingestion_public_key(&self) -> Vec<u8>;
     /// The last `n` attestations of the audit trail, oldest first.
     fn audit_trail(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError>;
+    /// The last `n` refusals decided before the report's signature was
+    /// verified (bad nonce, unknown image, chain or signature failure),
+    /// oldest first: kept apart from the audit trail and the records'
+    /// counters, which an unauthenticated client must not be able to
+    /// move.
+    fn unverified_refusals(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError>;
 }

@@ -13,7 +13,10 @@ use zbus_xml::Node;
 
 /// Methods only root and the daemon's user may call: the audit trail holds
 /// client addresses and precise refusal reasons.
-const ROOT_ONLY: &[&str] = &["org.snpguard.SnpGuard1.Manager.AuditTrail"];
+const ROOT_ONLY: &[&str] = &[
+    "org.snpguard.SnpGuard1.Manager.AuditTrail",
+    "org.snpguard.SnpGuard1.Manager.UnverifiedRefusals",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -301,8 +301,58 @@ async fn register_export_restart_and_errors() {
     assert!(!first_start.contains("BEGIN PRIVATE KEY"), "{first_start}");
 
     // Register: the bundle carries exactly what snpguard::measure computes.
+    // No TCB minimum: a loud warning on the CLI's stderr and the journal.
     let bundle = s.dir.path().join("web.tar.gz");
-    ok(&register(&s.bus, &stage, "web", &bundle));
+    let out = register(&s.bus, &stage, "web", &bundle);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARNING: web has NO minimum TCB") && stderr.contains("set-min-tcb web"),
+        "{stderr}"
+    );
+    assert!(
+        daemon_log(&s.state).contains("WITHOUT A MINIMUM TCB"),
+        "the journal warns too"
+    );
+    // No test root configured: --allow-test-root is refused by name.
+    let e = err(&register_with(
+        &s.bus,
+        &stage,
+        "sim",
+        &s.dir.path().join("sim.tar.gz"),
+        &["--allow-test-root"],
+    ));
+    assert!(
+        e.contains("InvalidInput") && e.contains("allow_test_root") && e.contains("test_roots"),
+        "{e}"
+    );
+    // A minimum set later, without re-registering.
+    let set = ok(&ctl(
+        &s.bus,
+        &[
+            "records",
+            "set-min-tcb",
+            "web",
+            "--bootloader",
+            "3",
+            "--tee",
+            "0",
+            "--snp",
+            "8",
+            "--microcode",
+            "115",
+        ],
+    ));
+    assert!(
+        set.contains("bootloader=3,tee=0,snp=8,microcode=115"),
+        "{set}"
+    );
+    let shown = ok(&ctl(&s.bus, &["records", "show", "web"]));
+    assert!(
+        shown.contains("Min TCB:      bootloader=3,tee=0,snp=8,microcode=115"),
+        "{shown}"
+    );
+    assert!(shown.contains("Test root:    refused"), "{shown}");
     let want = expected_digest(&stage);
     assert_eq!(bundle_measurement(&bundle, &s.dir.path().join("x1")), want);
     // Identical inputs under another name: the same launch digest.
@@ -655,7 +705,9 @@ fn registered_guest_with(
     let (daemon, target) = attest_daemon_with(s, sim, config);
     let stage = staging(s.dir.path(), &s.state, seed)?;
     let bundle = s.dir.path().join(format!("{name}.tar.gz"));
-    ok(&register_with(&s.bus, &stage, name, &bundle, register));
+    // The simulated platform's root is the daemon's [[test_roots]].
+    let register = [register, &["--allow-test-root"]].concat();
+    ok(&register_with(&s.bus, &stage, name, &bundle, &register));
     let vmk = std::fs::read(s.dir.path().join(format!("vmk-{seed}.plain"))).expect("vmk");
     let launch = launch_of(&s.bus, name);
     Some((daemon, target, vmk, launch))

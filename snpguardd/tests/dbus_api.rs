@@ -391,6 +391,119 @@ async fn enable_disable_emit_properties_changed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_minimum_tcb_is_polkit_guarded_checked_and_announced() {
+    let h = Harness::start().await;
+    let (conn, m) = client(&h).await;
+    let path = register(&h, &m, "web").await;
+    let r = record(&conn, &path).await;
+    assert!(r.min_tcb().await.unwrap().is_empty());
+    assert!(!r.allow_test_root().await.unwrap());
+    let id = r.id().await.unwrap();
+    let mut changes = r.receive_min_tcb_changed().await;
+    let first = tokio::time::timeout(DEADLINE, changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.get().await.unwrap().is_empty());
+    let tcb = HashMap::from([
+        ("bootloader", 4u8),
+        ("tee", 0),
+        ("snp", 24),
+        ("microcode", 213),
+    ]);
+
+    // polkit says no: nothing changes.
+    h.polkit.set_allow(false);
+    assert_error(
+        r.set_minimum_tcb(tcb.clone()).await.unwrap_err(),
+        "AccessDenied",
+        "org.snpguard.SnpGuard1.manage",
+    );
+    assert_eq!(
+        h.polkit.calls().pop().unwrap().action,
+        "org.snpguard.SnpGuard1.manage"
+    );
+    assert_eq!(h.service.records()[&id].info.min_tcb, None);
+
+    h.polkit.set_allow(true);
+    r.set_minimum_tcb(tcb.clone()).await.unwrap();
+    let ch = tokio::time::timeout(DEADLINE, changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let got = ch.get().await.unwrap();
+    assert_eq!(got.get("snp"), Some(&24));
+    assert_eq!(got.get("microcode"), Some(&213));
+    assert!(!got.contains_key("fmc"));
+    let stored = h.service.records()[&id].info.min_tcb.unwrap();
+    assert_eq!((stored.bootloader, stored.snp, stored.fmc), (4, 24, None));
+
+    // Incomplete or unknown components: refused by name, nothing changes.
+    let mut bad = tcb.clone();
+    bad.remove("tee");
+    assert_error(
+        r.set_minimum_tcb(bad).await.unwrap_err(),
+        "InvalidInput",
+        "\"tee\" is missing",
+    );
+    let mut bad = tcb.clone();
+    bad.insert("ucode", 1);
+    assert_error(
+        r.set_minimum_tcb(bad).await.unwrap_err(),
+        "InvalidInput",
+        "unknown TCB component \"ucode\"",
+    );
+    assert_eq!(h.service.records()[&id].info.min_tcb, Some(stored));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_test_root_is_registered_and_shown() {
+    let h = Harness::start().await;
+    let (conn, m) = client(&h).await;
+    let files = inputs(h.bus.dir.path(), "sim");
+    let mut o = opts("sim");
+    o.insert("allow_test_root".into(), OwnedValue::from(true));
+    let path = m.register(fds(&files), &o, b"sealed").await.unwrap();
+    let r = record(&conn, &path).await;
+    assert!(r.allow_test_root().await.unwrap());
+    let id = r.id().await.unwrap();
+    assert!(h.service.records()[&id].info.allow_test_root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_refusals_are_apart_from_the_audit_trail() {
+    let h = Harness::start().await;
+    h.polkit.set_allow(false);
+    let (_conn, m) = client(&h).await;
+    assert!(m.unverified_refusals(10).await.unwrap().is_empty());
+    h.service
+        .audit(audited(1, Some("00112233445566778899aabbccddeeff"), "ok"));
+    for i in 2..5 {
+        h.service.unverified(audited(i, None, "signature-invalid"));
+    }
+    let got = m.unverified_refusals(2).await.unwrap();
+    let times: Vec<_> = got.iter().map(|e| e.time.as_str()).collect();
+    assert_eq!(times, ["2026-01-02T03:04:03Z", "2026-01-02T03:04:04Z"]);
+    assert_eq!(got[0].result, "signature-invalid");
+    assert_eq!(got[0].record, "");
+    assert_eq!(m.unverified_refusals(1000).await.unwrap().len(), 3);
+    let trail = m.audit_trail(1000).await.unwrap();
+    assert_eq!(
+        trail.len(),
+        1,
+        "the audit trail holds only the verified one"
+    );
+    for bad in [0, 1001] {
+        assert_error(
+            m.unverified_refusals(bad).await.unwrap_err(),
+            "InvalidInput",
+            "count",
+        );
+    }
+    assert!(h.polkit.calls().is_empty(), "reads never ask polkit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_removes_the_object() {
     let h = Harness::start().await;
     let (conn, m) = client(&h).await;
@@ -710,6 +823,7 @@ async fn existing_records_are_served_at_start() {
             allow_debug: false,
             allow_migrate_ma: false,
             min_tcb: None,
+            allow_test_root: false,
             sealed_vmk: b"x".to_vec(),
         })
         .unwrap();

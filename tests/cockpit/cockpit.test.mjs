@@ -89,7 +89,7 @@ test("disable in the page and snpguardctl agrees", async () => {
     assert.equal((await record("web")).enabled, false);
     const fields = await page.locator("#record-fields").innerText();
     for (const label of ["Measurement", "Image ID", "Family ID", "ID key digest", "Author key digest",
-                         "Kernel command line", "Guest policy", "TCB minimums", "Created"])
+                         "Kernel command line", "Guest policy", "TCB minimums", "Test root", "Created"])
         assert.ok(fields.includes(label), label + " shown");
     assert.match(fields, /console=ttyS0 root=\/dev\/mapper\/root/);
     assert.match(fields, /Disabled/);

@@ -173,6 +173,8 @@ pub async fn registered_guest() -> Option<Guest> {
             "--vcpu-type",
             "EPYC-v4",
             "--allow-smt",
+            // The simulated platform's root ([[test_roots]] above).
+            "--allow-test-root",
             "--staging-dir",
         ])
         .arg(&s)

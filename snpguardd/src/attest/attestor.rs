@@ -15,9 +15,21 @@
 //!    pending launch is refused as `launch-pending`, a retired one as
 //!    `launch-retired`, any other measurement as `measurement-mismatch`
 //!    (checked against the newest approved launch);
-//! 8. release: the record's VMK (a disabled record: `record-disabled`)
-//!    sealed to the ephemeral key and bound to the report; counters and
-//!    the audit trail written before the answer leaves.
+//! 8. release: one decision under the registry's commit lock
+//!    ([`Registry::release`]): the record is enabled and the launch with
+//!    the report's measurement is still approved, re-checked now (a
+//!    record disabled or a launch retired while step 6 waited on KDS
+//!    releases nothing: `record-disabled`, `launch-retired`); then the
+//!    VMK is sealed to the ephemeral key and bound to the report, and
+//!    counters and the audit trail are written before the answer leaves.
+//!
+//! Refusals before the report's signature is verified (steps 4 and 5, and
+//! in step 7 a malformed or unsigned report, a chain that does not verify
+//! or ends at a test root the record does not allow, a bad signature) are
+//! decided on what any client can send: they go to the journal and a
+//! bounded in-memory ring ([`crate::attest::audit::UnverifiedLog`]), never
+//! to the audit trail or the record's counters. Every later refusal is
+//! counted on the record and audited.
 //!
 //! Durability: the nonce's used mark is flushed to disk in step 4, before
 //! anything is verified or released (concurrent attestations share one
@@ -42,7 +54,9 @@ use snpguard::attest::{
 use snpguard::certs::{CertSet, Product, TrustAnchors};
 use snpguard::report::{Report, REPORT_SIZE};
 use snpguard::seal::PublicKey;
-use snpguard::verify::{product_from_report, Expectations, Verifier};
+use snpguard::verify::{
+    product_from_report, tcb_layout, Expectations, Failure, Rejection, TcbFloors, Verifier,
+};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -55,7 +69,7 @@ use super::kds::{KdsClient, KdsGate};
 use super::nonce::{self, NonceError, Nonces};
 use super::{AttestError, AttestHandler};
 use crate::config::Config;
-use crate::registry::{Registry, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SMT};
+use crate::registry::{Registry, ReleaseRefusal, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SMT};
 use crate::service::{LaunchState, RecordInfo, RecordService, ServiceError};
 use crate::store::{Store, StoreError, Tree};
 
@@ -110,6 +124,8 @@ pub struct Attestor {
     clock: Box<dyn Clock>,
     observer: Option<Box<dyn Fn(RecordInfo) + Send + Sync>>,
     last_gc: AtomicU64,
+    /// Daemon-wide TCB floors (`[tcb_floor.<product>]`).
+    tcb_floors: TcbFloors,
 }
 
 impl std::fmt::Debug for Attestor {
@@ -189,6 +205,8 @@ struct Evidence {
 struct Verified {
     rec: RecordInfo,
     report_bytes: Vec<u8>,
+    /// MEASUREMENT of the report (hex).
+    measurement: String,
     entry: AuditEntry,
 }
 
@@ -216,10 +234,11 @@ fn hex48(s: &str, what: &str) -> Result<[u8; 48], AttestError> {
         .ok_or_else(|| internal("corrupt record", format!("{what} is not 48 bytes of hex")))
 }
 
-/// What the record demands of a report of the launch with `measurement`
-/// whose REPORT_DATA must be `report_data`.
+/// What the record (and the daemon-wide `floors`) demand of a report of
+/// the launch with `measurement` whose REPORT_DATA must be `report_data`.
 fn expectations(
     rec: &RecordInfo,
+    floors: TcbFloors,
     measurement: &str,
     report_data: [u8; 64],
 ) -> Result<Expectations, AttestError> {
@@ -232,6 +251,8 @@ fn expectations(
         require_single_socket: false,
         min_abi: None,
         min_tcb: rec.min_tcb,
+        tcb_floors: floors,
+        forbid_test_root: !rec.allow_test_root,
         strict_tcb: false,
         measurement: Some(hex48(measurement, "measurement")?),
         report_data: Some(report_data),
@@ -239,6 +260,22 @@ fn expectations(
         id_key_digest: Some(hex48(&rec.id_key_digest, "id_key_digest")?),
         author_key_digest: Some(hex48(&rec.author_key_digest, "author_key_digest")?),
     })
+}
+
+/// Whether a rejection was decided before the report's signature was
+/// verified: nothing the report claims is authenticated then.
+fn before_signature(rej: &Rejection) -> bool {
+    matches!(
+        rej.primary(),
+        Failure::Malformed(_)
+            | Failure::Unsigned
+            | Failure::ChipKeyMasked
+            | Failure::ReservedSigningKey(_)
+            | Failure::ProductMismatch { .. }
+            | Failure::Chain(_)
+            | Failure::TestRootNotAllowed
+            | Failure::Signature(_)
+    )
 }
 
 /// The products a report may come from: the one its CPUID names (v3+);
@@ -276,7 +313,23 @@ impl Attestor {
             );
         }
         let audit = AuditLog::open(registry.store())?;
+        let records = registry
+            .list()
+            .map_err(|e| StoreError::Backend(format!("listing the records: {e}")))?;
+        for r in records.iter().filter(|r| r.allow_test_root) {
+            tracing::warn!(
+                RECORD = %r.id,
+                NAME = %r.name,
+                TEST_ROOTS = config.test_roots.len(),
+                "record {} ({}) ACCEPTS REPORTS ENDORSED BY A TEST ROOT (registered with \
+                 --allow-test-root): a simulated platform can get its key while test_roots \
+                 are configured; delete it on any production host",
+                r.name,
+                r.id
+            );
+        }
         Ok(Attestor {
+            tcb_floors: config.tcb_floors,
             nonces: Nonces::new(registry.keys().nonce_hmac())
                 .with_lifetime(config.attest.nonce_lifetime_secs),
             registry,
@@ -375,6 +428,29 @@ impl Attestor {
             Ok(_) | Err(ServiceError::NotFound(_)) => Ok(None),
             Err(e) => Err(internal("looking up the record", e)),
         }
+    }
+
+    /// Journals a refusal decided before the report's signature was
+    /// verified and keeps it in the registry's bounded ring; no counter,
+    /// no audit entry. Returns the client's error.
+    fn refuse_unverified(&self, mut entry: AuditEntry, r: Refusal) -> AttestError {
+        entry.result = r.codes.first().cloned().unwrap_or_default();
+        entry.codes = r.codes;
+        entry.detail = r.detail;
+        tracing::warn!(
+            RECORD = entry.record.as_deref().unwrap_or("-"),
+            REASON = %entry.result,
+            CODES = %entry.codes.join(","),
+            PEER = %entry.peer,
+            MEASUREMENT = entry.measurement.as_deref().unwrap_or("-"),
+            CHIP_ID = entry.chip_id_prefix.as_deref().unwrap_or("-"),
+            CERT_SOURCE = entry.cert_source.as_deref().unwrap_or("-"),
+            NOTES = %entry.notes.join("; "),
+            "attestation refused before signature verification: {}",
+            entry.detail
+        );
+        self.registry.note_unverified(entry);
+        r.client
     }
 
     /// Counts, audits and journals a refusal; returns the client's error.
@@ -495,7 +571,7 @@ impl Attestor {
                     detail: e.to_string(),
                     client: nonce_error(&e),
                 };
-                return Err(self.refuse(entry, r, now));
+                return Err(self.refuse_unverified(entry, r));
             }
             Ok(Ok(())) => {}
         }
@@ -507,7 +583,8 @@ impl Attestor {
                 hex::encode(report.image_id),
                 hex::encode(report.family_id)
             );
-            return Err(self.refuse(entry, Refusal::rejected("unknown-image", detail), now));
+            let r = Refusal::rejected("unknown-image", detail);
+            return Err(self.refuse_unverified(entry, r));
         };
         // The launch the report's measurement names, if any: the rules
         // are checked against it, and only an approved one passes.
@@ -521,7 +598,7 @@ impl Attestor {
         let measurement = launch
             .as_ref()
             .map_or(rec.measurement.as_str(), |l| &l.measurement);
-        let expect = expectations(&rec, measurement, report_data)?;
+        let expect = expectations(&rec, self.tcb_floors, measurement, report_data)?;
         let endorsed = self.endorse_and_verify(&report, &report_bytes, table, &expect, now)?;
         entry.cert_source = endorsed.source.map(str::to_owned);
         entry.notes = endorsed.notes;
@@ -550,12 +627,21 @@ impl Attestor {
                 Ok(Verified {
                     rec,
                     report_bytes,
+                    measurement: reported,
                     entry,
                 })
             }
             (Ok(_), Some((code, detail))) => {
                 let r = Refusal::rejected(code, format!("{detail}; the report verified"));
                 Err(self.refuse(entry, r, now))
+            }
+            (Err(rej), _) if before_signature(&rej) => {
+                let r = Refusal {
+                    codes: rej.codes().into_iter().map(str::to_owned).collect(),
+                    detail: rej.to_string(),
+                    client: rejected(),
+                };
+                Err(self.refuse_unverified(entry, r))
             }
             (Err(rej), unapproved) => {
                 let mut codes: Vec<String> = Vec::new();
@@ -596,35 +682,26 @@ impl Attestor {
         let Verified {
             rec,
             report_bytes,
+            measurement,
             mut entry,
         } = self.verify_evidence(ev, data, peer, now)?;
 
-        let vmk = match self.registry.record_vmk(&rec.id) {
-            Ok(vmk) => vmk,
-            Err(ServiceError::InvalidInput(_)) => {
-                let r = Refusal::rejected(
-                    "record-disabled",
-                    format!("record {} is disabled; the report verified", rec.id),
-                );
+        // Enabled, approved, same measurement: re-checked now, under the
+        // lock every change of those takes.
+        let release = match self.registry.release(&rec.id, &measurement, now) {
+            Ok(release) => release,
+            Err(ReleaseRefusal::Failed(e)) => return Err(internal("releasing the VMK", e)),
+            Err(refusal) => {
+                let code = refusal.code().unwrap_or("internal");
+                let r = Refusal::rejected(code, format!("{refusal}; the report verified"));
                 return Err(self.refuse(entry, r, now));
             }
-            Err(ServiceError::NotFound(_)) => {
-                let r = Refusal::rejected(
-                    "unknown-image",
-                    format!("record {} was deleted during the attestation", rec.id),
-                );
-                return Err(self.refuse(entry, r, now));
-            }
-            Err(e) => return Err(internal("unsealing the VMK", e)),
         };
-        let sealed = attest::seal_key(&key, &report_bytes, &vmk)
+        let sealed = attest::seal_key(&key, &report_bytes, &release.vmk)
             .map_err(|e| internal("sealing the VMK", e))?;
+        let crate::registry::Release { vmk, record } = release;
         drop(vmk);
-        let info = self
-            .registry
-            .record_attested(&rec.id, true, now)
-            .map_err(|e| internal("counting the attestation", e))?;
-        self.observe(info);
+        self.observe(record);
         entry.result = "ok".into();
         self.audit
             .append(self.store(), &entry)

@@ -4,6 +4,7 @@
 //! operator needs to tell why (codes, the precise reason, the report
 //! fields that matter) and never key material.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,8 @@ use crate::store::{Op, Store, StoreError, Tree};
 
 /// Entries kept; older ones are deleted as new ones arrive.
 pub const AUDIT_CAPACITY: u64 = 10_000;
+/// Refusals decided before signature verification kept in memory.
+pub const UNVERIFIED_CAPACITY: usize = 1024;
 
 /// One attestation as audited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +96,35 @@ impl AuditLog {
     }
 }
 
+/// Refusals decided before a report's signature was verified (bad nonce,
+/// unknown image, chain or signature failure): anyone who can reach the
+/// HTTPS endpoint can cause them, so they neither touch a record's
+/// counters nor the audit trail (which they could otherwise flood), but
+/// go to this ring of the last [`UNVERIFIED_CAPACITY`], in memory (lost at
+/// a restart; the journal has every one).
+#[derive(Debug, Default)]
+pub struct UnverifiedLog {
+    ring: Mutex<VecDeque<AuditEntry>>,
+}
+
+impl UnverifiedLog {
+    /// Adds `entry`, dropping the oldest beyond the capacity.
+    pub fn push(&self, entry: AuditEntry) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() >= UNVERIFIED_CAPACITY {
+            ring.pop_front();
+        }
+        ring.push_back(entry);
+    }
+
+    /// The last `n` entries, oldest first.
+    pub fn recent(&self, n: usize) -> Vec<AuditEntry> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = ring.len().saturating_sub(n);
+        ring.iter().skip(skip).cloned().collect()
+    }
+}
+
 /// The last `n` entries of the trail in `store`, oldest first (for
 /// readers without the [`AuditLog`], e.g. the management API).
 pub fn recent(store: &dyn Store, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -125,6 +157,26 @@ mod tests {
             cert_source: None,
             notes: vec![],
         }
+    }
+
+    #[test]
+    fn unverified_ring_keeps_the_last_entries() {
+        let ring = UnverifiedLog::default();
+        assert!(ring.recent(10).is_empty());
+        for i in 0..UNVERIFIED_CAPACITY + 5 {
+            ring.push(entry(i));
+        }
+        let all = ring.recent(usize::MAX);
+        assert_eq!(all.len(), UNVERIFIED_CAPACITY);
+        assert_eq!(all[0].time, "t5");
+        let last: Vec<_> = ring.recent(2).into_iter().map(|e| e.time).collect();
+        assert_eq!(
+            last,
+            [
+                format!("t{}", UNVERIFIED_CAPACITY + 3),
+                format!("t{}", UNVERIFIED_CAPACITY + 4)
+            ]
+        );
     }
 
     #[test]

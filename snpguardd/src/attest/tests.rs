@@ -15,12 +15,12 @@ use snpguard::certs::{CertRole, Product, GUID_ASK, GUID_VCEK};
 use snpguard::report::REPORT_SIZE;
 use snpguard::seal::{self, SealedBox};
 use snpguard::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
-use snpguard::verify::MinTcb;
+use snpguard::verify::{MinTcb, TcbFloors};
 use time::OffsetDateTime;
 
 use super::*;
 use crate::config::{Bus, Config, Kds, TestRoot};
-use crate::registry::{Registry, POLICY_DEBUG};
+use crate::registry::{Registry, RegistryOptions, POLICY_DEBUG};
 use crate::secrets::{MasterKey, MasterKeySource};
 use crate::service::{RecordInfo, RecordService, RegisterRequest};
 
@@ -90,8 +90,21 @@ fn random(len: usize) -> Vec<u8> {
     v
 }
 
-/// Registers a record from synthetic inputs; `None` without test data.
+/// Registers a record from synthetic inputs, accepting the simulated
+/// platform's test root; `None` without test data.
 fn register(reg: &Registry, dir: &Path, name: &str, min_tcb: MinTcb) -> Option<RecordInfo> {
+    register_with(reg, dir, name, Some(min_tcb), true)
+}
+
+/// As [`register`], with an optional minimum and the test root accepted
+/// or not.
+fn register_with(
+    reg: &Registry,
+    dir: &Path,
+    name: &str,
+    min_tcb: Option<MinTcb>,
+    allow_test_root: bool,
+) -> Option<RecordInfo> {
     let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
     let mut fw = random(3 * 4096);
     fw.extend_from_slice(&suffix);
@@ -114,7 +127,8 @@ fn register(reg: &Registry, dir: &Path, name: &str, min_tcb: MinTcb) -> Option<R
             allow_smt: false,
             allow_debug: false,
             allow_migrate_ma: false,
-            min_tcb: Some(min_tcb),
+            min_tcb,
+            allow_test_root,
             sealed_vmk,
         })
         .unwrap(),
@@ -145,6 +159,7 @@ fn config(state: &Path, roots: Vec<TestRoot>, kds: bool) -> Config {
         attest: Default::default(),
         rate_limit: Default::default(),
         https: Default::default(),
+        tcb_floors: Default::default(),
     }
 }
 
@@ -163,10 +178,24 @@ impl KdsClient for NoKds {
 }
 
 fn fixture_with(kds: Box<dyn KdsClient>, kds_enabled: bool, trust: bool) -> Option<Fixture> {
+    fixture_floors(kds, kds_enabled, trust, TcbFloors::default())
+}
+
+/// As [`fixture_with`], with daemon-wide TCB floors.
+fn fixture_floors(
+    kds: Box<dyn KdsClient>,
+    kds_enabled: bool,
+    trust: bool,
+    floors: TcbFloors,
+) -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let master = MasterKey::from_bytes(&[3; 32], MasterKeySource::Credential("/test".into()));
-    let registry = Arc::new(Registry::open(&state, master).unwrap());
+    let options = RegistryOptions {
+        test_roots: true,
+        ..RegistryOptions::default()
+    };
+    let registry = Arc::new(Registry::open_with(&state, master, &options).unwrap());
     let rec = register(&registry, dir.path(), "web", min_tcb())?;
     let ark = write(dir.path(), "ark.der", &platform().ark_der);
     let roots = if trust {
@@ -180,7 +209,9 @@ fn fixture_with(kds: Box<dyn KdsClient>, kds_enabled: bool, trust: bool) -> Opti
     let clock = TestClock(Arc::new(AtomicI64::new(
         OffsetDateTime::now_utc().unix_timestamp(),
     )));
-    let attestor = Attestor::new(registry.clone(), &config(&state, roots, kds_enabled), kds)
+    let mut config = config(&state, roots, kds_enabled);
+    config.tcb_floors = floors;
+    let attestor = Attestor::new(registry.clone(), &config, kds)
         .unwrap()
         .with_clock(Box::new(clock.clone()));
     Some(Fixture {
@@ -324,6 +355,51 @@ impl Fixture {
         self.attestor.audit_trail(1).unwrap().pop().unwrap()
     }
 
+    fn audit_len(&self) -> usize {
+        self.attestor.audit_trail(usize::MAX).unwrap().len()
+    }
+
+    /// The newest refusal decided before signature verification.
+    fn last_unverified(&self) -> AuditEntry {
+        self.registry.unverified_refusals(1).unwrap().pop().unwrap()
+    }
+
+    /// Expects a refusal decided before the signature was verified, with
+    /// `code` first: in the unverified ring, not in the audit trail, no
+    /// record's counter moved.
+    fn expect_unverified(&self, g: &Guest<'_>, code: &str) -> AuditEntry {
+        let before = (self.counters(), self.audit_len());
+        let ring = self.registry.unverified_refusals(usize::MAX).unwrap().len();
+        let err = self.attest(g).expect_err("must be refused");
+        assert_eq!(err.code, "attestation-rejected", "{err:?}");
+        assert_eq!(err.status, 403);
+        self.assert_unverified(code, before, ring)
+    }
+
+    /// The last refusal went to the ring with `code`, and nothing else
+    /// changed since `before` (counters, audit length) and `ring` (its
+    /// length then).
+    fn assert_unverified(
+        &self,
+        code: &str,
+        before: ((u64, u64), usize),
+        ring: usize,
+    ) -> AuditEntry {
+        let entry = self.last_unverified();
+        assert_eq!(entry.result, code, "{entry:?}");
+        assert_eq!(entry.codes[0], code, "{entry:?}");
+        assert_eq!(
+            self.registry.unverified_refusals(usize::MAX).unwrap().len(),
+            ring + 1
+        );
+        assert_eq!(
+            (self.counters(), self.audit_len()),
+            before,
+            "no counter, no audit entry"
+        );
+        entry
+    }
+
     fn counters(&self) -> (u64, u64) {
         let r = self.registry.get(&self.rec.id).unwrap();
         (r.attestations_ok, r.attestations_failed)
@@ -445,12 +521,12 @@ fn unknown_image_is_refused() {
     let Some(f) = fixture() else { return };
     let mut g = f.guest();
     g.image_id[0] ^= 0xff;
-    f.expect_refused(&g, "unknown-image");
-    assert!(f.last_audit().record.is_none());
+    let e = f.expect_unverified(&g, "unknown-image");
+    assert!(e.record.is_none());
     // Same image id, another family: not this record either.
     let mut g = f.guest();
     g.family_id[15] = 1;
-    f.expect_refused(&g, "unknown-image");
+    f.expect_unverified(&g, "unknown-image");
 }
 
 #[test]
@@ -459,10 +535,12 @@ fn reused_nonce_is_refused() {
     let nonce = f.nonce();
     let (req, _, _) = f.request(&f.guest(), &nonce);
     f.attestor.attest(req.clone(), PEER).unwrap();
+    let before = (f.counters(), f.audit_len());
     let err = f.attestor.attest(req, PEER).unwrap_err();
     assert_eq!((err.code, err.status), ("nonce-reused", 401));
-    assert_eq!(f.last_audit().codes, ["nonce-reused"]);
-    assert_eq!(f.counters(), (1, 1));
+    let e = f.assert_unverified("nonce-reused", before, 0);
+    assert_eq!(e.record.as_deref(), Some(f.rec.id.as_str()), "as claimed");
+    assert_eq!(f.counters(), (1, 0));
 }
 
 #[test]
@@ -473,8 +551,7 @@ fn expired_nonce_is_refused() {
     let (req, _, _) = f.request(&f.guest(), &nonce);
     let err = f.attestor.attest(req, PEER).unwrap_err();
     assert_eq!((err.code, err.status), ("nonce-expired", 401));
-    assert_eq!(f.last_audit().codes, ["nonce-expired"]);
-    assert_eq!(f.counters(), (0, 1));
+    f.assert_unverified("nonce-expired", ((0, 0), 0), 0);
 }
 
 #[test]
@@ -485,7 +562,7 @@ fn forged_nonce_is_refused() {
     let (req, _, _) = f.request(&f.guest(), &nonce);
     let err = f.attestor.attest(req, PEER).unwrap_err();
     assert_eq!((err.code, err.status), ("nonce-invalid", 400));
-    assert_eq!(f.last_audit().codes, ["nonce-invalid"]);
+    f.assert_unverified("nonce-invalid", ((0, 0), 0), 0);
 }
 
 #[test]
@@ -501,7 +578,7 @@ fn signature_by_another_chips_vcek_is_refused() {
     let Some(f) = fixture() else { return };
     let mut g = f.guest();
     g.signer = other_platform();
-    f.expect_refused(&g, "signature-invalid");
+    f.expect_unverified(&g, "signature-invalid");
 }
 
 #[test]
@@ -510,7 +587,7 @@ fn chain_to_an_untrusted_root_is_refused() {
         return;
     };
     // The simulated ASK names a simulated ARK, which is none of AMD's.
-    f.expect_refused(&f.guest(), "issuer-mismatch");
+    f.expect_unverified(&f.guest(), "issuer-mismatch");
 }
 
 #[test]
@@ -694,12 +771,8 @@ fn kds_outage_without_a_cached_vcek_names_the_missing_certificate() {
         .unwrap();
     let mut g = f.guest();
     g.table = None;
-    f.expect_refused(&g, "missing-vcek");
-    assert!(
-        f.last_audit().notes.iter().any(|n| n.starts_with("KDS:")),
-        "{:?}",
-        f.last_audit()
-    );
+    let e = f.expect_unverified(&g, "missing-vcek");
+    assert!(e.notes.iter().any(|n| n.starts_with("KDS:")), "{e:?}");
 }
 
 #[test]
@@ -707,8 +780,7 @@ fn kds_disabled_uses_only_held_certificates() {
     let Some(f) = fixture() else { return };
     let mut g = f.guest();
     g.table = None;
-    f.expect_refused(&g, "missing-vcek");
-    let audit = f.last_audit();
+    let audit = f.expect_unverified(&g, "missing-vcek");
     assert!(audit.detail.contains("no VCEK certificate"), "{audit:?}");
     assert!(audit
         .notes
@@ -825,4 +897,176 @@ fn challenge_nonces_are_fresh_and_ingestion_key_is_the_registry_s() {
         f.attestor.ingestion_key().to_vec(),
         f.registry.ingestion_public_key()
     );
+}
+
+/// A record registered without a minimum: refused below the daemon-wide
+/// floor, the floor named; counted and audited (the report verified).
+#[test]
+fn daemon_floor_applies_to_a_record_without_minimum_and_is_named() {
+    let floors = TcbFloors {
+        milan: Some(MinTcb {
+            snp: TCB.snp + 1,
+            ..min_tcb()
+        }),
+        ..TcbFloors::default()
+    };
+    let Some(f) = fixture_floors(Box::new(NoKds), false, true, floors) else {
+        return;
+    };
+    let bare = register_with(&f.registry, f.dir.path(), "bare", None, true).unwrap();
+    assert_eq!(bare.min_tcb, None);
+    let mut g = f.guest();
+    g.measurement = arr(&bare.measurement);
+    g.image_id = arr(&bare.image_id);
+    g.id_key_digest = arr(&bare.id_key_digest);
+    assert_eq!(f.attest(&g).unwrap_err().code, "attestation-rejected");
+    let audit = f.last_audit();
+    assert_eq!(audit.record.as_deref(), Some(bare.id.as_str()));
+    assert_eq!(audit.codes, ["tcb-below-floor"], "{audit:?}");
+    assert!(
+        audit
+            .detail
+            .contains("daemon-wide milan floor: snp is 8, at least 9"),
+        "{audit:?}"
+    );
+    assert_eq!(f.registry.get(&bare.id).unwrap().attestations_failed, 1);
+    // The record with its own (met) minimum is refused by the floor too.
+    f.expect_refused(&f.guest(), "tcb-below-floor");
+}
+
+/// A floor met by the platform changes nothing; a record minimum raised
+/// over D-Bus's `SetMinimumTcb` path applies at once, without
+/// re-registering, and lowering it again restores the release.
+#[test]
+fn set_min_tcb_answers_a_bulletin_without_re_registering() {
+    let floors = TcbFloors {
+        milan: Some(min_tcb()),
+        ..TcbFloors::default()
+    };
+    let Some(f) = fixture_floors(Box::new(NoKds), false, true, floors) else {
+        return;
+    };
+    assert_eq!(f.attest(&f.guest()).unwrap(), VMK);
+    f.registry
+        .set_min_tcb(
+            &f.rec.id,
+            MinTcb {
+                microcode: TCB.microcode + 1,
+                ..min_tcb()
+            },
+        )
+        .unwrap();
+    f.expect_refused(&f.guest(), "tcb-below-minimum");
+    assert!(f
+        .last_audit()
+        .detail
+        .contains("tcb below minimum: ucode is 115"));
+    f.registry.set_min_tcb(&f.rec.id, min_tcb()).unwrap();
+    assert_eq!(f.attest(&f.guest()).unwrap(), VMK);
+}
+
+/// A record registered without --allow-test-root never gets its key from
+/// a report chained to a test root, even while the daemon trusts it; the
+/// refusal is decided before the signature and touches no counter.
+#[test]
+fn production_record_refuses_a_test_root() {
+    let Some(f) = fixture() else { return };
+    let prod = register_with(&f.registry, f.dir.path(), "prod", Some(min_tcb()), false).unwrap();
+    assert!(!prod.allow_test_root);
+    let mut g = f.guest();
+    g.measurement = arr(&prod.measurement);
+    g.image_id = arr(&prod.image_id);
+    g.id_key_digest = arr(&prod.id_key_digest);
+    let before = (f.audit_len(), f.registry.get(&prod.id).unwrap());
+    let err = f.attest(&g).expect_err("refused");
+    assert_eq!(err.code, "attestation-rejected");
+    let e = f.last_unverified();
+    assert_eq!(e.codes, ["test-root-not-allowed"], "{e:?}");
+    assert_eq!(e.record.as_deref(), Some(prod.id.as_str()));
+    assert!(e.detail.contains("--allow-test-root"), "{e:?}");
+    let after = f.registry.get(&prod.id).unwrap();
+    assert_eq!(
+        (after.attestations_ok, after.attestations_failed),
+        (before.1.attestations_ok, before.1.attestations_failed)
+    );
+    assert_eq!(f.audit_len(), before.0);
+    // The record registered with it still attests.
+    assert_eq!(f.attest(&f.guest()).unwrap(), VMK);
+}
+
+/// A KDS whose fetch waits until the test lets it go.
+struct SlowKds {
+    vcek: Vec<u8>,
+    started: std::sync::mpsc::SyncSender<()>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl KdsClient for SlowKds {
+    fn fetch_vcek(
+        &self,
+        _: Product,
+        _: &[u8],
+        _: &snpguard::report::TcbParts,
+    ) -> Result<Vec<u8>, KdsError> {
+        self.started.send(()).unwrap();
+        self.go
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the test lets the fetch finish");
+        Ok(self.vcek.clone())
+    }
+}
+
+/// A launch retired while the attestation waits on a slow KDS releases
+/// nothing: the release re-checks the launch under the registry's lock.
+#[test]
+fn launch_retired_during_a_slow_kds_fetch_releases_nothing() {
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let kds = SlowKds {
+        vcek: platform().vcek_der.clone(),
+        started: started_tx,
+        go: std::sync::Mutex::new(go_rx),
+    };
+    let Some(f) = fixture_with(Box::new(kds), true, true) else {
+        return;
+    };
+    f.attestor
+        .import_certificates(&named(&[("ask.der", &platform().ask_der)]))
+        .unwrap();
+    // A second approved launch, so launch 1 may be retired.
+    let added = f
+        .registry
+        .add_launch(
+            &f.rec.id,
+            crate::service::LaunchRequest {
+                kernel: Box::new(std::io::Cursor::new(random(40_000))),
+                initrd: Box::new(std::io::Cursor::new(random(60_000))),
+                cmdline: "console=ttyS0 quiet".into(),
+                origin: "operator".into(),
+            },
+        )
+        .unwrap();
+    f.registry.approve_launch(&f.rec.id, &added.launch).unwrap();
+    let mut g = f.guest();
+    g.table = None;
+    let nonce = f.nonce();
+    let (req, _, _) = f.request(&g, &nonce);
+    let result = std::thread::scope(|scope| {
+        let attesting = scope.spawn(|| f.attestor.attest(req, PEER));
+        started
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the attestation reaches KDS");
+        // The operator retires the launch the guest runs.
+        f.registry.retire_launch(&f.rec.id, "1").unwrap();
+        go.send(()).unwrap();
+        attesting.join().unwrap()
+    });
+    let err = result.expect_err("nothing released");
+    assert_eq!(err.code, "attestation-rejected");
+    let audit = f.last_audit();
+    assert_eq!(audit.codes, ["launch-retired"], "{audit:?}");
+    assert_eq!(audit.launch.as_deref(), Some("1"));
+    assert_eq!(f.counters(), (0, 1));
 }

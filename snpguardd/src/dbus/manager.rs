@@ -48,11 +48,24 @@ impl Manager {
             allow_debug: options.allow_debug,
             allow_migrate_ma: options.allow_migrate_ma,
             min_tcb: options.min_tcb,
+            allow_test_root: options.allow_test_root,
             sealed_vmk,
         };
         let svc = self.ctx.service.clone();
         let info = blocking(move || svc.register(req)).await?;
         record::add(conn, &self.ctx, info).await
+    }
+}
+
+/// An audit entry as the D-Bus API returns it.
+fn wire_entry(e: crate::attest::AuditEntry) -> AuditEntry {
+    AuditEntry {
+        time: e.time,
+        record: e.record.unwrap_or_default(),
+        peer: e.peer,
+        result: e.result,
+        codes: e.codes,
+        detail: e.detail,
     }
 }
 
@@ -172,17 +185,24 @@ impl Manager {
         }
         let svc = self.ctx.service.clone();
         let entries = blocking(move || svc.audit_trail(count as usize)).await?;
-        Ok(entries
-            .into_iter()
-            .map(|e| AuditEntry {
-                time: e.time,
-                record: e.record.unwrap_or_default(),
-                peer: e.peer,
-                result: e.result,
-                codes: e.codes,
-                detail: e.detail,
-            })
-            .collect())
+        Ok(entries.into_iter().map(wire_entry).collect())
+    }
+
+    /// The last `count` refusals (1..=1000) decided before a report's
+    /// signature was verified (bad nonce, unknown image, chain or
+    /// signature failure), oldest first; they are in neither the audit
+    /// trail nor any record's counters. Reading: the bus policy decides.
+    #[zbus(out_args("entries"))]
+    async fn unverified_refusals(&self, count: u32) -> Result<Vec<AuditEntry>, Error> {
+        if count == 0 || count > limit::AUDIT_ENTRIES {
+            return Err(Error::InvalidInput(format!(
+                "count is {count}; it must be 1..={}",
+                limit::AUDIT_ENTRIES
+            )));
+        }
+        let svc = self.ctx.service.clone();
+        let entries = blocking(move || svc.unverified_refusals(count as usize)).await?;
+        Ok(entries.into_iter().map(wire_entry).collect())
     }
 
     /// The daemon's HPKE ingestion public key (raw X25519, 32 bytes).

@@ -27,9 +27,11 @@ pub struct RegisterOptions {
     pub allow_migrate_ma: bool,
     /// TCB minimums.
     pub min_tcb: Option<MinTcb>,
+    /// Accept reports endorsed by a configured test root.
+    pub allow_test_root: bool,
 }
 
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 13] = [
     key::NAME,
     key::CMDLINE,
     key::VCPUS,
@@ -42,6 +44,7 @@ const KNOWN: [&str; 12] = [
     key::MIN_TCB_SNP,
     key::MIN_TCB_MICROCODE,
     key::MIN_TCB_FMC,
+    key::ALLOW_TEST_ROOT,
 ];
 
 /// Upper bound on `vcpus` (far above any SEV-SNP host).
@@ -183,8 +186,37 @@ impl RegisterOptions {
             allow_debug: o.boolean(key::ALLOW_DEBUG)?,
             allow_migrate_ma: o.boolean(key::ALLOW_MIGRATE_MA)?,
             min_tcb,
+            allow_test_root: o.boolean(key::ALLOW_TEST_ROOT)?,
         })
     }
+}
+
+/// Decodes the `tcb` argument of `SetMinimumTcb`: `bootloader`, `tee`,
+/// `snp` and `microcode` required, `fmc` optional, nothing else.
+pub fn parse_min_tcb(tcb: &HashMap<String, u8>) -> Result<MinTcb, Error> {
+    use snpguard::dbus::tcb_key;
+    if let Some(k) = tcb.keys().find(|k| !tcb_key::ALL.contains(&k.as_str())) {
+        let shown: String = k.chars().take(64).collect();
+        return Err(invalid(format!(
+            "unknown TCB component {shown:?}; expected {}",
+            tcb_key::ALL.join(", ")
+        )));
+    }
+    let get = |k: &str| {
+        tcb.get(k).copied().ok_or_else(|| {
+            invalid(format!(
+                "TCB component {k:?} is missing; bootloader, tee, snp and microcode are \
+                 required (fmc too for Turin)"
+            ))
+        })
+    };
+    Ok(MinTcb {
+        bootloader: get(tcb_key::BOOTLOADER)?,
+        tee: get(tcb_key::TEE)?,
+        snp: get(tcb_key::SNP)?,
+        microcode: get(tcb_key::MICROCODE)?,
+        fmc: tcb.get(tcb_key::FMC).copied(),
+    })
 }
 
 /// A record name: `[A-Za-z0-9._-]`, 1..=64 bytes.
@@ -235,6 +267,47 @@ mod tests {
         assert_eq!(o.vcpus, 2);
         assert!(!o.allow_smt && !o.allow_debug && !o.allow_migrate_ma);
         assert_eq!(o.min_tcb, None);
+        assert!(!o.allow_test_root);
+    }
+
+    #[test]
+    fn allow_test_root_is_a_boolean_option() {
+        let mut m = base();
+        m.insert("allow_test_root".into(), OwnedValue::from(true));
+        assert!(RegisterOptions::parse(&m).unwrap().allow_test_root);
+        m.insert("allow_test_root".into(), OwnedValue::from(1u8));
+        assert!(err(&m).contains("\"allow_test_root\" must be of type b"));
+    }
+
+    #[test]
+    fn minimum_tcb_argument() {
+        let mut m: HashMap<String, u8> = [
+            ("bootloader", 4),
+            ("tee", 0),
+            ("snp", 24),
+            ("microcode", 213),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let t = parse_min_tcb(&m).unwrap();
+        assert_eq!(
+            (t.bootloader, t.snp, t.microcode, t.fmc),
+            (4, 24, 213, None)
+        );
+        m.insert("fmc".into(), 1);
+        assert_eq!(parse_min_tcb(&m).unwrap().fmc, Some(1));
+        m.insert("ucode".into(), 1);
+        let msg = |m: &HashMap<String, u8>| match parse_min_tcb(m) {
+            Err(Error::InvalidInput(s)) => s,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        };
+        let e = msg(&m);
+        assert!(e.contains("unknown TCB component \"ucode\""), "{e}");
+        m.remove("ucode");
+        m.remove("snp");
+        let e = msg(&m);
+        assert!(e.contains("\"snp\" is missing"), "{e}");
     }
 
     #[test]

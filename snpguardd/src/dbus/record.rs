@@ -14,7 +14,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath};
 use zbus::{interface, Connection, ObjectServer};
 
-use super::{blocking, import, polkit, Context};
+use super::{blocking, import, options, polkit, Context};
 use crate::registry::launch_origin;
 use crate::service::{LaunchRequest, LaunchState, RecordInfo, ServiceError};
 
@@ -69,6 +69,9 @@ pub async fn update(conn: &Connection, info: RecordInfo) -> Result<(), Error> {
     }
     if old.last_attestation != rec.info.last_attestation {
         rec.last_attestation_changed(e).await?;
+    }
+    if old.min_tcb != rec.info.min_tcb {
+        rec.min_tcb_changed(e).await?;
     }
     rec.launches_changed_from(&old, e).await
 }
@@ -259,6 +262,29 @@ impl Record {
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), Error> {
         self.set_enabled(conn, &hdr, &emitter, false).await
+    }
+
+    /// Replaces the record's own minimum TCB: `tcb` maps "bootloader",
+    /// "tee", "snp" and "microcode" (and "fmc" for Turin) to the lowest
+    /// SPL accepted from now on. The daemon-wide floors still apply on top.
+    async fn set_minimum_tcb(
+        &mut self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        tcb: HashMap<String, u8>,
+    ) -> Result<(), Error> {
+        polkit::authorize(conn, &hdr, ACTION_MANAGE).await?;
+        let min = options::parse_min_tcb(&tcb)?;
+        let svc = self.ctx.service.clone();
+        let id = self.info.id.clone();
+        let info = blocking(move || svc.set_min_tcb(&id, min)).await?;
+        let changed = info.min_tcb != self.info.min_tcb;
+        self.info = info;
+        if changed {
+            self.min_tcb_changed(&emitter).await?;
+        }
+        Ok(())
     }
 
     /// Deletes the record and its secrets; the object disappears.
@@ -580,6 +606,13 @@ impl Record {
             }
         }
         m
+    }
+
+    /// Whether reports endorsed by a configured test root (a simulated
+    /// platform) are accepted; set at registration only.
+    #[zbus(property)]
+    async fn allow_test_root(&self) -> bool {
+        self.info.allow_test_root
     }
 
     /// Successful attestations.

@@ -367,3 +367,61 @@ fn a_v1_record_is_migrated_to_launches() {
     assert_eq!(a.launch, "2");
     reg.approve_launch(&id, "2").unwrap();
 }
+
+/// The release decision, re-checked at release time under the commit
+/// lock: enabled, approved, same measurement; each refusal typed.
+#[test]
+fn release_is_one_decision_with_typed_refusals() {
+    let Some(inp) = inputs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let reg = open(&state);
+    let rec = reg.register(request(&reg, &inp, "web")).unwrap();
+    let first = rec.measurement.clone();
+    let at = time::OffsetDateTime::now_utc();
+
+    let r = reg.release(&rec.id, &first, at).unwrap();
+    assert_eq!(&r.vmk[..], &super::tests::VMK[..]);
+    assert_eq!(r.record.attestations_ok, 1, "counted in the same step");
+    assert!(r.record.last_attestation.is_some());
+
+    // A pending launch: not released.
+    let (k, i) = new_artifacts(dir.path());
+    let added = reg
+        .add_launch(&rec.id, launch_req(&k, &i, NEW_CMDLINE))
+        .unwrap();
+    let code = |e: ReleaseRefusal| e.code();
+    assert_eq!(
+        reg.release(&rec.id, &added.measurement, at)
+            .map(|_| ())
+            .map_err(code),
+        Err(Some("launch-pending"))
+    );
+    // Approved, then the first one retired: only the new one releases.
+    reg.approve_launch(&rec.id, &added.launch).unwrap();
+    reg.retire_launch(&rec.id, "1").unwrap();
+    let e = reg.release(&rec.id, &first, at).unwrap_err();
+    assert!(
+        matches!(&e, ReleaseRefusal::LaunchNotApproved { launch, state: LaunchState::Retired, .. } if launch == "1"),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), Some("launch-retired"));
+    assert!(reg.release(&rec.id, &added.measurement, at).is_ok());
+    // A measurement of no launch.
+    let e = reg.release(&rec.id, &"ab".repeat(48), at).unwrap_err();
+    assert_eq!(e.code(), Some("measurement-mismatch"), "{e:?}");
+    // Disabled, then deleted.
+    reg.set_enabled(&rec.id, false).unwrap();
+    let e = reg.release(&rec.id, &added.measurement, at).unwrap_err();
+    assert!(matches!(e, ReleaseRefusal::Disabled(_)), "{e:?}");
+    assert_eq!(e.code(), Some("record-disabled"));
+    reg.delete(&rec.id).unwrap();
+    let e = reg.release(&rec.id, &added.measurement, at).unwrap_err();
+    assert!(matches!(e, ReleaseRefusal::Deleted(_)), "{e:?}");
+    assert_eq!(e.code(), Some("unknown-image"));
+    // Not a decision: an internal failure, typed apart.
+    assert!(matches!(
+        reg.release("not-an-id", &first, at),
+        Err(ReleaseRefusal::Failed(_))
+    ));
+}

@@ -33,6 +33,7 @@ mod blobs;
 mod launch;
 mod launches;
 mod record;
+mod release;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -48,6 +49,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::attest::audit::UnverifiedLog;
 use crate::attest::AuditEntry;
 use crate::fsutil;
 use crate::keys::{self, DaemonKeys, KeySummary, KeysError, TlsConfig};
@@ -64,6 +66,7 @@ pub use record::{
     guest_policy, MAX_NAME_LEN, MAX_VCPUS, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_RESERVED_ONE,
     POLICY_SMT,
 };
+pub use release::{Release, ReleaseRefusal};
 
 /// The origins of a launch, as stored and shown.
 pub mod launch_origin {
@@ -110,6 +113,9 @@ pub const BLOB_DIR: &str = "blobs";
 pub struct RegistryOptions {
     /// Where the HTTPS listener's TLS material comes from.
     pub tls: TlsConfig,
+    /// Whether the configuration trusts any `[[test_roots]]`: only then
+    /// may a record be registered with `allow_test_root`.
+    pub test_roots: bool,
 }
 
 /// Why the registry could not be opened.
@@ -147,6 +153,10 @@ pub struct Registry {
     /// Held shared from a registration's first blob to its commit, and
     /// exclusively by blob garbage collection.
     blob_gc: RwLock<()>,
+    /// See [`RegistryOptions::test_roots`].
+    test_roots: bool,
+    /// Refusals decided before a report's signature was verified.
+    unverified: UnverifiedLog,
 }
 
 impl std::fmt::Debug for Registry {
@@ -203,6 +213,8 @@ impl Registry {
             blobs,
             commit: Mutex::new(()),
             blob_gc: RwLock::new(()),
+            test_roots: options.test_roots,
+            unverified: UnverifiedLog::default(),
         };
         registry.collect_garbage()?;
         Ok(registry)
@@ -244,6 +256,12 @@ impl Registry {
         self.master
             .unseal(Purpose::Vmk, id, &sealed)
             .map_err(secrets_err)
+    }
+
+    /// Keeps a refusal decided before the report's signature was verified
+    /// in the bounded in-memory ring (not the audit trail, no counter).
+    pub fn note_unverified(&self, entry: AuditEntry) {
+        self.unverified.push(entry);
     }
 
     /// Counts an attestation of a record (`ok` or refused) at `at`.
@@ -490,6 +508,7 @@ impl Registry {
             allow_debug: req.allow_debug,
             allow_migrate_ma: req.allow_migrate_ma,
             min_tcb: req.min_tcb.map(Into::into),
+            allow_test_root: req.allow_test_root,
             family_id: hex::encode(FAMILY_ID),
             image_id: id.clone(),
             id_key_digest: hex::encode(idblock::key_digest(id_key.verifying_key())),
@@ -549,6 +568,14 @@ impl RecordService for Registry {
         record::check_vcpus(req.vcpus)?;
         let vcpu_type = record::parse_vcpu_type(&req.vcpu_type)?;
         record::check_cmdline(&req.cmdline)?;
+        if req.allow_test_root && !self.test_roots {
+            return Err(ServiceError::InvalidInput(
+                "allow_test_root: this daemon trusts no [[test_roots]], so no report could \
+                 ever need it; register without --allow-test-root (test roots are for \
+                 simulated platforms only)"
+                    .into(),
+            ));
+        }
         let vmk = self.open_vmk(&req.sealed_vmk)?;
 
         let max_initrd = MAX_INITRD.min(bundle::ExtractLimits::default().max_member);
@@ -575,7 +602,30 @@ impl RecordService for Registry {
             stored.and_then(|blobs| self.register_stored(&req, &vmk, vcpu_type, blobs))
         };
         match result {
-            Ok(rec) => Ok(rec.info()),
+            Ok(rec) => {
+                if rec.min_tcb.is_none() {
+                    tracing::warn!(
+                        RECORD = %rec.id,
+                        NAME = %rec.name,
+                        "record {} was registered WITHOUT A MINIMUM TCB: a report from \
+                         firmware with known vulnerabilities is accepted unless a \
+                         daemon-wide [tcb_floor] refuses it; set one with snpguardctl \
+                         records set-min-tcb {}",
+                        rec.name,
+                        rec.name
+                    );
+                }
+                if rec.allow_test_root {
+                    tracing::warn!(
+                        RECORD = %rec.id,
+                        NAME = %rec.name,
+                        "record {} ACCEPTS REPORTS FROM A TEST ROOT (simulated platform): \
+                         never use it for a production guest",
+                        rec.name
+                    );
+                }
+                Ok(rec.info())
+            }
             Err(e) => {
                 // Blobs this attempt wrote and no record uses; best effort,
                 // the next open collects them otherwise.
@@ -599,6 +649,33 @@ impl RecordService for Registry {
     fn set_enabled(&self, id: &str, enabled: bool) -> Result<RecordInfo, ServiceError> {
         record::check_id(id)?;
         self.update(id, |r| r.enabled = enabled)
+    }
+
+    fn set_min_tcb(
+        &self,
+        id: &str,
+        min_tcb: snpguard::verify::MinTcb,
+    ) -> Result<RecordInfo, ServiceError> {
+        record::check_id(id)?;
+        let mut old = None;
+        let info = self.update(id, |r| {
+            old = r.min_tcb.map(snpguard::verify::MinTcb::from);
+            r.min_tcb = Some(min_tcb.into());
+        })?;
+        let text = |t: Option<snpguard::verify::MinTcb>| {
+            t.map_or_else(|| "none".to_owned(), |t| crate::config::floor_text(&t))
+        };
+        tracing::info!(
+            RECORD = %info.id,
+            NAME = %info.name,
+            OLD_MIN_TCB = %text(old),
+            MIN_TCB = %text(Some(min_tcb)),
+            "minimum TCB of record {} set to {} (was {})",
+            info.name,
+            text(Some(min_tcb)),
+            text(old)
+        );
+        Ok(info)
     }
 
     fn delete(&self, id: &str) -> Result<(), ServiceError> {
@@ -657,6 +734,10 @@ impl RecordService for Registry {
 
     fn audit_trail(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError> {
         crate::attest::audit::recent(self.store(), n).map_err(store_err)
+    }
+
+    fn unverified_refusals(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError> {
+        Ok(self.unverified.recent(n))
     }
 }
 

@@ -95,6 +95,10 @@ pub struct StoredRecord {
     pub allow_debug: bool,
     pub allow_migrate_ma: bool,
     pub min_tcb: Option<StoredTcb>,
+    /// Reports endorsed by a configured test root are accepted (absent in
+    /// records stored before the option existed: false).
+    #[serde(default)]
+    pub allow_test_root: bool,
     pub family_id: String,
     pub image_id: String,
     pub id_key_digest: String,
@@ -190,6 +194,7 @@ impl StoredRecord {
             id_key_digest: self.id_key_digest.clone(),
             author_key_digest: self.author_key_digest.clone(),
             min_tcb: self.min_tcb.map(MinTcb::from),
+            allow_test_root: self.allow_test_root,
             attestations_ok: self.attestations_ok,
             attestations_failed: self.attestations_failed,
             last_attestation: self.last_attestation.clone(),

@@ -81,6 +81,7 @@ pub(super) fn request(reg: &Registry, inp: &Inputs, name: &str) -> RegisterReque
             microcode: 115,
             fmc: None,
         }),
+        allow_test_root: false,
         sealed_vmk: sealed.to_bytes(),
     }
 }
@@ -619,4 +620,96 @@ fn audit_trail_reads_what_the_attestor_appended_and_survives_reopen() {
     let all = reg.audit_trail(100).unwrap();
     assert_eq!(all.len(), 4);
     assert_eq!(all[0], entry(0));
+}
+
+#[test]
+fn allow_test_root_needs_a_configured_test_root() {
+    let Some(inp) = inputs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    {
+        let reg = open(&state);
+        let mut req = request(&reg, &inp, "sim");
+        req.allow_test_root = true;
+        let e = reg.register(req).unwrap_err();
+        assert!(
+            matches!(&e, ServiceError::InvalidInput(m) if m.starts_with("allow_test_root:")
+                && m.contains("[[test_roots]]")),
+            "{e}"
+        );
+        assert!(reg.list().unwrap().is_empty(), "nothing registered");
+        let plain = reg.register(request(&reg, &inp, "prod")).unwrap();
+        assert!(!plain.allow_test_root);
+    }
+    let options = RegistryOptions {
+        test_roots: true,
+        ..RegistryOptions::default()
+    };
+    let reg = Registry::open_with(&state, master(), &options).unwrap();
+    let mut req = request(&reg, &inp, "sim");
+    req.allow_test_root = true;
+    let sim = reg.register(req).unwrap();
+    assert!(sim.allow_test_root);
+    drop(reg);
+    // Stored with the record.
+    let reg = open(&state);
+    assert!(reg.get(&sim.id).unwrap().allow_test_root);
+}
+
+#[test]
+fn a_record_stored_before_allow_test_root_existed_refuses_test_roots() {
+    let Some(inp) = inputs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let reg = open(&state);
+    let rec = reg.register(request(&reg, &inp, "old")).unwrap();
+    let raw = reg
+        .store()
+        .get(Tree::Records, rec.id.as_bytes())
+        .unwrap()
+        .unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert!(json
+        .as_object_mut()
+        .unwrap()
+        .remove("allow_test_root")
+        .is_some());
+    reg.store()
+        .put(
+            Tree::Records,
+            rec.id.as_bytes(),
+            &serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap();
+    assert!(!reg.get(&rec.id).unwrap().allow_test_root);
+}
+
+#[test]
+fn set_min_tcb_replaces_the_record_minimum_durably() {
+    let Some(inp) = inputs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let id = {
+        let reg = open(&state);
+        let mut req = request(&reg, &inp, "web");
+        req.min_tcb = None;
+        let rec = reg.register(req).unwrap();
+        assert_eq!(rec.min_tcb, None);
+        let min = MinTcb {
+            bootloader: 4,
+            tee: 1,
+            snp: 24,
+            microcode: 213,
+            fmc: None,
+        };
+        let info = reg.set_min_tcb(&rec.id, min).unwrap();
+        assert_eq!(info.min_tcb, Some(min));
+        assert!(matches!(
+            reg.set_min_tcb(&"0".repeat(32), min),
+            Err(ServiceError::NotFound(_))
+        ));
+        rec.id
+    };
+    let reg = open(&state);
+    assert_eq!(reg.get(&id).unwrap().min_tcb.map(|t| t.snp), Some(24));
 }

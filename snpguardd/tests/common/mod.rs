@@ -230,6 +230,7 @@ pub struct Stored {
 pub struct MemService {
     state: Mutex<(u64, BTreeMap<String, Stored>)>,
     audit: Mutex<Vec<AuditEntry>>,
+    unverified: Mutex<Vec<AuditEntry>>,
 }
 
 pub fn bundle_bytes(s: &Stored) -> Vec<u8> {
@@ -242,6 +243,11 @@ impl MemService {
     /// Appends to the audit trail (as an attestation would).
     pub fn audit(&self, entry: AuditEntry) {
         self.audit.lock().unwrap().push(entry);
+    }
+
+    /// Appends to the ring of refusals before signature verification.
+    pub fn unverified(&self, entry: AuditEntry) {
+        self.unverified.lock().unwrap().push(entry);
     }
 
     pub fn records(&self) -> BTreeMap<String, Stored> {
@@ -324,6 +330,7 @@ impl RecordService for MemService {
             id_key_digest: "11".repeat(48),
             author_key_digest: "22".repeat(48),
             min_tcb: req.min_tcb,
+            allow_test_root: req.allow_test_root,
             attestations_ok: 0,
             attestations_failed: 0,
             last_attestation: None,
@@ -365,6 +372,19 @@ impl RecordService for MemService {
             st.1.get_mut(id)
                 .ok_or_else(|| ServiceError::NotFound(id.into()))?;
         r.info.enabled = enabled;
+        Ok(r.info.clone())
+    }
+
+    fn set_min_tcb(
+        &self,
+        id: &str,
+        min_tcb: snpguard::verify::MinTcb,
+    ) -> Result<RecordInfo, ServiceError> {
+        let mut st = self.state.lock().unwrap();
+        let r =
+            st.1.get_mut(id)
+                .ok_or_else(|| ServiceError::NotFound(id.into()))?;
+        r.info.min_tcb = Some(min_tcb);
         Ok(r.info.clone())
     }
 
@@ -517,6 +537,11 @@ impl RecordService for MemService {
 
     fn audit_trail(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError> {
         let all = self.audit.lock().unwrap();
+        Ok(all[all.len().saturating_sub(n)..].to_vec())
+    }
+
+    fn unverified_refusals(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError> {
+        let all = self.unverified.lock().unwrap();
         Ok(all[all.len().saturating_sub(n)..].to_vec())
     }
 }

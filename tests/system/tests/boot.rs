@@ -175,6 +175,8 @@ fn boot(flavour: Flavour, launch: Launch) -> Run {
                 "EPYC-v4",
             ])
             .arg("--allow-smt")
+            // The simulated platform's root ([[test_roots]] of the host).
+            .arg("--allow-test-root")
             .arg("--staging-dir")
             .arg(&stage)
             .arg("--out-bundle")

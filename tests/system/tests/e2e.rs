@@ -241,6 +241,8 @@ impl Case {
             "--vcpu-type",
             "EPYC-v4",
             "--allow-smt",
+            // The simulated platform's root ([[test_roots]] of the host).
+            "--allow-test-root",
             "--staging-dir",
             &staging,
             "--out-bundle",

@@ -239,7 +239,15 @@ fn a_renewal_whose_report_fails_verification_is_refused() {
     // Signed by another chip's VCEK.
     let mut g = f.guest();
     g.signer = other_platform();
-    f.expect_renewal_refused(f.renewal(&g, &a, &a), "signature-invalid");
+    let before = (f.launch_states(), f.counters(), f.audit_len());
+    let err = f
+        .attestor
+        .renew(f.renewal(&g, &a, &a), PEER)
+        .expect_err("refused");
+    assert_eq!(err.code, "attestation-rejected");
+    // Decided before anything was authenticated: the unverified ring only.
+    assert_eq!(f.last_unverified().codes, ["signature-invalid"]);
+    assert_eq!((f.launch_states(), f.counters(), f.audit_len()), before);
     // A measurement the record does not have.
     let mut g = f.guest();
     g.measurement[5] ^= 1;
@@ -257,6 +265,7 @@ fn a_renewal_whose_report_fails_verification_is_refused() {
     f.attestor.renew(req.clone(), PEER).unwrap();
     let err = f.attestor.renew(req, PEER).expect_err("reused nonce");
     assert_eq!(err.code, "nonce-reused");
+    assert_eq!(f.last_unverified().codes, ["nonce-reused"]);
 }
 
 #[test]
