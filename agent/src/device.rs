@@ -2,7 +2,10 @@
 //! udev made it) or by scanning /sys/class/block for a LUKS header with
 //! that UUID; a /dev path as given. Waits, bounded, for it to appear.
 
-#![allow(unsafe_code, reason = "the BLKGETSIZE64 ioctl for a block device's size")]
+#![allow(
+    unsafe_code,
+    reason = "the BLKGETSIZE64 ioctl for a block device's size"
+)]
 
 use std::fs::File;
 use std::io::Read as _;

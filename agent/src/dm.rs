@@ -6,7 +6,10 @@
 //! of its exact final size (never grown, so no reallocation leaves a copy
 //! behind) and every buffer holding it is zeroized.
 
-#![allow(unsafe_code, reason = "device-mapper ioctls and mknod(2) on /dev/mapper")]
+#![allow(
+    unsafe_code,
+    reason = "device-mapper ioctls and mknod(2) on /dev/mapper"
+)]
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd as _;

@@ -1,6 +1,9 @@
 //! Failing closed: sync and power off (never a shell).
 
-#![allow(unsafe_code, reason = "sync(2) and reboot(2) have no safe wrapper here")]
+#![allow(
+    unsafe_code,
+    reason = "sync(2) and reboot(2) have no safe wrapper here"
+)]
 
 /// Syncs file systems and powers the machine off; returns only if the
 /// power-off call failed (e.g. not PID 1's namespace, no CAP_SYS_BOOT).

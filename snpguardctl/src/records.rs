@@ -447,6 +447,7 @@ mod tests {
             id_key_digest: "11".repeat(48),
             author_key_digest: "22".repeat(48),
             min_tcb: BTreeMap::new(),
+            allow_test_root: false,
             attestations_ok: 0,
             attestations_failed: 0,
             last_attestation: None,

@@ -55,7 +55,7 @@ use snpguard::certs::{CertSet, Product, TrustAnchors};
 use snpguard::report::{Report, REPORT_SIZE};
 use snpguard::seal::PublicKey;
 use snpguard::verify::{
-    product_from_report, tcb_layout, Expectations, Failure, Rejection, TcbFloors, Verifier,
+    product_from_report, Expectations, Failure, Rejection, TcbFloors, Verifier,
 };
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

@@ -71,6 +71,7 @@ impl Attestor {
             rec,
             mut entry,
             report_bytes,
+            ..
         } = self.verify_evidence(ev, data, peer, now)?;
         if !rec.enabled {
             let r = Refusal::rejected(

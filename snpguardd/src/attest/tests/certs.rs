@@ -98,9 +98,16 @@ fn expect_refused_patched(
     code: &str,
     patch: impl Fn(&mut [u8; REPORT_SIZE]),
 ) -> AuditEntry {
+    let ring = f.registry.unverified_refusals(usize::MAX).unwrap().len();
     let err = attest_patched(f, g, patch).expect_err("must be refused");
     assert_eq!(err.code, "attestation-rejected", "{err:?}");
-    let audit = f.last_audit();
+    // Refused before the signature verified: in the unverified ring;
+    // after it: in the audit trail.
+    let audit = if f.registry.unverified_refusals(usize::MAX).unwrap().len() > ring {
+        f.last_unverified()
+    } else {
+        f.last_audit()
+    };
     assert_eq!(audit.result, code, "{audit:?}");
     audit
 }
@@ -140,12 +147,15 @@ fn a_masked_chip_id_is_never_looked_up() {
     let mut g = f.guest();
     g.table = None;
     g.chip_id = vec![0; 64];
-    f.expect_refused(&g, "missing-vcek");
+    f.expect_unverified(&g, "missing-vcek");
     assert_eq!(asked(&kds), 0);
     assert!(
-        f.last_audit().notes.iter().any(|n| n.contains("masked")),
+        f.last_unverified()
+            .notes
+            .iter()
+            .any(|n| n.contains("masked")),
         "{:?}",
-        f.last_audit()
+        f.last_unverified()
     );
 }
 
@@ -159,8 +169,8 @@ fn a_kds_vcek_is_cached_only_after_it_verified_the_signature() {
     let mut forged = f.guest();
     forged.table = None;
     forged.signer = other_platform();
-    f.expect_refused(&forged, "signature-invalid");
-    assert_eq!(f.last_audit().cert_source.as_deref(), Some("kds"));
+    f.expect_unverified(&forged, "signature-invalid");
+    assert_eq!(f.last_unverified().cert_source.as_deref(), Some("kds"));
     assert!(
         kds_cached(&f).is_empty(),
         "cached without a verified signature"
@@ -185,10 +195,14 @@ fn a_failed_kds_lookup_is_remembered_per_chip_and_tcb() {
     };
     let mut g = f.guest();
     g.table = None;
-    f.expect_refused(&g, "missing-vcek");
-    assert!(f.last_audit().notes.iter().any(|n| n.contains("HTTP 404")));
-    f.expect_refused(&g, "missing-vcek");
-    let notes = f.last_audit().notes;
+    f.expect_unverified(&g, "missing-vcek");
+    assert!(f
+        .last_unverified()
+        .notes
+        .iter()
+        .any(|n| n.contains("HTTP 404")));
+    f.expect_unverified(&g, "missing-vcek");
+    let notes = f.last_unverified().notes;
     assert!(
         notes.iter().any(|n| n.contains("asking again in")),
         "{notes:?}"
@@ -198,11 +212,11 @@ fn a_failed_kds_lookup_is_remembered_per_chip_and_tcb() {
     let mut other = f.guest();
     other.table = None;
     other.chip_id = hwid(0x33);
-    f.expect_refused(&other, "missing-vcek");
+    f.expect_unverified(&other, "missing-vcek");
     assert_eq!(asked(&kds), 2);
     // After the negative entry expired, KDS is asked again.
     f.clock.advance(KDS_NEGATIVE_TTL_SECS as i64);
-    f.expect_refused(&g, "missing-vcek");
+    f.expect_unverified(&g, "missing-vcek");
     assert_eq!(asked(&kds), 3);
 }
 
@@ -216,10 +230,10 @@ fn kds_lookups_are_rate_limited() {
         let mut g = f.guest();
         g.table = None;
         g.chip_id = hwid(0x80 + i);
-        f.expect_refused(&g, "missing-vcek");
+        f.expect_unverified(&g, "missing-vcek");
     }
     assert_eq!(asked(&kds), usize::from(burst));
-    let notes = f.last_audit().notes;
+    let notes = f.last_unverified().notes;
     assert!(
         notes.iter().any(|n| n.contains("too many KDS lookups")),
         "{notes:?}"
@@ -463,7 +477,7 @@ fn a_forged_signature_does_not_evict_a_good_cached_vcek() {
     let mut forged = f.guest();
     forged.table = None;
     forged.signer = other_platform();
-    f.expect_refused(&forged, "signature-invalid");
+    f.expect_unverified(&forged, "signature-invalid");
     assert_eq!(kds_cached(&f).len(), 1);
     let mut g = f.guest();
     g.table = None;

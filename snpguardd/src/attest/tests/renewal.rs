@@ -349,6 +349,7 @@ fn check_nonce_says_how_long_a_live_nonce_lasts_and_uses_nothing() {
         kernel: b64(&a.kernel),
         initrd: b64(&a.initrd),
         cmdline: a.cmdline.clone(),
+        signed: true,
     };
     f.attestor.renew(req, PEER).expect("renewal");
     // Used now.
