@@ -140,9 +140,9 @@ test: deps lint check-shell check-scripts check-units check-install check-agent 
 	check-launch test-cockpit system-test test-convert test-e2e
 
 # convert and embed through libguestfs under TCG (slow: about 16 minutes
-# on 2 cores): the simple and separate-/boot layouts on the initramfs-tools
-# guest, the ESP layout on the dracut guest, the refusals, Ctrl-C and
-# embed. The guest root filesystems and the test images are cached under
+# on 2 cores): the simple and split (separate /boot, /var, /home, swap)
+# layouts on the initramfs-tools guest, the ESP layout on the dracut guest,
+# the refusals, Ctrl-C and embed. The guest root filesystems and the test images are cached under
 # $(BUILD_DIR); SNPGUARD_TEST_ROOTFS / SNPGUARD_TEST_ROOTFS_DRACUT =
 # DIR-or-TAR skip their builds. A fixed libguestfs appliance (built once;
 # GUESTFS_APPLIANCE=DIR uses another) keeps the tests off supermin's shared
@@ -174,8 +174,8 @@ $(GUESTFS_APPLIANCE)/root:
 		libguestfs-make-fixed-appliance '$(GUESTFS_APPLIANCE)'
 
 # End to end, the refusals (tests/system/tests/e2e.rs): one Debian image
-# converted with the agent's simulator build (about 7 minutes), then per
-# case a TCG boot from its bundle on a qcow2 overlay: an initrd changed
+# with a separate /boot, /var, /home and swap converted with the agent's
+# simulator build (about 7 minutes), then per case a TCG boot from its bundle on a qcow2 overlay: an initrd changed
 # after registration, a disabled record, a pending launch refused until
 # approved. Needs root; the guest root file system is cached under
 # $(BUILD_DIR).

@@ -13,6 +13,8 @@ const MAX_SIZE: u64 = 64 * 1024;
 pub const MAX_SERVERS: usize = 8;
 /// Most attempts per server.
 pub const MAX_ATTEMPTS: u32 = 100;
+/// Most data volumes (`[[volumes]]`).
+pub const MAX_VOLUMES: usize = 16;
 
 /// Where the attestation report comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -46,8 +48,34 @@ pub struct Config {
     pub ca: PathBuf,
     pub report_source: ReportSource,
     pub luks: Luks,
+    /// The data volumes (`[[volumes]]`): every other guest-mounted file
+    /// system, each its own LUKS2 volume whose key is derived from the
+    /// root's (`snpguard::volume::data_volume_key`).
+    pub volumes: Vec<Volume>,
     pub retry: Retry,
     pub simulator: Option<Simulator>,
+}
+
+/// A data volume: where the guest mounts it, and its pinned parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The guest's mount point (messages only; fstab mounts it).
+    pub mountpoint: String,
+    pub luks: Luks,
+}
+
+/// `[[volumes]]` as written: the `[luks]` keys plus the mount point.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    mountpoint: String,
+    device: String,
+    uuid: String,
+    name: String,
+    cipher: String,
+    key_bytes: usize,
+    sector_size: u32,
+    offset: u64,
 }
 
 /// An attestation server, `https://host[:port]`.
@@ -131,6 +159,8 @@ struct Raw {
     report_source: ReportSource,
     luks: Luks,
     #[serde(default)]
+    volumes: Vec<RawVolume>,
+    #[serde(default)]
     retry: Retry,
     simulator: Option<Simulator>,
 }
@@ -152,12 +182,12 @@ pub enum ConfigError {
     #[error("{0}")]
     Syntax(String),
     #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid { key: String, reason: String },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         reason: reason.into(),
     }
 }
@@ -207,7 +237,8 @@ impl Config {
         if !raw.ca.is_absolute() {
             return Err(invalid("ca", "must be an absolute path"));
         }
-        check_luks(&raw.luks)?;
+        check_luks(&raw.luks, "luks")?;
+        let volumes = check_volumes(raw.volumes, &raw.luks)?;
         check_retry(&raw.retry)?;
         match (raw.report_source, &raw.simulator) {
             (ReportSource::Simulated, None) => {
@@ -236,6 +267,7 @@ impl Config {
             ca: raw.ca,
             report_source: raw.report_source,
             luks: raw.luks,
+            volumes,
             retry: raw.retry,
             simulator: raw.simulator,
         })
@@ -272,19 +304,20 @@ pub fn is_uuid(s: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn check_luks(l: &Luks) -> Result<(), ConfigError> {
+fn check_luks(l: &Luks, table: &str) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("{table}.{k}");
     if !is_uuid(&l.uuid) {
-        return Err(invalid("luks.uuid", format!("{:?} is not a UUID", l.uuid)));
+        return Err(invalid(key("uuid"), format!("{:?} is not a UUID", l.uuid)));
     }
     match l.device.strip_prefix("UUID=") {
         Some(u) if is_uuid(u) => {}
-        Some(u) => return Err(invalid("luks.device", format!("UUID={u:?} is not a UUID"))),
+        Some(u) => return Err(invalid(key("device"), format!("UUID={u:?} is not a UUID"))),
         // Normally a path under /dev; any absolute path so that host
         // tests can use a file.
         None if l.device.starts_with('/') && !l.device.contains("..") => {}
         None => {
             return Err(invalid(
-                "luks.device",
+                key("device"),
                 format!(
                     "{:?} must be UUID=<uuid> or an absolute path such as /dev/vda2",
                     l.device
@@ -301,7 +334,7 @@ fn check_luks(l: &Luks) -> Result<(), ConfigError> {
         || l.name.starts_with('.')
     {
         return Err(invalid(
-            "luks.name",
+            key("name"),
             format!("{:?} must be 1-64 characters of A-Z a-z 0-9 _ - .", l.name),
         ));
     }
@@ -313,29 +346,108 @@ fn check_luks(l: &Luks) -> Result<(), ConfigError> {
             .all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b))
     {
         return Err(invalid(
-            "luks.cipher",
+            key("cipher"),
             format!("{:?} is not a dm-crypt cipher spec", l.cipher),
         ));
     }
     if !(16..=128).contains(&l.key_bytes) {
         return Err(invalid(
-            "luks.key_bytes",
+            key("key_bytes"),
             format!("{} must be 16 to 128", l.key_bytes),
         ));
     }
     if l.sector_size != 512 && l.sector_size != 4096 {
         return Err(invalid(
-            "luks.sector_size",
+            key("sector_size"),
             format!("{} must be 512 or 4096", l.sector_size),
         ));
     }
     if l.offset == 0 || l.offset % 4096 != 0 {
         return Err(invalid(
-            "luks.offset",
+            key("offset"),
             format!("{} must be a positive multiple of 4096", l.offset),
         ));
     }
     Ok(())
+}
+
+/// Checks the `[[volumes]]`: each a valid LUKS2 pin of its own (its key is
+/// derived, so at least 32 bytes and a canonical lower-case UUID), mounted
+/// at an absolute path other than `/`, and no name, UUID or mount point
+/// used twice (nor the root's name or UUID).
+fn check_volumes(raw: Vec<RawVolume>, root: &Luks) -> Result<Vec<Volume>, ConfigError> {
+    if raw.len() > MAX_VOLUMES {
+        return Err(invalid(
+            "volumes",
+            format!("at most {MAX_VOLUMES} data volumes (got {})", raw.len()),
+        ));
+    }
+    let mut out: Vec<Volume> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let table = format!("volumes[{i}]");
+        let mp = &r.mountpoint;
+        if !mp.starts_with('/')
+            || mp == "/"
+            || mp.len() > 256
+            || mp.contains("//")
+            || mp.ends_with('/')
+            || mp.split('/').any(|c| c == "." || c == "..")
+            || mp.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                format!("{table}.mountpoint"),
+                format!("{mp:?} must be an absolute path other than / (no spaces, no . or ..)"),
+            ));
+        }
+        let v = Volume {
+            mountpoint: r.mountpoint,
+            luks: Luks {
+                device: r.device,
+                uuid: r.uuid,
+                name: r.name,
+                cipher: r.cipher,
+                key_bytes: r.key_bytes,
+                sector_size: r.sector_size,
+                offset: r.offset,
+            },
+        };
+        check_luks(&v.luks, &table)?;
+        if !snpguard::volume::is_canonical_uuid(&v.luks.uuid) {
+            return Err(invalid(
+                format!("{table}.uuid"),
+                format!(
+                    "{:?}: a data volume's key is derived from its UUID; write it in lower case",
+                    v.luks.uuid
+                ),
+            ));
+        }
+        if v.luks.key_bytes < 32 {
+            return Err(invalid(
+                format!("{table}.key_bytes"),
+                format!("{} must be 32 to 128 for a data volume", v.luks.key_bytes),
+            ));
+        }
+        let clash = |other: &Luks| {
+            other.name == v.luks.name || other.uuid.eq_ignore_ascii_case(&v.luks.uuid)
+        };
+        if clash(root) || out.iter().any(|o| clash(&o.luks)) {
+            return Err(invalid(
+                table,
+                format!(
+                    "name {:?} or uuid {} is already used by another volume",
+                    v.luks.name, v.luks.uuid
+                ),
+            ));
+        }
+        if out.iter().any(|o| o.mountpoint == v.mountpoint) {
+            return Err(invalid(
+                format!("{table}.mountpoint"),
+                format!("{:?} is given twice", v.mountpoint),
+            ));
+        }
+        out.push(v);
+    }
+    Ok(out)
 }
 
 fn check_retry(r: &Retry) -> Result<(), ConfigError> {

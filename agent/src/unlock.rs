@@ -1,50 +1,103 @@
-//! `snpguard-agent unlock`: wait for the device, check its LUKS2 header
-//! against the pinned parameters, attest, check the released key against
-//! the header, map the volume, wipe the key.
+//! `snpguard-agent unlock`: wait for the devices, check their LUKS2
+//! headers against the pinned parameters, attest, check the released key
+//! against the root's header and each data volume's derived key against
+//! its header, map every volume, wipe the keys. Nothing is mapped unless
+//! every key checked.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
 use crate::client::{self, Client};
-use crate::config::Config;
+use crate::config::{Config, Luks};
 use crate::console::say;
 use crate::device::{self, Roots};
 use crate::dm::{self, CryptTarget};
 use crate::evidence::Source;
-use crate::luks;
+use crate::luks::{self, Header};
+
+/// A volume whose device was found and whose header matches its pin.
+struct Found<'a> {
+    pin: &'a Luks,
+    what: String,
+    dev: device::Device,
+    header: Header,
+}
+
+/// Waits for the device of `pin` and checks its header.
+fn find(pin: &Luks, what: String, timeout: Duration) -> anyhow::Result<Found<'_>> {
+    if std::path::Path::new("/dev/mapper").join(&pin.name).exists() {
+        bail!(
+            "/dev/mapper/{} already exists; refusing to map over it",
+            pin.name
+        );
+    }
+    let dev = device::wait(&pin.device, &Roots::default(), timeout)
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    say!("{what}: found {} ({} bytes)", dev.path.display(), dev.size);
+    let header = luks::read_header(&dev.path, pin).with_context(|| what.clone())?;
+    if header.used_secondary {
+        say!("{what}: the primary LUKS2 header's checksum is bad; using the secondary header");
+    }
+    Ok(Found {
+        pin,
+        what,
+        dev,
+        header,
+    })
+}
+
+/// Maps `f` with `key`.
+fn map(f: &Found<'_>, key: &[u8]) -> anyhow::Result<()> {
+    let (major, minor) = f.dev.dev.with_context(|| {
+        format!(
+            "{} is not a block device; cannot create the dm-crypt mapping",
+            f.dev.path.display()
+        )
+    })?;
+    let node = dm::create_crypt(&CryptTarget {
+        name: &f.pin.name,
+        luks_uuid: &f.pin.uuid,
+        cipher: &f.pin.cipher,
+        key,
+        major,
+        minor,
+        offset: f.pin.offset,
+        device_size: f.dev.size,
+        sector_size: f.pin.sector_size,
+    })?;
+    say!(
+        "{}: mapped {} at {}",
+        f.what,
+        f.dev.path.display(),
+        node.display()
+    );
+    Ok(())
+}
 
 /// Runs the whole unlock; `Err` carries the one-line reason.
 pub fn run(config: &Config) -> anyhow::Result<()> {
     let l = &config.luks;
-    if std::path::Path::new("/dev/mapper").join(&l.name).exists() {
-        bail!(
-            "/dev/mapper/{} already exists; refusing to map over it",
-            l.name
-        );
-    }
     let source = Source::from_config(config, None);
     say!(
-        "unlocking {} as /dev/mapper/{} (report source {}, {} server(s))",
+        "unlocking {} as /dev/mapper/{} and {} data volume(s) (report source {}, {} server(s))",
         l.device,
         l.name,
+        config.volumes.len(),
         source.describe(),
         config.servers.len()
     );
     let ca = client::load_ca(&config.ca)?;
 
-    let dev = device::wait(
-        &l.device,
-        &Roots::default(),
-        Duration::from_secs(config.retry.device_timeout_secs),
-    )
-    .map_err(anyhow::Error::msg)?;
-    say!("found {} ({} bytes)", dev.path.display(), dev.size);
-    let header = luks::read_header(&dev.path, l)?;
-    if header.used_secondary {
-        say!("the primary LUKS2 header's checksum is bad; using the secondary header");
+    // Every device and header first: a missing or foreign volume fails
+    // the boot before any key is asked for.
+    let timeout = Duration::from_secs(config.retry.device_timeout_secs);
+    let root = find(l, "root".into(), timeout)?;
+    let mut data = Vec::with_capacity(config.volumes.len());
+    for v in &config.volumes {
+        data.push(find(&v.luks, v.mountpoint.clone(), timeout)?);
     }
-    say!("LUKS2 header matches the pinned uuid, cipher, offset and sector size");
+    say!("LUKS2 headers match the pinned uuid, cipher, offset and sector size");
 
     let client = Client::new(ca, client::TIMEOUT);
     let (record, key) = client::attest(&client, &config.servers, &config.retry, &source)
@@ -57,27 +110,26 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             l.key_bytes
         );
     }
-    header.check_key(&key)?;
-    say!("the released key opens this volume");
+    root.header.check_key(&key)?;
+    say!("the released key opens the root volume");
+    let mut keys = Vec::with_capacity(data.len());
+    for f in &data {
+        let k = snpguard::volume::data_volume_key(&key, &f.pin.uuid, f.pin.key_bytes)
+            .with_context(|| format!("{}: deriving the volume key", f.what))?;
+        f.header
+            .check_key(&k)
+            .with_context(|| format!("{}: the key derived from the released key", f.what))?;
+        keys.push(k);
+    }
+    if !data.is_empty() {
+        say!("the derived keys open every data volume");
+    }
 
-    let (major, minor) = dev.dev.with_context(|| {
-        format!(
-            "{} is not a block device; cannot create the dm-crypt mapping",
-            dev.path.display()
-        )
-    })?;
-    let node = dm::create_crypt(&CryptTarget {
-        name: &l.name,
-        luks_uuid: &l.uuid,
-        cipher: &l.cipher,
-        key: &key,
-        major,
-        minor,
-        offset: l.offset,
-        device_size: dev.size,
-        sector_size: l.sector_size,
-    })?;
+    for (f, k) in data.iter().zip(&keys) {
+        map(f, k)?;
+    }
+    drop(keys);
+    map(&root, &key)?;
     drop(key);
-    say!("mapped {} at {}", dev.path.display(), node.display());
     Ok(())
 }

@@ -117,7 +117,7 @@ fn field<'a>(stdout: &'a str, key: &str) -> &'a str {
 fn key_released(lines: &[String]) -> bool {
     lines
         .iter()
-        .any(|l| l == "snpguard: the released key opens this volume")
+        .any(|l| l == "snpguard: the released key opens the root volume")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

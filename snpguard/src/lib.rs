@@ -9,6 +9,7 @@
 //! - [`seal`]: HPKE sealing of secrets (VMK ingestion, key release).
 //! - [`bundle`]: launch-artifacts.tar.gz, written and safely extracted.
 //! - [`sim`]: a simulated SEV-SNP platform for tests (never production).
+//! - [`volume`]: keys of the encrypted data volumes, derived from the VMK.
 //! - [`text`]: printable command lines; escaping untrusted text for display.
 //! - `dbus` (feature `dbus`): names, typed errors and client proxies of
 //!   the daemon's D-Bus management API.
@@ -27,6 +28,7 @@ pub mod seal;
 pub mod sim;
 pub mod text;
 pub mod verify;
+pub mod volume;
 
 #[doc(hidden)]
 pub mod testdata;

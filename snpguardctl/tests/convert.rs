@@ -279,10 +279,11 @@ fn check(c: &Converted) {
     let root_out = format!("{kout}{root_num}");
     let size_in = g.blockdev_getsize64("/dev/sda").unwrap();
     let size_out = g.blockdev_getsize64("/dev/sdb").unwrap();
+    let luks_volumes = 1 + s["volumes"].as_array().unwrap().len() as i64;
     assert_eq!(
         size_out,
-        size_in + (16 << 20),
-        "OUT = IN + the LUKS2 header"
+        size_in + luks_volumes * (16 << 20),
+        "OUT = IN + a LUKS2 header per encrypted volume"
     );
 
     // LUKS2 with the pinned parameters; opens with the VMK and with the
@@ -348,6 +349,14 @@ fn check(c: &Converted) {
     ));
     let mi = manifest(&app, "/run/in");
     let mut mo = manifest(&app, "/run/out");
+    let mounts = s["mounts"].as_array().unwrap().clone();
+    let volumes = s["volumes"].as_array().unwrap().clone();
+    let moved_boot = mounts.iter().any(|m| m["role"] == "moved-to-root");
+    // A separate /boot is a directory of the root now: its files are
+    // compared with IN's /boot partition below.
+    if moved_boot {
+        mo.retain(|k, _| !k.starts_with("./boot/"));
+    }
     // What convert adds or changes on purpose: the agent, its
     // configuration and CA, the kernel hook, and the initrd module of the
     // guest's tool (with dracut's configuration enabling it).
@@ -393,6 +402,23 @@ fn check(c: &Converted) {
         }
         other => panic!("unexpected initrd tool {other}"),
     };
+    if !volumes.is_empty() {
+        // systemd in the guest needs the mapping rule for the data
+        // volumes; the directory may be new.
+        added.push("./etc/udev/rules.d/55-snpguard-dm.rules");
+        for d in ["./etc/udev/rules.d", "./etc/udev"] {
+            if !mi.contains_key(d) {
+                added.push(d);
+            } else {
+                changed.push(d);
+            }
+        }
+    }
+    if !mounts.is_empty() {
+        // /boot's line commented out, the ESP noauto, swap dropped,
+        // data volumes through /dev/mapper (checked below).
+        changed.push("./etc/fstab");
+    }
     for a in &added {
         assert!(mo.remove(*a).is_some(), "{a} not installed");
     }
@@ -465,26 +491,53 @@ fn check(c: &Converted) {
     );
     let fstab = app.ok("cat /run/out/etc/fstab");
     assert!(fstab.contains(&format!("UUID={uuid} / ")), "{fstab}");
+    // No file system the guest mounts comes from a partition the host can
+    // read: the root by its UUID (on the mapping), data volumes through
+    // their mappings, the ESP only on demand, no swap partition.
+    for line in fstab.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if line.trim_start().starts_with('#') || f.len() < 3 {
+            continue;
+        }
+        let (spec, mp, fstype) = (f[0], f[1], f[2]);
+        let opts = f.get(3).copied().unwrap_or("");
+        let ok = (mp == "/" && spec == format!("UUID={uuid}"))
+            || spec.starts_with("/dev/mapper/snpguard_")
+            || opts.split(',').any(|o| o == "noauto")
+            || ["tmpfs", "proc", "sysfs", "devpts"].contains(&fstype)
+            || (fstype == "swap" && spec.starts_with('/') && !spec.starts_with("/dev/"));
+        assert!(
+            ok,
+            "fstab mounts {mp} from {spec}, readable by the host: {fstab}"
+        );
+    }
+    for v in &volumes {
+        let line = format!(
+            "/dev/mapper/{} {} ",
+            v["name"].as_str().unwrap(),
+            v["mountpoint"].as_str().unwrap()
+        );
+        assert!(fstab.contains(&line), "{line} not in {fstab}");
+    }
+    let agent_volumes = config
+        .get("volumes")
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(agent_volumes.len(), volumes.len(), "{config:?}");
+    for (a, v) in agent_volumes.iter().zip(&volumes) {
+        for k in ["mountpoint", "uuid", "name"] {
+            assert_eq!(a[k].as_str(), v[k].as_str(), "agent.toml volumes {k}");
+        }
+    }
 
     // The staged kernel and initrd are what the guest's /boot holds, and
     // the initrd carries the agent and its configuration.
     let kernel = s["kernel"]["kernel"].as_str().unwrap();
     let initrd = s["kernel"]["initrd"].as_str().unwrap();
-    let boot_dev = s["mounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountpoint"] == "/boot")
-        .map(|m| format!("{kout}{}", m["partnum"]));
-    let boot_root = match &boot_dev {
-        Some(dev) => {
-            app.ok(&format!(
-                "mkdir -p /run/boot && mount -o ro,noload {dev} /run/boot"
-            ));
-            "/run/boot".to_string()
-        }
-        None => "/run/out/boot".to_string(),
-    };
+    // The kernel and initrd are on the encrypted root (a separate /boot
+    // moved onto it).
+    let boot_root = "/run/out/boot".to_string();
     let rel = |p: &str| p.trim_start_matches("/boot").to_string();
     let sums = app.ok(&format!(
         "sha256sum {boot_root}{} {boot_root}{}",
@@ -529,10 +582,9 @@ fn check(c: &Converted) {
         );
     }
 
-    // Every other filesystem (copied block for block) holds what IN's
-    // does; on a separate /boot only the regenerated initrd (and so the
-    // directory holding it) differs.
-    for m in s["mounts"].as_array().unwrap() {
+    // Every other file system, by what convert did with it.
+    let regenerated = format!(".{}", rel(initrd));
+    for m in &mounts {
         let mountpoint = m["mountpoint"].as_str().unwrap();
         let num = m["partnum"].as_i64().unwrap();
         let opts = if m["fstype"].as_str().unwrap().starts_with("ext") {
@@ -542,23 +594,95 @@ fn check(c: &Converted) {
         };
         let dir = format!("/run/part{num}");
         app.ok(&format!(
-            "mkdir -p {dir}/in {dir}/out && mount -o {opts} {kin}{num} {dir}/in && \
-             mount -o {opts} {kout}{num} {dir}/out"
+            "mkdir -p {dir}/in {dir}/out && mount -o {opts} {kin}{num} {dir}/in"
         ));
         let mi = manifest(&app, &format!("{dir}/in"));
         assert!(mi.len() > 1, "{mountpoint} of IN is empty");
-        let mo = manifest(&app, &format!("{dir}/out"));
-        let regenerated = format!(".{}", rel(initrd));
+        let (mo, allowed): (_, Vec<String>) = match m["role"].as_str().unwrap() {
+            // Copied block for block.
+            "esp" => {
+                app.ok(&format!("mount -o {opts} {kout}{num} {dir}/out"));
+                (manifest(&app, &format!("{dir}/out")), vec![])
+            }
+            // On the root now; the partition holds nothing readable.
+            "moved-to-root" => {
+                let (rc, found) = app.sh(&format!("blkid -p {kout}{num}"));
+                assert_ne!(rc, 0, "{mountpoint}'s old partition still holds {found}");
+                (
+                    manifest(&app, &format!("/run/out{mountpoint}")),
+                    vec![".".into(), regenerated.clone()],
+                )
+            }
+            // Its own LUKS2 volume, opened with the key derived from the VMK.
+            "encrypted" => {
+                let v = volumes
+                    .iter()
+                    .find(|v| v["partnum"].as_i64() == Some(num))
+                    .expect("a volume for every encrypted mount");
+                let vuuid = v["uuid"].as_str().unwrap();
+                let dump = app.ok(&format!("cryptsetup luksDump {kout}{num}"));
+                assert!(dump.contains(vuuid), "{dump}");
+                let key = snpguard::volume::data_volume_key(&vmk, vuuid, 64).unwrap();
+                app.ok(&format!(
+                    "printf '%s' {} | base64 -d > /run/t/vk{num}",
+                    snpguard::attest::b64(&key)
+                ));
+                // The VMK itself does not open it.
+                let (rc, _) = app.sh(&format!(
+                    "cryptsetup open --readonly --test-passphrase --key-size 512 \
+                     --volume-key-file /run/t/vmk {kout}{num}"
+                ));
+                assert_ne!(rc, 0, "the VMK opens {mountpoint}");
+                app.ok(&format!(
+                    "cryptsetup open --readonly --key-size 512 --volume-key-file /run/t/vk{num} \
+                     {kout}{num} t_p{num} && mount -o ro,noload /dev/mapper/t_p{num} {dir}/out"
+                ));
+                // What the guest's initrd tool wrote to a separate /var.
+                let allowed = if mountpoint == "/var" {
+                    vec!["./tmp".into(), "./lib/initramfs-tools".into()]
+                } else {
+                    vec![]
+                };
+                (manifest(&app, &format!("{dir}/out")), allowed)
+            }
+            other => panic!("unexpected role {other} of {mountpoint}"),
+        };
         let mut differences = diff(&mi, &mo);
         differences.retain(|d| {
             let path = d.split([':', '\n']).next().unwrap_or("");
-            !(mountpoint == "/boot" && (path == "." || path == regenerated))
+            let only = d
+                .strip_prefix("only in output: ")
+                .or_else(|| d.strip_prefix("only in input: "))
+                .unwrap_or(path);
+            !allowed
+                .iter()
+                .any(|a| path == a || only.starts_with(&format!("{a}/")) || only == a)
         });
         assert!(
             differences.is_empty(),
             "{mountpoint} differs between IN and OUT:\n{}",
             differences.join("\n")
         );
+    }
+    // Every partition of OUT is a LUKS2 volume, the ESP (noauto), or holds
+    // no file system at all.
+    let esp: Vec<i64> = mounts
+        .iter()
+        .filter(|m| m["role"] == "esp")
+        .map(|m| m["partnum"].as_i64().unwrap())
+        .collect();
+    for p in g.part_list("/dev/sdb").unwrap() {
+        let n = i64::from(p.part_num);
+        let (rc, t) = app.sh(&format!("blkid -p -o value -s TYPE {kout}{n}"));
+        let t = t.trim();
+        if esp.contains(&n) {
+            assert_eq!(t, "vfat");
+        } else {
+            assert!(
+                t == "crypto_LUKS" || (rc == 2 && t.is_empty()),
+                "partition {n} of OUT holds a readable {t:?}"
+            );
+        }
     }
 }
 
@@ -568,22 +692,54 @@ fn converts_the_simple_layout() {
     check(simple());
 }
 
+/// Ubuntu's separate /boot with a separate /var, /home and swap: /boot
+/// moves onto the encrypted root, /var and /home become LUKS2 volumes of
+/// their own, the swap partition is dropped.
 #[test]
 #[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
-fn converts_a_separate_boot_with_an_explicit_kernel() {
+fn converts_separate_boot_var_home_and_swap_with_an_explicit_kernel() {
     let rootfs_kernel = simple().summary["kernel"]["version"]
         .as_str()
         .unwrap()
         .to_string();
     let c = convert(
-        "boot",
+        "split",
         &["--kernel", &rootfs_kernel, "--no-recovery-keyslot"],
     );
+    let s = &c.summary;
     assert_eq!(
-        c.summary["kernel"]["version"].as_str(),
+        s["kernel"]["version"].as_str(),
         Some(rootfs_kernel.as_str())
     );
-    assert_eq!(c.summary["mounts"][0]["mountpoint"], "/boot");
+    let roles: Vec<(&str, &str)> = s["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["mountpoint"].as_str().unwrap(),
+                m["role"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("/boot", "moved-to-root"),
+            ("/home", "encrypted"),
+            ("/var", "encrypted")
+        ]
+    );
+    let names: Vec<&str> = s["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["snpguard_home", "snpguard_var"]);
+    let dropped = s["dropped_swaps"].as_array().unwrap();
+    assert_eq!(dropped.len(), 1, "{s}");
+    assert!(dropped[0].as_str().unwrap().contains(" swap "), "{s}");
     check(&c);
 }
 

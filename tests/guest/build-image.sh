@@ -8,6 +8,9 @@
 #   simple  GPT: BIOS boot partition + root (ext4)
 #   boot    GPT: BIOS boot + /boot (ext4) + root (ext4)
 #   esp     GPT: ESP (vfat, mounted at /boot/efi) + root (ext4)
+#   split   GPT: BIOS boot + /boot (ext4, Ubuntu's layout) + root (ext4) +
+#           /var (ext4) + /home (ext4) + swap: every kind of partition
+#           convert encrypts, moves or drops
 # ROOTFS is a root filesystem directory or tar (the rootfs.tar of
 # tests/guest/build-rootfs.sh: a debootstrapped Debian 13 with a kernel and
 # initramfs-tools or dracut, numeric owners and xattrs); default
@@ -25,7 +28,9 @@
 #
 # --marker (the demo and the end-to-end tests): the guest also gets a random
 # token in /etc/snpguard-demo/token and an enabled systemd unit that, once
-# multi-user.target is reached, prints `SNPGUARD-DEMO-BOOTED <token>` on a
+# multi-user.target is reached, prints where /, /var and /home are mounted
+# from and how many swap areas are active (`SNPGUARD-DEMO-MOUNTS /=… /var=…
+# /home=… swaps=N`), then `SNPGUARD-DEMO-BOOTED <token>` on a
 # line of its own on the serial console (a getty may have left terminal
 # queries on the current one) and powers the machine off. The token is also written
 # beside the image (image-LAYOUT-marker-<hash>.token) for the caller to
@@ -38,9 +43,9 @@ if [ "${1:-}" = --marker ]; then
 	MARKER=-marker
 	shift
 fi
-LAYOUT=${1:?usage: build-image.sh [--marker] simple|boot|esp [ROOTFS]}
+LAYOUT=${1:?usage: build-image.sh [--marker] simple|boot|esp|split [ROOTFS]}
 ROOTFS=${2:-${SNPGUARD_TEST_ROOTFS:?set SNPGUARD_TEST_ROOTFS to a rootfs dir or tar (tests/guest/build-rootfs.sh)}}
-case $LAYOUT in simple|boot|esp) ;; *) echo "build-image.sh: unknown layout $LAYOUT" >&2; exit 2 ;; esac
+case $LAYOUT in simple|boot|esp|split) ;; *) echo "build-image.sh: unknown layout $LAYOUT" >&2; exit 2 ;; esac
 if [ -d "$ROOTFS" ]; then
 	{ [ -d "$ROOTFS/boot" ] && [ -d "$ROOTFS/etc" ]; } || {
 		echo "build-image.sh: $ROOTFS is not a root filesystem" >&2
@@ -71,10 +76,15 @@ trap 'rm -rf "$WORK"' EXIT INT TERM
 ROOT_MIB=1536
 BOOT_MIB=256
 ESP_MIB=64
+HOME_MIB=64
+SWAP_MIB=64
 ROOT_UUID=$(cat /proc/sys/kernel/random/uuid)
 BOOT_UUID=$(cat /proc/sys/kernel/random/uuid)
 ESP_ID=$(od -An -N4 -tx4 /dev/urandom | tr -d ' ' | tr a-f A-F)
 ESP_UUID="$(echo "$ESP_ID" | cut -c1-4)-$(echo "$ESP_ID" | cut -c5-8)"
+VAR_UUID=$(cat /proc/sys/kernel/random/uuid)
+HOME_UUID=$(cat /proc/sys/kernel/random/uuid)
+SWAP_UUID=$(cat /proc/sys/kernel/random/uuid)
 
 # The root tree: a copy of the rootfs plus the test files.
 TREE=$WORK/tree
@@ -115,6 +125,10 @@ if [ -n "$MARKER" ]; then
 #!/bin/sh
 # On a line of its own: a getty may have left terminal queries on the
 # current one.
+src() { findmnt -n -o SOURCE -M "$1" || true; }
+swaps=$(($(wc -l </proc/swaps) - 1))
+printf '\nSNPGUARD-DEMO-MOUNTS /=%s /var=%s /home=%s swaps=%s\n' \
+	"$(src /)" "$(src /var)" "$(src /home)" "$swaps" >/dev/ttyS0
 printf '\nSNPGUARD-DEMO-BOOTED %s\n' "$(cat /etc/snpguard-demo/token)" >/dev/ttyS0
 EOF_SCRIPT
 	chmod 0755 "$TREE/usr/local/sbin/snpguard-demo-marker"
@@ -136,15 +150,35 @@ EOF_UNIT
 fi
 
 FSTAB="UUID=$ROOT_UUID / ext4 errors=remount-ro 0 1"
+# Moves the tree's $1 to its own filesystem's tree $WORK/$2; the root keeps
+# the empty mount point.
+move_out() {
+	mkdir "$WORK/$2"
+	(cd "$TREE$1" && tar --xattrs --xattrs-include='*' --acls -cf - .) |
+		(cd "$WORK/$2" && tar --numeric-owner --xattrs --xattrs-include='*' --acls -xpf -)
+	find "$TREE$1" -mindepth 1 -delete
+}
 case $LAYOUT in
 boot)
 	FSTAB="$FSTAB
 UUID=$BOOT_UUID /boot ext4 defaults 0 2"
-	mkdir "$WORK/boot"
-	# The /boot tree moves to its own filesystem; the root keeps the
-	# empty mount point.
-	(cd "$TREE/boot" && tar -cf - .) | (cd "$WORK/boot" && tar -xpf -)
-	find "$TREE/boot" -mindepth 1 -delete
+	move_out /boot boot
+	;;
+split)
+	FSTAB="$FSTAB
+UUID=$BOOT_UUID /boot ext4 defaults 0 2
+UUID=$VAR_UUID /var ext4 defaults,nodev 0 2
+UUID=$HOME_UUID /home ext4 defaults,nodev,nosuid 0 2
+UUID=$SWAP_UUID none swap sw 0 0"
+	move_out /boot boot
+	move_out /var var
+	mkdir -p "$TREE/home"
+	move_out /home home
+	echo "snpguard test file on /home" >"$WORK/home/snpguard-test-home"
+	echo "snpguard test file on /var" >"$WORK/var/snpguard-test-var"
+	# Room for the tree, the regenerated initrd's work files and the
+	# journal of a booted guest.
+	VAR_MIB=$(($(du -sm "$WORK/var" | cut -f1) * 2 + 256))
 	;;
 esp)
 	FSTAB="$FSTAB
@@ -165,6 +199,7 @@ case $LAYOUT in
 simple) TOTAL=$((1 + 1 + ROOT_MIB + 1)) ;;
 boot) TOTAL=$((1 + 1 + BOOT_MIB + ROOT_MIB + 1)) ;;
 esp) TOTAL=$((1 + ESP_MIB + ROOT_MIB + 1)) ;;
+split) TOTAL=$((1 + 1 + BOOT_MIB + ROOT_MIB + VAR_MIB + HOME_MIB + SWAP_MIB + 1)) ;;
 esac
 truncate -s "${TOTAL}M" "$DISK"
 # Sector number of a MiB offset (sgdisk ignores unit suffixes on starts).
@@ -190,6 +225,28 @@ boot)
 		-n 2:"$(mib 2)":+${BOOT_MIB}M -t 2:EA00 -c 2:boot \
 		-n 3:"$(mib $((2 + BOOT_MIB)))":+${ROOT_MIB}M -t 3:8304 -c 3:root
 	dd if="$WORK/boot.img" of="$DISK" bs=1M seek=2 conv=notrunc,sparse status=none
+	ROOT_AT=$((2 + BOOT_MIB))
+	;;
+split)
+	mke2fs -q -t ext4 -L boot -U "$BOOT_UUID" -d "$WORK/boot" "$WORK/boot.img" "${BOOT_MIB}M" >&2
+	mke2fs -q -t ext4 -L var -U "$VAR_UUID" -d "$WORK/var" "$WORK/var.img" "${VAR_MIB}M" >&2
+	mke2fs -q -t ext4 -L home -U "$HOME_UUID" -d "$WORK/home" "$WORK/home.img" "${HOME_MIB}M" >&2
+	truncate -s "${SWAP_MIB}M" "$WORK/swap.img"
+	mkswap -q -U "$SWAP_UUID" "$WORK/swap.img" >/dev/null
+	VAR_AT=$((2 + BOOT_MIB + ROOT_MIB))
+	HOME_AT=$((VAR_AT + VAR_MIB))
+	SWAP_AT=$((HOME_AT + HOME_MIB))
+	gpt "$DISK" -n 1:"$(mib 1)":+1M -t 1:EF02 -c 1:bios \
+		-n 2:"$(mib 2)":+${BOOT_MIB}M -t 2:EA00 -c 2:boot \
+		-n 3:"$(mib $((2 + BOOT_MIB)))":+${ROOT_MIB}M -t 3:8304 -c 3:root \
+		-n 4:"$(mib "$VAR_AT")":+"${VAR_MIB}"M -t 4:8310 -c 4:var \
+		-n 5:"$(mib "$HOME_AT")":+${HOME_MIB}M -t 5:8302 -c 5:home \
+		-n 6:"$(mib "$SWAP_AT")":+${SWAP_MIB}M -t 6:8200 -c 6:swap
+	dd if="$WORK/boot.img" of="$DISK" bs=1M seek=2 conv=notrunc,sparse status=none
+	dd if="$WORK/var.img" of="$DISK" bs=1M seek="$VAR_AT" conv=notrunc,sparse status=none
+	dd if="$WORK/home.img" of="$DISK" bs=1M seek="$HOME_AT" conv=notrunc,sparse status=none
+	dd if="$WORK/swap.img" of="$DISK" bs=1M seek="$SWAP_AT" conv=notrunc status=none
+	rm -rf "$WORK/var.img" "$WORK/home.img" "$WORK/swap.img" "${WORK:?}/var" "${WORK:?}/home" "${WORK:?}/boot"
 	ROOT_AT=$((2 + BOOT_MIB))
 	;;
 esp)

@@ -185,3 +185,110 @@ fn oversize_file_is_refused() {
         Err(ConfigError::TooLarge { .. })
     ));
 }
+
+const VOLUME: &str = r#"
+[[volumes]]
+mountpoint = "/var"
+device = "UUID=5d1b0c3e-8f0a-4c2e-9b7d-0a1b2c3d4e5f"
+uuid = "5d1b0c3e-8f0a-4c2e-9b7d-0a1b2c3d4e5f"
+name = "snpguard_data_var"
+cipher = "aes-xts-plain64"
+key_bytes = 64
+sector_size = 512
+offset = 16777216
+"#;
+
+#[test]
+fn data_volumes_parse_in_order() {
+    assert!(Config::parse(GOOD).unwrap().volumes.is_empty());
+    let home = VOLUME
+        .replace("/var", "/home")
+        .replace("5d1b0c3e", "6e2c1d4f")
+        .replace("_var", "_home");
+    let c = Config::parse(&format!("{GOOD}{VOLUME}{home}")).expect("volumes");
+    assert_eq!(c.volumes.len(), 2);
+    assert_eq!(c.volumes[0].mountpoint, "/var");
+    assert_eq!(c.volumes[0].luks.name, "snpguard_data_var");
+    assert_eq!(c.volumes[1].mountpoint, "/home");
+    assert_eq!(
+        c.volumes[1].luks.uuid,
+        "6e2c1d4f-8f0a-4c2e-9b7d-0a1b2c3d4e5f"
+    );
+}
+
+#[test]
+fn each_bad_data_volume_key_is_named() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "mountpoint = \"/var\"",
+            "mountpoint = \"/\"",
+            "volumes[0].mountpoint",
+        ),
+        (
+            "mountpoint = \"/var\"",
+            "mountpoint = \"var\"",
+            "volumes[0].mountpoint",
+        ),
+        (
+            "mountpoint = \"/var\"",
+            "mountpoint = \"/var/../etc\"",
+            "volumes[0].mountpoint",
+        ),
+        (
+            "mountpoint = \"/var\"",
+            "mountpoint = \"/v ar\"",
+            "volumes[0].mountpoint",
+        ),
+        (
+            "uuid = \"5d1b0c3e-8f0a-4c2e-9b7d-0a1b2c3d4e5f\"",
+            "uuid = \"5D1B0C3E-8F0A-4C2E-9B7D-0A1B2C3D4E5F\"",
+            "volumes[0].uuid",
+        ),
+        ("uuid = \"5d1b0c3e", "uuid = \"zzzzzzzz", "volumes[0].uuid"),
+        (
+            "device = \"UUID=",
+            "device = \"relative/",
+            "volumes[0].device",
+        ),
+        (
+            "name = \"snpguard_data_var\"",
+            "name = \"a b\"",
+            "volumes[0].name",
+        ),
+        // Taken by the root volume.
+        (
+            "name = \"snpguard_data_var\"",
+            "name = \"snpguard_root\"",
+            "volumes[0]",
+        ),
+        ("key_bytes = 64", "key_bytes = 16", "volumes[0].key_bytes"),
+        (
+            "sector_size = 512",
+            "sector_size = 1024",
+            "volumes[0].sector_size",
+        ),
+        ("offset = 16777216", "offset = 100", "volumes[0].offset"),
+    ];
+    for (from, to, key) in cases {
+        assert!(VOLUME.contains(from), "{from}");
+        let e = err(&format!("{GOOD}{}", VOLUME.replacen(from, to, 1)));
+        assert!(e.starts_with(key), "{to}: {e}");
+    }
+    // An unknown key in a volume, a volume given twice.
+    assert!(err(&format!(
+        "{GOOD}{}",
+        VOLUME.replace("offset", "keyslot = 1\noffset")
+    ))
+    .contains("keyslot"));
+    let e = err(&format!("{GOOD}{VOLUME}{VOLUME}"));
+    assert!(e.starts_with("volumes[1]"), "{e}");
+    let many: String = (0..=MAX_VOLUMES)
+        .map(|i| {
+            VOLUME
+                .replace("/var", &format!("/v{i}"))
+                .replace("5d1b0c3e", &format!("{i:08x}"))
+                .replace("_var", &format!("_v{i}"))
+        })
+        .collect();
+    assert!(err(&format!("{GOOD}{many}")).starts_with("volumes: at most"));
+}

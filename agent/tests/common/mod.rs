@@ -229,6 +229,30 @@ impl Guest {
         img
     }
 
+    /// A 20 MiB LUKS2 image `file` (header UUID `uuid`) whose volume key
+    /// is `key`: a data volume when `key` is derived from the VMK.
+    pub fn data_volume(&self, file: &str, uuid: &str, key: &[u8]) -> PathBuf {
+        let img = self.dir.path().join(file);
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(20 << 20)
+            .unwrap();
+        let vk = self.dir.path().join(format!("{file}.vk"));
+        std::fs::write(&vk, key).unwrap();
+        std::fs::write(self.dir.path().join("pw"), "passphrase").unwrap();
+        run(Command::new("cryptsetup")
+            .args(["luksFormat", "--type", "luks2", "--batch-mode"])
+            .arg("--volume-key-file")
+            .arg(&vk)
+            .arg("--key-file")
+            .arg(self.dir.path().join("pw"))
+            .args(["--key-size", "512", "--pbkdf", "pbkdf2"])
+            .args(["--pbkdf-force-iterations", "1000", "--uuid", uuid])
+            .args(["--cipher", "aes-xts-plain64", "--sector-size", "4096"])
+            .arg(&img));
+        img
+    }
+
     pub fn config(&self, device: &Path, blob: &Path, name: &str) -> PathBuf {
         let p = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(

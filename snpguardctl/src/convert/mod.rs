@@ -25,6 +25,7 @@ use crate::image::appliance::{gerr, Appliance, Drive};
 use crate::image::copy::{self, IN_DISK, OUT_DISK};
 use crate::image::guest::{self, Install, ReportSource};
 use crate::image::inspect;
+use crate::image::layout::{self, FstabPlan, Role};
 use crate::image::luks::{self, LuksParams, RecoveryPassphrase, Vmk};
 use crate::register::{CMDLINE, FIRMWARE, INITRD, KERNEL, SEALED_VMK};
 
@@ -304,12 +305,24 @@ fn stage_download(app: &Appliance, remote: &str, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A data volume: the file system mounted at `mountpoint` on partition
+/// `partnum`, encrypted with a key derived from the VMK.
+#[derive(Debug, Clone, serde::Serialize)]
+struct DataVolume {
+    mountpoint: String,
+    partnum: i32,
+    #[serde(flatten)]
+    luks: LuksParams,
+}
+
 /// What the summary reports.
 struct Outcome {
     guest: inspect::Guest,
     kernel: inspect::Kernel,
     cmdline: String,
     luks: LuksParams,
+    volumes: Vec<DataVolume>,
+    dropped_swaps: Vec<String>,
     recovery: Recovery,
 }
 
@@ -327,7 +340,9 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let params = LuksParams::new();
-    let config = guest::agent_config(&a.servers, &params, report_source(&a));
+    // The agent must accept what convert will write (the data volumes are
+    // added once the image is inspected, and checked again then).
+    let config = guest::agent_config(&a.servers, &params, &[], report_source(&a));
     check_agent_config(&a.agent, &config)?;
     let key = ingestion_key(&a)?;
     let out = Partial::new(&a.out_image, false)?;
@@ -367,7 +382,6 @@ pub fn run(a: Args) -> Result<()> {
         &vmk,
         passphrase.as_ref(),
         params,
-        &config,
     )?;
     drop(vmk);
 
@@ -387,6 +401,47 @@ pub fn run(a: Args) -> Result<()> {
     )
 }
 
+/// Creates the output image: the input's size plus one LUKS2 header per
+/// encrypted volume (root and `data` data volumes).
+fn create_output(a: &Args, out_path: &Path, data: usize) -> Result<()> {
+    let g = guestfs::Handle::create().map_err(gerr("create"))?;
+    let size = g
+        .disk_virtual_size(utf8(&a.in_image)?)
+        .map_err(gerr("disk_virtual_size"))?;
+    if out_path.exists() {
+        std::fs::remove_file(out_path)
+            .with_context(|| format!("removing {}", out_path.display()))?;
+    }
+    g.disk_create(
+        utf8(out_path)?,
+        "qcow2",
+        size + luks::DATA_OFFSET as i64 * (1 + data as i64),
+        guestfs::DiskCreateOptArgs {
+            backingfile: None,
+            backingformat: None,
+            preallocation: None,
+            compat: None,
+            clustersize: None,
+        },
+    )
+    .map_err(gerr("disk_create"))
+    .context("creating the output image")
+}
+
+/// Launches the appliance on the input (read-only) and output images.
+fn launch(a: &Args, out_path: &Path) -> Result<Appliance> {
+    Appliance::launch(&[
+        Drive {
+            path: &a.in_image,
+            readonly: true,
+        },
+        Drive {
+            path: out_path,
+            readonly: false,
+        },
+    ])
+}
+
 #[allow(clippy::too_many_arguments)]
 fn convert(
     a: &Args,
@@ -396,81 +451,183 @@ fn convert(
     vmk: &Vmk,
     passphrase: Option<&RecoveryPassphrase>,
     params: LuksParams,
-    config: &str,
 ) -> Result<Outcome> {
     let phase = progress.start("inspect", "starting the appliance and inspecting the image");
     crate::image::appliance::configure_environment();
-    {
-        let g = guestfs::Handle::create().map_err(gerr("create"))?;
-        let size = g
-            .disk_virtual_size(utf8(&a.in_image)?)
-            .map_err(gerr("disk_virtual_size"))?;
-        g.disk_create(
-            utf8(out_path)?,
-            "qcow2",
-            size + luks::DATA_OFFSET as i64,
-            guestfs::DiskCreateOptArgs {
-                backingfile: None,
-                backingformat: None,
-                preallocation: None,
-                compat: None,
-                clustersize: None,
-            },
-        )
-        .map_err(gerr("disk_create"))
-        .context("creating the output image")?;
+    create_output(a, out_path, 0)?;
+    let mut app = launch(a, out_path)?;
+    let mut guest = inspect::inspect(&app)?;
+    let encrypted = guest
+        .mounts
+        .iter()
+        .filter(|m| m.role == Role::Encrypted)
+        .count();
+    if encrypted > 0 {
+        // Each data volume needs room for its LUKS2 header too: the output
+        // image is made again at its size (the appliance cannot take a new
+        // drive once launched).
+        app.shutdown()?;
+        create_output(a, out_path, encrypted)?;
+        app = launch(a, out_path)?;
+        guest = inspect::inspect(&app)?;
     }
-    let app = Appliance::launch(&[
-        Drive {
-            path: &a.in_image,
-            readonly: true,
-        },
-        Drive {
-            path: out_path,
-            readonly: false,
-        },
-    ])?;
-    let guest = inspect::inspect(&app)?;
     progress.finish(phase);
 
     let interactive = std::io::stdin().is_terminal();
     let kernel = select::choose(&guest, a.kernel.as_deref(), a.yes, interactive)?.clone();
     // API name for libguestfs calls; kernel names for shell commands.
     let root_in = format!("{IN_DISK}{}", guest.root.partnum);
-    let root_in_k = format!("{}{}", app.kernel_disk(0)?, guest.root.partnum);
-    let root_out_k = format!("{}{}", app.kernel_disk(1)?, guest.root.partnum);
+    let (kin, kout) = (app.kernel_disk(0)?, app.kernel_disk(1)?);
+    let root_in_k = format!("{kin}{}", guest.root.partnum);
+    let root_out_k = format!("{kout}{}", guest.root.partnum);
 
-    let phase = progress.start("encrypt", "partitioning and formatting the LUKS2 root");
-    copy::partitions(&app, guest.root.partnum, luks::DATA_OFFSET)?;
+    let mut names: Vec<String> = Vec::new();
+    let mut volumes: Vec<DataVolume> = Vec::new();
+    for m in guest.mounts.iter().filter(|m| m.role == Role::Encrypted) {
+        let name = layout::mapper_name(&m.mountpoint, m.partnum, &names);
+        names.push(name.clone());
+        volumes.push(DataVolume {
+            mountpoint: m.mountpoint.clone(),
+            partnum: m.partnum,
+            luks: LuksParams::data(&name),
+        });
+    }
+    let pairs: Vec<(String, LuksParams)> = volumes
+        .iter()
+        .map(|v| (v.mountpoint.clone(), v.luks.clone()))
+        .collect();
+    let config = guest::agent_config(&a.servers, &params, &pairs, report_source(a));
+    check_agent_config(&a.agent, &config)?;
+
+    let phase = progress.start("encrypt", "partitioning and formatting the LUKS2 volumes");
+    let grown: Vec<i32> = std::iter::once(guest.root.partnum)
+        .chain(volumes.iter().map(|v| v.partnum))
+        .collect();
+    // /boot moves onto the root and swap is dropped: neither partition is
+    // copied (nothing on the output disk is left for the host to read).
+    let skip: Vec<i32> = guest
+        .mounts
+        .iter()
+        .filter(|m| m.role == Role::MovedToRoot)
+        .map(|m| m.partnum)
+        .chain(guest.swap_partitions.iter().copied())
+        .collect();
+    copy::partitions(&app, &grown, &skip, luks::DATA_OFFSET)?;
     luks::format_and_open(&app, &root_out_k, &params, vmk, passphrase)?;
+    for v in &volumes {
+        let key = vmk.data_volume_key(&v.luks.uuid)?;
+        luks::format_and_open(
+            &app,
+            &format!("{kout}{}", v.partnum),
+            &v.luks,
+            &key,
+            passphrase,
+        )
+        .with_context(|| format!("encrypting {}", v.mountpoint))?;
+    }
     copy::mkfs_like(&app, &guest.root.fstype, &root_in, &params.mapper())?;
+    for v in &volumes {
+        let m = guest
+            .mounts
+            .iter()
+            .find(|m| m.partnum == v.partnum)
+            .context("data volume without its mount")?;
+        copy::mkfs_like(
+            &app,
+            &m.fstype,
+            &format!("{IN_DISK}{}", v.partnum),
+            &v.luks.mapper(),
+        )?;
+    }
     progress.finish(phase);
 
     let phase = progress.start_bytes("copy", "copying the root filesystem", guest.root.used_bytes);
-    copy::copy_files(&app, &root_in_k, &params.mapper(), |done| {
+    copy::copy_files(&app, &root_in_k, &params.mapper(), "", |done| {
         phase.set_position(done)
     })?;
     progress.finish(phase);
+    for m in guest.mounts.iter().filter(|m| m.role == Role::MovedToRoot) {
+        let phase = progress.start(
+            "move-boot",
+            &format!("moving {} onto the encrypted root", m.mountpoint),
+        );
+        let sub = m.mountpoint.trim_start_matches('/');
+        copy::copy_files(
+            &app,
+            &format!("{kin}{}", m.partnum),
+            &params.mapper(),
+            sub,
+            |_| {},
+        )?;
+        progress.finish(phase);
+    }
+    if !volumes.is_empty() {
+        let list: Vec<&str> = volumes.iter().map(|v| v.mountpoint.as_str()).collect();
+        let phase = progress.start("copy-volumes", &format!("copying {}", list.join(", ")));
+        for v in &volumes {
+            copy::copy_files(
+                &app,
+                &format!("{kin}{}", v.partnum),
+                &v.luks.mapper(),
+                "",
+                |_| {},
+            )?;
+        }
+        progress.finish(phase);
+    }
 
     let phase = progress.start("install", "installing the agent and its initrd module");
     let g = app.g();
     g.mount(&params.mapper(), "/").map_err(gerr("mount"))?;
+    // Parents before children (inspect sorted them): the data volumes and
+    // the ESP; /boot is a directory of the root now.
     for m in &guest.mounts {
-        g.mount(&format!("{OUT_DISK}{}", m.partnum), &m.mountpoint)
+        let dev = match m.role {
+            Role::MovedToRoot => continue,
+            Role::Encrypted => volumes
+                .iter()
+                .find(|v| v.partnum == m.partnum)
+                .map(|v| v.luks.mapper())
+                .context("data volume without its mapping")?,
+            Role::Esp => format!("{OUT_DISK}{}", m.partnum),
+        };
+        g.mkdir_p(&m.mountpoint)
+            .map_err(gerr("mkdir_p"))
+            .with_context(|| format!("making the mount point {}", m.mountpoint))?;
+        g.mount(&dev, &m.mountpoint)
             .map_err(gerr("mount"))
             .with_context(|| format!("mounting {} of the output image", m.mountpoint))?;
     }
-    guest::install(
+    let plan = FstabPlan {
+        root_uuid: guest.root.uuid.clone(),
+        root_label: guest.root.label.clone(),
+        encrypted: volumes
+            .iter()
+            .map(|v| (v.mountpoint.clone(), v.luks.mapper()))
+            .collect(),
+        moved: guest
+            .mounts
+            .iter()
+            .filter(|m| m.role == Role::MovedToRoot)
+            .map(|m| m.mountpoint.clone())
+            .collect(),
+        esp: guest
+            .mounts
+            .iter()
+            .filter(|m| m.role == Role::Esp)
+            .map(|m| m.mountpoint.clone())
+            .collect(),
+    };
+    let dropped_swaps = guest::install(
         &app,
         &Install {
             agent: &a.agent,
             modules_dir: &a.modules_dir,
             ca: &a.ca,
-            config,
+            config: &config,
             tool: guest.initrd_tool,
         },
-        &guest.root.uuid,
-        &guest.root.label,
+        &plan,
     )?;
     progress.finish(phase);
 
@@ -510,6 +667,9 @@ fn convert(
     f.write_all(cmdline.as_bytes())?;
     f.sync_all()?;
     g.umount_all().map_err(gerr("umount_all"))?;
+    for v in &volumes {
+        app.sh(&format!("cryptsetup close {}", v.luks.name))?;
+    }
     app.sh(&format!("cryptsetup close {}", luks::MAPPER_NAME))?;
     app.shutdown()?;
     progress.finish(phase);
@@ -518,6 +678,8 @@ fn convert(
         kernel,
         cmdline,
         luks: params,
+        volumes,
+        dropped_swaps,
         recovery: Recovery::None,
     })
 }
@@ -549,6 +711,8 @@ fn summary(
             "kernel": o.kernel,
             "cmdline": o.cmdline,
             "luks": o.luks,
+            "volumes": o.volumes,
+            "dropped_swaps": o.dropped_swaps,
             "recovery": {
                 "keyslot": o.recovery != Recovery::None,
                 "file": file.map(|f| f.display().to_string()),
@@ -569,6 +733,26 @@ fn summary(
         println!("kernel    {}", o.kernel.version);
         println!("cmdline   {}", o.cmdline);
         println!("luks      {} ({})", o.luks.uuid, o.luks.cipher);
+        for v in &o.volumes {
+            println!(
+                "volume    {} -> /dev/mapper/{} (LUKS2 {}, key derived from the VMK)",
+                v.mountpoint, v.luks.name, v.luks.uuid
+            );
+        }
+        for m in o
+            .guest
+            .mounts
+            .iter()
+            .filter(|m| m.role == Role::MovedToRoot)
+        {
+            println!("moved     {} onto the encrypted root", m.mountpoint);
+        }
+        for m in o.guest.mounts.iter().filter(|m| m.role == Role::Esp) {
+            println!("esp       {} kept in clear, mounted noauto", m.mountpoint);
+        }
+        for s in &o.dropped_swaps {
+            println!("swap      dropped: {s}");
+        }
         match (&o.recovery, file) {
             (Recovery::None, _) => {
                 println!(
@@ -785,12 +969,12 @@ mod tests {
         );
         let params = LuksParams::new();
         let servers = ["https://10.0.2.2:8443".to_owned()];
-        let sim = guest::agent_config(&servers, &params, ReportSource::Simulated);
+        let sim = guest::agent_config(&servers, &params, &[], ReportSource::Simulated);
         let e = format!("{:#}", check_agent_config(&agent, &sim).unwrap_err());
         assert!(e.contains("rejects the configuration"), "{e}");
         assert!(e.contains("is not compiled into this agent"), "{e}");
         assert!(e.contains("simulator build (make agent-sim)"), "{e}");
-        let prod = guest::agent_config(&servers, &params, ReportSource::Platform);
+        let prod = guest::agent_config(&servers, &params, &[], ReportSource::Platform);
         check_agent_config(&agent, &prod).unwrap();
     }
 

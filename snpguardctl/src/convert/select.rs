@@ -152,6 +152,7 @@ mod tests {
                 used_bytes: 1,
             },
             mounts: vec![],
+            swap_partitions: vec![],
             kernels,
             bootloader_default: default.map(String::from),
             initrd_tool: InitrdTool::InitramfsTools,

@@ -1,7 +1,8 @@
 //! Building the output disk inside the appliance: the input's partition
-//! table with the root partition grown by the LUKS2 header, the other
-//! partitions copied block for block, and the root filesystem recreated
-//! (same type, UUID, label, features) and filled with a file-level copy.
+//! table with the root and each data partition grown by the LUKS2 header,
+//! the partitions convert leaves alone copied block for block, and each
+//! encrypted filesystem recreated (same type, UUID, label, features) and
+//! filled with a file-level copy.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,13 +18,13 @@ pub const IN_DISK: &str = "/dev/sda";
 /// See [`IN_DISK`].
 pub const OUT_DISK: &str = "/dev/sdb";
 
-/// Rewrites an `sfdisk --dump` of the input disk for the output disk: the
-/// root partition `root` grows by `grow` bytes and every partition that
-/// starts after it moves by as much. Identifiers (label-id, partition
-/// UUIDs, types, names, attributes) stay.
+/// Rewrites an `sfdisk --dump` of the input disk for the output disk: each
+/// partition of `grown` (the root, the data volumes) grows by `grow` bytes
+/// and every partition moves by as much for each grown one before it.
+/// Identifiers (label-id, partition UUIDs, types, names, attributes) stay.
 pub fn rewrite_sfdisk_dump(
     dump: &str,
-    root: i32,
+    grown: &[i32],
     grow: u64,
     in_dev: &str,
     out_dev: &str,
@@ -45,8 +46,11 @@ pub fn rewrite_sfdisk_dump(
     if label != "gpt" && label != "dos" {
         bail!("the input disk has a {label:?} partition table; convert handles gpt and dos");
     }
-    if label == "dos" && root > 4 {
-        bail!("the root filesystem is on a logical partition; convert handles primary ones");
+    if let Some(n) = grown.iter().find(|n| label == "dos" && **n > 4) {
+        bail!(
+            "partition {n}, which convert encrypts, is a logical partition; convert handles \
+             primary ones"
+        );
     }
     let mut parts = Vec::new();
     let mut header = Vec::new();
@@ -81,23 +85,27 @@ pub fn rewrite_sfdisk_dump(
             .parse()
             .with_context(|| format!("sfdisk dump: bad {k}"))
     };
-    let root_start = parts
-        .iter()
-        .find(|(n, _)| *n == root)
-        .map(|(_, f)| get(f, "start"))
-        .transpose()?
-        .with_context(|| format!("the root partition {root} is not in the partition table"))?;
+    let mut grown_starts = Vec::with_capacity(grown.len());
+    for g in grown {
+        let start = parts
+            .iter()
+            .find(|(n, _)| n == g)
+            .map(|(_, f)| get(f, "start"))
+            .transpose()?
+            .with_context(|| format!("partition {g} is not in the partition table"))?;
+        grown_starts.push(start);
+    }
     let mut out = header.join("\n");
     out.push_str("\n\n");
     for (num, mut fields) in parts {
         let start = get(&fields, "start")?;
         let size = get(&fields, "size")?;
-        let (start, size) = if num == root {
-            (start, size + grow)
-        } else if start > root_start {
-            (start + grow, size)
+        let before = grown_starts.iter().filter(|s| **s < start).count() as u64;
+        let start = start + before * grow;
+        let size = if grown.contains(&num) {
+            size + grow
         } else {
-            (start, size)
+            size
         };
         for (k, v) in fields.iter_mut() {
             if k == "start" {
@@ -150,12 +158,13 @@ fn split_fields(rest: &str) -> Result<Vec<&str>> {
 const WORK_DIR: &str = "/sysroot/.snpguard-work";
 const SFDISK_SCRIPT: &str = "/sysroot/.snpguard-work/sfdisk";
 
-/// Writes the output disk's partition table and boot code, and copies
-/// every partition but the root block for block.
-pub fn partitions(app: &Appliance, root: i32, grow: u64) -> Result<Vec<i32>> {
+/// Writes the output disk's partition table (with the partitions of
+/// `grown` larger by `grow` bytes) and boot code, and copies every
+/// partition block for block except those of `grown` and `skip`.
+pub fn partitions(app: &Appliance, grown: &[i32], skip: &[i32], grow: u64) -> Result<Vec<i32>> {
     let (kin, kout) = (app.kernel_disk(0)?, app.kernel_disk(1)?);
     let dump = app.sh(&format!("sfdisk --dump {kin}"))?;
-    let new = rewrite_sfdisk_dump(&dump, root, grow, &kin, &kout)?;
+    let new = rewrite_sfdisk_dump(&dump, grown, grow, &kin, &kout)?;
     app.sh(&format!(
         "mkdir -p {WORK_DIR}\nmount -t tmpfs -o size=1m,mode=0700 snpguard-work {WORK_DIR}"
     ))?;
@@ -186,7 +195,7 @@ pub fn partitions(app: &Appliance, root: i32, grow: u64) -> Result<Vec<i32>> {
     let g = app.g();
     let mut copied = Vec::new();
     for p in g.part_list(IN_DISK).map_err(gerr("part_list"))? {
-        if p.part_num == root {
+        if grown.contains(&p.part_num) || skip.contains(&p.part_num) {
             continue;
         }
         let (src, dst) = (
@@ -256,7 +265,7 @@ pub fn mke2fs_args(fstype: &str, t: &HashMap<String, String>) -> Result<Vec<Stri
     Ok(args)
 }
 
-/// Recreates the root filesystem of `/dev/sdaN` on `target`.
+/// Recreates the filesystem of `/dev/sdaN` on `target`.
 pub fn mkfs_like(app: &Appliance, fstype: &str, source: &str, target: &str) -> Result<()> {
     let t: HashMap<String, String> = app
         .g()
@@ -267,7 +276,7 @@ pub fn mkfs_like(app: &Appliance, fstype: &str, source: &str, target: &str) -> R
     let args = mke2fs_args(fstype, &t)?;
     let quoted: Vec<String> = args.iter().map(|a| quote(a)).collect();
     app.sh(&format!("mke2fs {} {}", quoted.join(" "), quote(target)))
-        .context("creating the root filesystem on the LUKS2 volume")?;
+        .with_context(|| format!("creating the filesystem of {source} on the LUKS2 volume"))?;
     Ok(())
 }
 
@@ -275,17 +284,32 @@ pub fn mkfs_like(app: &Appliance, fstype: &str, source: &str, target: &str) -> R
 const IN_MNT: &str = "/run/snpguard/in";
 const OUT_MNT: &str = "/run/snpguard/out";
 
-/// Copies every file of `source` (a kernel device name) to the new
-/// filesystem on `target` with
-/// `cp -a` (owners, modes, timestamps, xattrs, ACLs, hard links, sparse
-/// files, device nodes), calling `progress(bytes_done)` about once a
-/// second.
+/// Copies every file of `source` (a kernel device name) into directory
+/// `subdir` (`""` for its top) of the filesystem on `target` with `cp -a`
+/// (owners, modes, timestamps, xattrs, ACLs, hard links, sparse files,
+/// device nodes), calling `progress(bytes_done)` about once a second.
 pub fn copy_files(
     app: &Appliance,
     source: &str,
     target: &str,
+    subdir: &str,
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
+    // Only convert's own names (`boot`): the path goes into a quoted
+    // `sh -c` script.
+    if subdir.split('/').any(|c| c == ".." || c == ".")
+        || subdir.starts_with('/')
+        || !subdir
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-/".contains(&b))
+    {
+        bail!("copy_files: {subdir:?} is not a plain relative directory");
+    }
+    let into = if subdir.is_empty() {
+        OUT_MNT.to_string()
+    } else {
+        format!("{OUT_MNT}/{subdir}")
+    };
     app.sh(&format!(
         "mkdir -p {IN_MNT} {OUT_MNT}
 mount -o ro {src} {IN_MNT}
@@ -293,7 +317,8 @@ mount {dst} {OUT_MNT}
 base=$(df -B1 --output=used {OUT_MNT} | tail -n 1)
 echo \"$base\" > /run/snpguard/base
 rm -f /run/snpguard/cp.rc
-setsid sh -c 'cp -a {IN_MNT}/. {OUT_MNT}/ > /run/snpguard/cp.log 2>&1; echo $? > /run/snpguard/cp.rc.tmp; mv /run/snpguard/cp.rc.tmp /run/snpguard/cp.rc' </dev/null >/dev/null 2>&1 &",
+test -d {into}
+setsid sh -c 'cp -a {IN_MNT}/. {into}/ > /run/snpguard/cp.log 2>&1; echo $? > /run/snpguard/cp.rc.tmp; mv /run/snpguard/cp.rc.tmp /run/snpguard/cp.rc' </dev/null >/dev/null 2>&1 &",
         src = quote(source),
         dst = quote(target),
     ))
@@ -313,7 +338,7 @@ cat /run/snpguard/cp.rc 2>/dev/null || true"
                     .sh("tail -n 20 /run/snpguard/cp.log")
                     .unwrap_or_default();
                 bail!(
-                    "copying the root filesystem failed (cp exit {}): {log}",
+                    "copying the files of {source} failed (cp exit {}): {log}",
                     rc.trim()
                 );
             }
@@ -345,7 +370,7 @@ sector-size: 512
 
     #[test]
     fn root_grows_and_later_partitions_move() {
-        let out = rewrite_sfdisk_dump(GPT, 2, 16 << 20, IN_DISK, OUT_DISK).unwrap();
+        let out = rewrite_sfdisk_dump(GPT, &[2], 16 << 20, IN_DISK, OUT_DISK).unwrap();
         assert!(out.contains("label-id: 8D3F0E4B-4C9A-4E64-9A3B-1C2D3E4F5A6B"));
         assert!(!out.contains("last-lba") && !out.contains("device:"));
         assert!(out.contains("/dev/sdb1 : start=2048, size=2048, type=21686148"));
@@ -360,20 +385,47 @@ sector-size: 512
     }
 
     #[test]
+    fn each_grown_partition_moves_the_ones_after_it() {
+        // Root (2) and the partition after it (3) both grow: 3 moves by
+        // one header, whatever comes after both by two.
+        let four = format!(
+            "{GPT}/dev/sda4 : start=     2646016, size=        2048, type=0657FD6D-A4AB-43C4-84E5-0933C84B4F4F, uuid=A4\n"
+        );
+        let out = rewrite_sfdisk_dump(&four, &[3, 2], 16 << 20, IN_DISK, OUT_DISK).unwrap();
+        assert!(out.contains("/dev/sdb1 : start=2048, size=2048,"), "{out}");
+        assert!(
+            out.contains("/dev/sdb2 : start=4096, size=2654208,"),
+            "{out}"
+        );
+        assert!(
+            out.contains("/dev/sdb3 : start=2658304, size=53248,"),
+            "{out}"
+        );
+        assert!(
+            out.contains("/dev/sdb4 : start=2711552, size=2048,"),
+            "{out}"
+        );
+        // A logical partition of a dos table cannot grow.
+        let dos = four.replace("label: gpt", "label: dos");
+        let e = rewrite_sfdisk_dump(&dos, &[2, 5], 16 << 20, IN_DISK, OUT_DISK).unwrap_err();
+        assert!(e.to_string().contains("partition 5"), "{e}");
+    }
+
+    #[test]
     fn quoted_names_keep_their_commas() {
         let dump = GPT.replace("name=\"root\"", "name=\"root, start=0\"");
-        let out = rewrite_sfdisk_dump(&dump, 2, 16 << 20, IN_DISK, OUT_DISK).unwrap();
+        let out = rewrite_sfdisk_dump(&dump, &[2], 16 << 20, IN_DISK, OUT_DISK).unwrap();
         assert!(out.contains("start=4096, size=2654208,"), "{out}");
         assert!(out.contains("name=\"root, start=0\""), "{out}");
         let open = GPT.replace("name=\"root\"", "name=\"root");
-        assert!(rewrite_sfdisk_dump(&open, 2, 16 << 20, IN_DISK, OUT_DISK).is_err());
+        assert!(rewrite_sfdisk_dump(&open, &[2], 16 << 20, IN_DISK, OUT_DISK).is_err());
     }
 
     #[test]
     fn unsupported_tables_are_named() {
         let e = rewrite_sfdisk_dump(
             &GPT.replace("label: gpt", "label: sun"),
-            2,
+            &[2],
             16 << 20,
             IN_DISK,
             OUT_DISK,
@@ -381,9 +433,9 @@ sector-size: 512
         .unwrap_err();
         assert!(e.to_string().contains("sun"), "{e}");
         let dos = GPT.replace("label: gpt", "label: dos");
-        assert!(rewrite_sfdisk_dump(&dos, 5, 16 << 20, IN_DISK, OUT_DISK).is_err());
-        assert!(rewrite_sfdisk_dump(GPT, 9, 16 << 20, IN_DISK, OUT_DISK).is_err());
-        assert!(rewrite_sfdisk_dump(GPT, 2, 1000, IN_DISK, OUT_DISK).is_err());
+        assert!(rewrite_sfdisk_dump(&dos, &[5], 16 << 20, IN_DISK, OUT_DISK).is_err());
+        assert!(rewrite_sfdisk_dump(GPT, &[9], 16 << 20, IN_DISK, OUT_DISK).is_err());
+        assert!(rewrite_sfdisk_dump(GPT, &[2], 1000, IN_DISK, OUT_DISK).is_err());
     }
 
     #[test]

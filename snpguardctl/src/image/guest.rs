@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use super::appliance::{gerr, Appliance};
 use super::inspect::InitrdTool;
+use super::layout::{rewrite_fstab, FstabPlan};
 use super::luks::LuksParams;
 
 /// The agent's path in the guest.
@@ -157,8 +158,14 @@ fn toml_str(s: &str) -> String {
 }
 
 /// The agent configuration (/etc/snpguard/agent.toml) for `servers`, the
-/// LUKS2 volume and the report `source`.
-pub fn agent_config(servers: &[String], luks: &LuksParams, source: ReportSource) -> String {
+/// LUKS2 root volume, the data `volumes` (mount point and parameters) and
+/// the report `source`.
+pub fn agent_config(
+    servers: &[String],
+    luks: &LuksParams,
+    volumes: &[(String, LuksParams)],
+    source: ReportSource,
+) -> String {
     let servers: Vec<String> = servers.iter().map(|s| toml_str(s)).collect();
     let (report_source, simulator) = match source {
         ReportSource::Platform => ("auto", String::new()),
@@ -192,7 +199,7 @@ pub fn agent_config(servers: &[String], luks: &LuksParams, source: ReportSource)
          initial_delay_ms = 1000\n\
          max_delay_ms = 30000\n\
          device_timeout_secs = 60\n\
-         {simulator}",
+         {volumes}{simulator}",
         servers = servers.join(", "),
         ca = toml_str(CA_PATH),
         device = toml_str(&format!("UUID={}", luks.uuid)),
@@ -202,35 +209,30 @@ pub fn agent_config(servers: &[String], luks: &LuksParams, source: ReportSource)
         key_bytes = luks.key_bytes,
         sector_size = luks.sector_size,
         offset = luks.offset,
+        volumes = volumes
+            .iter()
+            .map(|(mp, v)| format!(
+                "\n# A data volume: its key is derived from the root's.\n\
+                 [[volumes]]\n\
+                 mountpoint = {mp}\n\
+                 device = {device}\n\
+                 uuid = {uuid}\n\
+                 name = {name}\n\
+                 cipher = {cipher}\n\
+                 key_bytes = {key_bytes}\n\
+                 sector_size = {sector_size}\n\
+                 offset = {offset}\n",
+                mp = toml_str(mp),
+                device = toml_str(&format!("UUID={}", v.uuid)),
+                uuid = toml_str(&v.uuid),
+                name = toml_str(&v.name),
+                cipher = toml_str(&v.cipher),
+                key_bytes = v.key_bytes,
+                sector_size = v.sector_size,
+                offset = v.offset,
+            ))
+            .collect::<String>(),
     )
-}
-
-/// fstab with the root entry naming the filesystem by UUID (a partition
-/// path or PARTUUID would now point at the LUKS2 container). Other lines
-/// are kept byte for byte. `None` when nothing changes.
-pub fn rewrite_fstab(fstab: &str, fs_uuid: &str, label: &str) -> Option<String> {
-    let mut changed = false;
-    let mut out = String::with_capacity(fstab.len() + 64);
-    for line in fstab.split_inclusive('\n') {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let is_root = !line.trim_start().starts_with('#') && fields.get(1) == Some(&"/");
-        if is_root {
-            let spec = fields[0];
-            let keeps = spec == format!("UUID={fs_uuid}")
-                || spec == format!("/dev/disk/by-uuid/{fs_uuid}")
-                || (!label.is_empty() && spec == format!("LABEL={label}"));
-            if !keeps {
-                let mut f: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
-                f[0] = format!("UUID={fs_uuid}");
-                out.push_str(&f.join(" "));
-                out.push('\n');
-                changed = true;
-                continue;
-            }
-        }
-        out.push_str(line);
-    }
-    changed.then_some(out)
 }
 
 /// Files of the initrd module for `tool` under `modules_dir` (the tree
@@ -335,10 +337,20 @@ pub struct Install<'a> {
     pub tool: InitrdTool,
 }
 
+/// The udev rule (in the modules directory's dracut module) that makes the
+/// agent's mappings usable by systemd; the guest's root gets it too when it
+/// has data volumes (its fstab mounts them through /dev/mapper, and a
+/// guest without dmsetup has no device-mapper rules of its own).
+pub const DM_RULES_SRC: &str = "dracut/90snpguard/55-snpguard-dm.rules";
+/// Where the guest's udev finds it.
+pub const DM_RULES_PATH: &str = "/etc/udev/rules.d/55-snpguard-dm.rules";
+
 /// Installs the agent, configuration, CA, initrd module (with dracut's
 /// configuration enabling it) and the kernel postinst hook into the guest
-/// mounted at `/`, and rewrites fstab for the encrypted root.
-pub fn install(app: &Appliance, i: &Install<'_>, fs_uuid: &str, label: &str) -> Result<()> {
+/// mounted at `/`, and rewrites fstab by `plan` (the root by UUID, data
+/// volumes through /dev/mapper, /boot gone, the ESP `noauto`, no swap
+/// partition). Returns the swap lines it dropped.
+pub fn install(app: &Appliance, i: &Install<'_>, plan: &FstabPlan) -> Result<Vec<String>> {
     let g = app.g();
     install_file(app, i.agent, AGENT_PATH, 0o755)?;
     install_file(app, i.ca, CA_PATH, 0o644)?;
@@ -358,22 +370,39 @@ pub fn install(app: &Appliance, i: &Install<'_>, fs_uuid: &str, label: &str) -> 
         g.chmod(0o644, DRACUT_CONF_PATH).map_err(gerr("chmod"))?;
     }
     install_file(app, &kernel_hook(i.modules_dir)?, KERNEL_HOOK_PATH, 0o755)?;
-    if g.is_file(
-        "/etc/fstab",
-        guestfs::IsFileOptArgs {
-            followsymlinks: Some(true),
-        },
-    )
-    .map_err(gerr("is_file"))?
-    {
-        let fstab = String::from_utf8_lossy(&g.read_file("/etc/fstab").map_err(gerr("read_file"))?)
-            .into_owned();
-        if let Some(new) = rewrite_fstab(&fstab, fs_uuid, label) {
-            g.write("/etc/fstab", new.as_bytes())
-                .map_err(gerr("write"))?;
+    if !plan.encrypted.is_empty() {
+        let rules = i.modules_dir.join(DM_RULES_SRC);
+        if !rules.is_file() {
+            bail!(
+                "{} is missing: the guest's data volumes need it; pass --modules-dir DIR \
+                 with the tree `make install` puts at /usr/share/snpguard",
+                rules.display()
+            );
         }
+        install_file(app, &rules, DM_RULES_PATH, 0o644)?;
     }
-    Ok(())
+    let has_fstab = g
+        .is_file(
+            "/etc/fstab",
+            guestfs::IsFileOptArgs {
+                followsymlinks: Some(true),
+            },
+        )
+        .map_err(gerr("is_file"))?;
+    if !has_fstab {
+        if plan.encrypted.is_empty() && plan.moved.is_empty() && plan.esp.is_empty() {
+            return Ok(Vec::new());
+        }
+        bail!("the guest has file systems besides / but no /etc/fstab");
+    }
+    let fstab = String::from_utf8_lossy(&g.read_file("/etc/fstab").map_err(gerr("read_file"))?)
+        .into_owned();
+    let new = rewrite_fstab(&fstab, plan)?;
+    if new.text != fstab {
+        g.write("/etc/fstab", new.text.as_bytes())
+            .map_err(gerr("write"))?;
+    }
+    Ok(new.dropped_swaps)
 }
 
 /// Regenerates the initrd of kernel `version` at `initrd` with the guest's
@@ -505,6 +534,7 @@ mod tests {
         let c = agent_config(
             &["https://a:8443".into(), "https://b\"x".into()],
             &p,
+            &[],
             ReportSource::Platform,
         );
         let v: toml::Table = toml::from_str(&c).expect("valid TOML");
@@ -528,11 +558,46 @@ mod tests {
     }
 
     #[test]
+    fn data_volumes_are_written_as_volumes_tables() {
+        let root = LuksParams::new();
+        let var = LuksParams::data("snpguard_var");
+        let home = LuksParams::data("snpguard_home");
+        let c = agent_config(
+            &["https://a:8443".into()],
+            &root,
+            &[("/var".into(), var.clone()), ("/home".into(), home.clone())],
+            ReportSource::Platform,
+        );
+        let v: toml::Table = toml::from_str(&c).expect("valid TOML");
+        let vols = v["volumes"].as_array().unwrap();
+        assert_eq!(vols.len(), 2);
+        for (t, (mp, p)) in vols.iter().zip([("/var", &var), ("/home", &home)]) {
+            assert_eq!(t["mountpoint"].as_str(), Some(mp));
+            assert_eq!(t["uuid"].as_str(), Some(p.uuid.as_str()));
+            assert_eq!(t["device"].as_str().unwrap(), format!("UUID={}", p.uuid));
+            assert_eq!(t["name"].as_str(), Some(p.name.as_str()));
+            assert_eq!(t["key_bytes"].as_integer(), Some(64));
+            assert_eq!(t["offset"].as_integer(), Some(16 << 20));
+        }
+        // The root's table is what it is without volumes.
+        let plain: toml::Table = toml::from_str(&agent_config(
+            &["https://a:8443".into()],
+            &root,
+            &[],
+            ReportSource::Platform,
+        ))
+        .unwrap();
+        assert_eq!(v["luks"], plain["luks"]);
+        assert!(plain.get("volumes").is_none());
+    }
+
+    #[test]
     fn simulated_platform_config_reads_the_fw_cfg_launch_blob() {
         let p = LuksParams::new();
         let c = agent_config(
             &["https://10.0.2.2:8443".into()],
             &p,
+            &[],
             ReportSource::Simulated,
         );
         let v: toml::Table = toml::from_str(&c).expect("valid TOML");
@@ -545,6 +610,7 @@ mod tests {
         let prod: toml::Table = toml::from_str(&agent_config(
             &["https://10.0.2.2:8443".into()],
             &p,
+            &[],
             ReportSource::Platform,
         ))
         .unwrap();
@@ -552,22 +618,6 @@ mod tests {
             assert_eq!(v[key], prod[key], "{key}");
         }
         assert_eq!(v.len(), prod.len() + 1, "only [simulator] is added: {c}");
-    }
-
-    #[test]
-    fn fstab_root_is_named_by_uuid() {
-        let f = "# comment with / in it\n/dev/sda1 / ext4 errors=remount-ro 0 1\nUUID=b /boot ext4 defaults 0 2\n";
-        let n = rewrite_fstab(f, "U", "").unwrap();
-        assert_eq!(
-            n,
-            "# comment with / in it\nUUID=U / ext4 errors=remount-ro 0 1\nUUID=b /boot ext4 defaults 0 2\n"
-        );
-        assert_eq!(rewrite_fstab("UUID=U / ext4 defaults 0 1\n", "U", ""), None);
-        assert_eq!(
-            rewrite_fstab("LABEL=r / ext4 defaults 0 1\n", "U", "r"),
-            None
-        );
-        assert!(rewrite_fstab("PARTUUID=x / ext4 defaults 0 1\n", "U", "r").is_some());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::appliance::{gerr, Appliance};
 use super::kernel::{self, SevSupport};
+use super::layout::{self, Role};
 
 /// The guest's initrd generator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,6 +40,8 @@ pub struct Mount {
     pub partnum: i32,
     /// Filesystem type.
     pub fstype: String,
+    /// What convert does with it.
+    pub role: Role,
 }
 
 /// The root filesystem's identity, kept through the conversion.
@@ -80,6 +83,9 @@ pub struct Guest {
     pub root: RootFs,
     /// Other filesystems on the first disk, parents before children.
     pub mounts: Vec<Mount>,
+    /// Swap partitions of the first disk (never copied: see
+    /// [`layout`]).
+    pub swap_partitions: Vec<i32>,
     /// Kernels, newest first.
     pub kernels: Vec<Kernel>,
     /// Version of the kernel the bootloader boots by default, if known.
@@ -159,12 +165,23 @@ pub fn inspect(app: &Appliance) -> Result<Guest> {
         }
         let partnum = partnum_on_first_disk(app, dev, mp)?;
         let fstype = g.vfs_type(dev).map_err(gerr("vfs_type"))?;
+        let role = layout::classify(mp, partnum, &fstype)?;
         mounts.push(Mount {
             mountpoint: mp.clone(),
             partnum,
             fstype,
+            role,
         });
     }
+    let mut swap_partitions = Vec::new();
+    for (dev, fstype) in g.list_filesystems().map_err(gerr("list_filesystems"))? {
+        if fstype == "swap" && dev.starts_with("/dev/sda") {
+            if let Ok(n) = g.part_to_partnum(&dev) {
+                swap_partitions.push(n);
+            }
+        }
+    }
+    swap_partitions.sort_unstable();
     // Parents before children: /boot before /boot/efi.
     mounts.sort_by_key(|m| m.mountpoint.matches('/').count());
 
@@ -176,7 +193,10 @@ pub fn inspect(app: &Appliance) -> Result<Guest> {
             .map_err(gerr("mount_ro"))
             .with_context(|| format!("mounting {} of the input image", m.mountpoint))?;
     }
-    let result = read_mounted(app, product, root_partnum, fstype, &root, mounts);
+    let result = read_mounted(app, product, root_partnum, fstype, &root, mounts).map(|g| Guest {
+        swap_partitions,
+        ..g
+    });
     g.umount_all().map_err(gerr("umount_all"))?;
     result
 }
@@ -205,6 +225,7 @@ fn read_mounted(
         product,
         root,
         mounts,
+        swap_partitions: Vec::new(),
         kernels,
         bootloader_default,
         initrd_tool,

@@ -48,6 +48,17 @@ impl Vmk {
     pub fn bytes(&self) -> &[u8; KEY_BYTES] {
         &self.0
     }
+
+    /// The volume key of the data volume whose LUKS2 UUID is `uuid`,
+    /// derived from this VMK as the agent derives it
+    /// (`snpguard::volume::data_volume_key`).
+    pub fn data_volume_key(&self, uuid: &str) -> Result<Vmk> {
+        let k = snpguard::volume::data_volume_key(self.bytes(), uuid, KEY_BYTES)
+            .context("deriving a data volume key")?;
+        let mut out = Zeroizing::new([0u8; KEY_BYTES]);
+        out.copy_from_slice(&k);
+        Ok(Vmk(out))
+    }
 }
 
 impl fmt::Debug for Vmk {
@@ -115,6 +126,14 @@ impl LuksParams {
             key_bytes: KEY_BYTES,
             sector_size: SECTOR_SIZE,
             offset: DATA_OFFSET,
+        }
+    }
+
+    /// Fresh parameters for a data volume mapped as `name`.
+    pub fn data(name: &str) -> Self {
+        LuksParams {
+            name: name.into(),
+            ..LuksParams::new()
         }
     }
 
@@ -209,7 +228,7 @@ cryptsetup open --type luks2 --volume-key-file {KEY_DIR}/vmk {dev} {name}",
         uuid = quote(&params.uuid),
         name = quote(&params.name),
     ))
-    .context("formatting the root partition as LUKS2")?;
+    .with_context(|| format!("formatting {device} as LUKS2"))?;
     if recovery.is_none() {
         // Batch mode removes the last keyslot without asking; the volume
         // key digest stays, and the VMK alone opens the volume.
@@ -342,5 +361,18 @@ Digests:
         assert_ne!(p.expose(), RecoveryPassphrase::generate().expose());
         assert_eq!(format!("{p:?}"), "RecoveryPassphrase(<redacted>)");
         assert_eq!(format!("{:?}", Vmk::generate()), "Vmk(<redacted>)");
+    }
+
+    #[test]
+    fn data_volume_keys_are_the_agents_derivation() {
+        let vmk = Vmk::generate();
+        let p = LuksParams::data("snpguard_var");
+        assert_eq!(p.name, "snpguard_var");
+        assert_eq!(p.mapper(), "/dev/mapper/snpguard_var");
+        let k = vmk.data_volume_key(&p.uuid).unwrap();
+        let want = snpguard::volume::data_volume_key(vmk.bytes(), &p.uuid, KEY_BYTES).unwrap();
+        assert_eq!(&k.bytes()[..], &want[..]);
+        assert_ne!(k.bytes(), vmk.bytes());
+        assert!(vmk.data_volume_key("not-a-uuid").is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! End to end, the ways a converted guest must NOT get its key: a Debian
-//! 13 image (tests/guest/build-image.sh --marker) converted once by
+//! 13 image with a separate /boot, /var, /home and swap
+//! (tests/guest/build-image.sh --marker split) converted once by
 //! `snpguardctl convert --simulated-platform` with the agent's simulator
 //! build, registered with the real daemon (private bus, HTTPS on
 //! 127.0.0.1, the simulated platform's root trusted) and booted under
@@ -12,7 +13,8 @@
 //! - a second launch (another command line) added as pending with
 //!   `snpguardctl records add-launch` boots but is refused
 //!   (`launch-pending`) until `snpguardctl records approve`; then the guest
-//!   reaches multi-user and prints the image's marker.
+//!   reaches multi-user with / , /var and /home on the agent's mappings
+//!   and no swap, and prints the image's marker.
 //!
 //! A refused guest prints `snpguard: FAILED: … attestation-rejected`,
 //! powers off by itself, shows no shell and never reaches its root.
@@ -76,7 +78,7 @@ fn convert() -> Converted {
         Rootfs::get(Flavour::InitramfsTools, &dir.join("rootfs")).expect("guest root file system");
     let out = run_ok(
         Command::new(repo.join("tests/guest/build-image.sh"))
-            .args(["--marker", "simple"])
+            .args(["--marker", "split"])
             .arg(&rootfs.tar)
             .env("SNPGUARD_TEST_IMAGES", repo.join("build/guest")),
     );
@@ -363,6 +365,15 @@ impl Case {
             self.daemon.log()
         );
         assert!(!o.log.contains("snpguard: FAILED:"), "{}", o.log);
+        // The data volumes the agent opened are what systemd mounted; the
+        // swap partition is gone.
+        let mounts = "SNPGUARD-DEMO-MOUNTS /=/dev/mapper/snpguard_root \
+                      /var=/dev/mapper/snpguard_var /home=/dev/mapper/snpguard_home swaps=0";
+        assert!(
+            o.log.lines().any(|l| l.trim_end().ends_with(mounts)),
+            "no {mounts:?} on the console; serial log:\n{}",
+            o.log
+        );
         assert!(o.powered_off(), "the marker unit powers off:\n{}", o.log);
     }
 }
