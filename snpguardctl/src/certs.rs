@@ -208,8 +208,8 @@ fn print_crls(crls: &[CrlInfo]) {
         return;
     }
     println!(
-        "{:<7} {:<6} {:<21} {:<21} {:>7} {}",
-        "CRL", "ISSUER", "THIS UPDATE", "NEXT UPDATE", "REVOKED", "SOURCE"
+        "{:<7} {:<6} {:<21} {:<21} {:>7} SOURCE",
+        "CRL", "ISSUER", "THIS UPDATE", "NEXT UPDATE", "REVOKED"
     );
     for c in crls {
         println!(

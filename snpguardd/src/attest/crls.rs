@@ -90,10 +90,13 @@ impl CrlSummary {
     }
 }
 
+/// A stored value and the CRL parsed from it.
+type Parsed = (Vec<u8>, Arc<Crl>);
+
 /// Parsed CRLs by store key, with the stored bytes they came from.
 #[derive(Debug, Default)]
 pub struct CrlMemo {
-    inner: Mutex<HashMap<Vec<u8>, (Vec<u8>, Arc<Crl>)>>,
+    inner: Mutex<HashMap<Vec<u8>, Parsed>>,
 }
 
 impl CrlMemo {

@@ -77,7 +77,10 @@ fn to_dbus(e: CertImportError) -> Error {
         | CertImportError::Unrecognized { .. }
         | CertImportError::TooMany
         | CertImportError::CrlNotNewer { .. } => Error::InvalidInput(msg),
-        CertImportError::Crl { code, .. } if code == "crl-malformed" => Error::InvalidInput(msg),
+        CertImportError::Crl {
+            code: "crl-malformed",
+            ..
+        } => Error::InvalidInput(msg),
         CertImportError::Untrusted { .. } | CertImportError::Crl { .. } => Error::Untrusted(msg),
         CertImportError::Store(_) => Error::Storage(msg),
     }
