@@ -175,7 +175,8 @@ pub struct AuditEntry {
     Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, zbus::zvariant::Type,
 )]
 pub struct CertificateInfo {
-    /// `VCEK`, `VLEK`, `ASK`, `ASVK` or `ARK`.
+    /// `VCEK`, `VLEK`, `ASK`, `ASVK`, `ARK`, or `CRL` (an ARK CRL that
+    /// `Import` took or `Remove` removed; `not_after` is its nextUpdate).
     pub kind: String,
     /// `milan`, `genoa` or `turin`.
     pub product: String,
@@ -190,6 +191,26 @@ pub struct CertificateInfo {
     pub source: String,
     /// The name the client gave the input (imports only).
     pub file: String,
+}
+
+/// One ARK CRL the daemon holds, as `Certificates.ListCrls` returns it
+/// (D-Bus `(ssssus)`).
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, zbus::zvariant::Type,
+)]
+pub struct CrlInfo {
+    /// `milan`, `genoa` or `turin`.
+    pub product: String,
+    /// `amd` (AMD's pinned ARK) or `test` (a configured test root).
+    pub issuer: String,
+    /// thisUpdate, RFC 3339.
+    pub this_update: String,
+    /// nextUpdate, RFC 3339 ("" when the CRL has none).
+    pub next_update: String,
+    /// Number of revoked serial numbers.
+    pub revoked: u32,
+    /// `imported` or `kds-cache`.
+    pub source: String,
 }
 
 /// The typed errors of the API, `org.snpguard.SnpGuard1.Error.<Variant>`.
@@ -404,6 +425,9 @@ pub trait Certificates {
 
     /// Every certificate the daemon holds.
     fn list(&self) -> zbus::Result<Vec<CertificateInfo>>;
+
+    /// Every ARK CRL the daemon holds.
+    fn list_crls(&self) -> zbus::Result<Vec<CrlInfo>>;
 
     /// Removes the held certificates matching every non-empty argument
     /// (source, kind, product, chip_id prefix, tcb); returns them.

@@ -173,6 +173,18 @@ pub enum SimError {
         /// The ECDSA error.
         source: p384::ecdsa::Error,
     },
+    /// A platform loaded without its ARK key cannot issue a CRL.
+    #[error("this simulated platform was saved without its ARK key (ark-key.pem), so it cannot sign a CRL; create it again with snpguard-sim init")]
+    NoArkKey,
+}
+
+/// An intermediate of the simulated chain, as a CRL lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimCa {
+    /// The ASK (issues VCEKs).
+    Ask,
+    /// The ASVK (issues VLEKs).
+    Asvk,
 }
 
 /// The productName extension of a VCEK ("Milan-B0" as on KDS-issued
@@ -266,6 +278,10 @@ pub struct SimPlatform {
     /// The ASK's key and name, to issue VCEKs for more chips.
     ask_key: RsaPrivateKey,
     ask_name: Name,
+    /// The ARK's key (to sign CRLs; absent when loaded from a directory
+    /// saved without it) and name.
+    ark_key: Option<RsaPrivateKey>,
+    ark_name: Name,
 }
 
 impl fmt::Debug for SimPlatform {
@@ -383,7 +399,72 @@ impl SimPlatform {
             vlek_key,
             ask_key,
             ask_name,
+            ark_key: Some(ark_key),
+            ark_name,
         })
+    }
+
+    /// A CRL of the ARK (RSASSA-PSS SHA-384 like AMD's), revoking the
+    /// intermediates `revoked`, current from `this_update` to
+    /// `next_update`.
+    pub fn issue_crl(
+        &self,
+        revoked: &[SimCa],
+        this_update: time::OffsetDateTime,
+        next_update: time::OffsetDateTime,
+    ) -> Result<Vec<u8>, SimError> {
+        use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+        let key = self.ark_key.as_ref().ok_or(SimError::NoArkKey)?;
+        let der_err = |source| SimError::Der {
+            cert: "CRL",
+            source,
+        };
+        let at = |t: time::OffsetDateTime| {
+            let secs = u64::try_from(t.unix_timestamp()).unwrap_or(0);
+            UtcTime::from_unix_duration(std::time::Duration::from_secs(secs))
+                .map(Time::UtcTime)
+                .map_err(der_err)
+        };
+        let mut entries = Vec::new();
+        for ca in revoked {
+            let der = match ca {
+                SimCa::Ask => &self.ask_der,
+                SimCa::Asvk => &self.asvk_der,
+            };
+            let cert = Certificate::from_der(der).map_err(der_err)?;
+            entries.push(RevokedCert {
+                serial_number: cert.tbs_certificate.serial_number.clone(),
+                revocation_date: at(this_update)?,
+                crl_entry_extensions: None,
+            });
+        }
+        let algorithm = AlgorithmIdentifierOwned {
+            oid: const_oid::db::rfc5912::ID_RSASSA_PSS,
+            parameters: Some(Any::from_der(&PSS_PARAMS_EXPLICIT_TRAILER).map_err(der_err)?),
+        };
+        let tbs = TbsCertList {
+            version: Version::V2,
+            signature: algorithm.clone(),
+            issuer: self.ark_name.clone(),
+            this_update: at(this_update)?,
+            next_update: Some(at(next_update)?),
+            revoked_certificates: (!entries.is_empty()).then_some(entries),
+            crl_extensions: None,
+        };
+        let to_sign = tbs.to_der().map_err(der_err)?;
+        let signature = key
+            .sign_with_rng(&mut OsRng, Pss::new::<Sha384>(), &Sha384::digest(&to_sign))
+            .map_err(|source| SimError::RsaSign {
+                cert: "CRL",
+                source,
+            })?;
+        CertificateList {
+            tbs_cert_list: tbs,
+            signature_algorithm: algorithm,
+            signature: BitString::from_bytes(&signature).map_err(der_err)?,
+        }
+        .to_der()
+        .map_err(der_err)
     }
 
     /// Another chip of the same platform: a fresh VCEK for `hwid` at the

@@ -16,7 +16,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::certs::{
-    CertSet, ChainError, Endorsement, EndorsementCache, KeyKind, Product, TrustAnchors,
+    CertSet, ChainError, Endorsement, EndorsementCache, KeyKind, Product, Revocation,
+    RevocationWarning, TrustAnchors,
 };
 use crate::report::{Report, ReportError, SigningKey, TcbLayout, TcbParts};
 
@@ -63,6 +64,10 @@ pub struct Expectations {
     pub id_key_digest: Option<[u8; 48]>,
     /// Expected digest of the author key.
     pub author_key_digest: Option<[u8; 48]>,
+    /// The relying party's own CRLs and revocation policy, applied to the
+    /// chain whatever CRL the certificates carry (which is checked too,
+    /// never instead). `None`: only a CRL in the certificates is checked.
+    pub revocation: Option<Revocation>,
 }
 
 /// Minimum TCB components. `fmc` applies to Turin only.
@@ -423,6 +428,9 @@ pub struct Verified {
     pub layout: TcbLayout,
     /// Accepted-but-notable facts (a test root, provisional firmware).
     pub notes: Vec<String>,
+    /// Revocation was not fully checked (no CRL, or a stale one) and the
+    /// policy accepted that; also in `notes`.
+    pub revocation_warning: Option<RevocationWarning>,
 }
 
 /// The TCB layout a product uses.
@@ -458,7 +466,7 @@ pub fn verify(
     at: OffsetDateTime,
 ) -> Result<Verified, Rejection> {
     let report = Report::parse(report).map_err(Rejection::one)?;
-    verify_report(report, expect, |kind, hint| {
+    verify_report(report, expect, at, |kind, hint| {
         crate::certs::verify_endorsement(anchors, certs, kind, hint, at)
     })
 }
@@ -497,7 +505,7 @@ impl Verifier {
         at: OffsetDateTime,
     ) -> Result<Verified, Rejection> {
         let report = Report::parse(report).map_err(Rejection::one)?;
-        verify_report(report, expect, |kind, hint| {
+        verify_report(report, expect, at, |kind, hint| {
             self.cache.verify(&self.anchors, certs, kind, hint, at)
         })
     }
@@ -508,6 +516,7 @@ impl Verifier {
 fn verify_report(
     report: Report,
     expect: &Expectations,
+    at: OffsetDateTime,
     endorse: impl FnOnce(KeyKind, Option<Product>) -> Result<Endorsement, ChainError>,
 ) -> Result<Verified, Rejection> {
     if report.key_info.mask_chip_key() {
@@ -536,6 +545,10 @@ fn verify_report(
     if endorsement.test_root && expect.forbid_test_root {
         return Err(Rejection::one(Failure::TestRootNotAllowed));
     }
+    let revocation_warning = match &expect.revocation {
+        Some(r) => r.check(&endorsement, at).map_err(Rejection::one)?,
+        None => None,
+    };
 
     let sig = p384::ecdsa::Signature::from_slice(&report.signature.to_p384_bytes())
         .map_err(|_| Rejection::one(Failure::Signature(kind)))?;
@@ -568,11 +581,15 @@ fn verify_report(
     if endorsement.kind == KeyKind::Vcek && report.chip_id_masked() {
         notes.push("CHIP_ID is masked by the host; the VCEK's hwID was not compared".to_string());
     }
+    if let Some(w) = &revocation_warning {
+        notes.push(w.to_string());
+    }
     Ok(Verified {
         report,
         endorsement,
         layout,
         notes,
+        revocation_warning,
     })
 }
 

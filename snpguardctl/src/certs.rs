@@ -1,12 +1,13 @@
-//! `snpguardctl certs`: import AMD certificates into the daemon for hosts
-//! without KDS access, list what it holds and remove some, over D-Bus.
+//! `snpguardctl certs`: import AMD certificates and ARK CRLs into the
+//! daemon for hosts without KDS access, list what it holds and remove
+//! some, over D-Bus.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use snpguard::dbus::{limit, CertificateInfo, CertificatesProxy};
+use snpguard::dbus::{limit, CertificateInfo, CertificatesProxy, CrlInfo};
 use zbus::zvariant::OwnedFd;
 
 use crate::bus::{self, call_mut, describe, Bus, Target};
@@ -14,12 +15,13 @@ use crate::bus::{self, call_mut, describe, Bus, Target};
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Import VCEK, VLEK, ASK, ASVK or ARK certificates (PEM, DER or a
-    /// certificate table); each must chain to a trusted root
+    /// certificate table) or an ARK CRL (crl.der from KDS); each must
+    /// chain to (a CRL: be signed by) a trusted root
     Import(ImportArgs),
-    /// List the certificates the daemon holds
+    /// List the certificates and ARK CRLs the daemon holds
     List(ListArgs),
-    /// Remove held certificates (imports, cached VCEKs) matching every
-    /// filter given
+    /// Remove held certificates (imports, cached VCEKs) or, with
+    /// --kind CRL, held CRLs, matching every filter given
     #[command(
         override_usage = "snpguardctl certs remove FILTER... [--json]\n       \
                                 snpguardctl certs remove --all [--json]\n\n\
@@ -39,7 +41,8 @@ pub struct RemoveArgs {
     /// Only imported certificates or only VCEKs cached from KDS
     #[arg(long, value_parser = ["imported", "kds-cache"])]
     pub source: Option<String>,
-    /// Only this kind: VCEK, VLEK, ASK or ASVK
+    /// Only this kind: VCEK, VLEK, ASK, ASVK, or CRL (CRLs are removed
+    /// only with --kind CRL)
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
     /// Only this product: milan, genoa or turin
@@ -91,11 +94,30 @@ async fn run_async(target: &Target, cmd: CertsCommand) -> Result<()> {
         CertsCommand::List(a) => {
             let c = CertificatesProxy::new(&bus.conn).await.map_err(describe)?;
             let held = c.list().await.map_err(describe)?;
-            if !a.json && held.is_empty() {
-                println!("no certificates held; import some with snpguardctl certs import");
+            let crls = c.list_crls().await.map_err(describe)?;
+            if a.json {
+                // The certificates as before, then each CRL as an object
+                // of kind "CRL" with its own fields.
+                let mut v: Vec<serde_json::Value> = held
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?;
+                for c in &crls {
+                    let mut o = serde_json::to_value(c)?;
+                    o["kind"] = "CRL".into();
+                    v.push(o);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            print(&held, a.json, false)
+            if held.is_empty() {
+                println!("no certificates held; import some with snpguardctl certs import");
+            } else {
+                print(&held, false, false)?;
+            }
+            println!();
+            print_crls(&crls);
+            Ok(())
         }
         CertsCommand::Remove(a) => {
             let c = CertificatesProxy::new(&bus.conn).await.map_err(describe)?;
@@ -175,6 +197,35 @@ async fn import(bus: &Bus, a: ImportArgs) -> Result<()> {
             .context("importing certificates")?
     };
     print(&imported, a.json, true)
+}
+
+fn print_crls(crls: &[CrlInfo]) {
+    if crls.is_empty() {
+        println!(
+            "no CRL held: revocation is not checked (or refused, per [revocation] missing); \
+             import AMD's with snpguardctl certs import crl.der"
+        );
+        return;
+    }
+    println!(
+        "{:<7} {:<6} {:<21} {:<21} {:>7} SOURCE",
+        "CRL", "ISSUER", "THIS UPDATE", "NEXT UPDATE", "REVOKED"
+    );
+    for c in crls {
+        println!(
+            "{:<7} {:<6} {:<21} {:<21} {:>7} {}",
+            c.product,
+            c.issuer,
+            c.this_update,
+            if c.next_update.is_empty() {
+                "-"
+            } else {
+                &c.next_update
+            },
+            c.revoked,
+            c.source
+        );
+    }
 }
 
 fn print(certs: &[CertificateInfo], json: bool, with_file: bool) -> Result<()> {

@@ -244,6 +244,9 @@ fn verify_cmd(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         host_data: a.host_data,
         id_key_digest: a.id_key_digest,
         author_key_digest: a.author_key_digest,
+        // Offline: the CRL given with the certificates (crl.der in
+        // --certs-dir) is checked; there is no held one.
+        revocation: None,
     };
     let anchors = TrustAnchors::amd().context("loading the pinned AMD roots")?;
     match verify::verify(&anchors, &report_bytes, &set, &expect, at) {

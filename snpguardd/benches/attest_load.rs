@@ -286,6 +286,7 @@ fn main() -> anyhow::Result<()> {
         rate_limit: RateLimit::default(),
         https: Default::default(),
         tcb_floors: Default::default(),
+        revocation: Default::default(),
     };
     let attestor = Attestor::new(registry, &config, Box::new(HttpKds::amd()))?;
     let guest = Arc::new(Guest::new(sim, &rec)?);

@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use clap::Parser;
 use serde::Deserialize;
-use snpguard::certs::Product;
+use snpguard::certs::{CrlPolicy, Product, RevocationPolicy};
 use snpguard::verify::{MinTcb, TcbFloors};
 
 use crate::attest::nonce::{NONCE_LIFETIME_SECS, NONCE_MAX_LIFETIME_SECS};
@@ -173,6 +173,9 @@ pub struct Config {
     pub tcb_floors: TcbFloors,
     /// Connection handling of the HTTPS endpoint.
     pub https: Https,
+    /// What a missing or stale CRL of the daemon's own means
+    /// (`[revocation]`).
+    pub revocation: RevocationPolicy,
 }
 
 /// Longest `client_hello_timeout_secs` accepted.
@@ -262,6 +265,9 @@ pub enum ConfigError {
     /// An `[https]` value out of range.
     #[error("https: {0}")]
     InvalidHttps(String),
+    /// A `[revocation]` value that is neither `fail` nor `warn`.
+    #[error("revocation: {0}")]
+    InvalidRevocation(String),
     /// Only one of `tls_cert` and `tls_key` was set.
     #[error("tls_cert and tls_key must be set together (or neither, to generate them)")]
     TlsHalfConfigured,
@@ -292,6 +298,25 @@ struct FileConfig {
     rate_limit: Option<FileRateLimit>,
     https: Option<FileHttps>,
     tcb_floor: Option<FileTcbFloors>,
+    revocation: Option<FileRevocation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRevocation {
+    missing: Option<String>,
+    stale: Option<String>,
+}
+
+fn crl_policy(key: &str, v: &str) -> Result<CrlPolicy, ConfigError> {
+    match v {
+        "fail" => Ok(CrlPolicy::Fail),
+        "warn" => Ok(CrlPolicy::Warn),
+        _ => Err(ConfigError::InvalidRevocation(format!(
+            "{key} = {:?}; expected \"fail\" or \"warn\"",
+            v.chars().take(32).collect::<String>()
+        ))),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -488,7 +513,18 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
         tcb_floors.turin = floor(f.turin, Product::Turin)?;
     }
 
+    let mut revocation = RevocationPolicy::default();
+    if let Some(r) = file.revocation {
+        if let Some(v) = r.missing {
+            revocation.missing = crl_policy("missing", &v)?;
+        }
+        if let Some(v) = r.stale {
+            revocation.stale = crl_policy("stale", &v)?;
+        }
+    }
+
     Ok(Config {
+        revocation,
         source,
         state_dir,
         bus,
@@ -536,6 +572,18 @@ impl Config {
                 ),
             }
         }
+        let policy = |p: CrlPolicy| match p {
+            CrlPolicy::Fail => "fail",
+            CrlPolicy::Warn => "warn",
+        };
+        tracing::info!(
+            missing = policy(self.revocation.missing),
+            stale = policy(self.revocation.stale),
+            "revocation: every chain is checked against the daemon's own ARK CRL \
+             ([revocation] missing = {:?}, stale = {:?})",
+            policy(self.revocation.missing),
+            policy(self.revocation.stale),
+        );
         for root in &self.test_roots {
             tracing::warn!(
                 product = %root.product,
@@ -821,6 +869,35 @@ ark_path = "sim/ark.pem"
                 resolve(&args(&["--config", p.to_str().expect("utf-8")])).expect_err("must fail");
             assert!(expected(&err), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn revocation_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let resolve_text = |t: &str| {
+            let p = write_config(&dir, t);
+            resolve(&args(&["--config", p.to_str().expect("utf-8")]))
+        };
+        let c = resolve_text("").expect("defaults");
+        assert_eq!(
+            c.revocation,
+            RevocationPolicy {
+                missing: CrlPolicy::Warn,
+                stale: CrlPolicy::Fail
+            }
+        );
+        let c = resolve_text("[revocation]\nmissing = \"fail\"\nstale = \"warn\"\n").expect("ok");
+        assert_eq!(
+            c.revocation,
+            RevocationPolicy {
+                missing: CrlPolicy::Fail,
+                stale: CrlPolicy::Warn
+            }
+        );
+        let e = resolve_text("[revocation]\nmissing = \"ignore\"\n").expect_err("refused");
+        assert!(e.to_string().contains("\"fail\" or \"warn\""), "{e}");
+        let e = resolve_text("[revocation]\nexpired = \"warn\"\n").expect_err("refused");
+        assert!(e.to_string().contains("expired"), "{e}");
     }
 
     #[test]

@@ -283,6 +283,7 @@ mod tests {
             rate_limit: Default::default(),
             https: Default::default(),
             tcb_floors: Default::default(),
+            revocation: Default::default(),
         }
     }
 

@@ -6,7 +6,8 @@
 //! attestation against a simulated platform with every trust rule refused
 //! end to end with its own journaled reason, and certificate imports for
 //! an air-gapped daemon. The HTTPS cases are in daemon/attestation.rs,
-//! daemon/refusals.rs and daemon/renewal.rs.
+//! daemon/refusals.rs and daemon/renewal.rs; the daemon's own CRL and the
+//! test-root start-up check in daemon/revocation.rs.
 
 mod common;
 
@@ -877,3 +878,5 @@ mod attestation;
 mod refusals;
 #[path = "daemon/renewal.rs"]
 mod renewal;
+#[path = "daemon/revocation.rs"]
+mod revocation;

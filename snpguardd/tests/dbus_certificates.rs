@@ -179,6 +179,7 @@ async fn remove_parses_the_filter_and_asks_polkit() {
             product: Some(Product::Milan),
             chip_id: Some("0a1b".into()),
             tcb: Some("3.0.8.115".into()),
+            crl: false,
         })
     );
     let calls = h.polkit.calls();

@@ -140,6 +140,14 @@ impl TrustAnchors {
             .map(|(_, c)| c)
     }
 
+    /// SHA-256 fingerprints of every root trusted for `product`, AMD's
+    /// first, each with whether it is a test root.
+    pub fn root_fingerprints(&self, product: Product) -> Vec<([u8; 32], bool)> {
+        self.roots(product)
+            .map(|r| (r.cert.fingerprint(), r.test))
+            .collect()
+    }
+
     /// Every root trusted for `product`, AMD's first.
     pub(crate) fn roots(&self, product: Product) -> impl Iterator<Item = &Root> {
         self.roots.iter().filter(move |r| r.product == product)

@@ -223,6 +223,13 @@ pub enum ChainError {
         /// What failed.
         reason: String,
     },
+    /// No CRL of the chain's root is held, and the relying party's policy
+    /// requires one.
+    #[error("no CRL of the {} ARK is held and the revocation policy requires one ([revocation] missing = \"fail\"); import AMD's CRL (snpguardctl certs import crl.der, from KDS /vcek/v1/{}/crl) or enable KDS", product.kds_name(), product.kds_name())]
+    CrlMissing {
+        /// The chain's product.
+        product: Product,
+    },
     /// An intermediate listed in the ARK's CRL.
     #[error(
         "the {role} (serial {serial}) is revoked by the ARK's CRL; this chain must not be trusted"
@@ -258,6 +265,7 @@ impl ChainError {
             ChainError::CrlIssuer { .. } => "crl-issuer",
             ChainError::CrlNotCurrent { .. } => "crl-not-current",
             ChainError::CrlSignature { .. } => "crl-signature",
+            ChainError::CrlMissing { .. } => "crl-missing",
             ChainError::Revoked { .. } => "revoked",
         }
     }
@@ -280,6 +288,13 @@ pub struct Endorsement {
     pub product_name: Option<String>,
     /// The chain ends in a test root, not AMD's: say so loudly.
     pub test_root: bool,
+    /// SHA-256 of the root certificate the chain ends in.
+    pub root_fingerprint: [u8; 32],
+    /// The intermediate: ASK (VCEK) or ASVK (VLEK).
+    pub intermediate: CertRole,
+    /// The intermediate's serial number (DER content octets), what the
+    /// ARK's CRL lists when it is revoked.
+    pub intermediate_serial: Vec<u8>,
 }
 
 /// A validity window, unix seconds.
@@ -559,6 +574,9 @@ pub(crate) fn verify_static(
             hwid,
             product_name,
             test_root: root.test,
+            root_fingerprint: root.cert.fingerprint(),
+            intermediate: irole,
+            intermediate_serial: inter.serial().to_vec(),
         },
         windows: [
             Window::of(CertRole::Ark, &root.cert),

@@ -12,6 +12,8 @@
 //! - [`verify_endorsement`]: VCEK/VLEK -> ASK/ASVK -> ARK, every rule every
 //!   time, each failure a [`ChainError`] variant; [`EndorsementCache`] skips
 //!   the RSA work for a chain already verified.
+//! - [`Crl`], [`Revocation`]: a relying party's own ARK CRLs, applied to
+//!   every chain under a [`RevocationPolicy`].
 
 mod amd;
 mod cache;
@@ -37,6 +39,7 @@ pub use amd::TrustAnchors;
 pub use cache::EndorsementCache;
 pub use cert::Cert;
 pub use chain::{verify_ca, verify_endorsement, CaCert, CertRole, ChainError, Endorsement};
+pub use crl::{Crl, CrlPolicy, Revocation, RevocationPolicy, RevocationWarning};
 pub use ext::CertTcb;
 pub use set::CertSet;
 pub use table::{

@@ -6,7 +6,9 @@
 //!   (`ark.pem` is the root a test daemon's `[[test_roots]]` trusts);
 //! - `vcek-key.pem`, `vlek-key.pem`: the endorsement keys, PKCS#8, 0600;
 //! - `ask-key.pem`: the ASK's RSA key, PKCS#8, 0600 (to issue VCEKs for
-//!   more chips after loading).
+//!   more chips after loading);
+//! - `ark-key.pem`: the ARK's RSA key, PKCS#8, 0600 (to sign CRLs after
+//!   loading; optional when loading, for directories saved before it).
 
 use std::fs;
 use std::io::Write as _;
@@ -206,6 +208,12 @@ impl SimPlatform {
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| malformed("ASK key", e))?;
         write_file(&dir.join("ask-key.pem"), ask_pem.as_bytes(), 0o600)?;
+        if let Some(ark_key) = &self.ark_key {
+            let ark_pem = ark_key
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| malformed("ARK key", e))?;
+            write_file(&dir.join("ark-key.pem"), ark_pem.as_bytes(), 0o600)?;
+        }
         let meta = PlatformFile {
             version: PLATFORM_VERSION,
             product: self.product.to_string(),
@@ -258,10 +266,40 @@ impl SimPlatform {
             ));
         }
         let ask_name = ask_cert.tbs_certificate.subject.clone();
+        let ark_der = cert("ark.pem")?;
+        let ark_cert = Certificate::from_der(&ark_der).map_err(|e| malformed("ark.pem", e))?;
+        let ark_key_path = dir.join("ark-key.pem");
+        let ark_key = if ark_key_path.exists() {
+            let pem = zeroize::Zeroizing::new(read_bounded(&ark_key_path)?);
+            let text = std::str::from_utf8(&pem).map_err(|e| malformed("ark-key.pem", e))?;
+            let k = rsa::RsaPrivateKey::from_pkcs8_pem(text)
+                .map_err(|e| malformed("ark-key.pem", e))?;
+            let public = rsa::pkcs8::EncodePublicKey::to_public_key_der(&k.to_public_key())
+                .map_err(|e| malformed("ark-key.pem", e))?;
+            let spki = ark_cert
+                .tbs_certificate
+                .subject_public_key_info
+                .to_der()
+                .map_err(|source| SimError::Der {
+                    cert: "ARK",
+                    source,
+                })?;
+            if public.as_bytes() != spki.as_slice() {
+                return Err(malformed(
+                    "ark-key.pem",
+                    "the private key does not belong to the certificate",
+                ));
+            }
+            Some(k)
+        } else {
+            None
+        };
         let platform = SimPlatform {
             product,
             tcb: meta.tcb.into(),
-            ark_der: cert("ark.pem")?,
+            ark_der,
+            ark_key,
+            ark_name: ark_cert.tbs_certificate.subject.clone(),
             ask_der,
             asvk_der: cert("asvk.pem")?,
             vcek_der: cert("vcek.pem")?,

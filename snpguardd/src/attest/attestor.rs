@@ -51,7 +51,9 @@ use snpguard::attest::{
     self, decode_nonce, encode_nonce, unb64, AttestRequest, AttestResponse, ChallengeResponse,
     RenewRequest, RenewResponse, MAX_BODY, NONCE_LEN,
 };
-use snpguard::certs::{CertSet, Product, TrustAnchors};
+use snpguard::certs::{
+    CertSet, Crl, Product, Revocation, RevocationPolicy, RevocationWarning, TrustAnchors,
+};
 use snpguard::report::{Report, REPORT_SIZE};
 use snpguard::seal::PublicKey;
 use snpguard::verify::{
@@ -65,6 +67,7 @@ mod renew;
 
 use super::audit::{AuditEntry, AuditLog};
 use super::certs::{self as held, CertFilter, CertImportError, CertSummary, CertificateService};
+use super::crls::{self, CrlMemo, CrlSource, CrlSummary, Stored};
 use super::kds::{KdsClient, KdsGate};
 use super::nonce::{self, NonceError, Nonces};
 use super::{AttestError, AttestHandler};
@@ -111,6 +114,21 @@ pub enum AttestorError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Test roots are configured and a record would trust only AMD.
+    #[error(
+        "[[test_roots]] are configured, but {} registered without --allow-test-root: {}. \
+         A daemon that trusts a simulated platform must hold no production record. \
+         Either remove test_roots from the configuration (production host), or \
+         re-register {} with --allow-test-root (test host: snpguardctl records delete, \
+         then snpguardctl register ... --allow-test-root)",
+        if records.len() == 1 { "this record was" } else { "these records were" },
+        records.join(", "),
+        if records.len() == 1 { "it" } else { "them" }
+    )]
+    TestRootsWithProductionRecords {
+        /// `name (id)` of each such record.
+        records: Vec<String>,
+    },
 }
 
 /// Implements [`AttestHandler`] over the registry and its store.
@@ -126,6 +144,14 @@ pub struct Attestor {
     last_gc: AtomicU64,
     /// Daemon-wide TCB floors (`[tcb_floor.<product>]`).
     tcb_floors: TcbFloors,
+    /// What a missing or stale CRL means (`[revocation]`).
+    revocation: RevocationPolicy,
+    /// The held CRLs, parsed and verified once per stored value.
+    crl_memo: CrlMemo,
+    /// Revocation warnings already logged (product, test root, code):
+    /// logged once, not per attestation; forgotten when a CRL of that
+    /// product is taken in.
+    crl_warned: std::sync::Mutex<std::collections::HashSet<(Product, bool, &'static str)>>,
 }
 
 impl std::fmt::Debug for Attestor {
@@ -259,6 +285,7 @@ fn expectations(
         host_data: None,
         id_key_digest: Some(hex48(&rec.id_key_digest, "id_key_digest")?),
         author_key_digest: Some(hex48(&rec.author_key_digest, "author_key_digest")?),
+        revocation: None,
     })
 }
 
@@ -316,6 +343,18 @@ impl Attestor {
         let records = registry
             .list()
             .map_err(|e| StoreError::Backend(format!("listing the records: {e}")))?;
+        if !config.test_roots.is_empty() {
+            let production: Vec<String> = records
+                .iter()
+                .filter(|r| !r.allow_test_root)
+                .map(|r| format!("{} ({})", r.name, r.id))
+                .collect();
+            if !production.is_empty() {
+                return Err(AttestorError::TestRootsWithProductionRecords {
+                    records: production,
+                });
+            }
+        }
         for r in records.iter().filter(|r| r.allow_test_root) {
             tracing::warn!(
                 RECORD = %r.id,
@@ -330,6 +369,9 @@ impl Attestor {
         }
         Ok(Attestor {
             tcb_floors: config.tcb_floors,
+            revocation: config.revocation,
+            crl_memo: CrlMemo::default(),
+            crl_warned: Default::default(),
             nonces: Nonces::new(registry.keys().nonce_hmac())
                 .with_lifetime(config.attest.nonce_lifetime_secs),
             registry,
@@ -370,13 +412,9 @@ impl Attestor {
         &self,
         files: &[(String, Vec<u8>)],
     ) -> Result<Vec<CertSummary>, CertImportError> {
-        let imported = held::import(
-            self.store(),
-            self.verifier.anchors(),
-            files,
-            self.clock.now(),
-        )
-        .inspect_err(|e| tracing::warn!("certificate import refused: {e}"))?;
+        let imported = self
+            .import_inner(files)
+            .inspect_err(|e| tracing::warn!("certificate import refused: {e}"))?;
         for c in &imported {
             tracing::info!(
                 ROLE = %c.role,
@@ -389,6 +427,203 @@ impl Attestor {
             );
         }
         Ok(imported)
+    }
+
+    /// Certificates through [`held::import`], ARK CRLs (files that are
+    /// CRLs) each checked to be signed by a trusted root and newer than
+    /// the one held for it. Every file is checked before anything is
+    /// stored.
+    fn import_inner(
+        &self,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<Vec<CertSummary>, CertImportError> {
+        let anchors = self.verifier.anchors();
+        let (crl_files, cert_files): (Vec<_>, Vec<_>) =
+            files.iter().partition(|(_, b)| Crl::looks_like_crl(b));
+        let mut crl_ops = Vec::new();
+        let mut crl_out = Vec::new();
+        let mut seen = Vec::new();
+        for (file, bytes) in crl_files {
+            let crl = Crl::verify(anchors, bytes).map_err(|e| CertImportError::Crl {
+                file: file.clone(),
+                code: e.code(),
+                reason: e.to_string(),
+            })?;
+            if seen.contains(&crl.root_fingerprint()) {
+                return Err(CertImportError::Malformed {
+                    file: file.clone(),
+                    reason: format!(
+                        "a second CRL of the {} root in one import; import only the newest",
+                        crl.product()
+                    ),
+                });
+            }
+            seen.push(crl.root_fingerprint());
+            let (stored, op) = crls::store_op(
+                self.store(),
+                anchors,
+                &self.crl_memo,
+                &crl,
+                CrlSource::Imported,
+            )?;
+            if let Stored::KeptNewer(held_this) = stored {
+                return Err(CertImportError::CrlNotNewer {
+                    file: file.clone(),
+                    product: crl.product(),
+                    held: held_this.format(&Rfc3339).unwrap_or_default(),
+                    given: crl.this_update().format(&Rfc3339).unwrap_or_default(),
+                });
+            }
+            crl_ops.extend(op);
+            let summary = CrlSummary::of(&crl, CrlSource::Imported);
+            crl_out.push(CertSummary {
+                role: snpguard::certs::CertRole::Ark,
+                product: crl.product(),
+                chip_id: None,
+                tcb: None,
+                not_after: summary.next_update.clone(),
+                source: "imported",
+                file: Some(file.clone()),
+                crl: Some(summary),
+            });
+        }
+        let mut out = if cert_files.is_empty() {
+            Vec::new()
+        } else {
+            let cert_files: Vec<(String, Vec<u8>)> = cert_files.into_iter().cloned().collect();
+            held::import(self.store(), anchors, &cert_files, self.clock.now())?
+        };
+        if !crl_ops.is_empty() {
+            self.store().transaction(&crl_ops)?;
+        }
+        for c in &crl_out {
+            self.forget_warnings(c.product);
+        }
+        out.extend(crl_out);
+        Ok(out)
+    }
+
+    /// Every ARK CRL the daemon holds.
+    pub fn held_crls(&self) -> Result<Vec<CrlSummary>, StoreError> {
+        crls::list(self.store(), self.verifier.anchors(), &self.crl_memo)
+    }
+
+    fn forget_warnings(&self, product: Product) {
+        self.crl_warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(p, _, _)| *p != product);
+    }
+
+    /// Logs a revocation warning loudly, once per product, root kind and
+    /// rule (every attestation carries it in its audit notes).
+    fn warn_revocation(&self, w: &RevocationWarning) {
+        let test_root = matches!(
+            w,
+            RevocationWarning::Missing {
+                test_root: true,
+                ..
+            } | RevocationWarning::Stale {
+                test_root: true,
+                ..
+            }
+        );
+        let first = self
+            .crl_warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((w.product(), test_root, w.code()));
+        if first {
+            tracing::warn!(
+                PRODUCT = %w.product(),
+                CODE = w.code(),
+                "{w}; accepted because [revocation] says warn (logged once per product until \
+                 a CRL is taken in)"
+            );
+        }
+    }
+
+    /// The daemon's CRLs for the products `report` may come from, under
+    /// its policy; with KDS enabled, a missing or stale AMD CRL is
+    /// fetched first (through the gate's rate limit and memory).
+    fn revocation(&self, report: &Report, now: OffsetDateTime) -> Result<Revocation, AttestError> {
+        let anchors = self.verifier.anchors();
+        let products = candidate_products(report);
+        let store_err = |e: StoreError| internal("reading the held CRLs", e);
+        if let Some(gate) = &self.kds {
+            for &p in &products {
+                let Some(ark) = anchors.amd_ark(p) else {
+                    continue;
+                };
+                let key = crls::crl_key(p, &ark.fingerprint());
+                let held = self
+                    .crl_memo
+                    .get(self.store(), anchors, &key)
+                    .map_err(store_err)?;
+                if held.as_ref().is_some_and(|(c, _)| c.is_current(now)) {
+                    continue;
+                }
+                self.fetch_crl(gate, p, now);
+            }
+        }
+        let held = self
+            .crl_memo
+            .held(self.store(), anchors, &products)
+            .map_err(store_err)?;
+        Ok(Revocation::new(
+            self.revocation,
+            held.into_iter().map(|(c, _)| c),
+        ))
+    }
+
+    /// Fetches AMD's CRL of `product` from KDS and keeps it when AMD's
+    /// ARK signed it and it is newer than the one held. Failures are
+    /// logged; the policy then decides.
+    fn fetch_crl(&self, gate: &KdsGate, product: Product, now: OffsetDateTime) {
+        let der = match gate.fetch_crl(product, secs(now)) {
+            Ok(der) => der,
+            Err(e) => {
+                tracing::debug!(PRODUCT = %product, "no CRL from KDS: {e}");
+                return;
+            }
+        };
+        let anchors = self.verifier.anchors();
+        let crl = match Crl::verify(anchors, &der) {
+            Ok(c) if c.product() == product && !c.test_root() => c,
+            Ok(c) => {
+                tracing::warn!(
+                    PRODUCT = %product,
+                    "KDS served a CRL of {} (test root: {}) for {product}; ignored",
+                    c.product(),
+                    c.test_root()
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(PRODUCT = %product, CODE = e.code(), "KDS served an unusable CRL: {e}");
+                return;
+            }
+        };
+        let stored = crls::store_op(self.store(), anchors, &self.crl_memo, &crl, CrlSource::Kds)
+            .and_then(|(stored, op)| {
+                if let Some(op) = op {
+                    self.store().transaction(&[op])?;
+                }
+                Ok(stored)
+            });
+        match stored {
+            Ok(Stored::Stored) => {
+                self.forget_warnings(product);
+                tracing::info!(
+                    PRODUCT = %product,
+                    THIS_UPDATE = %crl.this_update(),
+                    REVOKED = crl.revoked_count(),
+                    "cached AMD's CRL fetched from KDS"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("storing the CRL fetched from KDS: {e}"),
+        }
     }
 
     /// Every certificate the daemon holds (imports and the KDS cache).
@@ -598,7 +833,8 @@ impl Attestor {
         let measurement = launch
             .as_ref()
             .map_or(rec.measurement.as_str(), |l| &l.measurement);
-        let expect = expectations(&rec, self.tcb_floors, measurement, report_data)?;
+        let mut expect = expectations(&rec, self.tcb_floors, measurement, report_data)?;
+        expect.revocation = Some(self.revocation(&report, now)?);
         let endorsed = self.endorse_and_verify(&report, &report_bytes, table, &expect, now)?;
         entry.cert_source = endorsed.source.map(str::to_owned);
         entry.notes = endorsed.notes;
@@ -623,6 +859,9 @@ impl Attestor {
         });
         match (verified, unapproved) {
             (Ok(v), None) => {
+                if let Some(w) = &v.revocation_warning {
+                    self.warn_revocation(w);
+                }
                 entry.notes.extend(v.notes);
                 Ok(Verified {
                     rec,
@@ -746,7 +985,46 @@ impl CertificateService for Attestor {
         self.held_certificates()
     }
 
+    fn list_crls(&self) -> Result<Vec<CrlSummary>, StoreError> {
+        self.held_crls()
+    }
+
     fn remove_certificates(&self, filter: &CertFilter) -> Result<Vec<CertSummary>, StoreError> {
+        if filter.crl {
+            let source = filter.source.map(|s| match s {
+                held::HeldSource::Imported => CrlSource::Imported,
+                held::HeldSource::KdsCache => CrlSource::Kds,
+            });
+            let removed = crls::remove(
+                self.store(),
+                self.verifier.anchors(),
+                &self.crl_memo,
+                filter.product,
+                source,
+            )?;
+            for c in &removed {
+                tracing::warn!(
+                    PRODUCT = %c.product,
+                    THIS_UPDATE = %c.this_update,
+                    SOURCE = c.source.name(),
+                    "removed a held CRL: chains of {} are now checked as having no CRL",
+                    c.product
+                );
+            }
+            return Ok(removed
+                .into_iter()
+                .map(|c| CertSummary {
+                    role: snpguard::certs::CertRole::Ark,
+                    product: c.product,
+                    chip_id: None,
+                    tcb: None,
+                    not_after: c.next_update.clone(),
+                    source: c.source.name(),
+                    file: None,
+                    crl: Some(c),
+                })
+                .collect());
+        }
         let removed = held::remove(self.store(), filter)?;
         for c in &removed {
             tracing::info!(

@@ -11,6 +11,7 @@
 //! | `import/ask/<Product>`                  | DER of an imported ASK     |
 //! | `import/asvk/<Product>`                 | DER of an imported ASVK    |
 //! | `kds/vcek/<Product>/<hwid>/<tcb>`       | DER of a VCEK from KDS     |
+//! | `crl/<Product>/<root sha256>`           | an ARK CRL ([`super::crls`]) |
 //!
 //! A VCEK for a chip at a TCB never changes, so cached entries do not
 //! expire; validity dates are still checked at every verification, and a
@@ -78,6 +79,29 @@ pub enum CertImportError {
         code: &'static str,
         /// The precise reason.
         reason: String,
+    },
+    /// A CRL that is malformed or not signed by a trusted root.
+    #[error("{file}: the CRL is not accepted ({code}): {reason}")]
+    Crl {
+        /// The input's name.
+        file: String,
+        /// The rule's stable code (`crl-signature`, `crl-issuer`,
+        /// `crl-malformed`).
+        code: &'static str,
+        /// The precise reason.
+        reason: String,
+    },
+    /// A CRL older than (or as old as) the one held for its root.
+    #[error("{file}: the {product} CRL held (thisUpdate {held}) is newer than or as new as this one (thisUpdate {given}); an older CRL never replaces a newer one, so nothing was imported")]
+    CrlNotNewer {
+        /// The input's name.
+        file: String,
+        /// The product.
+        product: Product,
+        /// thisUpdate of the held CRL.
+        held: String,
+        /// thisUpdate of the given one.
+        given: String,
     },
     /// Too many certificates or files at once.
     #[error("more than {MAX_IMPORT_CERTS} certificates in one import; import them in batches")]
@@ -250,6 +274,9 @@ pub struct CertFilter {
     /// `bootloader.tee.snp.microcode` (`.fmc` on Turin); matches VCEKs
     /// and VLEKs only.
     pub tcb: Option<String>,
+    /// Kind `CRL`: the held ARK CRLs (of `product`, from `source`) and
+    /// nothing else. Without it no CRL is ever removed.
+    pub crl: bool,
 }
 
 /// Why a filter of [`CertFilter::parse`] was refused.
@@ -277,15 +304,16 @@ impl CertFilter {
             "kds-cache" => Some(HeldSource::KdsCache),
             s => return bad(format!("source {s:?}: expected imported or kds-cache")),
         };
+        let crl = kind.eq_ignore_ascii_case("CRL");
         let role = match kind.to_ascii_uppercase().as_str() {
-            "" => None,
+            "" | "CRL" => None,
             "VCEK" => Some(CertRole::Vcek),
             "VLEK" => Some(CertRole::Vlek),
             "ASK" => Some(CertRole::Ask),
             "ASVK" => Some(CertRole::Asvk),
             _ => {
                 return bad(format!(
-                    "kind {:?}: expected VCEK, VLEK, ASK or ASVK (ARKs are never stored)",
+                    "kind {:?}: expected VCEK, VLEK, ASK, ASVK or CRL (ARKs are never stored)",
                     kind.chars().take(16).collect::<String>()
                 ))
             }
@@ -318,12 +346,18 @@ impl CertFilter {
                 ))
             }
         };
+        if crl && (chip_id.is_some() || tcb.is_some()) {
+            return bad(
+                "kind CRL: a CRL has no chip_id or tcb; filter by product and source".into(),
+            );
+        }
         Ok(CertFilter {
             source,
             role,
             product,
             chip_id,
             tcb,
+            crl,
         })
     }
 }
@@ -338,6 +372,8 @@ pub trait CertificateService: Send + Sync + 'static {
     ) -> Result<Vec<CertSummary>, CertImportError>;
     /// Every certificate held. See [`list`].
     fn list_certificates(&self) -> Result<Vec<CertSummary>, StoreError>;
+    /// Every ARK CRL held. See [`super::crls::list`].
+    fn list_crls(&self) -> Result<Vec<super::crls::CrlSummary>, StoreError>;
     /// Removes the held certificates `filter` matches. See [`remove`].
     fn remove_certificates(&self, filter: &CertFilter) -> Result<Vec<CertSummary>, StoreError>;
 }
@@ -360,6 +396,9 @@ pub struct CertSummary {
     pub source: &'static str,
     /// The input it came from (imports only).
     pub file: Option<String>,
+    /// Set when this is an ARK CRL, not a certificate (`role` is then
+    /// the ARK, its issuer, and `not_after` its nextUpdate).
+    pub crl: Option<super::crls::CrlSummary>,
 }
 
 fn not_after(cert: &Cert) -> String {
@@ -565,6 +604,7 @@ pub fn import(
             not_after: not_after(cert),
             source,
             file: Some((*file).to_owned()),
+            crl: None,
         });
     }
     for (file, role, cert) in parsed
@@ -624,6 +664,7 @@ pub fn import(
             not_after: not_after(cert),
             source: "imported",
             file: Some((*file).to_owned()),
+            crl: None,
         });
     }
     if !ops.is_empty() {
@@ -645,6 +686,11 @@ pub fn list(store: &dyn Store) -> Result<Vec<CertSummary>, StoreError> {
 /// returns what was removed. Entries that no longer parse are removed
 /// when the filter names neither a kind, a product, a chip nor a TCB.
 pub fn remove(store: &dyn Store, filter: &CertFilter) -> Result<Vec<CertSummary>, StoreError> {
+    if filter.crl {
+        // CRLs are removed by [`super::crls::remove`], certificates never
+        // by a CRL filter.
+        return Ok(Vec::new());
+    }
     let mut ops = Vec::new();
     let mut out = Vec::new();
     let only_source = CertFilter {
@@ -706,13 +752,16 @@ fn unparsable_keys(store: &dyn Store) -> Result<Vec<Vec<u8>>, StoreError> {
         .entries(Tree::Certs)?
         .into_iter()
         .map(|(k, _)| k)
-        .filter(|k| !good.contains(k))
+        .filter(|k| !good.contains(k) && !k.starts_with(super::crls::CRL_PREFIX))
         .collect())
 }
 
 fn held_entries(store: &dyn Store) -> Result<Vec<HeldEntry>, StoreError> {
     let mut out = Vec::new();
     for (raw_key, der) in store.entries(Tree::Certs)? {
+        if raw_key.starts_with(super::crls::CRL_PREFIX) {
+            continue;
+        }
         let key = String::from_utf8_lossy(&raw_key).into_owned();
         let parts: Vec<&str> = key.split('/').collect();
         let (Some(source), Some(role), Some(product)) = (
@@ -765,6 +814,7 @@ fn held_entries(store: &dyn Store) -> Result<Vec<HeldEntry>, StoreError> {
                 not_after: not_after(&cert),
                 source,
                 file: None,
+                crl: None,
             },
         });
     }

@@ -12,7 +12,10 @@
 //!   ?fmcSPL=..&blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..`
 //!
 //! VLEKs are not published by KDS (they are loaded by the cloud provider)
-//! and are never fetched.
+//! and are never fetched. The ARK's CRL is fetched from
+//! `/vcek/v1/{product}/crl` (the same ARK signs it for ASKs and ASVKs),
+//! through the same gate: one lookup per product is remembered like a
+//! VCEK's.
 //!
 //! Whoever can send a report can make the daemon ask KDS, so every
 //! lookup goes through a [`KdsGate`]: a (chip, TCB) that KDS already
@@ -105,6 +108,8 @@ struct Answer {
 
 struct GateState {
     answers: HashMap<LookupKey, Answer>,
+    /// CRL lookups, per product.
+    crls: HashMap<Product, Answer>,
     /// Fetch tokens (scaled by the interval: one token is one fetch).
     tokens: f64,
     refilled_at: u64,
@@ -129,6 +134,7 @@ impl KdsGate {
             client,
             state: Mutex::new(GateState {
                 answers: HashMap::new(),
+                crls: HashMap::new(),
                 tokens: f64::from(KDS_FETCH_BURST),
                 refilled_at: 0,
             }),
@@ -174,6 +180,44 @@ impl KdsGate {
         }
         let result = self.client.fetch_vcek(product, hwid, tcb);
         self.remember(key, result.clone(), now);
+        result
+    }
+
+    /// The ARK CRL of `product`, at `now`: from memory when KDS answered
+    /// for that product recently (a CRL for [`KDS_ANSWER_TTL_SECS`], a
+    /// failure for [`KDS_NEGATIVE_TTL_SECS`]), else fetched if the rate
+    /// limit allows.
+    pub fn fetch_crl(&self, product: Product, now: u64) -> Result<Vec<u8>, KdsError> {
+        {
+            let mut st = self.lock();
+            if let Some(a) = st.crls.get(&product) {
+                let age = now.saturating_sub(a.at);
+                let ttl = ttl(&a.result);
+                if age < ttl {
+                    return match &a.result {
+                        Ok(der) => Ok(der.clone()),
+                        Err(e) => Err(KdsError::RecentlyFailed {
+                            age_secs: age,
+                            retry_in_secs: ttl - age,
+                            reason: e.to_string(),
+                        }),
+                    };
+                }
+            }
+            st.refill(now);
+            if st.tokens < 1.0 {
+                return Err(KdsError::RateLimited);
+            }
+            st.tokens -= 1.0;
+        }
+        let result = self.client.fetch_crl(product);
+        self.lock().crls.insert(
+            product,
+            Answer {
+                at: now,
+                result: result.clone(),
+            },
+        );
         result
     }
 
@@ -242,6 +286,15 @@ pub trait KdsClient: Send + Sync + 'static {
         hwid: &[u8],
         tcb: &TcbParts,
     ) -> Result<Vec<u8>, KdsError>;
+
+    /// The ARK's CRL of `product` (`/vcek/v1/{product}/crl`), DER as KDS
+    /// serves it.
+    fn fetch_crl(&self, product: Product) -> Result<Vec<u8>, KdsError>;
+}
+
+/// The path of the ARK's CRL of `product` on KDS.
+pub fn crl_path(product: Product) -> String {
+    format!("/vcek/v1/{}/crl", product.kds_name())
 }
 
 /// The path and query of a VCEK on KDS (below the base URL).
@@ -298,17 +351,8 @@ impl HttpKds {
     }
 }
 
-impl KdsClient for HttpKds {
-    fn fetch_vcek(
-        &self,
-        product: Product,
-        hwid: &[u8],
-        tcb: &TcbParts,
-    ) -> Result<Vec<u8>, KdsError> {
-        if hwid.iter().all(|&b| b == 0) {
-            return Err(KdsError::MaskedChipId);
-        }
-        let url = format!("{}{}", self.base, vcek_path(product, hwid, tcb));
+impl HttpKds {
+    fn get(&self, url: String) -> Result<Vec<u8>, KdsError> {
         let transport = |e: ureq::Error| KdsError::Transport {
             url: url.clone(),
             reason: e.to_string(),
@@ -323,6 +367,24 @@ impl KdsClient for HttpKds {
             .limit(MAX_VCEK_RESPONSE)
             .read_to_vec()
             .map_err(transport)
+    }
+}
+
+impl KdsClient for HttpKds {
+    fn fetch_vcek(
+        &self,
+        product: Product,
+        hwid: &[u8],
+        tcb: &TcbParts,
+    ) -> Result<Vec<u8>, KdsError> {
+        if hwid.iter().all(|&b| b == 0) {
+            return Err(KdsError::MaskedChipId);
+        }
+        self.get(format!("{}{}", self.base, vcek_path(product, hwid, tcb)))
+    }
+
+    fn fetch_crl(&self, product: Product) -> Result<Vec<u8>, KdsError> {
+        self.get(format!("{}{}", self.base, crl_path(product)))
     }
 }
 
@@ -392,6 +454,11 @@ mod tests {
             } else {
                 Ok(vec![hwid[0]])
             }
+        }
+
+        fn fetch_crl(&self, product: Product) -> Result<Vec<u8>, KdsError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(vec![product as u8])
         }
     }
 
@@ -506,6 +573,23 @@ mod tests {
             Err(KdsError::MaskedChipId)
         );
         assert_eq!(calls(&n), KDS_FETCH_BURST as usize + 1);
+    }
+
+    #[test]
+    fn crl_lookups_are_remembered_per_product_and_rate_limited() {
+        let (gate, n) = gate();
+        let t0 = 1_000_000;
+        assert_eq!(gate.fetch_crl(Product::Genoa, t0), Ok(vec![1]));
+        assert_eq!(
+            gate.fetch_crl(Product::Genoa, t0 + KDS_ANSWER_TTL_SECS - 1),
+            Ok(vec![1])
+        );
+        assert_eq!(calls(&n), 1);
+        let _ = gate.fetch_crl(Product::Turin, t0);
+        assert_eq!(calls(&n), 2);
+        let _ = gate.fetch_crl(Product::Genoa, t0 + KDS_ANSWER_TTL_SECS);
+        assert_eq!(calls(&n), 3);
+        assert_eq!(crl_path(Product::Milan), "/vcek/v1/Milan/crl");
     }
 
     #[test]

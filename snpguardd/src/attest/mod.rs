@@ -6,12 +6,14 @@
 //! - [`Attestor`]: the [`AttestHandler`] of the daemon.
 //! - [`nonce`]: stateless, MAC'd, single-use nonces.
 //! - [`certs`]: certificates held by the daemon (imports, KDS cache).
+//! - [`crls`]: the daemon's own ARK CRLs, applied to every chain.
 //! - [`kds`]: fetching VCEKs from AMD KDS ([`KdsClient`], [`HttpKds`]).
 //! - [`audit`]: the bounded audit trail of attestations.
 
 pub mod attestor;
 pub mod audit;
 pub mod certs;
+pub mod crls;
 pub mod kds;
 pub mod nonce;
 
@@ -27,6 +29,7 @@ use snpguard::attest::{
 pub use attestor::{Attestor, AttestorError, Clock, SystemClock};
 pub use audit::{AuditEntry, AUDIT_CAPACITY};
 pub use certs::{CertFilter, CertImportError, CertSummary, CertificateService, HeldSource};
+pub use crls::{CrlSource, CrlSummary};
 pub use kds::{HttpKds, KdsClient, KdsError, KdsGate, AMD_KDS_URL};
 
 /// A refusal or failure as the remote client sees it: a stable code, an

@@ -8,14 +8,14 @@ use std::io::Read;
 use std::sync::Arc;
 
 use snpguard::dbus::{
-    limit, CertificateInfo, Error, ACTION_IMPORT_CERTIFICATES, ACTION_REMOVE_CERTIFICATES,
+    limit, CertificateInfo, CrlInfo, Error, ACTION_IMPORT_CERTIFICATES, ACTION_REMOVE_CERTIFICATES,
 };
 use zbus::message::Header;
 use zbus::zvariant::OwnedFd;
 use zbus::{interface, Connection};
 
 use super::{import, polkit, Context};
-use crate::attest::{CertFilter, CertImportError, CertSummary};
+use crate::attest::{CertFilter, CertImportError, CertSummary, CrlSummary};
 
 /// `org.snpguard.SnpGuard1.Certificates` at `/org/snpguard/SnpGuard1`.
 pub struct Certificates {
@@ -75,15 +75,35 @@ fn to_dbus(e: CertImportError) -> Error {
     match e {
         CertImportError::Malformed { .. }
         | CertImportError::Unrecognized { .. }
-        | CertImportError::TooMany => Error::InvalidInput(msg),
-        CertImportError::Untrusted { .. } => Error::Untrusted(msg),
+        | CertImportError::TooMany
+        | CertImportError::CrlNotNewer { .. } => Error::InvalidInput(msg),
+        CertImportError::Crl {
+            code: "crl-malformed",
+            ..
+        } => Error::InvalidInput(msg),
+        CertImportError::Untrusted { .. } | CertImportError::Crl { .. } => Error::Untrusted(msg),
         CertImportError::Store(_) => Error::Storage(msg),
+    }
+}
+
+fn crl_info(c: CrlSummary) -> CrlInfo {
+    CrlInfo {
+        product: c.product.to_string(),
+        issuer: if c.test_root { "test" } else { "amd" }.to_owned(),
+        this_update: c.this_update,
+        next_update: c.next_update,
+        revoked: c.revoked,
+        source: c.source.name().to_owned(),
     }
 }
 
 fn info(c: CertSummary) -> CertificateInfo {
     CertificateInfo {
-        kind: c.role.to_string(),
+        kind: if c.crl.is_some() {
+            "CRL".to_owned()
+        } else {
+            c.role.to_string()
+        },
         product: c.product.to_string(),
         chip_id: c.chip_id.unwrap_or_default(),
         tcb: c.tcb.unwrap_or_default(),
@@ -153,11 +173,24 @@ impl Certificates {
         Ok(held.into_iter().map(info).collect())
     }
 
+    /// Every ARK CRL the daemon holds (imported or fetched from KDS),
+    /// applied to every chain it verifies.
+    #[zbus(out_args("crls"))]
+    async fn list_crls(&self) -> Result<Vec<CrlInfo>, Error> {
+        let certs = self.ctx.certs.clone();
+        let held = tokio::task::spawn_blocking(move || certs.list_crls())
+            .await
+            .map_err(|e| Error::Storage(format!("listing task failed: {e}")))?
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(held.into_iter().map(crl_info).collect())
+    }
+
     /// Removes the held certificates (imports and cached VCEKs) matching
     /// every non-empty argument: source `imported` or `kds-cache`; kind
-    /// VCEK, VLEK, ASK or ASVK; product; leading hex digits of a VCEK's
-    /// chip id; tcb. All empty removes everything held. Returns what was
-    /// removed.
+    /// VCEK, VLEK, ASK, ASVK or CRL (held CRLs, by product and source
+    /// only; CRLs are removed only with kind CRL); product; leading hex
+    /// digits of a VCEK's chip id; tcb. All empty removes every
+    /// certificate held. Returns what was removed.
     #[zbus(out_args("removed"))]
     #[allow(clippy::too_many_arguments)] // the D-Bus signature: five filters
     async fn remove(

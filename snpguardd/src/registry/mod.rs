@@ -576,6 +576,15 @@ impl RecordService for Registry {
                     .into(),
             ));
         }
+        if self.test_roots && !req.allow_test_root {
+            tracing::warn!(
+                NAME = %req.name,
+                "registering {} WITHOUT --allow-test-root on a daemon with [[test_roots]]: \
+                 the daemon will refuse to start next time until the record is deleted or \
+                 the test roots are removed",
+                req.name
+            );
+        }
         let vmk = self.open_vmk(&req.sealed_vmk)?;
 
         let max_initrd = MAX_INITRD.min(bundle::ExtractLimits::default().max_member);

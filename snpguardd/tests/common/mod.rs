@@ -576,6 +576,7 @@ fn summary(name: &str) -> CertSummary {
         not_after: "2045-01-01T00:00:00Z".into(),
         source: "imported",
         file: Some(name.to_owned()),
+        crl: None,
     }
 }
 
@@ -611,6 +612,23 @@ impl CertificateService for MemCerts {
             .map(|(n, _)| CertSummary {
                 file: None,
                 ..summary(n)
+            })
+            .collect())
+    }
+
+    /// One imported Milan CRL per file whose bytes start with `CRL`.
+    fn list_crls(&self) -> Result<Vec<snpguardd::attest::CrlSummary>, StoreError> {
+        Ok(self
+            .held()
+            .iter()
+            .filter(|(_, b)| b.starts_with(b"CRL"))
+            .map(|_| snpguardd::attest::CrlSummary {
+                product: Product::Milan,
+                test_root: false,
+                this_update: "2026-01-01T00:00:00Z".into(),
+                next_update: "2026-02-01T00:00:00Z".into(),
+                revoked: 1,
+                source: snpguardd::attest::CrlSource::Imported,
             })
             .collect())
     }

@@ -22,12 +22,12 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// The daemon log written after the first `from` bytes, uncoloured.
-fn log_since(state: &Path, from: usize) -> String {
+pub(super) fn log_since(state: &Path, from: usize) -> String {
     strip_ansi(daemon_log(state).get(from..).unwrap_or_default())
 }
 
 /// A fresh challenge: the nonce as sent and as bytes.
-async fn challenge(conn: &Conn) -> (ChallengeResponse, [u8; 32]) {
+pub(super) async fn challenge(conn: &Conn) -> (ChallengeResponse, [u8; 32]) {
     let (status, body) = conn
         .post_json("/v1/attest/challenge", "{}")
         .await
@@ -39,7 +39,7 @@ async fn challenge(conn: &Conn) -> (ChallengeResponse, [u8; 32]) {
 }
 
 /// The agent's request for `report`, with `table`'s certificates or none.
-fn request(
+pub(super) fn request(
     nonce: String,
     report: &[u8],
     public: &seal::PublicKey,
@@ -62,7 +62,7 @@ fn request(
 /// Sends `req` and asserts it was refused with `status` and the JSON
 /// error `code`, no key in the answer, and that the daemon journaled the
 /// precise `reason` for it. Returns the journal lines of the refusal.
-async fn expect_refused(
+pub(super) async fn expect_refused(
     s: &Setup,
     conn: &Conn,
     req: &AttestRequest,

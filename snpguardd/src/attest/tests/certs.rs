@@ -29,6 +29,13 @@ impl KdsClient for FakeKds {
         self.asked.lock().unwrap().push((hwid.to_vec(), *tcb));
         self.answer.clone()
     }
+
+    fn fetch_crl(&self, product: Product) -> Result<Vec<u8>, KdsError> {
+        Err(KdsError::Status {
+            url: crate::attest::kds::crl_path(product),
+            status: 404,
+        })
+    }
 }
 
 /// A trusting fixture with KDS enabled behind a [`FakeKds`] answering
@@ -232,7 +239,10 @@ fn kds_lookups_are_rate_limited() {
         g.chip_id = hwid(0x80 + i);
         f.expect_unverified(&g, "missing-vcek");
     }
-    assert_eq!(asked(&kds), usize::from(burst));
+    // One fetch of the budget went to AMD's Milan CRL (the daemon holds
+    // none), which shares the gate; its failure is remembered, so only
+    // one.
+    assert_eq!(asked(&kds), usize::from(burst) - 1);
     let notes = f.last_unverified().notes;
     assert!(
         notes.iter().any(|n| n.contains("too many KDS lookups")),
@@ -349,6 +359,7 @@ fn remove_filters_are_checked() {
             product: Some(Product::Turin),
             chip_id: None,
             tcb: Some("1.2.3.4.5".into()),
+            crl: false,
         })
     );
     for (s, k, p, c, t, needle) in [
