@@ -197,7 +197,11 @@ install:
 	$(call install-file,0644,sysusers.d/snpguard.conf,$(SYSUSERSDIR)/snpguard.conf)
 	$(call install-file,0644,tmpfiles.d/snpguard.conf,$(TMPFILESDIR)/snpguard.conf)
 	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.conf,$(DBUSDIR)/system.d/org.snpguard.SnpGuard1.conf)
-	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.service,$(DBUSDIR)/system-services/org.snpguard.SnpGuard1.service)
+	@test -f dbus/org.snpguard.SnpGuard1.service || { echo "install: dbus/org.snpguard.SnpGuard1.service is missing" >&2; exit 1; }
+	install -d '$(DESTDIR)$(DBUSDIR)/system-services'
+	sed 's|/usr/libexec/snpguard/|$(LIBEXECDIR)/|' dbus/org.snpguard.SnpGuard1.service \
+		> '$(DESTDIR)$(DBUSDIR)/system-services/org.snpguard.SnpGuard1.service'
+	chmod 0644 '$(DESTDIR)$(DBUSDIR)/system-services/org.snpguard.SnpGuard1.service'
 	@test -n '$(DBUS_INTERFACES)' || { echo "install: no dbus/interfaces/*.xml" >&2; exit 1; }
 	install -d '$(DESTDIR)$(DBUSDIR)/interfaces'
 	install -m 0644 $(DBUS_INTERFACES) '$(DESTDIR)$(DBUSDIR)/interfaces/'

@@ -62,6 +62,12 @@ cmp -s units/snpguardd.socket "$dest/usr/lib/systemd/system/snpguardd.socket" \
     || fail "snpguardd.socket differs from units/"
 cmp -s units/snpguardd.service "$dest/usr/lib/systemd/system/snpguardd.service" \
     || fail "with PREFIX=/usr the service must be installed unchanged"
+# D-Bus activation names the daemon where it was installed (it said
+# /usr/bin/snpguardd once, where nothing is).
+exec_line=$(sed -n 's/^Exec=//p' "$dest/usr/share/dbus-1/system-services/org.snpguard.SnpGuard1.service")
+[ "$exec_line" = /usr/libexec/snpguard/snpguardd ] \
+    || fail "D-Bus activation Exec=$exec_line, not the installed daemon"
+[ -x "$dest$exec_line" ] || fail "D-Bus activation Exec=$exec_line is not installed"
 
 for f in cockpit/*; do
     cmp -s "$f" "$dest/usr/share/cockpit/snpguard/$(basename "$f")" || fail "$f differs when installed"
@@ -74,6 +80,9 @@ grep -qx 'ExecStart=/usr/local/libexec/snpguard/snpguardd' \
     "$dest2/usr/local/lib/systemd/system/snpguardd.service" \
     || fail "PREFIX=/usr/local did not rewrite ExecStart="
 [ -x "$dest2/usr/local/libexec/snpguard/snpguardd" ] || fail "PREFIX=/usr/local binary missing"
+grep -qx 'Exec=/usr/local/libexec/snpguard/snpguardd' \
+    "$dest2/usr/local/share/dbus-1/system-services/org.snpguard.SnpGuard1.service" \
+    || fail "PREFIX=/usr/local did not rewrite the D-Bus activation Exec="
 
 # 3. A missing source fails loudly and names the file.
 dest3="$scratch/partial"
