@@ -208,25 +208,8 @@ impl Guest {
 
     /// A 20 MiB LUKS2 file whose volume key is the registered VMK.
     pub fn volume(&self) -> PathBuf {
-        let img = self.dir.path().join("disk.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(20 << 20)
-            .unwrap();
-        let vk = self.dir.path().join("vk");
-        std::fs::write(&vk, &self.vmk).unwrap();
-        std::fs::write(self.dir.path().join("pw"), "passphrase").unwrap();
-        run(Command::new("cryptsetup")
-            .args(["luksFormat", "--type", "luks2", "--batch-mode"])
-            .arg("--volume-key-file")
-            .arg(&vk)
-            .arg("--key-file")
-            .arg(self.dir.path().join("pw"))
-            .args(["--key-size", "512", "--pbkdf", "pbkdf2"])
-            .args(["--pbkdf-force-iterations", "1000", "--uuid", UUID])
-            .args(["--cipher", "aes-xts-plain64", "--sector-size", "4096"])
-            .arg(&img));
-        img
+        std::fs::write(self.dir.path().join("vk"), &self.vmk).unwrap();
+        self.data_volume("disk.img", UUID, &self.vmk)
     }
 
     /// A 20 MiB LUKS2 image `file` (header UUID `uuid`) whose volume key
