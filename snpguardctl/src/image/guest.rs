@@ -179,6 +179,18 @@ pub fn agent_config(
             ),
         ),
     };
+    let volumes: String = volumes
+        .iter()
+        .map(|(mp, v)| {
+            format!(
+                "\n# A data volume: its key is derived from the root's.\n\
+                 [[volumes]]\n\
+                 mountpoint = {}\n{}",
+                toml_str(mp),
+                luks_keys(v)
+            )
+        })
+        .collect();
     format!(
         "# Written by snpguardctl convert. Measured as part of the initrd.\n\
          servers = [{servers}]\n\
@@ -186,13 +198,7 @@ pub fn agent_config(
          report_source = \"{report_source}\"\n\
          \n\
          [luks]\n\
-         device = {device}\n\
-         uuid = {uuid}\n\
-         name = {name}\n\
-         cipher = {cipher}\n\
-         key_bytes = {key_bytes}\n\
-         sector_size = {sector_size}\n\
-         offset = {offset}\n\
+         {luks}\
          \n\
          [retry]\n\
          attempts = 5\n\
@@ -202,36 +208,23 @@ pub fn agent_config(
          {volumes}{simulator}",
         servers = servers.join(", "),
         ca = toml_str(CA_PATH),
-        device = toml_str(&format!("UUID={}", luks.uuid)),
-        uuid = toml_str(&luks.uuid),
-        name = toml_str(&luks.name),
-        cipher = toml_str(&luks.cipher),
-        key_bytes = luks.key_bytes,
-        sector_size = luks.sector_size,
-        offset = luks.offset,
-        volumes = volumes
-            .iter()
-            .map(|(mp, v)| format!(
-                "\n# A data volume: its key is derived from the root's.\n\
-                 [[volumes]]\n\
-                 mountpoint = {mp}\n\
-                 device = {device}\n\
-                 uuid = {uuid}\n\
-                 name = {name}\n\
-                 cipher = {cipher}\n\
-                 key_bytes = {key_bytes}\n\
-                 sector_size = {sector_size}\n\
-                 offset = {offset}\n",
-                mp = toml_str(mp),
-                device = toml_str(&format!("UUID={}", v.uuid)),
-                uuid = toml_str(&v.uuid),
-                name = toml_str(&v.name),
-                cipher = toml_str(&v.cipher),
-                key_bytes = v.key_bytes,
-                sector_size = v.sector_size,
-                offset = v.offset,
-            ))
-            .collect::<String>(),
+        luks = luks_keys(luks),
+    )
+}
+
+/// The pinned keys of a LUKS2 volume, as `[luks]` and each `[[volumes]]`
+/// state them.
+fn luks_keys(p: &LuksParams) -> String {
+    format!(
+        "device = {}\nuuid = {}\nname = {}\ncipher = {}\nkey_bytes = {}\n\
+         sector_size = {}\noffset = {}\n",
+        toml_str(&format!("UUID={}", p.uuid)),
+        toml_str(&p.uuid),
+        toml_str(&p.name),
+        toml_str(&p.cipher),
+        p.key_bytes,
+        p.sector_size,
+        p.offset,
     )
 }
 
