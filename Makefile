@@ -8,7 +8,7 @@ export SNPGUARD_TESTDATA
 
 .PHONY: all build deps test test-convert lint unit check-units check-install check-scripts \
 	install demo bench clean agent agent-sim check-agent check-shell check-launch test-cockpit \
-	system-test test-e2e
+	system-test test-e2e fuzz
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -22,6 +22,7 @@ SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 DBUSDIR = $(PREFIX)/share/dbus-1
 POLKITDIR = $(PREFIX)/share/polkit-1/actions
+POLKITRULESDIR = $(PREFIX)/share/polkit-1/rules.d
 AGENTDIR = $(PREFIX)/lib/snpguard
 # Hooks for the guest image (`convert` copies them into the guest).
 KERNELHOOKDIR = $(PREFIX)/share/snpguard/kernel/postinst.d
@@ -38,6 +39,14 @@ AGENT_MAX_BYTES = 4194304
 AGENT_CARGO = CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build -p snpguard-agent \
 	--target $(AGENT_TARGET) --locked
 DBUS_INTERFACES = $(sort $(wildcard dbus/interfaces/*.xml))
+# Manual pages: snpguardctl*.1 and snpguardd.8 generated from the command
+# lines (kept current by snpguardctl's generated_docs_are_current test),
+# the section-5 pages hand-written; bash completion from clap_complete.
+MANDIR = $(PREFIX)/share/man
+BASHCOMPDIR = $(PREFIX)/share/bash-completion/completions
+MAN1_PAGES = $(sort $(wildcard man/*.1))
+MAN5_PAGES = $(sort $(wildcard man/*.5))
+MAN8_PAGES = $(sort $(wildcard man/*.8))
 SHAREDIR = $(PREFIX)/share/snpguard
 # Shell scripts checked by `make check-scripts` (sh -n / bash -n, shellcheck).
 SHELL_SCRIPTS = $(wildcard scripts/*.sh tests/*.sh tests/guest/*.sh) \
@@ -206,6 +215,7 @@ install:
 	install -d '$(DESTDIR)$(DBUSDIR)/interfaces'
 	install -m 0644 $(DBUS_INTERFACES) '$(DESTDIR)$(DBUSDIR)/interfaces/'
 	$(call install-file,0644,dbus/org.snpguard.SnpGuard1.policy,$(POLKITDIR)/org.snpguard.SnpGuard1.policy)
+	$(call install-file,0644,dbus/50-org.snpguard.SnpGuard1.rules,$(POLKITRULESDIR)/50-org.snpguard.SnpGuard1.rules)
 	$(call install-file,0755,initramfs-tools/hooks/snpguard,$(SHAREDIR)/initramfs-tools/hooks/snpguard)
 	$(call install-file,0755,initramfs-tools/scripts/local-top/snpguard,$(SHAREDIR)/initramfs-tools/scripts/local-top/snpguard)
 	$(call install-file,0755,dracut/90snpguard/module-setup.sh,$(SHAREDIR)/dracut/90snpguard/module-setup.sh)
@@ -216,12 +226,27 @@ install:
 	@test -f cockpit/manifest.json || { echo "install: cockpit/manifest.json is missing" >&2; exit 1; }
 	install -d '$(DESTDIR)$(COCKPITDIR)'
 	install -m 0644 $(COCKPIT_FILES) '$(DESTDIR)$(COCKPITDIR)/'
+	@test -f man/snpguardctl.1 -a -f man/snpguardd.8 -a -f man/snpguardd.toml.5 \
+		|| { echo "install: manual pages are missing from man/" >&2; exit 1; }
+	install -d '$(DESTDIR)$(MANDIR)/man1' '$(DESTDIR)$(MANDIR)/man5' '$(DESTDIR)$(MANDIR)/man8'
+	install -m 0644 $(MAN1_PAGES) '$(DESTDIR)$(MANDIR)/man1/'
+	install -m 0644 $(MAN5_PAGES) '$(DESTDIR)$(MANDIR)/man5/'
+	install -m 0644 $(MAN8_PAGES) '$(DESTDIR)$(MANDIR)/man8/'
+	$(call install-file,0644,completions/snpguardctl.bash,$(BASHCOMPDIR)/snpguardctl)
 
 # The main job end to end: a Debian guest converted, registered, embedded
 # and booted under QEMU/TCG with the simulated platform (scripts/demo.sh;
 # DEMO_INITRD=dracut for a dracut guest).
 demo: deps build agent-sim
 	SNPGUARD_BUILD_DIR='$(abspath $(BUILD_DIR))' ./scripts/demo.sh
+
+# Every cargo-fuzz target for FUZZ_SECONDS seconds each (scripts/fuzz.sh;
+# nightly and cargo-fuzz are installed when missing). `make test` replays
+# the seeds, the corpora and the crash reproducers on stable; see
+# docs/fuzzing.md.
+FUZZ_SECONDS ?= 60
+fuzz:
+	CARGO='$(CARGO)' ./scripts/fuzz.sh '$(FUZZ_SECONDS)'
 
 # Benchmarks; numbers go into docs/performance.md.
 bench:

@@ -2,7 +2,7 @@
 // (org.snpguard.SnpGuard1, docs/dbus.md). Authorization is the daemon's:
 // polkit decides, the page shows what it said.
 
-import { BUS_NAME, Manager, showAlert, showError } from "./util.js";
+import { BUS_NAME, Manager, clearAlerts, showAlert, showError } from "./util.js";
 import { Records } from "./records.js";
 import { Register } from "./register.js";
 import { AttestationLog } from "./log.js";
@@ -14,7 +14,7 @@ const register = new Register(client, manager, id => { window.location.hash = "#
 const log = new AttestationLog(manager, records);
 
 client.addEventListener("close", (_ev, options) => {
-    showAlert("error", "Lost the connection to the system bus.", options ? (options.message || options.problem || "") : "");
+    showAlert("error", "Lost the connection to the system bus.", options ? (options.message || options.problem || "") : "", true);
 });
 
 /** #/, #/record/<id>, #/register, #/log */
@@ -37,6 +37,8 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
+// Notices belong to the tab they were raised on.
+for (const a of document.querySelectorAll(".sg-tabs a")) a.addEventListener("click", clearAlerts);
 
 manager.load()
         .then(() => {
@@ -44,7 +46,7 @@ manager.load()
             register.refresh();
         }, err => showAlert("error", "snpguardd is not available.",
                             "Nothing answers as " + BUS_NAME + " on the system bus (" + (err.message || err.problem) +
-                            "); start snpguardd.service."));
+                            "); start snpguardd.service.", true));
 
 records.ready
         .then(() => {

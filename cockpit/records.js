@@ -22,7 +22,12 @@ function escapeText(s) {
 /** The words removed from `old` ("- w") and added in `now` ("+ w"), from
  *  a longest common subsequence of the space-separated words. */
 function cmdlineDiff(old, now) {
-    const a = old.split(" ").filter(w => w), b = now.split(" ").filter(w => w);
+    return itemDiff(old.split(" ").filter(w => w), now.split(" ").filter(w => w), "  ");
+}
+
+/** The items removed from `a` and added in `b`, each escaped after
+ *  `indent` and "- " or "+ ". */
+function itemDiff(a, b, indent) {
     const lcs = Array.from({ length: a.length + 1 }, () => new Array(b.length + 1).fill(0));
     for (let i = a.length - 1; i >= 0; i--)
         for (let j = b.length - 1; j >= 0; j--)
@@ -31,9 +36,65 @@ function cmdlineDiff(old, now) {
     let i = 0, j = 0;
     while (i < a.length || j < b.length) {
         if (i < a.length && j < b.length && a[i] === b[j]) { i++; j++ }
-        else if (i < a.length && (j === b.length || lcs[i + 1][j] >= lcs[i][j + 1])) out.push("  - " + escapeText(a[i++]));
-        else out.push("  + " + escapeText(b[j++]));
+        else if (i < a.length && (j === b.length || lcs[i + 1][j] >= lcs[i][j + 1])) out.push(indent + "- " + escapeText(a[i++]));
+        else out.push(indent + "+ " + escapeText(b[j++]));
     }
+    return out;
+}
+
+const AGENT_CONFIG = "etc/snpguard/agent.toml";
+
+/** The review of the agent's files in the initrd (LaunchAgentFiles of the
+ *  launch being approved, `now`, against the approved launch's, `old`),
+ *  line for line what `snpguardctl records approve` prints. Each side is
+ *  {files, problems} or {error}. */
+function agentReview(now, old, against) {
+    if (now.error)
+        return ["WARNING: the agent files in the initrd cannot be shown: " + escapeText(now.error.replace(/\.$/, "")) +
+                "; compare the initrds yourself before approving"];
+    const base = old && !old.error && old.problems.length === 0 ? old.files : null;
+    const find = (list, p) => list.find(f => f[0] === p);
+    const out = [base ? "Agent files in the initrd, against " + against + ":" : "Agent files in the initrd:"];
+    if (now.files.length === 0) out.push("  none");
+    for (const [path, kind, sha, text] of now.files) {
+        const p = escapeText(path) + (kind === "symlink" ? " (symlink to " + escapeText(text) + ")" : "");
+        const o = base && find(base, path);
+        if (!base) out.push("  " + p + ": sha256 " + escapeText(sha));
+        else if (!o) out.push("  " + p + ": added, sha256 " + escapeText(sha));
+        else if (o[1] === kind && o[2] === sha) out.push("  " + p + ": unchanged");
+        else {
+            out.push("  " + p + ": changed, sha256 " + escapeText(sha));
+            const a = o[3].split("\n"), b = text.split("\n");
+            if (a[a.length - 1] === "") a.pop();
+            if (b[b.length - 1] === "") b.pop();
+            if (kind === "file" && o[1] === "file" && (o[3] || text) && a.length <= 2048 && b.length <= 2048)
+                out.push(...itemDiff(a, b, "    "));
+        }
+    }
+    if (base)
+        for (const o of base)
+            if (!find(now.files, o[0])) out.push("  " + escapeText(o[0]) + ": removed");
+    const config = find(now.files, AGENT_CONFIG);
+    if (!config) {
+        out.push("WARNING: the initrd has no /" + AGENT_CONFIG + ": the SnpGuard agent is not configured " +
+                 "in it, so a VM booting this launch will not unlock its disk");
+    } else {
+        const changed = p => {
+            if (!base) return false;
+            const n = find(now.files, p), o = find(base, p);
+            return (n ? n[1] + n[2] : "") !== (o ? o[1] + o[2] : "");
+        };
+        // The CA the configuration names (snpguard::initrd::configured_ca).
+        const m = /^\s*ca\s*=\s*"([^"]*)"/m.exec(config[3]);
+        const ca = m && m[1].split("/").filter(c => c && c !== ".").join("/");
+        if (ca && changed(ca))
+            out.push("WARNING: the CA the agent trusts (/" + escapeText(ca) + ") changed: the agent " +
+                     "will take its key from any server that CA certifies");
+        if (changed(AGENT_CONFIG))
+            out.push("WARNING: the agent configuration changed: check the servers and settings above");
+    }
+    for (const p of now.problems)
+        out.push("WARNING: " + escapeText(p) + "; compare the initrds yourself before approving");
     return out;
 }
 
@@ -218,14 +279,17 @@ export class Records {
 
     /** Shows what approving `launch` signs, as `snpguardctl records
      *  approve` does (origin, measurements, kernel and initrd SHA-256, the
-     *  command-line diff against the approved launch), and approves it
-     *  once confirmed. */
+     *  command-line diff against the approved launch, what changed in the
+     *  agent's files inside the initrd), and approves it once confirmed. */
     approve(p, launches, launch, button) {
         button.disabled = true;
         const current = launches.find(c => c.measurement === p.Measurement && c.id !== launch.id);
         const digests = l => p.call("LaunchDigests", [l.id]);
-        return Promise.all([digests(launch), current ? digests(current) : Promise.resolve(null)])
-                .then(([[kernel, initrd], old]) => {
+        const agent = l => p.call("LaunchAgentFiles", [l.id])
+                .then(([files, problems]) => ({ files, problems }), err => ({ error: describeError(err) }));
+        return Promise.all([digests(launch), current ? digests(current) : Promise.resolve(null),
+            agent(launch), current ? agent(current) : Promise.resolve(null)])
+                .then(([[kernel, initrd], old, agentNow, agentOld]) => {
                     button.disabled = false;
                     const mark = (v, o) => (o === undefined ? "" : v === o ? " (unchanged)" : " (changed)");
                     const diff = cmdlineDiff(current ? current.cmdline : (p.Cmdline || ""), launch.cmdline);
@@ -238,6 +302,7 @@ export class Records {
                         "Command line: " + escapeText(launch.cmdline),
                         diff.length ? "Command-line diff:" : "Command-line diff: none",
                         ...diff,
+                        ...agentReview(agentNow, agentOld, current ? "launch " + escapeText(current.id) : ""),
                     ].join("\n");
                     return confirmAction("Approve launch " + launch.id + " of " + p.Name + "?", body, "Approve");
                 }, err => {

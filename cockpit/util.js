@@ -64,28 +64,66 @@ export function isDenied(err) {
         (err && err.problem === "access-denied");
 }
 
-/** A sentence for the operator; denials always start "Not permitted". */
-export function describeError(err) {
-    const message = (err && (err.message || String(err))) || "unknown error";
-    if (isDenied(err)) return "Not permitted: " + message;
-    if (err && err.problem === "not-found") return "snpguardd is not reachable on the system bus: " + message;
-    const name = errorName(err);
-    return name && name !== message ? name + ": " + message : message;
+/** `text` as a sentence: a capital first letter and a final stop. */
+export function sentence(text) {
+    const t = String(text).trim();
+    if (!t) return t;
+    const s = t[0].toUpperCase() + t.slice(1);
+    return /[.!?)]$/.test(s) ? s : s + ".";
 }
 
-/** Shows an alert; errors stay until dismissed, others for a while. */
-export function showAlert(kind, title, text) {
+/** A sentence for the operator, without the error's type name (the
+ *  daemon's messages say what is wrong and what to do); denials always
+ *  start "Not permitted". */
+export function describeError(err) {
+    const message = (err && (err.message || String(err))) || "";
+    if (isDenied(err)) return "Not permitted: " + (message || "polkit refused the request.");
+    if (err && err.problem === "not-found")
+        return "snpguardd is not reachable on the system bus: " + (message || "is it installed and running?");
+    if (message) return sentence(message);
+    const name = errorName(err);
+    return name ? "The request failed (" + name + ")." : "The request failed.";
+}
+
+/** Most notices shown at once; the oldest goes first. */
+const MAX_ALERTS = 3;
+
+/** Shows a notice. Successes go after 10 s; errors stay until dismissed
+ *  or the operator moves to another tab (clearAlerts), unless `sticky`
+ *  (the bus connection is gone). The same notice again is counted on the
+ *  one shown, not stacked. */
+export function showAlert(kind, title, text, sticky = false) {
     const box = document.getElementById("alerts");
+    const key = kind + "\n" + title + "\n" + (text || "");
+    const same = [...box.children].find(a => a.sgKey === key);
+    if (same) {
+        const n = Number(same.dataset.repeat || "1") + 1;
+        same.dataset.repeat = String(n);
+        same.querySelector(".sg-repeat").textContent = " (" + n + "×)";
+        return same;
+    }
     const close = h("button", { class: "sg-close", type: "button", "aria-label": "Close" }, "×");
     const alert = h("div", {
         class: "sg-alert" + (kind === "error" ? "" : " sg-alert-" + kind),
         role: kind === "error" ? "alert" : "status",
-        dataset: { kind },
-    }, h("div", {}, h("strong", {}, title), text ? " " + text : ""), close);
+        dataset: sticky ? { kind, sticky: "1" } : { kind },
+    }, h("div", {}, h("strong", {}, title), text ? " " + text : "", h("span", { class: "sg-repeat" })), close);
+    alert.sgKey = key;
     close.addEventListener("click", () => alert.remove());
     box.append(alert);
+    for (let n = box.children.length; n > MAX_ALERTS; n--) {
+        const oldest = [...box.children].find(a => !a.dataset.sticky && a !== alert);
+        if (!oldest) break;
+        oldest.remove();
+    }
     if (kind !== "error") window.setTimeout(() => alert.remove(), 10000);
     return alert;
+}
+
+/** Removes every notice but the sticky ones (on a change of tab). */
+export function clearAlerts() {
+    for (const a of [...document.getElementById("alerts").children])
+        if (!a.dataset.sticky) a.remove();
 }
 
 export function showError(title, err) {

@@ -57,6 +57,8 @@ cp tmpfiles.d/snpguard.conf "$root/usr/lib/tmpfiles.d/"
 systemd-sysusers --root="$root" >/dev/null 2>&1
 grep -q '^snpguard:x:[0-9]*:[0-9]*:.*:/usr/sbin/nologin$' "$root/etc/passwd" || {
     echo "check-units: sysusers.d did not create the snpguard user" >&2; exit 1; }
+grep -q '^snpguard-admin:x:[0-9]*:$' "$root/etc/group" || {
+    echo "check-units: sysusers.d did not create the empty snpguard-admin group" >&2; exit 1; }
 # The ACL line names the group, which exists in the scratch root only; the
 # host's libacl cannot resolve it, so its failure is expected here.
 systemd-tmpfiles --root="$root" --create 2>/dev/null

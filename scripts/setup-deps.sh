@@ -68,6 +68,8 @@ declare -A APT=(
     [binutils]=/usr/bin/readelf
     # make check-shell
     [shellcheck]=/usr/bin/shellcheck
+    # make check-install renders the manual pages
+    [groff-base]=/usr/bin/groff
 )
 # scripts/launch-qemu-snp.sh (jq; guestfish for --from-partition, which
 # the libguestfs step below installs from backports) and its test.

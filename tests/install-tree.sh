@@ -31,6 +31,7 @@ expected=(
     "644 usr/share/dbus-1/system.d/org.snpguard.SnpGuard1.conf"
     "644 usr/share/dbus-1/system-services/org.snpguard.SnpGuard1.service"
     "644 usr/share/polkit-1/actions/org.snpguard.SnpGuard1.policy"
+    "644 usr/share/polkit-1/rules.d/50-org.snpguard.SnpGuard1.rules"
     "755 usr/share/snpguard/initramfs-tools/hooks/snpguard"
     "755 usr/share/snpguard/initramfs-tools/scripts/local-top/snpguard"
     "755 usr/share/snpguard/dracut/90snpguard/module-setup.sh"
@@ -41,6 +42,11 @@ for xml in dbus/interfaces/*.xml; do
     [ -e "$xml" ] || fail "no dbus/interfaces/*.xml in the repository"
     expected+=("644 usr/share/dbus-1/interfaces/$(basename "$xml")")
 done
+for page in man/*.1 man/*.5 man/*.8; do
+    [ -e "$page" ] || fail "$page: no manual page in the repository"
+    expected+=("644 usr/share/man/man${page##*.}/$(basename "$page")")
+done
+expected+=("644 usr/share/bash-completion/completions/snpguardctl")
 for f in cockpit/manifest.json cockpit/*.html cockpit/*.js cockpit/*.css; do
     [ -e "$f" ] || fail "$f: no Cockpit page in the repository"
     expected+=("644 usr/share/cockpit/snpguard/$(basename "$f")")
@@ -72,6 +78,16 @@ exec_line=$(sed -n 's/^Exec=//p' "$dest/usr/share/dbus-1/system-services/org.snp
 for f in cockpit/*; do
     cmp -s "$f" "$dest/usr/share/cockpit/snpguard/$(basename "$f")" || fail "$f differs when installed"
 done
+# Every manual page renders without a groff warning (man-db runs preconv,
+# hence -k), and the completion is bash that defines its function.
+for page in "$dest"/usr/share/man/man*/*; do
+    warnings=$(groff -k -man -Tutf8 -ww -z "$page" 2>&1) || fail "groff failed on $page"
+    [ -z "$warnings" ] || fail "$(basename "$page"): $warnings"
+done
+bash -n "$dest/usr/share/bash-completion/completions/snpguardctl" || fail "the completion is not bash"
+# shellcheck disable=SC1091 # generated, checked by bash -n above
+( source "$dest/usr/share/bash-completion/completions/snpguardctl" && declare -F _snpguardctl >/dev/null ) \
+    || fail "the bash completion defines no _snpguardctl"
 
 # 2. Another prefix: the unit points at the binary where it was installed.
 dest2="$scratch/local"

@@ -134,8 +134,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Writes firmware.fd (random pages + the AmdSev footer), random kernel
-/// and initrd, `cmdline` and a random VMK sealed to the ingestion key.
+/// Writes firmware.fd (random pages + the AmdSev footer), a random
+/// kernel, an initrd holding the agent's files ([`agent_initrd`]),
+/// `cmdline` and a random VMK sealed to the ingestion key.
 /// The plaintext VMK is not kept: nothing may read it back.
 fn stage(
     dir: &Path,
@@ -160,7 +161,7 @@ fn stage(
     let files: [(&str, Vec<u8>); 5] = [
         ("firmware.fd", firmware),
         ("kernel", random(64 * 1024)),
-        ("initrd", random(128 * 1024)),
+        ("initrd", agent_initrd(&random(16), &random(128 * 1024))),
         ("cmdline", cmdline.as_bytes().to_vec()),
         ("vmk.sealed", sealed.to_bytes()),
     ];
@@ -170,6 +171,19 @@ fn stage(
     }
     println!("{}: synthetic staging directory", dir.display());
     Ok(())
+}
+
+/// An initrd (one newc archive) with the agent's configuration, a CA
+/// file unique to this staging directory (`ca_id`) and random `filler`,
+/// so that an approval review has agent files to compare.
+fn agent_initrd(ca_id: &[u8], filler: &[u8]) -> Vec<u8> {
+    let config = "ca = \"/etc/snpguard/ca.pem\"\nservers = [\"https://snpguard.test:8443\"]\n";
+    let ca = format!("SIMULATED CA {}\n", hex::encode(ca_id));
+    snpguard::initrd::newc(&[
+        ("etc/snpguard/agent.toml", 0o100644, config.as_bytes()),
+        ("etc/snpguard/ca.pem", 0o100644, ca.as_bytes()),
+        ("usr/lib/modules/filler", 0o100644, filler),
+    ])
 }
 
 /// Creates the platform directory.

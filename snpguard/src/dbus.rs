@@ -66,10 +66,33 @@ pub mod launch_state {
     pub const RETIRED: &str = "retired";
 }
 
-/// One entry of the `Launches` property: id, state (see
-/// [`launch_state`]), measurement (hex), command line, creation time
-/// (RFC 3339) and origin (`registration`, `operator`, `guest <address>`).
-pub type LaunchEntry = (String, String, String, String, String, String);
+/// One entry of the `Launches` property (D-Bus `(ssssss)`, in this
+/// field order).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    zbus::zvariant::Type,
+    zbus::zvariant::Value,
+    zbus::zvariant::OwnedValue,
+)]
+pub struct LaunchEntry {
+    /// The launch's id within its record (`1`, `2`, …).
+    pub id: String,
+    /// See [`launch_state`].
+    pub state: String,
+    /// The launch digest, 96 lowercase hex digits.
+    pub measurement: String,
+    /// The kernel command line as measured.
+    pub cmdline: String,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// `registration`, `operator` or `guest <address>`.
+    pub origin: String,
+}
 
 /// Keys of the `options` argument of `Register`/`RegisterFromPaths`, with
 /// their D-Bus type in the comment.
@@ -244,6 +267,10 @@ pub enum Error {
     Untrusted(String),
 }
 
+/// One file of `LaunchAgentFiles`: (path, kind `file`|`symlink`,
+/// sha256 hex, text; empty when not kept).
+pub type AgentFileEntry = (String, String, String, String);
+
 /// Options of `Register` as built by clients.
 pub type Options = HashMap<String, OwnedValue>;
 
@@ -344,6 +371,9 @@ pub trait Record {
     fn discard_launch(&self, launch: &str) -> zbus::Result<()>;
     /// The SHA-256 digests of a launch's kernel and initrd (hex).
     fn launch_digests(&self, launch: &str) -> zbus::Result<(String, String)>;
+    /// The agent's files in a launch's initrd and the problems reading
+    /// them (`LaunchAgentFiles`).
+    fn launch_agent_files(&self, launch: &str) -> zbus::Result<(Vec<AgentFileEntry>, Vec<String>)>;
 
     /// Record id (image ID, hex).
     #[zbus(property)]

@@ -8,6 +8,7 @@
 //! - [`idblock`]: ID blocks and ID authentication blocks.
 //! - [`seal`]: HPKE sealing of secrets (VMK ingestion, key release).
 //! - [`bundle`]: launch-artifacts.tar.gz, written and safely extracted.
+//! - [`initrd`]: the agent's files in an initrd, for the approval review.
 //! - [`sim`]: a simulated SEV-SNP platform for tests (never production).
 //! - [`volume`]: keys of the encrypted data volumes, derived from the VMK.
 //! - [`text`]: printable command lines; escaping untrusted text for display.
@@ -22,6 +23,7 @@ pub mod certs;
 #[cfg(feature = "dbus")]
 pub mod dbus;
 pub mod idblock;
+pub mod initrd;
 pub mod measure;
 pub mod report;
 pub mod seal;

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// Paths removed on interruption.
 pub type Registry = Arc<Mutex<Vec<PathBuf>>>;
 
-static REGISTRY: OnceLock<Registry> = OnceLock::new();
+static REGISTRY: OnceLock<Result<Registry, String>> = OnceLock::new();
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// PID of the running appliance's QEMU, 0 when none.
 static APPLIANCE: AtomicI32 = AtomicI32::new(0);
@@ -64,13 +64,17 @@ fn on_signal(registry: &Registry) {
     }
 }
 
-/// The registry, with the handler installed on first use.
+/// The registry, with the handler installed on first use. Concurrent
+/// first uses install it once (a second `set_handler` would fail).
 pub fn registry() -> Result<Registry> {
-    if let Some(r) = REGISTRY.get() {
-        return Ok(r.clone());
-    }
-    let r: Registry = Arc::default();
-    let handler = r.clone();
-    ctrlc::set_handler(move || on_signal(&handler)).context("installing the interrupt handler")?;
-    Ok(REGISTRY.get_or_init(|| r).clone())
+    REGISTRY
+        .get_or_init(|| {
+            let r: Registry = Arc::default();
+            let handler = r.clone();
+            ctrlc::set_handler(move || on_signal(&handler))
+                .map_err(|e| format!("installing the interrupt handler: {e}"))?;
+            Ok(r)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }

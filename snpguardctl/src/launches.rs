@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde::Serialize;
-use snpguard::dbus::{launch_file_key, launch_state, LaunchEntry, RecordProxy};
+use snpguard::dbus::{launch_file_key, launch_state, RecordProxy};
 use snpguard::text::escape;
 use zbus::zvariant::OwnedFd;
 
@@ -65,29 +64,8 @@ pub struct LaunchArgs {
     pub json: bool,
 }
 
-/// A launch as the CLI prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LaunchView {
-    pub id: String,
-    pub state: String,
-    pub measurement: String,
-    pub cmdline: String,
-    pub created: String,
-    pub origin: String,
-}
-
-impl From<LaunchEntry> for LaunchView {
-    fn from((id, state, measurement, cmdline, created, origin): LaunchEntry) -> Self {
-        LaunchView {
-            id,
-            state,
-            measurement,
-            cmdline,
-            created,
-            origin,
-        }
-    }
-}
+/// A launch as the CLI prints it: the daemon's entry itself.
+pub use snpguard::dbus::LaunchEntry as LaunchView;
 
 /// The launches as a table, every daemon-supplied string escaped.
 pub fn render_launches(launches: &[LaunchView]) -> String {
@@ -138,12 +116,7 @@ pub fn pick_pending(record: &str, launches: &[LaunchView], given: Option<&str>) 
 }
 
 async fn launches_of(r: &RecordProxy<'_>) -> Result<Vec<LaunchView>> {
-    Ok(r.launches()
-        .await
-        .map_err(describe)?
-        .into_iter()
-        .map(LaunchView::from)
-        .collect())
+    r.launches().await.map_err(describe)
 }
 
 /// Writes the bundle of launch `launch` to `out` atomically through an fd.
@@ -232,10 +205,25 @@ pub async fn approve(bus: &Bus, r: &RecordProxy<'_>, a: &ApproveArgs) -> Result<
         cmdline: r.cmdline().await.map_err(describe)?,
         digests: None,
     };
+    let agent_files = |l: String| async move {
+        r.launch_agent_files(&l)
+            .await
+            .map_err(|e| describe(e).to_string())
+    };
+    let new_agent = agent_files(launch.clone()).await;
+    let mut old_agent = None;
+    let mut against = "the approved launch".to_owned();
     if let Some(c) = review::current_launch(&before, &current.measurement, &launch) {
         current.digests = Some(digests(c.id.clone()).await?);
+        old_agent = Some(agent_files(c.id.clone()).await);
+        against = format!("launch {}", escape(&c.id));
     }
-    let text = review::render(&a.record, &id, view, &new_digests, &before, &current);
+    let mut text = review::render(&a.record, &id, view, &new_digests, &before, &current);
+    text.push_str(&review::render_agent_files(
+        &new_agent,
+        old_agent.as_ref(),
+        &against,
+    ));
     // The review goes where a person reads it; with --json, stdout is
     // for the result only.
     if a.json || plan == review::Plan::Ask {

@@ -59,6 +59,12 @@ enum Command {
     Convert(convert::Args),
     /// Write a launch bundle into the image's LAUNCH_ARTIFACTS partition
     Embed(embed::Args),
+    /// Print a shell completion script (bash's belongs in
+    /// /usr/share/bash-completion/completions/snpguardctl)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -75,6 +81,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(cmd) => certs::run(&target, cmd).map(|()| ExitCode::SUCCESS),
         Command::Convert(args) => convert::run(args).map(|()| ExitCode::SUCCESS),
         Command::Embed(args) => embed::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "snpguardctl", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -120,6 +131,76 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The manual pages in man/ (all but the hand-written section 5) and
+    /// the bash completion in completions/ are what the command lines
+    /// generate. After changing a command line, regenerate them with
+    /// `SNPGUARD_REGENERATE_DOCS=1 cargo test -p snpguardctl generated_docs`.
+    #[test]
+    fn generated_docs_are_current() {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        let out = tempfile::tempdir().unwrap();
+        clap_mangen::generate_to(Cli::command(), out.path()).unwrap();
+        let mut daemon = Vec::new();
+        clap_mangen::Man::new(<snpguardd::config::Args as CommandFactory>::command())
+            .section("8")
+            .render(&mut daemon)
+            .unwrap();
+        std::fs::write(out.path().join("snpguardd.8"), daemon).unwrap();
+        let mut bash = Vec::new();
+        let shell = clap_complete::Shell::Bash;
+        clap_complete::generate(shell, &mut Cli::command(), "snpguardctl", &mut bash);
+        let mut generated: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_owned();
+                (repo.join("man").join(name), std::fs::read(&p).unwrap())
+            })
+            .collect();
+        generated.push((repo.join("completions/snpguardctl.bash"), bash));
+        generated.sort();
+        if std::env::var_os("SNPGUARD_REGENERATE_DOCS").is_some() {
+            for entry in std::fs::read_dir(repo.join("man")).unwrap() {
+                let p = entry.unwrap().path();
+                if p.extension().is_some_and(|e| e == "1" || e == "8") {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+            for (path, bytes) in &generated {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+        }
+        let how = "regenerate with SNPGUARD_REGENERATE_DOCS=1 cargo test -p snpguardctl \
+                   generated_docs";
+        for (path, bytes) in &generated {
+            let have = std::fs::read(path).unwrap_or_default();
+            assert!(have == *bytes, "{} is not current: {how}", path.display());
+        }
+        // No page left for a command that no longer exists.
+        for entry in std::fs::read_dir(repo.join("man")).unwrap() {
+            let p = entry.unwrap().path();
+            let generated_kind = p.extension().is_some_and(|e| e == "1" || e == "8");
+            let known = generated.iter().any(|(g, _)| *g == p);
+            assert!(!generated_kind || known, "{} is stale: {how}", p.display());
+        }
+    }
+
+    #[test]
+    fn completions_are_printed_for_bash() {
+        let cli = Cli::try_parse_from(["snpguardctl", "completions", "bash"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Completions {
+                shell: clap_complete::Shell::Bash
+            }
+        ));
+        assert!(Cli::try_parse_from(["snpguardctl", "completions", "tcsh"]).is_err());
     }
 
     #[test]

@@ -2,15 +2,15 @@
 //! the daemon's records over D-Bus; their launches are in
 //! [`crate::launches`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use snpguard::dbus::{ManagerProxy, RecordProxy};
+use snpguard::dbus::{ManagerProxy, RecordProxy, BUS_NAME, MANAGER_PATH, RECORD_INTERFACE};
 use snpguard::text::escape;
-use zbus::zvariant::{OwnedFd, OwnedObjectPath};
+use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue};
 
 use crate::bus::{self, call_mut, describe, Bus, Target};
 use crate::launches::{self, AddLaunchArgs, ApproveArgs, LaunchArgs, LaunchView};
@@ -125,38 +125,74 @@ pub struct RecordView {
     pub last_attestation: Option<String>,
 }
 
+/// A record object's properties, as `GetAll` and `GetManagedObjects`
+/// return them.
+type Properties = HashMap<String, OwnedValue>;
+
 impl RecordView {
+    /// The record behind `r`, in one round trip (`Properties.GetAll`):
+    /// over `-H` every call crosses ssh.
     pub async fn fetch(r: &RecordProxy<'_>) -> Result<Self> {
-        Self::fetch_inner(r).await.map_err(describe)
+        let props = zbus::fdo::PropertiesProxy::builder(r.inner().connection())
+            .destination(BUS_NAME)?
+            .path(r.inner().path().to_owned())?
+            .build()
+            .await
+            .map_err(describe)?;
+        let iface = zbus::names::InterfaceName::from_static_str(RECORD_INTERFACE)?;
+        let all = props.get_all(iface).await.map_err(|e| describe(e.into()))?;
+        Self::from_properties(&all)
     }
 
-    async fn fetch_inner(r: &RecordProxy<'_>) -> zbus::Result<Self> {
-        let last = r.last_attestation().await?;
+    /// Every record, in one round trip (`GetManagedObjects` on the
+    /// manager's ObjectManager).
+    pub async fn fetch_all(bus: &Bus) -> Result<Vec<Self>> {
+        let om = zbus::fdo::ObjectManagerProxy::builder(&bus.conn)
+            .destination(BUS_NAME)?
+            .path(MANAGER_PATH)?
+            .build()
+            .await
+            .map_err(describe)?;
+        let objects = om
+            .get_managed_objects()
+            .await
+            .map_err(|e| describe(e.into()))?;
+        objects
+            .values()
+            .filter_map(|ifaces| {
+                ifaces
+                    .iter()
+                    .find(|(name, _)| name.as_str() == RECORD_INTERFACE)
+                    .map(|(_, props)| props)
+            })
+            .map(Self::from_properties)
+            .collect()
+    }
+
+    fn from_properties(p: &Properties) -> Result<Self> {
+        let last: String = prop(p, "LastAttestation")?;
+        let launches: Vec<LaunchView> = prop(p, "Launches")?;
+        let min_tcb: HashMap<String, u8> = prop(p, "MinTcb")?;
         Ok(RecordView {
-            id: r.id().await?,
-            name: r.name().await?,
-            enabled: r.enabled().await?,
-            created: r.created().await?,
-            measurement: r.measurement().await?,
-            policy: r.policy().await?,
-            vcpus: r.vcpus().await?,
-            vcpu_type: r.vcpu_type().await?,
-            cmdline: r.cmdline().await?,
-            launches: r
-                .launches()
-                .await?
-                .into_iter()
-                .map(LaunchView::from)
-                .collect(),
-            pending_launches: r.pending_launches().await?,
-            family_id: r.family_id().await?,
-            image_id: r.image_id().await?,
-            id_key_digest: r.id_key_digest().await?,
-            author_key_digest: r.author_key_digest().await?,
-            min_tcb: r.min_tcb().await?.into_iter().collect(),
-            allow_test_root: r.allow_test_root().await?,
-            attestations_ok: r.attestations_ok().await?,
-            attestations_failed: r.attestations_failed().await?,
+            id: prop(p, "Id")?,
+            name: prop(p, "Name")?,
+            enabled: prop(p, "Enabled")?,
+            created: prop(p, "Created")?,
+            measurement: prop(p, "Measurement")?,
+            policy: prop(p, "Policy")?,
+            vcpus: prop(p, "Vcpus")?,
+            vcpu_type: prop(p, "VcpuType")?,
+            cmdline: prop(p, "Cmdline")?,
+            launches,
+            pending_launches: prop(p, "PendingLaunches")?,
+            family_id: prop(p, "FamilyId")?,
+            image_id: prop(p, "ImageId")?,
+            id_key_digest: prop(p, "IdKeyDigest")?,
+            author_key_digest: prop(p, "AuthorKeyDigest")?,
+            min_tcb: min_tcb.into_iter().collect(),
+            allow_test_root: prop(p, "AllowTestRoot")?,
+            attestations_ok: prop(p, "AttestationsOk")?,
+            attestations_failed: prop(p, "AttestationsFailed")?,
             last_attestation: (!last.is_empty()).then_some(last),
         })
     }
@@ -224,6 +260,21 @@ impl RecordView {
         out.push_str(&launches::render_launches(&self.launches));
         out
     }
+}
+
+/// Property `name` of a record, as type `T`.
+fn prop<T>(p: &Properties, name: &str) -> Result<T>
+where
+    T: TryFrom<OwnedValue>,
+    T::Error: std::fmt::Display,
+{
+    let v = p.get(name).with_context(|| {
+        format!("the daemon's record has no property {name}; is snpguardd older than snpguardctl?")
+    })?;
+    let v = v
+        .try_clone()
+        .with_context(|| format!("reading the record's property {name}"))?;
+    T::try_from(v).map_err(|e| anyhow::anyhow!("the record's property {name}: {e}"))
 }
 
 /// A proxy for the record object at `path`.
@@ -327,11 +378,7 @@ async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
 }
 
 async fn list(bus: &Bus, json: bool) -> Result<()> {
-    let m = ManagerProxy::new(&bus.conn).await.map_err(describe)?;
-    let mut views = Vec::new();
-    for p in m.list_records().await.map_err(describe)? {
-        views.push(RecordView::fetch(&record_at(bus, p).await?).await?);
-    }
+    let mut views = RecordView::fetch_all(bus).await?;
     views.sort_by(|a, b| a.name.cmp(&b.name));
     if json {
         println!("{}", serde_json::to_string_pretty(&views)?);

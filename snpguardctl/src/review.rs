@@ -1,11 +1,14 @@
 //! What `snpguardctl records approve` shows before it signs: the launch's
-//! origin, its full measurement, the one it replaces, and how its kernel
-//! command line differs from the approved one, with everything that came
-//! from a guest or a staging directory escaped for the terminal.
+//! origin, its full measurement, the one it replaces, how its kernel
+//! command line differs from the approved one, and what changed in the
+//! agent's files inside its initrd (configuration, CA, binary), with
+//! everything that came from a guest or a staging directory escaped for
+//! the terminal.
 
 use std::io::{BufRead, Write};
 
 use anyhow::{bail, Result};
+use snpguard::dbus::AgentFileEntry;
 use snpguard::text::escape;
 
 use crate::launches::LaunchView;
@@ -143,8 +146,19 @@ pub fn current_launch<'a>(
 pub fn cmdline_diff(old: &str, new: &str) -> Vec<String> {
     let a: Vec<&str> = old.split(' ').filter(|w| !w.is_empty()).collect();
     let b: Vec<&str> = new.split(' ').filter(|w| !w.is_empty()).collect();
-    // lcs[i][j]: length of the LCS of a[i..] and b[j..]. Both sides are
-    // bounded by the command line limit (at most 2048 words each).
+    // Both sides are bounded by the command line limit (at most 2048
+    // words each).
+    diff(&a, &b)
+}
+
+/// The most lines of an agent file diffed (each side); the daemon sends
+/// at most 64 KiB of text per file.
+const MAX_DIFF_LINES: usize = 2048;
+
+/// The items removed from `a` (`- item`) and added in `b` (`+ item`), in
+/// order, escaped.
+fn diff(a: &[&str], b: &[&str]) -> Vec<String> {
+    // lcs[i][j]: length of the LCS of a[i..] and b[j..].
     let mut lcs = vec![vec![0u16; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
@@ -168,6 +182,121 @@ pub fn cmdline_diff(old: &str, new: &str) -> Vec<String> {
             out.push(format!("+ {}", escape(b[j])));
             j += 1;
         }
+    }
+    out
+}
+
+/// The agent's files in a launch's initrd, as `LaunchAgentFiles` gives
+/// them, or why they could not be read.
+pub type AgentFiles = Result<(Vec<AgentFileEntry>, Vec<String>), String>;
+
+/// The review of the agent's files in the initrd of the launch being
+/// approved (`new`) against those of the current approved launch (`old`,
+/// described by `against`), if any: each file unchanged, changed (with a
+/// line diff of its text), added or removed, and a WARNING for a changed
+/// CA, a missing configuration and anything that makes the list
+/// unreliable.
+pub fn render_agent_files<'a>(
+    new: &'a AgentFiles,
+    old: Option<&'a AgentFiles>,
+    against: &str,
+) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    let (files, problems) = match new {
+        Ok(f) => f,
+        Err(e) => {
+            line(format!(
+                "  WARNING: the agent files in the initrd cannot be shown: {}; compare the \
+                 initrds yourself before approving",
+                escape(e)
+            ));
+            return out;
+        }
+    };
+    // Only a readable baseline without problems is compared against.
+    let old = match old {
+        Some(Ok((f, p))) if p.is_empty() => Some(f),
+        _ => None,
+    };
+    let find = |list: &'a [AgentFileEntry], path: &str| list.iter().find(|f| f.0 == path);
+    match old {
+        Some(_) => line(format!("  Agent files in the initrd, against {against}:")),
+        None => line("  Agent files in the initrd:".into()),
+    }
+    if files.is_empty() {
+        line("    none".into());
+    }
+    for (path, kind, sha256, text) in files {
+        let p = escape(path);
+        let link = if kind == "symlink" {
+            format!(" (symlink to {})", escape(text))
+        } else {
+            String::new()
+        };
+        let Some(old) = old else {
+            line(format!("    {p}{link}: sha256 {}", escape(sha256)));
+            continue;
+        };
+        match find(old, path) {
+            None => line(format!("    {p}{link}: added, sha256 {}", escape(sha256))),
+            Some(o) if o.1 == *kind && o.2 == *sha256 => line(format!("    {p}{link}: unchanged")),
+            Some(o) => {
+                line(format!("    {p}{link}: changed, sha256 {}", escape(sha256)));
+                let (a, b): (Vec<&str>, Vec<&str>) =
+                    (o.3.lines().collect(), text.lines().collect());
+                let texts = kind == "file" && o.1 == "file" && !(o.3.is_empty() && text.is_empty());
+                if texts && a.len() <= MAX_DIFF_LINES && b.len() <= MAX_DIFF_LINES {
+                    for d in diff(&a, &b) {
+                        line(format!("      {d}"));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(old) = old {
+        for (path, ..) in old.iter().filter(|o| find(files, &o.0).is_none()) {
+            line(format!("    {}: removed", escape(path)));
+        }
+    }
+    let config = find(files, snpguard::initrd::AGENT_CONFIG);
+    match config {
+        None => line(format!(
+            "  WARNING: the initrd has no /{}: the SnpGuard agent is not configured in it, so \
+             a VM booting this launch will not unlock its disk",
+            snpguard::initrd::AGENT_CONFIG
+        )),
+        Some(c) => {
+            let ca = snpguard::initrd::configured_ca(&c.3);
+            let changed = |path: &str| {
+                let new = find(files, path).map(|f| (&f.1, &f.2));
+                let old = old.map(|o| find(o, path).map(|f| (&f.1, &f.2)));
+                matches!(old, Some(o) if o != new)
+            };
+            if let Some(ca) = ca.filter(|ca| changed(ca.as_str())) {
+                line(format!(
+                    "  WARNING: the CA the agent trusts (/{}) changed: the agent will take its \
+                     key from any server that CA certifies",
+                    escape(&ca)
+                ));
+            }
+            if changed(snpguard::initrd::AGENT_CONFIG) {
+                line(
+                    "  WARNING: the agent configuration changed: check the servers and settings \
+                     above"
+                        .into(),
+                );
+            }
+        }
+    }
+    for p in problems {
+        line(format!(
+            "  WARNING: {}; compare the initrds yourself before approving",
+            escape(p)
+        ));
     }
     out
 }
@@ -302,6 +431,108 @@ mod tests {
             text.contains(&format!("Kernel:       sha256 {}\n", "c".repeat(64))),
             "{text}"
         );
+    }
+
+    fn f(path: &str, sha: char, text: &str) -> AgentFileEntry {
+        let kind = if text.starts_with('/') {
+            "symlink"
+        } else {
+            "file"
+        };
+        (
+            path.into(),
+            kind.into(),
+            sha.to_string().repeat(64),
+            text.into(),
+        )
+    }
+
+    const CONFIG: &str = "ca = \"/etc/snpguard/ca.pem\"\nservers = [\"https://a:8443\"]\n";
+    const CONFIG_B: &str = "ca = \"/etc/snpguard/ca.pem\"\nservers = [\"https://b:8443\"]\n";
+
+    #[test]
+    fn the_agent_review_diffs_the_config_and_warns_on_a_new_ca() {
+        let old: AgentFiles = Ok((
+            vec![
+                f("etc/snpguard/agent.toml", 'a', CONFIG),
+                f("etc/snpguard/ca.pem", 'c', "CA1"),
+                f("etc/snpguard/old.conf", 'o', "x"),
+                f("usr/lib/snpguard/snpguard-agent", 'e', ""),
+            ],
+            vec![],
+        ));
+        let new: AgentFiles = Ok((
+            vec![
+                f("etc/snpguard/agent.toml", 'b', CONFIG_B),
+                f("etc/snpguard/ca.pem", 'd', "CA2\x1b[8m"),
+                f("etc/snpguard/extra", 'x', "/tmp/y"),
+                f("usr/lib/snpguard/snpguard-agent", 'e', ""),
+            ],
+            vec![],
+        ));
+        let text = render_agent_files(&new, Some(&old), "launch 1");
+        let want = [
+            "  Agent files in the initrd, against launch 1:",
+            &format!(
+                "    etc/snpguard/agent.toml: changed, sha256 {}",
+                "b".repeat(64)
+            ),
+            "      - servers = [\"https://a:8443\"]",
+            "      + servers = [\"https://b:8443\"]",
+            &format!(
+                "    etc/snpguard/ca.pem: changed, sha256 {}",
+                "d".repeat(64)
+            ),
+            "      - CA1",
+            "      + CA2\\x1b[8m",
+            &format!(
+                "    etc/snpguard/extra (symlink to /tmp/y): added, sha256 {}",
+                "x".repeat(64)
+            ),
+            "    usr/lib/snpguard/snpguard-agent: unchanged",
+            "    etc/snpguard/old.conf: removed",
+            "  WARNING: the CA the agent trusts (/etc/snpguard/ca.pem) changed: the agent will \
+             take its key from any server that CA certifies",
+            "  WARNING: the agent configuration changed: check the servers and settings above",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want, "{text}");
+        // The same files: all unchanged, no warning.
+        let text = render_agent_files(&old, Some(&old), "launch 1");
+        assert!(
+            !text.contains("WARNING") && !text.contains("changed,"),
+            "{text}"
+        );
+        assert_eq!(text.matches(": unchanged").count(), 4, "{text}");
+    }
+
+    #[test]
+    fn the_agent_review_warns_when_it_cannot_compare() {
+        let unreadable: AgentFiles = Err("AccessDenied".into());
+        let text = render_agent_files(&unreadable, None, "launch 1");
+        assert!(
+            text.contains("WARNING: the agent files in the initrd cannot be shown: AccessDenied"),
+            "{text}"
+        );
+        let problem: AgentFiles = Ok((vec![], vec!["the initrd cannot be read: xz".into()]));
+        let text = render_agent_files(&problem, None, "launch 1");
+        assert!(text.contains("    none\n"), "{text}");
+        assert!(
+            text.contains("WARNING: the initrd has no /etc/snpguard/agent.toml"),
+            "{text}"
+        );
+        assert!(
+            text.contains("WARNING: the initrd cannot be read: xz; compare the initrds yourself"),
+            "{text}"
+        );
+        // A baseline with problems is not compared against: digests only.
+        let new: AgentFiles = Ok((vec![f("etc/snpguard/agent.toml", 'b', CONFIG_B)], vec![]));
+        let text = render_agent_files(&new, Some(&problem), "launch 1");
+        assert!(text.starts_with("  Agent files in the initrd:\n"), "{text}");
+        assert!(
+            text.contains(&format!("agent.toml: sha256 {}", "b".repeat(64))),
+            "{text}"
+        );
+        assert!(!text.contains("WARNING"), "{text}");
     }
 
     #[test]

@@ -550,6 +550,27 @@ fn check(c: &Converted) {
         .collect();
     assert_eq!(sums[0], sha256(&staging.join("kernel")), "staged kernel");
     assert_eq!(sums[1], sha256(&staging.join("initrd")), "staged initrd");
+    // The approval review reads the agent's files from this initrd as the
+    // kernel unpacks it (docs/security.md): all of them, the
+    // configuration as written, nothing ambiguous.
+    let initrd_file = std::fs::File::open(staging.join("initrd")).expect("staged initrd");
+    let agent = snpguard::initrd::agent_files(initrd_file, &Default::default())
+        .expect("the review reads the staged initrd");
+    assert!(agent.problems.is_empty(), "{:?}", agent.problems);
+    let paths: Vec<&str> = agent.files.iter().map(|f| f.path.as_str()).collect();
+    for want in [
+        "etc/snpguard/agent.toml",
+        "etc/snpguard/ca.pem",
+        "usr/lib/snpguard/snpguard-agent",
+    ] {
+        assert!(paths.contains(&want), "{want} not in {paths:?}");
+    }
+    let in_initrd: toml::Table =
+        toml::from_str(agent.files[0].text.as_deref().expect("config text")).expect("toml");
+    assert_eq!(
+        in_initrd, config,
+        "the initrd's agent.toml is the one written"
+    );
     // The initrd is several concatenated cpio archives (initramfs-tools
     // stores the already compressed modules uncompressed, then the rest
     // in zstd): search the raw bytes and the stream from the first zstd

@@ -271,6 +271,7 @@ fn main() -> anyhow::Result<()> {
     let state = dir.path().join("state");
     let config = Config {
         source: None,
+        dropins: Vec::new(),
         state_dir: state.clone(),
         bus: Bus::System,
         listen: "127.0.0.1:0".parse()?,

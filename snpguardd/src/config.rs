@@ -2,10 +2,15 @@
 //! default) merged with command-line overrides.
 //!
 //! The default file may be absent (every key has a default); a file named
-//! with `--config` must exist. Unknown keys are errors that name the key,
-//! so a typo never silently falls back to a default. Relative paths in the
-//! file are relative to the file's directory; relative paths on the command
-//! line are relative to the working directory.
+//! with `--config` must exist. Drop-ins (`*.toml` in `<main file>.d/`,
+//! and packaged defaults in `/usr/lib/snpguard/snpguardd.toml.d/` unless
+//! the former has a file of the same name) are merged over the main file
+//! in the order of their names: tables merge key by key, any other value
+//! (arrays included) is replaced by the later file's. Unknown keys are
+//! errors that name the key and the file, so a typo never silently falls
+//! back to a default. Relative paths in a file are relative to that
+//! file's directory; relative paths on the command line are relative to
+//! the working directory.
 
 use std::fmt;
 use std::io;
@@ -22,6 +27,14 @@ use crate::attest::nonce::{NONCE_LIFETIME_SECS, NONCE_MAX_LIFETIME_SECS};
 
 /// Where the configuration file is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/snpguard/snpguardd.toml";
+/// Packaged drop-ins: each applies unless the main file's drop-in
+/// directory has a file of the same name (a symlink to /dev/null there
+/// masks it).
+pub const VENDOR_DROPIN_DIR: &str = "/usr/lib/snpguard/snpguardd.toml.d";
+/// Most drop-in files read from one directory.
+const MAX_DROPINS: usize = 128;
+/// Largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Default state directory (the unit's `StateDirectory=snpguard`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/snpguard";
 /// Default fallback listen address when no socket is passed by systemd.
@@ -39,7 +52,8 @@ pub const IMPORT_SUBDIR: &str = "import";
     max_term_width = 80
 )]
 pub struct Args {
-    /// Configuration file [default: /etc/snpguard/snpguardd.toml, if present]
+    /// Configuration file [default: /etc/snpguard/snpguardd.toml, if present];
+    /// FILE.d/*.toml drop-ins are merged over it
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -147,6 +161,8 @@ impl Default for Attest {
 pub struct Config {
     /// The file the configuration was read from, when one was read.
     pub source: Option<PathBuf>,
+    /// The drop-ins merged over it, in order.
+    pub dropins: Vec<PathBuf>,
     /// Records, keys and caches.
     pub state_dir: PathBuf,
     /// The bus the management API is served on.
@@ -400,23 +416,46 @@ struct FileKds {
 /// Reads the configuration file (if any) and applies the command-line
 /// overrides on top of it.
 pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
+    resolve_with(args, Path::new(VENDOR_DROPIN_DIR))
+}
+
+/// [`resolve`] with packaged drop-ins from `vendor_dropins`.
+pub fn resolve_with(args: &Args, vendor_dropins: &Path) -> Result<Config, ConfigError> {
     let (path, required) = match &args.config {
         Some(p) => (absolute(p)?, true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let (file, source) = match std::fs::read_to_string(&path) {
-        Ok(text) => (parse(&text, &path)?, Some(path)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !required => (FileConfig::default(), None),
-        Err(source) => return Err(ConfigError::Read { path, source }),
+    let mut merged = toml::Table::new();
+    let source = match read_file(&path)? {
+        Some(text) => {
+            merge(&mut merged, file_table(&text, &path)?);
+            Some(path.clone())
+        }
+        None if !required => None,
+        None => {
+            return Err(ConfigError::Read {
+                path,
+                source: io::ErrorKind::NotFound.into(),
+            })
+        }
     };
-    let base = source
-        .as_deref()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf);
-    let in_file = |p: PathBuf| match &base {
-        Some(dir) => dir.join(p),
-        None => p,
-    };
+    let mut local = path.into_os_string();
+    local.push(".d");
+    let dropins = dropin_files(&[vendor_dropins, Path::new(&local)])?;
+    for p in &dropins {
+        // A drop-in that vanished since the listing is skipped like one
+        // never listed.
+        if let Some(text) = read_file(p)? {
+            merge(&mut merged, file_table(&text, p)?);
+        }
+    }
+    let file =
+        FileConfig::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Parse {
+            path: source.clone().unwrap_or_else(|| PathBuf::from("drop-ins")),
+            message: format!("after merging the drop-ins: {}", e.to_string().trim_end()),
+        })?;
+    // Every path is absolute by now (made so relative to its own file).
+    let in_file = |p: PathBuf| p;
 
     let state_dir = match &args.state_dir {
         Some(p) => absolute(p)?,
@@ -526,6 +565,7 @@ pub fn resolve(args: &Args) -> Result<Config, ConfigError> {
     Ok(Config {
         revocation,
         source,
+        dropins,
         state_dir,
         bus,
         listen,
@@ -549,6 +589,9 @@ impl Config {
         match &self.source {
             Some(p) => tracing::info!(config = %p.display(), "configuration read"),
             None => tracing::info!("no configuration file; using defaults"),
+        }
+        for p in &self.dropins {
+            tracing::info!(dropin = %p.display(), "configuration drop-in merged");
         }
         tracing::info!(
             state_dir = %self.state_dir.display(),
@@ -614,6 +657,107 @@ fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().to_owned(),
     })
+}
+
+/// The text of configuration file `path`; None when it does not exist.
+fn read_file(path: &Path) -> Result<Option<String>, ConfigError> {
+    use std::io::Read;
+    let read = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read(e)),
+    };
+    let mut text = String::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(read(io::Error::other(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes"
+        ))));
+    }
+    Ok(Some(text))
+}
+
+/// One file as a table for merging: checked against the schema first (so
+/// an error names this file, the key and its line), with its relative
+/// paths made absolute against its own directory.
+fn file_table(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
+    parse(text, path)?;
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let anchor = |v: &mut toml::Value| {
+        if let Some(p) = v.as_str() {
+            *v = toml::Value::String(dir.join(p).to_string_lossy().into_owned());
+        }
+    };
+    for key in ["state_dir", "import_dir", "tls_cert", "tls_key"] {
+        if let Some(v) = table.get_mut(key) {
+            anchor(v);
+        }
+    }
+    if let Some(roots) = table.get_mut("test_roots").and_then(|r| r.as_array_mut()) {
+        for root in roots.iter_mut().filter_map(|r| r.as_table_mut()) {
+            if let Some(v) = root.get_mut("ark_path") {
+                anchor(v);
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// Merges `over` into `base`: tables key by key, anything else replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// The drop-ins of `dirs` (earlier directories are overridden by later
+/// ones file name by file name), ordered by file name. Missing
+/// directories are fine; files not ending in `.toml` are ignored.
+fn dropin_files(dirs: &[&Path]) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for dir in dirs {
+        let read = |source| ConfigError::Read {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read(e)),
+        };
+        let mut n = 0;
+        for entry in entries {
+            let name = entry.map_err(read)?.file_name();
+            if Path::new(&name).extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            n += 1;
+            if n > MAX_DROPINS {
+                return Err(read(io::Error::other(format!(
+                    "more than {MAX_DROPINS} drop-in files"
+                ))));
+            }
+            by_name.insert(name.clone(), dir.join(name));
+        }
+    }
+    Ok(by_name.into_values().collect())
 }
 
 fn default_listen() -> SocketAddr {
@@ -729,6 +873,137 @@ mod tests {
         assert_eq!(c.tls_key, None);
         assert!(c.test_roots.is_empty());
         assert!(c.kds.enabled);
+    }
+
+    /// `files` (name, text) written under `dir`, creating directories.
+    fn write_all(dir: &Path, files: &[(&str, &str)]) {
+        for (name, text) in files {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        }
+    }
+
+    #[test]
+    fn dropins_merge_over_the_main_file_in_name_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        write_all(
+            d,
+            &[
+                (
+                    "etc/snpguardd.toml",
+                    "listen = \"127.0.0.1:9000\"\nbus = \"session\"\n\
+                     [kds]\nenabled = false\n\
+                     [[test_roots]]\nproduct = \"genoa\"\nark_path = \"main-ark.pem\"\n",
+                ),
+                // Masked by /etc's file of the same name.
+                (
+                    "vendor/10-base.toml",
+                    "[rate_limit]\nper_source_burst = 5\n",
+                ),
+                // Applies: nothing in /etc is named like it.
+                (
+                    "vendor/30-https.toml",
+                    "[https]\nclient_hello_timeout_secs = 7\n",
+                ),
+                ("etc/snpguardd.toml.d/10-base.toml", "bus = \"system\"\n"),
+                (
+                    "etc/snpguardd.toml.d/20-roots.toml",
+                    "[[test_roots]]\nproduct = \"milan\"\nark_path = \"ark.pem\"\n\
+                     [attest]\nnonce_lifetime_secs = 30\n",
+                ),
+                ("etc/snpguardd.toml.d/README", "not toml"),
+            ],
+        );
+        let main = d.join("etc/snpguardd.toml");
+        let c = resolve_with(
+            &args(&["--config", main.to_str().expect("utf-8")]),
+            &d.join("vendor"),
+        )
+        .expect("merged");
+        assert_eq!(c.source, Some(main.clone()));
+        assert_eq!(
+            c.dropins,
+            [
+                d.join("etc/snpguardd.toml.d/10-base.toml"),
+                d.join("etc/snpguardd.toml.d/20-roots.toml"),
+                d.join("vendor/30-https.toml"),
+            ]
+        );
+        // Later files win key by key; tables merge.
+        assert_eq!(c.bus, Bus::System);
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().expect("addr"));
+        assert!(!c.kds.enabled);
+        assert_eq!(c.attest.nonce_lifetime_secs, 30);
+        assert_eq!(c.https.client_hello_timeout_secs, 7);
+        assert_eq!(c.rate_limit.burst, RateLimit::default().burst, "masked");
+        // An array is replaced, and a path is relative to its own file.
+        assert_eq!(
+            c.test_roots,
+            [TestRoot {
+                product: Product::Milan,
+                ark_path: d.join("etc/snpguardd.toml.d/ark.pem"),
+            }]
+        );
+
+        // A symlink to /dev/null masks a packaged drop-in.
+        std::os::unix::fs::symlink("/dev/null", d.join("etc/snpguardd.toml.d/30-https.toml"))
+            .expect("symlink");
+        let c = resolve_with(
+            &args(&["--config", main.to_str().expect("utf-8")]),
+            &d.join("vendor"),
+        )
+        .expect("merged");
+        assert_eq!(c.https, Https::default());
+
+        // Without a main file the drop-ins still apply (default path
+        // semantics: the main file may be absent).
+        std::fs::remove_file(&main).expect("rm");
+        let e = resolve_with(
+            &args(&["--config", main.to_str().expect("utf-8")]),
+            &d.join("vendor"),
+        )
+        .expect_err("an explicit main file must exist");
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_error_in_a_dropin_names_the_dropin_and_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        write_all(
+            d,
+            &[
+                ("snpguardd.toml", "bus = \"system\"\n"),
+                ("snpguardd.toml.d/50-typo.toml", "[kds]\nenabeld = true\n"),
+            ],
+        );
+        let main = d.join("snpguardd.toml");
+        let e = resolve_with(
+            &args(&["--config", main.to_str().expect("utf-8")]),
+            &d.join("none"),
+        )
+        .expect_err("typo");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("50-typo.toml") && msg.contains("enabeld"),
+            "{msg}"
+        );
+        // A value that is valid alone but wrong merged is named too.
+        write_all(
+            d,
+            &[(
+                "snpguardd.toml.d/50-typo.toml",
+                "[rate_limit]\nper_source_burst = 0\n",
+            )],
+        );
+        let e = resolve_with(
+            &args(&["--config", main.to_str().expect("utf-8")]),
+            &d.join("none"),
+        )
+        .expect_err("burst 0");
+        assert!(e.to_string().contains("per_source_burst = 0"), "{e}");
     }
 
     #[test]

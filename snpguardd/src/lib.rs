@@ -28,6 +28,7 @@
 
 pub mod attest;
 pub mod config;
+pub mod crash;
 pub mod dbus;
 mod fsutil;
 pub mod https;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use libsystemd::activation::IsType;
 use libsystemd::daemon::{self, NotifyState};
-use nix::sys::socket::{getsockopt, sockopt};
+use rustix::net::sockopt;
 
 /// Why a notification or the listener failed.
 #[derive(Debug, thiserror::Error)]
@@ -162,9 +162,8 @@ fn activated() -> Result<Option<TcpListener>, NotifyError> {
     // FD_CLOEXEC, and `into_raw_fd` gives up its copy, so this OwnedFd is
     // the only owner.
     let owned = unsafe { OwnedFd::from_raw_fd(fd.into_raw_fd()) };
-    let stream = getsockopt(&owned, sockopt::SockType)
-        .is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
-    let listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false);
+    let stream = sockopt::socket_type(&owned).is_ok_and(|t| t == rustix::net::SocketType::STREAM);
+    let listening = sockopt::socket_acceptconn(&owned).unwrap_or(false);
     if !(inet && stream && listening) {
         return Err(NotifyError::NotTcpListener);
     }

@@ -119,7 +119,7 @@ pub enum SandboxError {
     },
     /// Setting `no_new_privs` failed.
     #[error("setting no_new_privs: {0}")]
-    NoNewPrivs(#[source] nix::Error),
+    NoNewPrivs(#[source] rustix::io::Errno),
     /// Building or enforcing the Landlock ruleset failed.
     #[error("landlock: {0}")]
     Landlock(#[from] landlock::RulesetError),
@@ -136,10 +136,10 @@ pub enum SandboxError {
 /// Confines the calling thread and every thread it creates afterwards.
 /// Call while the process is single-threaded; see the module docs.
 pub fn apply(spec: &SandboxSpec) -> Result<SandboxStatus, SandboxError> {
-    nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
+    rustix::thread::set_no_new_privs(true).map_err(SandboxError::NoNewPrivs)?;
     let landlock = restrict_filesystem(spec)?;
     let bounding_set_empty = drop_capabilities()?;
-    let no_new_privs = nix::sys::prctl::get_no_new_privs().unwrap_or(false);
+    let no_new_privs = rustix::thread::no_new_privs().unwrap_or(false);
     Ok(SandboxStatus {
         landlock,
         no_new_privs,
@@ -268,6 +268,7 @@ mod tests {
     fn config() -> Config {
         Config {
             source: Some(PathBuf::from("/etc/snpguard/snpguardd.toml")),
+            dropins: Vec::new(),
             state_dir: PathBuf::from("/var/lib/snpguard"),
             bus: Bus::System,
             listen: "0.0.0.0:3000".parse().expect("addr"),

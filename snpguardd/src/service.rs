@@ -4,6 +4,7 @@
 use std::fs::File;
 
 use serde::Serialize;
+use snpguard::initrd::AgentFiles;
 use snpguard::verify::MinTcb;
 
 use crate::attest::AuditEntry;
@@ -212,6 +213,20 @@ pub enum ServiceError {
     TooManyPending(String),
 }
 
+/// The agent's files in the initrd read from `initrd`. An initrd that
+/// cannot be read (an unsupported compression, damage, a limit) is one
+/// problem in the answer: the review then says to compare by hand.
+pub fn agent_files_of(initrd: impl std::io::Read) -> AgentFiles {
+    use snpguard::initrd::{agent_files, Limits};
+    match agent_files(initrd, &Limits::default()) {
+        Ok(files) => files,
+        Err(e) => AgentFiles {
+            files: Vec::new(),
+            problems: vec![format!("the initrd cannot be read: {e}")],
+        },
+    }
+}
+
 /// The management operations. Implementations are thread-safe and every
 /// mutation is durable before it returns.
 pub trait RecordService: Send + Sync + 'static {
@@ -240,6 +255,11 @@ pub trait RecordService: Send + Sync + 'static {
     /// firmware, vCPUs and policy); a launch with the same measurement is
     /// returned instead of a duplicate.
     fn add_launch(&self, id: &str, req: LaunchRequest) -> Result<LaunchAdded, ServiceError>;
+    /// The agent's files (configuration, CA, binary) in the initrd of
+    /// launch `launch`, read from the stored initrd as the kernel unpacks
+    /// it, so that an operator sees what an approval changes. An initrd
+    /// that cannot be read gives a problem in the answer, not an error.
+    fn launch_agent_files(&self, id: &str, launch: &str) -> Result<AgentFiles, ServiceError>;
     /// Approves a pending launch: signs its ID block with the record's ID
     /// key; attestation with its measurement releases the key from now on.
     fn approve_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError>;

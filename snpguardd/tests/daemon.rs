@@ -7,7 +7,8 @@
 //! end to end with its own journaled reason, and certificate imports for
 //! an air-gapped daemon. The HTTPS cases are in daemon/attestation.rs,
 //! daemon/refusals.rs and daemon/renewal.rs; the daemon's own CRL and the
-//! test-root start-up check in daemon/revocation.rs.
+//! test-root start-up check in daemon/revocation.rs; the daemon killed at
+//! each commit point in daemon/crash.rs.
 
 mod common;
 
@@ -39,6 +40,23 @@ impl Daemon {
 
     /// As [`Daemon::start`], with a configuration file of `config`.
     fn start_with(bus: &TestBus, state: &Path, config: &str) -> Daemon {
+        Self::start_env(bus, state, config, &[])
+    }
+
+    /// As [`Daemon::start_with`], with `env` added to its environment.
+    fn start_env(bus: &TestBus, state: &Path, config: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::launch(bus, state, config, env, true)
+    }
+
+    /// Starts the daemon; waits for READY=1 only when `ready` (a daemon
+    /// meant to die while starting never sends it).
+    fn launch(
+        bus: &TestBus,
+        state: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        ready: bool,
+    ) -> Daemon {
         let notify_dir = tempfile::tempdir().expect("notify dir");
         let sock_path = notify_dir.path().join("notify");
         let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
@@ -54,6 +72,8 @@ impl Daemon {
             .arg(config_file(state, config))
             .env("NOTIFY_SOCKET", &sock_path)
             .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("SNPGUARD_CRASH_AT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -61,21 +81,20 @@ impl Daemon {
             .expect("spawn snpguardd");
         let start = Instant::now();
         let mut buf = [0u8; 4096];
-        loop {
+        let mut waiting = ready;
+        while waiting {
             if let Ok(n) = sock.recv(&mut buf) {
                 let msg = String::from_utf8_lossy(&buf[..n]);
-                if msg.lines().any(|l| l == "READY=1") {
-                    break;
-                }
+                waiting = !msg.lines().any(|l| l == "READY=1");
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let (true, Ok(Some(status))) = (waiting, child.try_wait()) {
                 panic!(
                     "snpguardd exited with {status} before READY=1; log:\n{}",
                     daemon_log(state)
                 );
             }
             assert!(
-                start.elapsed() < DEADLINE,
+                !waiting || start.elapsed() < DEADLINE,
                 "snpguardd not ready within {DEADLINE:?}; log:\n{}",
                 daemon_log(state)
             );
@@ -96,6 +115,21 @@ impl Daemon {
             "snpguardd exit {status}; log:\n{}",
             daemon_log(&self.state)
         );
+    }
+
+    /// Waits for the daemon to die at its crash point (SIGKILL, as a
+    /// power cut would), which the log names.
+    fn crashed_at(mut self, point: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = wait_exit(&mut self.child);
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "snpguardd did not die at {point}: {status}; log:\n{}",
+            daemon_log(&self.state)
+        );
+        let log = daemon_log(&self.state);
+        assert!(log.contains(&format!("crash point {point}")), "{log}");
     }
 
     /// SIGKILL, no chance to clean up.
@@ -179,8 +213,22 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// An initrd holding the agent's configuration (naming `server`), its CA
+/// file (`ca`) and 128 KiB of random filler, as one plain newc archive.
+fn agent_initrd(rng: &mut impl RngCore, server: &str, ca: &str) -> Vec<u8> {
+    let config = format!("ca = \"/etc/snpguard/ca.pem\"\nservers = [\"{server}\"]\n");
+    let mut filler = vec![0u8; 128 * 1024];
+    rng.fill_bytes(&mut filler);
+    snpguard::initrd::newc(&[
+        ("etc/snpguard/agent.toml", 0o100644, config.as_bytes()),
+        ("etc/snpguard/ca.pem", 0o100644, ca.as_bytes()),
+        ("usr/lib/modules/filler", 0o100644, &filler),
+    ])
+}
+
 /// A staging directory as `convert` writes it: a synthetic AmdSev firmware
-/// (random pages + the real AmdSev footer), random kernel and initrd, a
+/// (random pages + the real AmdSev footer), a random kernel, an initrd
+/// with the agent's files ([`agent_initrd`]), a
 /// command line, and a VMK sealed to the daemon's ingestion key.
 fn staging(dir: &Path, state: &Path, seed: u64) -> Option<PathBuf> {
     let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
@@ -194,8 +242,7 @@ fn staging(dir: &Path, state: &Path, seed: u64) -> Option<PathBuf> {
     let mut kernel = vec![0u8; 64 * 1024 + rng.gen_range(0..4096)];
     rng.fill_bytes(&mut kernel);
     std::fs::write(s.join("kernel"), kernel).expect("kernel");
-    let mut initrd = vec![0u8; 128 * 1024];
-    rng.fill_bytes(&mut initrd);
+    let initrd = agent_initrd(&mut rng, "https://a.example:8443", "CA-A");
     std::fs::write(s.join("initrd"), initrd).expect("initrd");
     std::fs::write(s.join("cmdline"), "console=ttyS0 root=/dev/mapper/root").expect("cmdline");
     let public = std::fs::read(state.join("ingestion.pub")).expect("ingestion.pub");
@@ -652,6 +699,17 @@ const SIM_TCB: SimTcb = SimTcb {
 /// A daemon with HTTPS on a free loopback port, trusting `sim`'s root,
 /// with `extra` appended to its configuration.
 fn attest_daemon_with(s: &Setup, sim: &SimPlatform, extra: &str) -> (Daemon, Target) {
+    attest_daemon_env(s, sim, extra, &[])
+}
+
+/// As [`attest_daemon_with`], with `env` added to the daemon's
+/// environment.
+fn attest_daemon_env(
+    s: &Setup,
+    sim: &SimPlatform,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Daemon, Target) {
     std::fs::create_dir_all(&s.state).expect("state");
     std::fs::write(config_dir(&s.state).join("sim-ark.der"), &sim.ark_der).expect("ark");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -666,7 +724,7 @@ fn attest_daemon_with(s: &Setup, sim: &SimPlatform, extra: &str) -> (Daemon, Tar
          per_source_connections = 1000\n\
          {extra}"
     );
-    let daemon = Daemon::start_with(&s.bus, &s.state, &config);
+    let daemon = Daemon::start_env(&s.bus, &s.state, &config, env);
     assert!(
         daemon_log(&s.state).contains("TEST"),
         "a trusted test root is logged loudly"
@@ -874,6 +932,8 @@ fn released(resp: &AttestResponse, report: &[u8], secret: &seal::SecretKey) -> V
 
 #[path = "daemon/attestation.rs"]
 mod attestation;
+#[path = "daemon/crash.rs"]
+mod crash;
 #[path = "daemon/refusals.rs"]
 mod refusals;
 #[path = "daemon/renewal.rs"]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{error_of, Harness};
 use futures_util::StreamExt;
-use snpguard::dbus::{launch_state, ManagerProxy, RecordProxy};
+use snpguard::dbus::{launch_state, LaunchEntry, ManagerProxy, RecordProxy};
 use snpguardd::service::LaunchState;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue, Value};
 use zbus::Connection;
@@ -69,8 +69,8 @@ fn assert_error(e: zbus::Error, name: &str, needle: &str) {
     assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
 }
 
-fn states(r: &[(String, String, String, String, String, String)]) -> Vec<(String, String)> {
-    r.iter().map(|l| (l.0.clone(), l.1.clone())).collect()
+fn states(r: &[LaunchEntry]) -> Vec<(String, String)> {
+    r.iter().map(|l| (l.id.clone(), l.state.clone())).collect()
 }
 
 fn pair(id: &str, state: &str) -> (String, String) {
@@ -100,8 +100,8 @@ async fn launches_are_added_approved_retired_and_discarded() {
         states(&ls),
         [pair("1", "approved"), pair("2", launch_state::PENDING)]
     );
-    assert_eq!(ls[1].3, "console=ttyS0 quiet");
-    assert_eq!(ls[1].5, "operator");
+    assert_eq!(ls[1].cmdline, "console=ttyS0 quiet");
+    assert_eq!(ls[1].origin, "operator");
     assert_eq!(
         r.measurement().await.unwrap(),
         first,
@@ -125,7 +125,7 @@ async fn launches_are_added_approved_retired_and_discarded() {
 
     r.approve_launch("2").await.unwrap();
     assert_eq!(r.pending_launches().await.unwrap(), 0);
-    assert_eq!(r.measurement().await.unwrap(), ls[1].2);
+    assert_eq!(r.measurement().await.unwrap(), ls[1].measurement);
     assert_eq!(r.cmdline().await.unwrap(), "console=ttyS0 quiet");
     assert_error(
         r.approve_launch("2").await.unwrap_err(),
@@ -271,6 +271,19 @@ async fn add_launch_from_paths_and_bad_inputs() {
     );
     let (kernel, initrd) = r.launch_digests("2").await.unwrap();
     assert_eq!((kernel.len(), initrd.len()), (64, 64));
+    // The agent's files: this initrd is no cpio archive, which the
+    // answer says instead of failing; an unknown launch is NotFound.
+    let (files, problems) = r.launch_agent_files("2").await.unwrap();
+    assert!(files.is_empty(), "{files:?}");
+    assert!(
+        problems[0].contains("neither a cpio archive"),
+        "{problems:?}"
+    );
+    assert_error(
+        r.launch_agent_files("9").await.unwrap_err(),
+        "NotFound",
+        "no launch 9",
+    );
     assert_error(
         r.approve_launch(&"9".repeat(40)).await.unwrap_err(),
         "InvalidInput",
@@ -396,6 +409,12 @@ async fn polkit_denial_changes_no_launch() {
         r.export_launch_bundle("1", OwnedFd::from(std::os::fd::OwnedFd::from(out)))
             .await
             .unwrap_err(),
+        "AccessDenied",
+        ".export",
+    );
+    // Reading the initrd's agent files is an export too.
+    assert_error(
+        r.launch_agent_files("2").await.unwrap_err(),
         "AccessDenied",
         ".export",
     );

@@ -119,6 +119,13 @@ test("a pending launch appears live and is approved in the page", async () => {
     assert.match(review, /^Origin: operator$/m);
     assert.match(review, /^Kernel sha256: [0-9a-f]{64} \((un)?changed\)$/m);
     assert.match(review, new RegExp(`^Measurement: ${before.launches.find(l => l.id === pendingId).measurement}$`, "m"));
+    // The agent's files in the initrd: the same configuration, a new CA.
+    assert.match(review, /^Agent files in the initrd, against launch \d+:$/m);
+    assert.match(review, /^  etc\/snpguard\/agent\.toml: unchanged$/m);
+    assert.match(review, /^  etc\/snpguard\/ca\.pem: changed, sha256 [0-9a-f]{64}$/m);
+    assert.match(review, /^    - SIMULATED CA [0-9a-f]{32}$/m);
+    assert.match(review, /^WARNING: the CA the agent trusts \(\/etc\/snpguard\/ca\.pem\) changed/m);
+    assert.doesNotMatch(review, /agent configuration changed/);
     await page.click("#confirm-cancel");
     assert.equal((await record("web")).pending_launches, 1);
     await row.locator('button[data-action="approve"]').click();
@@ -149,13 +156,16 @@ test("register through the form; daemon errors land next to their field", async 
     await page.selectOption("#f-vcpu-type", "EPYC-Milan");
     await page.click("#register-submit");
     await page.locator("#err-name", { hasText: "name" }).waitFor();
-    assert.match(await page.locator("#err-name").innerText(), /InvalidInput/);
+    // Errors read as sentences, without the D-Bus error's type name.
+    assert.match(await page.locator("#err-name").innerText(), /^[A-Z].*\.$/);
+    assert.doesNotMatch(await page.locator("#err-name").innerText(), /InvalidInput/);
     assert.equal(await page.locator("#err-form").innerText(), "");
     assert.ok(await page.locator('[data-field="name"].sg-invalid').count() === 1);
     // A name that exists: AlreadyExists, at the name too.
     await page.fill("#f-name", "web");
     await page.click("#register-submit");
-    await page.locator("#err-name", { hasText: "AlreadyExists" }).waitFor();
+    await page.locator("#err-name", { hasText: "already exists" }).waitFor();
+    assert.doesNotMatch(await page.locator("#err-name").innerText(), /AlreadyExists/);
     // A staging directory without the files: at the staging field.
     await page.fill("#f-name", "db");
     await page.fill("#f-staging", world.dir);
@@ -165,7 +175,7 @@ test("register through the form; daemon errors land next to their field", async 
     await page.fill("#f-staging", await world.stage("outside", world.dir));
     await page.click("#register-submit");
     await page.locator("#err-staging", { hasText: "outside the import directory" }).waitFor();
-    assert.match(await page.locator("#err-staging").innerText(), /^InvalidInput: /);
+    assert.doesNotMatch(await page.locator("#err-staging").innerText(), /InvalidInput/);
     await shot("register-errors");
 
     await page.fill("#f-staging", staging);
@@ -220,6 +230,13 @@ async function denied() {
     assert.equal(asked[0].action, "org.snpguard.SnpGuard1.manage");
     assert.equal(asked[0].kind, "system-bus-name");
     assert.match(asked[0].name, /^:\d+\.\d+$/);
+    // The same refusal again is counted on the notice shown, not stacked;
+    // moving to another tab clears it.
+    await page.click("#record-toggle");
+    await page.locator('.sg-alert[data-kind="error"][data-repeat="2"]', { hasText: "Not permitted" }).waitFor();
+    assert.equal(await page.locator('.sg-alert[data-kind="error"]').count(), 1);
+    await page.click("#tab-log");
+    await page.locator('.sg-alert[data-kind="error"]').waitFor({ state: "detached" });
     await closeAlerts();
 
     // The form too: registration refused, shown, nothing registered.

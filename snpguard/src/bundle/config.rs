@@ -49,8 +49,11 @@ impl LaunchConfig {
             ));
         }
         check_token("name", &self.name)?;
-        if self.vcpus == 0 {
-            return Err(invalid("vcpus", "must be at least 1".into()));
+        if self.vcpus == 0 || self.vcpus > crate::measure::MAX_VCPUS {
+            return Err(invalid(
+                "vcpus",
+                format!("must be 1 to {}", crate::measure::MAX_VCPUS),
+            ));
         }
         check_token("vcpu_type", &self.vcpu_type)?;
         check_hex_u64("guest_policy", &self.guest_policy)?;

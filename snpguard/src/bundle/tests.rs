@@ -637,9 +637,10 @@ fn config_unknown_field() {
 #[test]
 fn config_invalid_fields() {
     type Mutation = fn(&mut LaunchConfig);
-    let cases: [(&str, Mutation); 15] = [
+    let cases: [(&str, Mutation); 16] = [
         ("version", |c| c.version = 2),
         ("vcpus", |c| c.vcpus = 0),
+        ("vcpus", |c| c.vcpus = crate::measure::MAX_VCPUS + 1),
         ("name", |c| c.name = String::new()),
         ("name", |c| c.name = "a b".into()),
         ("vcpu_type", |c| c.vcpu_type = "EPYC,x=1".into()),

@@ -12,3 +12,4 @@ pub mod inspect;
 pub mod kernel;
 pub mod layout;
 pub mod luks;
+pub mod sfdisk;

@@ -810,6 +810,7 @@ impl Attestor {
             }
             Ok(Ok(())) => {}
         }
+        crate::crash::point(crate::crash::points::ATTEST_NONCE_CONSUMED);
         self.collect_nonces(now_secs);
 
         let Some(rec) = record else {

@@ -149,6 +149,7 @@ fn min_tcb() -> MinTcb {
 fn config(state: &Path, roots: Vec<TestRoot>, kds: bool) -> Config {
     Config {
         source: None,
+        dropins: Vec::new(),
         state_dir: state.to_owned(),
         bus: Bus::System,
         listen: "127.0.0.1:0".parse().unwrap(),

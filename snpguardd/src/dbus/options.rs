@@ -47,8 +47,8 @@ const KNOWN: [&str; 13] = [
     key::ALLOW_TEST_ROOT,
 ];
 
-/// Upper bound on `vcpus` (far above any SEV-SNP host).
-pub const MAX_VCPUS: u32 = 4096;
+/// Upper bound on `vcpus`: the one limit of `snpguard::measure`.
+pub use snpguard::measure::MAX_VCPUS;
 
 fn invalid(msg: String) -> Error {
     Error::InvalidInput(msg)

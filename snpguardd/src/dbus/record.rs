@@ -6,8 +6,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use snpguard::dbus::{
-    launch_file_key, limit, Error, LaunchEntry, ACTION_EXPORT, ACTION_MANAGE, ACTION_REGISTER,
-    RECORDS_PATH,
+    launch_file_key, limit, AgentFileEntry, Error, LaunchEntry, ACTION_EXPORT, ACTION_MANAGE,
+    ACTION_REGISTER, RECORDS_PATH,
 };
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
@@ -481,6 +481,36 @@ impl Record {
         }
     }
 
+    /// The agent's files in the initrd of launch `launch` as the kernel
+    /// unpacks it: (path, kind, sha256, text) sorted by path, text empty
+    /// when not kept (binary, over 64 KiB, outside the agent
+    /// directories), and the problems that make the list unreliable (an
+    /// initrd that cannot be read; symlinks, hard links or `..` around
+    /// the agent's paths). For the review before an approval. polkit:
+    /// export, as the initrd itself.
+    #[zbus(out_args("files", "problems"))]
+    async fn launch_agent_files(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        launch: String,
+    ) -> Result<(Vec<AgentFileEntry>, Vec<String>), Error> {
+        polkit::authorize(conn, &hdr, ACTION_EXPORT).await?;
+        check_launch_arg(&launch)?;
+        let svc = self.ctx.service.clone();
+        let id = self.info.id.clone();
+        let found = blocking(move || svc.launch_agent_files(&id, &launch)).await?;
+        let files = found
+            .files
+            .into_iter()
+            .map(|f| {
+                let kind = f.kind.as_str().to_owned();
+                (f.path, kind, f.sha256, f.text.unwrap_or_default())
+            })
+            .collect();
+        Ok((files, found.problems))
+    }
+
     /// Record id: the image ID in lowercase hex.
     #[zbus(property)]
     async fn id(&self) -> String {
@@ -518,15 +548,13 @@ impl Record {
         self.info
             .launches
             .iter()
-            .map(|l| {
-                (
-                    l.id.clone(),
-                    l.state.as_str().to_owned(),
-                    l.measurement.clone(),
-                    l.cmdline.clone(),
-                    l.created.clone(),
-                    l.origin.clone(),
-                )
+            .map(|l| LaunchEntry {
+                id: l.id.clone(),
+                state: l.state.as_str().to_owned(),
+                measurement: l.measurement.clone(),
+                cmdline: l.cmdline.clone(),
+                created: l.created.clone(),
+                origin: l.origin.clone(),
             })
             .collect()
     }

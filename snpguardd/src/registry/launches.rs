@@ -101,9 +101,11 @@ impl Registry {
         let i = launch::check_approvable(&rec, launch)?;
         let (id_block, id_auth) = self.sign(&rec, &rec.launches[i].measurement)?;
         launch::approve(&mut rec, i, id_block, id_auth, &now()?);
+        crate::crash::point(crate::crash::points::APPROVE_SIGNED);
         self.store
             .transaction(&[Op::put(Tree::Records, id, rec.to_json()?)])
             .map_err(store_err)?;
+        crate::crash::point(crate::crash::points::APPROVE_COMMITTED);
         Ok(rec.info())
     }
 

@@ -43,6 +43,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use p384::ecdsa::SigningKey;
 use snpguard::bundle;
 use snpguard::idblock::{self, IdAuth, IdBlock};
+use snpguard::initrd::AgentFiles;
 use snpguard::measure::{self, MeasureError, MeasureInput, VmmType};
 use snpguard::seal::{self, SealedBox};
 use time::format_description::well_known::Rfc3339;
@@ -55,8 +56,8 @@ use crate::fsutil;
 use crate::keys::{self, DaemonKeys, KeySummary, KeysError, TlsConfig};
 use crate::secrets::{random_bytes, MasterKey, Purpose, SecretsError};
 use crate::service::{
-    LaunchAdded, LaunchRequest, LaunchState, RecordInfo, RecordService, RegisterRequest,
-    ServiceError,
+    agent_files_of, LaunchAdded, LaunchRequest, LaunchState, RecordInfo, RecordService,
+    RegisterRequest, ServiceError,
 };
 use crate::store::{Op, SledStore, Store, StoreError, Tree};
 
@@ -554,7 +555,9 @@ impl Registry {
                 "the random image ID is already in use; check the system's random source".into(),
             ));
         }
+        crate::crash::point(crate::crash::points::REGISTER_BEFORE_COMMIT);
         self.store.transaction(&ops).map_err(store_err)?;
+        crate::crash::point(crate::crash::points::REGISTER_COMMITTED);
         Ok(rec)
     }
 }
@@ -718,6 +721,13 @@ impl RecordService for Registry {
 
     fn add_launch(&self, id: &str, req: LaunchRequest) -> Result<LaunchAdded, ServiceError> {
         self.add_launch_from(id, req)
+    }
+
+    fn launch_agent_files(&self, id: &str, launch: &str) -> Result<AgentFiles, ServiceError> {
+        record::check_id(id)?;
+        let rec = self.load(id)?;
+        let initrd = self.blobs.open_blob(&rec.launch(launch)?.initrd)?;
+        Ok(agent_files_of(initrd))
     }
 
     fn approve_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError> {

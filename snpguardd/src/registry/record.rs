@@ -14,8 +14,9 @@ use crate::service::{LaunchState, RecordInfo, ServiceError};
 pub const RECORD_VERSION: u32 = 2;
 /// Longest record name.
 pub const MAX_NAME_LEN: usize = 64;
-/// Most vCPUs a record may have.
-pub const MAX_VCPUS: u32 = 512;
+/// Most vCPUs a record may have: as many as a launch digest can be
+/// computed for (one limit everywhere).
+pub use snpguard::measure::MAX_VCPUS;
 /// Longest vCPU type name looked at (the longest valid one is 13).
 const MAX_VCPU_TYPE_LEN: usize = 64;
 

@@ -227,7 +227,7 @@ fn every_bad_input_gets_its_error() {
     invalid(mk(&|r| r.name = "has space".into()), "name:");
     invalid(mk(&|r| r.name = "x".repeat(65)), "name:");
     invalid(mk(&|r| r.vcpus = 0), "vcpus:");
-    invalid(mk(&|r| r.vcpus = 513), "vcpus:");
+    invalid(mk(&|r| r.vcpus = MAX_VCPUS + 1), "vcpus:");
     let m = invalid(mk(&|r| r.vcpu_type = "EPYC-v9".into()), "vcpu_type:");
     assert!(m.contains("EPYC-Milan") && m.contains("EPYC-v4"), "{m}");
     invalid(mk(&|r| r.vcpu_type = "E".repeat(10_000)), "vcpu_type:");

@@ -140,6 +140,7 @@ pub fn migrate(store: &dyn Store, steps: &[Migration]) -> Result<u32, StoreError
             SCHEMA_VERSION_KEY,
             (version + 1).to_be_bytes(),
         ));
+        crate::crash::point(crate::crash::points::MIGRATE_BEFORE_COMMIT);
         store.transaction(&ops)?;
         version += 1;
     }
@@ -185,11 +186,60 @@ mod tests {
         s
     }
 
+    /// A crash between a migration step's mutations and their commit
+    /// leaves the database at the old version with its data, and the next
+    /// open migrates it. The test runs itself as a child process that dies
+    /// at the crash point (debug builds have it).
+    #[cfg(debug_assertions)]
     #[test]
-    fn v1_record_becomes_a_v2_record_with_one_approved_launch() {
+    fn a_crash_mid_migration_keeps_the_old_version_and_the_next_open_migrates() {
+        use std::os::unix::process::ExitStatusExt;
+        const CHILD: &str = "SNPGUARD_TEST_MIGRATION_DB";
+        if let Some(path) = std::env::var_os(CHILD) {
+            let opened = SledStore::open(std::path::Path::new(&path));
+            panic!("the crash point did not fire: {:?}", opened.err());
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let v1 = serde_json::json!({
+        at_v1(&path)
+            .put(
+                Tree::Records,
+                b"ab",
+                &serde_json::to_vec(&v1_record()).unwrap(),
+            )
+            .unwrap();
+        let name = "store::schema::tests::\
+                    a_crash_mid_migration_keeps_the_old_version_and_the_next_open_migrates";
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads=1", "--nocapture"])
+            .env(CHILD, &path)
+            .env(
+                crate::crash::ENV,
+                crate::crash::points::MIGRATE_BEFORE_COMMIT,
+            )
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the child died at the crash point"
+        );
+        let v = |s: &SledStore| -> serde_json::Value {
+            serde_json::from_slice(&s.get(Tree::Records, b"ab").unwrap().unwrap()).unwrap()
+        };
+        {
+            let s = SledStore::open_unmigrated(&path).unwrap();
+            assert_eq!(version(&s), 1, "nothing of the step committed");
+            assert_eq!(v(&s), v1_record());
+        }
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(version(&s), SCHEMA_VERSION);
+        assert_eq!(v(&s)["launches"][0]["measurement"], "m".repeat(96));
+    }
+
+    fn v1_record() -> serde_json::Value {
+        serde_json::json!({
             "v": 1, "id": "ab", "name": "web", "enabled": true,
             "created": "2026-01-01T00:00:00Z", "measurement": "m".repeat(96),
             "policy": 196608, "guest_features": 1, "vcpus": 2, "vcpu_type": "EPYC-v4",
@@ -199,7 +249,14 @@ mod tests {
             "firmware": {"sha256": "1", "len": 1}, "kernel": {"sha256": "2", "len": 2},
             "initrd": {"sha256": "3", "len": 3}, "id_block": "b", "id_auth": "c",
             "attestations_ok": 5, "attestations_failed": 1, "last_attestation": null
-        });
+        })
+    }
+
+    #[test]
+    fn v1_record_becomes_a_v2_record_with_one_approved_launch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let v1 = v1_record();
         at_v1(&path)
             .put(Tree::Records, b"ab", &serde_json::to_vec(&v1).unwrap())
             .unwrap();

@@ -465,6 +465,21 @@ impl RecordService for MemService {
         })
     }
 
+    fn launch_agent_files(
+        &self,
+        id: &str,
+        launch: &str,
+    ) -> Result<snpguard::initrd::AgentFiles, ServiceError> {
+        let st = self.state.lock().unwrap();
+        let r =
+            st.1.get(id)
+                .ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
+        if !r.info.launches.iter().any(|l| l.id == launch) {
+            return Err(ServiceError::NotFound(format!("no launch {launch}")));
+        }
+        Ok(snpguardd::service::agent_files_of(r.initrd.as_slice()))
+    }
+
     fn approve_launch(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError> {
         let mut st = self.state.lock().unwrap();
         let r =

@@ -19,8 +19,7 @@ fn new_staging(dir: &Path, seed: u64) -> PathBuf {
     let mut kernel = vec![0u8; 70 * 1024];
     rng.fill_bytes(&mut kernel);
     std::fs::write(s.join("kernel"), kernel).expect("kernel");
-    let mut initrd = vec![0u8; 100 * 1024];
-    rng.fill_bytes(&mut initrd);
+    let initrd = agent_initrd(&mut rng, "https://b.example:8443", "CA-B");
     std::fs::write(s.join("initrd"), initrd).expect("initrd");
     std::fs::write(s.join("cmdline"), format!("{NEW_CMDLINE}\n")).expect("cmdline");
     s
@@ -175,6 +174,16 @@ async fn a_guest_renewal_boots_only_after_approval() {
     assert!(out.contains("Kernel:       sha256 "), "{out}");
     assert!(out.contains("(changed)"), "{out}");
     assert!(out.contains("Cmdline diff against launch 1:"), "{out}");
+    // And what changed in the agent's files inside the initrd.
+    for want in [
+        "Agent files in the initrd, against launch 1:",
+        "    etc/snpguard/agent.toml: changed, sha256 ",
+        "      - servers = [\"https://a.example:8443\"]\n      + servers = [\"https://b.example:8443\"]\n",
+        "      - CA-A\n      + CA-B\n",
+        "WARNING: the CA the agent trusts (/etc/snpguard/ca.pem) changed",
+    ] {
+        assert!(out.contains(want), "{want:?} not in {out}");
+    }
     let x = s.dir.path().join("x-guest-2");
     assert_eq!(bundle_measurement(&bundle, &x), want);
     assert_eq!(

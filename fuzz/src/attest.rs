@@ -1,0 +1,353 @@
+//! The `/v1` wire: nonces and base64 fields, and the JSON bodies of
+//! `POST /v1/attest` and `POST /v1/renew` with the decoding the daemon
+//! applies to each field before any verification.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use snpguard::attest::{
+    b64, decode_nonce, encode_nonce, renewal_report_data, report_data, unb64, AttestRequest,
+    RenewRequest, MAX_BODY, NONCE_LEN,
+};
+use snpguard::certs::CertSet;
+use snpguard::report::{Report, REPORT_SIZE};
+use snpguard::seal::PublicKey;
+
+use sha2::Digest as _;
+
+use crate::fixtures;
+
+/// The bounds the daemon decodes fields with.
+const BOUNDS: [usize; 6] = [0, 1, 32, REPORT_SIZE, MAX_BODY, 256];
+
+/// `nonce_base64`: a nonce or a base64 field decodes only from its one
+/// canonical encoding (so a report or key has one spelling on the wire),
+/// and the length bound checked before decoding never refuses a field
+/// whose decoded length is within the bound.
+pub fn nonce_base64(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some(n) = decode_nonce(s) {
+        assert_eq!(encode_nonce(&n), s, "a nonce with two spellings");
+        fixtures::reached("nonce_base64");
+    }
+    let full = STANDARD.decode(s).ok();
+    for max in BOUNDS {
+        let got = unb64(s, max);
+        assert_eq!(
+            got,
+            full.clone().filter(|v| v.len() <= max),
+            "unb64(max {max}) disagrees with decoding in full"
+        );
+        if let Some(v) = got {
+            assert_eq!(b64(&v), s, "a base64 field with two spellings");
+        }
+    }
+}
+
+/// Nonces and fields in both alphabets, with and without padding.
+pub fn nonce_seeds() -> Vec<Vec<u8>> {
+    let nonce = encode_nonce(&[0xfb; NONCE_LEN]);
+    let mut out: Vec<Vec<u8>> = vec![
+        nonce.clone().into_bytes(),
+        format!("{nonce}=").into_bytes(),
+        b64(&[0xfb; NONCE_LEN]).into_bytes(),
+        b64(&[1, 2]).into_bytes(),
+        b64(&[1, 2, 3]).into_bytes(),
+        b"QUJD\nREVG".to_vec(),
+        b"QQ".to_vec(),
+        b"QR==".to_vec(),
+        Vec::new(),
+    ];
+    if let Some(r) = fixtures::read("reports/milan-virtee/report.bin") {
+        out.push(b64(&r).into_bytes());
+    }
+    out
+}
+
+/// The field decoding the daemon does for a request's evidence
+/// (`decode_evidence`): nonce, report, certificate table. Whether all of
+/// them decode.
+fn decode_evidence(nonce: &str, report: &str, cert_table: Option<&str>) -> bool {
+    let nonce_ok = decode_nonce(nonce).is_some_and(|n| {
+        assert_eq!(encode_nonce(&n), nonce, "a nonce with two spellings");
+        true
+    });
+    let report_ok = unb64(report, REPORT_SIZE).is_some_and(|bytes| {
+        Report::parse(&bytes).is_ok_and(|r| {
+            assert_eq!(&r.as_bytes()[..], &bytes[..]);
+            true
+        })
+    });
+    let table_ok = match cert_table {
+        None => true,
+        Some(t) => unb64(t, MAX_BODY).is_some_and(|t| CertSet::from_cert_table(&t).is_ok()),
+    };
+    nonce_ok && report_ok && table_ok
+}
+
+/// The keys of a JSON object, when `data` is one.
+fn keys(data: &[u8]) -> Vec<String> {
+    match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `attest_request`: a body the daemon reads (at most `MAX_BODY` bytes)
+/// that deserializes has only the protocol's keys, serializes back to
+/// the same request, and every field goes through the daemon's decoding.
+pub fn attest_request(data: &[u8]) {
+    if data.len() > MAX_BODY {
+        return;
+    }
+    let Ok(req) = serde_json::from_slice::<AttestRequest>(data) else {
+        return;
+    };
+    for k in keys(data) {
+        assert!(
+            ["nonce", "report", "cert_table", "ephemeral_key", "signed"].contains(&k.as_str()),
+            "unknown key {k:?} accepted"
+        );
+    }
+    let again: AttestRequest =
+        serde_json::from_slice(&serde_json::to_vec(&req).expect("serializes")).expect("re-reads");
+    assert_eq!(again, req);
+    let evidence = decode_evidence(&req.nonce, &req.report, req.cert_table.as_deref());
+    let key = unb64(&req.ephemeral_key, 32).and_then(|k| PublicKey::from_bytes(&k).ok());
+    if let (true, Some(nonce), Some(key)) = (evidence, decode_nonce(&req.nonce), key) {
+        fixtures::reached("attest_request");
+        let mut other = nonce;
+        other[0] ^= 1;
+        assert_ne!(
+            report_data(&nonce, &key),
+            report_data(&other, &key),
+            "REPORT_DATA does not bind the nonce"
+        );
+    }
+}
+
+fn real_report() -> Vec<u8> {
+    fixtures::read("reports/milan-virtee/report.bin").unwrap_or_else(|| vec![0; REPORT_SIZE])
+}
+
+/// A well-formed request with the real report and its certificate table,
+/// and requests with each kind of fault.
+pub fn attest_seeds() -> Vec<Vec<u8>> {
+    let nonce = encode_nonce(&[7; NONCE_LEN]);
+    let report = b64(&real_report());
+    let key = b64(&snpguard::seal::SecretKey::from_bytes(&[9; 32])
+        .public_key()
+        .to_bytes());
+    let table = b64(&snpguard::certs::encode_cert_table(&[]));
+    let ok = serde_json::json!({
+        "nonce": nonce, "report": report, "cert_table": table,
+        "ephemeral_key": key, "signed": true,
+    });
+    vec![
+        serde_json::to_vec(&ok).expect("json"),
+        serde_json::to_vec(&serde_json::json!({
+            "nonce": nonce, "report": report, "ephemeral_key": b64(&[0; 32]),
+        }))
+        .expect("json"),
+        br#"{"nonce":"","report":"","ephemeral_key":"","extra":1}"#.to_vec(),
+        br#"{"nonce":"a","nonce":"b","report":"","ephemeral_key":""}"#.to_vec(),
+    ]
+}
+
+/// `renew_request`: as `attest_request`, plus the kernel and initrd
+/// decoding and the command-line check the daemon applies.
+pub fn renew_request(data: &[u8]) {
+    let Ok(req) = serde_json::from_slice::<RenewRequest>(data) else {
+        return;
+    };
+    for k in keys(data) {
+        assert!(
+            [
+                "nonce",
+                "report",
+                "cert_table",
+                "kernel",
+                "initrd",
+                "cmdline",
+                "signed"
+            ]
+            .contains(&k.as_str()),
+            "unknown key {k:?} accepted"
+        );
+    }
+    let again: RenewRequest =
+        serde_json::from_slice(&serde_json::to_vec(&req).expect("serializes")).expect("re-reads");
+    assert_eq!(again, req);
+    let evidence = decode_evidence(&req.nonce, &req.report, req.cert_table.as_deref());
+    let kernel = unb64(&req.kernel, snpguard::attest::MAX_RENEW_BODY);
+    let initrd = unb64(&req.initrd, snpguard::attest::MAX_RENEW_BODY);
+    let cmdline_ok = snpguard::text::check_cmdline(&req.cmdline).is_ok();
+    if cmdline_ok {
+        assert!(req.cmdline.len() <= snpguard::measure::MAX_CMDLINE_LEN);
+        assert!(
+            !req.cmdline.chars().any(char::is_control),
+            "a control character passes"
+        );
+    }
+    if let (true, Some(nonce), Some(k), Some(i), true) = (
+        evidence,
+        decode_nonce(&req.nonce),
+        kernel,
+        initrd,
+        cmdline_ok,
+    ) {
+        fixtures::reached("renew_request");
+        let d = renewal_report_data(&nonce, &k, &i, &req.cmdline);
+        assert_ne!(
+            d,
+            renewal_report_data(&nonce, &k, &i, &format!("{} ", req.cmdline))
+        );
+    }
+}
+
+/// A well-formed renewal and faulty ones.
+pub fn renew_seeds() -> Vec<Vec<u8>> {
+    let nonce = encode_nonce(&[7; NONCE_LEN]);
+    let ok = serde_json::json!({
+        "nonce": nonce, "report": b64(&real_report()),
+        "kernel": b64(b"MZ kernel"), "initrd": b64(b"070701"),
+        "cmdline": "root=/dev/mapper/snpguard_root ro console=ttyS0", "signed": true,
+    });
+    vec![
+        serde_json::to_vec(&ok).expect("json"),
+        br#"{"nonce":"","report":"","kernel":"","initrd":"","cmdline":"a\u0007b"}"#.to_vec(),
+        br#"{"nonce":"","report":"","kernel":"","initrd":"","cmdline":"\u202e"}"#.to_vec(),
+    ]
+}
+
+/// The agent's side of a key release: what it sent and what a genuine
+/// daemon answers.
+struct Release {
+    report: Vec<u8>,
+    nonce: [u8; NONCE_LEN],
+    secret: snpguard::seal::SecretKey,
+    genuine: snpguard::attest::AttestResponse,
+    json: Vec<u8>,
+}
+
+/// The released key of the genuine response.
+const VMK: &[u8] = b"the volume master key, 32 bytes!";
+
+/// A report (unsigned: only its digests matter here) naming the fixed
+/// author key, and the response a daemon holding that key gives, signed
+/// and sealed in this process.
+fn release() -> &'static Release {
+    static RELEASE: std::sync::OnceLock<Release> = std::sync::OnceLock::new();
+    RELEASE.get_or_init(|| {
+        let author = p384::ecdsa::SigningKey::from_slice(&[0x11; 48]).expect("a valid scalar");
+        let mut report = vec![0u8; REPORT_SIZE];
+        report[0] = 2;
+        report[0x08..0x10].copy_from_slice(&0x30000u64.to_le_bytes());
+        report[0x34] = 1;
+        report[0x110..0x140]
+            .copy_from_slice(&snpguard::idblock::key_digest(author.verifying_key()));
+        Report::parse(&report).expect("the release report parses");
+        let nonce = [3u8; NONCE_LEN];
+        let secret = snpguard::seal::SecretKey::from_bytes(&[0x42; 32]);
+        let sealed = snpguard::attest::seal_key(&secret.public_key(), &report, VMK)
+            .expect("sealing")
+            .to_bytes();
+        let record = "web-1".to_owned();
+        let message = snpguard::attest::release_message(&nonce, &report, &record, &sealed);
+        let genuine = snpguard::attest::AttestResponse {
+            record,
+            sealed_key: b64(&sealed),
+            signature: Some(snpguard::attest::sign_message(&author, &message)),
+        };
+        let json = serde_json::to_vec(&genuine).expect("json");
+        Release {
+            report,
+            nonce,
+            secret,
+            genuine,
+            json,
+        }
+    })
+}
+
+/// What the agent does with a response body (agent/src/client.rs,
+/// `attest_once`): parse, check the signature over nonce, report, record
+/// and sealed box, open the box. The response and the key, if released.
+fn agent_receives(r: &Release, body: &[u8]) -> Option<(snpguard::attest::AttestResponse, Vec<u8>)> {
+    let resp: snpguard::attest::AttestResponse = serde_json::from_slice(body).ok()?;
+    let sealed = unb64(&resp.sealed_key, snpguard::seal::MAX_SEALED_LEN)?;
+    let message = snpguard::attest::release_message(&r.nonce, &r.report, &resp.record, &sealed);
+    snpguard::attest::verify_signature(&r.report, &message, resp.signature.as_ref()).ok()?;
+    let boxed = snpguard::seal::SealedBox::from_bytes(&sealed).ok()?;
+    let key = snpguard::attest::open_key(&r.secret, &r.report, &boxed).ok()?;
+    Some((resp, key.to_vec()))
+}
+
+/// `attest_response` (the agent, from a network peer): the first byte
+/// picks the input: 0 the rest is the response body, 1 the rest are XOR
+/// mutations of a genuine response made in this process. A key is
+/// released only for a response signed by the key the report names; a
+/// mutated response releases the key only when it still says exactly
+/// what the genuine one says, and then the genuine key.
+pub fn attest_response(data: &[u8]) {
+    let r = release();
+    let mut input = fixtures::Input::new(data);
+    let mutated = input.byte() % 2 == 1;
+    let body = if mutated {
+        let mut b = r.json.clone();
+        fixtures::apply_xors(&mut input, &mut b);
+        b
+    } else {
+        input.rest().to_vec()
+    };
+    let Some((resp, key)) = agent_receives(r, &body) else {
+        assert!(
+            !(mutated && body == r.json),
+            "the genuine response is refused"
+        );
+        return;
+    };
+    fixtures::reached("attest_response");
+    let sig = resp.signature.as_ref().expect("a released key was signed");
+    let signer = unb64(&sig.key, snpguard::idblock::PUBLIC_KEY_SIZE).expect("decoded before");
+    let digest: [u8; 48] = sha2::Sha384::digest(&signer).into();
+    assert_eq!(
+        digest[..],
+        r.report[0x110..0x140],
+        "signed by a key the report does not name"
+    );
+    if mutated {
+        assert_eq!(resp, r.genuine, "a changed response released the key");
+        assert_eq!(key, VMK);
+    }
+}
+
+/// The genuine response (raw, from this process: it releases in every
+/// process, the keys are fixed), its mutations in each field, and
+/// unsigned and malformed ones.
+pub fn response_seeds() -> Vec<Vec<u8>> {
+    let r = release();
+    let unsigned = snpguard::attest::AttestResponse {
+        signature: None,
+        ..r.genuine.clone()
+    };
+    let mut out = vec![
+        [&[0u8][..], &r.json].concat(),
+        [&[0u8][..], &serde_json::to_vec(&unsigned).expect("json")].concat(),
+        vec![1],
+        b"\x00{\"record\":\"\",\"sealed_key\":\"\"}".to_vec(),
+    ];
+    let json = String::from_utf8(r.json.clone()).expect("json is text");
+    for field in [
+        "\"record\"",
+        "\"sealed_key\"",
+        "\"key\"",
+        "\"signature\":\"",
+    ] {
+        if let Some(at) = json.find(field) {
+            out.push([vec![1], fixtures::xor_at(at + field.len() + 3, 1)].concat());
+        }
+    }
+    out
+}
