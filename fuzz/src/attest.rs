@@ -323,6 +323,122 @@ pub fn attest_response(data: &[u8]) {
     }
 }
 
+/// The genuine answer to a renewal of the guest of [`release`] (same
+/// report, nonce and author key), signed in this process.
+struct Renewal {
+    genuine: snpguard::attest::RenewResponse,
+    json: Vec<u8>,
+}
+
+fn renewal() -> &'static Renewal {
+    static RENEWAL: std::sync::OnceLock<Renewal> = std::sync::OnceLock::new();
+    RENEWAL.get_or_init(|| {
+        let r = release();
+        let author = p384::ecdsa::SigningKey::from_slice(&[0x11; 48]).expect("a valid scalar");
+        let mut genuine = snpguard::attest::RenewResponse {
+            record: "web-1".to_owned(),
+            launch: "2".to_owned(),
+            measurement: "ab".repeat(48),
+            signature: None,
+        };
+        let message = snpguard::attest::renewal_message(&r.nonce, &r.report, &genuine);
+        genuine.signature = Some(snpguard::attest::sign_message(&author, &message));
+        let json = serde_json::to_vec(&genuine).expect("json");
+        Renewal { genuine, json }
+    })
+}
+
+/// What the agent does with a renewal's answer (agent/src/client.rs,
+/// `renew_once`): parse, then check the signature over nonce, report,
+/// record, launch and measurement. The response, if accepted.
+fn agent_accepts_renewal(r: &Release, body: &[u8]) -> Option<snpguard::attest::RenewResponse> {
+    let resp: snpguard::attest::RenewResponse = serde_json::from_slice(body).ok()?;
+    let message = snpguard::attest::renewal_message(&r.nonce, &r.report, &resp);
+    snpguard::attest::verify_signature(&r.report, &message, resp.signature.as_ref()).ok()?;
+    Some(resp)
+}
+
+/// `renew_response` (the agent, from a network peer): as
+/// [`attest_response`] for the answer to `POST /v1/renew`. A response is
+/// accepted only when signed by the key the report names; a mutated one
+/// only when it still says exactly what the genuine one says; a release
+/// signature is never a renewal signature.
+pub fn renew_response(data: &[u8]) {
+    let r = release();
+    let g = renewal();
+    let mut input = fixtures::Input::new(data);
+    let mutated = input.byte() % 2 == 1;
+    let body = if mutated {
+        let mut b = g.json.clone();
+        fixtures::apply_xors(&mut input, &mut b);
+        b
+    } else {
+        input.rest().to_vec()
+    };
+    let Some(resp) = agent_accepts_renewal(r, &body) else {
+        assert!(
+            !(mutated && body == g.json),
+            "the genuine renewal response is refused"
+        );
+        return;
+    };
+    fixtures::reached("renew_response");
+    let sig = resp
+        .signature
+        .as_ref()
+        .expect("an accepted response was signed");
+    let signer = unb64(&sig.key, snpguard::idblock::PUBLIC_KEY_SIZE).expect("decoded before");
+    let digest: [u8; 48] = sha2::Sha384::digest(&signer).into();
+    assert_eq!(
+        digest[..],
+        r.report[0x110..0x140],
+        "signed by a key the report does not name"
+    );
+    let release_sig = r.genuine.signature.as_ref().expect("the release is signed");
+    assert_ne!(
+        sig.signature, release_sig.signature,
+        "a key release's signature accepted as a renewal's"
+    );
+    if mutated {
+        assert_eq!(resp, g.genuine, "a changed renewal response was accepted");
+    }
+}
+
+/// The genuine renewal response, mutations in each field, a key
+/// release's signature on it, an unsigned and a malformed one.
+pub fn renew_response_seeds() -> Vec<Vec<u8>> {
+    let r = release();
+    let g = renewal();
+    let unsigned = snpguard::attest::RenewResponse {
+        signature: None,
+        ..g.genuine.clone()
+    };
+    let replayed = snpguard::attest::RenewResponse {
+        signature: r.genuine.signature.clone(),
+        ..g.genuine.clone()
+    };
+    let mut out = vec![
+        [&[0u8][..], &g.json].concat(),
+        [&[0u8][..], &serde_json::to_vec(&unsigned).expect("json")].concat(),
+        [&[0u8][..], &serde_json::to_vec(&replayed).expect("json")].concat(),
+        vec![1],
+        b"\x00{\"record\":\"\",\"launch\":\"\",\"measurement\":\"\"}".to_vec(),
+    ];
+    let json = String::from_utf8(g.json.clone()).expect("json is text");
+    for field in [
+        "\"record\"",
+        "\"launch\"",
+        "\"measurement\"",
+        "\"key\"",
+        "\"signature\":\"",
+    ] {
+        if let Some(at) = json.find(field) {
+            out.push([vec![1], fixtures::xor_at(at + field.len() + 3, 1)].concat());
+        }
+    }
+    out
+}
+
 /// The genuine response (raw, from this process: it releases in every
 /// process, the keys are fixed), its mutations in each field, and
 /// unsigned and malformed ones.

@@ -50,7 +50,7 @@ mod seal;
 mod store;
 
 pub use agent::{agent_config, luks2_header};
-pub use attest::{attest_request, attest_response, nonce_base64, renew_request};
+pub use attest::{attest_request, attest_response, nonce_base64, renew_request, renew_response};
 pub use bundle::bundle_extract;
 pub use certs::{cert_import, cert_parse, cert_table, crl, tsm_json};
 pub use convert::sfdisk_rewrite;
@@ -141,6 +141,12 @@ pub const TARGETS: &[Target] = &[
         name: "attest_response",
         run: attest_response,
         seeds: attest::response_seeds,
+        dict: Some("json"),
+    },
+    Target {
+        name: "renew_response",
+        run: renew_response,
+        seeds: attest::renew_response_seeds,
         dict: Some("json"),
     },
     Target {

@@ -151,6 +151,11 @@ fn attest_response() {
 }
 
 #[test]
+fn renew_response() {
+    run("renew_response");
+}
+
+#[test]
 fn renew_request() {
     run("renew_request");
 }
