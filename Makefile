@@ -5,10 +5,15 @@ CARGO ?= cargo
 BUILD_DIR ?= build
 SNPGUARD_TESTDATA ?= $(abspath ../shared/testdata/snp)
 export SNPGUARD_TESTDATA
+# The slow tests' fixtures (see test-convert): the guests' root file
+# systems and the fixed libguestfs appliance.
+SNPGUARD_TEST_ROOTFS ?= $(BUILD_DIR)/guest/initramfs-tools/rootfs.tar
+SNPGUARD_TEST_ROOTFS_DRACUT ?= $(BUILD_DIR)/guest/dracut/rootfs.tar
+GUESTFS_APPLIANCE ?= $(BUILD_DIR)/guestfs-appliance
 
 .PHONY: all build deps test test-convert lint unit check-units check-install check-scripts \
 	install demo bench clean agent agent-sim check-agent check-shell check-launch test-cockpit \
-	system-test test-e2e fuzz
+	system-test test-e2e fuzz guest-rootfs slow-tests
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -131,8 +136,13 @@ SYSTEM_TEST_FILTER ?= --skip dracut_guest_with_a_wrong_measurement_powers_off
 
 # scripts/launch-qemu-snp.sh: --dry-run against a real bundle, a faked
 # SNP host with a fake QEMU, --from-partition (guestfish), refusals.
-check-launch:
-	./tests/launch-script.sh
+# snpguardctl is the workspace build's (a build of the package alone
+# would resolve other features and recompile); guestfish uses the fixed
+# appliance of test-convert.
+check-launch: $(GUESTFS_APPLIANCE)/root
+	$(CARGO) build --workspace --locked
+	SNPGUARD_CTL=$(abspath target/debug/snpguardctl) LIBGUESTFS_BACKEND=direct \
+		LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' ./tests/launch-script.sh
 
 # The Cockpit page in headless Chromium against real cockpit-ws and
 # snpguardd on a private bus (tests/cockpit; screenshots in
@@ -146,7 +156,21 @@ test-cockpit:
 
 # Every test, after installing what the tests need (idempotent).
 test: deps lint check-shell check-scripts check-units check-install check-agent unit \
-	check-launch test-cockpit system-test test-convert test-e2e
+	test-cockpit slow-tests
+
+# The slow suites in two lanes side by side (scripts/lanes.sh; each line
+# prefixed [convert] or [boot]): the guests' root file systems and
+# test-convert's conversions; check-launch, the simulator agent,
+# system-test, test-e2e and test-convert's embed tests. A TCG guest or a libguestfs appliance keeps about one core
+# busy, so the lanes fill two cores. The workspace, the test binaries and
+# the libguestfs appliance are built first: the lanes share them.
+slow-tests: $(GUESTFS_APPLIANCE)/root
+	$(CARGO) build --workspace --locked
+	$(CARGO) test --locked --no-run -p snpguardctl --test convert --test embed
+	$(CARGO) test --locked --no-run -p snpguard-systest --lib --test boot --test initrd --test e2e
+	./scripts/lanes.sh \
+		"convert=$(MAKE) --no-print-directory guest-rootfs test-convert CONVERT_TESTS='--test convert'" \
+		"boot=$(MAKE) --no-print-directory check-launch system-test test-e2e test-convert CONVERT_TESTS='--test embed'"
 
 # convert and embed through libguestfs under TCG (slow: about 16 minutes
 # on 2 cores): the simple and split (separate /boot, /var, /home, swap)
@@ -157,24 +181,24 @@ test: deps lint check-shell check-scripts check-units check-install check-agent 
 # GUESTFS_APPLIANCE=DIR uses another) keeps the tests off supermin's shared
 # cache, which is rebuilt under running appliances whenever host packages
 # change. CONVERT_TEST_FILTER selects tests (cargo test's filter and
-# --skip NAME).
-SNPGUARD_TEST_ROOTFS ?= $(BUILD_DIR)/guest/initramfs-tools/rootfs.tar
-SNPGUARD_TEST_ROOTFS_DRACUT ?= $(BUILD_DIR)/guest/dracut/rootfs.tar
-GUESTFS_APPLIANCE ?= $(BUILD_DIR)/guestfs-appliance
+# --skip NAME), CONVERT_TESTS the test binaries (`--test embed`).
 CONVERT_TEST_FILTER ?=
-test-convert:
+CONVERT_TESTS ?= --test convert --test embed
+test-convert: guest-rootfs $(GUESTFS_APPLIANCE)/root
+	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
+		SNPGUARD_TEST_ROOTFS_DRACUT='$(abspath $(SNPGUARD_TEST_ROOTFS_DRACUT))' \
+		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
+		$(CARGO) test -p snpguardctl --locked $(CONVERT_TESTS) -- --ignored \
+		$(CONVERT_TEST_FILTER)
+
+# The guests' root file systems of test-convert (build-rootfs.sh caches
+# them under $(BUILD_DIR)/guest-rootfs; the boot tests take theirs from
+# that cache).
+guest-rootfs:
 	@test -e '$(SNPGUARD_TEST_ROOTFS)' || ./tests/guest/build-rootfs.sh \
 		--flavour initramfs-tools --out $(BUILD_DIR)/guest/initramfs-tools
 	@test -e '$(SNPGUARD_TEST_ROOTFS_DRACUT)' || ./tests/guest/build-rootfs.sh \
 		--flavour dracut --out $(BUILD_DIR)/guest/dracut
-	@test -f '$(GUESTFS_APPLIANCE)/root' || LIBGUESTFS_BACKEND=direct \
-		LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
-		libguestfs-make-fixed-appliance '$(GUESTFS_APPLIANCE)'
-	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
-		SNPGUARD_TEST_ROOTFS_DRACUT='$(abspath $(SNPGUARD_TEST_ROOTFS_DRACUT))' \
-		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
-		$(CARGO) test -p snpguardctl --locked --test convert --test embed -- --ignored \
-		$(CONVERT_TEST_FILTER)
 
 # The fixed libguestfs appliance of test-convert and test-e2e (scripts/
 # demo.sh builds the same when it is missing).
