@@ -20,6 +20,7 @@
 pub mod attest;
 pub mod bundle;
 pub mod certs;
+pub mod crash;
 #[cfg(feature = "dbus")]
 pub mod dbus;
 pub mod idblock;

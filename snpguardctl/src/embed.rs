@@ -328,7 +328,10 @@ fn write_slot(app: &Appliance, slot: &str, staged: &Path) -> Result<()> {
     g.rm_rf(&dir).map_err(gerr("rm_rf"))?;
     g.mkdir(&dir).map_err(gerr("mkdir"))?;
     g.chmod(0o755, &dir).map_err(gerr("chmod"))?;
-    for m in MEMBERS {
+    for (i, m) in MEMBERS.iter().enumerate() {
+        if i == MEMBERS.len() / 2 {
+            crash_point(app, snpguard::crash::points::EMBED_SLOT_PARTIAL);
+        }
         let local = staged.join(m);
         let local = local.to_str().context("temporary path is not UTF-8")?;
         let remote = format!("{dir}/{m}");
@@ -349,8 +352,30 @@ fn switch(app: &Appliance, slot: &str) -> Result<()> {
     g.ln_s(slot, "/.artifacts.new").map_err(gerr("ln_s"))?;
     g.rename("/.artifacts.new", "/artifacts")
         .map_err(gerr("rename"))?;
+    crash_point(app, snpguard::crash::points::EMBED_SWITCHED);
     g.sync().map_err(gerr("sync"))?;
     Ok(())
+}
+
+/// A crash point of `embed` ([`snpguard::crash`], debug builds only):
+/// the appliance's QEMU is killed first, so whatever its guest had not
+/// written back to the image is lost as in a power cut, then this
+/// process.
+fn crash_point(app: &Appliance, point: &'static str) {
+    #[cfg(debug_assertions)]
+    if std::env::var(snpguard::crash::ENV).as_deref() == Ok(point) {
+        let qemu = app
+            .g()
+            .get_pid()
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = qemu {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = app;
+    snpguard::crash::point(point);
 }
 
 fn embed(image: &Path, staged: &Path) -> Result<(Action, &'static str)> {
