@@ -27,6 +27,11 @@ mod agent_src {
         reason = "only the parser of the agent's configuration is fuzzed"
     )]
     pub mod config;
+    #[allow(
+        dead_code,
+        reason = "only the configfs-tsm reader of the evidence sources is fuzzed"
+    )]
+    pub mod evidence;
     pub mod luks;
 }
 #[path = "../../snpguardctl/src/image"]
@@ -48,6 +53,7 @@ mod initrd;
 mod report;
 mod seal;
 mod store;
+mod tsm;
 
 pub use agent::{agent_config, luks2_header};
 pub use attest::{attest_request, attest_response, nonce_base64, renew_request, renew_response};
@@ -60,6 +66,7 @@ pub use fixtures::reached_count;
 pub use initrd::initrd;
 pub use report::{report, report_mutation};
 pub use seal::sealed_box;
+pub use tsm::tsm_reader;
 
 /// One fuzz target: its function, its seeds and its dictionary.
 pub struct Target {
@@ -142,6 +149,12 @@ pub const TARGETS: &[Target] = &[
         run: attest_response,
         seeds: attest::response_seeds,
         dict: Some("json"),
+    },
+    Target {
+        name: "tsm_reader",
+        run: tsm_reader,
+        seeds: tsm::seeds,
+        dict: None,
     },
     Target {
         name: "renew_response",

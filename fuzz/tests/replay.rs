@@ -151,6 +151,11 @@ fn attest_response() {
 }
 
 #[test]
+fn tsm_reader() {
+    run("tsm_reader");
+}
+
+#[test]
 fn renew_response() {
     run("renew_response");
 }
