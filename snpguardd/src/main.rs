@@ -155,11 +155,14 @@ async fn serve(
     let server = tokio::spawn(https::serve(listener, tls, attestor, limits, async move {
         let _ = stop_rx.await;
     }));
-    notify::ready("serving the management API and HTTPS attestation")?;
-
+    // Installed before READY=1, so that a stop request sent as soon as
+    // the daemon reports ready is a clean shutdown (before this point,
+    // SIGTERM's default action ends the start-up).
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    notify::ready("serving the management API and HTTPS attestation")?;
+
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
