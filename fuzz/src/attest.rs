@@ -284,6 +284,32 @@ fn agent_receives(r: &Release, body: &[u8]) -> Option<(snpguard::attest::AttestR
     Some((resp, key.to_vec()))
 }
 
+/// A response body from the input: the first byte picks raw (the rest of
+/// the input) or XOR mutations of `genuine`. Whether it was mutated, and
+/// the body.
+fn response_body(data: &[u8], genuine: &[u8]) -> (bool, Vec<u8>) {
+    let mut input = fixtures::Input::new(data);
+    if input.byte() % 2 == 1 {
+        let mut b = genuine.to_vec();
+        fixtures::apply_xors(&mut input, &mut b);
+        (true, b)
+    } else {
+        (false, input.rest().to_vec())
+    }
+}
+
+/// An accepted signature's key is the one the report names (its
+/// AUTHOR_KEY_DIGEST, the key the harness signs with).
+fn assert_signed_by_report_key(report: &[u8], sig: &snpguard::attest::ReleaseSignature) {
+    let signer = unb64(&sig.key, snpguard::idblock::PUBLIC_KEY_SIZE).expect("decoded before");
+    let digest: [u8; 48] = sha2::Sha384::digest(&signer).into();
+    assert_eq!(
+        digest[..],
+        report[0x110..0x140],
+        "signed by a key the report does not name"
+    );
+}
+
 /// `attest_response` (the agent, from a network peer): the first byte
 /// picks the input: 0 the rest is the response body, 1 the rest are XOR
 /// mutations of a genuine response made in this process. A key is
@@ -292,15 +318,7 @@ fn agent_receives(r: &Release, body: &[u8]) -> Option<(snpguard::attest::AttestR
 /// what the genuine one says, and then the genuine key.
 pub fn attest_response(data: &[u8]) {
     let r = release();
-    let mut input = fixtures::Input::new(data);
-    let mutated = input.byte() % 2 == 1;
-    let body = if mutated {
-        let mut b = r.json.clone();
-        fixtures::apply_xors(&mut input, &mut b);
-        b
-    } else {
-        input.rest().to_vec()
-    };
+    let (mutated, body) = response_body(data, &r.json);
     let Some((resp, key)) = agent_receives(r, &body) else {
         assert!(
             !(mutated && body == r.json),
@@ -310,13 +328,7 @@ pub fn attest_response(data: &[u8]) {
     };
     fixtures::reached("attest_response");
     let sig = resp.signature.as_ref().expect("a released key was signed");
-    let signer = unb64(&sig.key, snpguard::idblock::PUBLIC_KEY_SIZE).expect("decoded before");
-    let digest: [u8; 48] = sha2::Sha384::digest(&signer).into();
-    assert_eq!(
-        digest[..],
-        r.report[0x110..0x140],
-        "signed by a key the report does not name"
-    );
+    assert_signed_by_report_key(&r.report, sig);
     if mutated {
         assert_eq!(resp, r.genuine, "a changed response released the key");
         assert_eq!(key, VMK);
@@ -366,15 +378,7 @@ fn agent_accepts_renewal(r: &Release, body: &[u8]) -> Option<snpguard::attest::R
 pub fn renew_response(data: &[u8]) {
     let r = release();
     let g = renewal();
-    let mut input = fixtures::Input::new(data);
-    let mutated = input.byte() % 2 == 1;
-    let body = if mutated {
-        let mut b = g.json.clone();
-        fixtures::apply_xors(&mut input, &mut b);
-        b
-    } else {
-        input.rest().to_vec()
-    };
+    let (mutated, body) = response_body(data, &g.json);
     let Some(resp) = agent_accepts_renewal(r, &body) else {
         assert!(
             !(mutated && body == g.json),
@@ -387,13 +391,7 @@ pub fn renew_response(data: &[u8]) {
         .signature
         .as_ref()
         .expect("an accepted response was signed");
-    let signer = unb64(&sig.key, snpguard::idblock::PUBLIC_KEY_SIZE).expect("decoded before");
-    let digest: [u8; 48] = sha2::Sha384::digest(&signer).into();
-    assert_eq!(
-        digest[..],
-        r.report[0x110..0x140],
-        "signed by a key the report does not name"
-    );
+    assert_signed_by_report_key(&r.report, sig);
     let release_sig = r.genuine.signature.as_ref().expect("the release is signed");
     assert_ne!(
         sig.signature, release_sig.signature,
