@@ -92,6 +92,9 @@ APT[zstd]=/usr/bin/zstd
 APT[e2fsprogs]=/usr/sbin/mkfs.ext4
 # the reference AES-XTS of the LUKS2 test disk's unit test
 APT[python3-cryptography]=/usr/lib/python3/dist-packages/cryptography
+# The fleet store's tests start their own PostgreSQL cluster (as the
+# postgres account, in a temporary directory).
+APT[postgresql]=/usr/lib/postgresql
 # make demo fetches the daemon's ingestion key over HTTPS as a user would.
 APT[curl]=/usr/bin/curl
 # pip only when no Python pip is there at all (pyenv's counts).

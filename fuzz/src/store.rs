@@ -43,6 +43,16 @@ impl Store for MemStore {
     fn transaction(&self, ops: &[Op]) -> Result<(), StoreError> {
         let mut map = self.map();
         for op in ops {
+            if let Op::Expect { tree, key, value } = op {
+                if map.get(&(tree.name(), key.clone())) != value.as_ref() {
+                    return Err(StoreError::Conflict {
+                        tree: tree.name(),
+                        key: String::from_utf8_lossy(key).into_owned(),
+                    });
+                }
+            }
+        }
+        for op in ops {
             match op {
                 Op::Put { tree, key, value } => {
                     map.insert((tree.name(), key.clone()), value.clone());
@@ -50,6 +60,7 @@ impl Store for MemStore {
                 Op::Delete { tree, key } => {
                     map.remove(&(tree.name(), key.clone()));
                 }
+                Op::Expect { .. } => {}
             }
         }
         Ok(())

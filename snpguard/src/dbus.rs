@@ -253,6 +253,9 @@ pub enum Error {
     SealedKey(String),
     /// Storage failed; the operation had no effect.
     Storage(String),
+    /// The shared database cannot be reached; nothing changed, and the
+    /// same call may succeed once it is back.
+    Unavailable(String),
     /// polkit did not authorize the caller, or could not be asked.
     AccessDenied(String),
     /// The launch is not in a state the operation applies to (approving

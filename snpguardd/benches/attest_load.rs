@@ -288,6 +288,7 @@ fn main() -> anyhow::Result<()> {
         https: Default::default(),
         tcb_floors: Default::default(),
         revocation: Default::default(),
+        store: Default::default(),
     };
     let attestor = Attestor::new(registry, &config, Box::new(HttpKds::amd()))?;
     let guest = Arc::new(Guest::new(sim, &rec)?);

@@ -68,6 +68,11 @@ pub struct Args {
     /// HTTPS address when systemd passes no socket [default: 0.0.0.0:3000]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
+
+    /// PostgreSQL database shared by replicas, as a postgresql:// URL
+    /// (overrides [store] url) [default: sled in the state directory]
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// Which message bus the daemon serves its management API on.
@@ -140,6 +145,51 @@ pub struct Kds {
     pub enabled: bool,
 }
 
+/// Where records, keys, nonces and the audit trail are kept (`[store]`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// A PostgreSQL URL shared by replicas; `None`: sled in the state
+    /// directory.
+    pub url: Option<String>,
+    /// File holding the database password (or the systemd credential
+    /// `snpguard-store-password` when present).
+    pub password_file: Option<PathBuf>,
+    /// PEM CA file for TLS to the database (verify-full).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The systemd credential holding the database password, used when
+/// `[store] password_file` is not set.
+pub const STORE_PASSWORD_CREDENTIAL: &str = "snpguard-store-password";
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A URL may carry a password: never print it.
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    /// The password file actually used: the configured one, else the
+    /// systemd credential when it exists.
+    pub fn password_path(&self) -> Option<PathBuf> {
+        self.password_file.clone().or_else(|| {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+            let p = PathBuf::from(dir).join(STORE_PASSWORD_CREDENTIAL);
+            p.is_file().then_some(p)
+        })
+    }
+
+    /// Whether this is the embedded single-host store.
+    pub fn is_sled(&self) -> bool {
+        self.url.is_none()
+    }
+}
+
 /// Attestation settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attest {
@@ -192,6 +242,8 @@ pub struct Config {
     /// What a missing or stale CRL of the daemon's own means
     /// (`[revocation]`).
     pub revocation: RevocationPolicy,
+    /// The database (`[store]`).
+    pub store: StoreConfig,
 }
 
 /// Longest `client_hello_timeout_secs` accepted.
@@ -281,6 +333,9 @@ pub enum ConfigError {
     /// An `[https]` value out of range.
     #[error("https: {0}")]
     InvalidHttps(String),
+    /// `[store]` is inconsistent.
+    #[error("invalid [store] in the configuration: {0}")]
+    InvalidStore(String),
     /// A `[revocation]` value that is neither `fail` nor `warn`.
     #[error("revocation: {0}")]
     InvalidRevocation(String),
@@ -315,6 +370,15 @@ struct FileConfig {
     https: Option<FileHttps>,
     tcb_floor: Option<FileTcbFloors>,
     revocation: Option<FileRevocation>,
+    store: Option<FileStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -562,7 +626,34 @@ pub fn resolve_with(args: &Args, vendor_dropins: &Path) -> Result<Config, Config
         }
     }
 
+    let mut store = StoreConfig::default();
+    if let Some(f) = file.store {
+        store.url = f.url;
+        store.password_file = f.password_file.map(in_file);
+        store.ca_file = f.ca_file.map(in_file);
+    }
+    if let Some(url) = &args.store {
+        store.url = Some(url.clone());
+    }
+    if let Some(url) = &store.url {
+        let ok = url.starts_with("postgresql://")
+            || url.starts_with("postgres://")
+            || (url.contains('=') && !url.contains("://"));
+        if !ok {
+            return Err(ConfigError::InvalidStore(
+                "url must be a postgresql:// URL or a libpq key=value string; leave it out \
+                 to keep the embedded store in the state directory"
+                    .into(),
+            ));
+        }
+    } else if store.password_file.is_some() || store.ca_file.is_some() {
+        return Err(ConfigError::InvalidStore(
+            "password_file and ca_file need url (the embedded store has no password)".into(),
+        ));
+    }
+
     Ok(Config {
+        store,
         revocation,
         source,
         dropins,
@@ -599,6 +690,7 @@ impl Config {
             bus = %self.bus,
             listen = %self.listen,
             kds = self.kds.enabled,
+            store = if self.store.is_sled() { "sled (state directory)" } else { "postgresql" },
             nonce_lifetime_secs = self.attest.nonce_lifetime_secs,
             "settings"
         );
@@ -1192,6 +1284,7 @@ ark_path = "sim/ark.pem"
             state_dir: None,
             bus: None,
             listen: None,
+            store: None,
         };
         std::fs::write(&path, "").expect("write");
         assert_eq!(

@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 
 use crate::fsutil;
 use crate::secrets::{random_bytes, MasterKey, MasterKeySource, Purpose, SecretsError};
-use crate::store::{Op, Store, StoreError, Tree};
+use crate::store::{Op, Store, StoreError, Tree, CONFLICT_RETRIES};
 
 /// Name of the ingestion public key file in the state directory.
 pub const INGESTION_PUB_FILE: &str = "ingestion.pub";
@@ -214,8 +214,27 @@ pub enum KeysError {
 }
 
 /// Loads the daemon's keys, creating the missing ones, and writes the
-/// public files.
+/// public files. Replicas starting at once on an empty shared database end
+/// up with one key set: each creates keys only where none is stored, and
+/// the one that loses the race loads the winner's.
 pub fn load_or_create(
+    store: &dyn Store,
+    master: &MasterKey,
+    state_dir: &Path,
+    tls: &TlsConfig,
+) -> Result<(DaemonKeys, KeySummary), KeysError> {
+    let mut attempt = 0;
+    loop {
+        match load_or_create_once(store, master, state_dir, tls) {
+            Err(KeysError::Store(StoreError::Conflict { .. })) if attempt < CONFLICT_RETRIES => {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn load_or_create_once(
     store: &dyn Store,
     master: &MasterKey,
     state_dir: &Path,
@@ -318,6 +337,15 @@ pub fn load_or_create(
     };
 
     if !ops.is_empty() {
+        // Created only where still absent at commit (see load_or_create).
+        let expects: Vec<Op> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put { tree, key, .. } => Some(Op::expect(*tree, key.clone(), None)),
+                _ => None,
+            })
+            .collect();
+        ops.extend(expects);
         store.transaction(&ops)?;
     }
 

@@ -14,9 +14,8 @@ use snpguardd::attest::kds::HttpKds;
 use snpguardd::attest::Attestor;
 use snpguardd::config::{self, Bus, Config};
 use snpguardd::keys::{TlsConfig, TlsMaterial};
-use snpguardd::registry::{Registry, RegistryOptions};
+use snpguardd::registry::{Registry, RegistryOptions, StoreChoice};
 use snpguardd::secrets::MasterKey;
-use snpguardd::store::Store;
 use snpguardd::{dbus, https, logging, notify, sandbox};
 
 fn main() -> ExitCode {
@@ -62,6 +61,7 @@ fn run(args: &config::Args) -> anyhow::Result<()> {
         &RegistryOptions {
             tls,
             test_roots: !cfg.test_roots.is_empty(),
+            store: store_choice(&cfg.store)?,
         },
     )
     .with_context(|| format!("opening the registry in {}", cfg.state_dir.display()))?;
@@ -87,6 +87,22 @@ fn run(args: &config::Args) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(serve(cfg, registry, attestor, listener, tls))
+}
+
+/// The database the configuration names; the password is read here, once.
+fn store_choice(cfg: &config::StoreConfig) -> anyhow::Result<StoreChoice> {
+    let Some(url) = &cfg.url else {
+        return Ok(StoreChoice::Sled);
+    };
+    let password = cfg
+        .password_path()
+        .map(|p| snpguardd::store::read_password(&p))
+        .transpose()?;
+    Ok(StoreChoice::Postgres(snpguardd::store::PgOptions {
+        url: url.clone(),
+        password,
+        ca_file: cfg.ca_file.clone(),
+    }))
 }
 
 fn create_dir(dir: &std::path::Path) -> anyhow::Result<()> {

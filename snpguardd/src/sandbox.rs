@@ -71,6 +71,9 @@ impl SandboxSpec {
         spec.read_only.extend(config.tls_cert.iter().cloned());
         spec.read_only.extend(config.tls_key.iter().cloned());
         spec.read_only
+            .extend(config.store.password_file.iter().cloned());
+        spec.read_only.extend(config.store.ca_file.iter().cloned());
+        spec.read_only
             .extend(config.test_roots.iter().map(|r| r.ark_path.clone()));
         if config.kds.enabled {
             spec.read_only_if_present
@@ -285,6 +288,7 @@ mod tests {
             https: Default::default(),
             tcb_floors: Default::default(),
             revocation: Default::default(),
+            store: Default::default(),
         }
     }
 

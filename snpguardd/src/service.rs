@@ -202,6 +202,9 @@ pub enum ServiceError {
     /// Storage failed; the operation had no effect.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The shared database cannot be reached; nothing changed.
+    #[error("the database is unavailable ({0}); nothing was changed, try again once it is back")]
+    Unavailable(String),
     /// The launch is not in a state the operation applies to.
     #[error("{0}")]
     LaunchState(String),

@@ -934,6 +934,8 @@ fn released(resp: &AttestResponse, report: &[u8], secret: &seal::SecretKey) -> V
 mod attestation;
 #[path = "daemon/crash.rs"]
 mod crash;
+#[path = "daemon/fleet.rs"]
+mod fleet;
 #[path = "daemon/refusals.rs"]
 mod refusals;
 #[path = "daemon/renewal.rs"]

@@ -192,6 +192,38 @@ fn internal(what: &str, e: impl std::fmt::Display) -> AttestError {
     }
 }
 
+/// A failed store call: the database being unreachable is a 503
+/// `store-unavailable` (fail closed, retry elsewhere or later); anything
+/// else is an internal error.
+fn store_failed(what: &str, e: StoreError) -> AttestError {
+    match e {
+        StoreError::Unavailable(m) => unavailable(what, &m),
+        e => internal(what, e),
+    }
+}
+
+/// As [`store_failed`], for a registry call.
+fn service_failed(what: &str, e: ServiceError) -> AttestError {
+    match e {
+        ServiceError::Unavailable(m) => unavailable(what, &m),
+        e => internal(what, e),
+    }
+}
+
+fn unavailable(what: &str, detail: &str) -> AttestError {
+    tracing::error!(
+        REASON = "store-unavailable",
+        "attestation: {what}: {detail}"
+    );
+    AttestError {
+        code: "store-unavailable",
+        status: 503,
+        message: "the attestation store is unavailable; nothing was released, retry later or \
+                  another server"
+            .into(),
+    }
+}
+
 fn rejected() -> AttestError {
     AttestError {
         code: "attestation-rejected",
@@ -549,7 +581,7 @@ impl Attestor {
     fn revocation(&self, report: &Report, now: OffsetDateTime) -> Result<Revocation, AttestError> {
         let anchors = self.verifier.anchors();
         let products = candidate_products(report);
-        let store_err = |e: StoreError| internal("reading the held CRLs", e);
+        let store_err = |e: StoreError| store_failed("reading the held CRLs", e);
         if let Some(gate) = &self.kds {
             for &p in &products {
                 let Some(ark) = anchors.amd_ark(p) else {
@@ -661,7 +693,7 @@ impl Attestor {
         match self.registry.get(&hex::encode(report.image_id)) {
             Ok(rec) if rec.family_id == hex::encode(report.family_id) => Ok(Some(rec)),
             Ok(_) | Err(ServiceError::NotFound(_)) => Ok(None),
-            Err(e) => Err(internal("looking up the record", e)),
+            Err(e) => Err(service_failed("looking up the record", e)),
         }
     }
 
@@ -799,7 +831,7 @@ impl Attestor {
 
         let now_secs = secs(now);
         match self.nonces.consume(self.store(), &nonce, now_secs) {
-            Err(e) => return Err(internal("marking the nonce used", e)),
+            Err(e) => return Err(store_failed("marking the nonce used", e)),
             Ok(Err(e)) => {
                 let r = Refusal {
                     codes: vec![e.code().to_owned()],
@@ -930,7 +962,7 @@ impl Attestor {
         // lock every change of those takes.
         let release = match self.registry.release(&rec.id, &measurement, now) {
             Ok(release) => release,
-            Err(ReleaseRefusal::Failed(e)) => return Err(internal("releasing the VMK", e)),
+            Err(ReleaseRefusal::Failed(e)) => return Err(service_failed("releasing the VMK", e)),
             Err(refusal) => {
                 let code = refusal.code().unwrap_or("internal");
                 let r = Refusal::rejected(code, format!("{refusal}; the report verified"));
@@ -945,7 +977,7 @@ impl Attestor {
         entry.result = "ok".into();
         self.audit
             .append(self.store(), &entry)
-            .map_err(|e| internal("writing the audit trail", e))?;
+            .map_err(|e| store_failed("writing the audit trail", e))?;
         tracing::info!(
             RECORD = %rec.id,
             NAME = %rec.name,
@@ -1076,7 +1108,7 @@ impl AttestHandler for Attestor {
         match self.store().get(Tree::Nonces, &nonce) {
             Ok(None) => {}
             Ok(Some(_)) => return Err(nonce_error(&NonceError::Reused)),
-            Err(e) => return Err(internal("reading the used nonces", e)),
+            Err(e) => return Err(store_failed("reading the used nonces", e)),
         }
         // `check` accepts an age up to the lifetime, inclusive.
         let until = issued

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Op, Store, StoreError, Tree};
+use crate::store::{Op, Store, StoreError, Tree, CONFLICT_RETRIES};
 
 /// Entries kept; older ones are deleted as new ones arrive.
 pub const AUDIT_CAPACITY: u64 = 10_000;
@@ -48,6 +48,16 @@ pub struct AuditEntry {
     pub notes: Vec<String>,
 }
 
+/// The sequence number after the trail's last entry.
+fn next_after(store: &dyn Store) -> Result<u64, StoreError> {
+    Ok(match store.last(Tree::Audit)? {
+        Some((k, _)) => <[u8; 8]>::try_from(k.as_slice())
+            .map(|b| u64::from_be_bytes(b).saturating_add(1))
+            .unwrap_or(0),
+        None => 0,
+    })
+}
+
 /// Appends entries and trims the trail.
 #[derive(Debug)]
 pub struct AuditLog {
@@ -58,14 +68,8 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens the trail, continuing after its last entry.
     pub fn open(store: &dyn Store) -> Result<AuditLog, StoreError> {
-        let next = match store.last(Tree::Audit)? {
-            Some((k, _)) => <[u8; 8]>::try_from(k.as_slice())
-                .map(|b| u64::from_be_bytes(b).saturating_add(1))
-                .unwrap_or(0),
-            None => 0,
-        };
         Ok(AuditLog {
-            next: Mutex::new(next),
+            next: Mutex::new(next_after(store)?),
         })
     }
 
@@ -77,17 +81,31 @@ impl AuditLog {
         let value = serde_json::to_vec(entry)
             .map_err(|e| StoreError::Backend(format!("encoding an audit entry: {e}")))?;
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = *next;
-        let keep_from = (seq + 1).saturating_sub(AUDIT_CAPACITY);
-        let mut ops: Vec<Op> = store
-            .keys_below(Tree::Audit, &keep_from.to_be_bytes(), 256)?
-            .into_iter()
-            .map(|k| Op::delete(Tree::Audit, k))
-            .collect();
-        ops.push(Op::put(Tree::Audit, seq.to_be_bytes(), value));
-        store.transaction_deferred(&ops)?;
-        *next = seq + 1;
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            let seq = *next;
+            let keep_from = (seq + 1).saturating_sub(AUDIT_CAPACITY);
+            let mut ops: Vec<Op> = store
+                .keys_below(Tree::Audit, &keep_from.to_be_bytes(), 256)?
+                .into_iter()
+                .map(|k| Op::delete(Tree::Audit, k))
+                .collect();
+            // Replicas on one database append to one trail: a sequence
+            // number another replica took meanwhile is never overwritten.
+            ops.push(Op::expect(Tree::Audit, seq.to_be_bytes(), None));
+            ops.push(Op::put(Tree::Audit, seq.to_be_bytes(), value.clone()));
+            match store.transaction_deferred(&ops) {
+                Ok(()) => {
+                    *next = seq + 1;
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    *next = next_after(store)?.max(seq + 1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The last `n` entries, oldest first.

@@ -163,6 +163,7 @@ fn config(state: &Path, roots: Vec<TestRoot>, kds: bool) -> Config {
         https: Default::default(),
         tcb_floors: Default::default(),
         revocation: Default::default(),
+        store: Default::default(),
     }
 }
 

@@ -94,6 +94,7 @@ pub(crate) fn to_dbus(e: ServiceError) -> Error {
         ServiceError::AlreadyExists(_) => Error::AlreadyExists(msg),
         ServiceError::SealedKey(_) => Error::SealedKey(msg),
         ServiceError::Storage(_) => Error::Storage(msg),
+        ServiceError::Unavailable(_) => Error::Unavailable(msg),
         ServiceError::LaunchState(_) => Error::LaunchState(msg),
         ServiceError::LastApprovedLaunch(_) => Error::LastApprovedLaunch(msg),
         ServiceError::TooManyPending(_) => Error::TooManyPending(msg),

@@ -14,7 +14,7 @@ use super::record::{self, StoredRecord};
 use super::{now, secret_key, secrets_err, store_err, Registry, MAX_INITRD, MAX_KERNEL};
 use crate::secrets::Purpose;
 use crate::service::{LaunchAdded, LaunchRequest, LaunchState, RecordInfo, ServiceError};
-use crate::store::{Op, Store, Tree};
+use crate::store::{Op, StoreError, Tree, CONFLICT_RETRIES};
 
 /// Longest origin text stored (`guest <IPv6 address>` fits easily).
 const MAX_ORIGIN_LEN: usize = 128;
@@ -66,7 +66,7 @@ impl Registry {
                 let measurement = new.measurement.clone();
                 let mut added = None;
                 let info = self.try_update(id, |r| {
-                    added = Some(launch::add_pending(r, new, &now)?);
+                    added = Some(launch::add_pending(r, new.clone(), &now)?);
                     Ok(())
                 })?;
                 let (launch, created) = added.ok_or_else(|| {
@@ -97,16 +97,29 @@ impl Registry {
     pub(super) fn approve(&self, id: &str, launch: &str) -> Result<RecordInfo, ServiceError> {
         record::check_id(id)?;
         let _guard = self.lock_commit();
-        let mut rec = self.load(id)?;
-        let i = launch::check_approvable(&rec, launch)?;
-        let (id_block, id_auth) = self.sign(&rec, &rec.launches[i].measurement)?;
-        launch::approve(&mut rec, i, id_block, id_auth, &now()?);
-        crate::crash::point(crate::crash::points::APPROVE_SIGNED);
-        self.store
-            .transaction(&[Op::put(Tree::Records, id, rec.to_json()?)])
-            .map_err(store_err)?;
-        crate::crash::point(crate::crash::points::APPROVE_COMMITTED);
-        Ok(rec.info())
+        let mut attempt = 0;
+        loop {
+            let (raw, mut rec) = self.load_raw(id)?;
+            let i = launch::check_approvable(&rec, launch)?;
+            let (id_block, id_auth) = self.sign(&rec, &rec.launches[i].measurement)?;
+            launch::approve(&mut rec, i, id_block, id_auth, &now()?);
+            crate::crash::point(crate::crash::points::APPROVE_SIGNED);
+            match self.store.transaction(&[
+                Op::expect(Tree::Records, id, Some(raw)),
+                Op::put(Tree::Records, id, rec.to_json()?),
+            ]) {
+                Ok(()) => {}
+                // Changed by another daemon meanwhile: approve what is
+                // stored now (which may already be approved elsewhere).
+                Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(store_err(e)),
+            }
+            crate::crash::point(crate::crash::points::APPROVE_COMMITTED);
+            return Ok(rec.info());
+        }
     }
 
     /// The ID block and ID auth (hex) of `measurement` for record `rec`.

@@ -59,7 +59,7 @@ use crate::service::{
     agent_files_of, LaunchAdded, LaunchRequest, LaunchState, RecordInfo, RecordService,
     RegisterRequest, ServiceError,
 };
-use crate::store::{Op, SledStore, Store, StoreError, Tree};
+use crate::store::{Op, PgStore, SledStore, Store, StoreError, Tree, CONFLICT_RETRIES};
 
 use blobs::{BlobRef, Blobs};
 pub use launch::MAX_LAUNCHES;
@@ -117,6 +117,19 @@ pub struct RegistryOptions {
     /// Whether the configuration trusts any `[[test_roots]]`: only then
     /// may a record be registered with `allow_test_root`.
     pub test_roots: bool,
+    /// The database: sled in the state directory (the default) or a
+    /// PostgreSQL database shared by replicas.
+    pub store: StoreChoice,
+}
+
+/// Which database the registry keeps its records in.
+#[derive(Debug, Clone, Default)]
+pub enum StoreChoice {
+    /// sled, in the state directory's `db` (one daemon per directory).
+    #[default]
+    Sled,
+    /// PostgreSQL, shared by every replica configured with it.
+    Postgres(crate::store::PgOptions),
 }
 
 /// Why the registry could not be opened.
@@ -144,7 +157,7 @@ pub enum RegistryError {
 /// The registry of records. Thread-safe; every mutation is durable before
 /// it returns.
 pub struct Registry {
-    store: SledStore,
+    store: Box<dyn Store>,
     master: MasterKey,
     keys: DaemonKeys,
     summary: KeySummary,
@@ -169,7 +182,10 @@ impl std::fmt::Debug for Registry {
 }
 
 fn store_err(e: StoreError) -> ServiceError {
-    ServiceError::Storage(e.to_string())
+    match e {
+        StoreError::Unavailable(m) => ServiceError::Unavailable(m),
+        e => ServiceError::Storage(e.to_string()),
+    }
 }
 
 fn secrets_err(e: SecretsError) -> ServiceError {
@@ -203,8 +219,15 @@ impl Registry {
             path: state_dir.to_owned(),
             error,
         })?;
-        let store = SledStore::open(&state_dir.join(DB_DIR))?;
-        let (keys, summary) = keys::load_or_create(&store, &master, state_dir, &options.tls)?;
+        let store: Box<dyn Store> = match &options.store {
+            StoreChoice::Sled => Box::new(SledStore::open(&state_dir.join(DB_DIR))?),
+            StoreChoice::Postgres(pg) => {
+                let store = PgStore::open(pg)?;
+                tracing::info!("store: {}", store.target());
+                Box::new(store)
+            }
+        };
+        let (keys, summary) = keys::load_or_create(&*store, &master, state_dir, &options.tls)?;
         let blobs = Blobs::open(state_dir.join(BLOB_DIR))?;
         let registry = Registry {
             store,
@@ -233,8 +256,8 @@ impl Registry {
 
     /// The database the registry keeps its records in, for the daemon's
     /// other trees (nonces, certificates, audit trail).
-    pub fn store(&self) -> &SledStore {
-        &self.store
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
     }
 
     /// The VMK of an enabled record, unsealed. A disabled record's key is
@@ -285,7 +308,7 @@ impl Registry {
             } else {
                 r.attestations_failed = r.attestations_failed.saturating_add(1);
             }
-            r.last_attestation = Some(at);
+            r.last_attestation = Some(at.clone());
         })
     }
 
@@ -295,12 +318,20 @@ impl Registry {
     }
 
     fn load(&self, id: &str) -> Result<StoredRecord, ServiceError> {
+        self.load_raw(id).map(|(_, rec)| rec)
+    }
+
+    /// A record and the stored bytes it was read from: a change commits
+    /// expecting those bytes ([`Op::Expect`]), so a change made meanwhile
+    /// by another daemon on the same database is never overwritten.
+    fn load_raw(&self, id: &str) -> Result<(Vec<u8>, StoredRecord), ServiceError> {
         let bytes = self
             .store
             .get(Tree::Records, id.as_bytes())
             .map_err(store_err)?
             .ok_or_else(|| ServiceError::NotFound(id.to_owned()))?;
-        StoredRecord::from_json(&bytes)
+        let rec = StoredRecord::from_json(&bytes)?;
+        Ok((bytes, rec))
     }
 
     fn all(&self) -> Result<Vec<StoredRecord>, ServiceError> {
@@ -315,7 +346,7 @@ impl Registry {
     fn update(
         &self,
         id: &str,
-        change: impl FnOnce(&mut StoredRecord),
+        mut change: impl FnMut(&mut StoredRecord),
     ) -> Result<RecordInfo, ServiceError> {
         self.try_update_with(id, true, |r| {
             change(r);
@@ -328,7 +359,7 @@ impl Registry {
     fn try_update(
         &self,
         id: &str,
-        change: impl FnOnce(&mut StoredRecord) -> Result<(), ServiceError>,
+        change: impl FnMut(&mut StoredRecord) -> Result<(), ServiceError>,
     ) -> Result<RecordInfo, ServiceError> {
         self.try_update_with(id, true, change)
     }
@@ -338,7 +369,7 @@ impl Registry {
         &self,
         id: &str,
         durable: bool,
-        change: impl FnOnce(&mut StoredRecord),
+        mut change: impl FnMut(&mut StoredRecord),
     ) -> Result<RecordInfo, ServiceError> {
         self.try_update_with(id, durable, |r| {
             change(r);
@@ -351,19 +382,28 @@ impl Registry {
         &self,
         id: &str,
         durable: bool,
-        change: impl FnOnce(&mut StoredRecord) -> Result<(), ServiceError>,
+        mut change: impl FnMut(&mut StoredRecord) -> Result<(), ServiceError>,
     ) -> Result<RecordInfo, ServiceError> {
         let _guard = self.lock_commit();
-        let mut rec = self.load(id)?;
-        change(&mut rec)?;
-        let ops = [Op::put(Tree::Records, id, rec.to_json()?)];
-        if durable {
-            self.store.transaction(&ops)
-        } else {
-            self.store.transaction_deferred(&ops)
+        let mut attempt = 0;
+        loop {
+            let (raw, mut rec) = self.load_raw(id)?;
+            change(&mut rec)?;
+            let ops = [
+                Op::expect(Tree::Records, id, Some(raw)),
+                Op::put(Tree::Records, id, rec.to_json()?),
+            ];
+            let written = if durable {
+                self.store.transaction(&ops)
+            } else {
+                self.store.transaction_deferred(&ops)
+            };
+            match written {
+                Ok(()) => return Ok(rec.info()),
+                Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => attempt += 1,
+                Err(e) => return Err(store_err(e)),
+            }
         }
-        .map_err(store_err)?;
-        Ok(rec.info())
     }
 
     /// Removes the blobs no record references.
@@ -531,6 +571,10 @@ impl Registry {
             .seal(Purpose::IdKey, &id, &id_key_scalar[..])
             .map_err(secrets_err)?;
         let ops = [
+            // Another daemon on the same database may register the name
+            // at the same moment: exactly one of them commits.
+            Op::expect(Tree::Names, req.name.as_bytes(), None),
+            Op::expect(Tree::Records, id.as_bytes(), None),
             Op::put(Tree::Records, id.as_bytes(), rec.to_json()?),
             Op::put(Tree::Names, req.name.as_bytes(), id.as_bytes()),
             Op::put(Tree::Secrets, secret_key(Purpose::Vmk, &id), sealed_vmk),
@@ -556,7 +600,13 @@ impl Registry {
             ));
         }
         crate::crash::point(crate::crash::points::REGISTER_BEFORE_COMMIT);
-        self.store.transaction(&ops).map_err(store_err)?;
+        match self.store.transaction(&ops) {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) if self.name_taken(&req.name)? => {
+                return Err(ServiceError::AlreadyExists(req.name.clone()))
+            }
+            Err(e) => return Err(store_err(e)),
+        }
         crate::crash::point(crate::crash::points::REGISTER_COMMITTED);
         Ok(rec)
     }
@@ -694,9 +744,10 @@ impl RecordService for Registry {
         record::check_id(id)?;
         {
             let _guard = self.lock_commit();
-            let rec = self.load(id)?;
+            let (raw, rec) = self.load_raw(id)?;
             self.store
                 .transaction(&[
+                    Op::expect(Tree::Records, id.as_bytes(), Some(raw)),
                     Op::delete(Tree::Records, id.as_bytes()),
                     Op::delete(Tree::Names, rec.name.as_bytes()),
                     Op::delete(Tree::Secrets, secret_key(Purpose::Vmk, id)),

@@ -14,7 +14,7 @@ use super::record::{self, StoredRecord};
 use super::{secret_key, secrets_err, store_err, Registry};
 use crate::secrets::Purpose;
 use crate::service::{LaunchState, RecordInfo, ServiceError};
-use crate::store::{Op, Store, Tree};
+use crate::store::{Op, StoreError, Tree, CONFLICT_RETRIES};
 
 /// Why a verified report gets no key at release time.
 #[derive(Debug, thiserror::Error)]
@@ -100,56 +100,70 @@ impl Registry {
             .format(&Rfc3339)
             .map_err(|e| ReleaseRefusal::Failed(ServiceError::InvalidInput(format!("at: {e}"))))?;
         let _guard = self.lock_commit();
-        let bytes = self
-            .store
-            .get(Tree::Records, id.as_bytes())
-            .map_err(|e| ReleaseRefusal::Failed(store_err(e)))?
-            .ok_or_else(|| ReleaseRefusal::Deleted(id.to_owned()))?;
-        let mut rec = StoredRecord::from_json(&bytes).map_err(ReleaseRefusal::Failed)?;
-        if !rec.enabled {
-            return Err(ReleaseRefusal::Disabled(id.to_owned()));
-        }
-        let launch = rec
-            .launches
-            .iter()
-            .find(|l| l.measurement == measurement)
-            .ok_or_else(|| ReleaseRefusal::NoSuchLaunch {
-                id: id.to_owned(),
-                measurement: measurement.to_owned(),
-            })?;
-        if launch.state != LaunchState::Approved {
-            return Err(ReleaseRefusal::LaunchNotApproved {
-                id: id.to_owned(),
-                launch: launch.id.to_string(),
-                state: launch.state,
+        let mut attempt = 0;
+        loop {
+            let bytes = self
+                .store
+                .get(Tree::Records, id.as_bytes())
+                .map_err(|e| ReleaseRefusal::Failed(store_err(e)))?
+                .ok_or_else(|| ReleaseRefusal::Deleted(id.to_owned()))?;
+            let mut rec = StoredRecord::from_json(&bytes).map_err(ReleaseRefusal::Failed)?;
+            if !rec.enabled {
+                return Err(ReleaseRefusal::Disabled(id.to_owned()));
+            }
+            let launch = rec
+                .launches
+                .iter()
+                .find(|l| l.measurement == measurement)
+                .ok_or_else(|| ReleaseRefusal::NoSuchLaunch {
+                    id: id.to_owned(),
+                    measurement: measurement.to_owned(),
+                })?;
+            if launch.state != LaunchState::Approved {
+                return Err(ReleaseRefusal::LaunchNotApproved {
+                    id: id.to_owned(),
+                    launch: launch.id.to_string(),
+                    state: launch.state,
+                });
+            }
+            let sealed = self
+                .store
+                .get(Tree::Secrets, &secret_key(Purpose::Vmk, id))
+                .map_err(|e| ReleaseRefusal::Failed(store_err(e)))?
+                .ok_or_else(|| {
+                    ReleaseRefusal::Failed(ServiceError::Storage(format!(
+                        "record {id} has no sealed VMK"
+                    )))
+                })?;
+            let vmk = self
+                .master
+                .unseal(Purpose::Vmk, id, &sealed)
+                .map_err(|e| ReleaseRefusal::Failed(secrets_err(e)))?;
+            rec.attestations_ok = rec.attestations_ok.saturating_add(1);
+            rec.last_attestation = Some(at.clone());
+            let ops = [
+                Op::expect(Tree::Records, id, Some(bytes.clone())),
+                Op::put(
+                    Tree::Records,
+                    id,
+                    rec.to_json().map_err(ReleaseRefusal::Failed)?,
+                ),
+            ];
+            match self.store.transaction_deferred(&ops) {
+                Ok(()) => {}
+                // Another daemon on the same database counted an attestation
+                // (or changed the record) meanwhile: decide again on what is
+                // stored now.
+                Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(ReleaseRefusal::Failed(store_err(e))),
+            }
+            return Ok(Release {
+                vmk,
+                record: rec.info(),
             });
         }
-        let sealed = self
-            .store
-            .get(Tree::Secrets, &secret_key(Purpose::Vmk, id))
-            .map_err(|e| ReleaseRefusal::Failed(store_err(e)))?
-            .ok_or_else(|| {
-                ReleaseRefusal::Failed(ServiceError::Storage(format!(
-                    "record {id} has no sealed VMK"
-                )))
-            })?;
-        let vmk = self
-            .master
-            .unseal(Purpose::Vmk, id, &sealed)
-            .map_err(|e| ReleaseRefusal::Failed(secrets_err(e)))?;
-        rec.attestations_ok = rec.attestations_ok.saturating_add(1);
-        rec.last_attestation = Some(at);
-        let ops = [Op::put(
-            Tree::Records,
-            id,
-            rec.to_json().map_err(ReleaseRefusal::Failed)?,
-        )];
-        self.store
-            .transaction_deferred(&ops)
-            .map_err(|e| ReleaseRefusal::Failed(store_err(e)))?;
-        Ok(Release {
-            vmk,
-            record: rec.info(),
-        })
     }
 }

@@ -6,9 +6,11 @@
 //! carries a schema version in the [`Tree::Meta`] tree; opening runs the
 //! migrations from an older version and refuses a newer one.
 
+mod pg_store;
 mod schema;
 mod sled_store;
 
+pub use pg_store::{read_password, PgOptions, PgStore};
 pub use schema::{migrate, Migration, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 pub use sled_store::SledStore;
 
@@ -95,6 +97,20 @@ pub enum Op {
         /// The key.
         key: Vec<u8>,
     },
+    /// A precondition: `key` in `tree` holds `value` (`None`: is absent)
+    /// when the transaction commits, else nothing is applied and the
+    /// transaction fails with [`StoreError::Conflict`]. This is how a
+    /// read-modify-write stays correct when several daemons share one
+    /// database: read, compute, commit expecting what was read, and start
+    /// again on a conflict.
+    Expect {
+        /// The tree.
+        tree: Tree,
+        /// The key.
+        key: Vec<u8>,
+        /// The value that must be there, or `None` for "absent".
+        value: Option<Vec<u8>>,
+    },
 }
 
 // Values may be sealed secrets; keep them out of logs all the same.
@@ -111,6 +127,12 @@ impl std::fmt::Debug for Op {
                 .debug_struct("Delete")
                 .field("tree", tree)
                 .field("key", &String::from_utf8_lossy(key))
+                .finish(),
+            Op::Expect { tree, key, value } => f
+                .debug_struct("Expect")
+                .field("tree", tree)
+                .field("key", &String::from_utf8_lossy(key))
+                .field("value_len", &value.as_ref().map(Vec::len))
                 .finish(),
         }
     }
@@ -133,7 +155,22 @@ impl Op {
             key: key.into(),
         }
     }
+
+    /// A precondition: `key` holds `value` (`None`: is absent).
+    pub fn expect(tree: Tree, key: impl Into<Vec<u8>>, value: Option<Vec<u8>>) -> Op {
+        Op::Expect {
+            tree,
+            key: key.into(),
+            value,
+        }
+    }
 }
+
+/// How many times a read-modify-write is started again after a
+/// [`StoreError::Conflict`] before the conflict is reported. Conflicts
+/// only happen when another daemon on the same database changed the same
+/// entry in between, so a handful is plenty.
+pub const CONFLICT_RETRIES: usize = 16;
 
 /// Why a store operation failed. A failed mutation had no effect.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +186,25 @@ pub enum StoreError {
     /// The database engine failed.
     #[error("database error: {0}")]
     Backend(String),
+    /// The database cannot be reached (down, restarting, network). Nothing
+    /// was changed; the same call may succeed once it is back.
+    #[error(
+        "the database is unavailable ({0}); snpguardd keeps running and reconnects by itself \
+         once it is reachable again"
+    )]
+    Unavailable(String),
+    /// An [`Op::Expect`] precondition did not hold: another writer changed
+    /// the entry first. Nothing was applied.
+    #[error(
+        "the {tree} entry {key} was changed by another writer at the same time; nothing was \
+         changed, try again"
+    )]
+    Conflict {
+        /// The tree's name.
+        tree: &'static str,
+        /// The key (lossy UTF-8).
+        key: String,
+    },
     /// The database was written by a newer snpguardd.
     #[error(
         "the database has schema version {found}, newer than the {supported} this snpguardd \

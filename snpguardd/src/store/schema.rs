@@ -129,20 +129,38 @@ pub fn migrate(store: &dyn Store, steps: &[Migration]) -> Result<u32, StoreError
         });
     }
     let mut version = found;
+    let mut conflicts = 0;
     while version < target {
         let step = steps[version as usize];
         let mut ops = step(store).map_err(|error| StoreError::Migration {
             from: version,
             error,
         })?;
+        // Replicas starting at once on one database: each step commits
+        // only on the version it was computed from; the loser reads the
+        // version again and carries on from there.
+        let current = (version > 0).then(|| version.to_be_bytes().to_vec());
+        ops.push(Op::expect(Tree::Meta, SCHEMA_VERSION_KEY, current));
         ops.push(Op::put(
             Tree::Meta,
             SCHEMA_VERSION_KEY,
             (version + 1).to_be_bytes(),
         ));
         crate::crash::point(crate::crash::points::MIGRATE_BEFORE_COMMIT);
-        store.transaction(&ops)?;
-        version += 1;
+        match store.transaction(&ops) {
+            Ok(()) => version += 1,
+            Err(StoreError::Conflict { .. }) if conflicts < super::CONFLICT_RETRIES => {
+                conflicts += 1;
+                version = schema_version(store)?;
+                if version > target {
+                    return Err(StoreError::NewerSchema {
+                        found: version,
+                        supported: target,
+                    });
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(found)
 }

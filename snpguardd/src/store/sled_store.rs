@@ -71,25 +71,38 @@ impl Store for SledStore {
     }
 
     fn transaction_deferred(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let result: Result<(), TransactionError<()>> = self.trees[..].transaction(|views| {
-            for op in ops {
-                match op {
-                    Op::Put { tree, key, value } => {
-                        views[tree.index()].insert(key.as_slice(), value.as_slice())?;
-                    }
-                    Op::Delete { tree, key } => {
-                        views[tree.index()].remove(key.as_slice())?;
+        let result: Result<(), TransactionError<StoreError>> =
+            self.trees[..].transaction(|views| {
+                for op in ops {
+                    if let Op::Expect { tree, key, value } = op {
+                        let found = views[tree.index()].get(key.as_slice())?;
+                        if found.as_deref() != value.as_deref() {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::Conflict {
+                                    tree: tree.name(),
+                                    key: String::from_utf8_lossy(key).into_owned(),
+                                },
+                            ));
+                        }
                     }
                 }
-            }
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
+                for op in ops {
+                    match op {
+                        Op::Put { tree, key, value } => {
+                            views[tree.index()].insert(key.as_slice(), value.as_slice())?;
+                        }
+                        Op::Delete { tree, key } => {
+                            views[tree.index()].remove(key.as_slice())?;
+                        }
+                        Op::Expect { .. } => {}
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
+            });
         match result {
             Ok(()) => {}
             Err(TransactionError::Storage(e)) => return Err(backend(e)),
-            Err(TransactionError::Abort(())) => {
-                return Err(StoreError::Backend("transaction aborted".into()))
-            }
+            Err(TransactionError::Abort(e)) => return Err(e),
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ use snpguard::report::{Report, SigningKey, TcbParts};
 use snpguard::verify::{tcb_layout, Expectations, Failure, Rejection, Verified as Accepted};
 use time::OffsetDateTime;
 
-use super::{candidate_products, internal, secs, Attestor};
+use super::{candidate_products, secs, store_failed, Attestor};
 use crate::attest::certs::{self as held, HeldSource};
 use crate::attest::kds::KdsGate;
 use crate::attest::AttestError;
@@ -149,7 +149,7 @@ impl Attestor {
             let tcb = report.reported_tcb.parts(tcb_layout(p));
             (report.chip_id[..p.hwid_len()].to_vec(), tcb)
         };
-        let store_err = |e: StoreError| internal("reading held certificates", e);
+        let store_err = |e: StoreError| store_failed("reading held certificates", e);
         // The held certificates of the first candidate product that has
         // an endorsement key, else of the first one (intermediates).
         let mut held_set = CertSet::default();
@@ -271,7 +271,7 @@ impl Attestor {
         now: OffsetDateTime,
         notes: &mut Vec<String>,
     ) -> Result<Option<Result<Accepted, Rejection>>, AttestError> {
-        let store_err = |e: StoreError| internal("reading held certificates", e);
+        let store_err = |e: StoreError| store_failed("reading held certificates", e);
         for &p in products {
             let (hwid, tcb) = chip(p);
             let der = match gate.fetch_vcek(p, &hwid, &tcb, secs(now)) {

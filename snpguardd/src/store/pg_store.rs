@@ -1,0 +1,676 @@
+//! The PostgreSQL implementation of [`Store`], for a fleet of snpguardd
+//! replicas sharing one database (see docs/fleet.md).
+//!
+//! Every tree is a slice of one table, `snpguard_kv (tree, key, value)`,
+//! whose primary key orders keys bytewise like sled does. Each mutation is
+//! one database transaction committed before the call returns; the
+//! single-use guarantee of a nonce is the primary key itself
+//! (`INSERT … ON CONFLICT DO NOTHING`), so two replicas racing with the
+//! same nonce cannot both consume it. [`Op::Expect`] preconditions take a
+//! transaction-scoped advisory lock per key, then compare, so every
+//! read-modify-write through them is serialized across replicas.
+//!
+//! The [`Store`] trait is synchronous (sled is). Here the database work
+//! runs on a small runtime of its own and the caller waits for the answer
+//! on a channel, so a call works the same from a plain thread and from
+//! inside the daemon's async tasks. A call that cannot reach the database
+//! within [`CALL_TIMEOUT`] fails with [`StoreError::Unavailable`]; broken
+//! connections are dropped and new ones made on the next call, so the
+//! daemon recovers by itself when the database comes back.
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Config as PgConfig, NoTls};
+use zeroize::Zeroizing;
+
+use super::schema::{migrate, MIGRATIONS};
+use super::{Entries, Entry, Op, Store, StoreError, Tree};
+
+/// How long one store call may take, connecting included, before it
+/// fails as [`StoreError::Unavailable`].
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections kept open at most (each call holds one).
+const POOL_SIZE: usize = 8;
+/// Advisory lock key serializing schema creation across replicas
+/// (`"snpguard"` in ASCII).
+const SCHEMA_LOCK: i64 = 0x736e_7067_7561_7264;
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// A `postgresql://` URL or a libpq key-value string. `sslmode` may be
+    /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full`.
+    pub url: String,
+    /// The password, when not in the URL (read from a file or credential).
+    pub password: Option<Zeroizing<String>>,
+    /// PEM file of the CA(s) that sign the database server's certificate.
+    /// With it the connection uses TLS and checks the server's certificate
+    /// and name (verify-full); without it only `sslmode=disable`/`prefer`
+    /// (plain connections, for a local socket or a loopback address) are
+    /// accepted.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &"<redacted>")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+enum Tls {
+    Plain,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+struct Pool {
+    config: PgConfig,
+    tls: Tls,
+    idle: Mutex<Vec<Client>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Pool {
+    async fn connect(&self) -> Result<Client, StoreError> {
+        let client = match &self.tls {
+            Tls::Plain => {
+                let (client, conn) = self.config.connect(NoTls).await.map_err(classify)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("database connection closed: {e}");
+                    }
+                });
+                client
+            }
+            Tls::Rustls(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await.map_err(classify)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("database connection closed: {e}");
+                    }
+                });
+                client
+            }
+        };
+        Ok(client)
+    }
+
+    /// Runs `f` on a pooled connection; the connection goes back to the
+    /// pool unless the database could not be reached through it.
+    async fn with_client<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
+        let pooled = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match idle.pop() {
+                    Some(c) if c.is_closed() => continue,
+                    other => break other,
+                }
+            }
+        };
+        let mut client = match pooled {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        let result = f(&mut client).await;
+        let reusable = !client.is_closed() && !matches!(result, Err(StoreError::Unavailable(_)));
+        if reusable {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(client);
+        }
+        result
+    }
+}
+
+/// A PostgreSQL database shared by replicas.
+pub struct PgStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Arc<Pool>,
+    /// Host and database, for messages (never the password).
+    target: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Dropping a runtime blocks; the daemon may drop the store
+            // from async code.
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Maps a driver error: no SQLSTATE or a connection-class one means the
+/// database was not reachable; a serialization failure or a duplicate key
+/// is a conflict with another writer; anything else is a backend error.
+fn classify(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        None => StoreError::Unavailable(e.to_string()),
+        Some(code) => {
+            let c = code.code();
+            if c.starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+            {
+                StoreError::Unavailable(db_message(&e))
+            } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::UNIQUE_VIOLATION
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+            {
+                StoreError::Conflict {
+                    tree: "(database)",
+                    key: db_message(&e),
+                }
+            } else {
+                StoreError::Backend(db_message(&e))
+            }
+        }
+    }
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// The advisory lock key of one entry (stable across replicas and
+/// versions: the first 8 bytes of a SHA-256 of tree and key).
+fn lock_key(tree: Tree, key: &[u8]) -> i64 {
+    let mut h = Sha256::new();
+    h.update(b"snpguard/v1/kv-lock\0");
+    h.update(tree.name().as_bytes());
+    h.update([0]);
+    h.update(key);
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(b)
+}
+
+/// Reads the password file (or credential), without its final newline.
+pub fn read_password(path: &Path) -> Result<Zeroizing<String>, StoreError> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| StoreError::Open {
+        path: path.display().to_string(),
+        error: format!("reading the database password: {e}"),
+    })?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| StoreError::Open {
+        path: path.display().to_string(),
+        error: "the database password file is not UTF-8".into(),
+    })?;
+    Ok(Zeroizing::new(
+        text.strip_suffix('\n')
+            .unwrap_or(text)
+            .trim_end_matches('\r')
+            .to_owned(),
+    ))
+}
+
+/// Splits the `sslmode` off a URL or key-value string: tokio-postgres
+/// knows `disable`, `prefer` and `require`; `verify-ca`/`verify-full` are
+/// what a CA file gives here (rustls always checks chain and name).
+fn tls_mode(url: &str) -> (String, Option<String>) {
+    let mut mode = None;
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(at) = rest.find("sslmode=") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "sslmode=".len()..];
+        let end = after.find(['&', ' ', '#']).unwrap_or(after.len());
+        let value = &after[..end];
+        mode = Some(value.to_owned());
+        if matches!(value, "verify-ca" | "verify-full" | "require") {
+            out.push_str("sslmode=require");
+        } else {
+            out.push_str(&rest[at..at + "sslmode=".len() + end]);
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    (out, mode)
+}
+
+fn tls_config(ca_file: &Path) -> Result<rustls::ClientConfig, StoreError> {
+    let open = |error: String| StoreError::Open {
+        path: ca_file.display().to_string(),
+        error,
+    };
+    let pem = std::fs::read(ca_file).map_err(|e| open(format!("reading the database CA: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        let cert: rustls::pki_types::CertificateDer<'static> =
+            cert.map_err(|e| open(format!("the database CA file is not PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| open(format!("a database CA certificate is invalid: {e}")))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(open("the database CA file holds no certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| open(format!("TLS set-up: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl PgStore {
+    /// Connects, creates the table when absent and brings the schema to
+    /// [`super::SCHEMA_VERSION`] (race-safe when replicas start at once).
+    pub fn open(options: &PgOptions) -> Result<PgStore, StoreError> {
+        let store = Self::open_unmigrated(options)?;
+        migrate(&store, &MIGRATIONS)?;
+        Ok(store)
+    }
+
+    /// Connects and creates the table, without looking at the schema
+    /// version.
+    pub fn open_unmigrated(options: &PgOptions) -> Result<PgStore, StoreError> {
+        let (url, mode) = tls_mode(&options.url);
+        let open_err = |error: String| StoreError::Open {
+            path: "[store] url".into(),
+            error,
+        };
+        let mut config: PgConfig = url
+            .parse()
+            .map_err(|e| open_err(format!("not a PostgreSQL URL: {e}")))?;
+        if let Some(pw) = &options.password {
+            config.password(pw.as_bytes());
+        }
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("snpguardd");
+        let wants_tls = matches!(
+            mode.as_deref(),
+            Some("require" | "verify-ca" | "verify-full")
+        );
+        let tls = match (&options.ca_file, wants_tls) {
+            (Some(ca), _) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(
+                    ca,
+                )?))
+            }
+            (None, true) => {
+                return Err(open_err(format!(
+                    "sslmode={} needs the CA of the database server: set [store] ca_file",
+                    mode.unwrap_or_default()
+                )))
+            }
+            (None, false) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Tls::Plain
+            }
+        };
+        let target = describe(&config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("snpguard-store")
+            .enable_all()
+            .build()
+            .map_err(|e| open_err(format!("starting the store's runtime: {e}")))?;
+        let store = PgStore {
+            runtime: Some(runtime),
+            pool: Arc::new(Pool {
+                config,
+                tls,
+                idle: Mutex::new(Vec::new()),
+                permits: tokio::sync::Semaphore::new(POOL_SIZE),
+            }),
+            target,
+        };
+        store.run(|pool| async move {
+            pool.with_client(async |c| {
+                let tx = c.transaction().await.map_err(classify)?;
+                tx.query_typed(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[(&SCHEMA_LOCK, Type::INT8)],
+                )
+                .await
+                .map_err(classify)?;
+                tx.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS snpguard_kv (
+                         tree text NOT NULL,
+                         key bytea NOT NULL,
+                         value bytea NOT NULL,
+                         PRIMARY KEY (tree, key))",
+                )
+                .await
+                .map_err(classify)?;
+                tx.commit().await.map_err(classify)
+            })
+            .await
+        })?;
+        Ok(store)
+    }
+
+    /// The database, for messages: hosts and database name.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Runs a database task on the store's runtime and waits for it.
+    fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Pool>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let rt = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let fut = f(self.pool.clone());
+        rt.spawn(async move {
+            let result = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "no answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                ))),
+            };
+            let _ = tx.send(result);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::Unavailable("the store's task ended".into()))?
+    }
+
+    fn write(&self, ops: &[Op], deferred: bool) -> Result<(), StoreError> {
+        let ops = ops.to_vec();
+        self.run(move |pool| async move {
+            pool.with_client(async |c| {
+                let tx = c.transaction().await.map_err(classify)?;
+                if deferred {
+                    // Durable within moments, like sled's deferred writes;
+                    // never used for what a security decision rests on.
+                    tx.batch_execute("SET LOCAL synchronous_commit TO off")
+                        .await
+                        .map_err(classify)?;
+                }
+                let mut locks: Vec<i64> = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Expect { tree, key, .. } => Some(lock_key(*tree, key)),
+                        _ => None,
+                    })
+                    .collect();
+                // One order for every transaction: no deadlock between them.
+                locks.sort_unstable();
+                locks.dedup();
+                for l in &locks {
+                    tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(l, Type::INT8)])
+                        .await
+                        .map_err(classify)?;
+                }
+                for op in &ops {
+                    if let Op::Expect { tree, key, value } = op {
+                        let name = tree.name();
+                        let rows = tx
+                            .query_typed(
+                                "SELECT value FROM snpguard_kv WHERE tree = $1 AND key = $2",
+                                &[(&name, Type::TEXT), (key, Type::BYTEA)],
+                            )
+                            .await
+                            .map_err(classify)?;
+                        let found: Option<Vec<u8>> = rows.first().map(|r| r.get(0));
+                        if found.as_deref() != value.as_deref() {
+                            return Err(StoreError::Conflict {
+                                tree: tree.name(),
+                                key: String::from_utf8_lossy(key).into_owned(),
+                            });
+                        }
+                    }
+                }
+                for op in &ops {
+                    match op {
+                        Op::Put { tree, key, value } => {
+                            let name = tree.name();
+                            tx.query_typed(
+                                "INSERT INTO snpguard_kv (tree, key, value) VALUES ($1, $2, $3)
+                                 ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                                &[
+                                    (&name, Type::TEXT),
+                                    (key, Type::BYTEA),
+                                    (value, Type::BYTEA),
+                                ],
+                            )
+                            .await
+                            .map_err(classify)?;
+                        }
+                        Op::Delete { tree, key } => {
+                            let name = tree.name();
+                            tx.query_typed(
+                                "DELETE FROM snpguard_kv WHERE tree = $1 AND key = $2",
+                                &[(&name, Type::TEXT), (key, Type::BYTEA)],
+                            )
+                            .await
+                            .map_err(classify)?;
+                        }
+                        Op::Expect { .. } => {}
+                    }
+                }
+                tx.commit().await.map_err(classify)
+            })
+            .await
+        })
+    }
+}
+
+fn describe(config: &PgConfig) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    format!(
+        "postgresql on {} database {}",
+        if hosts.is_empty() {
+            "the default socket".to_owned()
+        } else {
+            hosts.join(",")
+        },
+        config.get_dbname().unwrap_or("(user's default)")
+    )
+}
+
+impl Store for PgStore {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        self.run(move |pool| async move {
+            pool.with_client(async |c| {
+                let name = tree.name();
+                let rows = c
+                    .query_typed(
+                        "SELECT value FROM snpguard_kv WHERE tree = $1 AND key = $2",
+                        &[(&name, Type::TEXT), (&key, Type::BYTEA)],
+                    )
+                    .await
+                    .map_err(classify)?;
+                Ok(rows.first().map(|r| r.get::<_, Vec<u8>>(0)))
+            })
+            .await
+        })
+    }
+
+    fn entries(&self, tree: Tree) -> Result<Entries, StoreError> {
+        self.run(move |pool| async move {
+            pool.with_client(async |c| {
+                let name = tree.name();
+                let rows = c
+                    .query_typed(
+                        "SELECT key, value FROM snpguard_kv WHERE tree = $1 ORDER BY key",
+                        &[(&name, Type::TEXT)],
+                    )
+                    .await
+                    .map_err(classify)?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
+            .await
+        })
+    }
+
+    fn transaction(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.write(ops, false)
+    }
+
+    fn transaction_deferred(&self, ops: &[Op]) -> Result<(), StoreError> {
+        self.write(ops, true)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every synchronous commit is durable when it returns; a deferred
+        // one is after the database's WAL writer runs (wal_writer_delay).
+        // A synchronously committed no-op waits for the WAL flushed so far.
+        self.write(&[], false)
+    }
+
+    fn insert_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        self.run(move |pool| async move {
+            pool.with_client(async |c| {
+                let name = tree.name();
+                let rows = c
+                    .query_typed(
+                        "INSERT INTO snpguard_kv (tree, key, value) VALUES ($1, $2, $3)
+                         ON CONFLICT (tree, key) DO NOTHING RETURNING 1",
+                        &[
+                            (&name, Type::TEXT),
+                            (&key, Type::BYTEA),
+                            (&value, Type::BYTEA),
+                        ],
+                    )
+                    .await
+                    .map_err(classify)?;
+                Ok(rows.len() == 1)
+            })
+            .await
+        })
+    }
+
+    fn keys_below(&self, tree: Tree, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let end = end.to_vec();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |pool| async move {
+            pool.with_client(async |c| {
+                let name = tree.name();
+                let rows = c
+                    .query_typed(
+                        "SELECT key FROM snpguard_kv WHERE tree = $1 AND key < $2
+                         ORDER BY key LIMIT $3",
+                        &[
+                            (&name, Type::TEXT),
+                            (&end, Type::BYTEA),
+                            (&limit, Type::INT8),
+                        ],
+                    )
+                    .await
+                    .map_err(classify)?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            })
+            .await
+        })
+    }
+
+    fn last(&self, tree: Tree) -> Result<Option<Entry>, StoreError> {
+        self.run(move |pool| async move {
+            pool.with_client(async |c| {
+                let name = tree.name();
+                let rows = c
+                    .query_typed(
+                        "SELECT key, value FROM snpguard_kv WHERE tree = $1
+                         ORDER BY key DESC LIMIT 1",
+                        &[(&name, Type::TEXT)],
+                    )
+                    .await
+                    .map_err(classify)?;
+                Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+            })
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_modes_are_split_off_the_url() {
+        let (u, m) = tls_mode("postgresql://db.example/snpguard?sslmode=verify-full");
+        assert_eq!(u, "postgresql://db.example/snpguard?sslmode=require");
+        assert_eq!(m.as_deref(), Some("verify-full"));
+        let (u, m) = tls_mode("host=/run/postgresql dbname=snp sslmode=disable user=x");
+        assert_eq!(u, "host=/run/postgresql dbname=snp sslmode=disable user=x");
+        assert_eq!(m.as_deref(), Some("disable"));
+        let (u, m) = tls_mode("postgresql://h/d");
+        assert_eq!((u.as_str(), m), ("postgresql://h/d", None));
+    }
+
+    #[test]
+    fn tls_without_a_ca_is_refused_before_connecting() {
+        let err = PgStore::open(&PgOptions {
+            url: "postgresql://db.example/snpguard?sslmode=verify-full".into(),
+            password: None,
+            ca_file: None,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("ca_file"), "{err}");
+    }
+
+    #[test]
+    fn lock_keys_differ_by_tree_and_key() {
+        assert_ne!(lock_key(Tree::Records, b"a"), lock_key(Tree::Names, b"a"));
+        assert_ne!(lock_key(Tree::Records, b"a"), lock_key(Tree::Records, b"b"));
+        assert_eq!(lock_key(Tree::Records, b"a"), lock_key(Tree::Records, b"a"));
+    }
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_not_a_hang() {
+        // A port nothing listens on: refused at once.
+        let err = PgStore::open(&PgOptions {
+            url: "postgresql://snpguard@127.0.0.1:1/snpguard".into(),
+            password: None,
+            ca_file: None,
+        })
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+}

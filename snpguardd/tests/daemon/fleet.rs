@@ -1,0 +1,424 @@
+//! The fleet store (PostgreSQL): one conformance suite run against both
+//! store backends, and replicas of the real daemon sharing one database —
+//! a record registered on one is served by the other, a nonce issued by
+//! one is consumed once anywhere, replays raced to two replicas release
+//! at most once, and a database outage fails closed with 503 and heals
+//! without restarting the daemons.
+
+use snpguardd::store::{
+    Op, PgOptions, PgStore, SledStore, Store, StoreError, Tree, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
+};
+
+use super::*;
+
+#[path = "../common/postgres.rs"]
+mod postgres;
+use postgres::Postgres;
+
+fn pg_store(pg: &Postgres) -> PgStore {
+    PgStore::open(&PgOptions {
+        url: pg.url(),
+        password: None,
+        ca_file: None,
+    })
+    .expect("open the PostgreSQL store")
+}
+
+/// The contract of [`Store`], checked on one backend. `other` is a second
+/// handle on the same database (another replica), or `None` for sled,
+/// which one process owns.
+fn conformance(store: &dyn Store, other: Option<&dyn Store>) {
+    // A fresh store is at the current schema version.
+    assert_eq!(
+        store.get(Tree::Meta, SCHEMA_VERSION_KEY).expect("get"),
+        Some(SCHEMA_VERSION.to_be_bytes().to_vec())
+    );
+
+    // Keys sort bytewise, as unsigned bytes, shorter prefix first.
+    let keys: [&[u8]; 5] = [b"\x00", b"\x01", b"\x7f\xff", b"\x80", b"\xff"];
+    for k in keys.iter().rev() {
+        store.put(Tree::Certs, k, &[k.len() as u8]).expect("put");
+    }
+    store
+        .put(Tree::Records, b"\x05", b"other tree")
+        .expect("put");
+    let listed: Vec<Vec<u8>> = store
+        .entries(Tree::Certs)
+        .expect("entries")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(listed, keys.iter().map(|k| k.to_vec()).collect::<Vec<_>>());
+    assert_eq!(
+        store.keys_below(Tree::Certs, b"\x80", 10).expect("below"),
+        vec![b"\x00".to_vec(), b"\x01".to_vec(), b"\x7f\xff".to_vec()]
+    );
+    assert_eq!(
+        store
+            .keys_below(Tree::Certs, b"\x80", 2)
+            .expect("below")
+            .len(),
+        2
+    );
+    assert_eq!(
+        store.last(Tree::Certs).expect("last"),
+        Some((b"\xff".to_vec(), vec![1]))
+    );
+    assert_eq!(store.last(Tree::Nonces).expect("last"), None);
+    store.delete(Tree::Certs, b"\x80").expect("delete");
+    store.delete(Tree::Certs, b"absent").expect("delete absent");
+    assert_eq!(store.get(Tree::Certs, b"\x80").expect("get"), None);
+    assert_eq!(
+        store.get(Tree::Records, b"\x05").expect("get"),
+        Some(b"other tree".to_vec())
+    );
+    // Empty values and large ones come back as they went in.
+    store.put(Tree::Keys, b"empty", b"").expect("put");
+    assert_eq!(store.get(Tree::Keys, b"empty").expect("get"), Some(vec![]));
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    store.put(Tree::Keys, b"big", &big).expect("put big");
+    assert_eq!(
+        store.get(Tree::Keys, b"big").expect("get").as_ref(),
+        Some(&big)
+    );
+
+    // A transaction is all or nothing; a failed precondition applies
+    // nothing and says which entry conflicted.
+    let err = store
+        .transaction(&[
+            Op::put(Tree::Names, b"a", b"1"),
+            Op::expect(Tree::Names, b"b", Some(b"2".to_vec())),
+            Op::put(Tree::Names, b"c", b"3"),
+        ])
+        .expect_err("precondition");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(store.get(Tree::Names, b"a").expect("get"), None);
+    store
+        .transaction(&[
+            Op::expect(Tree::Names, b"a", None),
+            Op::put(Tree::Names, b"a", b"1"),
+            Op::put(Tree::Secrets, b"s", b"x"),
+        ])
+        .expect("expect absent");
+    store
+        .transaction(&[
+            Op::expect(Tree::Names, b"a", Some(b"1".to_vec())),
+            Op::delete(Tree::Names, b"a"),
+            Op::delete(Tree::Secrets, b"s"),
+        ])
+        .expect("expect present");
+    assert_eq!(store.get(Tree::Secrets, b"s").expect("get"), None);
+
+    // Deferred writes are visible at once and durable after a flush.
+    store
+        .transaction_deferred(&[Op::put(Tree::Audit, 7u64.to_be_bytes(), b"entry")])
+        .expect("deferred");
+    store.flush().expect("flush");
+    let seen = other.unwrap_or(store);
+    assert_eq!(
+        seen.get(Tree::Audit, &7u64.to_be_bytes()).expect("get"),
+        Some(b"entry".to_vec())
+    );
+
+    // insert_new: the first writer wins, from any handle.
+    assert!(store.insert_new(Tree::Nonces, b"n1", b"t").expect("insert"));
+    assert!(!seen.insert_new(Tree::Nonces, b"n1", b"u").expect("insert"));
+    assert_eq!(
+        store.get(Tree::Nonces, b"n1").expect("get"),
+        Some(b"t".to_vec())
+    );
+
+    // Racing writers: 16 threads over both handles consume one nonce
+    // each round; exactly one wins. And a counter incremented by
+    // read-expect-write from all of them loses no increment.
+    let handles: Vec<&dyn Store> = [Some(store), other].into_iter().flatten().collect();
+    for round in 0..20u32 {
+        let key = format!("race-{round}");
+        let wins: usize = std::thread::scope(|s| {
+            (0..16)
+                .map(|i| {
+                    let h = handles[i % handles.len()];
+                    let key = key.as_bytes();
+                    s.spawn(move || h.insert_new(Tree::Nonces, key, b"x").expect("insert"))
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| usize::from(t.join().expect("thread")))
+                .sum()
+        });
+        assert_eq!(wins, 1, "round {round}: one consumer of a nonce");
+    }
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let h = handles[i % handles.len()];
+            s.spawn(move || {
+                for _ in 0..25 {
+                    loop {
+                        let old = h.get(Tree::Meta, b"counter").expect("get");
+                        let n = old
+                            .as_deref()
+                            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+                            .unwrap_or(0);
+                        match h.transaction(&[
+                            Op::expect(Tree::Meta, b"counter", old.clone()),
+                            Op::put(Tree::Meta, b"counter", (n + 1).to_be_bytes()),
+                        ]) {
+                            Ok(()) => break,
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        store.get(Tree::Meta, b"counter").expect("get"),
+        Some(200u32.to_be_bytes().to_vec()),
+        "no increment lost"
+    );
+}
+
+#[test]
+fn store_conformance_on_sled_and_postgresql() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sled = SledStore::open(&dir.path().join("db")).expect("sled");
+    conformance(&sled, None);
+
+    let pg = Postgres::start();
+    let a = pg_store(&pg);
+    let b = pg_store(&pg);
+    conformance(&a, Some(&b));
+}
+
+#[test]
+fn replicas_starting_at_once_on_an_empty_database_agree_on_one_schema() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    // Eight "replicas" open the empty database at the same moment.
+    let versions: Vec<Vec<u8>> = std::thread::scope(|s| {
+        (0..8)
+            .map(|_| {
+                let url = url.clone();
+                s.spawn(move || {
+                    let store = PgStore::open(&PgOptions {
+                        url,
+                        password: None,
+                        ca_file: None,
+                    })
+                    .expect("open");
+                    store
+                        .get(Tree::Meta, SCHEMA_VERSION_KEY)
+                        .expect("get")
+                        .expect("version")
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect()
+    });
+    assert!(versions
+        .iter()
+        .all(|v| v == &SCHEMA_VERSION.to_be_bytes().to_vec()));
+    // A database from a newer snpguardd is refused, with what to do.
+    let store = pg_store(&pg);
+    store
+        .put(
+            Tree::Meta,
+            SCHEMA_VERSION_KEY,
+            &(SCHEMA_VERSION + 1).to_be_bytes(),
+        )
+        .expect("put");
+    let err = PgStore::open(&PgOptions {
+        url,
+        password: None,
+        ca_file: None,
+    })
+    .expect_err("newer schema");
+    assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
+    assert!(err.to_string().contains("newer snpguardd"), "{err}");
+}
+
+/// The `[store]` section pointing at `pg`.
+fn store_config(pg: &Postgres) -> String {
+    format!("[store]\nurl = \"{}\"\n", pg.url())
+}
+
+/// A second daemon on its own bus and state directory, sharing `first`'s
+/// master key (as replicas share the credential) and `pg`.
+async fn replica(first: &Setup, sim: &SimPlatform, pg: &Postgres) -> (Setup, Daemon, Target) {
+    let s = setup().await;
+    std::fs::create_dir_all(&s.state).expect("state");
+    std::fs::copy(first.state.join("master.key"), s.state.join("master.key"))
+        .expect("share the master key");
+    let (daemon, target) = attest_daemon_with(&s, sim, &store_config(pg));
+    (s, daemon, target)
+}
+
+async fn challenge(conn: &Conn) -> String {
+    let (status, body) = conn
+        .post_json("/v1/attest/challenge", "{}")
+        .await
+        .expect("challenge");
+    assert_eq!(status.as_u16(), 200, "{body:?}");
+    serde_json::from_slice::<ChallengeResponse>(&body)
+        .expect("challenge json")
+        .nonce
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_records_nonces_and_keys() {
+    let pg = Postgres::start();
+    let a = setup().await;
+    let sim = sim_platform();
+    let Some((daemon_a, target_a, vmk, launch)) =
+        registered_guest_with(&a, &sim, 41, "fleet-guest", &store_config(&pg), &[])
+    else {
+        return;
+    };
+    let (b, daemon_b, target_b) = replica(&a, &sim, &pg).await;
+
+    // Registered through A, listed by B; one ingestion key for both.
+    let names: Vec<String> = records(&b.bus)
+        .iter()
+        .map(|r| r["name"].as_str().expect("name").to_owned())
+        .collect();
+    assert_eq!(names, ["fleet-guest"]);
+    assert_eq!(
+        std::fs::read(a.state.join("ingestion.pub")).expect("A"),
+        std::fs::read(b.state.join("ingestion.pub")).expect("B"),
+        "replicas serve one ingestion key"
+    );
+    assert_eq!(
+        launch_of(&b.bus, "fleet-guest").measurement,
+        launch.measurement
+    );
+
+    // A nonce issued by A is accepted once by B, and never again anywhere.
+    let conn_a = target_a.connect().await.expect("connect A");
+    let conn_b = target_b.connect().await.expect("connect B");
+    let nonce = challenge(&conn_a).await;
+    let (secret, public) = seal::generate_keypair();
+    let n = decode_nonce(&nonce).expect("nonce");
+    let report = sim_report(&sim, &launch, &report_data(&n, &public));
+    let req = attest_request(&sim, nonce, &report, &public);
+    let (resp, rep, sec) = send_attest(&conn_b, &req, report.clone(), secret.clone())
+        .await
+        .expect("B accepts A's nonce");
+    assert_eq!(released(&resp, &rep, &sec), vmk);
+    for conn in [&conn_a, &conn_b] {
+        let r = send_attest(conn, &req, report.clone(), secret.clone()).await;
+        assert_eq!(
+            r.err().map(|(s, b)| (s, b.error)),
+            Some((401, "nonce-reused".to_owned()))
+        );
+    }
+
+    // The same request raced to both replicas releases at most once.
+    for round in 0..25 {
+        let from = if round % 2 == 0 { &conn_a } else { &conn_b };
+        let nonce = challenge(from).await;
+        let (secret, public) = seal::generate_keypair();
+        let n = decode_nonce(&nonce).expect("nonce");
+        let report = sim_report(&sim, &launch, &report_data(&n, &public));
+        let req = attest_request(&sim, nonce, &report, &public);
+        let (ra, rb) = tokio::join!(
+            send_attest(&conn_a, &req, report.clone(), secret.clone()),
+            send_attest(&conn_b, &req, report.clone(), secret.clone()),
+        );
+        let outcomes = [&ra, &rb];
+        let released_n = outcomes.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(released_n, 1, "round {round}: one release");
+        for r in outcomes {
+            if let Err((status, body)) = r {
+                assert_eq!((*status, body.error.as_str()), (401, "nonce-reused"));
+            }
+        }
+    }
+
+    // Both replicas counted into the one record.
+    let shown: serde_json::Value = serde_json::from_str(&ok(&ctl(
+        &a.bus,
+        &["records", "show", "fleet-guest", "--json"],
+    )))
+    .expect("json");
+    assert_eq!(shown["attestations_ok"].as_u64(), Some(26), "{shown}");
+
+    // A change on B is seen on A.
+    ok(&ctl(&b.bus, &["records", "disable", "fleet-guest"]));
+    let r = attest_once(&conn_a, &sim, &launch, |_| {}).await;
+    assert!(r.is_err(), "disabled on B, refused on A");
+    ok(&ctl(&a.bus, &["records", "enable", "fleet-guest"]));
+    attest_once(&conn_b, &sim, &launch, |_| {})
+        .await
+        .expect("enabled on A, released by B");
+
+    daemon_b.stop();
+    daemon_a.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_fails_closed_and_heals_without_a_restart() {
+    let mut pg = Postgres::start();
+    let s = setup().await;
+    let sim = sim_platform();
+    let Some((daemon, target, vmk, launch)) =
+        registered_guest_with(&s, &sim, 43, "outage", &store_config(&pg), &[])
+    else {
+        return;
+    };
+    let conn = target.connect().await.expect("connect");
+    attest_once(&conn, &sim, &launch, |_| {})
+        .await
+        .expect("before the outage");
+
+    pg.stop();
+    // Attestation: 503 store-unavailable, nothing released.
+    let r = attest_once(&conn, &sim, &launch, |_| {}).await;
+    match r {
+        Ok(_) => panic!("a key was released without the database"),
+        Err((status, body)) => {
+            assert_eq!(
+                (status, body.error.as_str()),
+                (503, "store-unavailable"),
+                "{body:?}"
+            )
+        }
+    }
+    // D-Bus: a change gets a typed error that says what happened (the
+    // record was not disabled); the daemon stays up.
+    let out = ctl(&s.bus, &["records", "disable", "outage"]);
+    assert!(!out.status.success());
+    let e = err(&out);
+    assert!(e.contains("unavailable"), "{e}");
+    let (status, _) = conn.get("/v1/health").await.expect("health");
+    assert_eq!(status.as_u16(), 200, "the daemon is still up");
+
+    // The database returns: full service, same daemon.
+    pg.run();
+    let (resp, report, secret) = attest_once(&conn, &sim, &launch, |_| {})
+        .await
+        .expect("after the outage");
+    assert_eq!(released(&resp, &report, &secret), vmk);
+    assert_eq!(records(&s.bus).len(), 1);
+    daemon.stop();
+}
+
+#[test]
+fn an_unknown_store_url_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("snpguardd.toml");
+    std::fs::write(&path, "[store]\nurl = \"mysql://db/x\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_snpguardd"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("postgresql://"), "{text}");
+}
