@@ -152,6 +152,17 @@ async fn serve(
             }
         }
     });
+    // Replicas on a shared store: publish what the others change too.
+    if let Some(mut changes) = registry.store().subscribe() {
+        let bus_conn = conn.clone();
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                if let Err(e) = dbus::publish_change(&bus_conn, change).await {
+                    tracing::warn!("publishing a change made by another replica: {e}");
+                }
+            }
+        });
+    }
     tracing::info!(
         bus = %cfg.bus,
         unique_name = conn.unique_name().map(|n| n.to_string()).unwrap_or_default(),

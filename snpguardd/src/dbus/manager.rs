@@ -24,6 +24,10 @@ impl Manager {
         Manager { ctx }
     }
 
+    pub(crate) fn ctx(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+
     async fn register_files(
         &self,
         conn: &Connection,

@@ -73,6 +73,41 @@ pub async fn serve(
     Ok(conn)
 }
 
+/// Publishes a change of the shared store made by any replica: the
+/// record's object is added, updated or removed, with the usual signals,
+/// so that clients of this daemon's bus (Cockpit) see changes made
+/// through another. A resync adds and updates every record.
+pub async fn publish_change(
+    conn: &Connection,
+    change: crate::store::StoreChange,
+) -> Result<(), Error> {
+    let ctx = conn
+        .object_server()
+        .interface::<_, manager::Manager>(MANAGER_PATH)
+        .await?
+        .get()
+        .await
+        .ctx();
+    match change {
+        crate::store::StoreChange::Record(id) => {
+            let svc = ctx.service.clone();
+            let lookup = id.clone();
+            match blocking(move || svc.get(&lookup)).await {
+                Ok(info) => record::sync(conn, &ctx, info).await,
+                Err(Error::NotFound(_)) => record::remove(conn, &id).await,
+                Err(e) => Err(e),
+            }
+        }
+        crate::store::StoreChange::Resync => {
+            let svc = ctx.service.clone();
+            for info in blocking(move || svc.list()).await? {
+                record::sync(conn, &ctx, info).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Runs a blocking [`RecordService`] call off the async executor.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Error>
 where

@@ -76,6 +76,38 @@ pub async fn update(conn: &Connection, info: RecordInfo) -> Result<(), Error> {
     rec.launches_changed_from(&old, e).await
 }
 
+/// Publishes `info` written elsewhere (another replica on the shared
+/// store): updates the record's object, or adds it (InterfacesAdded) when
+/// this daemon has none yet.
+pub(crate) async fn sync(
+    conn: &Connection,
+    ctx: &Arc<Context>,
+    info: RecordInfo,
+) -> Result<(), Error> {
+    let p = path(&info.id)?;
+    if conn
+        .object_server()
+        .interface::<_, Record>(&p)
+        .await
+        .is_ok()
+    {
+        update(conn, info).await
+    } else {
+        add(conn, ctx, info).await.map(|_| ())
+    }
+}
+
+/// Removes the object of a record deleted elsewhere (InterfacesRemoved);
+/// nothing when this daemon has none.
+pub(crate) async fn remove(conn: &Connection, id: &str) -> Result<(), Error> {
+    let p = path(id)?;
+    let server = conn.object_server();
+    if server.interface::<_, Record>(&p).await.is_ok() {
+        server.remove::<Record, _>(&p).await?;
+    }
+    Ok(())
+}
+
 /// Checks a launch id argument's length (the registry checks the rest).
 fn check_launch_arg(launch: &str) -> Result<(), Error> {
     if launch.is_empty() || launch.len() > limit::LAUNCH_ID {
@@ -298,8 +330,12 @@ impl Record {
         let svc = self.ctx.service.clone();
         let id = self.info.id.clone();
         blocking(move || svc.delete(&id)).await?;
-        server.remove::<Record, _>(path(&self.info.id)?).await?;
-        Ok(())
+        // On a shared store the change feed may have removed the object
+        // already (the deletion is published to every replica).
+        match server.remove::<Record, _>(path(&self.info.id)?).await {
+            Ok(_) | Err(zbus::Error::InterfaceNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes the record's launch-artifacts.tar.gz to `fd`, which the

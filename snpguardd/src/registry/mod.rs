@@ -38,7 +38,7 @@ mod release;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use p384::ecdsa::SigningKey;
 use snpguard::bundle;
@@ -157,7 +157,7 @@ pub enum RegistryError {
 /// The registry of records. Thread-safe; every mutation is durable before
 /// it returns.
 pub struct Registry {
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
     master: MasterKey,
     keys: DaemonKeys,
     summary: KeySummary,
@@ -219,16 +219,19 @@ impl Registry {
             path: state_dir.to_owned(),
             error,
         })?;
-        let store: Box<dyn Store> = match &options.store {
-            StoreChoice::Sled => Box::new(SledStore::open(&state_dir.join(DB_DIR))?),
+        let store: Arc<dyn Store> = match &options.store {
+            StoreChoice::Sled => Arc::new(SledStore::open(&state_dir.join(DB_DIR))?),
             StoreChoice::Postgres(pg) => {
                 let store = PgStore::open(pg)?;
                 tracing::info!("store: {}", store.target());
-                Box::new(store)
+                Arc::new(store)
             }
         };
         let (keys, summary) = keys::load_or_create(&*store, &master, state_dir, &options.tls)?;
-        let blobs = Blobs::open(state_dir.join(BLOB_DIR))?;
+        let mut blobs = Blobs::open(state_dir.join(BLOB_DIR))?;
+        if store.shared() {
+            blobs = blobs.with_shared(store.clone());
+        }
         let registry = Registry {
             store,
             master,
@@ -458,12 +461,12 @@ impl Registry {
         vcpus: u32,
         vcpu_type: measure::VcpuType,
     ) -> Result<measure::LaunchDigest, ServiceError> {
-        let fw_path = self.blobs.path(firmware);
+        let fw_path = self.blobs.local(firmware)?;
         let input = MeasureInput {
             ovmf: fw_path.clone(),
             ovmf_hash: None,
-            kernel: Some(self.blobs.path(kernel)),
-            initrd: Some(self.blobs.path(initrd)),
+            kernel: Some(self.blobs.local(kernel)?),
+            initrd: Some(self.blobs.local(initrd)?),
             cmdline: Some(cmdline.to_owned()),
             vcpus,
             vcpu_type,

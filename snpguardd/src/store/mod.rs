@@ -35,11 +35,15 @@ pub enum Tree {
     Certs,
     /// The attestation audit trail, keyed by a big-endian sequence number.
     Audit,
+    /// Kernel, initrd and firmware blobs in chunks, when the store is
+    /// shared by replicas (`m/<sha256>` manifests, `c/<sha256>/<index>`
+    /// chunks); empty on a single host, where blobs are files.
+    Blobs,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 8] = [
+    pub const ALL: [Tree; 9] = [
         Tree::Meta,
         Tree::Records,
         Tree::Names,
@@ -48,6 +52,7 @@ impl Tree {
         Tree::Nonces,
         Tree::Certs,
         Tree::Audit,
+        Tree::Blobs,
     ];
 
     /// The tree's name in the database.
@@ -61,6 +66,7 @@ impl Tree {
             Tree::Nonces => "nonces",
             Tree::Certs => "certs",
             Tree::Audit => "audit",
+            Tree::Blobs => "blobs",
         }
     }
 
@@ -74,6 +80,7 @@ impl Tree {
             Tree::Nonces => 5,
             Tree::Certs => 6,
             Tree::Audit => 7,
+            Tree::Blobs => 8,
         }
     }
 }
@@ -279,4 +286,25 @@ pub trait Store: Send + Sync {
     fn keys_below(&self, tree: Tree, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError>;
     /// The entry with the greatest key of `tree`, if any.
     fn last(&self, tree: Tree) -> Result<Option<Entry>, StoreError>;
+    /// Whether other daemons share this store (then blobs live in it too,
+    /// see [`Tree::Blobs`]).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// For a shared store: a feed of the records written by any daemon
+    /// (this one included), so that each can publish them on its own bus.
+    /// `None` when nobody else writes the store.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<StoreChange>> {
+        None
+    }
+}
+
+/// A change to a shared store, from [`Store::subscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChange {
+    /// The record with this id was written or removed.
+    Record(String),
+    /// Changes may have been missed (the feed started or reconnected):
+    /// reload every record.
+    Resync,
 }

@@ -29,7 +29,14 @@ use tokio_postgres::{Client, Config as PgConfig, NoTls};
 use zeroize::Zeroizing;
 
 use super::schema::{migrate, MIGRATIONS};
-use super::{Entries, Entry, Op, Store, StoreError, Tree};
+use super::{Entries, Entry, Op, Store, StoreChange, StoreError, Tree};
+
+/// The notification channel of record changes.
+const CHANNEL: &str = "snpguard_records";
+/// Changes the feed holds for a daemon that has not taken them yet.
+const FEED_CAPACITY: usize = 1024;
+/// Wait before the change feed reconnects.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// How long one store call may take, connecting included, before it
 /// fails as [`StoreError::Unavailable`].
@@ -367,7 +374,24 @@ impl PgStore {
                          tree text NOT NULL,
                          key bytea NOT NULL,
                          value bytea NOT NULL,
-                         PRIMARY KEY (tree, key))",
+                         PRIMARY KEY (tree, key));
+                     -- Every replica hears of every record written by any
+                     -- other (the payload is the record id).
+                     CREATE OR REPLACE FUNCTION snpguard_records_notify() RETURNS trigger
+                     LANGUAGE plpgsql AS $$
+                     BEGIN
+                       IF TG_OP = 'DELETE' THEN
+                         IF OLD.tree = 'records' THEN
+                           PERFORM pg_notify('snpguard_records', convert_from(OLD.key, 'UTF8'));
+                         END IF;
+                       ELSIF NEW.tree = 'records' THEN
+                         PERFORM pg_notify('snpguard_records', convert_from(NEW.key, 'UTF8'));
+                       END IF;
+                       RETURN NULL;
+                     END $$;
+                     CREATE OR REPLACE TRIGGER snpguard_records_notify
+                       AFTER INSERT OR UPDATE OR DELETE ON snpguard_kv
+                       FOR EACH ROW EXECUTE FUNCTION snpguard_records_notify();",
                 )
                 .await
                 .map_err(classify)?;
@@ -511,7 +535,101 @@ fn describe(config: &PgConfig) -> String {
     )
 }
 
+/// Feeds record notifications into `tx` until it is closed,
+/// reconnecting (and asking for a resync) whenever the connection drops.
+async fn listen(pool: Arc<Pool>, tx: tokio::sync::mpsc::Sender<StoreChange>) {
+    loop {
+        let result = match &pool.tls {
+            Tls::Plain => match pool.config.connect(NoTls).await {
+                Ok((client, conn)) => feed(client, conn, &tx).await,
+                Err(e) => Err(db_message(&e)),
+            },
+            Tls::Rustls(tls) => match pool.config.connect(tls.clone()).await {
+                Ok((client, conn)) => feed(client, conn, &tx).await,
+                Err(e) => Err(db_message(&e)),
+            },
+        };
+        if tx.is_closed() {
+            return;
+        }
+        if let Err(e) = result {
+            tracing::warn!("the store's change feed stopped ({e}); reconnecting");
+        }
+        tokio::time::sleep(LISTEN_RETRY).await;
+    }
+}
+
+async fn feed<S, T>(
+    client: Client,
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: &tokio::sync::mpsc::Sender<StoreChange>,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_postgres::AsyncMessage;
+    let sql = format!("LISTEN {CHANNEL}");
+    let listen = client.batch_execute(&sql);
+    let mut listen = std::pin::pin!(listen);
+    let mut listening = false;
+    // Bounded: when the daemon falls behind, single changes are dropped
+    // and one resync stands for all of them.
+    let mut overflowed = false;
+    let mut send = |change: StoreChange| -> bool {
+        use tokio::sync::mpsc::error::TrySendError;
+        if overflowed {
+            match tx.try_send(StoreChange::Resync) {
+                Ok(()) => overflowed = false,
+                Err(TrySendError::Full(_)) => return true,
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        match tx.try_send(change) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                overflowed = true;
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    };
+    loop {
+        tokio::select! {
+            r = &mut listen, if !listening => {
+                r.map_err(|e| db_message(&e))?;
+                listening = true;
+                // Whatever happened while nobody listened: reload.
+                if !send(StoreChange::Resync) {
+                    return Ok(());
+                }
+            }
+            m = std::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
+                    if !send(StoreChange::Record(n.payload().to_owned())) {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(db_message(&e)),
+                None => return Err("the connection closed".into()),
+            },
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
 impl Store for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<StoreChange>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(FEED_CAPACITY);
+        self.runtime.as_ref()?.spawn(listen(self.pool.clone(), tx));
+        Some(rx)
+    }
+
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_vec();
         self.run(move |pool| async move {

@@ -240,6 +240,18 @@ fn replicas_starting_at_once_on_an_empty_database_agree_on_one_schema() {
     assert!(err.to_string().contains("newer snpguardd"), "{err}");
 }
 
+/// Waits (polling, with a deadline) until `cond` holds.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "not within {DEADLINE:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The `[store]` section pointing at `pg`.
 fn store_config(pg: &Postgres) -> String {
     format!("[store]\nurl = \"{}\"\n", pg.url())
@@ -295,6 +307,28 @@ async fn replicas_share_records_nonces_and_keys() {
         launch.measurement
     );
 
+    // Blobs travel through the database: B, which never saw the files,
+    // exports the very bundle A exports.
+    let export = |s: &Setup, tag: &str| {
+        let out = s.dir.path().join(format!("export-{tag}.tar.gz"));
+        ok(&ctl(
+            &s.bus,
+            &[
+                "records",
+                "export",
+                "fleet-guest",
+                "--out",
+                out.to_str().expect("utf-8"),
+            ],
+        ));
+        std::fs::read(out).expect("bundle")
+    };
+    assert_eq!(
+        export(&b, "b"),
+        export(&a, "a"),
+        "one bundle from either replica"
+    );
+
     // A nonce issued by A is accepted once by B, and never again anywhere.
     let conn_a = target_a.connect().await.expect("connect A");
     let conn_b = target_b.connect().await.expect("connect B");
@@ -337,13 +371,36 @@ async fn replicas_share_records_nonces_and_keys() {
         }
     }
 
-    // Both replicas counted into the one record.
-    let shown: serde_json::Value = serde_json::from_str(&ok(&ctl(
+    // Both replicas counted into the one record, and each publishes the
+    // total on its own bus (PropertiesChanged from the change feed).
+    for s in [&a, &b] {
+        eventually("both replicas' attestations counted on each bus", || {
+            let shown: serde_json::Value = serde_json::from_str(&ok(&ctl(
+                &s.bus,
+                &["records", "show", "fleet-guest", "--json"],
+            )))
+            .expect("json");
+            shown["attestations_ok"].as_u64() == Some(26)
+        });
+    }
+
+    // Registered on A while B runs: B adds the object (InterfacesAdded).
+    let stage = staging(a.dir.path(), &a.state, 42).expect("staging");
+    let bundle = a.dir.path().join("second.tar.gz");
+    ok(&register_with(
         &a.bus,
-        &["records", "show", "fleet-guest", "--json"],
-    )))
-    .expect("json");
-    assert_eq!(shown["attestations_ok"].as_u64(), Some(26), "{shown}");
+        &stage,
+        "second",
+        &bundle,
+        &["--allow-test-root"],
+    ));
+    eventually("a record registered on A appears on B's bus", || {
+        records(&b.bus).iter().any(|r| r["name"] == "second")
+    });
+    ok(&ctl(&b.bus, &["records", "delete", "second"]));
+    eventually("a record deleted on B leaves A's bus", || {
+        !records(&a.bus).iter().any(|r| r["name"] == "second")
+    });
 
     // A change on B is seen on A.
     ok(&ctl(&b.bus, &["records", "disable", "fleet-guest"]));
