@@ -73,6 +73,31 @@ pub struct Args {
     /// (overrides [store] url) [default: sled in the state directory]
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+
+    /// A one-off task instead of serving
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off tasks of the daemon binary.
+#[derive(Debug, Clone, clap::Subcommand, PartialEq, Eq)]
+pub enum Command {
+    /// Copy this host's embedded store (records, launches, blobs, keys,
+    /// certificates, CRLs, audit trail) into an empty PostgreSQL
+    /// database, then check the copy; run while snpguardd is stopped
+    MigrateStore {
+        /// The PostgreSQL database to fill, as a postgresql:// URL or a
+        /// libpq key=value string
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// File holding the database password [default: [store]
+        /// password_file]
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// PEM CA file for TLS to the database [default: [store] ca_file]
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// Which message bus the daemon serves its management API on.
@@ -1285,6 +1310,7 @@ ark_path = "sim/ark.pem"
             bus: None,
             listen: None,
             store: None,
+            command: None,
         };
         std::fs::write(&path, "").expect("write");
         assert_eq!(

@@ -36,6 +36,14 @@ fn main() -> ExitCode {
 
 fn run(args: &config::Args) -> anyhow::Result<()> {
     let cfg = config::resolve(args).context("reading the configuration")?;
+    if let Some(config::Command::MigrateStore {
+        to,
+        password_file,
+        ca_file,
+    }) = &args.command
+    {
+        return migrate_store(&cfg, to, password_file.as_deref(), ca_file.as_deref());
+    }
     cfg.log_summary();
     for dir in [&cfg.state_dir, &cfg.import_dir] {
         create_dir(dir)?;
@@ -87,6 +95,48 @@ fn run(args: &config::Args) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(serve(cfg, registry, attestor, listener, tls))
+}
+
+/// `snpguardd migrate-store`: the state directory's embedded store into
+/// an empty PostgreSQL database.
+fn migrate_store(
+    cfg: &Config,
+    to: &str,
+    password_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let store = config::StoreConfig {
+        url: Some(to.to_owned()),
+        password_file: password_file
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| cfg.store.password_file.clone()),
+        ca_file: ca_file
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| cfg.store.ca_file.clone()),
+    };
+    let StoreChoice::Postgres(target) = store_choice(&store)? else {
+        anyhow::bail!("--to must name a PostgreSQL database");
+    };
+    let summary =
+        snpguardd::registry::migrate_store(&cfg.state_dir, &target).with_context(|| {
+            format!(
+                "migrating the store of {} (is snpguardd stopped?)",
+                cfg.state_dir.display()
+            )
+        })?;
+    println!(
+        "copied the store of {} into the database:",
+        cfg.state_dir.display()
+    );
+    for (tree, n) in &summary.trees {
+        println!("  {tree:<8} {n} entries");
+    }
+    println!("  {} blob files", summary.blobs);
+    println!(
+        "checked: every tree equal, every referenced blob present. Now set [store] url (and \
+         password_file / ca_file) in the configuration and start snpguardd."
+    );
+    Ok(())
 }
 
 /// The database the configuration names; the password is read here, once.

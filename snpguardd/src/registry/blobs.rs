@@ -208,6 +208,37 @@ impl Blobs {
         Ok(())
     }
 
+    /// Copies every local blob into the shared store (`migrate-store`);
+    /// returns how many blobs it holds.
+    pub fn share_all(&self) -> Result<usize, ServiceError> {
+        let Some(store) = &self.shared else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        let entries = fs::read_dir(&self.dir).map_err(|e| storage("listing", &self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| storage("listing", &self.dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !is_blob_name(name) {
+                continue;
+            }
+            let len = entry
+                .metadata()
+                .map_err(|e| storage("reading", &entry.path(), e))?
+                .len();
+            self.upload(
+                &**store,
+                &BlobRef {
+                    sha256: name.to_owned(),
+                    len,
+                },
+            )?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Copies a local blob into the shared store (chunks, then the
     /// manifest), unless it is there already.
     fn upload(&self, store: &dyn Store, blob: &BlobRef) -> Result<(), ServiceError> {

@@ -202,6 +202,55 @@ fn secret_key(purpose: Purpose, id: &str) -> Vec<u8> {
     format!("{}/{id}", purpose.name()).into_bytes()
 }
 
+/// What `snpguardd migrate-store` copied.
+#[derive(Debug)]
+pub struct MigrateSummary {
+    /// Entries per tree.
+    pub trees: Vec<(&'static str, usize)>,
+    /// Blobs copied into the database.
+    pub blobs: usize,
+}
+
+/// Copies the embedded store of `state_dir` and its blob files into the
+/// empty PostgreSQL database `target` and checks the copy: every tree
+/// equal, every blob a record references present. The daemon must be
+/// stopped (the embedded store's lock says so otherwise).
+pub fn migrate_store(
+    state_dir: &Path,
+    target: &crate::store::PgOptions,
+) -> Result<MigrateSummary, ServiceError> {
+    let from = SledStore::open(&state_dir.join(DB_DIR)).map_err(store_err)?;
+    let to: Arc<dyn Store> = Arc::new(PgStore::open(target).map_err(store_err)?);
+    let copied = crate::store::copy_store(&from, &*to).map_err(|e| match e {
+        crate::store::CopyError::Store(e) => store_err(e),
+        e => ServiceError::InvalidInput(e.to_string()),
+    })?;
+    let blobs = Blobs::open(state_dir.join(BLOB_DIR))?.with_shared(to.clone());
+    let shared = blobs.share_all()?;
+    for (_, value) in from.entries(Tree::Records).map_err(store_err)? {
+        let rec = StoredRecord::from_json(&value)?;
+        for digest in rec.blob_digests() {
+            let key = format!("m/{digest}");
+            if to
+                .get(Tree::Blobs, key.as_bytes())
+                .map_err(store_err)?
+                .is_none()
+            {
+                return Err(ServiceError::Storage(format!(
+                    "record {} references blob {digest}, which is missing from {}; restore \
+                     the state directory from a backup",
+                    rec.name,
+                    state_dir.join(BLOB_DIR).display()
+                )));
+            }
+        }
+    }
+    Ok(MigrateSummary {
+        trees: copied.trees,
+        blobs: shared,
+    })
+}
+
 impl Registry {
     /// Opens the registry in `state_dir` with default options.
     pub fn open(state_dir: &Path, master: MasterKey) -> Result<Registry, RegistryError> {

@@ -6,10 +6,12 @@
 //! carries a schema version in the [`Tree::Meta`] tree; opening runs the
 //! migrations from an older version and refuses a newer one.
 
+mod copy;
 mod pg_store;
 mod schema;
 mod sled_store;
 
+pub use copy::{copy_store, CopyError, CopySummary};
 pub use pg_store::{read_password, PgOptions, PgStore};
 pub use schema::{migrate, Migration, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 pub use sled_store::SledStore;

@@ -479,3 +479,78 @@ fn an_unknown_store_url_is_refused_with_what_to_do() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("postgresql://"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_store_moves_a_host_into_the_database_unchanged() {
+    let pg = Postgres::start();
+    let s = setup().await;
+    let sim = sim_platform();
+    let Some((daemon, target, vmk, launch)) = registered_guest(&s, &sim, 45, "moved") else {
+        return;
+    };
+    let conn = target.connect().await.expect("connect");
+    attest_once(&conn, &sim, &launch, |_| {})
+        .await
+        .expect("attested on the single host");
+    let export = |s: &Setup, tag: &str| {
+        let out = s.dir.path().join(format!("moved-{tag}.tar.gz"));
+        ok(&ctl(
+            &s.bus,
+            &[
+                "records",
+                "export",
+                "moved",
+                "--out",
+                out.to_str().expect("utf-8"),
+            ],
+        ));
+        std::fs::read(out).expect("bundle")
+    };
+    let before = export(&s, "before");
+    daemon.stop();
+
+    let migrate = || {
+        Command::new(env!("CARGO_BIN_EXE_snpguardd"))
+            .arg("--config")
+            .arg(config_dir(&s.state).join("snpguardd.toml"))
+            .arg("--state-dir")
+            .arg(&s.state)
+            .args(["migrate-store", "--to", &pg.url()])
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .expect("migrate-store")
+    };
+    let out = migrate();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("records  1 entries"), "{stdout}");
+    assert!(stdout.contains("3 blob files"), "{stdout}");
+    // Never into a database that holds data.
+    let again = migrate();
+    assert!(!again.status.success());
+    let e = String::from_utf8_lossy(&again.stderr);
+    assert!(e.contains("not empty"), "{e}");
+
+    // A replica that never saw this host's files serves the same record:
+    // the same bundle byte for byte, the same key, the counters carried.
+    let (b, daemon_b, target_b) = replica(&s, &sim, &pg).await;
+    assert_eq!(
+        export(&b, "after"),
+        before,
+        "the exported bundle is unchanged"
+    );
+    let conn = target_b.connect().await.expect("connect");
+    let (resp, report, secret) = attest_once(&conn, &sim, &launch, |_| {})
+        .await
+        .expect("attested from the database");
+    assert_eq!(released(&resp, &report, &secret), vmk);
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&b.bus, &["records", "show", "moved", "--json"])))
+            .expect("json");
+    assert_eq!(shown["attestations_ok"].as_u64(), Some(2), "{shown}");
+    daemon_b.stop();
+}
