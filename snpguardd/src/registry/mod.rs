@@ -273,6 +273,9 @@ impl Registry {
             StoreChoice::Postgres(pg) => {
                 let store = PgStore::open(pg)?;
                 tracing::info!("store: {}", store.target());
+                for w in store.durability_warnings()? {
+                    tracing::warn!("store: {w}");
+                }
                 Arc::new(store)
             }
         };

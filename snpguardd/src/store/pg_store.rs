@@ -180,7 +180,7 @@ impl Drop for PgStore {
 /// is a conflict with another writer; anything else is a backend error.
 fn classify(e: tokio_postgres::Error) -> StoreError {
     match e.code() {
-        None => StoreError::Unavailable(e.to_string()),
+        None => StoreError::Unavailable(db_message(&e)),
         Some(code) => {
             let c = code.code();
             if c.starts_with("08")
@@ -209,7 +209,18 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
 fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // The driver's own errors say little ("error performing TLS
+            // handshake"); their sources say why.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
     }
 }
 
@@ -400,6 +411,66 @@ impl PgStore {
             .await
         })?;
         Ok(store)
+    }
+
+    /// What in the database's settings weakens the guarantees snpguardd
+    /// relies on (a nonce consumed stays consumed, a record written stays
+    /// written), as sentences for the start-up log; empty when nothing.
+    pub fn durability_warnings(&self) -> Result<Vec<String>, StoreError> {
+        let settings = self.run(|pool| async move {
+            pool.with_client(async |c| {
+                let rows = c
+                    .query_typed(
+                        "SELECT name, setting FROM pg_settings WHERE name IN \
+                         ('fsync', 'synchronous_commit', 'full_page_writes', \
+                          'synchronous_standby_names')",
+                        &[],
+                    )
+                    .await
+                    .map_err(classify)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                    .collect::<Vec<_>>())
+            })
+            .await
+        })?;
+        let get = |name: &str| {
+            settings
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        let mut warnings = Vec::new();
+        if get("fsync") == "off" {
+            warnings.push(
+                "fsync is off on the database: a crash of its host can lose consumed nonces and \
+                 records; turn it on"
+                    .to_owned(),
+            );
+        }
+        if get("full_page_writes") == "off" {
+            warnings.push(
+                "full_page_writes is off on the database: a crash can corrupt it; turn it on"
+                    .to_owned(),
+            );
+        }
+        if matches!(get("synchronous_commit"), "off" | "local") {
+            warnings.push(format!(
+                "synchronous_commit is {} on the database: a committed nonce can be lost by a \
+                 crash or failover and a report replayed once more; set it to on",
+                get("synchronous_commit")
+            ));
+        }
+        if get("synchronous_standby_names").is_empty() {
+            warnings.push(
+                "the database has no synchronous standby (synchronous_standby_names is empty): a \
+                 failover to an asynchronous standby can lose consumed nonces; see docs/fleet.md"
+                    .to_owned(),
+            );
+        }
+        Ok(warnings)
     }
 
     /// The database, for messages: hosts and database name.

@@ -18,6 +18,8 @@ pub struct Postgres {
     port: u16,
     /// The server account's uid and gid, when the tests run as root.
     as_user: Option<(u32, u32)>,
+    /// Server settings added by [`Postgres::enable_tls`].
+    extra: Vec<String>,
 }
 
 /// The uid and gid of the `postgres` account (from /etc/passwd).
@@ -85,6 +87,7 @@ impl Postgres {
             bin,
             port,
             as_user,
+            extra: Vec::new(),
         };
         let data = pg.data_dir();
         let out = pg
@@ -153,6 +156,7 @@ impl Postgres {
                 self.dir.path().display()
             ))
             .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .args(self.extra.iter().flat_map(|e| ["-c", e.as_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -186,6 +190,63 @@ impl Postgres {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Restarts the server listening on 127.0.0.1:[`Postgres::port`] too,
+    /// TLS only there (certificate and key PEM as given) with password
+    /// authentication for `snpguard`, whose password becomes `password`.
+    pub fn enable_tls(&mut self, cert_pem: &str, key_pem: &str, password: &str) {
+        let out = self
+            .command("psql")
+            .arg("-h")
+            .arg(self.dir.path())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "snpguard",
+                "-d",
+                "snpguard",
+                "-c",
+            ])
+            .arg(format!("ALTER USER snpguard PASSWORD '{password}'"))
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.stop();
+        let data = self.data_dir();
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let p = data.join(name);
+            std::fs::write(&p, text).expect("tls file");
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            if let Some((uid, gid)) = self.as_user {
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        // First match wins: TCP is TLS with a password, before initdb's
+        // trust lines (which keep the local socket open for the harness).
+        let hba = data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!(
+                "hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                 host all all 127.0.0.1/32 reject\n{old}"
+            ),
+        )
+        .expect("pg_hba.conf");
+        self.extra = vec!["ssl=on".into(), "listen_addresses=127.0.0.1".into()];
+        self.run();
+    }
+
+    /// The port (of the Unix socket, and of TCP once TLS is enabled).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops the server (fast shutdown: clients are disconnected).

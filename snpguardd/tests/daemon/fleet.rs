@@ -290,6 +290,10 @@ async fn replicas_share_records_nonces_and_keys() {
         return;
     };
     let (b, daemon_b, target_b) = replica(&a, &sim, &pg).await;
+    // The test cluster runs with fsync off and no standby: said loudly.
+    let log = daemon_log(&b.state);
+    assert!(log.contains("fsync is off"), "{log}");
+    assert!(log.contains("no synchronous standby"), "{log}");
 
     // Registered through A, listed by B; one ingestion key for both.
     let names: Vec<String> = records(&b.bus)
@@ -553,4 +557,54 @@ async fn migrate_store_moves_a_host_into_the_database_unchanged() {
             .expect("json");
     assert_eq!(shown["attestations_ok"].as_u64(), Some(2), "{shown}");
     daemon_b.stop();
+}
+
+#[test]
+fn tls_with_verify_full_and_a_password_file_and_nothing_less() {
+    let mut pg = Postgres::start();
+    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+    pg.enable_tls(
+        &server.cert.pem(),
+        &server.signing_key.serialize_pem(),
+        "s3cret pw",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("db-ca.pem");
+    std::fs::write(&ca, server.cert.pem()).expect("ca");
+    let pw = dir.path().join("db-password");
+    std::fs::write(&pw, "s3cret pw\n").expect("password");
+    let url = format!(
+        "postgresql://snpguard@127.0.0.1:{}/snpguard?sslmode=verify-full",
+        pg.port()
+    );
+    let open = |ca: &Path, password: Option<&Path>| {
+        PgStore::open(&PgOptions {
+            url: url.clone(),
+            password: password.map(|p| snpguardd::store::read_password(p).expect("read")),
+            ca_file: Some(ca.to_owned()),
+        })
+    };
+
+    // The right CA and password: a working store.
+    let store = open(&ca, Some(&pw)).expect("TLS + password");
+    store.put(Tree::Certs, b"k", b"v").expect("put");
+    assert_eq!(
+        store.get(Tree::Certs, b"k").expect("get"),
+        Some(b"v".to_vec())
+    );
+    drop(store);
+
+    // A server certificate from another CA: refused before any password.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+    let wrong_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong_ca, other.cert.pem()).expect("ca");
+    let err = open(&wrong_ca, Some(&pw)).expect_err("another CA");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    // A wrong password, and none at all: refused.
+    let bad = dir.path().join("bad-password");
+    std::fs::write(&bad, "guess").expect("password");
+    let err = open(&ca, Some(&bad)).expect_err("wrong password");
+    assert!(err.to_string().contains("password"), "{err}");
+    assert!(open(&ca, None).is_err(), "no password");
 }
