@@ -97,6 +97,11 @@ impl Target {
         })
     }
 
+    /// The address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Connects from `source` (e.g. 127.0.0.2, a second client address on
     /// loopback) instead of the address the system picks.
     pub fn from_source(mut self, source: IpAddr) -> Self {

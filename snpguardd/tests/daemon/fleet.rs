@@ -608,3 +608,171 @@ fn tls_with_verify_full_and_a_password_file_and_nothing_less() {
     assert!(err.to_string().contains("password"), "{err}");
     assert!(open(&ca, None).is_err(), "no password");
 }
+
+/// `snpguard-sim`, built next to `snpguardd` by the workspace tests.
+fn snpguard_sim() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_snpguardd")).with_file_name("snpguard-sim");
+    assert!(
+        p.is_file(),
+        "{} is missing: run the workspace tests (make test) or `cargo build -p snpguard-sim` first",
+        p.display()
+    );
+    p
+}
+
+/// A persisted simulated Milan platform (`snpguard-sim init`).
+fn sim_dir(s: &Setup) -> (PathBuf, SimPlatform) {
+    let dir = s.dir.path().join("platform");
+    let out = Command::new(snpguard_sim())
+        .args(["init", "--product", "milan", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("snpguard-sim init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (platform, _) = SimPlatform::load(&dir).expect("load the platform");
+    (dir, platform)
+}
+
+fn url(target: &Target) -> String {
+    format!("https://localhost:{}", target.addr().port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_replica_under_load_fails_no_attestation() {
+    let pg = Postgres::start();
+    let a = setup().await;
+    let (platform_dir, sim) = sim_dir(&a);
+    let Some((daemon_a, target_a, vmk, _)) =
+        registered_guest_with(&a, &sim, 51, "failover", &store_config(&pg), &[])
+    else {
+        return;
+    };
+    let (b, daemon_b, target_b) = replica(&a, &sim, &pg).await;
+    let ca = a.state.join("tls/cert.pem");
+    assert_eq!(
+        std::fs::read(&ca).expect("A"),
+        std::fs::read(b.state.join("tls/cert.pem")).expect("B"),
+        "replicas serve one TLS certificate"
+    );
+
+    // 2,000 attestations, A first then B, every success replayed to B.
+    let client = Command::new(snpguard_sim())
+        .arg("attest")
+        .arg("--dir")
+        .arg(&platform_dir)
+        .arg("--bundle")
+        .arg(a.dir.path().join("failover.tar.gz"))
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--server", &url(&target_a), "--server", &url(&target_b)])
+        .args(["--replay-to", &url(&target_b)])
+        .args(["--count", "2000", "--concurrency", "8", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("snpguard-sim attest");
+    // Midway, A dies as in a power cut.
+    eventually("a few hundred attestations done", || {
+        let shown: serde_json::Value = serde_json::from_str(&ok(&ctl(
+            &b.bus,
+            &["records", "show", "failover", "--json"],
+        )))
+        .expect("json");
+        shown["attestations_ok"].as_u64().unwrap_or(0) >= 300
+    });
+    daemon_a.kill();
+    let out = client.wait_with_output().expect("client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&text).expect("summary json");
+    assert_eq!(summary["attempted"], 2000, "{summary}");
+    assert_eq!(
+        summary["succeeded"], 2000,
+        "no failed attestation: {summary}"
+    );
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(
+        summary["failovers"].as_u64().unwrap_or(0) > 0,
+        "some went to B after A died: {summary}"
+    );
+    // No nonce used twice: each successful request replayed to B was
+    // refused, and every release was the registered key.
+    assert_eq!(summary["replays_accepted"], 0, "{summary}");
+    assert_eq!(summary["replays_refused"], 2000, "{summary}");
+    let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&vmk));
+    assert_eq!(summary["key_sha256"], serde_json::json!([key]), "{summary}");
+    daemon_b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_under_load_refuses_only_store_unavailable() {
+    let mut pg = Postgres::start();
+    let s = setup().await;
+    let (platform_dir, sim) = sim_dir(&s);
+    let Some((daemon, target, _, _)) =
+        registered_guest_with(&s, &sim, 53, "restart", &store_config(&pg), &[])
+    else {
+        return;
+    };
+    let ca = s.state.join("tls/cert.pem");
+    let attest = |count: &str| {
+        Command::new(snpguard_sim())
+            .arg("attest")
+            .arg("--dir")
+            .arg(&platform_dir)
+            .arg("--bundle")
+            .arg(s.dir.path().join("restart.tar.gz"))
+            .arg("--ca")
+            .arg(&ca)
+            .args(["--server", &url(&target)])
+            .args(["--count", count, "--concurrency", "4", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("snpguard-sim attest")
+    };
+    let client = attest("1500");
+    eventually("some attestations done", || {
+        let shown: serde_json::Value =
+            serde_json::from_str(&ok(&ctl(&s.bus, &["records", "show", "restart", "--json"])))
+                .expect("json");
+        shown["attestations_ok"].as_u64().unwrap_or(0) >= 200
+    });
+    pg.stop();
+    eventually("the daemon saw the outage", || {
+        daemon_log(&s.state).contains("store-unavailable")
+    });
+    pg.run();
+    let out = client.wait_with_output().expect("client");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary json");
+    assert_eq!(summary["attempted"], 1500, "{summary}");
+    let refusals = summary["refusals"].as_object().expect("refusals");
+    assert!(
+        refusals.keys().all(|code| code == "store-unavailable"),
+        "only store-unavailable during the outage: {summary}"
+    );
+    assert!(!refusals.is_empty(), "the outage was seen: {summary}");
+    let succeeded = summary["succeeded"].as_u64().expect("succeeded");
+
+    // Full service afterwards from the same daemon, nothing lost.
+    let after = attest("100").wait_with_output().expect("client");
+    let again: serde_json::Value = serde_json::from_slice(&after.stdout).expect("summary json");
+    assert_eq!(again["succeeded"], 100, "{again}");
+    assert_eq!(again["refusals"], serde_json::json!({}), "{again}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&s.bus, &["records", "show", "restart", "--json"])))
+            .expect("json");
+    assert!(
+        shown["attestations_ok"].as_u64().unwrap_or(0) >= succeeded + 100,
+        "every acknowledged release counted: {shown} vs {succeeded} + 100"
+    );
+    daemon.stop();
+}
