@@ -289,6 +289,7 @@ fn main() -> anyhow::Result<()> {
         tcb_floors: Default::default(),
         revocation: Default::default(),
         store: Default::default(),
+        metrics_listen: None,
     };
     let attestor = Attestor::new(registry, &config, Box::new(HttpKds::amd()))?;
     let guest = Arc::new(Guest::new(sim, &rec)?);

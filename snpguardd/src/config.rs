@@ -269,6 +269,8 @@ pub struct Config {
     pub revocation: RevocationPolicy,
     /// The database (`[store]`).
     pub store: StoreConfig,
+    /// Where `/metrics` is served (`[metrics] listen`); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Longest `client_hello_timeout_secs` accepted.
@@ -361,6 +363,9 @@ pub enum ConfigError {
     /// `[store]` is inconsistent.
     #[error("invalid [store] in the configuration: {0}")]
     InvalidStore(String),
+    /// `[metrics]` is invalid.
+    #[error("invalid [metrics] in the configuration: {0}")]
+    InvalidMetrics(String),
     /// A `[revocation]` value that is neither `fail` nor `warn`.
     #[error("revocation: {0}")]
     InvalidRevocation(String),
@@ -396,6 +401,13 @@ struct FileConfig {
     tcb_floor: Option<FileTcbFloors>,
     revocation: Option<FileRevocation>,
     store: Option<FileStore>,
+    metrics: Option<FileMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -677,7 +689,18 @@ pub fn resolve_with(args: &Args, vendor_dropins: &Path) -> Result<Config, Config
         ));
     }
 
+    let metrics_listen = match file.metrics.and_then(|m| m.listen) {
+        None => None,
+        Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::InvalidMetrics(format!(
+                "listen = {:?} is not an address:port such as \"127.0.0.1:9750\"",
+                s.chars().take(200).collect::<String>()
+            ))
+        })?),
+    };
+
     Ok(Config {
+        metrics_listen,
         store,
         revocation,
         source,

@@ -34,6 +34,7 @@ mod fsutil;
 pub mod https;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod registry;
 pub mod sandbox;

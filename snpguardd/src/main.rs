@@ -50,6 +50,18 @@ fn run(args: &config::Args) -> anyhow::Result<()> {
     }
     // Socket activation reads and clears the environment: single-threaded.
     let (listener, source) = notify::listener(cfg.listen).context("opening the HTTPS listener")?;
+    // Off unless configured; bound before the sandbox like the HTTPS one.
+    let metrics = cfg
+        .metrics_listen
+        .map(|addr| {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("opening the metrics listener on {addr}"))?;
+            l.set_nonblocking(true)
+                .context("setting up the metrics listener")?;
+            tracing::info!(address = %addr, "serving /metrics");
+            Ok::<_, anyhow::Error>(l)
+        })
+        .transpose()?;
     tracing::info!(?source, addr = ?listener.local_addr().ok(), "HTTPS listener");
 
     let status = sandbox::apply(&sandbox::SandboxSpec::for_config(&cfg)).context("sandboxing")?;
@@ -94,7 +106,14 @@ fn run(args: &config::Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(cfg, registry, attestor, listener, tls))
+    runtime.block_on(async move {
+        if let Some(l) = metrics {
+            let l =
+                tokio::net::TcpListener::from_std(l).context("registering the metrics listener")?;
+            tokio::spawn(snpguardd::metrics::serve(l));
+        }
+        serve(cfg, registry, attestor, listener, tls).await
+    })
 }
 
 /// `snpguardd migrate-store`: the state directory's embedded store into

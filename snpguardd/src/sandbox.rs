@@ -289,6 +289,7 @@ mod tests {
             tcb_floors: Default::default(),
             revocation: Default::default(),
             store: Default::default(),
+            metrics_listen: None,
         }
     }
 

@@ -196,6 +196,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> AttestError {
 /// `store-unavailable` (fail closed, retry elsewhere or later); anything
 /// else is an internal error.
 fn store_failed(what: &str, e: StoreError) -> AttestError {
+    crate::metrics::global().store_error();
     match e {
         StoreError::Unavailable(m) => unavailable(what, &m),
         e => internal(what, e),
@@ -840,7 +841,11 @@ impl Attestor {
                 };
                 return Err(self.refuse_unverified(entry, r));
             }
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                let mut issued = [0u8; 8];
+                issued.copy_from_slice(&nonce[..8]);
+                crate::metrics::global().nonce_used(u64::from_be_bytes(issued));
+            }
         }
         crate::crash::point(crate::crash::points::ATTEST_NONCE_CONSUMED);
         self.collect_nonces(now_secs);
@@ -1079,6 +1084,7 @@ impl AttestHandler for Attestor {
         let mut random = [0u8; 8];
         crate::secrets::random_bytes(&mut random).map_err(|e| internal("making a nonce", e))?;
         let nonce = self.nonces.issue(now, random);
+        crate::metrics::global().nonce_issued(now, self.nonces.lifetime());
         self.collect_nonces(now);
         Ok(ChallengeResponse {
             nonce: encode_nonce(&nonce),

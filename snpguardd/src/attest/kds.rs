@@ -353,6 +353,12 @@ impl HttpKds {
 
 impl HttpKds {
     fn get(&self, url: String) -> Result<Vec<u8>, KdsError> {
+        let result = self.get_uncounted(url);
+        crate::metrics::global().kds_request(result.is_err());
+        result
+    }
+
+    fn get_uncounted(&self, url: String) -> Result<Vec<u8>, KdsError> {
         let transport = |e: ureq::Error| KdsError::Transport {
             url: url.clone(),
             reason: e.to_string(),

@@ -164,6 +164,7 @@ fn config(state: &Path, roots: Vec<TestRoot>, kds: bool) -> Config {
         tcb_floors: Default::default(),
         revocation: Default::default(),
         store: Default::default(),
+        metrics_listen: None,
     }
 }
 

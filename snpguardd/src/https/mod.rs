@@ -419,6 +419,9 @@ async fn respond(shared: &Shared, req: Request<hyper::body::Incoming>, peer: IpA
     };
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let status = reply.status.as_u16();
+    if path == "/v1/attest" {
+        crate::metrics::global().attestation(status, reply.code, started.elapsed());
+    }
     tracing::debug!(peer = %peer, %method, path = %path, status, elapsed_ms, "HTTPS request");
     if let Some(code) = reply.code {
         if reply.status.is_server_error() {

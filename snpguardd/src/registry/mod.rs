@@ -182,6 +182,7 @@ impl std::fmt::Debug for Registry {
 }
 
 fn store_err(e: StoreError) -> ServiceError {
+    crate::metrics::global().store_error();
     match e {
         StoreError::Unavailable(m) => ServiceError::Unavailable(m),
         e => ServiceError::Storage(e.to_string()),

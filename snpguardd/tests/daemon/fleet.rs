@@ -776,3 +776,76 @@ async fn a_database_restart_under_load_refuses_only_store_unavailable() {
     );
     daemon.stop();
 }
+
+/// `GET path` over plain HTTP/1.0: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect /metrics");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_attestations_by_outcome_on_their_own_listener() {
+    let s = setup().await;
+    let sim = sim_platform();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let Some((daemon, target, _, launch)) =
+        registered_guest_with(&s, &sim, 55, "metered", &config, &[])
+    else {
+        return;
+    };
+    let conn = target.connect().await.expect("connect");
+    attest_once(&conn, &sim, &launch, |_| {})
+        .await
+        .expect("released");
+    let refused = attest_once(&conn, &sim, &launch, |l| l.measurement[0] ^= 1).await;
+    assert!(refused.is_err());
+    // A challenge nobody answers is a nonce in flight.
+    challenge(&conn).await;
+
+    let (status, body) = http_get(port, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    for line in [
+        "snpguard_attestations_total{outcome=\"released\",code=\"ok\"} 1",
+        "snpguard_attestations_total{outcome=\"refused\",code=\"attestation-rejected\"} 1",
+        "snpguard_attestation_duration_seconds_count 2",
+        "snpguard_nonces_in_flight 1",
+        "snpguard_store_errors_total 0",
+        "snpguard_kds_requests_total 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing in\n{body}");
+    }
+    let (status, _) = http_get(port, "/v1/attest");
+    assert!(status.contains("404"), "only /metrics there: {status}");
+    daemon.stop();
+
+    // An address that is not one is refused at start, naming the key.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("snpguardd.toml");
+    std::fs::write(&path, "[metrics]\nlisten = \"everywhere\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_snpguardd"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("[metrics]") && text.contains("everywhere"),
+        "{text}"
+    );
+}
