@@ -20,6 +20,12 @@
 //! the client's. `SNPGUARD_LOAD_OPS` (default 10000) and
 //! `SNPGUARD_LOAD_CONCURRENCY` (default 200) set the size.
 //!
+//! The run is made twice in the same process: with the embedded sled
+//! store, then with PostgreSQL (a throw-away cluster started like the
+//! tests' one, on a Unix socket, `fsync` off as for sled's test
+//! directories being on the same disk), and prints the ratio and the
+//! database round trips per attestation.
+//!
 //! Run: `cargo bench -p snpguardd --bench attest_load`
 
 use std::fs::File;
@@ -45,9 +51,10 @@ use snpguardd::attest::{AttestError, AttestHandler, Attestor, HttpKds};
 use snpguardd::config::{Bus, Config, Kds, RateLimit, TestRoot};
 use snpguardd::https::load::{load, Conn, Target};
 use snpguardd::https::{serve, server_config, Limits, TlsMaterial};
-use snpguardd::registry::Registry;
+use snpguardd::registry::{Registry, StoreChoice};
 use snpguardd::secrets::{MasterKey, MasterKeySource};
 use snpguardd::service::{RecordInfo, RecordService, RegisterRequest};
+use snpguardd::store::PgOptions;
 use zeroize::Zeroizing;
 
 const TCB: SimTcb = SimTcb {
@@ -134,8 +141,12 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// A registry on `dir` with one record from synthetic inputs.
-fn registry(dir: &Path) -> anyhow::Result<(Arc<Registry>, RecordInfo)> {
+#[path = "../tests/common/postgres.rs"]
+mod postgres;
+
+/// A registry on `dir` (and `store`) with one record from synthetic
+/// inputs.
+fn registry(dir: &Path, store: StoreChoice) -> anyhow::Result<(Arc<Registry>, RecordInfo)> {
     let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
         .context("the SNP test data (SNPGUARD_TESTDATA) is needed for the firmware footer")?;
     let mut fw = vec![0x11u8; 3 * 4096];
@@ -143,6 +154,7 @@ fn registry(dir: &Path) -> anyhow::Result<(Arc<Registry>, RecordInfo)> {
     let master = MasterKey::from_bytes(&[7; 32], MasterKeySource::Credential("/bench".into()));
     let options = snpguardd::registry::RegistryOptions {
         test_roots: true,
+        store,
         ..Default::default()
     };
     let reg = Registry::open_with(&dir.join("state"), master, &options)?;
@@ -264,8 +276,33 @@ async fn attest_once(conn: &Conn, guest: &Guest, sign_ns: &AtomicU64) -> Result<
 fn main() -> anyhow::Result<()> {
     let ops = env_or("SNPGUARD_LOAD_OPS", 10_000)?;
     let concurrency = env_or("SNPGUARD_LOAD_CONCURRENCY", 200)?;
+    println!("## sled (embedded, one host)\n");
+    let sled = bench(StoreChoice::Sled, ops, concurrency)?;
+    let pg = postgres::Postgres::start();
+    println!("\n## PostgreSQL (shared by replicas; same host)\n");
+    let shared = bench(
+        StoreChoice::Postgres(PgOptions {
+            url: pg.url(),
+            password: None,
+            ca_file: None,
+        }),
+        ops,
+        concurrency,
+    )?;
+    println!();
+    println!("| store | attestations/s | vs sled |");
+    println!("|---|---|---|");
+    println!("| sled | {sled:.0} | 1.00 |");
+    println!("| PostgreSQL | {shared:.0} | {:.2} |", shared / sled);
+    Ok(())
+}
+
+/// One load run against a registry on `store`; prints its table and
+/// returns attestations per second.
+fn bench(store: StoreChoice, ops: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let is_pg = matches!(store, StoreChoice::Postgres(_));
     let dir = tempfile::tempdir()?;
-    let (registry, rec) = registry(dir.path())?;
+    let (registry, rec) = registry(dir.path(), store)?;
     let sim = SimPlatform::generate(Product::Milan, TCB, &hwid())?;
     let ark = write(dir.path(), "ark.der", &sim.ark_der)?;
     let state = dir.path().join("state");
@@ -322,7 +359,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (stats, process_cpu, sign_ns) = runtime.block_on(async {
+    let (stats, process_cpu, sign_ns, trips) = runtime.block_on(async {
         let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
         let ca = generated.cert.pem().into_bytes();
         let material = TlsMaterial::new(
@@ -351,6 +388,7 @@ fn main() -> anyhow::Result<()> {
         let target = Target::new(addr, &ca, "localhost")?;
         let sign_ns = Arc::new(AtomicU64::new(0));
         let cpu_start = cpu(ClockId::ProcessCPUTime);
+        let trips_start = snpguardd::store::round_trips();
         let counter = sign_ns.clone();
         let stats = load(&target, ops, concurrency, move |conn, _| {
             let (guest, counter) = (guest.clone(), counter.clone());
@@ -358,9 +396,10 @@ fn main() -> anyhow::Result<()> {
         })
         .await?;
         let process_cpu = cpu(ClockId::ProcessCPUTime).saturating_sub(cpu_start);
+        let trips = snpguardd::store::round_trips() - trips_start;
         let _ = stop.send(());
         server.await??;
-        anyhow::Ok((stats, process_cpu, sign_ns.load(Ordering::Relaxed)))
+        anyhow::Ok((stats, process_cpu, sign_ns.load(Ordering::Relaxed), trips))
     })?;
     for e in &stats.sample_errors {
         println!("attest_load: error: {e}");
@@ -398,5 +437,11 @@ fn main() -> anyhow::Result<()> {
         cores as f64 * 1000.0 / server_ms,
         cores as f64 * 1000.0 / server_ms / verify
     );
-    Ok(())
+    if is_pg {
+        println!(
+            "| database round trips per attestation (challenge to release) | {:.1} | |",
+            trips as f64 / ops as f64
+        );
+    }
+    Ok(rate)
 }

@@ -12,7 +12,7 @@ mod schema;
 mod sled_store;
 
 pub use copy::{copy_store, CopyError, CopySummary};
-pub use pg_store::{read_password, PgOptions, PgStore};
+pub use pg_store::{read_password, round_trips, PgOptions, PgStore};
 pub use schema::{migrate, Migration, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 pub use sled_store::SledStore;
 

@@ -33,6 +33,20 @@ use super::{Entries, Entry, Op, Store, StoreChange, StoreError, Tree};
 
 /// The notification channel of record changes.
 const CHANNEL: &str = "snpguard_records";
+/// Statements sent to the database by every [`PgStore`] of the process
+/// (BEGIN and COMMIT included), for the benchmark's count per
+/// attestation.
+static ROUND_TRIPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Database round trips so far (see [`ROUND_TRIPS`]).
+pub fn round_trips() -> u64 {
+    ROUND_TRIPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count(n: usize) {
+    ROUND_TRIPS.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Changes the feed holds for a daemon that has not taken them yet.
 const FEED_CAPACITY: usize = 1024;
 /// Wait before the change feed reconnects.
@@ -402,7 +416,45 @@ impl PgStore {
                      END $$;
                      CREATE OR REPLACE TRIGGER snpguard_records_notify
                        AFTER INSERT OR UPDATE OR DELETE ON snpguard_kv
-                       FOR EACH ROW EXECUTE FUNCTION snpguard_records_notify();",
+                       FOR EACH ROW EXECUTE FUNCTION snpguard_records_notify();
+                     -- One store transaction in one statement (one round
+                     -- trip): advisory locks in the caller's order, the
+                     -- preconditions, then the writes (a NULL value is a
+                     -- delete). Returns 0, or the 1-based index of the
+                     -- first precondition that failed (nothing written).
+                     CREATE OR REPLACE FUNCTION snpguard_apply_v1(
+                       deferred boolean, locks bigint[],
+                       exp_tree text[], exp_key bytea[], exp_val bytea[], exp_absent boolean[],
+                       op_tree text[], op_key bytea[], op_val bytea[]) RETURNS integer
+                     LANGUAGE plpgsql AS $$
+                     DECLARE i integer; cur bytea; hit boolean;
+                     BEGIN
+                       IF deferred THEN
+                         PERFORM set_config('synchronous_commit', 'off', true);
+                       END IF;
+                       FOR i IN 1..coalesce(array_length(locks, 1), 0) LOOP
+                         PERFORM pg_advisory_xact_lock(locks[i]);
+                       END LOOP;
+                       FOR i IN 1..coalesce(array_length(exp_tree, 1), 0) LOOP
+                         SELECT value, true INTO cur, hit FROM snpguard_kv
+                           WHERE tree = exp_tree[i] AND key = exp_key[i];
+                         IF exp_absent[i] THEN
+                           IF hit THEN RETURN i; END IF;
+                         ELSIF hit IS NULL OR cur <> exp_val[i] THEN
+                           RETURN i;
+                         END IF;
+                       END LOOP;
+                       FOR i IN 1..coalesce(array_length(op_tree, 1), 0) LOOP
+                         IF op_val[i] IS NULL THEN
+                           DELETE FROM snpguard_kv WHERE tree = op_tree[i] AND key = op_key[i];
+                         ELSE
+                           INSERT INTO snpguard_kv (tree, key, value)
+                             VALUES (op_tree[i], op_key[i], op_val[i])
+                             ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value;
+                         END IF;
+                       END LOOP;
+                       RETURN 0;
+                     END $$;",
                 )
                 .await
                 .map_err(classify)?;
@@ -505,84 +557,71 @@ impl PgStore {
             .map_err(|_| StoreError::Unavailable("the store's task ended".into()))?
     }
 
+    /// One store transaction, in one statement ([`snpguard_apply_v1`]
+    /// created with the table): one round trip whatever its size.
     fn write(&self, ops: &[Op], deferred: bool) -> Result<(), StoreError> {
-        let ops = ops.to_vec();
-        self.run(move |pool| async move {
+        let mut locks: Vec<i64> = Vec::new();
+        let (mut exp_tree, mut exp_key, mut exp_val, mut exp_absent) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut op_tree, mut op_key, mut op_val) = (Vec::new(), Vec::new(), Vec::new());
+        let mut expected = Vec::new();
+        for op in ops {
+            match op {
+                Op::Expect { tree, key, value } => {
+                    locks.push(lock_key(*tree, key));
+                    exp_tree.push(tree.name());
+                    exp_key.push(key.clone());
+                    exp_absent.push(value.is_none());
+                    exp_val.push(value.clone());
+                    expected.push((tree.name(), String::from_utf8_lossy(key).into_owned()));
+                }
+                Op::Put { tree, key, value } => {
+                    op_tree.push(tree.name());
+                    op_key.push(key.clone());
+                    op_val.push(Some(value.clone()));
+                }
+                Op::Delete { tree, key } => {
+                    op_tree.push(tree.name());
+                    op_key.push(key.clone());
+                    op_val.push(None::<Vec<u8>>);
+                }
+            }
+        }
+        // One order for every transaction: no deadlock between them.
+        locks.sort_unstable();
+        locks.dedup();
+        let failed = self.run(move |pool| async move {
             pool.with_client(async |c| {
-                let tx = c.transaction().await.map_err(classify)?;
-                if deferred {
-                    // Durable within moments, like sled's deferred writes;
-                    // never used for what a security decision rests on.
-                    tx.batch_execute("SET LOCAL synchronous_commit TO off")
-                        .await
-                        .map_err(classify)?;
-                }
-                let mut locks: Vec<i64> = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        Op::Expect { tree, key, .. } => Some(lock_key(*tree, key)),
-                        _ => None,
-                    })
-                    .collect();
-                // One order for every transaction: no deadlock between them.
-                locks.sort_unstable();
-                locks.dedup();
-                for l in &locks {
-                    tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(l, Type::INT8)])
-                        .await
-                        .map_err(classify)?;
-                }
-                for op in &ops {
-                    if let Op::Expect { tree, key, value } = op {
-                        let name = tree.name();
-                        let rows = tx
-                            .query_typed(
-                                "SELECT value FROM snpguard_kv WHERE tree = $1 AND key = $2",
-                                &[(&name, Type::TEXT), (key, Type::BYTEA)],
-                            )
-                            .await
-                            .map_err(classify)?;
-                        let found: Option<Vec<u8>> = rows.first().map(|r| r.get(0));
-                        if found.as_deref() != value.as_deref() {
-                            return Err(StoreError::Conflict {
-                                tree: tree.name(),
-                                key: String::from_utf8_lossy(key).into_owned(),
-                            });
-                        }
-                    }
-                }
-                for op in &ops {
-                    match op {
-                        Op::Put { tree, key, value } => {
-                            let name = tree.name();
-                            tx.query_typed(
-                                "INSERT INTO snpguard_kv (tree, key, value) VALUES ($1, $2, $3)
-                                 ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
-                                &[
-                                    (&name, Type::TEXT),
-                                    (key, Type::BYTEA),
-                                    (value, Type::BYTEA),
-                                ],
-                            )
-                            .await
-                            .map_err(classify)?;
-                        }
-                        Op::Delete { tree, key } => {
-                            let name = tree.name();
-                            tx.query_typed(
-                                "DELETE FROM snpguard_kv WHERE tree = $1 AND key = $2",
-                                &[(&name, Type::TEXT), (key, Type::BYTEA)],
-                            )
-                            .await
-                            .map_err(classify)?;
-                        }
-                        Op::Expect { .. } => {}
-                    }
-                }
-                tx.commit().await.map_err(classify)
+                count(1);
+                let rows = c
+                    .query_typed(
+                        "SELECT snpguard_apply_v1($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        &[
+                            (&deferred, Type::BOOL),
+                            (&locks, Type::INT8_ARRAY),
+                            (&exp_tree, Type::TEXT_ARRAY),
+                            (&exp_key, Type::BYTEA_ARRAY),
+                            (&exp_val, Type::BYTEA_ARRAY),
+                            (&exp_absent, Type::BOOL_ARRAY),
+                            (&op_tree, Type::TEXT_ARRAY),
+                            (&op_key, Type::BYTEA_ARRAY),
+                            (&op_val, Type::BYTEA_ARRAY),
+                        ],
+                    )
+                    .await
+                    .map_err(classify)?;
+                Ok(rows.first().map(|r| r.get::<_, i32>(0)).unwrap_or(0))
             })
             .await
-        })
+        })?;
+        if failed == 0 {
+            return Ok(());
+        }
+        let (tree, key) = usize::try_from(failed - 1)
+            .ok()
+            .and_then(|i| expected.get(i).cloned())
+            .unwrap_or(("(database)", String::new()));
+        Err(StoreError::Conflict { tree, key })
     }
 }
 
@@ -705,6 +744,7 @@ impl Store for PgStore {
         let key = key.to_vec();
         self.run(move |pool| async move {
             pool.with_client(async |c| {
+                count(1);
                 let name = tree.name();
                 let rows = c
                     .query_typed(
@@ -722,6 +762,7 @@ impl Store for PgStore {
     fn entries(&self, tree: Tree) -> Result<Entries, StoreError> {
         self.run(move |pool| async move {
             pool.with_client(async |c| {
+                count(1);
                 let name = tree.name();
                 let rows = c
                     .query_typed(
@@ -747,14 +788,20 @@ impl Store for PgStore {
     fn flush(&self) -> Result<(), StoreError> {
         // Every synchronous commit is durable when it returns; a deferred
         // one is after the database's WAL writer runs (wal_writer_delay).
-        // A synchronously committed no-op waits for the WAL flushed so far.
-        self.write(&[], false)
+        // A synchronous commit that writes flushes the WAL up to itself,
+        // so every earlier deferred commit with it (a transaction that
+        // writes nothing commits without waiting).
+        self.write(
+            &[Op::put(Tree::Meta, b"last-flush".to_vec(), Vec::new())],
+            false,
+        )
     }
 
     fn insert_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
         let (key, value) = (key.to_vec(), value.to_vec());
         self.run(move |pool| async move {
             pool.with_client(async |c| {
+                count(1);
                 let name = tree.name();
                 let rows = c
                     .query_typed(
@@ -779,6 +826,7 @@ impl Store for PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |pool| async move {
             pool.with_client(async |c| {
+                count(1);
                 let name = tree.name();
                 let rows = c
                     .query_typed(
@@ -801,6 +849,7 @@ impl Store for PgStore {
     fn last(&self, tree: Tree) -> Result<Option<Entry>, StoreError> {
         self.run(move |pool| async move {
             pool.with_client(async |c| {
+                count(1);
                 let name = tree.name();
                 let rows = c
                     .query_typed(

@@ -849,3 +849,63 @@ async fn metrics_count_attestations_by_outcome_on_their_own_listener() {
         "{text}"
     );
 }
+
+#[test]
+fn replicas_starting_at_once_on_an_empty_database_end_up_with_one_key_set() {
+    use snpguardd::keys::TlsMaterial;
+    use snpguardd::registry::{Registry, RegistryOptions, StoreChoice};
+    use snpguardd::secrets::{MasterKey, MasterKeySource};
+    let pg = Postgres::start();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let keys: Vec<(Vec<u8>, String)> = std::thread::scope(|s| {
+        dirs.iter()
+            .map(|d| {
+                let url = pg.url();
+                s.spawn(move || {
+                    let master =
+                        MasterKey::from_bytes(&[9; 32], MasterKeySource::Credential("/t".into()));
+                    let options = RegistryOptions {
+                        store: StoreChoice::Postgres(PgOptions {
+                            url,
+                            password: None,
+                            ca_file: None,
+                        }),
+                        ..Default::default()
+                    };
+                    let reg = Registry::open_with(d.path(), master, &options).expect("open");
+                    let cert = match reg.keys().tls() {
+                        TlsMaterial::Generated { cert_pem, .. } => cert_pem.clone(),
+                        TlsMaterial::Files { .. } => panic!("generated TLS expected"),
+                    };
+                    (
+                        snpguardd::service::RecordService::ingestion_public_key(&reg),
+                        cert,
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("replica"))
+            .collect()
+    });
+    assert!(
+        keys.windows(2).all(|w| w[0] == w[1]),
+        "one ingestion key and one TLS certificate for all"
+    );
+    // A replica with another master key refuses the shared store.
+    let other = MasterKey::from_bytes(&[8; 32], MasterKeySource::Credential("/t".into()));
+    let err = Registry::open_with(
+        dirs[0].path(),
+        other,
+        &RegistryOptions {
+            store: StoreChoice::Postgres(PgOptions {
+                url: pg.url(),
+                password: None,
+                ca_file: None,
+            }),
+            ..Default::default()
+        },
+    )
+    .expect_err("another master key");
+    assert!(err.to_string().contains("master key"), "{err}");
+}
