@@ -27,26 +27,35 @@ const ROUNDS: u32 = 5;
 /// Pause before the second round over the servers, doubled each round.
 const ROUND_BACKOFF: Duration = Duration::from_millis(200);
 
-/// What `attest` was asked to do.
-#[derive(Debug)]
+/// What `attest` is asked to do.
+#[derive(Debug, clap::Args)]
 pub struct AttestArgs {
-    /// The platform directory.
+    /// Platform directory made by `init`.
+    #[arg(long)]
     pub dir: PathBuf,
-    /// The launch bundle the simulated guest booted from.
+    /// launch-artifacts.tar.gz the guest booted from.
+    #[arg(long)]
     pub bundle: PathBuf,
-    /// The CA of the servers' TLS certificates.
+    /// PEM CA of the servers' TLS certificates.
+    #[arg(long)]
     pub ca: PathBuf,
-    /// Servers, in failover order.
+    /// Attestation server https://HOST:PORT; repeat for failover, in order.
+    #[arg(long = "server", required = true)]
     pub servers: Vec<String>,
-    /// Where challenges come from, when not from the server attested to.
+    /// Server to get every challenge from (default: the one attested to).
+    #[arg(long)]
     pub challenge_from: Option<String>,
-    /// Where each successful request is sent again.
+    /// Server to resend each successful request to, verbatim; it must refuse.
+    #[arg(long)]
     pub replay_to: Option<String>,
     /// Attestations to make.
+    #[arg(long, default_value_t = 1)]
     pub count: usize,
     /// Attestations in flight at once.
+    #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    /// Print JSON.
+    /// Print the summary as JSON.
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -95,35 +95,7 @@ enum Command {
     /// Attest like a guest booted from a bundle on this platform, from the
     /// host: challenge, simulated report, release checked as the agent
     /// checks it; with failover across servers, repeated and concurrent.
-    Attest {
-        /// Platform directory made by `init`.
-        #[arg(long)]
-        dir: PathBuf,
-        /// launch-artifacts.tar.gz the guest booted from.
-        #[arg(long)]
-        bundle: PathBuf,
-        /// PEM CA of the servers' TLS certificates.
-        #[arg(long)]
-        ca: PathBuf,
-        /// Attestation server https://HOST:PORT; repeat for failover, in order.
-        #[arg(long = "server", required = true)]
-        servers: Vec<String>,
-        /// Server to get every challenge from (default: the one attested to).
-        #[arg(long)]
-        challenge_from: Option<String>,
-        /// Server to resend each successful request to, verbatim; it must refuse.
-        #[arg(long)]
-        replay_to: Option<String>,
-        /// Attestations to make.
-        #[arg(long, default_value_t = 1)]
-        count: usize,
-        /// Attestations in flight at once.
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-        /// Print the summary as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Attest(attest::AttestArgs),
     /// Serve a polkit authority allowing EVERY action on a private bus.
     Polkit {
         /// D-Bus address of the private bus (unix:path=…), never the
@@ -166,27 +138,7 @@ fn main() -> anyhow::Result<()> {
             cmdline,
         } => stage(&dir, &ingestion_key, &ovmf_suffix, &cmdline),
         Command::Polkit { bus } => polkit::serve(&bus),
-        Command::Attest {
-            dir,
-            bundle,
-            ca,
-            servers,
-            challenge_from,
-            replay_to,
-            count,
-            concurrency,
-            json,
-        } => attest::run(attest::AttestArgs {
-            dir,
-            bundle,
-            ca,
-            servers,
-            challenge_from,
-            replay_to,
-            count,
-            concurrency,
-            json,
-        }),
+        Command::Attest(args) => attest::run(args),
     }
 }
 

@@ -63,7 +63,9 @@ impl Daemon {
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .expect("timeout");
         let log = std::fs::File::create(state.with_extension("log")).expect("daemon log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_snpguardd"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_snpguardd"));
+        child.args(free_listen(config));
+        let mut child = child
             .arg("--state-dir")
             .arg(state)
             .arg("--bus")
@@ -168,6 +170,22 @@ fn config_dir(state: &Path) -> PathBuf {
     let dir = state.with_extension("conf.d");
     std::fs::create_dir_all(&dir).expect("config dir");
     dir
+}
+
+/// `--listen 127.0.0.1:0` unless `config` names its own address: daemons
+/// of tests running at once must not race for the default port 3000.
+fn free_listen(config: &str) -> Vec<&'static str> {
+    let top_level = config
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with('['));
+    if top_level
+        .clone()
+        .any(|l| l.trim_start().starts_with("listen"))
+    {
+        Vec::new()
+    } else {
+        vec!["--listen", "127.0.0.1:0"]
+    }
 }
 
 fn config_file(state: &Path, text: &str) -> PathBuf {

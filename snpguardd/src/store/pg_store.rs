@@ -741,40 +741,19 @@ impl Store for PgStore {
     }
 
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_vec();
-        self.run(move |pool| async move {
-            pool.with_client(async |c| {
-                count(1);
-                let name = tree.name();
-                let rows = c
-                    .query_typed(
-                        "SELECT value FROM snpguard_kv WHERE tree = $1 AND key = $2",
-                        &[(&name, Type::TEXT), (&key, Type::BYTEA)],
-                    )
-                    .await
-                    .map_err(classify)?;
-                Ok(rows.first().map(|r| r.get::<_, Vec<u8>>(0)))
-            })
-            .await
-        })
+        let rows = self.query(
+            "SELECT value FROM snpguard_kv WHERE tree = $1 AND key = $2",
+            vec![Param::Text(tree.name()), Param::Bytes(key.to_vec())],
+        )?;
+        Ok(rows.first().map(|r| r.get(0)))
     }
 
     fn entries(&self, tree: Tree) -> Result<Entries, StoreError> {
-        self.run(move |pool| async move {
-            pool.with_client(async |c| {
-                count(1);
-                let name = tree.name();
-                let rows = c
-                    .query_typed(
-                        "SELECT key, value FROM snpguard_kv WHERE tree = $1 ORDER BY key",
-                        &[(&name, Type::TEXT)],
-                    )
-                    .await
-                    .map_err(classify)?;
-                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-            })
-            .await
-        })
+        let rows = self.query(
+            "SELECT key, value FROM snpguard_kv WHERE tree = $1 ORDER BY key",
+            vec![Param::Text(tree.name())],
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     fn transaction(&self, ops: &[Op]) -> Result<(), StoreError> {
@@ -798,68 +777,71 @@ impl Store for PgStore {
     }
 
     fn insert_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        let (key, value) = (key.to_vec(), value.to_vec());
-        self.run(move |pool| async move {
-            pool.with_client(async |c| {
-                count(1);
-                let name = tree.name();
-                let rows = c
-                    .query_typed(
-                        "INSERT INTO snpguard_kv (tree, key, value) VALUES ($1, $2, $3)
-                         ON CONFLICT (tree, key) DO NOTHING RETURNING 1",
-                        &[
-                            (&name, Type::TEXT),
-                            (&key, Type::BYTEA),
-                            (&value, Type::BYTEA),
-                        ],
-                    )
-                    .await
-                    .map_err(classify)?;
-                Ok(rows.len() == 1)
-            })
-            .await
-        })
+        let rows = self.query(
+            "INSERT INTO snpguard_kv (tree, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (tree, key) DO NOTHING RETURNING 1",
+            vec![
+                Param::Text(tree.name()),
+                Param::Bytes(key.to_vec()),
+                Param::Bytes(value.to_vec()),
+            ],
+        )?;
+        Ok(rows.len() == 1)
     }
 
     fn keys_below(&self, tree: Tree, end: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let end = end.to_vec();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(move |pool| async move {
-            pool.with_client(async |c| {
-                count(1);
-                let name = tree.name();
-                let rows = c
-                    .query_typed(
-                        "SELECT key FROM snpguard_kv WHERE tree = $1 AND key < $2
-                         ORDER BY key LIMIT $3",
-                        &[
-                            (&name, Type::TEXT),
-                            (&end, Type::BYTEA),
-                            (&limit, Type::INT8),
-                        ],
-                    )
-                    .await
-                    .map_err(classify)?;
-                Ok(rows.iter().map(|r| r.get(0)).collect())
-            })
-            .await
-        })
+        let rows = self.query(
+            "SELECT key FROM snpguard_kv WHERE tree = $1 AND key < $2 ORDER BY key LIMIT $3",
+            vec![
+                Param::Text(tree.name()),
+                Param::Bytes(end.to_vec()),
+                Param::Int(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     fn last(&self, tree: Tree) -> Result<Option<Entry>, StoreError> {
+        let rows = self.query(
+            "SELECT key, value FROM snpguard_kv WHERE tree = $1 ORDER BY key DESC LIMIT 1",
+            vec![Param::Text(tree.name())],
+        )?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+}
+
+/// A parameter of a one-statement store call.
+enum Param {
+    Text(&'static str),
+    Bytes(Vec<u8>),
+    Int(i64),
+}
+
+impl PgStore {
+    /// Runs one statement (one round trip) on a pooled connection.
+    fn query(
+        &self,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         self.run(move |pool| async move {
             pool.with_client(async |c| {
                 count(1);
-                let name = tree.name();
-                let rows = c
-                    .query_typed(
-                        "SELECT key, value FROM snpguard_kv WHERE tree = $1
-                         ORDER BY key DESC LIMIT 1",
-                        &[(&name, Type::TEXT)],
-                    )
-                    .await
-                    .map_err(classify)?;
-                Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+                let typed: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> = params
+                    .iter()
+                    .map(|p| match p {
+                        Param::Text(t) => {
+                            (t as &(dyn tokio_postgres::types::ToSql + Sync), Type::TEXT)
+                        }
+                        Param::Bytes(b) => {
+                            (b as &(dyn tokio_postgres::types::ToSql + Sync), Type::BYTEA)
+                        }
+                        Param::Int(i) => {
+                            (i as &(dyn tokio_postgres::types::ToSql + Sync), Type::INT8)
+                        }
+                    })
+                    .collect();
+                c.query_typed(sql, &typed).await.map_err(classify)
             })
             .await
         })

@@ -252,6 +252,14 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The bundle of record `name` exported through `s`'s bus.
+fn export(s: &Setup, name: &str, tag: &str) -> Vec<u8> {
+    let out = s.dir.path().join(format!("{name}-{tag}.tar.gz"));
+    let path = out.to_str().expect("utf-8");
+    ok(&ctl(&s.bus, &["records", "export", name, "--out", path]));
+    std::fs::read(out).expect("bundle")
+}
+
 /// The `[store]` section pointing at `pg`.
 fn store_config(pg: &Postgres) -> String {
     format!("[store]\nurl = \"{}\"\n", pg.url())
@@ -313,23 +321,9 @@ async fn replicas_share_records_nonces_and_keys() {
 
     // Blobs travel through the database: B, which never saw the files,
     // exports the very bundle A exports.
-    let export = |s: &Setup, tag: &str| {
-        let out = s.dir.path().join(format!("export-{tag}.tar.gz"));
-        ok(&ctl(
-            &s.bus,
-            &[
-                "records",
-                "export",
-                "fleet-guest",
-                "--out",
-                out.to_str().expect("utf-8"),
-            ],
-        ));
-        std::fs::read(out).expect("bundle")
-    };
     assert_eq!(
-        export(&b, "b"),
-        export(&a, "a"),
+        export(&b, "fleet-guest", "b"),
+        export(&a, "fleet-guest", "a"),
         "one bundle from either replica"
     );
 
@@ -496,21 +490,7 @@ async fn migrate_store_moves_a_host_into_the_database_unchanged() {
     attest_once(&conn, &sim, &launch, |_| {})
         .await
         .expect("attested on the single host");
-    let export = |s: &Setup, tag: &str| {
-        let out = s.dir.path().join(format!("moved-{tag}.tar.gz"));
-        ok(&ctl(
-            &s.bus,
-            &[
-                "records",
-                "export",
-                "moved",
-                "--out",
-                out.to_str().expect("utf-8"),
-            ],
-        ));
-        std::fs::read(out).expect("bundle")
-    };
-    let before = export(&s, "before");
+    let before = export(&s, "moved", "before");
     daemon.stop();
 
     let migrate = || {
@@ -543,7 +523,7 @@ async fn migrate_store_moves_a_host_into_the_database_unchanged() {
     // the same bundle byte for byte, the same key, the counters carried.
     let (b, daemon_b, target_b) = replica(&s, &sim, &pg).await;
     assert_eq!(
-        export(&b, "after"),
+        export(&b, "moved", "after"),
         before,
         "the exported bundle is unchanged"
     );

@@ -128,6 +128,7 @@ async fn an_imported_crl_revoking_the_ask_stops_releases() {
 /// before READY; returns its log.
 fn start_fails(s: &Setup, config: &str) -> String {
     let status = Command::new(env!("CARGO_BIN_EXE_snpguardd"))
+        .args(free_listen(config))
         .arg("--state-dir")
         .arg(&s.state)
         .arg("--bus")
