@@ -460,11 +460,11 @@ async fn a_database_outage_fails_closed_and_heals_without_a_restart() {
     daemon.stop();
 }
 
-#[test]
-fn an_unknown_store_url_is_refused_with_what_to_do() {
+/// Starts snpguardd on `config`, which it must refuse; returns its stderr.
+fn refused_config(config: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("snpguardd.toml");
-    std::fs::write(&path, "[store]\nurl = \"mysql://db/x\"\n").expect("write");
+    std::fs::write(&path, config).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_snpguardd"))
         .arg("--config")
         .arg(&path)
@@ -473,8 +473,13 @@ fn an_unknown_store_url_is_refused_with_what_to_do() {
         .env_remove("NOTIFY_SOCKET")
         .output()
         .expect("run");
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "snpguardd accepted:\n{config}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_unknown_store_url_is_refused_with_what_to_do() {
+    let text = refused_config("[store]\nurl = \"mysql://db/x\"\n");
     assert!(text.contains("postgresql://"), "{text}");
 }
 
@@ -811,19 +816,7 @@ async fn metrics_count_attestations_by_outcome_on_their_own_listener() {
     daemon.stop();
 
     // An address that is not one is refused at start, naming the key.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("snpguardd.toml");
-    std::fs::write(&path, "[metrics]\nlisten = \"everywhere\"\n").expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_snpguardd"))
-        .arg("--config")
-        .arg(&path)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    let text = refused_config("[metrics]\nlisten = \"everywhere\"\n");
     assert!(
         text.contains("[metrics]") && text.contains("everywhere"),
         "{text}"
