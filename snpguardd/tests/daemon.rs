@@ -175,13 +175,11 @@ fn config_dir(state: &Path) -> PathBuf {
 /// `--listen 127.0.0.1:0` unless `config` names its own address: daemons
 /// of tests running at once must not race for the default port 3000.
 fn free_listen(config: &str) -> Vec<&'static str> {
-    let top_level = config
+    let own = config
         .lines()
-        .take_while(|l| !l.trim_start().starts_with('['));
-    if top_level
-        .clone()
-        .any(|l| l.trim_start().starts_with("listen"))
-    {
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .any(|l| l.trim_start().starts_with("listen"));
+    if own {
         Vec::new()
     } else {
         vec!["--listen", "127.0.0.1:0"]

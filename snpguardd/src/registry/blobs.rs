@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fsutil;
 use crate::service::ServiceError;
-use crate::store::{Op, Store, StoreError, Tree};
+use crate::store::{Op, Store, Tree};
 
 /// Chunk size of a blob in the shared store.
 pub const CHUNK: usize = 1 << 20;
@@ -51,13 +51,6 @@ fn chunk_key(sha256: &str, index: u32) -> Vec<u8> {
     let mut k = format!("c/{sha256}/").into_bytes();
     k.extend_from_slice(&index.to_be_bytes());
     k
-}
-
-fn shared_err(e: StoreError) -> ServiceError {
-    match e {
-        StoreError::Unavailable(m) => ServiceError::Unavailable(m),
-        e => ServiceError::Storage(format!("shared blob store: {e}")),
-    }
 }
 
 fn now_secs() -> u64 {
@@ -167,7 +160,7 @@ impl Blobs {
     fn fetch(&self, store: &dyn Store, blob: &BlobRef) -> Result<(), ServiceError> {
         let manifest = store
             .get(Tree::Blobs, &manifest_key(&blob.sha256))
-            .map_err(shared_err)?
+            .map_err(super::store_err)?
             .ok_or_else(|| {
                 ServiceError::Storage(format!(
                     "blob {} is neither in {} nor in the shared store; restore it from a backup",
@@ -208,6 +201,18 @@ impl Blobs {
         Ok(())
     }
 
+    /// Whether the shared store holds a whole blob (its manifest, written
+    /// after its chunks); `false` without a shared store.
+    pub fn is_shared(&self, sha256: &str) -> Result<bool, ServiceError> {
+        let Some(store) = &self.shared else {
+            return Ok(false);
+        };
+        Ok(store
+            .get(Tree::Blobs, &manifest_key(sha256))
+            .map_err(super::store_err)?
+            .is_some())
+    }
+
     /// Copies every local blob into the shared store (`migrate-store`);
     /// returns how many blobs it holds.
     pub fn share_all(&self) -> Result<usize, ServiceError> {
@@ -243,7 +248,11 @@ impl Blobs {
     /// manifest), unless it is there already.
     fn upload(&self, store: &dyn Store, blob: &BlobRef) -> Result<(), ServiceError> {
         let key = manifest_key(&blob.sha256);
-        if store.get(Tree::Blobs, &key).map_err(shared_err)?.is_some() {
+        if store
+            .get(Tree::Blobs, &key)
+            .map_err(super::store_err)?
+            .is_some()
+        {
             return Ok(());
         }
         let path = self.path(blob);
@@ -265,7 +274,7 @@ impl Blobs {
             }
             store
                 .put(Tree::Blobs, &chunk_key(&blob.sha256, index), &buf[..filled])
-                .map_err(shared_err)?;
+                .map_err(super::store_err)?;
             index += 1;
             if filled < CHUNK {
                 break;
@@ -277,7 +286,9 @@ impl Blobs {
             created: now_secs(),
         })
         .map_err(|e| ServiceError::Storage(format!("encoding a blob manifest: {e}")))?;
-        store.put(Tree::Blobs, &key, &manifest).map_err(shared_err)
+        store
+            .put(Tree::Blobs, &key, &manifest)
+            .map_err(super::store_err)
     }
 
     /// The file of a blob.
@@ -412,7 +423,7 @@ fn collect_shared(
 ) -> Result<usize, ServiceError> {
     let keys = store
         .keys_below(Tree::Blobs, b"n", usize::MAX)
-        .map_err(shared_err)?;
+        .map_err(super::store_err)?;
     let mut removed = 0;
     for key in keys.iter().filter(|k| k.starts_with(b"m/")) {
         let Ok(sha) = std::str::from_utf8(&key[2..]) else {
@@ -421,7 +432,7 @@ fn collect_shared(
         if referenced.contains(sha) {
             continue;
         }
-        let Some(value) = store.get(Tree::Blobs, key).map_err(shared_err)? else {
+        let Some(value) = store.get(Tree::Blobs, key).map_err(super::store_err)? else {
             continue;
         };
         let created = serde_json::from_slice::<Manifest>(&value)
@@ -437,7 +448,7 @@ fn collect_shared(
                 .filter(|k| k.starts_with(&prefix))
                 .map(|k| Op::delete(Tree::Blobs, k.clone())),
         );
-        store.transaction(&ops).map_err(shared_err)?;
+        store.transaction(&ops).map_err(super::store_err)?;
         removed += 1;
     }
     Ok(removed)

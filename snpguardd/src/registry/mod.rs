@@ -231,12 +231,7 @@ pub fn migrate_store(
     for (_, value) in from.entries(Tree::Records).map_err(store_err)? {
         let rec = StoredRecord::from_json(&value)?;
         for digest in rec.blob_digests() {
-            let key = format!("m/{digest}");
-            if to
-                .get(Tree::Blobs, key.as_bytes())
-                .map_err(store_err)?
-                .is_none()
-            {
+            if !blobs.is_shared(digest)? {
                 return Err(ServiceError::Storage(format!(
                     "record {} references blob {digest}, which is missing from {}; restore \
                      the state directory from a backup",
