@@ -3,6 +3,7 @@
 //! `main` parses arguments and dispatches each subcommand to its module;
 //! errors print one `error: ...` line and exit with status 2.
 
+mod audit;
 mod bus;
 mod certs;
 mod convert;
@@ -54,6 +55,8 @@ enum Command {
     /// Import or list the AMD certificates the daemon holds
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Show the attestation audit trail (releases and refusals)
+    Audit(audit::AuditArgs),
     /// Turn a cloud image into one with a LUKS2 root and the agent in its
     /// initrd, and stage what register needs
     Convert(convert::Args),
@@ -79,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Register(args) => register::run(&target, args).map(|()| ExitCode::SUCCESS),
         Command::Records(cmd) => records::run(&target, cmd).map(|()| ExitCode::SUCCESS),
         Command::Certs(cmd) => certs::run(&target, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Audit(args) => audit::run(&target, args).map(|()| ExitCode::SUCCESS),
         Command::Convert(args) => convert::run(args).map(|()| ExitCode::SUCCESS),
         Command::Embed(args) => embed::run(args).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {

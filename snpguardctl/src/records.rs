@@ -287,7 +287,7 @@ pub async fn record_at<'a>(bus: &Bus, path: OwnedObjectPath) -> Result<RecordPro
         .map_err(describe)
 }
 
-async fn find<'a>(bus: &Bus, key: &str) -> Result<RecordProxy<'a>> {
+pub async fn find<'a>(bus: &Bus, key: &str) -> Result<RecordProxy<'a>> {
     let m = ManagerProxy::new(&bus.conn).await.map_err(describe)?;
     let path = m.find_record(key).await.map_err(describe)?;
     record_at(bus, path).await
