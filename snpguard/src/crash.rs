@@ -16,6 +16,9 @@ pub const ENV: &str = "SNPGUARD_CRASH_AT";
 pub mod points {
     /// The nonce's used mark is flushed; the key is not sealed yet.
     pub const ATTEST_NONCE_CONSUMED: &str = "attest-nonce-consumed";
+    /// A release is committed with its count, the nonce's outcome and its
+    /// audit entry; the sealed key has not left.
+    pub const ATTEST_RELEASE_COMMITTED: &str = "attest-release-committed";
     /// A registration's records and secrets are built; not committed.
     pub const REGISTER_BEFORE_COMMIT: &str = "register-before-commit";
     /// A registration is committed; the client has no reply yet.

@@ -271,7 +271,7 @@ async fn serve(
         Err(e) => tracing::warn!("HTTPS server task failed: {e}"),
     }
     drop(conn);
-    // Counters and audit entries are written deferred; make them durable.
+    // Every decision is durable already; flush what else is buffered.
     registry
         .store()
         .flush()

@@ -19,9 +19,10 @@
 //!    ([`Registry::release`]): the record is enabled and the launch with
 //!    the report's measurement is still approved, re-checked now (a
 //!    record disabled or a launch retired while step 6 waited on KDS
-//!    releases nothing: `record-disabled`, `launch-retired`); then the
-//!    VMK is sealed to the ephemeral key and bound to the report, and
-//!    counters and the audit trail are written before the answer leaves.
+//!    releases nothing: `record-disabled`, `launch-retired`); the VMK is
+//!    sealed to the ephemeral key and bound to the report; then the
+//!    release, its count, the nonce's outcome and the audit entry are one
+//!    transaction, durable before the answer leaves.
 //!
 //! Refusals before the report's signature is verified (steps 4 and 5, and
 //! in step 7 a malformed or unsigned report, a chain that does not verify
@@ -33,11 +34,14 @@
 //!
 //! Durability: the nonce's used mark is flushed to disk in step 4, before
 //! anything is verified or released (concurrent attestations share one
-//! flush: group commit). Counters and audit entries are written deferred
-//! — visible at once, durable with the next flush (any nonce's, or the
-//! store's periodic one within `DEFERRED_FLUSH_MS`, or at shutdown). A
-//! crash can lose the last moments of counters and audit; it can never
-//! lose a nonce's used state, so no nonce can be replayed.
+//! flush: group commit), so two uses of one nonce race there and one
+//! loses, on any replica. Every decision reached after the signature
+//! verified (a release, a refusal, a stored renewal) is then one durable
+//! transaction: the record's counters, the nonce's outcome
+//! ([`nonce::Outcome`]) and the audit entry, all or none across a crash;
+//! concurrent decisions share the disk sync, taken after the registry's
+//! lock is released. A key leaves only after its decision is on disk; a
+//! crash after step 4 leaves the nonce spent whatever else happened.
 //!
 //! The client sees `attestation-rejected` (403) for every trust decision;
 //! the precise reasons go to the journal and the audit trail.
@@ -69,12 +73,12 @@ use super::audit::{AuditEntry, AuditLog};
 use super::certs::{self as held, CertFilter, CertImportError, CertSummary, CertificateService};
 use super::crls::{self, CrlMemo, CrlSource, CrlSummary, Stored};
 use super::kds::{KdsClient, KdsGate};
-use super::nonce::{self, NonceError, Nonces};
+use super::nonce::{self, Consumed, NonceError, Nonces, Outcome};
 use super::{AttestError, AttestHandler};
 use crate::config::Config;
 use crate::registry::{Registry, ReleaseRefusal, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SMT};
 use crate::service::{LaunchState, RecordInfo, RecordService, ServiceError};
-use crate::store::{Store, StoreError, Tree};
+use crate::store::{Op, Store, StoreError, Tree};
 
 /// Largest test root file read.
 const MAX_TEST_ROOT: u64 = 64 * 1024;
@@ -267,6 +271,8 @@ struct Verified {
     /// MEASUREMENT of the report (hex).
     measurement: String,
     entry: AuditEntry,
+    /// The nonce, consumed; settled with the decision.
+    consumed: Consumed,
 }
 
 /// Why a refusal happened, for the audit trail and the journal.
@@ -721,14 +727,16 @@ impl Attestor {
         r.client
     }
 
-    /// Counts, audits and journals a refusal; returns the client's error.
-    fn refuse(&self, mut entry: AuditEntry, r: Refusal, now: OffsetDateTime) -> AttestError {
-        if let Some(id) = &entry.record {
-            match self.registry.record_attested(id, false, now) {
-                Ok(info) => self.observe(info),
-                Err(e) => tracing::error!(RECORD = %id, "counting a refused attestation: {e}"),
-            }
-        }
+    /// Counts, audits and journals a refusal after verification, and
+    /// settles the nonce, in one durable transaction; returns the
+    /// client's error.
+    fn refuse(
+        &self,
+        mut entry: AuditEntry,
+        consumed: &Consumed,
+        r: Refusal,
+        now: OffsetDateTime,
+    ) -> AttestError {
         entry.result = r.codes.first().cloned().unwrap_or_default();
         entry.codes = r.codes;
         entry.detail = r.detail;
@@ -745,10 +753,62 @@ impl Attestor {
             "attestation refused: {}",
             entry.detail
         );
-        if let Err(e) = self.audit.append(self.store(), &entry) {
-            tracing::error!("writing the audit trail: {e}");
+        if let Err(e) = self.settle(&entry, consumed, Outcome::Refused, now) {
+            tracing::error!(
+                RECORD = entry.record.as_deref().unwrap_or("-"),
+                "recording a refused attestation in the audit trail: {e}"
+            );
         }
         r.client
+    }
+
+    /// The companion writes of a decision ([`crate::registry::Companion`]):
+    /// the nonce's `outcome` and the audit `entry`.
+    fn companion<'a>(
+        &'a self,
+        entry: &'a AuditEntry,
+        consumed: &'a Consumed,
+        outcome: Outcome,
+    ) -> impl FnMut(bool) -> Result<Vec<Op>, ServiceError> + 'a {
+        move |first| {
+            let mut ops = consumed.settle(outcome).to_vec();
+            ops.extend(
+                self.audit
+                    .stage(self.store(), entry, first)
+                    .map_err(crate::registry::store_err)?,
+            );
+            Ok(ops)
+        }
+    }
+
+    /// Commits a decision that released nothing: the record's counter
+    /// (`ok` for a stored renewal, else a refusal), the nonce's `outcome`
+    /// and the audit `entry`, in one durable transaction.
+    fn settle(
+        &self,
+        entry: &AuditEntry,
+        consumed: &Consumed,
+        outcome: Outcome,
+        now: OffsetDateTime,
+    ) -> Result<(), ServiceError> {
+        let mut companion = self.companion(entry, consumed, outcome);
+        let ok = outcome != Outcome::Refused;
+        let info = match &entry.record {
+            Some(id) => self
+                .registry
+                .settle_attestation(id, ok, now, &mut companion)?,
+            None => {
+                let ops = companion(true)?;
+                self.store()
+                    .transaction(&ops)
+                    .map_err(crate::registry::store_err)?;
+                None
+            }
+        };
+        if let Some(info) = info {
+            self.observe(info);
+        }
+        Ok(())
     }
 
     /// Decodes the evidence fields of a request (protocol errors: 400).
@@ -831,7 +891,7 @@ impl Attestor {
         entry.record = record.as_ref().map(|r| r.id.clone());
 
         let now_secs = secs(now);
-        match self.nonces.consume(self.store(), &nonce, now_secs) {
+        let consumed = match self.nonces.consume(self.store(), &nonce, now_secs) {
             Err(e) => return Err(store_failed("marking the nonce used", e)),
             Ok(Err(e)) => {
                 let r = Refusal {
@@ -841,12 +901,13 @@ impl Attestor {
                 };
                 return Err(self.refuse_unverified(entry, r));
             }
-            Ok(Ok(())) => {
+            Ok(Ok(consumed)) => {
                 let mut issued = [0u8; 8];
                 issued.copy_from_slice(&nonce[..8]);
                 crate::metrics::global().nonce_used(u64::from_be_bytes(issued));
+                consumed
             }
-        }
+        };
         crate::crash::point(crate::crash::points::ATTEST_NONCE_CONSUMED);
         self.collect_nonces(now_secs);
 
@@ -906,11 +967,12 @@ impl Attestor {
                     report_bytes,
                     measurement: reported,
                     entry,
+                    consumed,
                 })
             }
             (Ok(_), Some((code, detail))) => {
                 let r = Refusal::rejected(code, format!("{detail}; the report verified"));
-                Err(self.refuse(entry, r, now))
+                Err(self.refuse(entry, &consumed, r, now))
             }
             (Err(rej), _) if before_signature(&rej) => {
                 let r = Refusal {
@@ -933,7 +995,7 @@ impl Attestor {
                     detail,
                     client: rejected(),
                 };
-                Err(self.refuse(entry, r, now))
+                Err(self.refuse(entry, &consumed, r, now))
             }
         }
     }
@@ -961,28 +1023,36 @@ impl Attestor {
             report_bytes,
             measurement,
             mut entry,
+            consumed,
         } = self.verify_evidence(ev, data, peer, now)?;
 
         // Enabled, approved, same measurement: re-checked now, under the
-        // lock every change of those takes.
-        let release = match self.registry.release(&rec.id, &measurement, now) {
+        // lock every change of those takes. The VMK is sealed to the
+        // client's key there, and the release, its count, the nonce's
+        // outcome and the audit entry are one transaction, on disk before
+        // the sealed key leaves.
+        entry.result = "ok".into();
+        let seal = |vmk: &[u8]| {
+            attest::seal_key(&key, &report_bytes, vmk)
+                .map_err(|e| ServiceError::Storage(format!("sealing the VMK to the client: {e}")))
+        };
+        let mut companion = self.companion(&entry, &consumed, Outcome::Released);
+        let released = self
+            .registry
+            .release(&rec.id, &measurement, now, seal, &mut companion);
+        drop(companion);
+        let release = match released {
             Ok(release) => release,
             Err(ReleaseRefusal::Failed(e)) => return Err(service_failed("releasing the VMK", e)),
             Err(refusal) => {
                 let code = refusal.code().unwrap_or("internal");
                 let r = Refusal::rejected(code, format!("{refusal}; the report verified"));
-                return Err(self.refuse(entry, r, now));
+                return Err(self.refuse(entry, &consumed, r, now));
             }
         };
-        let sealed = attest::seal_key(&key, &report_bytes, &release.vmk)
-            .map_err(|e| internal("sealing the VMK", e))?;
-        let crate::registry::Release { vmk, record } = release;
-        drop(vmk);
+        crate::crash::point(crate::crash::points::ATTEST_RELEASE_COMMITTED);
+        let crate::registry::Release { sealed, record } = release;
         self.observe(record);
-        entry.result = "ok".into();
-        self.audit
-            .append(self.store(), &entry)
-            .map_err(|e| store_failed("writing the audit trail", e))?;
         tracing::info!(
             RECORD = %rec.id,
             NAME = %rec.name,

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Op, Store, StoreError, Tree, CONFLICT_RETRIES};
+use crate::store::{Op, Store, StoreError, Tree};
 
 /// Entries kept; older ones are deleted as new ones arrive.
 pub const AUDIT_CAPACITY: u64 = 10_000;
@@ -73,39 +73,41 @@ impl AuditLog {
         })
     }
 
-    /// Appends `entry` and deletes the entries beyond the capacity, in one
-    /// transaction, deferred: durable within the store's flush interval
-    /// (a crash may lose the last moments of the trail, never a nonce's
-    /// used state, which is flushed before any key is released).
-    pub fn append(&self, store: &dyn Store, entry: &AuditEntry) -> Result<(), StoreError> {
+    /// The writes that append `entry` and delete the entries beyond the
+    /// capacity, for the caller to commit in the transaction of the
+    /// decision the entry records (see [`crate::registry::Companion`]).
+    /// The sequence number is reserved at once; `first` is false when the
+    /// caller's previous attempt conflicted, and then the number is taken
+    /// after the trail's last entry as stored now (another replica may
+    /// have appended). Callers stage under the registry's commit lock, so
+    /// this daemon's attempts never race each other; a number reserved by
+    /// an attempt that failed otherwise leaves a gap, which readers skip.
+    pub fn stage(
+        &self,
+        store: &dyn Store,
+        entry: &AuditEntry,
+        first: bool,
+    ) -> Result<Vec<Op>, StoreError> {
         let value = serde_json::to_vec(entry)
             .map_err(|e| StoreError::Backend(format!("encoding an audit entry: {e}")))?;
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        let mut attempt = 0;
-        loop {
-            let seq = *next;
-            let keep_from = (seq + 1).saturating_sub(AUDIT_CAPACITY);
-            let mut ops: Vec<Op> = store
-                .keys_below(Tree::Audit, &keep_from.to_be_bytes(), 256)?
-                .into_iter()
-                .map(|k| Op::delete(Tree::Audit, k))
-                .collect();
-            // Replicas on one database append to one trail: a sequence
-            // number another replica took meanwhile is never overwritten.
-            ops.push(Op::expect(Tree::Audit, seq.to_be_bytes(), None));
-            ops.push(Op::put(Tree::Audit, seq.to_be_bytes(), value.clone()));
-            match store.transaction_deferred(&ops) {
-                Ok(()) => {
-                    *next = seq + 1;
-                    return Ok(());
-                }
-                Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
-                    attempt += 1;
-                    *next = next_after(store)?.max(seq + 1);
-                }
-                Err(e) => return Err(e),
-            }
+        if !first {
+            *next = next_after(store)?;
         }
+        let seq = *next;
+        *next = seq.saturating_add(1);
+        drop(next);
+        let keep_from = (seq + 1).saturating_sub(AUDIT_CAPACITY);
+        let mut ops: Vec<Op> = store
+            .keys_below(Tree::Audit, &keep_from.to_be_bytes(), 256)?
+            .into_iter()
+            .map(|k| Op::delete(Tree::Audit, k))
+            .collect();
+        // Replicas on one database append to one trail: a sequence number
+        // another replica took meanwhile is never overwritten.
+        ops.push(Op::expect(Tree::Audit, seq.to_be_bytes(), None));
+        ops.push(Op::put(Tree::Audit, seq.to_be_bytes(), value));
+        Ok(ops)
     }
 
     /// The last `n` entries, oldest first.
@@ -218,13 +220,18 @@ mod tests {
                 )
                 .unwrap();
             let log = AuditLog::open(&store).unwrap();
-            log.append(&store, &entry(2)).unwrap();
+            let ops = log.stage(&store, &entry(2), true).unwrap();
+            store.transaction(&ops).unwrap();
             // Sequence AUDIT_CAPACITY - 1: entry 0 is still inside the window.
             assert_eq!(store.entries(Tree::Audit).unwrap().len(), 3);
         }
         // A restarted daemon continues after the last entry.
         let log = AuditLog::open(&store).unwrap();
-        log.append(&store, &entry(3)).unwrap();
+        // An attempt that conflicted: the retry takes the number after the
+        // stored trail's end again, so no gap is left.
+        let _lost = log.stage(&store, &entry(9), true).unwrap();
+        let ops = log.stage(&store, &entry(3), false).unwrap();
+        store.transaction(&ops).unwrap();
         let recent = log.recent(&store, 10).unwrap();
         let times: Vec<_> = recent.iter().map(|e| e.time.as_str()).collect();
         assert_eq!(times, ["t1", "t2", "t3"]);

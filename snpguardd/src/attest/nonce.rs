@@ -6,8 +6,11 @@
 //! so the key) can check one without having issued it. Consuming a nonce
 //! inserts it into [`Tree::Nonces`] with an insert-if-absent, so of two
 //! concurrent uses exactly one wins, and the mark is on disk before the
-//! attestation goes on. Used nonces are deleted once they could no longer
-//! pass the age check (plus a margin against the clock stepping back).
+//! attestation goes on. The decision the attestation then reaches on a
+//! record settles the nonce ([`Consumed::settle`]) in the same transaction
+//! as the record's counters and the audit entry. Used nonces are deleted
+//! once they could no longer pass the age check (plus a margin against the
+//! clock stepping back).
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
@@ -15,7 +18,7 @@ use sha2::Sha256;
 use snpguard::attest::NONCE_LEN;
 use zeroize::Zeroizing;
 
-use crate::store::{Store, StoreError, Tree};
+use crate::store::{Op, Store, StoreError, Tree};
 
 /// How long a nonce is accepted after it was issued, in seconds, unless
 /// the configuration (`[attest] nonce_lifetime_secs`) says otherwise.
@@ -61,6 +64,42 @@ impl NonceError {
             NonceError::Expired { .. } => "nonce-expired",
             NonceError::Reused => "nonce-reused",
         }
+    }
+}
+
+/// What an attestation decided with a nonce, stored after the consume
+/// time in the nonce's entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A key was released.
+    Released = 1,
+    /// The verified report was refused.
+    Refused = 2,
+    /// A renewal was stored.
+    Renewed = 3,
+}
+
+/// A nonce this attestation consumed: marked used, durably, with the
+/// consume time; its outcome is written with the decision.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    nonce: [u8; NONCE_LEN],
+    at: u64,
+}
+
+impl Consumed {
+    /// The writes that record `outcome` for the nonce, in the transaction
+    /// of the decision: the nonce must still hold the mark this attestation
+    /// wrote (a nonce collected meanwhile makes the decision conflict, and
+    /// nothing is released).
+    pub fn settle(&self, outcome: Outcome) -> [Op; 2] {
+        let mark = self.at.to_be_bytes().to_vec();
+        let mut settled = mark.clone();
+        settled.push(outcome as u8);
+        [
+            Op::expect(Tree::Nonces, self.nonce, Some(mark)),
+            Op::put(Tree::Nonces, self.nonce, settled),
+        ]
     }
 }
 
@@ -151,12 +190,15 @@ impl Nonces {
         store: &dyn Store,
         nonce: &[u8; NONCE_LEN],
         now: u64,
-    ) -> Result<Result<(), NonceError>, StoreError> {
+    ) -> Result<Result<Consumed, NonceError>, StoreError> {
         if let Err(e) = self.check(nonce, now) {
             return Ok(Err(e));
         }
         if store.insert_new(Tree::Nonces, nonce, &now.to_be_bytes())? {
-            Ok(Ok(()))
+            Ok(Ok(Consumed {
+                nonce: *nonce,
+                at: now,
+            }))
         } else {
             Ok(Err(NonceError::Reused))
         }
@@ -243,12 +285,26 @@ mod tests {
         let n = nonces();
         let old = n.issue(1000, [1; 8]);
         let fresh = n.issue(2000, [2; 8]);
-        assert_eq!(n.consume(&store, &old, 1010).unwrap(), Ok(()));
+        let used = n.consume(&store, &old, 1010).unwrap().unwrap();
         assert_eq!(
-            n.consume(&store, &old, 1011).unwrap(),
-            Err(NonceError::Reused)
+            n.consume(&store, &old, 1011).unwrap().unwrap_err(),
+            NonceError::Reused
         );
-        assert_eq!(n.consume(&store, &fresh, 2000).unwrap(), Ok(()));
+        // Settled with its decision: still used; settled twice: a conflict.
+        store.transaction(&used.settle(Outcome::Released)).unwrap();
+        assert_eq!(
+            store.get(Tree::Nonces, &old).unwrap(),
+            Some([&1010u64.to_be_bytes()[..], &[1]].concat())
+        );
+        assert!(matches!(
+            store.transaction(&used.settle(Outcome::Refused)),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(
+            n.consume(&store, &old, 1012).unwrap().unwrap_err(),
+            NonceError::Reused
+        );
+        n.consume(&store, &fresh, 2000).unwrap().unwrap();
         let now = 1001 + NONCE_MAX_LIFETIME_SECS + NONCE_GC_MARGIN_SECS;
         assert_eq!(collect_garbage(&store, now).unwrap(), 1);
         assert_eq!(store.get(Tree::Nonces, &old).unwrap(), None);

@@ -380,8 +380,13 @@ fn release_is_one_decision_with_typed_refusals() {
     let first = rec.measurement.clone();
     let at = time::OffsetDateTime::now_utc();
 
-    let r = reg.release(&rec.id, &first, at).unwrap();
-    assert_eq!(&r.vmk[..], &super::tests::VMK[..]);
+    let release = |m: &str| {
+        reg.release(&rec.id, m, at, |vmk| Ok(vmk.to_vec()), &mut |_| {
+            Ok(Vec::new())
+        })
+    };
+    let r = release(&first).unwrap();
+    assert_eq!(&r.sealed[..], &super::tests::VMK[..]);
     assert_eq!(r.record.attestations_ok, 1, "counted in the same step");
     assert!(r.record.last_attestation.is_some());
 
@@ -392,36 +397,104 @@ fn release_is_one_decision_with_typed_refusals() {
         .unwrap();
     let code = |e: ReleaseRefusal| e.code();
     assert_eq!(
-        reg.release(&rec.id, &added.measurement, at)
-            .map(|_| ())
-            .map_err(code),
+        release(&added.measurement).map(|_| ()).map_err(code),
         Err(Some("launch-pending"))
     );
     // Approved, then the first one retired: only the new one releases.
     reg.approve_launch(&rec.id, &added.launch).unwrap();
     reg.retire_launch(&rec.id, "1").unwrap();
-    let e = reg.release(&rec.id, &first, at).unwrap_err();
+    let e = release(&first).unwrap_err();
     assert!(
         matches!(&e, ReleaseRefusal::LaunchNotApproved { launch, state: LaunchState::Retired, .. } if launch == "1"),
         "{e:?}"
     );
     assert_eq!(e.code(), Some("launch-retired"));
-    assert!(reg.release(&rec.id, &added.measurement, at).is_ok());
+    assert!(release(&added.measurement).is_ok());
     // A measurement of no launch.
-    let e = reg.release(&rec.id, &"ab".repeat(48), at).unwrap_err();
+    let e = release(&"ab".repeat(48)).unwrap_err();
     assert_eq!(e.code(), Some("measurement-mismatch"), "{e:?}");
     // Disabled, then deleted.
     reg.set_enabled(&rec.id, false).unwrap();
-    let e = reg.release(&rec.id, &added.measurement, at).unwrap_err();
+    let e = release(&added.measurement).unwrap_err();
     assert!(matches!(e, ReleaseRefusal::Disabled(_)), "{e:?}");
     assert_eq!(e.code(), Some("record-disabled"));
     reg.delete(&rec.id).unwrap();
-    let e = reg.release(&rec.id, &added.measurement, at).unwrap_err();
+    let e = release(&added.measurement).unwrap_err();
     assert!(matches!(e, ReleaseRefusal::Deleted(_)), "{e:?}");
     assert_eq!(e.code(), Some("unknown-image"));
     // Not a decision: an internal failure, typed apart.
     assert!(matches!(
-        reg.release("not-an-id", &first, at),
+        reg.release("not-an-id", &first, at, |_| Ok(()), &mut |_| Ok(Vec::new())),
         Err(ReleaseRefusal::Failed(_))
     ));
+}
+
+/// A release is one transaction with the caller's writes (the nonce's
+/// outcome, the audit entry): both land, or neither does, and the key is
+/// sealed only for a decision that committed.
+#[test]
+fn release_commits_with_its_companion_writes_or_not_at_all() {
+    use crate::store::{Op, Tree};
+    let Some(inp) = inputs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("state"));
+    let rec = reg.register(request(&reg, &inp, "web")).unwrap();
+    let at = time::OffsetDateTime::now_utc();
+
+    let mut attempts = Vec::new();
+    let r = reg
+        .release(&rec.id, &rec.measurement, at, |_| Ok(()), &mut |first| {
+            attempts.push(first);
+            Ok(vec![Op::put(
+                Tree::Meta,
+                b"companion".to_vec(),
+                b"1".to_vec(),
+            )])
+        })
+        .unwrap();
+    assert_eq!(attempts, [true]);
+    assert_eq!(r.record.attestations_ok, 1);
+    assert_eq!(
+        reg.store()
+            .get(Tree::Meta, b"companion")
+            .unwrap()
+            .as_deref(),
+        Some(&b"1"[..])
+    );
+
+    // A companion whose precondition never holds: every attempt conflicts,
+    // nothing is counted, nothing is written, nothing is released.
+    let mut attempts = 0;
+    let e = reg
+        .release(&rec.id, &rec.measurement, at, |_| Ok(()), &mut |_| {
+            attempts += 1;
+            Ok(vec![
+                Op::expect(Tree::Meta, b"companion".to_vec(), Some(b"other".to_vec())),
+                Op::put(Tree::Meta, b"companion".to_vec(), b"2".to_vec()),
+            ])
+        })
+        .unwrap_err();
+    assert!(matches!(e, ReleaseRefusal::Failed(_)), "{e:?}");
+    assert_eq!(attempts, crate::store::CONFLICT_RETRIES + 1, "retried");
+    assert_eq!(reg.get(&rec.id).unwrap().attestations_ok, 1);
+    assert_eq!(
+        reg.store()
+            .get(Tree::Meta, b"companion")
+            .unwrap()
+            .as_deref(),
+        Some(&b"1"[..])
+    );
+
+    // The same for a refusal's count.
+    let e = reg
+        .settle_attestation(&rec.id, false, at, &mut |_| {
+            Ok(vec![Op::expect(
+                Tree::Meta,
+                b"absent".to_vec(),
+                Some(Vec::new()),
+            )])
+        })
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::Storage(_)), "{e:?}");
+    assert_eq!(reg.get(&rec.id).unwrap().attestations_failed, 0);
 }

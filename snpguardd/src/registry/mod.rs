@@ -67,7 +67,7 @@ pub use record::{
     guest_policy, MAX_NAME_LEN, MAX_VCPUS, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_RESERVED_ONE,
     POLICY_SMT,
 };
-pub use release::{Release, ReleaseRefusal};
+pub use release::{Companion, Release, ReleaseRefusal};
 
 /// The origins of a launch, as stored and shown.
 pub mod launch_origin {
@@ -181,7 +181,7 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-fn store_err(e: StoreError) -> ServiceError {
+pub(crate) fn store_err(e: StoreError) -> ServiceError {
     crate::metrics::global().store_error();
     match e {
         StoreError::Unavailable(m) => ServiceError::Unavailable(m),
@@ -339,30 +339,6 @@ impl Registry {
         self.unverified.push(entry);
     }
 
-    /// Counts an attestation of a record (`ok` or refused) at `at`.
-    pub fn record_attested(
-        &self,
-        id: &str,
-        ok: bool,
-        at: OffsetDateTime,
-    ) -> Result<RecordInfo, ServiceError> {
-        record::check_id(id)?;
-        let at = at
-            .format(&Rfc3339)
-            .map_err(|e| ServiceError::InvalidInput(format!("at: {e}")))?;
-        // Counters are written deferred (durable within the store's flush
-        // interval): attestation's throughput must not wait for a disk
-        // sync per counter; a crash may lose the last moments of counts.
-        self.update_with(id, false, |r| {
-            if ok {
-                r.attestations_ok = r.attestations_ok.saturating_add(1);
-            } else {
-                r.attestations_failed = r.attestations_failed.saturating_add(1);
-            }
-            r.last_attestation = Some(at.clone());
-        })
-    }
-
     fn lock_commit(&self) -> MutexGuard<'_, ()> {
         // The lock guards no data; a panic elsewhere leaves nothing to repair.
         self.commit.lock().unwrap_or_else(|e| e.into_inner())
@@ -399,40 +375,17 @@ impl Registry {
         id: &str,
         mut change: impl FnMut(&mut StoredRecord),
     ) -> Result<RecordInfo, ServiceError> {
-        self.try_update_with(id, true, |r| {
+        self.try_update(id, |r| {
             change(r);
             Ok(())
         })
     }
 
-    /// Changes a record under the commit lock; nothing is written when
-    /// `change` fails.
+    /// Changes a record under the commit lock, durably; nothing is written
+    /// when `change` fails.
     fn try_update(
         &self,
         id: &str,
-        change: impl FnMut(&mut StoredRecord) -> Result<(), ServiceError>,
-    ) -> Result<RecordInfo, ServiceError> {
-        self.try_update_with(id, true, change)
-    }
-
-    /// [`Self::update`], flushed before it returns when `durable`.
-    fn update_with(
-        &self,
-        id: &str,
-        durable: bool,
-        mut change: impl FnMut(&mut StoredRecord),
-    ) -> Result<RecordInfo, ServiceError> {
-        self.try_update_with(id, durable, |r| {
-            change(r);
-            Ok(())
-        })
-    }
-
-    /// [`Self::try_update`], flushed before it returns when `durable`.
-    fn try_update_with(
-        &self,
-        id: &str,
-        durable: bool,
         mut change: impl FnMut(&mut StoredRecord) -> Result<(), ServiceError>,
     ) -> Result<RecordInfo, ServiceError> {
         let _guard = self.lock_commit();
@@ -444,12 +397,7 @@ impl Registry {
                 Op::expect(Tree::Records, id, Some(raw)),
                 Op::put(Tree::Records, id, rec.to_json()?),
             ];
-            let written = if durable {
-                self.store.transaction(&ops)
-            } else {
-                self.store.transaction_deferred(&ops)
-            };
-            match written {
+            match self.store.transaction(&ops) {
                 Ok(()) => return Ok(rec.info()),
                 Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => attempt += 1,
                 Err(e) => return Err(store_err(e)),

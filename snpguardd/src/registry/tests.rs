@@ -315,9 +315,13 @@ fn reopen_finds_records_counters_and_flags() {
         let b = reg.register(request(&reg, &inp, "b")).unwrap();
         reg.set_enabled(&b.id, false).unwrap();
         let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        reg.record_attested(&a.id, true, at).unwrap();
-        reg.record_attested(&a.id, true, at).unwrap();
-        let a = reg.record_attested(&a.id, false, at).unwrap();
+        let none = &mut |_| Ok(Vec::new());
+        reg.settle_attestation(&a.id, true, at, none).unwrap();
+        reg.settle_attestation(&a.id, true, at, none).unwrap();
+        let a = reg
+            .settle_attestation(&a.id, false, at, none)
+            .unwrap()
+            .unwrap();
         assert_eq!((a.attestations_ok, a.attestations_failed), (2, 1));
         assert_eq!(a.last_attestation.as_deref(), Some("2023-11-14T22:13:20Z"));
         (a, reg.get(&b.id).unwrap())
@@ -493,10 +497,14 @@ fn bad_ids_and_unknown_records() {
         reg.set_enabled(&unknown, true),
         Err(ServiceError::NotFound(_))
     ));
+    // Nothing to count: only the caller's writes are committed.
     assert!(matches!(
-        reg.record_attested(&unknown, true, OffsetDateTime::now_utc()),
-        Err(ServiceError::NotFound(_))
+        reg.settle_attestation(&unknown, true, OffsetDateTime::now_utc(), &mut |_| Ok(
+            Vec::new()
+        )),
+        Ok(None)
     ));
+    assert!(matches!(reg.get(&unknown), Err(ServiceError::NotFound(_))));
     assert!(matches!(
         reg.export_bundle(&unknown, None, &mut Vec::new()),
         Err(ServiceError::NotFound(_))
@@ -611,7 +619,8 @@ fn audit_trail_reads_what_the_attestor_appended_and_survives_reopen() {
         assert!(reg.audit_trail(10).unwrap().is_empty());
         let log = AuditLog::open(reg.store()).unwrap();
         for i in 0..4 {
-            log.append(reg.store(), &entry(i)).unwrap();
+            let ops = log.stage(reg.store(), &entry(i), true).unwrap();
+            reg.store().transaction(&ops).unwrap();
         }
         let last2 = reg.audit_trail(2).unwrap();
         assert_eq!(last2, [entry(2), entry(3)]);

@@ -279,6 +279,14 @@ pub trait Store: Send + Sync {
     fn transaction_deferred(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Whether concurrent [`Store::flush`] calls share one disk sync
+    /// (group commit). Then a caller that decides under a lock applies its
+    /// transaction with [`Store::transaction_deferred`] under the lock and
+    /// flushes after releasing it, so concurrent decisions share the sync;
+    /// otherwise it commits with [`Store::transaction`] (one round trip).
+    fn flush_is_grouped(&self) -> bool {
+        false
+    }
     /// Sets `key` to `value` only if `key` is absent, atomically with
     /// respect to every other writer (then flushes). Returns whether it
     /// was inserted; `false` means the key was already present and

@@ -112,6 +112,10 @@ impl Store for SledStore {
         self.flush()
     }
 
+    fn flush_is_grouped(&self) -> bool {
+        true
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         // Concurrent callers share the work: sled writes its log once up
         // to the newest reserved position and a caller whose writes are

@@ -1,7 +1,8 @@
 //! Crash safety at each commit point: the daemon is killed where it
 //! matters (snpguardd::crash, SIGKILL as a power cut would), restarted on
 //! the same state, and the invariant of that point is checked: a consumed
-//! nonce is refused forever; a registration is all or nothing; an approved
+//! nonce is refused forever, and a release is counted and audited with it
+//! or not at all; a registration is all or nothing; an approved
 //! launch has its ID block or is still pending; the store opens after a
 //! crash in a migration.
 
@@ -28,42 +29,70 @@ fn launch_state(bus: &TestBus, name: &str, id: &str) -> String {
     launch_field(bus, name, id, "state")
 }
 
+/// The audit trail as `snpguardctl audit --json` prints it.
+fn audit_trail(bus: &TestBus) -> Vec<serde_json::Value> {
+    let out = ok(&ctl(bus, &["audit", "--json"]));
+    serde_json::from_str(&out).expect("audit json")
+}
+
+/// A crash in an attestation, before or after its decision committed: the
+/// nonce is spent either way; the release's count and audit entry are
+/// all there (committed) or none of them (before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_consumed_before_a_crash_is_refused_after_it() {
-    let s = setup().await;
-    let sim = sim_platform();
-    let Some((daemon, _, vmk, launch)) = registered_guest(&s, &sim, 41, "crash") else {
-        return;
-    };
-    daemon.stop();
-    let point = points::ATTEST_NONCE_CONSUMED;
-    let (daemon, target) = attest_daemon_env(&s, &sim, "", &[(ENV, point)]);
-    let conn = target.connect().await.expect("connect");
-    let (ch, nonce) = crate::refusals::challenge(&conn).await;
-    let (secret, public) = seal::generate_keypair();
-    let report = sim_report(&sim, &launch, &report_data(&nonce, &public));
-    let req = attest_request(&sim, ch.nonce.clone(), &report, &public);
-    // The daemon dies with the nonce marked used and nothing released.
-    let reply = conn
-        .post_json("/v1/attest", serde_json::to_vec(&req).expect("json"))
-        .await;
-    assert!(reply.is_err(), "a reply from a daemon that died: {reply:?}");
-    daemon.crashed_at(point);
+    for point in [
+        points::ATTEST_NONCE_CONSUMED,
+        points::ATTEST_RELEASE_COMMITTED,
+    ] {
+        let s = setup().await;
+        let sim = sim_platform();
+        let Some((daemon, _, vmk, launch)) = registered_guest(&s, &sim, 41, "crash") else {
+            return;
+        };
+        daemon.stop();
+        let (daemon, target) = attest_daemon_env(&s, &sim, "", &[(ENV, point)]);
+        let conn = target.connect().await.expect("connect");
+        let (ch, nonce) = crate::refusals::challenge(&conn).await;
+        let (secret, public) = seal::generate_keypair();
+        let report = sim_report(&sim, &launch, &report_data(&nonce, &public));
+        let req = attest_request(&sim, ch.nonce.clone(), &report, &public);
+        // The daemon dies with the nonce marked used and no key sent.
+        let reply = conn
+            .post_json("/v1/attest", serde_json::to_vec(&req).expect("json"))
+            .await;
+        assert!(
+            reply.is_err(),
+            "{point}: a reply from a daemon that died: {reply:?}"
+        );
+        daemon.crashed_at(point);
 
-    // Restarted on the same state: the same request is refused forever.
-    let (daemon, target) = attest_daemon_with(&s, &sim, "");
-    let conn = target.connect().await.expect("connect");
-    let (status, e) = send_attest(&conn, &req, report, secret)
-        .await
-        .expect_err("a replayed nonce");
-    assert_eq!(status, 401, "{e:?}");
-    assert!(daemon_log(&s.state).contains("nonce-reused"));
-    // A fresh challenge still gets the key.
-    let (resp, report, secret) = attest_once(&conn, &sim, &launch, |_| {})
-        .await
-        .expect("a fresh attestation");
-    assert_eq!(released(&resp, &report, &secret), vmk);
-    daemon.stop();
+        // Restarted on the same state: the same request is refused forever.
+        let (daemon, target) = attest_daemon_with(&s, &sim, "");
+        let record = &records(&s.bus)[0];
+        let trail = audit_trail(&s.bus);
+        if point == points::ATTEST_RELEASE_COMMITTED {
+            // The release, its count and its audit entry: all on disk.
+            assert_eq!(record["attestations_ok"], 1, "{point}: {record}");
+            assert_eq!(trail.len(), 1, "{point}: {trail:?}");
+            assert_eq!(trail[0]["result"], "ok", "{point}");
+            assert_eq!(trail[0]["record"], record["id"], "{point}");
+        } else {
+            assert_eq!(record["attestations_ok"], 0, "{point}: {record}");
+            assert!(trail.is_empty(), "{point}: {trail:?}");
+        }
+        let conn = target.connect().await.expect("connect");
+        let (status, e) = send_attest(&conn, &req, report, secret)
+            .await
+            .expect_err("a replayed nonce");
+        assert_eq!(status, 401, "{point}: {e:?}");
+        assert!(daemon_log(&s.state).contains("nonce-reused"), "{point}");
+        // A fresh challenge still gets the key.
+        let (resp, report, secret) = attest_once(&conn, &sim, &launch, |_| {})
+            .await
+            .expect("a fresh attestation");
+        assert_eq!(released(&resp, &report, &secret), vmk, "{point}");
+        daemon.stop();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

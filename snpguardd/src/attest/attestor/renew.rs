@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use snpguard::attest::{self, unb64, RenewRequest, RenewResponse, MAX_RENEW_BODY};
 use time::OffsetDateTime;
 
-use super::{internal, protocol, Attestor, Refusal, Verified};
+use super::{internal, protocol, Attestor, Outcome, Refusal, Verified};
 use crate::attest::AttestError;
 use crate::registry::launch_origin;
 use crate::service::{LaunchRequest, RecordService, ServiceError};
@@ -71,6 +71,7 @@ impl Attestor {
             rec,
             mut entry,
             report_bytes,
+            consumed,
             ..
         } = self.verify_evidence(ev, data, peer, now)?;
         if !rec.enabled {
@@ -78,7 +79,7 @@ impl Attestor {
                 "record-disabled",
                 format!("record {} is disabled; the renewal report verified", rec.id),
             );
-            return Err(self.refuse(entry, r, now));
+            return Err(self.refuse(entry, &consumed, r, now));
         }
 
         let launch_req = LaunchRequest {
@@ -90,28 +91,23 @@ impl Attestor {
         let added = match self.registry.add_launch(&rec.id, launch_req) {
             Ok(added) => added,
             Err(ServiceError::TooManyPending(m)) => {
-                return Err(self.refuse(entry, told("too-many-pending", 409, m), now))
+                return Err(self.refuse(entry, &consumed, told("too-many-pending", 409, m), now))
             }
             Err(ServiceError::LaunchState(m)) => {
-                return Err(self.refuse(entry, told("too-many-launches", 409, m), now))
+                return Err(self.refuse(entry, &consumed, told("too-many-launches", 409, m), now))
             }
             Err(ServiceError::InvalidInput(m)) => {
-                return Err(self.refuse(entry, told("bad-artifacts", 400, m), now))
+                return Err(self.refuse(entry, &consumed, told("bad-artifacts", 400, m), now))
             }
             Err(ServiceError::NotFound(_)) => {
                 let r = Refusal::rejected(
                     "unknown-image",
                     format!("record {} was deleted during the renewal", rec.id),
                 );
-                return Err(self.refuse(entry, r, now));
+                return Err(self.refuse(entry, &consumed, r, now));
             }
             Err(e) => return Err(internal("storing the renewal", e)),
         };
-        let info = self
-            .registry
-            .record_attested(&rec.id, true, now)
-            .map_err(|e| internal("counting the attestation", e))?;
-        self.observe(info);
         let state = added
             .record
             .launches
@@ -130,9 +126,10 @@ impl Attestor {
                 added.launch, rec.id
             )
         };
-        self.audit
-            .append(self.store(), &entry)
-            .map_err(|e| internal("writing the audit trail", e))?;
+        // The count, the nonce's outcome and the audit entry: one durable
+        // transaction (the launch itself was committed by add_launch).
+        self.settle(&entry, &consumed, Outcome::Renewed, now)
+            .map_err(|e| internal("recording the renewal in the audit trail", e))?;
         tracing::info!(
             RECORD = %rec.id,
             NAME = %rec.name,
