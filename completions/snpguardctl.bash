@@ -16,6 +16,9 @@ _snpguardctl() {
             ",$1")
                 cmd="snpguardctl"
                 ;;
+            snpguardctl,audit)
+                cmd="snpguardctl__subcmd__audit"
+                ;;
             snpguardctl,certs)
                 cmd="snpguardctl__subcmd__certs"
                 ;;
@@ -69,6 +72,9 @@ _snpguardctl() {
                 ;;
             snpguardctl__subcmd__certs__subcmd__help,remove)
                 cmd="snpguardctl__subcmd__certs__subcmd__help__subcmd__remove"
+                ;;
+            snpguardctl__subcmd__help,audit)
+                cmd="snpguardctl__subcmd__help__subcmd__audit"
                 ;;
             snpguardctl__subcmd__help,certs)
                 cmd="snpguardctl__subcmd__help__subcmd__certs"
@@ -245,12 +251,50 @@ _snpguardctl() {
 
     case "${cmd}" in
         snpguardctl)
-            opts="-H -h -V --bus-address --host --help --version report measure id-block register records certs convert embed completions help"
+            opts="-H -h -V --bus-address --host --help --version report measure id-block register records certs audit convert embed completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --bus-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -H)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__audit)
+            opts="-n -H -h --count --unverified --record --json --bus-address --host --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --record)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --bus-address)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -599,8 +643,22 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__help)
-            opts="report measure id-block register records certs convert embed completions help"
+            opts="report measure id-block register records certs audit convert embed completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__help__subcmd__audit)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
