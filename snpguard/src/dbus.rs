@@ -472,4 +472,9 @@ pub trait Certificates {
         chip_id: &str,
         tcb: &str,
     ) -> zbus::Result<Vec<CertificateInfo>>;
+
+    /// The held certificates or CRLs changed (through this daemon or
+    /// another replica sharing its store): list them again.
+    #[zbus(signal)]
+    fn changed(&self) -> zbus::Result<()>;
 }

@@ -1097,6 +1097,10 @@ impl CertificateService for Attestor {
         self.held_crls()
     }
 
+    fn shared(&self) -> bool {
+        self.store().shared()
+    }
+
     fn remove_certificates(&self, filter: &CertFilter) -> Result<Vec<CertSummary>, StoreError> {
         if filter.crl {
             let source = filter.source.map(|s| match s {

@@ -376,6 +376,13 @@ pub trait CertificateService: Send + Sync + 'static {
     fn list_crls(&self) -> Result<Vec<super::crls::CrlSummary>, StoreError>;
     /// Removes the held certificates `filter` matches. See [`remove`].
     fn remove_certificates(&self, filter: &CertFilter) -> Result<Vec<CertSummary>, StoreError>;
+    /// Whether the certificates live in a store other daemons share: then
+    /// every change to them, this daemon's included, arrives through the
+    /// store's feed ([`crate::store::StoreChange::Certificates`]) and is
+    /// signalled from there, not by the call that made it.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// One certificate the daemon holds or just imported, as operators see it.

@@ -11,6 +11,7 @@ use snpguard::dbus::{
     limit, CertificateInfo, CrlInfo, Error, ACTION_IMPORT_CERTIFICATES, ACTION_REMOVE_CERTIFICATES,
 };
 use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedFd;
 use zbus::{interface, Connection};
 
@@ -43,6 +44,19 @@ impl Certificates {
         .await
         .map_err(|e| Error::Storage(format!("import task failed: {e}")))??;
         Ok(imported.into_iter().map(info).collect())
+    }
+}
+
+impl Certificates {
+    /// Signals a change this daemon made, unless the store is shared:
+    /// then the store's feed reports it, like every other replica's.
+    async fn signal_local_change(&self, emitter: &SignalEmitter<'_>) {
+        if self.ctx.certs.shared() {
+            return;
+        }
+        if let Err(e) = Self::changed(emitter).await {
+            tracing::warn!("signalling a change of the held certificates: {e}");
+        }
     }
 }
 
@@ -123,6 +137,7 @@ impl Certificates {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         files: HashMap<String, OwnedFd>,
     ) -> Result<Vec<CertificateInfo>, Error> {
         polkit::authorize(conn, &hdr, ACTION_IMPORT_CERTIFICATES).await?;
@@ -140,7 +155,9 @@ impl Certificates {
             opened.push((name, f));
         }
         opened.sort_by(|a, b| a.0.cmp(&b.0));
-        self.import_files(opened).await
+        let imported = self.import_files(opened).await?;
+        self.signal_local_change(&emitter).await;
+        Ok(imported)
     }
 
     /// As Import, from absolute paths of regular files inside the import
@@ -150,6 +167,7 @@ impl Certificates {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         paths: Vec<String>,
     ) -> Result<Vec<CertificateInfo>, Error> {
         polkit::authorize(conn, &hdr, ACTION_IMPORT_CERTIFICATES).await?;
@@ -159,7 +177,9 @@ impl Certificates {
             let f = self.ctx.import.open_file(&path)?;
             opened.push((path, f));
         }
-        self.import_files(opened).await
+        let imported = self.import_files(opened).await?;
+        self.signal_local_change(&emitter).await;
+        Ok(imported)
     }
 
     /// Every certificate the daemon holds (imports and the KDS cache).
@@ -197,6 +217,7 @@ impl Certificates {
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         source: String,
         kind: String,
         product: String,
@@ -211,6 +232,16 @@ impl Certificates {
             .await
             .map_err(|e| Error::Storage(format!("removal task failed: {e}")))?
             .map_err(|e| Error::Storage(e.to_string()))?;
+        if !removed.is_empty() {
+            self.signal_local_change(&emitter).await;
+        }
         Ok(removed.into_iter().map(info).collect())
     }
+
+    /// The held certificates or CRLs changed, through this daemon or
+    /// through another replica sharing its store: list them again. Sent
+    /// after an import or a removal, and on a shared store also for a
+    /// VCEK or CRL another replica cached from KDS.
+    #[zbus(signal)]
+    pub(crate) async fn changed(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
 }

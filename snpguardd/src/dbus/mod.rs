@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use snpguard::dbus::{Error, BUS_NAME, MANAGER_PATH};
 use zbus::fdo::ObjectManager;
+use zbus::object_server::SignalEmitter;
 use zbus::Connection;
 
 use crate::attest::CertificateService;
@@ -76,7 +77,9 @@ pub async fn serve(
 /// Publishes a change of the shared store made by any replica: the
 /// record's object is added, updated or removed, with the usual signals,
 /// so that clients of this daemon's bus (Cockpit) see changes made
-/// through another. A resync adds and updates every record.
+/// through another; a change of the held certificates or CRLs is
+/// signalled (`Certificates.Changed`). A resync adds and updates every
+/// record and signals the certificates too.
 pub async fn publish_change(
     conn: &Connection,
     change: crate::store::StoreChange,
@@ -98,11 +101,18 @@ pub async fn publish_change(
                 Err(e) => Err(e),
             }
         }
+        crate::store::StoreChange::Certificates => {
+            let emitter = SignalEmitter::new(conn, MANAGER_PATH)?;
+            certificates::Certificates::changed(&emitter).await?;
+            Ok(())
+        }
         crate::store::StoreChange::Resync => {
             let svc = ctx.service.clone();
             for info in blocking(move || svc.list()).await? {
                 record::sync(conn, &ctx, info).await?;
             }
+            let emitter = SignalEmitter::new(conn, MANAGER_PATH)?;
+            certificates::Certificates::changed(&emitter).await?;
             Ok(())
         }
     }

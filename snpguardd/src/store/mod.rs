@@ -314,6 +314,9 @@ pub trait Store: Send + Sync {
 pub enum StoreChange {
     /// The record with this id was written or removed.
     Record(String),
+    /// A certificate or CRL was stored or removed (an import, a removal,
+    /// a VCEK or CRL cached from KDS).
+    Certificates,
     /// Changes may have been missed (the feed started or reconnected):
     /// reload every record.
     Resync,

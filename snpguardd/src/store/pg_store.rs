@@ -33,6 +33,8 @@ use super::{Entries, Entry, Op, Store, StoreChange, StoreError, Tree};
 
 /// The notification channel of record changes.
 const CHANNEL: &str = "snpguard_records";
+/// The channel of changes to the held certificates and CRLs.
+const CERTS_CHANNEL: &str = "snpguard_certs";
 /// Statements sent to the database by every [`PgStore`] of the process
 /// (BEGIN and COMMIT included), for the benchmark's count per
 /// attestation.
@@ -401,22 +403,29 @@ impl PgStore {
                          value bytea NOT NULL,
                          PRIMARY KEY (tree, key));
                      -- Every replica hears of every record written by any
-                     -- other (the payload is the record id).
-                     CREATE OR REPLACE FUNCTION snpguard_records_notify() RETURNS trigger
+                     -- other (the payload is the record id), and of every
+                     -- change to the held certificates and CRLs (no
+                     -- payload: one transaction notifies once). Versioned
+                     -- by name: an older replica restarting re-creates its
+                     -- own trigger (records only) next to this one, which
+                     -- only duplicates record notifications (harmless).
+                     CREATE OR REPLACE FUNCTION snpguard_notify_v2() RETURNS trigger
                      LANGUAGE plpgsql AS $$
+                     DECLARE
+                       t text := CASE TG_OP WHEN 'DELETE' THEN OLD.tree ELSE NEW.tree END;
+                       k bytea := CASE TG_OP WHEN 'DELETE' THEN OLD.key ELSE NEW.key END;
                      BEGIN
-                       IF TG_OP = 'DELETE' THEN
-                         IF OLD.tree = 'records' THEN
-                           PERFORM pg_notify('snpguard_records', convert_from(OLD.key, 'UTF8'));
-                         END IF;
-                       ELSIF NEW.tree = 'records' THEN
-                         PERFORM pg_notify('snpguard_records', convert_from(NEW.key, 'UTF8'));
+                       IF t = 'records' THEN
+                         PERFORM pg_notify('snpguard_records', convert_from(k, 'UTF8'));
+                       ELSIF t = 'certs' THEN
+                         PERFORM pg_notify('snpguard_certs', '');
                        END IF;
                        RETURN NULL;
                      END $$;
-                     CREATE OR REPLACE TRIGGER snpguard_records_notify
+                     DROP TRIGGER IF EXISTS snpguard_records_notify ON snpguard_kv;
+                     CREATE OR REPLACE TRIGGER snpguard_notify_v2
                        AFTER INSERT OR UPDATE OR DELETE ON snpguard_kv
-                       FOR EACH ROW EXECUTE FUNCTION snpguard_records_notify();
+                       FOR EACH ROW EXECUTE FUNCTION snpguard_notify_v2();
                      -- One store transaction in one statement (one round
                      -- trip): advisory locks in the caller's order, the
                      -- preconditions, then the writes (a NULL value is a
@@ -679,7 +688,7 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio_postgres::AsyncMessage;
-    let sql = format!("LISTEN {CHANNEL}");
+    let sql = format!("LISTEN {CHANNEL}; LISTEN {CERTS_CHANNEL}");
     let listen = client.batch_execute(&sql);
     let mut listen = std::pin::pin!(listen);
     let mut listening = false;
@@ -717,6 +726,11 @@ where
             m = std::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
                 Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
                     if !send(StoreChange::Record(n.payload().to_owned())) {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CERTS_CHANNEL => {
+                    if !send(StoreChange::Certificates) {
                         return Ok(());
                     }
                 }

@@ -5,6 +5,8 @@
 //! at most once, and a database outage fails closed with 503 and heals
 //! without restarting the daemons.
 
+use futures_util::StreamExt;
+use snpguard::dbus::CertificatesProxy;
 use snpguardd::store::{
     Op, PgOptions, PgStore, SledStore, Store, StoreError, Tree, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
 };
@@ -408,6 +410,49 @@ async fn replicas_share_records_nonces_and_keys() {
     attest_once(&conn_b, &sim, &launch, |_| {})
         .await
         .expect("enabled on A, released by B");
+
+    // A certificate imported on A: B holds it at once and signals
+    // Certificates.Changed, and so does A (from the feed, like B).
+    let listen = |s: &Setup| {
+        let address = s.bus.address.clone();
+        async move {
+            let conn = zbus::connection::Builder::address(address.as_str())
+                .expect("address")
+                .build()
+                .await
+                .expect("connect");
+            let proxy = CertificatesProxy::new(&conn).await.expect("proxy");
+            let stream = proxy.receive_changed().await.expect("subscribe");
+            (conn, stream)
+        }
+    };
+    let (_bus_a, mut changed_a) = listen(&a).await;
+    let (_bus_b, mut changed_b) = listen(&b).await;
+    let vcek = a.dir.path().join("vcek.pem");
+    let pem = der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &sim.vcek_der)
+        .expect("pem");
+    std::fs::write(&vcek, pem).expect("vcek");
+    let ask = a.dir.path().join("ask.der");
+    std::fs::write(&ask, &sim.ask_der).expect("ask");
+    let files = [vcek.to_str().expect("utf-8"), ask.to_str().expect("utf-8")];
+    ok(&ctl(&a.bus, &["certs", "import", files[0], files[1]]));
+    let held: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(&ctl(&b.bus, &["certs", "list", "--json"]))).expect("json");
+    assert!(
+        held.iter()
+            .any(|c| c["source"] == "imported" && c["kind"] == "VCEK"),
+        "{held:?}"
+    );
+    for (name, changed) in [("B", &mut changed_b), ("A", &mut changed_a)] {
+        tokio::time::timeout(Duration::from_secs(30), changed.next())
+            .await
+            .unwrap_or_else(|_| panic!("no Certificates.Changed on {name}"))
+            .expect("signal stream");
+    }
+    // One import, one transaction, one signal: the replica that made the
+    // change does not signal it a second time itself.
+    let again = tokio::time::timeout(Duration::from_secs(1), changed_a.next()).await;
+    assert!(again.is_err(), "a second Certificates.Changed on A");
 
     daemon_b.stop();
     daemon_a.stop();

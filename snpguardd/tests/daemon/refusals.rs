@@ -285,6 +285,16 @@ async fn certs_import_lets_an_air_gapped_daemon_attest() {
     std::fs::write(&vcek, pem).expect("vcek");
     let ask = files.join("ask.der");
     std::fs::write(&ask, &sim.ask_der).expect("ask");
+    // Clients hear of it (Certificates.Changed) and list again.
+    let bus = zbus::connection::Builder::address(s.bus.address.as_str())
+        .expect("address")
+        .build()
+        .await
+        .expect("connect");
+    let proxy = snpguard::dbus::CertificatesProxy::new(&bus)
+        .await
+        .expect("proxy");
+    let mut changed = proxy.receive_changed().await.expect("subscribe");
     let out = ok(&ctl(
         &s.bus,
         &[
@@ -295,6 +305,11 @@ async fn certs_import_lets_an_air_gapped_daemon_attest() {
             "--json",
         ],
     ));
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(30), changed.next())
+        .await
+        .expect("Certificates.Changed after an import")
+        .expect("signal stream");
     let imported = json_list(&out);
     assert_eq!(imported.len(), 2, "{out}");
     let v = imported
