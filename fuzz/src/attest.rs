@@ -221,6 +221,58 @@ pub fn renew_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// `renew_leading_nonce`: the start of a `/v1/renew` body, which the
+/// server reads as it arrives (snpguardd::https::leading). A verdict given
+/// for a prefix is the verdict for every longer one (the server decides on
+/// what has arrived so far); a body as long as the bound gets a verdict; a
+/// nonce read there is base64url of bounded length, and is the nonce the
+/// whole body carries whenever it parses as a renewal (so a nonce checked
+/// early is the one the handler consumes).
+pub fn renew_leading_nonce(data: &[u8]) {
+    use snpguardd::https::leading::{leading_nonce, Leading, LEADING_MAX, MAX_NONCE_TEXT};
+    let data = &data[..data.len().min(LEADING_MAX + 64)];
+    let whole = leading_nonce(data);
+    for k in 0..data.len() {
+        let early = leading_nonce(&data[..k]);
+        if early != Leading::NeedMore {
+            assert_eq!(early, whole, "the verdict at {k} bytes changed with more");
+        }
+    }
+    if data.len() >= LEADING_MAX {
+        assert_ne!(whole, Leading::NeedMore, "no verdict within the bound");
+    }
+    if let Leading::Nonce(n) = &whole {
+        assert!(n.len() <= MAX_NONCE_TEXT, "a nonce text over the bound");
+        assert!(
+            n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "a nonce text that is not base64url: {n:?}"
+        );
+        fixtures::reached("renew_leading_nonce");
+        if let Ok(req) = serde_json::from_slice::<RenewRequest>(data) {
+            assert_eq!(&req.nonce, n, "the body's nonce is not the one read first");
+        }
+    }
+}
+
+/// Seeds of `renew_leading_nonce`: whole renewals and their openings.
+pub fn renew_leading_seeds() -> Vec<Vec<u8>> {
+    let nonce = encode_nonce(&[9; NONCE_LEN]);
+    let mut seeds = renew_seeds();
+    for opening in [
+        format!("{{\"nonce\":\"{nonce}\",\"report\":\"\",\"kernel\":\"\",\"initrd\":\"\",\"cmdline\":\"\"}}"),
+        format!(" \n{{ \"nonce\"\t:\r\n \"{nonce}\" ,\"report\":\"\"}}"),
+        format!("{{\"nonce\":\"{nonce}\",\"nonce\":\"other\"}}"),
+        format!("{{\"nonce\":\"{nonce}"),
+        "{\"report\":\"\",\"nonce\":\"x\"}".to_owned(),
+        "{\"\\u006eonce\":\"x\"}".to_owned(),
+        " ".repeat(1100),
+    ] {
+        seeds.push(opening.into_bytes());
+    }
+    seeds
+}
+
 /// The agent's side of a key release: what it sent and what a genuine
 /// daemon answers.
 struct Release {

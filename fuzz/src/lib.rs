@@ -56,7 +56,10 @@ mod store;
 mod tsm;
 
 pub use agent::{agent_config, luks2_header};
-pub use attest::{attest_request, attest_response, nonce_base64, renew_request, renew_response};
+pub use attest::{
+    attest_request, attest_response, nonce_base64, renew_leading_nonce, renew_request,
+    renew_response,
+};
 pub use bundle::bundle_extract;
 pub use certs::{cert_import, cert_parse, cert_table, crl, tsm_json};
 pub use convert::sfdisk_rewrite;
@@ -166,6 +169,12 @@ pub const TARGETS: &[Target] = &[
         name: "renew_request",
         run: renew_request,
         seeds: attest::renew_seeds,
+        dict: Some("json"),
+    },
+    Target {
+        name: "renew_leading_nonce",
+        run: renew_leading_nonce,
+        seeds: attest::renew_leading_seeds,
         dict: Some("json"),
     },
     Target {

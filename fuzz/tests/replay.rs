@@ -161,6 +161,11 @@ fn renew_response() {
 }
 
 #[test]
+fn renew_leading_nonce() {
+    run("renew_leading_nonce");
+}
+
+#[test]
 fn renew_request() {
     run("renew_request");
 }

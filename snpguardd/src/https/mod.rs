@@ -29,6 +29,7 @@ mod ratelimit;
 mod routes;
 mod tls;
 
+pub mod leading;
 pub mod load;
 
 use std::convert::Infallible;
