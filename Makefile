@@ -13,7 +13,7 @@ GUESTFS_APPLIANCE ?= $(BUILD_DIR)/guestfs-appliance
 
 .PHONY: all build deps test test-convert lint unit check-units check-install check-scripts \
 	install demo bench clean agent agent-sim check-agent check-shell check-launch test-cockpit \
-	system-test test-e2e fuzz guest-rootfs slow-tests
+	system-test test-e2e fuzz guest-rootfs slow-tests test-sigkill
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -160,7 +160,7 @@ test: deps lint check-shell check-scripts check-units check-install check-agent 
 
 # The slow suites in two lanes side by side (scripts/lanes.sh; each line
 # prefixed [convert] or [boot]): the guests' root file systems and
-# test-convert's conversions; check-launch, the simulator agent,
+# test-convert's conversions, then test-sigkill; check-launch, the simulator agent,
 # system-test, test-e2e and test-convert's embed tests. A TCG guest or a libguestfs appliance keeps about one core
 # busy, so the lanes fill two cores. The workspace, the test binaries and
 # the libguestfs appliance are built first: the lanes share them.
@@ -168,8 +168,9 @@ slow-tests: $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
 	$(CARGO) test --locked --no-run -p snpguardctl --test convert --test embed
 	$(CARGO) test --locked --no-run -p snpguard-systest --lib --test boot --test initrd --test e2e
+	$(CARGO) test --locked --no-run -p snpguardd --test daemon
 	./scripts/lanes.sh \
-		"convert=$(MAKE) --no-print-directory guest-rootfs test-convert CONVERT_TESTS='--test convert'" \
+		"convert=$(MAKE) --no-print-directory guest-rootfs test-convert CONVERT_TESTS='--test convert' test-sigkill" \
 		"boot=$(MAKE) --no-print-directory check-launch system-test test-e2e test-convert CONVERT_TESTS='--test embed'"
 
 # convert and embed through libguestfs under TCG (slow: about 16 minutes
@@ -190,6 +191,11 @@ test-convert: guest-rootfs $(GUESTFS_APPLIANCE)/root
 		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
 		$(CARGO) test -p snpguardctl --locked $(CONVERT_TESTS) -- --ignored \
 		$(CONVERT_TEST_FILTER)
+
+# SIGKILL under a mixed load of registrations, approvals and attestations,
+# 100 kills (snpguardd/tests/daemon/sigkill.rs; about two minutes).
+test-sigkill:
+	$(CARGO) test -p snpguardd --locked --test daemon -- --ignored sigkill
 
 # The guests' root file systems of test-convert (build-rootfs.sh caches
 # them under $(BUILD_DIR)/guest-rootfs; the boot tests take theirs from

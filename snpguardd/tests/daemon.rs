@@ -600,98 +600,6 @@ async fn landlock_confines_the_running_daemon() {
     daemon.stop();
 }
 
-/// SIGKILL during registrations never leaves a lost or half-written
-/// record: after a restart every record the client heard about exists, and
-/// every record that exists exports a bundle that extracts and carries the
-/// right measurement.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_registrations_loses_nothing() {
-    let s = setup().await;
-    let mut daemon = Daemon::start(&s.bus, &s.state);
-    let mut confirmed: Vec<String> = Vec::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let want = {
-        let Some(stage) = staging(s.dir.path(), &s.state, 3) else {
-            return;
-        };
-        (expected_digest(&stage), stage)
-    };
-    let (digest, stage) = want;
-    for round in 0..4 {
-        // Several registrations in flight; kill once the first is done.
-        let names: Vec<String> = (0..4).map(|i| format!("r{round}-{i}")).collect();
-        let mut children: Vec<(String, Child)> = names
-            .iter()
-            .map(|n| {
-                let out = s.dir.path().join(format!("{n}.tar.gz"));
-                let child = Command::new(snpguardctl())
-                    .arg("--bus-address")
-                    .arg(&s.bus.address)
-                    .args(["register", "--name", n, "--vcpus", "2"])
-                    .args(["--vcpu-type", "EPYC-v4", "--allow-smt"])
-                    .arg("--staging-dir")
-                    .arg(&stage)
-                    .arg("--out-bundle")
-                    .arg(&out)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("spawn register");
-                (n.clone(), child)
-            })
-            .collect();
-        let skip = rng.gen_range(0..2);
-        let start = Instant::now();
-        let mut done = 0;
-        while done <= skip && start.elapsed() < DEADLINE {
-            done = 0;
-            for (name, child) in children.iter_mut() {
-                if let Some(status) = child.try_wait().expect("try_wait") {
-                    done += 1;
-                    if status.success() && !confirmed.contains(name) {
-                        confirmed.push(name.clone());
-                    }
-                }
-            }
-            std::thread::yield_now();
-        }
-        daemon.kill();
-        for (name, mut child) in children {
-            let status = wait_exit(&mut child);
-            if status.success() && !confirmed.contains(&name) {
-                confirmed.push(name);
-            }
-        }
-        daemon = Daemon::start(&s.bus, &s.state);
-        let listed = records(&s.bus);
-        let names: Vec<String> = listed
-            .iter()
-            .map(|r| r["name"].as_str().expect("name").to_string())
-            .collect();
-        for c in &confirmed {
-            assert!(names.contains(c), "confirmed record {c} lost: {names:?}");
-        }
-        for (i, n) in names.iter().enumerate() {
-            let out = s.dir.path().join(format!("check-{round}-{i}.tar.gz"));
-            ok(&ctl(
-                &s.bus,
-                &[
-                    "records",
-                    "export",
-                    n,
-                    "--out",
-                    out.to_str().expect("utf-8"),
-                ],
-            ));
-            let m = bundle_measurement(&out, &s.dir.path().join(format!("c-{round}-{i}")));
-            assert_eq!(m, digest, "record {n} is complete");
-        }
-    }
-    assert!(!confirmed.is_empty(), "some registrations completed");
-    daemon.stop();
-}
-
 // ---------------------------------------------------------------------
 // Remote attestation over HTTPS against the real daemon, with the
 // simulated platform's root trusted through the configuration.
@@ -958,3 +866,5 @@ mod refusals;
 mod renewal;
 #[path = "daemon/revocation.rs"]
 mod revocation;
+#[path = "daemon/sigkill.rs"]
+mod sigkill;

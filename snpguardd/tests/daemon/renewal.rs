@@ -12,7 +12,7 @@ const NEW_CMDLINE: &str = "console=ttyS0 root=/dev/mapper/root quiet";
 
 /// A staging directory with a new kernel, initrd and cmdline (newline
 /// terminated, as an editor writes it).
-fn new_staging(dir: &Path, seed: u64) -> PathBuf {
+pub(super) fn new_staging(dir: &Path, seed: u64) -> PathBuf {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let s = dir.join(format!("renew-{seed}"));
     std::fs::create_dir_all(&s).expect("staging");
