@@ -19,6 +19,9 @@ _snpguardctl() {
             snpguardctl,audit)
                 cmd="snpguardctl__subcmd__audit"
                 ;;
+            snpguardctl,bundle)
+                cmd="snpguardctl__subcmd__bundle"
+                ;;
             snpguardctl,certs)
                 cmd="snpguardctl__subcmd__certs"
                 ;;
@@ -49,6 +52,18 @@ _snpguardctl() {
             snpguardctl,report)
                 cmd="snpguardctl__subcmd__report"
                 ;;
+            snpguardctl__subcmd__bundle,check)
+                cmd="snpguardctl__subcmd__bundle__subcmd__check"
+                ;;
+            snpguardctl__subcmd__bundle,help)
+                cmd="snpguardctl__subcmd__bundle__subcmd__help"
+                ;;
+            snpguardctl__subcmd__bundle__subcmd__help,check)
+                cmd="snpguardctl__subcmd__bundle__subcmd__help__subcmd__check"
+                ;;
+            snpguardctl__subcmd__bundle__subcmd__help,help)
+                cmd="snpguardctl__subcmd__bundle__subcmd__help__subcmd__help"
+                ;;
             snpguardctl__subcmd__certs,help)
                 cmd="snpguardctl__subcmd__certs__subcmd__help"
                 ;;
@@ -75,6 +90,9 @@ _snpguardctl() {
                 ;;
             snpguardctl__subcmd__help,audit)
                 cmd="snpguardctl__subcmd__help__subcmd__audit"
+                ;;
+            snpguardctl__subcmd__help,bundle)
+                cmd="snpguardctl__subcmd__help__subcmd__bundle"
                 ;;
             snpguardctl__subcmd__help,certs)
                 cmd="snpguardctl__subcmd__help__subcmd__certs"
@@ -105,6 +123,9 @@ _snpguardctl() {
                 ;;
             snpguardctl__subcmd__help,report)
                 cmd="snpguardctl__subcmd__help__subcmd__report"
+                ;;
+            snpguardctl__subcmd__help__subcmd__bundle,check)
+                cmd="snpguardctl__subcmd__help__subcmd__bundle__subcmd__check"
                 ;;
             snpguardctl__subcmd__help__subcmd__certs,import)
                 cmd="snpguardctl__subcmd__help__subcmd__certs__subcmd__import"
@@ -251,7 +272,7 @@ _snpguardctl() {
 
     case "${cmd}" in
         snpguardctl)
-            opts="-H -h -V --bus-address --host --help --version report measure id-block register records certs audit convert embed completions help"
+            opts="-H -h -V --bus-address --host --help --version report measure id-block register records certs audit bundle convert embed completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -307,6 +328,104 @@ _snpguardctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__bundle)
+            opts="-H -h --bus-address --host --help check help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bus-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -H)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__bundle__subcmd__check)
+            opts="-H -h --dir --json --bus-address --host --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bus-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -H)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__bundle__subcmd__help)
+            opts="check help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__bundle__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__bundle__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;
@@ -643,7 +762,7 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__help)
-            opts="report measure id-block register records certs audit convert embed completions help"
+            opts="report measure id-block register records certs audit bundle convert embed completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -659,6 +778,34 @@ _snpguardctl() {
         snpguardctl__subcmd__help__subcmd__audit)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__help__subcmd__bundle)
+            opts="check"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__help__subcmd__bundle__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -51,7 +51,8 @@ its launch bundle, exactly as registered with snpguardd.
 
 Prerequisites (checked): a host kernel with SEV-SNP enabled in KVM
 (/sys/module/kvm_amd/parameters/sev_snp = Y), /dev/kvm and /dev/sev
-(run as root or with read/write access to both), QEMU >= 9.1, jq, and
+(run as root or with read/write access to both), QEMU >= 9.1, jq,
+snpguardctl (on PATH, or SNPGUARD_CTL=PATH; it checks the bundle), and
 for --from-partition guestfish (libguestfs-tools).
 EOF
 }
@@ -68,19 +69,12 @@ note() { printf '%s: %s\n' "$prog" "$*" >&2; }
 
 # The bundle's members (snpguard/src/bundle/mod.rs).
 MEMBERS=(launch-config.json firmware.fd kernel initrd cmdline id-block.bin id-auth.bin)
-# Limits, as snpguard::bundle::ExtractLimits::default().
+# Limits while extracting, as snpguard::bundle::ExtractLimits::default()
+# (what lands on disk is bounded before `snpguardctl bundle check` reads
+# it).
 MAX_MEMBER=$((1 << 30))
 MAX_TOTAL=$((4 << 30))
 MAX_CONFIG=$((64 << 10))
-ID_BLOCK_SIZE=96
-ID_AUTH_SIZE=4096
-# The longest cmdline a launch digest is computed for
-# (snpguard::measure::MAX_CMDLINE_LEN).
-MAX_CMDLINE=4096
-# vCPU models a record may name (snpguard/src/measure/vcpu.rs).
-VCPU_TYPES=(EPYC EPYC-v1 EPYC-v2 EPYC-IBPB EPYC-v3 EPYC-v4 EPYC-Rome EPYC-Rome-v1
-    EPYC-Rome-v2 EPYC-Rome-v3 EPYC-Milan EPYC-Milan-v1 EPYC-Milan-v2 EPYC-Genoa
-    EPYC-Genoa-v1 EPYC-Turin)
 MIN_QEMU_MAJOR=9
 MIN_QEMU_MINOR=1
 # Where the host's devices and sysfs are looked up; only the tests set it.
@@ -148,6 +142,9 @@ fi
 # --- tools ------------------------------------------------------------------
 
 command -v jq >/dev/null 2>&1 || die "jq is not installed (apt-get install jq)"
+ctl=${SNPGUARD_CTL:-snpguardctl}
+command -v "$ctl" >/dev/null 2>&1 \
+    || die "$ctl not found; the bundle is checked by snpguardctl (install SnpGuard, or set SNPGUARD_CTL)"
 command -v "$qemu" >/dev/null 2>&1 \
     || die "$qemu not found; install QEMU >= $MIN_QEMU_MAJOR.$MIN_QEMU_MINOR (Debian 13: qemu-system-x86; Debian 12: from bookworm-backports)"
 qemu_version=$("$qemu" --version 2>/dev/null | head -n 1) || true
@@ -358,66 +355,21 @@ fi
 
 # --- the members, whichever way they came -----------------------------------
 
-total=0
-for m in "${MEMBERS[@]}"; do
-    f=$workdir/$m
-    if [ ! -f "$f" ] || [ -L "$f" ]; then
-        die "bundle member $m is not a regular file after extraction"
-    fi
-    [ "$(stat -c %h -- "$f")" = 1 ] || die "bundle member $m is a hard link"
-    size=$(stat -c %s -- "$f")
-    [ "$size" -le "$(member_limit "$m")" ] || die "bundle member $m is larger than $(member_limit "$m") bytes"
-    total=$((total + size))
-done
-[ "$total" -le "$MAX_TOTAL" ] || die "bundle content is larger than $MAX_TOTAL bytes"
-[ "$(stat -c %s -- "$workdir/id-block.bin")" = "$ID_BLOCK_SIZE" ] \
-    || die "id-block.bin is not $ID_BLOCK_SIZE bytes"
-[ "$(stat -c %s -- "$workdir/id-auth.bin")" = "$ID_AUTH_SIZE" ] \
-    || die "id-auth.bin is not $ID_AUTH_SIZE bytes"
-for m in firmware.fd kernel initrd; do
-    [ -s "$workdir/$m" ] || die "bundle member $m is empty"
-done
-
-# launch-config.json: exactly the fields of snpguard::bundle::LaunchConfig,
-# each checked as the library checks it; prints the first bad field.
-config=$workdir/launch-config.json
-bad_field=$(jq -r --argjson types "$(printf '%s\n' "${VCPU_TYPES[@]}" | jq -R . | jq -s .)" '
-    def hex($n): type == "string" and test("^[0-9a-f]{\($n)}$");
-    def hex64: type == "string" and test("^0x[0-9a-f]{1,16}$");
-    def token: type == "string" and test("^[A-Za-z0-9._-]{1,128}$");
-    if type != "object" then "the document (not a JSON object)"
-    else [
-        (if (keys | sort) == (["version","name","vcpus","vcpu_type","guest_policy",
-            "guest_features","measurement","id_key_digest","author_key_digest",
-            "family_id","image_id","kernel_hashes"] | sort) then empty
-         else "its set of fields (\(keys | join(",")))" end),
-        (if .version == 1 then empty else "version" end),
-        (if .name | token then empty else "name" end),
-        (if (.vcpus | type == "number") and .vcpus == (.vcpus | floor)
-            and .vcpus >= 1 and .vcpus <= 4096 then empty else "vcpus" end),
-        (if (.vcpu_type | type == "string") and (.vcpu_type as $t | $types | index([$t])) != null
-            then empty else "vcpu_type" end),
-        (if .guest_policy | hex64 then empty else "guest_policy" end),
-        (if .guest_features | hex64 then empty else "guest_features" end),
-        (if .measurement | hex(96) then empty else "measurement" end),
-        (if .id_key_digest | hex(96) then empty else "id_key_digest" end),
-        (if .author_key_digest | hex(96) then empty else "author_key_digest" end),
-        (if .family_id | hex(32) then empty else "family_id" end),
-        (if .image_id | hex(32) then empty else "image_id" end),
-        (if .kernel_hashes == true then empty else "kernel_hashes (must be true)" end)
-    ] | first // "" end' "$config" 2>&1) || die "launch-config.json is not valid JSON: $bad_field"
-[ -z "$bad_field" ] || die "launch-config.json is invalid: $bad_field"
+# snpguardctl checks them as the library does (snpguard::bundle::
+# check_extracted): each a regular file with one link within its size
+# limit, the ID block and auth sizes, no empty firmware, kernel or
+# initrd, launch-config.json with exactly its fields (a vCPU model the
+# launch can be measured for, a policy that is a number), a command line
+# without NUL within the measured maximum. It prints the launch config.
+config=$("$ctl" bundle check --dir "$workdir" --json 2>"$workdir/.check-errors") \
+    || die "$(sed -e 's/^error: //' -- "$workdir/.check-errors" | tr '\n' ' ')"
+rm -f -- "$workdir/.check-errors"
 IFS=$'\t' read -r name vcpus vcpu_type policy features measurement < <(jq -r \
-    '[.name, .vcpus, .vcpu_type, .guest_policy, .guest_features, .measurement] | @tsv' "$config")
+    '[.name, .vcpus, .vcpu_type, .guest_policy, .guest_features, .measurement] | @tsv' <<<"$config")
 
-# The command line, byte for byte. QEMU takes it from argv and hashes
-# strlen() + 1 bytes, so a NUL would cut it short.
+# The command line, byte for byte (checked above: no NUL, bounded).
 cmdline_file=$workdir/cmdline
 cmdline_size=$(stat -c %s -- "$cmdline_file")
-[ "$(tr -d '\000' <"$cmdline_file" | wc -c)" = "$cmdline_size" ] \
-    || die "the cmdline contains a NUL byte, which QEMU's -append cannot carry; re-register with a clean command line"
-[ "$cmdline_size" -le "$MAX_CMDLINE" ] \
-    || die "the cmdline is $cmdline_size bytes; no launch with more than $MAX_CMDLINE was measured"
 cmdline=
 IFS= read -r -d '' cmdline <"$cmdline_file" || true
 [ "${#cmdline}" = "$cmdline_size" ] || die "could not read the cmdline faithfully"

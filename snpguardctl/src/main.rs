@@ -4,6 +4,7 @@
 //! errors print one `error: ...` line and exit with status 2.
 
 mod audit;
+mod bundle;
 mod bus;
 mod certs;
 mod convert;
@@ -57,6 +58,9 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Show the attestation audit trail (releases and refusals)
     Audit(audit::AuditArgs),
+    /// Check a launch bundle before booting it
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
     /// Turn a cloud image into one with a LUKS2 root and the agent in its
     /// initrd, and stage what register needs
     Convert(convert::Args),
@@ -83,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Records(cmd) => records::run(&target, cmd).map(|()| ExitCode::SUCCESS),
         Command::Certs(cmd) => certs::run(&target, cmd).map(|()| ExitCode::SUCCESS),
         Command::Audit(args) => audit::run(&target, args).map(|()| ExitCode::SUCCESS),
+        Command::Bundle(cmd) => bundle::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Convert(args) => convert::run(args).map(|()| ExitCode::SUCCESS),
         Command::Embed(args) => embed::run(args).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {

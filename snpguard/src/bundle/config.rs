@@ -56,6 +56,9 @@ impl LaunchConfig {
             ));
         }
         check_token("vcpu_type", &self.vcpu_type)?;
+        if let Err(e) = self.vcpu_type.parse::<crate::measure::VcpuType>() {
+            return Err(invalid("vcpu_type", e.to_string()));
+        }
         check_hex_u64("guest_policy", &self.guest_policy)?;
         check_hex_u64("guest_features", &self.guest_features)?;
         check_hex_bytes("measurement", &self.measurement, 48)?;

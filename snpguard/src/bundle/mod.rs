@@ -23,6 +23,7 @@
 //! while streaming, files created fresh in an empty directory, and
 //! everything removed again if anything is wrong.
 
+mod check;
 mod config;
 mod extract;
 mod write;
@@ -33,6 +34,7 @@ mod tests;
 use std::io;
 use std::path::PathBuf;
 
+pub use check::check_extracted;
 pub use config::LaunchConfig;
 pub use extract::extract_bundle;
 pub use write::{write_bundle, BundleSources};
@@ -189,6 +191,15 @@ pub enum BundleError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A member that must have content is empty.
+    #[error("member {member:?} is empty")]
+    EmptyMember {
+        /// The member.
+        member: &'static str,
+    },
+    /// The command line cannot be booted as measured.
+    #[error("the cmdline cannot be launched: {0}")]
+    Cmdline(String),
 }
 
 /// Limits applied while extracting.

@@ -725,3 +725,100 @@ fn config_json_layout() {
     assert_eq!(v["version"], 1);
     assert_eq!(v["guest_policy"], "0x30000");
 }
+
+/// An extracted bundle checks out as it was written; each way a member
+/// can be wrong after extraction (by hand, or read from a partition) is
+/// refused, naming the member.
+#[test]
+fn check_extracted_refuses_each_broken_member() {
+    let bytes = write(&config(), &inputs()).unwrap();
+    let fresh = || {
+        let dir = tempfile::tempdir().unwrap();
+        extract_bundle(bytes.as_slice(), dir.path(), &ExtractLimits::default()).unwrap();
+        dir
+    };
+    let dir = fresh();
+    assert_eq!(
+        check_extracted(dir.path(), &ExtractLimits::default()).unwrap(),
+        config()
+    );
+    let check = |d: &tempfile::TempDir| check_extracted(d.path(), &ExtractLimits::default());
+
+    let d = fresh();
+    fs::remove_file(d.path().join(ID_AUTH)).unwrap();
+    assert!(matches!(
+        check(&d),
+        Err(BundleError::MissingMember { member: ID_AUTH })
+    ));
+
+    let d = fresh();
+    fs::remove_file(d.path().join(KERNEL)).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", d.path().join(KERNEL)).unwrap();
+    let e = check(&d).unwrap_err();
+    assert!(
+        e.to_string().contains("\"kernel\" is a symbolic link"),
+        "{e}"
+    );
+
+    let d = fresh();
+    fs::hard_link(d.path().join(INITRD), d.path().join("other")).unwrap();
+    let e = check(&d).unwrap_err();
+    assert!(e.to_string().contains("\"initrd\" is a hard link"), "{e}");
+
+    let d = fresh();
+    fs::write(d.path().join(ID_BLOCK), [0u8; 95]).unwrap();
+    assert!(matches!(
+        check(&d),
+        Err(BundleError::WrongFixedSize {
+            member: ID_BLOCK,
+            actual: 95,
+            ..
+        })
+    ));
+
+    let d = fresh();
+    fs::write(d.path().join(FIRMWARE), b"").unwrap();
+    assert!(matches!(
+        check(&d),
+        Err(BundleError::EmptyMember { member: FIRMWARE })
+    ));
+
+    let d = fresh();
+    fs::write(d.path().join(CMDLINE), b"console=ttyS0\0 init=/bin/sh").unwrap();
+    let e = check(&d).unwrap_err();
+    assert!(e.to_string().contains("NUL byte"), "{e}");
+
+    let d = fresh();
+    fs::write(d.path().join(CMDLINE), "a".repeat(4097)).unwrap();
+    assert!(matches!(check(&d), Err(BundleError::Cmdline(_))));
+
+    for (field, value) in [
+        ("vcpu_type", serde_json::json!("Foo-v1")),
+        ("kernel_hashes", serde_json::json!(false)),
+        ("guest_policy", serde_json::json!("0x30000,kvm=on")),
+    ] {
+        let d = fresh();
+        let mut v = serde_json::to_value(config()).unwrap();
+        v[field] = value;
+        fs::write(d.path().join(LAUNCH_CONFIG), v.to_string()).unwrap();
+        assert!(
+            matches!(check(&d), Err(BundleError::InvalidConfig { field: f, .. }) if f == field),
+            "{field}"
+        );
+    }
+    let d = fresh();
+    let mut v = serde_json::to_value(config()).unwrap();
+    v["extra"] = serde_json::json!(1);
+    fs::write(d.path().join(LAUNCH_CONFIG), v.to_string()).unwrap();
+    assert!(matches!(check(&d), Err(BundleError::ConfigJson(_))));
+
+    let d = fresh();
+    let limits = ExtractLimits {
+        max_member: 60_000,
+        ..ExtractLimits::default()
+    };
+    assert!(matches!(
+        check_extracted(d.path(), &limits),
+        Err(BundleError::MemberTooLarge { .. })
+    ));
+}
