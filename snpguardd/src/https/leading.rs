@@ -27,6 +27,9 @@ pub enum Leading {
 /// characters, with JSON whitespace between (at most [`LEADING_MAX`]
 /// bytes in all).
 pub fn leading_nonce(buf: &[u8]) -> Leading {
+    // Only the first LEADING_MAX bytes count, however many have arrived:
+    // the verdict must not depend on how the body was cut into reads.
+    let buf = &buf[..buf.len().min(LEADING_MAX)];
     let mut i = 0;
     let ws = |i: &mut usize| {
         while buf
@@ -120,5 +123,10 @@ mod tests {
         let padded = " ".repeat(LEADING_MAX);
         assert_eq!(leading_nonce(padded.as_bytes()), Leading::NotFirst);
         assert_eq!(leading_nonce(&padded.as_bytes()[1..]), Leading::NeedMore);
+        // A nonce that ends beyond the bound is refused whether the body
+        // arrived in one read or in several (found by the fuzzer).
+        let late = format!("{padded}{{\"nonce\":\"{n}\"}}");
+        assert_eq!(leading_nonce(late.as_bytes()), Leading::NotFirst);
+        assert_eq!(leading_nonce(&late.as_bytes()[..LEADING_MAX]), Leading::NotFirst);
     }
 }
