@@ -204,14 +204,18 @@ fn snpguardctl() -> PathBuf {
     p
 }
 
-fn ctl(bus: &TestBus, args: &[&str]) -> Output {
-    Command::new(snpguardctl())
-        .arg("--bus-address")
+/// `snpguardctl ARGS` on the test bus, stdin empty.
+fn ctl_command(bus: &TestBus, args: &[&str]) -> Command {
+    let mut c = Command::new(snpguardctl());
+    c.arg("--bus-address")
         .arg(&bus.address)
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run snpguardctl")
+        .stdin(Stdio::null());
+    c
+}
+
+fn ctl(bus: &TestBus, args: &[&str]) -> Output {
+    ctl_command(bus, args).output().expect("run snpguardctl")
 }
 
 fn ok(o: &Output) -> String {

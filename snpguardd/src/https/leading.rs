@@ -127,6 +127,9 @@ mod tests {
         // arrived in one read or in several (found by the fuzzer).
         let late = format!("{padded}{{\"nonce\":\"{n}\"}}");
         assert_eq!(leading_nonce(late.as_bytes()), Leading::NotFirst);
-        assert_eq!(leading_nonce(&late.as_bytes()[..LEADING_MAX]), Leading::NotFirst);
+        assert_eq!(
+            leading_nonce(&late.as_bytes()[..LEADING_MAX]),
+            Leading::NotFirst
+        );
     }
 }

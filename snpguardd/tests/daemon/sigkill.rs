@@ -27,11 +27,7 @@ const CLIENTS: usize = 2;
 
 /// A `snpguardctl` run in the background on the test bus.
 fn spawn_ctl(bus: &TestBus, args: &[&str]) -> Child {
-    Command::new(snpguardctl())
-        .arg("--bus-address")
-        .arg(&bus.address)
-        .args(args)
-        .stdin(Stdio::null())
+    ctl_command(bus, args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
