@@ -42,7 +42,7 @@ fn new_digest(old: &Path, new: &Path) -> String {
     .to_string()
 }
 
-fn show(bus: &TestBus, name: &str) -> serde_json::Value {
+pub(super) fn show(bus: &TestBus, name: &str) -> serde_json::Value {
     serde_json::from_str(&ok(&ctl(bus, &["records", "show", name, "--json"]))).expect("json")
 }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::renewal::new_staging;
+use super::renewal::{new_staging, show};
 use super::*;
 
 /// Kills per run (issue 14 asks for 100).
@@ -64,10 +64,6 @@ async fn try_attest(conn: &Conn, sim: &SimPlatform, launch: &Launch) -> Option<V
     assert_eq!(status.as_u16(), 200, "{}", String::from_utf8_lossy(&body));
     let resp: AttestResponse = serde_json::from_slice(&body).expect("response json");
     Some(released(&resp, &report, &secret))
-}
-
-fn show(bus: &TestBus, name: &str) -> serde_json::Value {
-    serde_json::from_str(&ok(&ctl(bus, &["records", "show", name, "--json"]))).expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
