@@ -85,18 +85,27 @@ unit:
 	$(CARGO) test -p snpguard-agent --features simulator --locked
 
 # The static agent; installs musl-tools and the rustup target if missing.
+# check-agent.sh --production: the binary has no simulated report source.
 agent:
 	./scripts/setup-deps.sh agent
 	$(AGENT_CARGO) --profile agent
-	./scripts/check-agent.sh $(AGENT_BIN) $(AGENT_MAX_BYTES)
+	./scripts/check-agent.sh $(AGENT_BIN) $(AGENT_MAX_BYTES) --production
 
-# The agent with the simulated report source (QEMU tests only).
+# The agent with the simulated report source (QEMU tests only). Built in
+# the same profile as the production agent, so the musl dependencies are
+# compiled once for both; cargo puts either build at $(AGENT_BIN), so the
+# simulator build is copied to $(AGENT_SIM_BIN) and the production one
+# rebuilt in its place (only the agent crate relinks). `make install`
+# refuses a simulator build at $(AGENT_BIN) all the same.
 agent-sim:
 	./scripts/setup-deps.sh agent
-	$(AGENT_CARGO) --profile agent-sim --features simulator
-	./scripts/check-agent.sh $(AGENT_SIM_BIN) $(AGENT_MAX_BYTES)
+	$(AGENT_CARGO) --profile agent --features simulator
+	./scripts/check-agent.sh $(AGENT_BIN) $(AGENT_MAX_BYTES) --simulator
+	install -D -m 0755 $(AGENT_BIN) $(AGENT_SIM_BIN)
+	$(AGENT_CARGO) --profile agent
+	./scripts/check-agent.sh $(AGENT_BIN) $(AGENT_MAX_BYTES) --production
 
-check-agent: agent
+check-agent: agent agent-sim
 
 # Unit hardening score (<= 1.6), unit syntax, sysusers/tmpfiles snippets.
 check-units:
@@ -251,6 +260,8 @@ install:
 	$(call install-file,0755,dracut/90snpguard/module-setup.sh,$(SHAREDIR)/dracut/90snpguard/module-setup.sh)
 	$(call install-file,0755,dracut/90snpguard/snpguard-unlock.sh,$(SHAREDIR)/dracut/90snpguard/snpguard-unlock.sh)
 	$(call install-file,0644,dracut/90snpguard/55-snpguard-dm.rules,$(SHAREDIR)/dracut/90snpguard/55-snpguard-dm.rules)
+	@! grep -qaF 'built with the SIMULATED report source' '$(AGENT_BIN)' \
+		|| { echo "install: $(AGENT_BIN) is the agent's simulator build (test only); run make agent" >&2; exit 1; }
 	$(call install-file,0755,$(AGENT_BIN),$(AGENTDIR)/snpguard-agent)
 	$(call install-file,0755,agent/kernel-hooks/zz-snpguard-renew,$(KERNELHOOKDIR)/zz-snpguard-renew)
 	@test -f cockpit/manifest.json || { echo "install: cockpit/manifest.json is missing" >&2; exit 1; }

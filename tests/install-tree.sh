@@ -108,4 +108,16 @@ fi
 grep -q "install: $scratch/none/snpguardctl is missing" <<<"$err" \
     || fail "missing binary not named: $err"
 
+# 4. The agent's simulator build (test only) is never installed.
+sim="$scratch/sim"
+mkdir -p "$sim"
+cp "$bins"/* "$sim/"
+printf 'WARNING: this agent is built with the SIMULATED report source\n' >> "$sim/snpguard-agent"
+if err=$(make -s install DESTDIR="$scratch/simroot" TARGET_DIR="$sim" AGENT_BIN="$sim/snpguard-agent" 2>&1 >/dev/null); then
+    fail "install accepted the agent's simulator build"
+fi
+grep -q "is the agent's simulator build (test only); run make agent" <<<"$err" \
+    || fail "simulator build not named: $err"
+[ ! -e "$scratch/simroot/usr/lib/snpguard/snpguard-agent" ] || fail "the simulator agent was installed"
+
 echo "install-tree: ok (${#expected[@]} files)"
