@@ -88,11 +88,11 @@ fn agent() -> PathBuf {
         .unwrap_or_else(|| snpguard_systest::workspace_binary("snpguard-agent"))
 }
 
-fn build_fails(flavour: Flavour, files: &GuestFiles) -> String {
-    let dir = scratch();
-    let (rootfs, chroot) = guest(flavour, dir.path());
-    initrd::install(&chroot, flavour, files).expect("install");
-    match initrd::build(&chroot, flavour, &rootfs.kernel_release) {
+/// Builds the initrd in `chroot` after installing `files`, which must
+/// fail; returns what the build printed.
+fn build_fails(chroot: &Chroot, rootfs: &Rootfs, flavour: Flavour, files: &GuestFiles) -> String {
+    initrd::install(chroot, flavour, files).expect("install");
+    match initrd::build(chroot, flavour, &rootfs.kernel_release) {
         Ok(p) => panic!(
             "{} built {} though it cannot unlock",
             flavour.name(),
@@ -103,13 +103,27 @@ fn build_fails(flavour: Flavour, files: &GuestFiles) -> String {
     }
 }
 
-fn refuses_missing_agent(flavour: Flavour) {
+/// The three initrd checks of one flavour on one extracted guest (each
+/// extraction costs tens of seconds): the build refuses a guest without
+/// the agent, then one whose configuration the agent rejects, and then
+/// builds an initrd that holds everything the unlock needs. The order
+/// matters: a fresh guest has no agent, and the last build succeeding on
+/// the same tree shows the refusals left nothing behind that breaks it.
+fn initrd_refuses_then_holds_everything(flavour: Flavour) {
+    let dir = scratch();
+    let (rootfs, chroot) = guest(flavour, dir.path());
     let ca = test_ca();
+    let agent = agent();
+    let config = config();
+
+    // 1. No agent: the hook / dracut module fail and name it.
     let output = build_fails(
+        &chroot,
+        &rootfs,
         flavour,
         &GuestFiles {
             agent: None,
-            config: &config(),
+            config: &config,
             ca: &ca,
         },
     );
@@ -117,26 +131,13 @@ fn refuses_missing_agent(flavour: Flavour) {
         output.contains(&format!("snpguard: {AGENT_PATH} is missing")),
         "the failure names the missing agent:\n{output}"
     );
-}
 
-#[test]
-#[ignore = "slow, root: make system-test"]
-fn initramfs_tools_refuses_to_build_without_the_agent() {
-    refuses_missing_agent(Flavour::InitramfsTools);
-}
-
-#[test]
-#[ignore = "slow, root: make system-test"]
-fn dracut_refuses_to_build_without_the_agent() {
-    refuses_missing_agent(Flavour::Dracut);
-}
-
-fn refuses_rejected_config(flavour: Flavour) {
-    let ca = test_ca();
-    let agent = agent();
-    // No servers: the agent's check-config refuses it.
-    let bad = config().replace("servers = [\"https://10.0.2.2:8443\"]", "servers = []");
+    // 2. No servers: the agent's check-config refuses the configuration.
+    let bad = config.replace("servers = [\"https://10.0.2.2:8443\"]", "servers = []");
+    assert_ne!(bad, config, "the configuration lost its servers");
     let output = build_fails(
+        &chroot,
+        &rootfs,
         flavour,
         &GuestFiles {
             agent: Some(&agent),
@@ -152,26 +153,8 @@ fn refuses_rejected_config(flavour: Flavour) {
         output.contains("servers"),
         "the agent's reason is shown:\n{output}"
     );
-}
 
-#[test]
-#[ignore = "slow, root: make system-test"]
-fn initramfs_tools_refuses_a_config_the_agent_rejects() {
-    refuses_rejected_config(Flavour::InitramfsTools);
-}
-
-#[test]
-#[ignore = "slow, root: make system-test"]
-fn dracut_refuses_a_config_the_agent_rejects() {
-    refuses_rejected_config(Flavour::Dracut);
-}
-
-fn initrd_holds_everything(flavour: Flavour) {
-    let dir = scratch();
-    let (rootfs, chroot) = guest(flavour, dir.path());
-    let ca = test_ca();
-    let agent = agent();
-    let config = config();
+    // 3. Everything in place: the initrd holds it.
     initrd::install(
         &chroot,
         flavour,
@@ -230,18 +213,22 @@ fn initrd_holds_everything(flavour: Flavour) {
         std::fs::read(chroot.path(AGENT_PATH)).expect("agent in guest"),
         std::fs::read(&agent).expect("agent"),
     );
+    assert_eq!(
+        std::fs::read_to_string(chroot.path(CONFIG_PATH)).expect("config in guest"),
+        config,
+    );
 }
 
 #[test]
 #[ignore = "slow, root: make system-test"]
-fn initramfs_tools_initrd_holds_agent_config_ca_and_modules() {
-    initrd_holds_everything(Flavour::InitramfsTools);
+fn initramfs_tools_initrd_refuses_what_cannot_unlock_and_holds_everything() {
+    initrd_refuses_then_holds_everything(Flavour::InitramfsTools);
 }
 
 #[test]
 #[ignore = "slow, root: make system-test"]
-fn dracut_initrd_holds_agent_config_ca_and_modules() {
-    initrd_holds_everything(Flavour::Dracut);
+fn dracut_initrd_refuses_what_cannot_unlock_and_holds_everything() {
+    initrd_refuses_then_holds_everything(Flavour::Dracut);
 }
 
 /// The disk fixture: its header takes the volume key (and no other), and
