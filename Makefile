@@ -13,7 +13,7 @@ GUESTFS_APPLIANCE ?= $(BUILD_DIR)/guestfs-appliance
 
 .PHONY: all build deps test test-convert lint unit check-units check-install check-scripts \
 	install demo bench clean agent agent-sim check-agent check-shell check-launch test-cockpit \
-	system-test test-e2e fuzz guest-rootfs slow-tests test-sigkill
+	system-test test-e2e e2e-boots fuzz guest-rootfs slow-tests test-sigkill
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -163,29 +163,45 @@ test-cockpit:
 	cd tests/cockpit && COCKPIT_TEST_OUT=$(abspath $(BUILD_DIR))/cockpit-test \
 		SNPGUARD_BIN_DIR=$(abspath target/debug) npm test
 
-# Every test, after installing what the tests need (idempotent).
-test: deps lint check-shell check-scripts check-units check-install check-agent unit \
-	test-cockpit slow-tests
+# Every test, after installing what the tests need (idempotent). The
+# guests' root file systems (debootstrap: mostly waiting on the network
+# and dpkg) are built beside the builds and quick tests, in a lane of
+# their own (scripts/lanes.sh), then the slow suites run.
+test: deps
+	./scripts/lanes.sh \
+		"checks=$(MAKE) --no-print-directory lint check-shell check-scripts check-units \
+			check-install check-agent unit test-cockpit" \
+		"guests=$(MAKE) --no-print-directory guest-rootfs"
+	$(MAKE) --no-print-directory slow-tests
 
 # The slow suites in two lanes side by side (scripts/lanes.sh; each line
-# prefixed [convert] or [boot]): the guests' root file systems and
-# test-convert's conversions, then test-sigkill; check-launch, the simulator agent,
-# system-test, test-e2e and test-convert's embed tests. A TCG guest or a libguestfs appliance keeps about one core
-# busy, so the lanes fill two cores. The workspace, the test binaries and
-# the libguestfs appliance are built first: the lanes share them.
-slow-tests: $(GUESTFS_APPLIANCE)/root
+# prefixed [convert] or [boot]). [convert]: the simple and split
+# conversions, then the end-to-end boots from the split one (e2e-boots),
+# then test-sigkill. [boot]: check-launch, system-test, the ESP/dracut
+# conversion, the refusals and Ctrl-C, and the embed tests. A TCG guest or
+# a libguestfs appliance keeps about one core busy, so the lanes fill two
+# cores. The workspace, the test binaries and the libguestfs appliance are
+# built first: the lanes share them.
+slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
 	$(CARGO) test --locked --no-run -p snpguardctl --test convert --test embed
 	$(CARGO) test --locked --no-run -p snpguard-systest --lib --test boot --test initrd --test e2e
 	$(CARGO) test --locked --no-run -p snpguardd --test daemon
 	./scripts/lanes.sh \
-		"convert=$(MAKE) --no-print-directory guest-rootfs test-convert CONVERT_TESTS='--test convert' test-sigkill" \
-		"boot=$(MAKE) --no-print-directory check-launch system-test test-e2e test-convert CONVERT_TESTS='--test embed'"
+		"convert=$(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
+			CONVERT_TEST_FILTER='converts_the_simple_layout $(E2E_GUEST_TEST)' \
+			&& $(MAKE) --no-print-directory e2e-boots test-sigkill" \
+		"boot=$(MAKE) --no-print-directory check-launch system-test \
+			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
+			CONVERT_TEST_FILTER='converts_the_esp_layout_with_dracut kernels_without_sev_snp interrupt_leaves_no_output' \
+			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test embed'"
 
 # convert and embed through libguestfs under TCG (slow: about 16 minutes
 # on 2 cores): the simple and split (separate /boot, /var, /home, swap)
 # layouts on the initramfs-tools guest, the ESP layout on the dracut guest,
-# the refusals, Ctrl-C and embed. The guest root filesystems and the test images are cached under
+# the refusals, Ctrl-C and embed. The split conversion is bootable (the
+# agent's simulator build) and, once checked, published as test-e2e's
+# guest (build/e2e-guest). The guest root filesystems and the test images are cached under
 # $(BUILD_DIR); SNPGUARD_TEST_ROOTFS / SNPGUARD_TEST_ROOTFS_DRACUT =
 # DIR-or-TAR skip their builds. A fixed libguestfs appliance (built once;
 # GUESTFS_APPLIANCE=DIR uses another) keeps the tests off supermin's shared
@@ -194,8 +210,8 @@ slow-tests: $(GUESTFS_APPLIANCE)/root
 # --skip NAME), CONVERT_TESTS the test binaries (`--test embed`).
 CONVERT_TEST_FILTER ?=
 CONVERT_TESTS ?= --test convert --test embed
-test-convert: guest-rootfs $(GUESTFS_APPLIANCE)/root
-	SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
+test-convert: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
+	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
 		SNPGUARD_TEST_ROOTFS_DRACUT='$(abspath $(SNPGUARD_TEST_ROOTFS_DRACUT))' \
 		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
 		$(CARGO) test -p snpguardctl --locked $(CONVERT_TESTS) -- --ignored \
@@ -221,13 +237,22 @@ $(GUESTFS_APPLIANCE)/root:
 	LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
 		libguestfs-make-fixed-appliance '$(GUESTFS_APPLIANCE)'
 
-# End to end, the refusals (tests/system/tests/e2e.rs): one Debian image
-# with a separate /boot, /var, /home and swap converted with the agent's
-# simulator build (about 7 minutes), then per case a TCG boot from its bundle on a qcow2 overlay: an initrd changed
-# after registration, a disabled record, a pending launch refused until
+# End to end, the refusals (tests/system/tests/e2e.rs): the Debian image
+# with a separate /boot, /var, /home and swap that test-convert's split
+# test converts with the agent's simulator build (about 7 minutes) and
+# publishes in build/e2e-guest, then per case a TCG boot from its
+# bundle on a qcow2 overlay (e2e-boots): an initrd changed after
+# registration, a disabled record, a pending launch refused until
 # approved. Needs root; the guest root file system is cached under
 # $(BUILD_DIR).
-test-e2e: agent-sim $(GUESTFS_APPLIANCE)/root
+E2E_GUEST_TEST = converts_separate_boot_var_home_and_swap_with_an_explicit_kernel
+test-e2e:
+	$(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
+		CONVERT_TEST_FILTER='$(E2E_GUEST_TEST) --exact'
+	$(MAKE) --no-print-directory e2e-boots
+
+# The end-to-end boots alone, from the guest test-convert published.
+e2e-boots: agent-sim $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
 	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) LIBGUESTFS_BACKEND=direct \
 		LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \

@@ -8,7 +8,10 @@
 //! built from it). SNPGUARD_TEST_AGENT and SNPGUARD_TEST_MODULES_DIR
 //! replace the fixture agent and modules directory (the fixture's
 //! initramfs-tools hook is a stand-in; its dracut module and kernel hook
-//! link to the real ones).
+//! link to the real ones). The split layout's conversion is bootable
+//! instead: SNPGUARD_AGENT (the agent's simulator build) and the
+//! repository's modules; once checked it is published as the end-to-end
+//! tests' guest (snpguard_systest::e2e_guest).
 
 mod guestfs_util;
 
@@ -18,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use guestfs_util::{ctl, diff, image, image_of, manifest, repo, sha256, Appliance};
+use guestfs_util::{ctl, diff, image, image_of, manifest, marker_image, repo, sha256, Appliance};
 use snpguard::seal;
 
 /// Everything a conversion test needs, in build/convert-test/NAME: emptied
@@ -27,6 +30,15 @@ use snpguard::seal;
 struct Fixture {
     dir: PathBuf,
     secret: seal::SecretKey,
+    /// The agent convert installs (--agent).
+    agent: PathBuf,
+    /// The initrd modules and kernel hook (--modules-dir).
+    modules: PathBuf,
+    /// The attestation server in the guest's configuration (--server).
+    server: String,
+    /// A guest that boots with the simulated platform
+    /// (--simulated-platform, the agent's simulator build).
+    simulated: bool,
 }
 
 impl Drop for Fixture {
@@ -49,7 +61,51 @@ impl Fixture {
             "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        Fixture { dir, secret }
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert");
+        Fixture {
+            dir,
+            secret,
+            agent: std::env::var("SNPGUARD_TEST_AGENT")
+                .map_or_else(|_| fixtures.join("agent"), PathBuf::from),
+            modules: modules_dir(),
+            server: "https://snpguard.test:8443".into(),
+            simulated: false,
+        }
+    }
+
+    /// A fixture whose conversion boots: the agent's simulator build
+    /// ($SNPGUARD_AGENT), the repository's initrd modules, TLS for
+    /// 10.0.2.2 (the host under QEMU's user network) and a free port,
+    /// firmware with the AmdSev suffix register measures. Returns the
+    /// fixture and the port.
+    fn bootable(name: &str) -> (Fixture, u16) {
+        let mut fx = Fixture::new(name);
+        fx.agent = std::env::var_os("SNPGUARD_AGENT")
+            .map(PathBuf::from)
+            .expect("SNPGUARD_AGENT: the agent's simulator build (make test-convert sets it)");
+        fx.modules = repo();
+        fx.simulated = true;
+        let tls = fx.path("tls");
+        let out = Command::new(repo().join("scripts/generate-tls-certs.sh"))
+            .arg("--output")
+            .arg(&tls)
+            .args(["--ip", "10.0.2.2", "--ip", "127.0.0.1", "--days", "2"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "generate-tls-certs.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::copy(tls.join("ca.pem"), fx.path("ca.pem")).unwrap();
+        let port = snpguard_systest::host::free_port().unwrap();
+        fx.server = format!("https://10.0.2.2:{port}");
+        let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
+            .expect("the AMD test data (SNPGUARD_TESTDATA; the Makefile sets it)");
+        let mut fw: Vec<u8> = (0..8192).map(|_| rand::random::<u8>()).collect();
+        fw.extend_from_slice(&suffix);
+        std::fs::write(fx.path("OVMF.fd"), fw).unwrap();
+        (fx, port)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -59,11 +115,7 @@ impl Fixture {
     /// The convert arguments for `input` → `out`/`staging`, the recovery
     /// passphrase written to `recovery.key`.
     fn args(&self, input: &Path, out: &str, staging: &str) -> Vec<String> {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/convert");
-        let agent = std::env::var("SNPGUARD_TEST_AGENT")
-            .map_or_else(|_| fixtures.join("agent"), PathBuf::from);
-        let modules = modules_dir();
-        [
+        let mut args: Vec<String> = [
             "convert",
             "--in-image",
             input.to_str().unwrap(),
@@ -74,21 +126,25 @@ impl Fixture {
             "--firmware",
             self.path("OVMF.fd").to_str().unwrap(),
             "--server",
-            "https://snpguard.test:8443",
+            &self.server,
             "--ca",
             self.path("ca.pem").to_str().unwrap(),
             "--ingestion-key",
             self.path("ingestion.pub").to_str().unwrap(),
             "--agent",
-            agent.to_str().unwrap(),
+            self.agent.to_str().unwrap(),
             "--modules-dir",
-            modules.to_str().unwrap(),
+            self.modules.to_str().unwrap(),
             "--recovery-key-file",
             self.path("recovery.key").to_str().unwrap(),
         ]
         .into_iter()
         .map(String::from)
-        .collect()
+        .collect();
+        if self.simulated {
+            args.push("--simulated-platform".into());
+        }
+        args
     }
 
     /// Nothing but the fixture's own files is left in its directory.
@@ -145,13 +201,13 @@ struct Converted {
     stderr: String,
 }
 
-fn convert(layout: &str, extra: &[&str]) -> Converted {
-    convert_image(layout, image(layout), extra)
-}
-
 /// Converts `input` in the fixture directory `layout`.
 fn convert_image(layout: &str, input: PathBuf, extra: &[&str]) -> Converted {
-    let fx = Fixture::new(layout);
+    convert_with(Fixture::new(layout), layout, input, extra)
+}
+
+/// Converts `input` with the fixture `fx`.
+fn convert_with(fx: Fixture, layout: &str, input: PathBuf, extra: &[&str]) -> Converted {
     let input_hash = sha256(&input);
     let mut args = fx.args(&input, "out.qcow2", "staging");
     if extra.contains(&"--no-recovery-keyslot") {
@@ -183,7 +239,7 @@ fn convert_image(layout: &str, input: PathBuf, extra: &[&str]) -> Converted {
 
 fn simple() -> &'static Converted {
     static C: OnceLock<Converted> = OnceLock::new();
-    C.get_or_init(|| convert("simple", &["--yes"]))
+    C.get_or_init(|| convert_image("simple", image("simple"), &["--yes"]))
 }
 
 /// Checks one conversion from every side the issue names.
@@ -422,7 +478,7 @@ fn check(c: &Converted) {
     for a in &added {
         assert!(mo.remove(*a).is_some(), "{a} not installed");
     }
-    let module = module_files(&modules_dir().join(module_src));
+    let module = module_files(&c.fx.modules.join(module_src));
     assert!(!module.is_empty(), "no {tool} module in the modules dir");
     for (rel, mode, sha) in &module {
         let path = format!("{module_dst}/{rel}");
@@ -468,7 +524,7 @@ fn check(c: &Converted) {
         "cd /run/out/etc/kernel/postinst.d && stat -c '%a %u %g' zz-snpguard-renew && \
          sha256sum < zz-snpguard-renew",
     );
-    let hook_src = modules_dir().join("kernel/postinst.d/zz-snpguard-renew");
+    let hook_src = c.fx.modules.join("kernel/postinst.d/zz-snpguard-renew");
     assert_eq!(
         hook.split_whitespace().collect::<Vec<_>>(),
         ["755", "0", "0", &sha256(&hook_src), "-"],
@@ -716,24 +772,67 @@ fn converts_the_simple_layout() {
     check(simple());
 }
 
+/// The kernel release of the initramfs-tools guest (SNPGUARD_TEST_ROOTFS:
+/// build-rootfs.sh's rootfs.tar with `kernel-release` beside it, or the
+/// tree itself).
+fn rootfs_kernel_release() -> String {
+    let rootfs = PathBuf::from(std::env::var_os("SNPGUARD_TEST_ROOTFS").expect(
+        "set SNPGUARD_TEST_ROOTFS to the initramfs-tools guest's rootfs \
+         (tests/guest/build-rootfs.sh; `make test-convert` does)",
+    ));
+    if rootfs.is_dir() {
+        let mut kernels: Vec<String> = std::fs::read_dir(rootfs.join("boot"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.strip_prefix("vmlinuz-").map(str::to_owned)
+            })
+            .collect();
+        kernels.sort();
+        kernels.pop().expect("a kernel in the rootfs's /boot")
+    } else {
+        let p = rootfs.with_file_name("kernel-release");
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .to_owned()
+    }
+}
+
 /// Ubuntu's separate /boot with a separate /var, /home and swap: /boot
 /// moves onto the encrypted root, /var and /home become LUKS2 volumes of
 /// their own, the swap partition is dropped.
+///
+/// This conversion is also the end-to-end tests' guest: the `--marker`
+/// image, the agent's simulator build, the repository's initrd modules
+/// and a server on 10.0.2.2, published to build/e2e-guest once checked
+/// (snpguard_systest::e2e_guest), so `make test` converts the layout once.
 #[test]
 #[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
 fn converts_separate_boot_var_home_and_swap_with_an_explicit_kernel() {
-    let rootfs_kernel = simple().summary["kernel"]["version"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let c = convert(
+    let rootfs_kernel = rootfs_kernel_release();
+    let (fx, port) = Fixture::bootable("split");
+    let input = marker_image("split");
+    let token = std::fs::read_to_string(input.with_extension("token"))
+        .expect("the image's token")
+        .trim()
+        .to_owned();
+    assert!(!token.is_empty());
+    let c = convert_with(
+        fx,
         "split",
+        input,
         &["--kernel", &rootfs_kernel, "--no-recovery-keyslot"],
     );
     let s = &c.summary;
     assert_eq!(
         s["kernel"]["version"].as_str(),
         Some(rootfs_kernel.as_str())
+    );
+    assert!(
+        c.stderr.contains("WARNING: --simulated-platform"),
+        "convert warns about the simulated platform: {}",
+        c.stderr
     );
     let roles: Vec<(&str, &str)> = s["mounts"]
         .as_array()
@@ -765,6 +864,19 @@ fn converts_separate_boot_var_home_and_swap_with_an_explicit_kernel() {
     assert_eq!(dropped.len(), 1, "{s}");
     assert!(dropped[0].as_str().unwrap().contains(" swap "), "{s}");
     check(&c);
+
+    // Checked: publish it for tests/system/tests/e2e.rs.
+    let area = snpguard_systest::e2e_guest::staging_area().unwrap();
+    let fx = &c.fx;
+    std::fs::rename(fx.path("out.qcow2"), area.join("guest.qcow2")).unwrap();
+    std::fs::rename(fx.path("staging"), area.join("staging")).unwrap();
+    std::fs::rename(fx.path("tls"), area.join("tls")).unwrap();
+    std::fs::copy(&fx.agent, area.join("agent")).unwrap();
+    let key = area.join("ingestion.key");
+    std::fs::write(&key, &fx.secret.to_bytes()[..]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let guest = snpguard_systest::e2e_guest::publish(&area, port, &token).unwrap();
+    eprintln!("published the end-to-end guest in {}", guest.dir.display());
 }
 
 /// The dracut flavour's root filesystem (tests/guest/build-rootfs.sh

@@ -39,6 +39,25 @@ pub fn image_of(layout: &str, rootfs: Option<&Path>) -> PathBuf {
     repo().join(p.trim())
 }
 
+/// The cached `--marker` test image for `layout` (build-image.sh: the
+/// guest prints where its file systems are mounted from and a token, kept
+/// beside the image as `.token`, once it reaches multi-user).
+pub fn marker_image(layout: &str) -> PathBuf {
+    let out = Command::new(repo().join("tests/guest/build-image.sh"))
+        .args(["--marker", layout])
+        .current_dir(repo())
+        .output()
+        .expect("running tests/guest/build-image.sh");
+    assert!(
+        out.status.success(),
+        "tests/guest/build-image.sh --marker {layout} failed (set SNPGUARD_TEST_ROOTFS or run \
+         tests/guest/build-rootfs.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = String::from_utf8(out.stdout).expect("path");
+    repo().join(p.lines().last().unwrap_or_default().trim())
+}
+
 /// `snpguardctl` with `args`.
 pub fn ctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_snpguardctl"))

@@ -5,7 +5,9 @@
 //! and CA ([`initrd`]), a LUKS2 disk whose root prints a marker
 //! ([`disk`]), a QEMU/TCG boot with a deadline whose serial log the
 //! tests read ([`qemu`]), and the host side of a boot: TLS, the simulated
-//! platform, the test polkit and snpguardd on a private bus ([`host`]).
+//! platform, the test polkit and snpguardd on a private bus ([`host`]);
+//! and the end-to-end guest one conversion test publishes for the e2e
+//! boots ([`e2e_guest`]).
 //!
 //! Everything here needs root (debootstrap, chroot, mounts, dm) and the
 //! tools `scripts/setup-deps.sh` installs. The tests are `#[ignore]`d in
@@ -14,6 +16,7 @@
 pub mod chroot;
 pub mod cmd;
 pub mod disk;
+pub mod e2e_guest;
 pub mod host;
 pub mod initrd;
 pub mod qemu;

@@ -1,11 +1,18 @@
 //! End to end, the ways a converted guest must NOT get its key: a Debian
 //! 13 image with a separate /boot, /var, /home and swap
-//! (tests/guest/build-image.sh --marker split) converted once by
+//! (tests/guest/build-image.sh --marker split) converted by
 //! `snpguardctl convert --simulated-platform` with the agent's simulator
 //! build, registered with the real daemon (private bus, HTTPS on
 //! 127.0.0.1, the simulated platform's root trusted) and booted under
 //! QEMU/TCG from its bundle, each case on a qcow2 overlay of the one
-//! conversion and a copy of the daemon state the VMK was sealed to.
+//! conversion and a copy of the daemon state the VMK was re-sealed to.
+//!
+//! The conversion is snpguardctl's split-layout conversion test, which
+//! checks it and publishes it (snpguard_systest::e2e_guest): `make
+//! test-e2e` runs that test first, `make test` runs it with test-convert.
+//! Its VMK is sealed to the conversion's throw-away ingestion key; this
+//! test re-seals it to its daemon's ingestion key, as if convert had been
+//! given that daemon's key.
 //!
 //! - an initrd changed after registration (one byte appended) boots to the
 //!   agent, which is refused: `measurement-mismatch`;
@@ -19,7 +26,7 @@
 //! A refused guest prints `snpguard: FAILED: … attestation-rejected`,
 //! powers off by itself, shows no shell and never reaches its root.
 //!
-//! Slow and root-only: `make test-e2e` (a conversion, about 7 minutes,
+//! Slow and root-only: `make test-e2e` (the conversion, about 7 minutes,
 //! then a TCG boot per case).
 
 #[path = "../../../snpguardd/tests/common/mod.rs"]
@@ -27,14 +34,15 @@
 mod bus;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use snpguard::seal;
 use snpguard_systest::cmd::run_ok;
+use snpguard_systest::e2e_guest::{self, E2eGuest};
 use snpguard_systest::host::{self, Daemon, Polkit, FW_CFG_NAME};
 use snpguard_systest::qemu::{Boot, Outcome};
-use snpguard_systest::rootfs::{Flavour, Rootfs};
 
 /// A refused boot takes about a minute under TCG, one reaching
 /// multi-user a few; room for a loaded machine.
@@ -49,12 +57,13 @@ struct Converted {
     dir: PathBuf,
     tls: PathBuf,
     platform: PathBuf,
-    /// The daemon's state after its first start: its ingestion key sealed
-    /// the VMK, so every case's daemon starts on a copy of it.
+    /// The daemon's state after its first start: the VMK is re-sealed to
+    /// its ingestion key, so every case's daemon starts on a copy of it.
     state: PathBuf,
     /// The port baked into the guest's agent configuration.
     port: u16,
     image: PathBuf,
+    /// The conversion's staging directory, the VMK re-sealed.
     staging: PathBuf,
     /// The token the image's marker line carries.
     token: String,
@@ -62,10 +71,10 @@ struct Converted {
 
 fn converted() -> &'static Converted {
     static C: OnceLock<Converted> = OnceLock::new();
-    C.get_or_init(convert)
+    C.get_or_init(prepare)
 }
 
-fn convert() -> Converted {
+fn prepare() -> Converted {
     let repo = snpguard_systest::repo_root();
     let dir = repo.join("build/systest/e2e");
     let _ = std::fs::remove_dir_all(&dir);
@@ -73,91 +82,52 @@ fn convert() -> Converted {
     let agent = std::env::var_os("SNPGUARD_AGENT")
         .map(PathBuf::from)
         .expect("SNPGUARD_AGENT: the agent's simulator build (make test-e2e sets it)");
+    let guest: E2eGuest = e2e_guest::load(&agent).unwrap_or_else(|e| panic!("{e}"));
 
-    let rootfs =
-        Rootfs::get(Flavour::InitramfsTools, &dir.join("rootfs")).expect("guest root file system");
-    let out = run_ok(
-        Command::new(repo.join("tests/guest/build-image.sh"))
-            .args(["--marker", "split"])
-            .arg(&rootfs.tar)
-            .env("SNPGUARD_TEST_IMAGES", repo.join("build/guest")),
-    );
-    let image = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .expect("build-image.sh prints the image"),
-    );
-    let token = std::fs::read_to_string(image.with_extension("token"))
-        .expect("the image's token")
-        .trim()
-        .to_owned();
-    assert!(!token.is_empty());
-
-    let tls = dir.join("tls");
-    host::generate_tls(&tls).expect("TLS certificates");
     let platform = dir.join("platform");
     host::sim_platform(&platform).expect("simulated platform");
-    let port = host::free_port().expect("free port");
     let first = dir.join("first");
     {
         let bus = bus::TestBus::start();
-        let _daemon = Daemon::start(&bus.address, &first, &platform.join("ark.pem"), &tls, port)
-            .expect("snpguardd");
+        let _daemon = Daemon::start(
+            &bus.address,
+            &first,
+            &platform.join("ark.pem"),
+            &guest.tls(),
+            guest.port,
+        )
+        .expect("snpguardd");
     }
     let state = first.join("state");
 
-    let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
-        .expect("the AMD test data (SNPGUARD_TESTDATA; the Makefile sets it)");
-    let mut fw: Vec<u8> = (0..8192).map(|_| rand::random::<u8>()).collect();
-    fw.extend_from_slice(&suffix);
-    let firmware = dir.join("OVMF.amdsev.fd");
-    std::fs::write(&firmware, fw).expect("firmware");
-    let out_image = dir.join("guest.qcow2");
+    // The staging directory with the VMK re-sealed to this daemon.
     let staging = dir.join("staging");
-    let started = Instant::now();
-    let out = Command::new(snpguard_systest::workspace_binary("snpguardctl"))
-        .arg("convert")
-        .arg("--in-image")
-        .arg(&image)
-        .arg("--out-image")
-        .arg(&out_image)
-        .arg("--out-staging")
-        .arg(&staging)
-        .arg("--firmware")
-        .arg(&firmware)
-        .arg("--server")
-        .arg(format!("https://10.0.2.2:{port}"))
-        .arg("--ca")
-        .arg(tls.join("ca.pem"))
-        .arg("--ingestion-key")
-        .arg(state.join("ingestion.pub"))
-        .arg("--agent")
-        .arg(&agent)
-        .arg("--modules-dir")
-        .arg(&repo)
-        .arg("--recovery-key-file")
-        .arg(dir.join("recovery.key"))
-        .args(["--simulated-platform", "--yes", "--json"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("snpguardctl convert");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "convert failed: {stderr}");
-    assert!(
-        stderr.contains("WARNING: --simulated-platform"),
-        "convert warns about the simulated platform: {stderr}"
-    );
-    eprintln!("e2e: convert took {:.0?}", started.elapsed());
+    std::fs::create_dir(&staging).expect("staging");
+    for f in ["kernel", "initrd", "cmdline", "firmware.fd"] {
+        std::fs::copy(guest.staging().join(f), staging.join(f)).expect("staging file");
+    }
+    let secret: [u8; 32] = std::fs::read(guest.ingestion_key())
+        .expect("the conversion's ingestion key")
+        .try_into()
+        .expect("a 32-byte ingestion key");
+    let secret = seal::SecretKey::from_bytes(&secret);
+    let sealed = std::fs::read(guest.staging().join("vmk.sealed")).expect("vmk.sealed");
+    let sealed = seal::SealedBox::from_bytes(&sealed).expect("a sealed box");
+    let vmk = seal::open(&secret, seal::INFO_INGEST, b"", &sealed).expect("the VMK opens");
+    let daemon_key = std::fs::read(state.join("ingestion.pub")).expect("ingestion.pub");
+    let daemon_key = seal::PublicKey::from_bytes(&daemon_key).expect("the daemon's key");
+    let resealed = seal::seal(&daemon_key, seal::INFO_INGEST, b"", &vmk).expect("seal");
+    std::fs::write(staging.join("vmk.sealed"), resealed.to_bytes()).expect("vmk.sealed");
+
     Converted {
         dir,
-        tls,
+        tls: guest.tls(),
         platform,
         state,
-        port,
-        image: out_image,
+        port: guest.port,
+        image: guest.image(),
         staging,
-        token,
+        token: guest.token.clone(),
     }
 }
 
