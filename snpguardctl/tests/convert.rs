@@ -551,9 +551,15 @@ fn check(c: &Converted) {
         config["luks"]["device"].as_str().unwrap(),
         format!("UUID={luks_uuid}")
     );
+    assert_eq!(config["servers"][0].as_str(), Some(c.fx.server.as_str()));
     assert_eq!(
-        config["servers"][0].as_str(),
-        Some("https://snpguard.test:8443")
+        config["report_source"].as_str(),
+        Some(if c.fx.simulated { "simulated" } else { "auto" })
+    );
+    assert_eq!(
+        config.contains_key("simulator"),
+        c.fx.simulated,
+        "{config:?}"
     );
     let fstab = app.ok("cat /run/out/etc/fstab");
     assert!(fstab.contains(&format!("UUID={uuid} / ")), "{fstab}");
