@@ -1,485 +1,73 @@
-//! `/etc/snpguard/agent.toml`: parsed once into typed values. Unknown keys
-//! are refused; every error names the key.
+//! The agent's configuration: the shared contract
+//! ([`snpguard::agent_config`], the type convert writes) plus the one check
+//! only this build can make: whether the simulated report source is
+//! compiled in.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::Deserialize;
+pub use snpguard::agent_config::{
+    invalid, AgentConfig, ConfigError, Luks, ReportSource, Retry, Server, DEFAULT_PATH,
+};
 
-/// Default location inside the initrd (and on the host at build time).
-pub const DEFAULT_PATH: &str = "/etc/snpguard/agent.toml";
-/// Largest configuration file read.
-const MAX_SIZE: u64 = 64 * 1024;
-/// Most servers tried.
-pub const MAX_SERVERS: usize = 8;
-/// Most attempts per server.
-pub const MAX_ATTEMPTS: u32 = 100;
-/// Most data volumes (`[[volumes]]`).
-pub const MAX_VOLUMES: usize = 16;
-
-/// Where the attestation report comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReportSource {
-    /// configfs-tsm, then /dev/sev-guest.
-    Auto,
-    /// /sys/kernel/config/tsm/report.
-    Tsm,
-    /// /dev/sev-guest (SNP_GET_EXT_REPORT).
-    SevGuest,
-    /// The test-only simulator (feature `simulator`).
-    Simulated,
+/// Reads and checks the file at `path` for this build.
+pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    parse(&AgentConfig::read(path)?)
 }
 
-impl ReportSource {
-    pub fn name(self) -> &'static str {
-        match self {
-            ReportSource::Auto => "auto",
-            ReportSource::Tsm => "tsm",
-            ReportSource::SevGuest => "sev-guest",
-            ReportSource::Simulated => "simulated",
-        }
-    }
+/// Parses and checks configuration text for this build.
+pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+    for_this_build(AgentConfig::parse(text)?)
 }
 
-/// The whole configuration, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    pub servers: Vec<Server>,
-    pub ca: PathBuf,
-    pub report_source: ReportSource,
-    pub luks: Luks,
-    /// The data volumes (`[[volumes]]`): every other guest-mounted file
-    /// system, each its own LUKS2 volume whose key is derived from the
-    /// root's (`snpguard::volume::data_volume_key`).
-    pub volumes: Vec<Volume>,
-    pub retry: Retry,
-    pub simulator: Option<Simulator>,
-}
-
-/// A data volume: where the guest mounts it, and its pinned parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Volume {
-    /// The guest's mount point (messages only; fstab mounts it).
-    pub mountpoint: String,
-    pub luks: Luks,
-}
-
-/// `[[volumes]]` as written: the `[luks]` keys plus the mount point.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVolume {
-    mountpoint: String,
-    device: String,
-    uuid: String,
-    name: String,
-    cipher: String,
-    key_bytes: usize,
-    sector_size: u32,
-    offset: u64,
-}
-
-/// An attestation server, `https://host[:port]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Server {
-    /// As configured, without a trailing slash.
-    pub url: String,
-}
-
-/// The pinned parameters of the root volume.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Luks {
-    /// `UUID=<uuid>` or a path (normally under /dev).
-    pub device: String,
-    /// The LUKS UUID the header must carry.
-    pub uuid: String,
-    /// The device-mapper name.
-    pub name: String,
-    /// dm-crypt cipher spec, e.g. `aes-xts-plain64`.
-    pub cipher: String,
-    /// Volume key length in bytes.
-    pub key_bytes: usize,
-    /// Encryption sector size (512 or 4096).
-    pub sector_size: u32,
-    /// Data segment offset in bytes.
-    pub offset: u64,
-}
-
-/// Bounded retries with exponential backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retry {
-    #[serde(default = "default_attempts")]
-    pub attempts: u32,
-    #[serde(default = "default_initial_delay")]
-    pub initial_delay_ms: u64,
-    #[serde(default = "default_max_delay")]
-    pub max_delay_ms: u64,
-    #[serde(default = "default_device_timeout")]
-    pub device_timeout_secs: u64,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry {
-            attempts: default_attempts(),
-            initial_delay_ms: default_initial_delay(),
-            max_delay_ms: default_max_delay(),
-            device_timeout_secs: default_device_timeout(),
-        }
-    }
-}
-
-fn default_attempts() -> u32 {
-    5
-}
-fn default_initial_delay() -> u64 {
-    1000
-}
-fn default_max_delay() -> u64 {
-    30_000
-}
-fn default_device_timeout() -> u64 {
-    60
-}
-
-/// The simulated source's launch blob.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Simulator {
-    pub launch: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Raw {
-    servers: Vec<String>,
-    ca: PathBuf,
-    #[serde(default = "default_source")]
-    report_source: ReportSource,
-    luks: Luks,
-    #[serde(default)]
-    volumes: Vec<RawVolume>,
-    #[serde(default)]
-    retry: Retry,
-    simulator: Option<Simulator>,
-}
-
-fn default_source() -> ReportSource {
-    ReportSource::Auto
-}
-
-/// A configuration that cannot be used; the message names the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {size} bytes is more than the {MAX_SIZE} allowed")]
-    TooLarge { path: PathBuf, size: u64 },
-    #[error("{0}")]
-    Syntax(String),
-    #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
-}
-
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
-}
-
-impl Config {
-    /// Reads and checks the file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let read = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let size = std::fs::metadata(path).map_err(read)?.len();
-        if size > MAX_SIZE {
-            return Err(ConfigError::TooLarge {
-                path: path.to_owned(),
-                size,
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read)?;
-        Config::parse(&text)
-    }
-
-    /// Parses and checks configuration text.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| {
-            ConfigError::Syntax(
-                e.to_string()
-                    .trim_end()
-                    .replace('\n', " ")
-                    .replace("  ", " "),
-            )
-        })?;
-        if raw.servers.is_empty() || raw.servers.len() > MAX_SERVERS {
-            return Err(invalid(
-                "servers",
-                format!(
-                    "give 1 to {MAX_SERVERS} servers (got {})",
-                    raw.servers.len()
-                ),
-            ));
-        }
-        let servers = raw
-            .servers
-            .iter()
-            .map(|s| parse_server(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        if !raw.ca.is_absolute() {
-            return Err(invalid("ca", "must be an absolute path"));
-        }
-        check_luks(&raw.luks, "luks")?;
-        let volumes = check_volumes(raw.volumes, &raw.luks)?;
-        check_retry(&raw.retry)?;
-        match (raw.report_source, &raw.simulator) {
-            (ReportSource::Simulated, None) => {
-                return Err(invalid(
-                    "simulator.launch",
-                    "report_source = \"simulated\" needs a [simulator] table with launch",
-                ))
-            }
-            (ReportSource::Simulated, Some(_)) => {}
-            (_, Some(_)) => {
-                return Err(invalid(
-                    "simulator",
-                    "only allowed with report_source = \"simulated\"",
-                ))
-            }
-            (_, None) => {}
-        }
-        if raw.report_source == ReportSource::Simulated && !cfg!(feature = "simulator") {
-            return Err(invalid(
-                "report_source",
-                "\"simulated\" is not compiled into this agent (a production build); use auto, tsm or sev-guest",
-            ));
-        }
-        Ok(Config {
-            servers,
-            ca: raw.ca,
-            report_source: raw.report_source,
-            luks: raw.luks,
-            volumes,
-            retry: raw.retry,
-            simulator: raw.simulator,
-        })
-    }
-}
-
-fn parse_server(s: &str) -> Result<Server, ConfigError> {
-    let rest = s
-        .strip_prefix("https://")
-        .ok_or_else(|| invalid("servers", format!("{s:?} must start with https://")))?;
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.is_empty()
-        || s.len() > 256
-        || rest.contains(['/', '?', '#', '@', ' '])
-        || !rest.is_ascii()
-    {
+/// Refuses the simulated source in a production build.
+fn for_this_build(c: AgentConfig) -> Result<AgentConfig, ConfigError> {
+    if c.report_source == ReportSource::Simulated && !cfg!(feature = "simulator") {
         return Err(invalid(
-            "servers",
-            format!("{s:?} must be https://host[:port] with no path"),
+            "report_source",
+            "\"simulated\" is not compiled into this agent (a production build); use auto, tsm or sev-guest",
         ));
     }
-    Ok(Server {
-        url: format!("https://{rest}"),
-    })
-}
-
-/// A canonical UUID: 8-4-4-4-12 lowercase or uppercase hex.
-pub fn is_uuid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn check_luks(l: &Luks, table: &str) -> Result<(), ConfigError> {
-    let key = |k: &str| format!("{table}.{k}");
-    if !is_uuid(&l.uuid) {
-        return Err(invalid(key("uuid"), format!("{:?} is not a UUID", l.uuid)));
-    }
-    match l.device.strip_prefix("UUID=") {
-        Some(u) if is_uuid(u) => {}
-        Some(u) => return Err(invalid(key("device"), format!("UUID={u:?} is not a UUID"))),
-        // Normally a path under /dev; any absolute path so that host
-        // tests can use a file.
-        None if l.device.starts_with('/') && !l.device.contains("..") => {}
-        None => {
-            return Err(invalid(
-                key("device"),
-                format!(
-                    "{:?} must be UUID=<uuid> or an absolute path such as /dev/vda2",
-                    l.device
-                ),
-            ))
-        }
-    }
-    if l.name.is_empty()
-        || l.name.len() > 64
-        || !l
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-        || l.name.starts_with('.')
-    {
-        return Err(invalid(
-            key("name"),
-            format!("{:?} must be 1-64 characters of A-Z a-z 0-9 _ - .", l.name),
-        ));
-    }
-    if l.cipher.is_empty()
-        || l.cipher.len() > 64
-        || !l
-            .cipher
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b))
-    {
-        return Err(invalid(
-            key("cipher"),
-            format!("{:?} is not a dm-crypt cipher spec", l.cipher),
-        ));
-    }
-    if !(16..=128).contains(&l.key_bytes) {
-        return Err(invalid(
-            key("key_bytes"),
-            format!("{} must be 16 to 128", l.key_bytes),
-        ));
-    }
-    if l.sector_size != 512 && l.sector_size != 4096 {
-        return Err(invalid(
-            key("sector_size"),
-            format!("{} must be 512 or 4096", l.sector_size),
-        ));
-    }
-    if l.offset == 0 || l.offset % 4096 != 0 {
-        return Err(invalid(
-            key("offset"),
-            format!("{} must be a positive multiple of 4096", l.offset),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks the `[[volumes]]`: each a valid LUKS2 pin of its own (its key is
-/// derived, so at least 32 bytes and a canonical lower-case UUID), mounted
-/// at an absolute path other than `/`, and no name, UUID or mount point
-/// used twice (nor the root's name or UUID).
-fn check_volumes(raw: Vec<RawVolume>, root: &Luks) -> Result<Vec<Volume>, ConfigError> {
-    if raw.len() > MAX_VOLUMES {
-        return Err(invalid(
-            "volumes",
-            format!("at most {MAX_VOLUMES} data volumes (got {})", raw.len()),
-        ));
-    }
-    let mut out: Vec<Volume> = Vec::with_capacity(raw.len());
-    for (i, r) in raw.into_iter().enumerate() {
-        let table = format!("volumes[{i}]");
-        let mp = &r.mountpoint;
-        if !mp.starts_with('/')
-            || mp == "/"
-            || mp.len() > 256
-            || mp.contains("//")
-            || mp.ends_with('/')
-            || mp.split('/').any(|c| c == "." || c == "..")
-            || mp.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(invalid(
-                format!("{table}.mountpoint"),
-                format!("{mp:?} must be an absolute path other than / (no spaces, no . or ..)"),
-            ));
-        }
-        let v = Volume {
-            mountpoint: r.mountpoint,
-            luks: Luks {
-                device: r.device,
-                uuid: r.uuid,
-                name: r.name,
-                cipher: r.cipher,
-                key_bytes: r.key_bytes,
-                sector_size: r.sector_size,
-                offset: r.offset,
-            },
-        };
-        check_luks(&v.luks, &table)?;
-        if !snpguard::volume::is_canonical_uuid(&v.luks.uuid) {
-            return Err(invalid(
-                format!("{table}.uuid"),
-                format!(
-                    "{:?}: a data volume's key is derived from its UUID; write it in lower case",
-                    v.luks.uuid
-                ),
-            ));
-        }
-        if v.luks.key_bytes < 32 {
-            return Err(invalid(
-                format!("{table}.key_bytes"),
-                format!("{} must be 32 to 128 for a data volume", v.luks.key_bytes),
-            ));
-        }
-        let clash = |other: &Luks| {
-            other.name == v.luks.name || other.uuid.eq_ignore_ascii_case(&v.luks.uuid)
-        };
-        if clash(root) || out.iter().any(|o| clash(&o.luks)) {
-            return Err(invalid(
-                table,
-                format!(
-                    "name {:?} or uuid {} is already used by another volume",
-                    v.luks.name, v.luks.uuid
-                ),
-            ));
-        }
-        if out.iter().any(|o| o.mountpoint == v.mountpoint) {
-            return Err(invalid(
-                format!("{table}.mountpoint"),
-                format!("{:?} is given twice", v.mountpoint),
-            ));
-        }
-        out.push(v);
-    }
-    Ok(out)
-}
-
-fn check_retry(r: &Retry) -> Result<(), ConfigError> {
-    if !(1..=MAX_ATTEMPTS).contains(&r.attempts) {
-        return Err(invalid(
-            "retry.attempts",
-            format!("{} must be 1 to {MAX_ATTEMPTS}", r.attempts),
-        ));
-    }
-    if r.initial_delay_ms > 600_000 {
-        return Err(invalid(
-            "retry.initial_delay_ms",
-            format!("{} must be at most 600000", r.initial_delay_ms),
-        ));
-    }
-    if r.max_delay_ms < r.initial_delay_ms || r.max_delay_ms > 600_000 {
-        return Err(invalid(
-            "retry.max_delay_ms",
-            format!(
-                "{} must be between initial_delay_ms and 600000",
-                r.max_delay_ms
-            ),
-        ));
-    }
-    if !(1..=3600).contains(&r.device_timeout_secs) {
-        return Err(invalid(
-            "retry.device_timeout_secs",
-            format!("{} must be 1 to 3600", r.device_timeout_secs),
-        ));
-    }
-    Ok(())
+    Ok(c)
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    const SIMULATED: &str = r#"
+servers = ["https://10.0.2.2:8443"]
+ca = "/etc/snpguard/ca.pem"
+report_source = "simulated"
+[luks]
+device = "UUID=0b6a3c3e-6c1c-4b5e-9d8a-3d7e2f1a9c00"
+uuid = "0b6a3c3e-6c1c-4b5e-9d8a-3d7e2f1a9c00"
+name = "snpguard_root"
+cipher = "aes-xts-plain64"
+key_bytes = 64
+sector_size = 512
+offset = 16777216
+[simulator]
+launch = "/tmp/blob"
+"#;
+
+    #[test]
+    fn the_simulated_source_only_in_a_simulator_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, SIMULATED).unwrap();
+        let r = load(&p);
+        assert_eq!(
+            parse(SIMULATED).map_err(|e| e.to_string()),
+            r.as_ref().map(Clone::clone).map_err(|e| e.to_string())
+        );
+        if cfg!(feature = "simulator") {
+            assert_eq!(r.expect("simulated").report_source, ReportSource::Simulated);
+        } else {
+            let e = r.expect_err("a production build refuses it").to_string();
+            assert!(
+                e.contains("report_source") && e.contains("simulated"),
+                "{e}"
+            );
+        }
+    }
+}

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         say!("WARNING: this agent is built with the SIMULATED report source (feature simulator): TEST ONLY, it must never boot a production guest");
     }
     match cli.command {
-        Command::CheckConfig { config } => match config::Config::load(&config) {
+        Command::CheckConfig { config } => match config::load(&config) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} server(s), report source {}, device {})",
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
                 cmdline: renew::CmdlineArg::from_options(cmdline, cmdline_file),
                 boot_files: &boot_files,
             };
-            let result = config::Config::load(&config)
+            let result = config::load(&config)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| renew::run(&c, &req));
             match result {
@@ -133,7 +133,7 @@ fn main() -> ExitCode {
             config,
             no_poweroff,
         } => {
-            let result = config::Config::load(&config)
+            let result = config::load(&config)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| unlock::run(&c));
             match result {

@@ -22,7 +22,7 @@ use snpguard::attest::{RenewResponse, MAX_RENEW_BODY};
 use snpguard::measure::MAX_CMDLINE_LEN;
 
 use crate::client::{self, Client};
-use crate::config::Config;
+use crate::config::AgentConfig;
 use crate::console::say;
 use crate::evidence::Source;
 
@@ -321,7 +321,7 @@ pub fn load(req: &Request<'_>) -> anyhow::Result<Artifacts> {
 
 /// Submits the renewal to the configured servers (retried per the
 /// configuration for transport errors and 5xx; a 4xx is final).
-pub fn run(config: &Config, req: &Request<'_>) -> anyhow::Result<RenewResponse> {
+pub fn run(config: &AgentConfig, req: &Request<'_>) -> anyhow::Result<RenewResponse> {
     let artifacts = load(req)?;
     let source = Source::from_config(config, None);
     say!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::client::{self, Client};
-use crate::config::{Config, Luks};
+use crate::config::{AgentConfig, Luks};
 use crate::console::say;
 use crate::device::{self, Roots};
 use crate::dm::{self, CryptTarget};
@@ -76,7 +76,7 @@ fn map(f: &Found<'_>, key: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Runs the whole unlock; `Err` carries the one-line reason.
-pub fn run(config: &Config) -> anyhow::Result<()> {
+pub fn run(config: &AgentConfig) -> anyhow::Result<()> {
     let l = &config.luks;
     let source = Source::from_config(config, None);
     say!(

@@ -1,6 +1,7 @@
-//! The guest agent's parsers (agent/src/config.rs and luks.rs, included
-//! as they are): the LUKS2 header of the root volume, read from a disk
-//! the host controls, and the agent's configuration.
+//! The guest agent's parsers (agent/src/config.rs, over
+//! snpguard::agent_config, and luks.rs, included as they are): the LUKS2
+//! header of the root volume, read from a disk the host controls, and the
+//! agent's configuration.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,9 +11,10 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::config::{Config, Luks, ReportSource, MAX_ATTEMPTS, MAX_SERVERS, MAX_VOLUMES};
+use crate::config::{self, Luks, ReportSource};
 use crate::fixtures::{self, Input};
 use crate::luks::read_header;
+use snpguard::agent_config::{MAX_ATTEMPTS, MAX_SERVERS, MAX_VOLUMES};
 
 const HDR_SIZES: [usize; 9] = [
     0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000,
@@ -246,68 +248,14 @@ pub fn luks_seeds() -> Vec<Vec<u8>> {
     out
 }
 
-/// A TOML basic string: quotes, backslashes and control characters
-/// escaped.
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn luks_toml(l: &Luks) -> String {
-    format!(
-        "device = {}\nuuid = {}\nname = {}\ncipher = {}\nkey_bytes = {}\nsector_size = {}\noffset = {}\n",
-        toml_str(&l.device),
-        toml_str(&l.uuid),
-        toml_str(&l.name),
-        toml_str(&l.cipher),
-        l.key_bytes,
-        l.sector_size,
-        l.offset
-    )
-}
-
-/// The configuration as TOML, written from the parsed values.
-fn encode(c: &Config) -> String {
-    let servers: Vec<String> = c.servers.iter().map(|s| toml_str(&s.url)).collect();
-    let mut out = format!(
-        "servers = [{}]\nca = {}\nreport_source = {}\n[luks]\n{}",
-        servers.join(", "),
-        toml_str(c.ca.to_str().expect("parsed from text")),
-        toml_str(c.report_source.name()),
-        luks_toml(&c.luks)
-    );
-    let r = &c.retry;
-    out.push_str(&format!(
-        "[retry]\nattempts = {}\ninitial_delay_ms = {}\nmax_delay_ms = {}\ndevice_timeout_secs = {}\n",
-        r.attempts, r.initial_delay_ms, r.max_delay_ms, r.device_timeout_secs
-    ));
-    for v in &c.volumes {
-        out.push_str(&format!(
-            "[[volumes]]\nmountpoint = {}\n{}",
-            toml_str(&v.mountpoint),
-            luks_toml(&v.luks)
-        ));
-    }
-    out
-}
-
 /// `agent_config`: an accepted configuration keeps every bound, never
 /// selects the simulator in a production build, and written back as
-/// TOML parses to the same configuration.
+/// TOML (by the writer convert uses) parses to the same configuration.
 pub fn agent_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(c) = Config::parse(text) else {
+    let Ok(c) = config::parse(text) else {
         return;
     };
     fixtures::reached("agent_config");
@@ -334,8 +282,10 @@ pub fn agent_config(data: &[u8]) {
             assert_ne!(w.mountpoint, v.mountpoint);
         }
     }
-    let text = encode(&c);
-    let again = Config::parse(&text).unwrap_or_else(|e| panic!("re-encoded config: {e}\n{text}"));
+    let text = c
+        .to_toml("# re-encoded")
+        .unwrap_or_else(|e| panic!("an accepted configuration is not written: {e}"));
+    let again = config::parse(&text).unwrap_or_else(|e| panic!("re-encoded config: {e}\n{text}"));
     assert_eq!(again, c, "config -> TOML -> config");
 }
 

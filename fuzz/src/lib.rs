@@ -24,6 +24,7 @@
 mod agent_src {
     #[allow(
         dead_code,
+        unused_imports,
         reason = "only the parser of the agent's configuration is fuzzed"
     )]
     pub mod config;

@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent_config;
 pub mod attest;
 pub mod bundle;
 pub mod certs;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ReportSource};
+use crate::config::{AgentConfig, ReportSource};
 
 pub mod sev_guest;
 #[cfg(feature = "simulator")]
@@ -54,7 +54,7 @@ pub enum Source {
 impl Source {
     /// The source `config` selects. `tsm_root` overrides [`TSM_ROOT`]
     /// (tests).
-    pub fn from_config(config: &Config, tsm_root: Option<&Path>) -> Source {
+    pub fn from_config(config: &AgentConfig, tsm_root: Option<&Path>) -> Source {
         let tsm = || tsm::Tsm::new(tsm_root.unwrap_or(Path::new(TSM_ROOT)), tsm::RealFs);
         match config.report_source {
             ReportSource::Tsm => Source::Tsm(tsm()),
@@ -71,7 +71,7 @@ impl Source {
                     .map(|s| s.launch.clone())
                     .unwrap_or_default(),
             ),
-            // Config::parse refuses "simulated" in builds without it.
+            // config::load refuses "simulated" in builds without it.
             #[cfg(not(feature = "simulator"))]
             ReportSource::Simulated => Source::Auto {
                 tsm: tsm(),

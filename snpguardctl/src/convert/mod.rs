@@ -163,7 +163,7 @@ fn report_source(a: &Args) -> ReportSource {
     if a.simulated_platform {
         ReportSource::Simulated
     } else {
-        ReportSource::Platform
+        ReportSource::Auto
     }
 }
 
@@ -206,7 +206,10 @@ fn check_agent_config(agent: &Path, config: &str) -> Result<()> {
 
 /// Whether `config` selects the simulated report source.
 fn selects_simulator(config: &str) -> bool {
-    config.contains("report_source = \"simulated\"")
+    matches!(
+        snpguard::agent_config::AgentConfig::parse(config),
+        Ok(c) if c.report_source == ReportSource::Simulated
+    )
 }
 
 /// A server URL the agent can use: https, no whitespace, bounded.
@@ -342,7 +345,7 @@ pub fn run(a: Args) -> Result<()> {
     let params = LuksParams::new();
     // The agent must accept what convert will write (the data volumes are
     // added once the image is inspected, and checked again then).
-    let config = guest::agent_config(&a.servers, &params, &[], report_source(&a));
+    let config = guest::agent_config(&a.servers, &params, &[], report_source(&a))?;
     check_agent_config(&a.agent, &config)?;
     let key = ingestion_key(&a)?;
     let out = Partial::new(&a.out_image, false)?;
@@ -496,7 +499,7 @@ fn convert(
         .iter()
         .map(|v| (v.mountpoint.clone(), v.luks.clone()))
         .collect();
-    let config = guest::agent_config(&a.servers, &params, &pairs, report_source(a));
+    let config = guest::agent_config(&a.servers, &params, &pairs, report_source(a))?;
     check_agent_config(&a.agent, &config)?;
 
     let phase = progress.start("encrypt", "partitioning and formatting the LUKS2 volumes");
@@ -969,12 +972,12 @@ mod tests {
         );
         let params = LuksParams::new();
         let servers = ["https://10.0.2.2:8443".to_owned()];
-        let sim = guest::agent_config(&servers, &params, &[], ReportSource::Simulated);
+        let sim = guest::agent_config(&servers, &params, &[], ReportSource::Simulated).unwrap();
         let e = format!("{:#}", check_agent_config(&agent, &sim).unwrap_err());
         assert!(e.contains("rejects the configuration"), "{e}");
         assert!(e.contains("is not compiled into this agent"), "{e}");
         assert!(e.contains("simulator build (make agent-sim)"), "{e}");
-        let prod = guest::agent_config(&servers, &params, &[], ReportSource::Platform);
+        let prod = guest::agent_config(&servers, &params, &[], ReportSource::Auto).unwrap();
         check_agent_config(&agent, &prod).unwrap();
     }
 

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+pub use snpguard::agent_config::ReportSource;
+use snpguard::agent_config::{AgentConfig, Luks, Retry, Server, Simulator, Volume};
 
 use super::appliance::{gerr, Appliance};
 use super::inspect::InitrdTool;
@@ -22,16 +24,6 @@ pub const CA_PATH: &str = "/etc/snpguard/ca.pem";
 pub const SIM_LAUNCH_PATH: &str =
     "/sys/firmware/qemu_fw_cfg/by_name/opt/org.snpguard/sim-launch/raw";
 
-/// Where the guest's agent takes its attestation report from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportSource {
-    /// The SEV-SNP firmware (configfs-tsm, else /dev/sev-guest).
-    Platform,
-    /// snpguard-sim's simulated platform, through QEMU's fw_cfg: tests and
-    /// the demo only. Only the agent's simulator build accepts it; a
-    /// production agent rejects the configuration.
-    Simulated,
-}
 /// The kernel postinst hook that submits a new kernel for renewal, under
 /// the modules directory (`make install`: /usr/share/snpguard/kernel/…).
 pub const KERNEL_HOOK_SRC: &str = "kernel/postinst.d/zz-snpguard-renew";
@@ -142,90 +134,59 @@ pub fn cmdline(
     })
 }
 
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => o.push_str(&format!("\\u{:04X}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
 /// The agent configuration (/etc/snpguard/agent.toml) for `servers`, the
 /// LUKS2 root volume, the data `volumes` (mount point and parameters) and
-/// the report `source`.
+/// the report `source`: `Auto` (the SEV-SNP firmware: configfs-tsm, else
+/// /dev/sev-guest) or `Simulated` (snpguard-sim's platform through QEMU's
+/// fw_cfg: tests and the demo only; only the agent's simulator build
+/// accepts it). Checked as the agent checks it before it is written.
 pub fn agent_config(
     servers: &[String],
     luks: &LuksParams,
     volumes: &[(String, LuksParams)],
     source: ReportSource,
-) -> String {
-    let servers: Vec<String> = servers.iter().map(|s| toml_str(s)).collect();
-    let (report_source, simulator) = match source {
-        ReportSource::Platform => ("auto", String::new()),
-        ReportSource::Simulated => (
-            "simulated",
-            format!(
-                "\n# TEST ONLY: the simulated platform of snpguard-sim.\n\
-                 [simulator]\n\
-                 launch = {}\n",
-                toml_str(SIM_LAUNCH_PATH)
-            ),
-        ),
+) -> Result<String> {
+    let simulated = source == ReportSource::Simulated;
+    let config = AgentConfig {
+        servers: servers.iter().map(|s| Server { url: s.clone() }).collect(),
+        ca: CA_PATH.into(),
+        report_source: source,
+        luks: pinned(luks),
+        volumes: volumes
+            .iter()
+            .map(|(mountpoint, v)| Volume {
+                mountpoint: mountpoint.clone(),
+                luks: pinned(v),
+            })
+            .collect(),
+        retry: Retry::default(),
+        simulator: simulated.then(|| Simulator {
+            launch: SIM_LAUNCH_PATH.into(),
+        }),
     };
-    let volumes: String = volumes
-        .iter()
-        .map(|(mp, v)| {
-            format!(
-                "\n# A data volume: its key is derived from the root's.\n\
-                 [[volumes]]\n\
-                 mountpoint = {}\n{}",
-                toml_str(mp),
-                luks_keys(v)
-            )
-        })
-        .collect();
-    format!(
+    let header = if simulated {
         "# Written by snpguardctl convert. Measured as part of the initrd.\n\
-         servers = [{servers}]\n\
-         ca = {ca}\n\
-         report_source = \"{report_source}\"\n\
-         \n\
-         [luks]\n\
-         {luks}\
-         \n\
-         [retry]\n\
-         attempts = 5\n\
-         initial_delay_ms = 1000\n\
-         max_delay_ms = 30000\n\
-         device_timeout_secs = 60\n\
-         {volumes}{simulator}",
-        servers = servers.join(", "),
-        ca = toml_str(CA_PATH),
-        luks = luks_keys(luks),
-    )
+         # TEST ONLY: the simulated platform of snpguard-sim.\n"
+    } else {
+        "# Written by snpguardctl convert. Measured as part of the initrd.\n"
+    };
+    config
+        .to_toml(header)
+        .context("the agent configuration convert would write")
 }
 
-/// The pinned keys of a LUKS2 volume, as `[luks]` and each `[[volumes]]`
-/// state them.
-fn luks_keys(p: &LuksParams) -> String {
-    format!(
-        "device = {}\nuuid = {}\nname = {}\ncipher = {}\nkey_bytes = {}\n\
-         sector_size = {}\noffset = {}\n",
-        toml_str(&format!("UUID={}", p.uuid)),
-        toml_str(&p.uuid),
-        toml_str(&p.name),
-        toml_str(&p.cipher),
-        p.key_bytes,
-        p.sector_size,
-        p.offset,
-    )
+/// The pinned parameters of a LUKS2 volume, as `[luks]` and each
+/// `[[volumes]]` state them.
+fn pinned(p: &LuksParams) -> Luks {
+    Luks {
+        device: format!("UUID={}", p.uuid),
+        uuid: p.uuid.clone(),
+        name: p.name.clone(),
+        cipher: p.cipher.clone(),
+        key_bytes: p.key_bytes,
+        sector_size: p.sector_size,
+        offset: p.offset,
+    }
 }
 
 /// Files of the initrd module for `tool` under `modules_dir` (the tree
@@ -528,8 +489,9 @@ mod tests {
             &["https://a:8443".into(), "https://b\"x".into()],
             &p,
             &[],
-            ReportSource::Platform,
-        );
+            ReportSource::Auto,
+        )
+        .unwrap();
         let v: toml::Table = toml::from_str(&c).expect("valid TOML");
         assert_eq!(
             v["servers"].as_array().unwrap()[1].as_str(),
@@ -559,8 +521,9 @@ mod tests {
             &["https://a:8443".into()],
             &root,
             &[("/var".into(), var.clone()), ("/home".into(), home.clone())],
-            ReportSource::Platform,
-        );
+            ReportSource::Auto,
+        )
+        .unwrap();
         let v: toml::Table = toml::from_str(&c).expect("valid TOML");
         let vols = v["volumes"].as_array().unwrap();
         assert_eq!(vols.len(), 2);
@@ -573,12 +536,9 @@ mod tests {
             assert_eq!(t["offset"].as_integer(), Some(16 << 20));
         }
         // The root's table is what it is without volumes.
-        let plain: toml::Table = toml::from_str(&agent_config(
-            &["https://a:8443".into()],
-            &root,
-            &[],
-            ReportSource::Platform,
-        ))
+        let plain: toml::Table = toml::from_str(
+            &agent_config(&["https://a:8443".into()], &root, &[], ReportSource::Auto).unwrap(),
+        )
         .unwrap();
         assert_eq!(v["luks"], plain["luks"]);
         assert!(plain.get("volumes").is_none());
@@ -592,7 +552,8 @@ mod tests {
             &p,
             &[],
             ReportSource::Simulated,
-        );
+        )
+        .unwrap();
         let v: toml::Table = toml::from_str(&c).expect("valid TOML");
         assert_eq!(v["report_source"].as_str(), Some("simulated"));
         assert_eq!(
@@ -600,12 +561,15 @@ mod tests {
             Some("/sys/firmware/qemu_fw_cfg/by_name/opt/org.snpguard/sim-launch/raw")
         );
         // Everything else is what a production conversion writes.
-        let prod: toml::Table = toml::from_str(&agent_config(
-            &["https://10.0.2.2:8443".into()],
-            &p,
-            &[],
-            ReportSource::Platform,
-        ))
+        let prod: toml::Table = toml::from_str(
+            &agent_config(
+                &["https://10.0.2.2:8443".into()],
+                &p,
+                &[],
+                ReportSource::Auto,
+            )
+            .unwrap(),
+        )
         .unwrap();
         for key in ["servers", "ca", "luks", "retry"] {
             assert_eq!(v[key], prod[key], "{key}");
