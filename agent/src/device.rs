@@ -2,14 +2,8 @@
 //! udev made it) or by scanning /sys/class/block for a LUKS header with
 //! that UUID; a /dev path as given. Waits, bounded, for it to appear.
 
-#![allow(
-    unsafe_code,
-    reason = "the BLKGETSIZE64 ioctl for a block device's size"
-)]
-
 use std::fs::File;
-use std::io::Read as _;
-use std::os::fd::AsRawFd as _;
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -107,22 +101,15 @@ pub fn open(p: &Path) -> Result<Device, String> {
     let f = File::open(p).map_err(|e| format!("opening {}: {e}", p.display()))?;
     let meta = f.metadata().map_err(|e| format!("{}: {e}", p.display()))?;
     if meta.file_type().is_block_device() {
-        let mut size: u64 = 0;
-        // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which
-        // points at `size`; the fd is an open block device.
-        let rc = unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
-        if rc < 0 {
-            return Err(format!(
-                "{}: BLKGETSIZE64: {}",
-                p.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
+        // A block device's end is its size.
+        let size = (&f)
+            .seek(SeekFrom::End(0))
+            .map_err(|e| format!("{}: finding its size: {e}", p.display()))?;
         let rdev = meta.rdev();
         Ok(Device {
             path: p.to_owned(),
             size,
-            dev: Some((libc::major(rdev), libc::minor(rdev))),
+            dev: Some((rustix::fs::major(rdev), rustix::fs::minor(rdev))),
         })
     } else if meta.is_file() {
         Ok(Device {
@@ -134,9 +121,6 @@ pub fn open(p: &Path) -> Result<Device, String> {
         Err(format!("{} is not a block device", p.display()))
     }
 }
-
-/// `_IOR(0x12, 114, size_t)`.
-const BLKGETSIZE64: u64 = (2 << 30) | (8 << 16) | (0x12 << 8) | 114;
 
 #[cfg(test)]
 mod tests {

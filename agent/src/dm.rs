@@ -8,7 +8,7 @@
 
 #![allow(
     unsafe_code,
-    reason = "device-mapper ioctls and mknod(2) on /dev/mapper"
+    reason = "the device-mapper ioctls on /dev/mapper/control"
 )]
 
 use std::fs::OpenOptions;
@@ -270,25 +270,18 @@ fn load_and_resume(ctl: &Control, t: &CryptTarget<'_>, length: u64) -> Result<()
 }
 
 fn mknod(node: &Path, (major, minor): (u32, u32)) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
+    use rustix::fs::{makedev, mknodat, FileType, Mode, CWD};
     std::fs::create_dir_all("/dev/mapper")?;
-    let c = std::ffi::CString::new(node.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `c` is a valid NUL-terminated path; mknod does not retain it.
-    let rc = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFBLK | 0o600,
-            libc::makedev(major, minor),
-        )
-    };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(e);
-        }
+    match mknodat(
+        CWD,
+        node,
+        FileType::BlockDevice,
+        Mode::from_raw_mode(0o600),
+        makedev(major, minor),
+    ) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha512};
+use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
 use crate::config::Luks;
@@ -393,50 +393,19 @@ impl Header {
         let d = &self.digest;
         let mut out = Zeroizing::new(vec![0u8; d.digest.len()]);
         match d.hash {
-            DigestHash::Sha256 => pbkdf2::<Hmac<Sha256>>(key, &d.salt, d.iterations, &mut out),
-            DigestHash::Sha512 => pbkdf2::<Hmac<Sha512>>(key, &d.salt, d.iterations, &mut out),
+            DigestHash::Sha256 => {
+                pbkdf2::pbkdf2_hmac::<Sha256>(key, &d.salt, d.iterations, &mut out)
+            }
+            DigestHash::Sha512 => {
+                pbkdf2::pbkdf2_hmac::<Sha512>(key, &d.salt, d.iterations, &mut out)
+            }
         }
-        // Constant-time comparison.
-        let diff = out
-            .iter()
-            .zip(&d.digest)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff == 0 {
+        // Constant time: how much of a wrong key matched is never timed.
+        if bool::from(out[..].ct_eq(&d.digest[..])) {
             Ok(())
         } else {
             Err(LuksError::WrongKey)
         }
-    }
-}
-
-/// PBKDF2 (RFC 8018) with HMAC `M`.
-fn pbkdf2<M: Mac + hmac::digest::KeyInit + Clone>(
-    password: &[u8],
-    salt: &[u8],
-    iterations: u32,
-    out: &mut [u8],
-) {
-    let Ok(prf) = <M as hmac::digest::KeyInit>::new_from_slice(password) else {
-        // HMAC accepts keys of any length.
-        unreachable!("HMAC takes any key length")
-    };
-    for (i, chunk) in out.chunks_mut(M::output_size()).enumerate() {
-        let mut mac = prf.clone();
-        mac.update(salt);
-        mac.update(&(i as u32 + 1).to_be_bytes());
-        let mut u = mac.finalize().into_bytes();
-        let mut t = u.clone();
-        for _ in 1..iterations {
-            let mut mac = prf.clone();
-            mac.update(&u);
-            u = mac.finalize().into_bytes();
-            for (a, b) in t.iter_mut().zip(u.iter()) {
-                *a ^= b;
-            }
-        }
-        chunk.copy_from_slice(&t[..chunk.len()]);
-        zeroize::Zeroize::zeroize(&mut t[..]);
-        zeroize::Zeroize::zeroize(&mut u[..]);
     }
 }
 

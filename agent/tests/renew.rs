@@ -123,7 +123,7 @@ fn key_released(lines: &[String]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_is_pending_until_an_operator_approves_it() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let img = g.volume();
@@ -216,7 +216,7 @@ async fn a_renewal_is_pending_until_an_operator_approves_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_that_is_not_approved_cannot_renew() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     // A VM booted from an initrd nobody registered.
@@ -251,7 +251,7 @@ async fn a_vm_that_is_not_approved_cannot_renew() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_artifacts_are_refused_before_anything_is_sent() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let blob = g.launch_blob("launch.json", &[]);
@@ -270,7 +270,7 @@ async fn bad_artifacts_are_refused_before_anything_is_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_test_mode_a_kernel_off_the_encrypted_root_is_refused() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let blob = g.launch_blob("launch.json", &[]);
@@ -337,7 +337,7 @@ fn hook_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kernel_hook_submits_and_never_fails_the_installation() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let blob = g.launch_blob("launch.json", &[]);

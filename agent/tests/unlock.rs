@@ -56,7 +56,7 @@ impl Drop for Loop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registered_launch_unlocks_the_volume() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let blob = g.launch_blob("launch.json", &[]);
@@ -187,7 +187,7 @@ fn read_mapping(name: &str, len: usize) -> std::io::Result<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_volumes_open_with_keys_derived_from_the_released_key() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let blob = g.launch_blob("launch.json", &[]);
@@ -279,7 +279,7 @@ async fn data_volumes_open_with_keys_derived_from_the_released_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_initrd_is_refused_and_nothing_is_mapped() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let other = g.dir.path().join("initrd.evil");
@@ -308,7 +308,7 @@ async fn a_tampered_initrd_is_refused_and_nothing_is_mapped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_outside_the_pinned_ca_gets_nothing() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let blob = g.launch_blob("launch.json", &[]);
@@ -338,7 +338,7 @@ async fn a_server_outside_the_pinned_ca_gets_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_server_with_a_pinned_certificate_gets_nothing_opened() {
     let Some(g) = registered_guest().await else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let blob = g.launch_blob("launch.json", &[]);

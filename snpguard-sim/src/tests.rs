@@ -129,7 +129,7 @@ fn verify_blob(blob: &SimLaunch, platform_dir: &Path, expect: Expectations) {
 #[test]
 fn init_then_launch_verifies_and_carries_the_booted_measurement() {
     let Some(f) = fixture() else {
-        eprintln!("SNPGUARD_TESTDATA not set; skipped");
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
         return;
     };
     let plat = f.dir.path().join("platform");

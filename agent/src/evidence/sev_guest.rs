@@ -80,11 +80,11 @@ mod tests {
     #[test]
     fn extended_report_entries_become_a_cert_table() {
         let Some(report) = snpguard::testdata::read("reports/milan-virtee/report.bin") else {
-            eprintln!("SNPGUARD_TESTDATA not set; skipped");
+            eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
             return;
         };
         let Some(vcek) = snpguard::testdata::read("reports/milan-virtee/vcek.der") else {
-            eprintln!("no VCEK in the test data; skipped");
+            eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
             return;
         };
         let data: [u8; 64] = report[0x50..0x90].try_into().unwrap();
