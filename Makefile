@@ -311,8 +311,9 @@ demo: deps build agent-sim
 # the seeds, the corpora and the crash reproducers on stable; see
 # docs/fuzzing.md.
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
 fuzz:
-	CARGO='$(CARGO)' ./scripts/fuzz.sh '$(FUZZ_SECONDS)'
+	CARGO='$(CARGO)' ./scripts/fuzz.sh '$(FUZZ_SECONDS)' '$(FUZZ_RUNS)'
 
 # Benchmarks; numbers go into docs/performance.md.
 bench:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make fuzz: every cargo-fuzz target (fuzz/fuzz_targets) for SECONDS
-# seconds each (default 60), one after the other, from the seed corpora
+# seconds each (default 60), or until RUNS executions when given (the
+# long run: `make fuzz FUZZ_SECONDS=3600 FUZZ_RUNS=10000000`, whichever
+# comes first), one after the other, from the seed corpora
 # built at run time (fuzz/corpus/<target>, kept between runs) with the
 # target's dictionary. Installs the nightly toolchain and cargo-fuzz when
 # missing. Logs go to fuzz/logs/<target>.log; crashes to
@@ -12,8 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"
+runs="${2:-}"
 case "$seconds" in
     ''|*[!0-9]*) echo "fuzz: FUZZ_SECONDS must be a number of seconds, got '$seconds'" >&2; exit 2 ;;
+esac
+case "$runs" in
+    '') ;;
+    *[!0-9]*) echo "fuzz: FUZZ_RUNS must be a number of executions, got '$runs'" >&2; exit 2 ;;
 esac
 cargo="${CARGO:-cargo}"
 
@@ -35,6 +42,7 @@ failed=()
 summary=()
 while read -r target dict; do
     args=("-max_total_time=$seconds" -timeout=25 -print_final_stats=1)
+    [ -z "$runs" ] || args+=("-runs=$runs")
     [ "$dict" = "-" ] || args+=("-dict=$dict")
     log="fuzz/logs/$target.log"
     echo "== $target: ${seconds}s"
