@@ -456,7 +456,6 @@ fn convert(
     params: LuksParams,
 ) -> Result<Outcome> {
     let phase = progress.start("inspect", "starting the appliance and inspecting the image");
-    crate::image::appliance::configure_environment();
     create_output(a, out_path, 0)?;
     let mut app = launch(a, out_path)?;
     let mut guest = inspect::inspect(&app)?;

@@ -1,5 +1,5 @@
 //! One libguestfs appliance: a `guestfs::Handle` launched with the
-//! environment convert and embed need, errors as `anyhow`, and a shell
+//! backend convert and embed need, errors as `anyhow`, and a shell
 //! inside the appliance for the tools libguestfs 1.48's API lacks
 //! (cryptsetup with a volume key file, sfdisk dumps, a copy that reports
 //! progress).
@@ -10,20 +10,6 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// Marker the shell wrapper prints after the command's output.
 const RC_MARKER: &str = "__snpguard_rc=";
-
-/// Sets the libguestfs environment when the user has not: the direct
-/// backend (no libvirt), and TCG unless `LIBGUESTFS_BACKEND_SETTINGS` is
-/// set (export it empty to let QEMU use KVM).
-pub fn configure_environment() {
-    // Edition 2021: set_var is safe; this runs before any thread that
-    // reads the environment (the handle is created after it).
-    if std::env::var_os("LIBGUESTFS_BACKEND").is_none() {
-        std::env::set_var("LIBGUESTFS_BACKEND", "direct");
-    }
-    if std::env::var_os("LIBGUESTFS_BACKEND_SETTINGS").is_none() {
-        std::env::set_var("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
-    }
-}
 
 /// `guestfs::Error` has no `Display`; its `Debug` names the call and the
 /// message.
@@ -48,8 +34,18 @@ pub struct Appliance {
 impl Appliance {
     /// Creates a handle, attaches `drives` and launches the appliance.
     pub fn launch(drives: &[Drive<'_>]) -> Result<Self> {
-        configure_environment();
         let g = guestfs::Handle::create().map_err(gerr("create"))?;
+        // libguestfs read LIBGUESTFS_BACKEND(_SETTINGS) when the handle was
+        // created; where the user set neither, this handle (only) gets the
+        // direct backend (no libvirt) and TCG. Export
+        // LIBGUESTFS_BACKEND_SETTINGS empty to let QEMU use KVM.
+        if std::env::var_os("LIBGUESTFS_BACKEND").is_none() {
+            g.set_backend("direct").map_err(gerr("set_backend"))?;
+        }
+        if std::env::var_os("LIBGUESTFS_BACKEND_SETTINGS").is_none() {
+            g.set_backend_settings(&["force_tcg"])
+                .map_err(gerr("set_backend_settings"))?;
+        }
         for d in drives {
             let name = d
                 .path
