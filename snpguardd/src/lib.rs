@@ -27,6 +27,7 @@
 //! connect to the bus and serve, [`notify::ready`].
 
 pub mod attest;
+pub mod audit;
 pub mod config;
 pub mod crash;
 pub mod dbus;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use snpguard::initrd::AgentFiles;
 use snpguard::verify::MinTcb;
 
-use crate::attest::AuditEntry;
+use crate::audit::AuditEntry;
 
 /// Registration input, as the D-Bus layer hands it over. Files are open
 /// handles (a file descriptor the client passed, or a file the daemon

@@ -28,7 +28,7 @@
 //! in step 7 a malformed or unsigned report, a chain that does not verify
 //! or ends at a test root the record does not allow, a bad signature) are
 //! decided on what any client can send: they go to the journal and a
-//! bounded in-memory ring ([`crate::attest::audit::UnverifiedLog`]), never
+//! bounded in-memory ring ([`crate::audit::UnverifiedLog`]), never
 //! to the audit trail or the record's counters. Every later refusal is
 //! counted on the record and audited.
 //!
@@ -69,12 +69,12 @@ use time::OffsetDateTime;
 mod endorse;
 mod renew;
 
-use super::audit::{AuditEntry, AuditLog};
 use super::certs::{self as held, CertFilter, CertImportError, CertSummary, CertificateService};
 use super::crls::{self, CrlMemo, CrlSource, CrlSummary, Stored};
 use super::kds::{KdsClient, KdsGate};
 use super::nonce::{self, Consumed, NonceError, Nonces, Outcome};
 use super::{AttestError, AttestHandler};
+use crate::audit::{AuditEntry, AuditLog};
 use crate::config::Config;
 use crate::registry::{Registry, ReleaseRefusal, POLICY_DEBUG, POLICY_MIGRATE_MA, POLICY_SMT};
 use crate::service::{LaunchState, RecordInfo, RecordService, ServiceError};

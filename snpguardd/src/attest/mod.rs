@@ -8,10 +8,11 @@
 //! - [`certs`]: certificates held by the daemon (imports, KDS cache).
 //! - [`crls`]: the daemon's own ARK CRLs, applied to every chain.
 //! - [`kds`]: fetching VCEKs from AMD KDS ([`KdsClient`], [`HttpKds`]).
-//! - [`audit`]: the bounded audit trail of attestations.
+//!
+//! The audit trail of the decisions is [`crate::audit`] (the registry
+//! writes it in the same transactions).
 
 pub mod attestor;
-pub mod audit;
 pub mod certs;
 pub mod crls;
 pub mod kds;
@@ -27,7 +28,6 @@ use snpguard::attest::{
 };
 
 pub use attestor::{Attestor, AttestorError, Clock, SystemClock};
-pub use audit::{AuditEntry, AUDIT_CAPACITY};
 pub use certs::{CertFilter, CertImportError, CertSummary, CertificateService, HeldSource};
 pub use crls::{CrlSource, CrlSummary};
 pub use kds::{HttpKds, KdsClient, KdsError, KdsGate, AMD_KDS_URL};

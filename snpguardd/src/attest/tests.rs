@@ -19,6 +19,7 @@ use snpguard::verify::{MinTcb, TcbFloors};
 use time::OffsetDateTime;
 
 use super::*;
+use crate::audit::AuditEntry;
 use crate::config::{Bus, Config, Kds, TestRoot};
 use crate::registry::{Registry, RegistryOptions, POLICY_DEBUG};
 use crate::secrets::{MasterKey, MasterKeySource};

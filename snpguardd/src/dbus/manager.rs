@@ -62,7 +62,7 @@ impl Manager {
 }
 
 /// An audit entry as the D-Bus API returns it.
-fn wire_entry(e: crate::attest::AuditEntry) -> AuditEntry {
+fn wire_entry(e: crate::audit::AuditEntry) -> AuditEntry {
     AuditEntry {
         time: e.time,
         record: e.record.unwrap_or_default(),

@@ -15,8 +15,9 @@
 //! its launches: [`launch::StoredLaunch`]),
 //! `names/<name>` → id, `secrets/vmk/<id>` and `secrets/id-key/<id>`
 //! (sealed with the master key, associated data `snpguard/v1/<purpose>/
-//! <id>`), `keys/*` (see [`crate::keys`]); the attestor's `nonces`,
-//! `certs` and `audit` trees are described in [`crate::attest`].
+//! <id>`), `keys/*` (see [`crate::keys`]); the attestor's `nonces` and
+//! `certs` trees are described in [`crate::attest`], the `audit` tree in
+//! [`crate::audit`].
 //!
 //! Crash safety: a registration writes its blobs first (each complete
 //! before it gets its name), then the record, the name index and both
@@ -50,8 +51,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::attest::audit::UnverifiedLog;
-use crate::attest::AuditEntry;
+use crate::audit::{AuditEntry, UnverifiedLog};
 use crate::fsutil;
 use crate::keys::{self, DaemonKeys, KeySummary, KeysError, TlsConfig};
 use crate::secrets::{random_bytes, MasterKey, Purpose, SecretsError};
@@ -802,7 +802,7 @@ impl RecordService for Registry {
     }
 
     fn audit_trail(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError> {
-        crate::attest::audit::recent(self.store(), n).map_err(store_err)
+        crate::audit::recent(self.store(), n).map_err(store_err)
     }
 
     fn unverified_refusals(&self, n: usize) -> Result<Vec<AuditEntry>, ServiceError> {

@@ -593,7 +593,7 @@ fn concurrent_registrations_of_one_name_yield_one_record() {
 
 #[test]
 fn audit_trail_reads_what_the_attestor_appended_and_survives_reopen() {
-    use crate::attest::audit::AuditLog;
+    use crate::audit::AuditLog;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let entry = |i: u32| AuditEntry {
