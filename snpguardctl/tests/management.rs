@@ -1,10 +1,8 @@
 //! snpguardctl register/records against the real D-Bus API, served in
 //! this process over the in-memory service double on a private bus with
-//! the project's policy and a mock polkit (snpguardd's test support).
+//! the project's policy and a mock polkit (snpguard_testkit::bus).
 
-#[path = "../../snpguardd/tests/common/mod.rs"]
-mod bus;
-
+use snpguard_testkit::bus;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Output;

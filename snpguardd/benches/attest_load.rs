@@ -141,8 +141,7 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-#[path = "../tests/common/postgres.rs"]
-mod postgres;
+use snpguard_testkit::postgres;
 
 /// A registry on `dir` (and `store`) with one record from synthetic
 /// inputs.

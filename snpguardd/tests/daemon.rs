@@ -10,9 +10,8 @@
 //! test-root start-up check in daemon/revocation.rs; the daemon killed at
 //! each commit point in daemon/crash.rs.
 
-mod common;
+use snpguard_testkit::bus as common;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use snpguard::bundle::{extract_bundle, ExtractLimits};
 use snpguard::measure::{launch_digest, MeasureInput, VcpuType, VmmType};
 use snpguard::seal;
+use snpguard_testkit::ready::Notify;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -57,11 +57,7 @@ impl Daemon {
         env: &[(&str, &str)],
         ready: bool,
     ) -> Daemon {
-        let notify_dir = tempfile::tempdir().expect("notify dir");
-        let sock_path = notify_dir.path().join("notify");
-        let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
-        sock.set_read_timeout(Some(Duration::from_millis(500)))
-            .expect("timeout");
+        let notify = Notify::new().expect("notify socket");
         let log = std::fs::File::create(state.with_extension("log")).expect("daemon log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_snpguardd"));
         child.args(free_listen(config));
@@ -72,7 +68,7 @@ impl Daemon {
             .arg(&bus.address)
             .arg("--config")
             .arg(config_file(state, config))
-            .env("NOTIFY_SOCKET", &sock_path)
+            .env("NOTIFY_SOCKET", notify.path())
             .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("SNPGUARD_CRASH_AT")
             .envs(env.iter().copied())
@@ -81,25 +77,10 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("spawn snpguardd");
-        let start = Instant::now();
-        let mut buf = [0u8; 4096];
-        let mut waiting = ready;
-        while waiting {
-            if let Ok(n) = sock.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]);
-                waiting = !msg.lines().any(|l| l == "READY=1");
+        if ready {
+            if let Err(e) = notify.wait_ready(&mut child, DEADLINE) {
+                panic!("snpguardd {e}; log:\n{}", daemon_log(state));
             }
-            if let (true, Ok(Some(status))) = (waiting, child.try_wait()) {
-                panic!(
-                    "snpguardd exited with {status} before READY=1; log:\n{}",
-                    daemon_log(state)
-                );
-            }
-            assert!(
-                !waiting || start.elapsed() < DEADLINE,
-                "snpguardd not ready within {DEADLINE:?}; log:\n{}",
-                daemon_log(state)
-            );
         }
         Daemon {
             child,

@@ -1,7 +1,7 @@
 //! The D-Bus API on a private system-type bus with the project's policy,
 //! a mock polkit authority and the in-memory service double.
 
-mod common;
+use snpguard_testkit::bus as common;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -842,8 +842,8 @@ async fn existing_records_are_served_at_start() {
     assert_eq!(r.name().await.unwrap(), "old");
 }
 
-fn audited(i: u32, record: Option<&str>, result: &str) -> snpguardd::attest::AuditEntry {
-    snpguardd::attest::AuditEntry {
+fn audited(i: u32, record: Option<&str>, result: &str) -> snpguardd::audit::AuditEntry {
+    snpguardd::audit::AuditEntry {
         time: format!("2026-01-02T03:04:{i:02}Z"),
         peer: format!("192.0.2.{i}:4000"),
         record: record.map(str::to_string),

@@ -5,7 +5,7 @@
 //! parses its filter, asks polkit with its own action and returns what
 //! was removed.
 
-mod common;
+use snpguard_testkit::bus as common;
 
 use std::collections::HashMap;
 

@@ -3,7 +3,7 @@
 //! add (fds and paths), approve, retire, discard, export of a launch,
 //! typed errors, PropertiesChanged and polkit denial.
 
-mod common;
+use snpguard_testkit::bus as common;
 
 use std::collections::HashMap;
 use std::fs::File;

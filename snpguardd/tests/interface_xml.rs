@@ -3,7 +3,7 @@
 //! signals and properties (types, access). Standard org.freedesktop.DBus.*
 //! interfaces, annotations, docs, whitespace and order are ignored.
 
-mod common;
+use snpguard_testkit::bus as common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

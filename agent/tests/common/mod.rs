@@ -6,15 +6,14 @@
 
 #![allow(dead_code)]
 
-#[path = "../../../snpguardd/tests/common/mod.rs"]
-#[allow(unused_imports)]
-pub mod bus;
 pub mod forged;
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use snpguard_testkit::bus;
+use snpguard_testkit::ready::Notify;
 
 use rand::{RngCore, SeedableRng};
 use snpguard::seal;
@@ -68,10 +67,7 @@ pub fn start_daemon(bus: &bus::TestBus, dir: &Path, ark: &Path) -> Daemon {
         ),
     )
     .unwrap();
-    let sock_path = dir.join("notify");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    let notify = Notify::new().expect("notify socket");
     let mut child = Command::new(sibling("snpguardd"))
         .arg("--state-dir")
         .arg(&state)
@@ -79,28 +75,15 @@ pub fn start_daemon(bus: &bus::TestBus, dir: &Path, ark: &Path) -> Daemon {
         .arg(&bus.address)
         .arg("--config")
         .arg(conf_dir.join("snpguardd.toml"))
-        .env("NOTIFY_SOCKET", &sock_path)
+        .env("NOTIFY_SOCKET", notify.path())
         .env_remove("CREDENTIALS_DIRECTORY")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(state.with_extension("log")).unwrap())
         .spawn()
         .expect("spawn snpguardd");
-    let start = Instant::now();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Ok(n) = sock.recv(&mut buf) {
-            if String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-            {
-                break;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("snpguardd exited {status}; log:\n{}", daemon_log(&state));
-        }
-        assert!(start.elapsed() < DEADLINE, "snpguardd not ready");
+    if let Err(e) = notify.wait_ready(&mut child, DEADLINE) {
+        panic!("snpguardd {e}; log:\n{}", daemon_log(&state));
     }
     Daemon { child, port, state }
 }

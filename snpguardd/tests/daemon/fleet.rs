@@ -13,9 +13,7 @@ use snpguardd::store::{
 
 use super::*;
 
-#[path = "../common/postgres.rs"]
-mod postgres;
-use postgres::Postgres;
+use snpguard_testkit::postgres::Postgres;
 
 fn pg_store(pg: &Postgres) -> PgStore {
     PgStore::open(&PgOptions {

@@ -5,10 +5,9 @@
 //! Every process is stopped when its handle is dropped.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cmd::{describe, io, run, HarnessError};
 
@@ -153,13 +152,10 @@ impl Daemon {
                 ),
             ),
         )?;
-        let sock_path = dir.join("notify");
-        let _ = std::fs::remove_file(&sock_path);
-        let sock = io("binding", &sock_path, UnixDatagram::bind(&sock_path))?;
-        io(
-            "setting a timeout on",
-            &sock_path,
-            sock.set_read_timeout(Some(Duration::from_millis(500))),
+        let notify = io(
+            "binding a notify socket for",
+            dir,
+            snpguard_testkit::ready::Notify::new(),
         )?;
         let log = state.with_extension("log");
         let log_file = io("creating", &log, std::fs::File::create(&log))?;
@@ -170,7 +166,7 @@ impl Daemon {
             .arg(bus_address)
             .arg("--config")
             .arg(&config)
-            .env("NOTIFY_SOCKET", &sock_path)
+            .env("NOTIFY_SOCKET", notify.path())
             .env_remove("CREDENTIALS_DIRECTORY");
         let command = describe(&cmd);
         let child = cmd
@@ -188,30 +184,12 @@ impl Daemon {
             state,
             log,
         };
-        let start = Instant::now();
-        let mut buf = [0u8; 4096];
-        loop {
-            // The read timeout bounds each wait; READY=1 ends it.
-            if let Ok(n) = sock.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-                {
-                    return Ok(d);
-                }
-            }
-            if let Ok(Some(status)) = d.child.0.try_wait() {
-                return Err(HarnessError::Fixture(format!(
-                    "{command} exited {status}; log:\n{}",
-                    d.log()
-                )));
-            }
-            if start.elapsed() >= READY_DEADLINE {
-                return Err(HarnessError::Fixture(format!(
-                    "{command} not ready after {READY_DEADLINE:?}; log:\n{}",
-                    d.log()
-                )));
-            }
+        match notify.wait_ready(&mut d.child.0, READY_DEADLINE) {
+            Ok(()) => Ok(d),
+            Err(e) => Err(HarnessError::Fixture(format!(
+                "{command} {e}; log:\n{}",
+                d.log()
+            ))),
         }
     }
 }

@@ -13,9 +13,7 @@
 //!
 //! Slow and root-only: `make system-test` (about 1 to 3 minutes a boot).
 
-#[path = "../../../snpguardd/tests/common/mod.rs"]
-#[allow(unused_imports)] // dead_code: the module allows it itself
-mod bus;
+use snpguard_testkit::bus;
 
 use std::path::PathBuf;
 use std::process::Command;

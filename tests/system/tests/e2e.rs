@@ -29,9 +29,7 @@
 //! Slow and root-only: `make test-e2e` (the conversion, about 7 minutes,
 //! then a TCG boot per case).
 
-#[path = "../../../snpguardd/tests/common/mod.rs"]
-#[allow(unused_imports)] // dead_code: the module allows it itself
-mod bus;
+use snpguard_testkit::bus;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

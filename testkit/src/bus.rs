@@ -1,9 +1,7 @@
 //! Test support for the D-Bus API: a private system-type dbus-daemon with
 //! the project's policy file, a mock polkit authority on it, an in-memory
 //! [`RecordService`] double, and a harness serving the real API over them.
-//! Shared with snpguardctl's CLI tests (included by path).
-
-#![allow(dead_code)]
+//! Used by the daemon's, snpguardctl's, the agent's and the system tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -13,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use snpguard::certs::{CertRole, Product};
-use snpguardd::attest::{AuditEntry, CertFilter, CertImportError, CertSummary, CertificateService};
+use snpguardd::attest::{CertFilter, CertImportError, CertSummary, CertificateService};
+use snpguardd::audit::AuditEntry;
 use snpguardd::service::{
     LaunchAdded, LaunchInfo, LaunchRequest, LaunchState, RecordInfo, RecordService,
     RegisterRequest, ServiceError,
