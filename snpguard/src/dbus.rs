@@ -173,11 +173,13 @@ pub mod limit {
 }
 
 /// One attestation of the audit trail as `AuditTrail` returns it
-/// (`(ssssass)`): accepted or refused, never key material.
+/// (`(ssssass)`): accepted or refused, never key material. A summary of
+/// the daemon's stored `snpguardd::audit::AuditEntry` (which also keeps
+/// the launch, measurement and TCB).
 #[derive(
     Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, zbus::zvariant::Type,
 )]
-pub struct AuditEntry {
+pub struct AuditSummary {
     /// When, RFC 3339 (UTC).
     pub time: String,
     /// Id of the record the report named, "" when none matched.
@@ -309,11 +311,11 @@ pub trait Manager {
 
     /// The last `count` (1..=[`limit::AUDIT_ENTRIES`]) attestations,
     /// oldest first.
-    fn audit_trail(&self, count: u32) -> zbus::Result<Vec<AuditEntry>>;
+    fn audit_trail(&self, count: u32) -> zbus::Result<Vec<AuditSummary>>;
 
     /// The last `count` (1..=[`limit::AUDIT_ENTRIES`]) refusals decided
     /// before a report's signature was verified, oldest first.
-    fn unverified_refusals(&self, count: u32) -> zbus::Result<Vec<AuditEntry>>;
+    fn unverified_refusals(&self, count: u32) -> zbus::Result<Vec<AuditSummary>>;
 
     /// The HPKE ingestion public key (raw X25519).
     #[zbus(property)]

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use snpguard::dbus::{limit, AuditEntry, ManagerProxy};
+use snpguard::dbus::{limit, AuditSummary, ManagerProxy};
 
 use crate::bus::{self, describe, Target};
 
@@ -60,7 +60,7 @@ pub fn run(target: &Target, args: AuditArgs) -> Result<()> {
     })
 }
 
-fn print(entries: &[AuditEntry], unverified: bool) {
+fn print(entries: &[AuditSummary], unverified: bool) {
     if entries.is_empty() {
         println!(
             "{}",

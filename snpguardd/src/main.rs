@@ -13,7 +13,7 @@ use clap::Parser;
 use snpguardd::attest::kds::HttpKds;
 use snpguardd::attest::Attestor;
 use snpguardd::config::{self, Bus, Config};
-use snpguardd::keys::{TlsConfig, TlsMaterial};
+use snpguardd::keys::{TlsConfig, TlsSource};
 use snpguardd::registry::{Registry, RegistryOptions, StoreChoice};
 use snpguardd::secrets::MasterKey;
 use snpguardd::{dbus, https, logging, notify, sandbox};
@@ -87,13 +87,13 @@ fn run(args: &config::Args) -> anyhow::Result<()> {
     .with_context(|| format!("opening the registry in {}", cfg.state_dir.display()))?;
     tracing::info!("{}", registry.key_summary());
     let tls = match registry.keys().tls() {
-        TlsMaterial::Generated {
+        TlsSource::Generated {
             cert_pem, key_pem, ..
         } => https::TlsMaterial::new(
             cert_pem.as_bytes().to_vec(),
             zeroize::Zeroizing::new(key_pem.as_bytes().to_vec()),
         ),
-        TlsMaterial::Files { cert, key } => {
+        TlsSource::Files { cert, key } => {
             https::TlsMaterial::read(cert, key).context("reading the configured TLS files")?
         }
     };

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::chain::{verify_static, ChainError, Endorsement, Verified};
+use super::chain::{verify_static, ChainError, CheckedChain, Endorsement};
 use super::{CertSet, KeyKind, Product, TrustAnchors};
 
 /// Cache of chains that passed every time-independent rule, keyed by
@@ -24,7 +24,7 @@ pub struct EndorsementCache {
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<[u8; 32], Verified>,
+    map: HashMap<[u8; 32], CheckedChain>,
     /// Insertion order, oldest first, for eviction.
     order: VecDeque<[u8; 32]>,
 }

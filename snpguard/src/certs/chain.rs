@@ -342,7 +342,7 @@ impl Window {
 
 /// The outcome of every rule that does not depend on the time.
 #[derive(Debug, Clone)]
-pub(crate) struct Verified {
+pub(crate) struct CheckedChain {
     pub endorsement: Endorsement,
     /// ARK, intermediate, endorsement certificate, in that order.
     pub windows: [Window; 3],
@@ -350,7 +350,7 @@ pub(crate) struct Verified {
     pub crl: Option<crl::CrlWindow>,
 }
 
-impl Verified {
+impl CheckedChain {
     pub(crate) fn at(&self, at: OffsetDateTime) -> Result<Endorsement, ChainError> {
         for w in &self.windows {
             w.check(at)?;
@@ -463,7 +463,7 @@ pub(crate) fn verify_static(
     certs: &CertSet,
     kind: KeyKind,
     product_hint: Option<Product>,
-) -> Result<Verified, ChainError> {
+) -> Result<CheckedChain, ChainError> {
     let role = CertRole::from(kind);
     let leaf = match kind {
         KeyKind::Vcek => certs.vcek.as_ref().ok_or(ChainError::MissingVcek)?,
@@ -565,7 +565,7 @@ pub(crate) fn verify_static(
         None => None,
     };
 
-    Ok(Verified {
+    Ok(CheckedChain {
         endorsement: Endorsement {
             kind,
             product,

@@ -265,7 +265,7 @@ struct Evidence {
 }
 
 /// Evidence that passed every rule, with an approved launch.
-struct Verified {
+struct Admitted {
     rec: RecordInfo,
     report_bytes: Vec<u8>,
     /// MEASUREMENT of the report (hex).
@@ -866,7 +866,7 @@ impl Attestor {
         report_data: [u8; 64],
         peer: IpAddr,
         now: OffsetDateTime,
-    ) -> Result<Verified, AttestError> {
+    ) -> Result<Admitted, AttestError> {
         let Evidence {
             nonce,
             report_bytes,
@@ -962,7 +962,7 @@ impl Attestor {
                     self.warn_revocation(w);
                 }
                 entry.notes.extend(v.notes);
-                Ok(Verified {
+                Ok(Admitted {
                     rec,
                     report_bytes,
                     measurement: reported,
@@ -1018,7 +1018,7 @@ impl Attestor {
             })?;
         let data = attest::report_data(&ev.nonce, &key);
         let nonce = ev.nonce;
-        let Verified {
+        let Admitted {
             rec,
             report_bytes,
             measurement,

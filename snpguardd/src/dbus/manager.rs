@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 
-use snpguard::dbus::{file_key, limit, AuditEntry, Error, ACTION_REGISTER};
+use snpguard::dbus::{file_key, limit, AuditSummary, Error, ACTION_REGISTER};
 use snpguard::measure::VcpuType;
 use zbus::message::Header;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue};
@@ -62,8 +62,8 @@ impl Manager {
 }
 
 /// An audit entry as the D-Bus API returns it.
-fn wire_entry(e: crate::audit::AuditEntry) -> AuditEntry {
-    AuditEntry {
+fn wire_entry(e: crate::audit::AuditEntry) -> AuditSummary {
+    AuditSummary {
         time: e.time,
         record: e.record.unwrap_or_default(),
         peer: e.peer,
@@ -180,7 +180,7 @@ impl Manager {
     /// The last `count` attestations (1..=1000), oldest first. Reading,
     /// like the records' properties: the bus policy decides, not polkit.
     #[zbus(out_args("entries"))]
-    async fn audit_trail(&self, count: u32) -> Result<Vec<AuditEntry>, Error> {
+    async fn audit_trail(&self, count: u32) -> Result<Vec<AuditSummary>, Error> {
         if count == 0 || count > limit::AUDIT_ENTRIES {
             return Err(Error::InvalidInput(format!(
                 "count is {count}; it must be 1..={}",
@@ -197,7 +197,7 @@ impl Manager {
     /// signature failure), oldest first; they are in neither the audit
     /// trail nor any record's counters. Reading: the bus policy decides.
     #[zbus(out_args("entries"))]
-    async fn unverified_refusals(&self, count: u32) -> Result<Vec<AuditEntry>, Error> {
+    async fn unverified_refusals(&self, count: u32) -> Result<Vec<AuditSummary>, Error> {
         if count == 0 || count > limit::AUDIT_ENTRIES {
             return Err(Error::InvalidInput(format!(
                 "count is {count}; it must be 1..={}",

@@ -868,7 +868,7 @@ async fn metrics_count_attestations_by_outcome_on_their_own_listener() {
 
 #[test]
 fn replicas_starting_at_once_on_an_empty_database_end_up_with_one_key_set() {
-    use snpguardd::keys::TlsMaterial;
+    use snpguardd::keys::TlsSource;
     use snpguardd::registry::{Registry, RegistryOptions, StoreChoice};
     use snpguardd::secrets::{MasterKey, MasterKeySource};
     let pg = Postgres::start();
@@ -890,8 +890,8 @@ fn replicas_starting_at_once_on_an_empty_database_end_up_with_one_key_set() {
                     };
                     let reg = Registry::open_with(d.path(), master, &options).expect("open");
                     let cert = match reg.keys().tls() {
-                        TlsMaterial::Generated { cert_pem, .. } => cert_pem.clone(),
-                        TlsMaterial::Files { .. } => panic!("generated TLS expected"),
+                        TlsSource::Generated { cert_pem, .. } => cert_pem.clone(),
+                        TlsSource::Files { .. } => panic!("generated TLS expected"),
                     };
                     (
                         snpguardd::service::RecordService::ingestion_public_key(&reg),

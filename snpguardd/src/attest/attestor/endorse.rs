@@ -18,7 +18,7 @@
 
 use snpguard::certs::{Cert, CertSet, KeyKind, Product};
 use snpguard::report::{Report, SigningKey, TcbParts};
-use snpguard::verify::{tcb_layout, Expectations, Failure, Rejection, Verified as Accepted};
+use snpguard::verify::{tcb_layout, Expectations, Failure, Rejection, Verified};
 use time::OffsetDateTime;
 
 use super::{candidate_products, secs, store_failed, Attestor};
@@ -30,7 +30,7 @@ use crate::store::StoreError;
 /// The outcome of [`Attestor::endorse_and_verify`].
 pub(super) struct Endorsed {
     /// The verification with the last certificates tried.
-    pub result: Result<Accepted, Rejection>,
+    pub result: Result<Verified, Rejection>,
     /// Where they came from: `table`, `imported`, `kds-cache` or `kds`.
     pub source: Option<&'static str>,
     /// What was tried and why it was not enough.
@@ -39,7 +39,7 @@ pub(super) struct Endorsed {
 
 /// Whether the certificates failed to endorse the report (so another
 /// source may do better).
-fn endorsement_failed(r: &Result<Accepted, Rejection>) -> bool {
+fn endorsement_failed(r: &Result<Verified, Rejection>) -> bool {
     r.as_ref().is_err_and(|rej| {
         rej.failures().iter().any(|f| {
             matches!(
@@ -57,7 +57,7 @@ fn endorsement_failed(r: &Result<Accepted, Rejection>) -> bool {
 /// the chip and TCB it is stored for), not merely the report's
 /// signature: only then is a cached one evicted. A signature that does
 /// not verify says the report is forged, not that the certificate is.
-fn certificate_bad(r: &Result<Accepted, Rejection>) -> bool {
+fn certificate_bad(r: &Result<Verified, Rejection>) -> bool {
     r.as_ref().is_err_and(|rej| {
         rej.failures().iter().any(|f| {
             matches!(
@@ -71,7 +71,7 @@ fn certificate_bad(r: &Result<Accepted, Rejection>) -> bool {
 /// Whether the report's signature verified with the certificate and its
 /// binding held: the verifier got past the chain and the signature (every
 /// failure is a content rule), and the binding rules are not among them.
-fn signature_verified(r: &Result<Accepted, Rejection>) -> bool {
+fn signature_verified(r: &Result<Verified, Rejection>) -> bool {
     match r {
         Ok(_) => true,
         Err(rej) => rej.failures().iter().all(|f| {
@@ -107,7 +107,7 @@ fn intermediates(c: &CertSet) -> CertSet {
     }
 }
 
-fn headline(r: &Result<Accepted, Rejection>) -> String {
+fn headline(r: &Result<Verified, Rejection>) -> String {
     match r {
         Ok(_) => "verified".into(),
         Err(rej) => rej.to_string(),
@@ -169,7 +169,7 @@ impl Attestor {
             }
         }
         let mut notes = Vec::new();
-        let mut last: Option<(Result<Accepted, Rejection>, &'static str)> = None;
+        let mut last: Option<(Result<Verified, Rejection>, &'static str)> = None;
 
         // 1. The request's table.
         if has_leaf(&table, kind) {
@@ -270,7 +270,7 @@ impl Attestor {
         bytes: &[u8],
         now: OffsetDateTime,
         notes: &mut Vec<String>,
-    ) -> Result<Option<Result<Accepted, Rejection>>, AttestError> {
+    ) -> Result<Option<Result<Verified, Rejection>>, AttestError> {
         let store_err = |e: StoreError| store_failed("reading held certificates", e);
         for &p in products {
             let (hwid, tcb) = chip(p);
@@ -325,7 +325,7 @@ impl Attestor {
         p: Product,
         hwid: &[u8],
         tcb: &TcbParts,
-        r: &Result<Accepted, Rejection>,
+        r: &Result<Verified, Rejection>,
         notes: &mut Vec<String>,
     ) {
         match held::evict_vcek(self.store(), p, hwid, tcb) {

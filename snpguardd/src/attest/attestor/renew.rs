@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use snpguard::attest::{self, unb64, RenewRequest, RenewResponse, MAX_RENEW_BODY};
 use time::OffsetDateTime;
 
-use super::{internal, protocol, Attestor, Outcome, Refusal, Verified};
+use super::{internal, protocol, Admitted, Attestor, Outcome, Refusal};
 use crate::attest::AttestError;
 use crate::registry::launch_origin;
 use crate::service::{LaunchRequest, RecordService, ServiceError};
@@ -67,7 +67,7 @@ impl Attestor {
         }
         let data = attest::renewal_report_data(&ev.nonce, &kernel, &initrd, &cmdline);
         let nonce = ev.nonce;
-        let Verified {
+        let Admitted {
             rec,
             mut entry,
             report_bytes,
