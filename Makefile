@@ -158,20 +158,21 @@ check-launch: $(GUESTFS_APPLIANCE)/root
 # $(BUILD_DIR)/cockpit-test).
 test-cockpit:
 	./scripts/setup-deps.sh cockpit
-	$(CARGO) build -p snpguardd -p snpguardctl -p snpguard-sim --locked
+	$(CARGO) build --workspace --locked
 	cd tests/cockpit && npm ci --no-audit --no-fund --silent
 	cd tests/cockpit && COCKPIT_TEST_OUT=$(abspath $(BUILD_DIR))/cockpit-test \
 		SNPGUARD_BIN_DIR=$(abspath target/debug) npm test
 
 # Every test, after installing what the tests need (idempotent). The
 # guests' root file systems (debootstrap: mostly waiting on the network
-# and dpkg) are built beside the builds and quick tests, in a lane of
-# their own (scripts/lanes.sh), then the slow suites run.
+# and dpkg) and the fixed libguestfs appliance are built beside the
+# builds and quick tests, in a lane of their own (scripts/lanes.sh), then
+# the slow suites run.
 test: deps
 	./scripts/lanes.sh \
 		"checks=$(MAKE) --no-print-directory lint check-shell check-scripts check-units \
 			check-install check-agent unit test-cockpit" \
-		"guests=$(MAKE) --no-print-directory guest-rootfs"
+		"guests=$(MAKE) --no-print-directory guest-rootfs $(GUESTFS_APPLIANCE)/root"
 	$(MAKE) --no-print-directory slow-tests
 
 # The slow suites in two lanes side by side (scripts/lanes.sh; each line
@@ -186,7 +187,7 @@ slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
 	$(CARGO) test --locked --no-run -p snpguardctl --test convert --test embed
 	$(CARGO) test --locked --no-run -p snpguard-systest --lib --test boot --test initrd --test e2e
-	$(CARGO) test --locked --no-run -p snpguardd --test daemon
+	$(CARGO) test --locked --no-run --workspace --test daemon
 	./scripts/lanes.sh \
 		"convert=$(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
 			CONVERT_TEST_FILTER='converts_the_simple_layout $(E2E_GUEST_TEST)' \
@@ -219,8 +220,12 @@ test-convert: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 
 # SIGKILL under a mixed load of registrations, approvals and attestations,
 # 100 kills (snpguardd/tests/daemon/sigkill.rs; about two minutes).
+# --workspace rather than -p snpguardd: cargo unifies the dependencies'
+# features over the packages it selects, so a -p build compiles
+# snpguardd's dependencies a second time (50 s) where `make unit` has
+# already built this binary. test-cockpit builds the workspace likewise.
 test-sigkill:
-	$(CARGO) test -p snpguardd --locked --test daemon -- --ignored sigkill
+	$(CARGO) test --workspace --locked --test daemon -- --ignored sigkill
 
 # The guests' root file systems of test-convert (build-rootfs.sh caches
 # them under $(BUILD_DIR)/guest-rootfs; the boot tests take theirs from
