@@ -13,7 +13,8 @@ GUESTFS_APPLIANCE ?= $(BUILD_DIR)/guestfs-appliance
 
 .PHONY: all build deps test test-convert lint unit check-units check-install check-scripts \
 	install demo bench clean agent agent-sim check-agent check-shell check-launch test-cockpit \
-	system-test test-e2e e2e-boots fuzz guest-rootfs slow-tests test-sigkill
+	system-test test-e2e e2e-boots fuzz guest-rootfs slow-tests test-sigkill \
+	lint-rust deny deny-advisories
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -73,9 +74,24 @@ deps:
 build:
 	$(CARGO) build --release --workspace --locked
 
-lint:
+# Formatting, clippy at -D warnings, and the dependency rules (deny.toml).
+lint: lint-rust deny
+
+lint-rust:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# cargo-deny (deny.toml): licences allowed by name, duplicate versions
+# reported, crates.io the only source. Installs the pinned cargo-deny
+# when missing. The advisories need the RustSec database from github.com:
+# `make deny-advisories` where that is reachable.
+deny:
+	./scripts/setup-deps.sh deny
+	$(CARGO) deny --locked check bans licenses sources
+
+deny-advisories:
+	./scripts/setup-deps.sh deny
+	$(CARGO) deny --locked check advisories
 
 # The integration tests run the workspace's binaries (snpguardd,
 # snpguardctl, snpguard-sim) next to their own: build them all first.
@@ -165,14 +181,15 @@ test-cockpit:
 
 # Every test, after installing what the tests need (idempotent). The
 # guests' root file systems (debootstrap: mostly waiting on the network
-# and dpkg) and the fixed libguestfs appliance are built beside the
-# builds and quick tests, in a lane of their own (scripts/lanes.sh), then
-# the slow suites run.
+# and dpkg), the fixed libguestfs appliance and cargo-deny (install and
+# check: `make lint` is lint-rust plus deny) are built beside the builds
+# and quick tests, in a lane of their own (scripts/lanes.sh), then the
+# slow suites run.
 test: deps
 	./scripts/lanes.sh \
-		"checks=$(MAKE) --no-print-directory lint check-shell check-scripts check-units \
+		"checks=$(MAKE) --no-print-directory lint-rust check-shell check-scripts check-units \
 			check-install check-agent unit test-cockpit" \
-		"guests=$(MAKE) --no-print-directory guest-rootfs $(GUESTFS_APPLIANCE)/root"
+		"guests=$(MAKE) --no-print-directory guest-rootfs $(GUESTFS_APPLIANCE)/root deny"
 	$(MAKE) --no-print-directory slow-tests
 
 # The slow suites in two lanes side by side (scripts/lanes.sh; each line

@@ -3,7 +3,9 @@
 # step checks first and does nothing when its tool is already there.
 # Run as root (or with sudo available) on Debian 12 or 13.
 # `setup-deps.sh agent` installs only what the static guest agent needs
-# (musl-gcc and the x86_64-unknown-linux-musl rustup target).
+# (musl-gcc and the x86_64-unknown-linux-musl rustup target);
+# `setup-deps.sh cockpit` the Cockpit browser test's; `setup-deps.sh deny`
+# the pinned cargo-deny.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -39,6 +41,22 @@ cockpit_deps() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}"
     fi
 }
+
+# cargo-deny for `make deny` (part of `make lint`): built from crates.io
+# at a pinned version with its own lock file (a few minutes, once).
+CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
+deny_deps() {
+    if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+        log "installing cargo-deny $CARGO_DENY_VERSION (cargo install)"
+        cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION"
+    fi
+}
+
+if [ "${1:-}" = deny ]; then
+    deny_deps
+    log "cargo-deny $CARGO_DENY_VERSION present"
+    exit 0
+fi
 
 if [ "${1:-}" = cockpit ]; then
     cockpit_deps
