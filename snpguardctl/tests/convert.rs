@@ -807,11 +807,8 @@ fn rootfs_kernel_release() -> String {
         kernels.sort();
         kernels.pop().expect("a kernel in the rootfs's /boot")
     } else {
-        let p = rootfs.with_file_name("kernel-release");
-        std::fs::read_to_string(&p)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-            .trim()
-            .to_owned()
+        snpguard_systest::rootfs::read_kernel_release(&rootfs.with_file_name("kernel-release"))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

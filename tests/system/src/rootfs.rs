@@ -48,25 +48,26 @@ impl Rootfs {
             .arg(flavour.name())
             .arg("--out")
             .arg(out))?;
-        let release_file = out.join("kernel-release");
-        let kernel_release = io(
-            "reading",
-            &release_file,
-            std::fs::read_to_string(&release_file),
-        )?
-        .trim()
-        .to_owned();
-        if kernel_release.is_empty() || kernel_release.contains('/') {
-            return Err(HarnessError::Fixture(format!(
-                "{} holds no kernel release",
-                release_file.display()
-            )));
-        }
         Ok(Rootfs {
             flavour,
             tar: out.join("rootfs.tar"),
             vmlinuz: out.join("vmlinuz"),
-            kernel_release,
+            kernel_release: read_kernel_release(&out.join("kernel-release"))?,
         })
     }
+}
+
+/// The guest kernel's `uname -r` from the build script's `kernel-release`
+/// file (beside `rootfs.tar`), checked to be one plain name.
+pub fn read_kernel_release(file: &Path) -> Result<String, HarnessError> {
+    let release = io("reading", file, std::fs::read_to_string(file))?
+        .trim()
+        .to_owned();
+    if release.is_empty() || release.contains('/') || release.contains(char::is_whitespace) {
+        return Err(HarnessError::Fixture(format!(
+            "{} holds no kernel release",
+            file.display()
+        )));
+    }
+    Ok(release)
 }
