@@ -11,7 +11,7 @@ use snpguard::certs::{
     encode_cert_table, parse_tsm_json, verify_ca, verify_endorsement, Cert, CertRole, CertSet, Crl,
     KeyKind, Product, TrustAnchors, GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, GUID_VLEK,
 };
-use snpguard::sim::{SimCa, SimPlatform, SimTcb};
+use snpguard_testkit::sim::{SimCa, SimPlatform, SimTcb};
 use snpguardd::attest::certs::import;
 use snpguardd::store::{Store, Tree};
 use time::macros::datetime;

@@ -5,8 +5,8 @@ use std::sync::OnceLock;
 
 use snpguard::certs::{Cert, CertSet, TrustAnchors};
 use snpguard::report::Report;
-use snpguard::testdata;
 use snpguard::verify::{Expectations, Verifier};
+use snpguard_testkit::testdata;
 use time::macros::datetime;
 use time::OffsetDateTime;
 

@@ -12,7 +12,7 @@
 //! (`tests/replay.rs`) call the same functions; [`TARGETS`] lists them
 //! with their seeds and dictionaries. See docs/fuzzing.md.
 //!
-//! Seeds come from the real AMD test vectors (`snpguard::testdata`, read
+//! Seeds come from the real AMD test vectors (`snpguard_testkit::testdata`, read
 //! in place, never copied into the repository) and from inputs built
 //! here.
 

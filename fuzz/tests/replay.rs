@@ -68,11 +68,11 @@ fn run(name: &str) {
         + replay(t, "regressions", &named(inputs(&dir("regressions", t))))
         + replay(t, "corpus", &named(inputs(&dir("corpus", t))));
     assert!(
-        n > 0 || snpguard::testdata::skip_requested(),
+        n > 0 || snpguard_testkit::testdata::skip_requested(),
         "{name}: nothing was replayed"
     );
     assert!(
-        snpguard_fuzz::reached_count(name) > 0 || snpguard::testdata::skip_requested(),
+        snpguard_fuzz::reached_count(name) > 0 || snpguard_testkit::testdata::skip_requested(),
         "{name}: no seed got past refusal to the property checks"
     );
 }

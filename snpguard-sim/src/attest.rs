@@ -17,7 +17,7 @@ use snpguard::attest::{
     AttestRequest, AttestResponse, ChallengeResponse, ErrorBody,
 };
 use snpguard::seal;
-use snpguard::sim::SimLaunch;
+use snpguard_testkit::sim::SimLaunch;
 use snpguardd::https::load::{Conn, Target};
 
 /// How long one HTTPS request may take before the server counts as down.

@@ -25,7 +25,7 @@ use snpguard::certs::Product;
 use snpguard::idblock::{verify_id_auth, IdBlock};
 use snpguard::measure::{launch_digest, MeasureInput, VcpuType, VmmType};
 use snpguard::seal;
-use snpguard::sim::{LaunchValues, SimLaunch, SimPlatform, SimTcb};
+use snpguard_testkit::sim::{LaunchValues, SimLaunch, SimPlatform, SimTcb};
 
 /// The TCB a new simulated platform runs at.
 const TCB: SimTcb = SimTcb {

@@ -24,7 +24,7 @@ const CMDLINE: &str = "console=ttyS0 root=/dev/mapper/snpguard_root";
 /// A bundle as `register` writes it, for a synthetic AmdSev firmware.
 /// `None` when the shared test data is absent.
 fn fixture() -> Option<Fixture> {
-    let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
+    let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut fw = vec![0u8; 2 * 4096];
@@ -236,7 +236,8 @@ fn cli_parses() {
 
 #[test]
 fn stage_writes_what_register_reads_with_a_vmk_only_the_daemon_opens() {
-    let Some(suffix) = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin") else {
+    let Some(suffix) = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
+    else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

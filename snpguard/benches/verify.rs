@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use p384::ecdsa::signature::Verifier as _;
 use snpguard::certs::{CertSet, TrustAnchors};
 use snpguard::report::Report;
-use snpguard::testdata;
 use snpguard::verify::{Expectations, Verifier};
+use snpguard_testkit::testdata;
 
 /// Runs `f` repeatedly for about `budget` and returns calls per second.
 fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {

@@ -9,11 +9,13 @@
 //! - [`seal`]: HPKE sealing of secrets (VMK ingestion, key release).
 //! - [`bundle`]: launch-artifacts.tar.gz, written and safely extracted.
 //! - [`initrd`]: the agent's files in an initrd, for the approval review.
-//! - [`sim`]: a simulated SEV-SNP platform for tests (never production).
 //! - [`volume`]: keys of the encrypted data volumes, derived from the VMK.
 //! - [`text`]: printable command lines; escaping untrusted text for display.
 //! - `dbus` (feature `dbus`): names, typed errors and client proxies of
 //!   the daemon's D-Bus management API.
+//!
+//! The simulated platform and the test data lookup the tests use live in
+//! the test kit (`snpguard-testkit`), not here.
 
 #![forbid(unsafe_code)]
 
@@ -29,10 +31,6 @@ pub mod initrd;
 pub mod measure;
 pub mod report;
 pub mod seal;
-pub mod sim;
 pub mod text;
 pub mod verify;
 pub mod volume;
-
-#[doc(hidden)]
-pub mod testdata;

@@ -53,7 +53,7 @@ fn input(ovmf: PathBuf, e: &Empties, cmdline: &str, features: u64) -> MeasureInp
 
 #[test]
 fn amdsev_suffix_known_answers() {
-    let Some(dir) = snpguard::testdata::dir() else {
+    let Some(dir) = snpguard_testkit::testdata::dir() else {
         return;
     };
     let e = Empties::new("plain");
@@ -70,7 +70,7 @@ fn amdsev_suffix_known_answers() {
 
 #[test]
 fn precomputed_ovmf_hash_gives_the_same_answers() {
-    let Some(dir) = snpguard::testdata::dir() else {
+    let Some(dir) = snpguard_testkit::testdata::dir() else {
         return;
     };
     let e = Empties::new("hash");

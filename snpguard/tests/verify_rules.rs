@@ -8,9 +8,9 @@ use std::sync::OnceLock;
 
 use snpguard::certs::{Cert, CertSet, KeyKind, Product, TrustAnchors};
 use snpguard::report::{Report, TcbLayout, REPORT_SIZE};
-use snpguard::sim::{SimKey, SimPlatform, SimTcb};
-use snpguard::testdata;
 use snpguard::verify::{self, Expectations, TcbFloors, Verified};
+use snpguard_testkit::sim::{SimKey, SimPlatform, SimTcb};
+use snpguard_testkit::testdata;
 
 type Bytes = [u8; REPORT_SIZE];
 

@@ -43,7 +43,8 @@ fn random_file(path: &Path, len: usize, rng: &mut rand::rngs::StdRng) {
 }
 
 fn main() {
-    let Some(suffix) = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin") else {
+    let Some(suffix) = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
+    else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("snpguard-bench-{}", std::process::id()));

@@ -100,7 +100,7 @@ impl Fixture {
         std::fs::copy(tls.join("ca.pem"), fx.path("ca.pem")).unwrap();
         let port = snpguard_systest::host::free_port().unwrap();
         fx.server = format!("https://10.0.2.2:{port}");
-        let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
+        let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
             .expect("the AMD test data (SNPGUARD_TESTDATA; the Makefile sets it)");
         let mut fw: Vec<u8> = (0..8192).map(|_| rand::random::<u8>()).collect();
         fw.extend_from_slice(&suffix);

@@ -137,7 +137,7 @@ fn with_kernel(rng: &mut StdRng, s: &Scratch, n: usize, mut c: Case) -> Case {
 
 #[test]
 fn agrees_with_sev_snp_measure() {
-    let Some(data) = snpguard::testdata::dir() else {
+    let Some(data) = snpguard_testkit::testdata::dir() else {
         return;
     };
     let Some(()) = tool("sev-snp-measure") else {
@@ -215,7 +215,7 @@ fn agrees_with_sev_snp_measure() {
 /// `error:` line, nothing on stdout).
 #[test]
 fn rejects_what_cannot_be_measured() {
-    let Some(data) = snpguard::testdata::dir() else {
+    let Some(data) = snpguard_testkit::testdata::dir() else {
         return;
     };
     let s = Scratch::new("measure-reject");

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use snpguard::testdata;
+use snpguard_testkit::testdata;
 
 const BIN: &str = env!("CARGO_BIN_EXE_snpguardctl");
 /// Before the VLEK certificate expired (2025-12-10).

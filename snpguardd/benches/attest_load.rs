@@ -46,7 +46,7 @@ use snpguard::attest::{
 use snpguard::certs::{encode_cert_table, Product, GUID_ASK, GUID_VCEK};
 use snpguard::report::Report;
 use snpguard::seal;
-use snpguard::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
+use snpguard_testkit::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
 use snpguardd::attest::{AttestError, AttestHandler, Attestor, HttpKds};
 use snpguardd::config::{Bus, Config, Kds, RateLimit, TestRoot};
 use snpguardd::https::load::{load, Conn, Target};
@@ -146,7 +146,7 @@ use snpguard_testkit::postgres;
 /// A registry on `dir` (and `store`) with one record from synthetic
 /// inputs.
 fn registry(dir: &Path, store: StoreChoice) -> anyhow::Result<(Arc<Registry>, RecordInfo)> {
-    let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
+    let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
         .context("the SNP test data (SNPGUARD_TESTDATA) is needed for the firmware footer")?;
     let mut fw = vec![0x11u8; 3 * 4096];
     fw.extend_from_slice(&suffix);
@@ -188,7 +188,7 @@ struct Guest {
 
 impl Guest {
     fn new(sim: SimPlatform, rec: &RecordInfo) -> anyhow::Result<Guest> {
-        let mut r: [u8; 1184] = snpguard::testdata::read("reports/milan-virtee/report.bin")
+        let mut r: [u8; 1184] = snpguard_testkit::testdata::read("reports/milan-virtee/report.bin")
             .context("template report")?
             .try_into()
             .map_err(|_| anyhow::anyhow!("template report size"))?;

@@ -232,7 +232,7 @@ fn agent_initrd(rng: &mut impl RngCore, server: &str, ca: &str) -> Vec<u8> {
 /// with the agent's files ([`agent_initrd`]), a
 /// command line, and a VMK sealed to the daemon's ingestion key.
 fn staging(dir: &Path, state: &Path, seed: u64) -> Option<PathBuf> {
-    let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
+    let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let s = dir.join(format!("staging-{seed}"));
     std::fs::create_dir_all(&s).expect("staging");
@@ -431,7 +431,7 @@ async fn register_export_restart_and_errors() {
         e.contains("AlreadyExists") || e.contains("already exists"),
         "{e}"
     );
-    let fixture = |name: &str| snpguard::testdata::read(name).expect("fixture");
+    let fixture = |name: &str| snpguard_testkit::testdata::read(name).expect("fixture");
     let no_hashes = bad("fw", &|b: &Path| {
         std::fs::write(
             b.join("firmware.fd"),
@@ -594,7 +594,7 @@ use snpguard::attest::{
     ErrorBody,
 };
 use snpguard::certs::{encode_cert_table, Product, GUID_ASK, GUID_VCEK};
-use snpguard::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
+use snpguard_testkit::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
 use snpguardd::https::load::{load, Conn, Target};
 
 const SIM_TCB: SimTcb = SimTcb {
@@ -718,7 +718,7 @@ fn sim_report_edited(
     data: &[u8; 64],
     edit: impl FnOnce(&mut [u8; 1184]),
 ) -> Vec<u8> {
-    let mut r: [u8; 1184] = snpguard::testdata::read("reports/milan-virtee/report.bin")
+    let mut r: [u8; 1184] = snpguard_testkit::testdata::read("reports/milan-virtee/report.bin")
         .expect("template")
         .try_into()
         .expect("size");

@@ -79,11 +79,12 @@ mod tests {
     /// the `sev` crate parses out of the extended report's buffer.
     #[test]
     fn extended_report_entries_become_a_cert_table() {
-        let Some(report) = snpguard::testdata::read("reports/milan-virtee/report.bin") else {
+        let Some(report) = snpguard_testkit::testdata::read("reports/milan-virtee/report.bin")
+        else {
             eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
             return;
         };
-        let Some(vcek) = snpguard::testdata::read("reports/milan-virtee/vcek.der") else {
+        let Some(vcek) = snpguard_testkit::testdata::read("reports/milan-virtee/vcek.der") else {
             eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
             return;
         };

@@ -6,7 +6,7 @@
 use std::io::Read as _;
 use std::path::Path;
 
-use snpguard::sim::{SimLaunch, SIM_LAUNCH_MAX_SIZE};
+use snpguard_testkit::sim::{SimLaunch, SIM_LAUNCH_MAX_SIZE};
 
 use super::{Evidence, EvidenceError};
 

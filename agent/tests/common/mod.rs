@@ -111,7 +111,7 @@ pub struct Guest {
 }
 
 pub async fn registered_guest() -> Option<Guest> {
-    let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
+    let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
     let bus = bus::TestBus::start();
     let polkit = bus::MockPolkit::default();
     polkit.set_allow(true);

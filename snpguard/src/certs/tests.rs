@@ -5,7 +5,7 @@ use time::macros::datetime;
 use time::OffsetDateTime;
 
 use super::*;
-use crate::testdata;
+use snpguard_testkit::testdata;
 
 const JAN_2025: OffsetDateTime = datetime!(2025-01-01 0:00 UTC);
 /// When every VCEK in testdata is valid (genoa/turin ones are from mid-2025).

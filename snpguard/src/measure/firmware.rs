@@ -270,7 +270,7 @@ mod tests {
     }
 
     fn fixture() -> Option<Vec<u8>> {
-        crate::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
+        snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
     }
 
     #[test]
@@ -286,7 +286,8 @@ mod tests {
 
     #[test]
     fn ovmfx64_suffix_has_no_kernel_hashes() {
-        let Some(data) = crate::testdata::read("measurement/ovmf_OvmfX64_suffix.bin") else {
+        let Some(data) = snpguard_testkit::testdata::read("measurement/ovmf_OvmfX64_suffix.bin")
+        else {
             return;
         };
         let fw = Firmware::parse(data).unwrap();

@@ -48,7 +48,7 @@ fn input(ovmf: &Path) -> MeasureInput {
 }
 
 fn amdsev(s: &Scratch) -> Option<PathBuf> {
-    let data = crate::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
+    let data = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
     Some(s.file("amdsev.fd", &data))
 }
 
@@ -115,7 +115,7 @@ fn garbage_firmware_is_rejected() {
 
 #[test]
 fn truncated_and_corrupted_ovmf_never_panic() {
-    let Some(data) = crate::testdata::read("measurement/ovmf_AmdSev_suffix.bin") else {
+    let Some(data) = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin") else {
         return;
     };
     let s = Scratch::new("trunc");
@@ -140,7 +140,7 @@ fn truncated_and_corrupted_ovmf_never_panic() {
 
 #[test]
 fn kernel_needs_kernel_hashes_section() {
-    let Some(data) = crate::testdata::read("measurement/ovmf_OvmfX64_suffix.bin") else {
+    let Some(data) = snpguard_testkit::testdata::read("measurement/ovmf_OvmfX64_suffix.bin") else {
         return;
     };
     let s = Scratch::new("nohashes");

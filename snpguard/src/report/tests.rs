@@ -1,5 +1,5 @@
 use super::*;
-use crate::testdata;
+use snpguard_testkit::testdata;
 
 /// (name, version, policy, vmpl, key_info, platform_info, reported_tcb LE
 /// hex, cpuid hex, measurement prefix) from testdata/snp/README.md.

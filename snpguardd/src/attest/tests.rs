@@ -14,8 +14,8 @@ use snpguard::attest::{b64, encode_nonce, open_key, report_data, AttestRequest};
 use snpguard::certs::{CertRole, Product, GUID_ASK, GUID_VCEK};
 use snpguard::report::REPORT_SIZE;
 use snpguard::seal::{self, SealedBox};
-use snpguard::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
 use snpguard::verify::{MinTcb, TcbFloors};
+use snpguard_testkit::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
 use time::OffsetDateTime;
 
 use super::*;
@@ -107,7 +107,7 @@ fn register_with(
     min_tcb: Option<MinTcb>,
     allow_test_root: bool,
 ) -> Option<RecordInfo> {
-    let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
+    let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
     let mut fw = random(3 * 4096);
     fw.extend_from_slice(&suffix);
     let fw = write(dir, &format!("{name}.fd"), &fw);

@@ -36,7 +36,7 @@ pub(super) fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
 /// SEV metadata suffix), a random kernel and initrd. `None` when the test
 /// data set is absent outside CI.
 pub(super) fn inputs_with(fixture: &str) -> Option<Inputs> {
-    let suffix = snpguard::testdata::read(fixture)?;
+    let suffix = snpguard_testkit::testdata::read(fixture)?;
     let dir = tempfile::tempdir().unwrap();
     let mut fw = random(3 * 4096);
     fw.extend_from_slice(&suffix);

@@ -3,7 +3,7 @@
 //! whatever the request carries; and the start-up refusal of a daemon
 //! with test roots that holds a record trusting only AMD.
 
-use snpguard::sim::SimCa;
+use snpguard_testkit::sim::SimCa;
 use time::{Duration as Days, OffsetDateTime};
 
 use super::refusals::{expect_refused, log_since, request};

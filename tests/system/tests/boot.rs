@@ -70,7 +70,7 @@ struct Run {
 }
 
 fn boot(flavour: Flavour, launch: Launch) -> Run {
-    let suffix = snpguard::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
+    let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
         .expect("the AMD test data (SNPGUARD_TESTDATA; the Makefile sets it)");
     let dir = scratch();
     let d = dir.path();

@@ -4,7 +4,7 @@
 //! treated as `[revocation]` says.
 
 use snpguard::certs::{CrlPolicy, RevocationPolicy};
-use snpguard::sim::SimCa;
+use snpguard_testkit::sim::SimCa;
 use time::Duration;
 
 use super::*;

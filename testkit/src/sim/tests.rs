@@ -9,8 +9,8 @@ use p384::ecdsa::signature::Verifier;
 use x509_cert::Certificate;
 
 use super::*;
-use crate::report::Report;
 use crate::testdata;
+use snpguard::report::Report;
 
 const MILAN_TCB: SimTcb = SimTcb {
     bootloader: 3,
@@ -194,22 +194,31 @@ fn sim_vcek_extensions_decode_to_the_tcb_and_hwid() {
     ] {
         let p = platform(product);
         let exts: BTreeMap<_, _> = extensions(&p.vcek_der).into_iter().collect();
-        assert_eq!(amd_int(&exts, crate::certs::oid::STRUCT_VERSION), version);
-        assert_eq!(amd_str(&exts, crate::certs::oid::PRODUCT_NAME), name);
-        assert_eq!(amd_int(&exts, crate::certs::oid::BL_SPL), tcb.bootloader);
-        assert_eq!(amd_int(&exts, crate::certs::oid::TEE_SPL), tcb.tee);
-        assert_eq!(amd_int(&exts, crate::certs::oid::SNP_SPL), tcb.snp);
-        assert_eq!(amd_int(&exts, crate::certs::oid::UCODE_SPL), tcb.microcode);
-        assert_eq!(exts[&crate::certs::oid::HW_ID.to_string()], hwid(product));
-        assert!(!exts.contains_key(&crate::certs::oid::CSP_ID.to_string()));
+        assert_eq!(
+            amd_int(&exts, snpguard::certs::oid::STRUCT_VERSION),
+            version
+        );
+        assert_eq!(amd_str(&exts, snpguard::certs::oid::PRODUCT_NAME), name);
+        assert_eq!(amd_int(&exts, snpguard::certs::oid::BL_SPL), tcb.bootloader);
+        assert_eq!(amd_int(&exts, snpguard::certs::oid::TEE_SPL), tcb.tee);
+        assert_eq!(amd_int(&exts, snpguard::certs::oid::SNP_SPL), tcb.snp);
+        assert_eq!(
+            amd_int(&exts, snpguard::certs::oid::UCODE_SPL),
+            tcb.microcode
+        );
+        assert_eq!(
+            exts[&snpguard::certs::oid::HW_ID.to_string()],
+            hwid(product)
+        );
+        assert!(!exts.contains_key(&snpguard::certs::oid::CSP_ID.to_string()));
         match product {
             Product::Turin => {
-                assert_eq!(amd_int(&exts, crate::certs::oid::FMC_SPL), tcb.fmc);
-                assert!(!exts.contains_key(&crate::certs::oid::SPL_4.to_string()));
+                assert_eq!(amd_int(&exts, snpguard::certs::oid::FMC_SPL), tcb.fmc);
+                assert!(!exts.contains_key(&snpguard::certs::oid::SPL_4.to_string()));
             }
             _ => {
-                assert_eq!(amd_int(&exts, crate::certs::oid::SPL_4), 0);
-                assert!(!exts.contains_key(&crate::certs::oid::FMC_SPL.to_string()));
+                assert_eq!(amd_int(&exts, snpguard::certs::oid::SPL_4), 0);
+                assert!(!exts.contains_key(&snpguard::certs::oid::FMC_SPL.to_string()));
             }
         }
     }
@@ -219,10 +228,13 @@ fn sim_vcek_extensions_decode_to_the_tcb_and_hwid() {
 fn sim_vlek_has_csp_id_and_no_hwid() {
     let p = platform(Product::Milan);
     let exts: BTreeMap<_, _> = extensions(&p.vlek_der).into_iter().collect();
-    assert_eq!(amd_str(&exts, crate::certs::oid::PRODUCT_NAME), "Milan");
-    assert_eq!(amd_str(&exts, crate::certs::oid::CSP_ID), SIM_VLEK_CSP_ID);
-    assert_eq!(amd_int(&exts, crate::certs::oid::SNP_SPL), MILAN_TCB.snp);
-    assert!(!exts.contains_key(&crate::certs::oid::HW_ID.to_string()));
+    assert_eq!(amd_str(&exts, snpguard::certs::oid::PRODUCT_NAME), "Milan");
+    assert_eq!(
+        amd_str(&exts, snpguard::certs::oid::CSP_ID),
+        SIM_VLEK_CSP_ID
+    );
+    assert_eq!(amd_int(&exts, snpguard::certs::oid::SNP_SPL), MILAN_TCB.snp);
+    assert!(!exts.contains_key(&snpguard::certs::oid::HW_ID.to_string()));
 }
 
 /// The simulated certificates have the real ones' extension OIDs in the
@@ -259,7 +271,7 @@ fn sim_certs_mirror_real_amd_structure() {
     let ucode = |der: &[u8]| {
         extensions(der)
             .into_iter()
-            .find(|(id, _)| *id == crate::certs::oid::UCODE_SPL.to_string())
+            .find(|(id, _)| *id == snpguard::certs::oid::UCODE_SPL.to_string())
             .map(|(_, value)| value)
     };
     assert_eq!(ucode(&turin.vcek_der), ucode(&real_vlek));
@@ -389,7 +401,7 @@ fn sim_genoa_and_certs_dir() {
         .expect("generating a Genoa platform");
     eprintln!("SimPlatform::generate took {:?}", start.elapsed());
     let exts: BTreeMap<_, _> = extensions(&p.vcek_der).into_iter().collect();
-    assert_eq!(amd_str(&exts, crate::certs::oid::PRODUCT_NAME), "Genoa");
+    assert_eq!(amd_str(&exts, snpguard::certs::oid::PRODUCT_NAME), "Genoa");
     assert!(cert(&p.ark_der)
         .tbs_certificate
         .subject
@@ -473,16 +485,16 @@ fn launch_blob_report_has_the_firmware_layout_and_verifies() {
         Some(Some(Product::Turin))
     );
     assert_eq!(r.reported_tcb.0, tcb_bytes(Product::Turin, TURIN_TCB));
-    let anchors = crate::certs::TrustAnchors::amd()
+    let anchors = snpguard::certs::TrustAnchors::amd()
         .unwrap()
         .with_test_root(Product::Turin, &blob.ark_der().unwrap())
         .unwrap();
-    let certs = crate::certs::CertSet::from_cert_table(&blob.cert_table().unwrap()).unwrap();
-    crate::verify::verify(
+    let certs = snpguard::certs::CertSet::from_cert_table(&blob.cert_table().unwrap()).unwrap();
+    snpguard::verify::verify(
         &anchors,
         &raw,
         &certs,
-        &crate::verify::Expectations {
+        &snpguard::verify::Expectations {
             allow_smt: true,
             report_data: Some(data),
             measurement: Some([0x4d; 48]),

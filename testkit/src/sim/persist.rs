@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use x509_cert::Certificate;
 
 use super::{ec_spki, SimError, SimPlatform, SimTcb};
-use crate::certs::Product;
+use snpguard::certs::Product;
 
 /// Version of `platform.json`.
 const PLATFORM_VERSION: u32 = 1;

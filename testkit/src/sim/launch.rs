@@ -15,8 +15,8 @@ use super::persist::{
     parse_product, TcbFile,
 };
 use super::{sign_report_with, tcb_bytes, SimError, SimKey, SimPlatform, SimTcb};
-use crate::certs::{encode_cert_table, Product, GUID_ARK, GUID_ASK, GUID_VCEK};
-use crate::report::REPORT_SIZE;
+use snpguard::certs::{encode_cert_table, Product, GUID_ARK, GUID_ASK, GUID_VCEK};
+use snpguard::report::REPORT_SIZE;
 
 /// Format version of the blob.
 pub const SIM_LAUNCH_VERSION: u32 = 1;

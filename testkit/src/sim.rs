@@ -5,10 +5,11 @@
 //! production configuration: the root it generates is a fresh, throw-away
 //! key with no relation to AMD's pinned ARKs, and a verifier only accepts
 //! it when a test (or a daemon started by a test, explicitly and loudly
-//! configured to trust it) hands it over. The module is compiled into the
-//! library so that the daemon's and the agent's test set-ups can share it,
-//! and so that the agent's simulated report source can sign with it; no
-//! production code path selects it.
+//! configured to trust it) hands it over. It lives in the test kit
+//! (`publish = false`), outside the trust core: the daemon's, the CLI's
+//! and the agent's tests share it, and only the agent's `simulator` build
+//! (the QEMU tests' agent, refused by `make install`) links it to sign its
+//! simulated reports.
 //!
 //! The chain mirrors the real one certificate by certificate (checked
 //! against AMD's certificates and KDS-issued VCEKs/VLEKs in
@@ -47,7 +48,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
-use crate::certs::Product;
+use snpguard::certs::Product;
 
 use const_oid::db::rfc4519;
 use const_oid::ObjectIdentifier;
@@ -67,7 +68,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::time::{Time, Validity};
 
-use crate::report::{REPORT_SIZE, SIGNED_LEN};
+use snpguard::report::{REPORT_SIZE, SIGNED_LEN};
 
 /// Modulus size of the simulated ARK, ASK and ASVK (AMD's are 4096 bits;
 /// smaller keeps key generation fast in tests).
@@ -372,7 +373,7 @@ impl SimPlatform {
                 cert: "VLEK",
                 source,
             })?;
-        vlek_ext.push(raw_ext(crate::certs::oid::CSP_ID, &csp, "VLEK")?);
+        vlek_ext.push(raw_ext(snpguard::certs::oid::CSP_ID, &csp, "VLEK")?);
         let vlek_der = issue(
             Tbs {
                 cert: "VLEK",
@@ -556,7 +557,7 @@ fn issue_vcek(
 ) -> Result<(p384::ecdsa::SigningKey, Vec<u8>), SimError> {
     let vcek_key = p384::ecdsa::SigningKey::random(&mut OsRng);
     let mut vcek_ext = amd_extensions(product, vcek_product_name(product), tcb, "VCEK")?;
-    vcek_ext.push(raw_ext(crate::certs::oid::HW_ID, hwid, "VCEK")?);
+    vcek_ext.push(raw_ext(snpguard::certs::oid::HW_ID, hwid, "VCEK")?);
     let vcek_der = issue(
         Tbs {
             cert: "VCEK",
@@ -628,24 +629,24 @@ fn amd_extensions(
 ) -> Result<Vec<Extension>, SimError> {
     let spls: &[(ObjectIdentifier, u8)] = match product {
         Product::Milan | Product::Genoa => &[
-            (crate::certs::oid::BL_SPL, tcb.bootloader),
-            (crate::certs::oid::TEE_SPL, tcb.tee),
-            (crate::certs::oid::SPL_4, 0),
-            (crate::certs::oid::SPL_5, 0),
-            (crate::certs::oid::SPL_6, 0),
-            (crate::certs::oid::SPL_7, 0),
-            (crate::certs::oid::SNP_SPL, tcb.snp),
-            (crate::certs::oid::UCODE_SPL, tcb.microcode),
+            (snpguard::certs::oid::BL_SPL, tcb.bootloader),
+            (snpguard::certs::oid::TEE_SPL, tcb.tee),
+            (snpguard::certs::oid::SPL_4, 0),
+            (snpguard::certs::oid::SPL_5, 0),
+            (snpguard::certs::oid::SPL_6, 0),
+            (snpguard::certs::oid::SPL_7, 0),
+            (snpguard::certs::oid::SNP_SPL, tcb.snp),
+            (snpguard::certs::oid::UCODE_SPL, tcb.microcode),
         ],
         Product::Turin => &[
-            (crate::certs::oid::FMC_SPL, tcb.fmc),
-            (crate::certs::oid::BL_SPL, tcb.bootloader),
-            (crate::certs::oid::TEE_SPL, tcb.tee),
-            (crate::certs::oid::SNP_SPL, tcb.snp),
-            (crate::certs::oid::SPL_5, 0),
-            (crate::certs::oid::SPL_6, 0),
-            (crate::certs::oid::SPL_7, 0),
-            (crate::certs::oid::UCODE_SPL, tcb.microcode),
+            (snpguard::certs::oid::FMC_SPL, tcb.fmc),
+            (snpguard::certs::oid::BL_SPL, tcb.bootloader),
+            (snpguard::certs::oid::TEE_SPL, tcb.tee),
+            (snpguard::certs::oid::SNP_SPL, tcb.snp),
+            (snpguard::certs::oid::SPL_5, 0),
+            (snpguard::certs::oid::SPL_6, 0),
+            (snpguard::certs::oid::SPL_7, 0),
+            (snpguard::certs::oid::UCODE_SPL, tcb.microcode),
         ],
     };
     let der_err = |source| SimError::Der { cert, source };
@@ -654,11 +655,11 @@ fn amd_extensions(
         .map_err(der_err)?;
     let mut out = vec![
         raw_ext(
-            crate::certs::oid::STRUCT_VERSION,
+            snpguard::certs::oid::STRUCT_VERSION,
             &struct_version(product).to_der().map_err(der_err)?,
             cert,
         )?,
-        raw_ext(crate::certs::oid::PRODUCT_NAME, &name, cert)?,
+        raw_ext(snpguard::certs::oid::PRODUCT_NAME, &name, cert)?,
     ];
     for (id, value) in spls {
         out.push(raw_ext(*id, &value.to_der().map_err(der_err)?, cert)?);
