@@ -84,7 +84,7 @@ function agentReview(now, old, against) {
             const n = find(now.files, p), o = find(base, p);
             return (n ? n[1] + n[2] : "") !== (o ? o[1] + o[2] : "");
         };
-        // The CA the configuration names (snpguard::initrd::configured_ca).
+        // The CA the configuration names (snpguard_protocol::initrd::configured_ca).
         const m = /^\s*ca\s*=\s*"([^"]*)"/m.exec(config[3]);
         const ca = m && m[1].split("/").filter(c => c && c !== ".").join("/");
         if (ca && changed(ca))

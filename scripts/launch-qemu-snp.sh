@@ -67,9 +67,9 @@ usage_error() {
 }
 note() { printf '%s: %s\n' "$prog" "$*" >&2; }
 
-# The bundle's members (snpguard/src/bundle/mod.rs).
+# The bundle's members (protocol/src/bundle/mod.rs).
 MEMBERS=(launch-config.json firmware.fd kernel initrd cmdline id-block.bin id-auth.bin)
-# Limits while extracting, as snpguard::bundle::ExtractLimits::default()
+# Limits while extracting, as snpguard_protocol::bundle::ExtractLimits::default()
 # (what lands on disk is bounded before `snpguardctl bundle check` reads
 # it).
 MAX_MEMBER=$((1 << 30))
@@ -355,7 +355,7 @@ fi
 
 # --- the members, whichever way they came -----------------------------------
 
-# snpguardctl checks them as the library does (snpguard::bundle::
+# snpguardctl checks them as the library does (snpguard_protocol::bundle::
 # check_extracted): each a regular file with one link within its size
 # limit, the ID block and auth sizes, no empty firmware, kernel or
 # initrd, launch-config.json with exactly its fields (a vCPU model the

@@ -91,7 +91,7 @@ write_config() { # write_config DIR [jq filter applied to the config]
 write_config "$src"
 
 MEMBERS=(launch-config.json firmware.fd kernel initrd cmdline id-block.bin id-auth.bin)
-# The bundle layout of snpguard::bundle::write_bundle: ustar, 0644, root,
+# The bundle layout of snpguard_protocol::bundle::write_bundle: ustar, 0644, root,
 # mtime 0, the members in order.
 make_bundle() { # make_bundle DIR OUT [members...]
     local dir=$1 out=$2

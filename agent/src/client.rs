@@ -7,12 +7,12 @@ use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
 
-use snpguard::attest::{
+use snpguard::seal::{self, SealedBox};
+use snpguard_protocol::attest::{
     b64, decode_nonce, open_key, release_message, renewal_message, renewal_report_data,
     report_data, unb64, verify_signature, AttestRequest, AttestResponse, ChallengeResponse,
     ErrorBody, RenewRequest, RenewResponse, SignatureError, NONCE_LEN,
 };
-use snpguard::seal::{self, SealedBox};
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 use zeroize::Zeroizing;
 
@@ -194,14 +194,14 @@ impl Client {
         drop(req);
         // The daemon reads at most MAX_RENEW_BODY; a larger body is refused
         // by every server alike, so say so here instead of sending it.
-        if body.len() > snpguard::attest::MAX_RENEW_BODY {
+        if body.len() > snpguard_protocol::attest::MAX_RENEW_BODY {
             return Err(AttemptError::Refused {
                 server: server.url.clone(),
                 code: "too-large".into(),
                 message: format!(
                     "the request is {} bytes; the daemon reads at most {}",
                     body.len(),
-                    snpguard::attest::MAX_RENEW_BODY
+                    snpguard_protocol::attest::MAX_RENEW_BODY
                 ),
             });
         }
@@ -387,7 +387,7 @@ mod tests {
         let (secret, public) = seal::generate_keypair();
         let report = vec![0x42u8; snpguard::report::REPORT_SIZE];
         let vmk = [0x17u8; 64];
-        let sealed = b64(&snpguard::attest::seal_key(&public, &report, &vmk)
+        let sealed = b64(&snpguard_protocol::attest::seal_key(&public, &report, &vmk)
             .unwrap()
             .to_bytes());
         let key = open_released(&secret, &report, &sealed).expect("opens");

@@ -1,11 +1,11 @@
 //! The agent's configuration: the shared contract
-//! ([`snpguard::agent_config`], the type convert writes) plus the one check
+//! ([`snpguard_protocol::agent_config`], the type convert writes) plus the one check
 //! only this build can make: whether the simulated report source is
 //! compiled in.
 
 use std::path::Path;
 
-pub use snpguard::agent_config::{
+pub use snpguard_protocol::agent_config::{
     invalid, AgentConfig, ConfigError, Luks, ReportSource, Retry, Server, DEFAULT_PATH,
 };
 

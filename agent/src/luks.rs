@@ -364,7 +364,7 @@ fn check(bytes: &[u8], pin: &Luks) -> Result<KeyDigest, LuksError> {
     }
     let b64 = |field: &'static str, v: &Option<String>| {
         v.as_deref()
-            .and_then(|s| snpguard::attest::unb64(s, 256))
+            .and_then(|s| snpguard_protocol::attest::unb64(s, 256))
             .filter(|v| !v.is_empty())
             .ok_or_else(|| refused(field, format!("digest {id}: missing or not base64")))
     };

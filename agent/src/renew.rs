@@ -18,8 +18,8 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use snpguard::attest::{RenewResponse, MAX_RENEW_BODY};
 use snpguard::measure::MAX_CMDLINE_LEN;
+use snpguard_protocol::attest::{RenewResponse, MAX_RENEW_BODY};
 
 use crate::client::{self, Client};
 use crate::config::AgentConfig;
@@ -243,7 +243,7 @@ pub fn check_cmdline(cmdline: &str) -> anyhow::Result<()> {
             cmdline.len()
         );
     }
-    snpguard::text::check_cmdline(cmdline)?;
+    snpguard_protocol::text::check_cmdline(cmdline)?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! The guest agent's parsers (agent/src/config.rs, over
-//! snpguard::agent_config, and luks.rs, included as they are): the LUKS2
+//! snpguard_protocol::agent_config, and luks.rs, included as they are): the LUKS2
 //! header of the root volume, read from a disk the host controls, and the
 //! agent's configuration.
 
@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256, Sha512};
 use crate::config::{self, Luks, ReportSource};
 use crate::fixtures::{self, Input};
 use crate::luks::read_header;
-use snpguard::agent_config::{MAX_ATTEMPTS, MAX_SERVERS, MAX_VOLUMES};
+use snpguard_protocol::agent_config::{MAX_ATTEMPTS, MAX_SERVERS, MAX_VOLUMES};
 
 const HDR_SIZES: [usize; 9] = [
     0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000,

@@ -4,13 +4,13 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use snpguard::attest::{
-    b64, decode_nonce, encode_nonce, renewal_report_data, report_data, unb64, AttestRequest,
-    RenewRequest, MAX_BODY, NONCE_LEN,
-};
 use snpguard::certs::CertSet;
 use snpguard::report::{Report, REPORT_SIZE};
 use snpguard::seal::PublicKey;
+use snpguard_protocol::attest::{
+    b64, decode_nonce, encode_nonce, renewal_report_data, report_data, unb64, AttestRequest,
+    RenewRequest, MAX_BODY, NONCE_LEN,
+};
 
 use sha2::Digest as _;
 
@@ -180,9 +180,9 @@ pub fn renew_request(data: &[u8]) {
         serde_json::from_slice(&serde_json::to_vec(&req).expect("serializes")).expect("re-reads");
     assert_eq!(again, req);
     let evidence = decode_evidence(&req.nonce, &req.report, req.cert_table.as_deref());
-    let kernel = unb64(&req.kernel, snpguard::attest::MAX_RENEW_BODY);
-    let initrd = unb64(&req.initrd, snpguard::attest::MAX_RENEW_BODY);
-    let cmdline_ok = snpguard::text::check_cmdline(&req.cmdline).is_ok();
+    let kernel = unb64(&req.kernel, snpguard_protocol::attest::MAX_RENEW_BODY);
+    let initrd = unb64(&req.initrd, snpguard_protocol::attest::MAX_RENEW_BODY);
+    let cmdline_ok = snpguard_protocol::text::check_cmdline(&req.cmdline).is_ok();
     if cmdline_ok {
         assert!(req.cmdline.len() <= snpguard::measure::MAX_CMDLINE_LEN);
         assert!(
@@ -279,7 +279,7 @@ struct Release {
     report: Vec<u8>,
     nonce: [u8; NONCE_LEN],
     secret: snpguard::seal::SecretKey,
-    genuine: snpguard::attest::AttestResponse,
+    genuine: snpguard_protocol::attest::AttestResponse,
     json: Vec<u8>,
 }
 
@@ -302,15 +302,15 @@ fn release() -> &'static Release {
         Report::parse(&report).expect("the release report parses");
         let nonce = [3u8; NONCE_LEN];
         let secret = snpguard::seal::SecretKey::from_bytes(&[0x42; 32]);
-        let sealed = snpguard::attest::seal_key(&secret.public_key(), &report, VMK)
+        let sealed = snpguard_protocol::attest::seal_key(&secret.public_key(), &report, VMK)
             .expect("sealing")
             .to_bytes();
         let record = "web-1".to_owned();
-        let message = snpguard::attest::release_message(&nonce, &report, &record, &sealed);
-        let genuine = snpguard::attest::AttestResponse {
+        let message = snpguard_protocol::attest::release_message(&nonce, &report, &record, &sealed);
+        let genuine = snpguard_protocol::attest::AttestResponse {
             record,
             sealed_key: b64(&sealed),
-            signature: Some(snpguard::attest::sign_message(&author, &message)),
+            signature: Some(snpguard_protocol::attest::sign_message(&author, &message)),
         };
         let json = serde_json::to_vec(&genuine).expect("json");
         Release {
@@ -326,13 +326,18 @@ fn release() -> &'static Release {
 /// What the agent does with a response body (agent/src/client.rs,
 /// `attest_once`): parse, check the signature over nonce, report, record
 /// and sealed box, open the box. The response and the key, if released.
-fn agent_receives(r: &Release, body: &[u8]) -> Option<(snpguard::attest::AttestResponse, Vec<u8>)> {
-    let resp: snpguard::attest::AttestResponse = serde_json::from_slice(body).ok()?;
+fn agent_receives(
+    r: &Release,
+    body: &[u8],
+) -> Option<(snpguard_protocol::attest::AttestResponse, Vec<u8>)> {
+    let resp: snpguard_protocol::attest::AttestResponse = serde_json::from_slice(body).ok()?;
     let sealed = unb64(&resp.sealed_key, snpguard::seal::MAX_SEALED_LEN)?;
-    let message = snpguard::attest::release_message(&r.nonce, &r.report, &resp.record, &sealed);
-    snpguard::attest::verify_signature(&r.report, &message, resp.signature.as_ref()).ok()?;
+    let message =
+        snpguard_protocol::attest::release_message(&r.nonce, &r.report, &resp.record, &sealed);
+    snpguard_protocol::attest::verify_signature(&r.report, &message, resp.signature.as_ref())
+        .ok()?;
     let boxed = snpguard::seal::SealedBox::from_bytes(&sealed).ok()?;
-    let key = snpguard::attest::open_key(&r.secret, &r.report, &boxed).ok()?;
+    let key = snpguard_protocol::attest::open_key(&r.secret, &r.report, &boxed).ok()?;
     Some((resp, key.to_vec()))
 }
 
@@ -352,7 +357,7 @@ fn response_body(data: &[u8], genuine: &[u8]) -> (bool, Vec<u8>) {
 
 /// An accepted signature's key is the one the report names (its
 /// AUTHOR_KEY_DIGEST, the key the harness signs with).
-fn assert_signed_by_report_key(report: &[u8], sig: &snpguard::attest::ReleaseSignature) {
+fn assert_signed_by_report_key(report: &[u8], sig: &snpguard_protocol::attest::ReleaseSignature) {
     let signer = unb64(&sig.key, snpguard::idblock::PUBLIC_KEY_SIZE).expect("decoded before");
     let digest: [u8; 48] = sha2::Sha384::digest(&signer).into();
     assert_eq!(
@@ -390,7 +395,7 @@ pub fn attest_response(data: &[u8]) {
 /// The genuine answer to a renewal of the guest of [`release`] (same
 /// report, nonce and author key), signed in this process.
 struct Renewal {
-    genuine: snpguard::attest::RenewResponse,
+    genuine: snpguard_protocol::attest::RenewResponse,
     json: Vec<u8>,
 }
 
@@ -399,14 +404,14 @@ fn renewal() -> &'static Renewal {
     RENEWAL.get_or_init(|| {
         let r = release();
         let author = p384::ecdsa::SigningKey::from_slice(&[0x11; 48]).expect("a valid scalar");
-        let mut genuine = snpguard::attest::RenewResponse {
+        let mut genuine = snpguard_protocol::attest::RenewResponse {
             record: "web-1".to_owned(),
             launch: "2".to_owned(),
             measurement: "ab".repeat(48),
             signature: None,
         };
-        let message = snpguard::attest::renewal_message(&r.nonce, &r.report, &genuine);
-        genuine.signature = Some(snpguard::attest::sign_message(&author, &message));
+        let message = snpguard_protocol::attest::renewal_message(&r.nonce, &r.report, &genuine);
+        genuine.signature = Some(snpguard_protocol::attest::sign_message(&author, &message));
         let json = serde_json::to_vec(&genuine).expect("json");
         Renewal { genuine, json }
     })
@@ -415,10 +420,14 @@ fn renewal() -> &'static Renewal {
 /// What the agent does with a renewal's answer (agent/src/client.rs,
 /// `renew_once`): parse, then check the signature over nonce, report,
 /// record, launch and measurement. The response, if accepted.
-fn agent_accepts_renewal(r: &Release, body: &[u8]) -> Option<snpguard::attest::RenewResponse> {
-    let resp: snpguard::attest::RenewResponse = serde_json::from_slice(body).ok()?;
-    let message = snpguard::attest::renewal_message(&r.nonce, &r.report, &resp);
-    snpguard::attest::verify_signature(&r.report, &message, resp.signature.as_ref()).ok()?;
+fn agent_accepts_renewal(
+    r: &Release,
+    body: &[u8],
+) -> Option<snpguard_protocol::attest::RenewResponse> {
+    let resp: snpguard_protocol::attest::RenewResponse = serde_json::from_slice(body).ok()?;
+    let message = snpguard_protocol::attest::renewal_message(&r.nonce, &r.report, &resp);
+    snpguard_protocol::attest::verify_signature(&r.report, &message, resp.signature.as_ref())
+        .ok()?;
     Some(resp)
 }
 
@@ -459,11 +468,11 @@ pub fn renew_response(data: &[u8]) {
 pub fn renew_response_seeds() -> Vec<Vec<u8>> {
     let r = release();
     let g = renewal();
-    let unsigned = snpguard::attest::RenewResponse {
+    let unsigned = snpguard_protocol::attest::RenewResponse {
         signature: None,
         ..g.genuine.clone()
     };
-    let replayed = snpguard::attest::RenewResponse {
+    let replayed = snpguard_protocol::attest::RenewResponse {
         signature: r.genuine.signature.clone(),
         ..g.genuine.clone()
     };
@@ -494,7 +503,7 @@ pub fn renew_response_seeds() -> Vec<Vec<u8>> {
 /// unsigned and malformed ones.
 pub fn response_seeds() -> Vec<Vec<u8>> {
     let r = release();
-    let unsigned = snpguard::attest::AttestResponse {
+    let unsigned = snpguard_protocol::attest::AttestResponse {
         signature: None,
         ..r.genuine.clone()
     };

@@ -7,11 +7,11 @@ use std::path::Path;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use snpguard::bundle::{
+use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
+use snpguard_protocol::bundle::{
     extract_bundle, write_bundle, BundleSources, ExtractLimits, LaunchConfig, CMDLINE, FIRMWARE,
     ID_AUTH, ID_BLOCK, INITRD, KERNEL, LAUNCH_CONFIG, MEMBERS,
 };
-use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
 use tar::{EntryType, Header};
 
 use crate::fixtures::{self, Input};

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use snpguard::dbus::{limit, option_key as key};
+use snpguard_protocol::dbus::{limit, option_key as key};
 use snpguardd::dbus::options::{check_name, parse_min_tcb, RegisterOptions, MAX_VCPUS};
 use zbus::zvariant::serialized::{Context, Data};
 use zbus::zvariant::{to_bytes, OwnedValue, Value, LE};
@@ -90,7 +90,7 @@ pub fn register_options(data: &[u8]) {
     assert!(map.len() <= limit::OPTIONS);
     check_name(&o.name).expect("an accepted name");
     assert!(o.cmdline.len() <= limit::CMDLINE);
-    assert!(snpguard::text::check_cmdline(&o.cmdline).is_ok());
+    assert!(snpguard_protocol::text::check_cmdline(&o.cmdline).is_ok());
     assert!((1..=MAX_VCPUS).contains(&o.vcpus));
     assert!(!o.vcpu_type.is_empty() && o.vcpu_type.len() <= limit::VCPU_TYPE);
     let rebuilt = options_of(&o);

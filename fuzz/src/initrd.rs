@@ -1,11 +1,11 @@
-//! The initrd reader of the approval review (`snpguard::initrd`): the
+//! The initrd reader of the approval review (`snpguard_protocol::initrd`): the
 //! daemon reads it from every initrd a guest submits with a renewal.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
 use sha2::{Digest, Sha256};
-use snpguard::initrd::{agent_files, newc, Limits, MAX_FILES, MAX_TEXT};
+use snpguard_protocol::initrd::{agent_files, newc, Limits, MAX_FILES, MAX_TEXT};
 
 /// Small limits, so that the fuzzer reaches them.
 const LIMITS: Limits = Limits {

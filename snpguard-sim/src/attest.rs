@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _};
 use sha2::{Digest, Sha256};
-use snpguard::attest::{
+use snpguard::seal;
+use snpguard_protocol::attest::{
     b64, decode_nonce, open_key, release_message, report_data, unb64, verify_signature,
     AttestRequest, AttestResponse, ChallengeResponse, ErrorBody,
 };
-use snpguard::seal;
 use snpguard_testkit::sim::SimLaunch;
 use snpguardd::https::load::{Conn, Target};
 
@@ -410,7 +410,7 @@ fn code_of(status: u16, body: &[u8]) -> String {
 /// agent does.
 fn check(
     body: &[u8],
-    nonce: &[u8; snpguard::attest::NONCE_LEN],
+    nonce: &[u8; snpguard_protocol::attest::NONCE_LEN],
     report: &[u8],
     secret: &seal::SecretKey,
 ) -> Result<Vec<u8>, String> {

@@ -20,11 +20,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context as _};
 use clap::{Parser, Subcommand};
 use rand_core::RngCore as _;
-use snpguard::bundle::{self, extract_bundle, ExtractLimits};
 use snpguard::certs::Product;
 use snpguard::idblock::{verify_id_auth, IdBlock};
 use snpguard::measure::{launch_digest, MeasureInput, VcpuType, VmmType};
 use snpguard::seal;
+use snpguard_protocol::bundle::{self, extract_bundle, ExtractLimits};
 use snpguard_testkit::sim::{LaunchValues, SimLaunch, SimPlatform, SimTcb};
 
 /// The TCB a new simulated platform runs at.
@@ -187,7 +187,7 @@ fn stage(
 fn agent_initrd(ca_id: &[u8], filler: &[u8]) -> Vec<u8> {
     let config = "ca = \"/etc/snpguard/ca.pem\"\nservers = [\"https://snpguard.test:8443\"]\n";
     let ca = format!("SIMULATED CA {}\n", hex::encode(ca_id));
-    snpguard::initrd::newc(&[
+    snpguard_protocol::initrd::newc(&[
         ("etc/snpguard/agent.toml", 0o100644, config.as_bytes()),
         ("etc/snpguard/ca.pem", 0o100644, ca.as_bytes()),
         ("usr/lib/modules/filler", 0o100644, filler),

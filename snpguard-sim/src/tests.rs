@@ -3,10 +3,10 @@
 //! of what is actually booted.
 
 use rand::{RngCore, SeedableRng};
-use snpguard::bundle::{write_bundle, BundleSources, LaunchConfig};
 use snpguard::certs::{CertSet, TrustAnchors};
 use snpguard::idblock::{key_digest, IdAuth};
 use snpguard::verify::{verify, Expectations};
+use snpguard_protocol::bundle::{write_bundle, BundleSources, LaunchConfig};
 
 use super::*;
 
@@ -61,7 +61,7 @@ fn fixture() -> Option<Fixture> {
     };
     let auth = IdAuth::sign(&id_block, &id_key, Some(&author_key)).unwrap();
     let config = LaunchConfig {
-        version: snpguard::bundle::CONFIG_VERSION,
+        version: snpguard_protocol::bundle::CONFIG_VERSION,
         name: "guest".into(),
         vcpus: 2,
         vcpu_type: "EPYC-v4".into(),

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use snpguard::dbus::{limit, AuditSummary, ManagerProxy};
+use snpguard_protocol::dbus::{limit, AuditSummary, ManagerProxy};
 
 use crate::bus::{self, describe, Target};
 

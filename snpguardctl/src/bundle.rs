@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, Subcommand};
-use snpguard::bundle::{check_extracted, extract_bundle, ExtractLimits, LaunchConfig};
+use snpguard_protocol::bundle::{check_extracted, extract_bundle, ExtractLimits, LaunchConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {

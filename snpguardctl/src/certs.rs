@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use snpguard::dbus::{limit, CertificateInfo, CertificatesProxy, CrlInfo};
+use snpguard_protocol::dbus::{limit, CertificateInfo, CertificatesProxy, CrlInfo};
 use zbus::zvariant::OwnedFd;
 
 use crate::bus::{self, call_mut, describe, Bus, Target};

@@ -3,7 +3,7 @@
 //! naming the active one.
 //!
 //! The bundle is extracted and validated on the host first
-//! ([`snpguard::bundle::extract_bundle`]: known names only, regular files,
+//! ([`snpguard_protocol::bundle::extract_bundle`]: known names only, regular files,
 //! bounded sizes); a bad bundle is refused before the image is opened.
 //! The first embed creates the partition (512 MiB ext4 at the end,
 //! growing the image) or wipes a partition with that label that lacks the
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::json;
-use snpguard::bundle::{extract_bundle, ExtractLimits, MEMBERS};
+use snpguard_protocol::bundle::{extract_bundle, ExtractLimits, MEMBERS};
 
 use crate::image::appliance::{gerr, quote, Appliance, Drive};
 

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use snpguard::dbus::{launch_file_key, launch_state, RecordProxy};
-use snpguard::text::escape;
+use snpguard_protocol::dbus::{launch_file_key, launch_state, RecordProxy};
+use snpguard_protocol::text::escape;
 use zbus::zvariant::OwnedFd;
 
 use crate::bus::{call_mut, describe, Bus};
@@ -65,7 +65,7 @@ pub struct LaunchArgs {
 }
 
 /// A launch as the CLI prints it: the daemon's entry itself.
-pub use snpguard::dbus::LaunchEntry as LaunchView;
+pub use snpguard_protocol::dbus::LaunchEntry as LaunchView;
 
 /// The launches as a table, every daemon-supplied string escaped.
 pub fn render_launches(launches: &[LaunchView]) -> String {

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use snpguard::dbus::{ManagerProxy, RecordProxy, BUS_NAME, MANAGER_PATH, RECORD_INTERFACE};
-use snpguard::text::escape;
+use snpguard_protocol::dbus::{
+    ManagerProxy, RecordProxy, BUS_NAME, MANAGER_PATH, RECORD_INTERFACE,
+};
+use snpguard_protocol::text::escape;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue};
 
 use crate::bus::{self, call_mut, describe, Bus, Target};
@@ -408,7 +410,7 @@ async fn list(bus: &Bus, json: bool) -> Result<()> {
 }
 
 async fn set_min_tcb(bus: &Bus, a: SetMinTcbArgs) -> Result<()> {
-    use snpguard::dbus::tcb_key as k;
+    use snpguard_protocol::dbus::tcb_key as k;
     let r = find(bus, &a.record).await?;
     let mut tcb: std::collections::HashMap<&str, u8> = [
         (k::BOOTLOADER, a.bootloader),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use snpguard::dbus::{limit, option_key as key, ManagerProxy, Options};
+use snpguard_protocol::dbus::{limit, option_key as key, ManagerProxy, Options};
 use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue, Value};
 
 use crate::bus::{self, call_mut, describe, Target};
@@ -141,7 +141,8 @@ pub fn read_cmdline(dir: &Path) -> Result<String> {
     if s.ends_with('\n') {
         s.pop();
     }
-    snpguard::text::check_cmdline(&s).with_context(|| format!("{} is refused", p.display()))?;
+    snpguard_protocol::text::check_cmdline(&s)
+        .with_context(|| format!("{} is refused", p.display()))?;
     Ok(s)
 }
 

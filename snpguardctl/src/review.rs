@@ -8,8 +8,8 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{bail, Result};
-use snpguard::dbus::AgentFileEntry;
-use snpguard::text::escape;
+use snpguard_protocol::dbus::AgentFileEntry;
+use snpguard_protocol::text::escape;
 
 use crate::launches::LaunchView;
 
@@ -262,15 +262,15 @@ pub fn render_agent_files<'a>(
             line(format!("    {}: removed", escape(path)));
         }
     }
-    let config = find(files, snpguard::initrd::AGENT_CONFIG);
+    let config = find(files, snpguard_protocol::initrd::AGENT_CONFIG);
     match config {
         None => line(format!(
             "  WARNING: the initrd has no /{}: the SnpGuard agent is not configured in it, so \
              a VM booting this launch will not unlock its disk",
-            snpguard::initrd::AGENT_CONFIG
+            snpguard_protocol::initrd::AGENT_CONFIG
         )),
         Some(c) => {
-            let ca = snpguard::initrd::configured_ca(&c.3);
+            let ca = snpguard_protocol::initrd::configured_ca(&c.3);
             let changed = |path: &str| {
                 let new = find(files, path).map(|f| (&f.1, &f.2));
                 let old = old.map(|o| find(o, path).map(|f| (&f.1, &f.2)));
@@ -283,7 +283,7 @@ pub fn render_agent_files<'a>(
                     escape(&ca)
                 ));
             }
-            if changed(snpguard::initrd::AGENT_CONFIG) {
+            if changed(snpguard_protocol::initrd::AGENT_CONFIG) {
                 line(
                     "  WARNING: the agent configuration changed: check the servers and settings \
                      above"

@@ -275,7 +275,7 @@ fn check(c: &Converted) {
     let needles = [
         vmk.to_vec(),
         hex::encode(&vmk[..]).into_bytes(),
-        snpguard::attest::b64(&vmk).into_bytes(),
+        snpguard_protocol::attest::b64(&vmk).into_bytes(),
     ];
     for n in &names {
         let bytes = std::fs::read(staging.join(n)).unwrap();
@@ -357,7 +357,7 @@ fn check(c: &Converted) {
     app.ok("mkdir -p /run/t && mount -t tmpfs tmpfs /run/t");
     app.ok(&format!(
         "printf '%s' {} | base64 -d > /run/t/vmk",
-        snpguard::attest::b64(&vmk)
+        snpguard_protocol::attest::b64(&vmk)
     ));
     let key_file = c.fx.path("recovery.key");
     if s["recovery"]["keyslot"] == true {
@@ -626,7 +626,7 @@ fn check(c: &Converted) {
     // kernel unpacks it (docs/security.md): all of them, the
     // configuration as written, nothing ambiguous.
     let initrd_file = std::fs::File::open(staging.join("initrd")).expect("staged initrd");
-    let agent = snpguard::initrd::agent_files(initrd_file, &Default::default())
+    let agent = snpguard_protocol::initrd::agent_files(initrd_file, &Default::default())
         .expect("the review reads the staged initrd");
     assert!(agent.problems.is_empty(), "{:?}", agent.problems);
     let paths: Vec<&str> = agent.files.iter().map(|f| f.path.as_str()).collect();
@@ -721,7 +721,7 @@ fn check(c: &Converted) {
                 let key = snpguard::volume::data_volume_key(&vmk, vuuid, 64).unwrap();
                 app.ok(&format!(
                     "printf '%s' {} | base64 -d > /run/t/vk{num}",
-                    snpguard::attest::b64(&key)
+                    snpguard_protocol::attest::b64(&key)
                 ));
                 // The VMK itself does not open it.
                 let (rc, _) = app.sh(&format!(

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use guestfs_util::{ctl, manifest, repo, sha256, Appliance};
-use snpguard::bundle::{write_bundle, BundleSources, LaunchConfig, CONFIG_VERSION};
 use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
+use snpguard_protocol::bundle::{write_bundle, BundleSources, LaunchConfig, CONFIG_VERSION};
 
 fn config(name: &str) -> LaunchConfig {
     LaunchConfig {
@@ -315,7 +315,7 @@ fn embed_initializes_a_labelled_partition_without_the_layout() {
     let mut names: Vec<&str> = m.keys().map(String::as_str).collect();
     names.retain(|n| !n.starts_with("./lost+found"));
     let mut want = vec![".", "./A", "./B", "./artifacts"];
-    let members: Vec<String> = snpguard::bundle::MEMBERS
+    let members: Vec<String> = snpguard_protocol::bundle::MEMBERS
         .iter()
         .map(|n| format!("./A/{n}"))
         .collect();
@@ -417,7 +417,11 @@ fn a_crash_during_a_slot_switch_leaves_one_whole_slot_active() {
     );
     let (link, files) = active_slot(&img);
     assert_eq!(link, "B", "{r}");
-    assert_eq!(files.len(), snpguard::bundle::MEMBERS.len(), "{files:?}");
+    assert_eq!(
+        files.len(),
+        snpguard_protocol::bundle::MEMBERS.len(),
+        "{files:?}"
+    );
     for (name, digest) in bundle_digests(dir.path(), &b2) {
         let line = &files[&name];
         assert!(line.contains(&format!("sha={digest}")), "{name}: {line}");
@@ -427,13 +431,13 @@ fn a_crash_during_a_slot_switch_leaves_one_whole_slot_active() {
 /// SHA-256 of each member of `bundle`, extracted under `dir`.
 fn bundle_digests(dir: &Path, bundle: &Path) -> BTreeMap<String, String> {
     let out = tempfile::tempdir_in(dir).unwrap();
-    snpguard::bundle::extract_bundle(
+    snpguard_protocol::bundle::extract_bundle(
         std::fs::File::open(bundle).unwrap(),
         out.path(),
-        &snpguard::bundle::ExtractLimits::default(),
+        &snpguard_protocol::bundle::ExtractLimits::default(),
     )
     .unwrap();
-    snpguard::bundle::MEMBERS
+    snpguard_protocol::bundle::MEMBERS
         .iter()
         .map(|m| (m.to_string(), sha256(&out.path().join(m))))
         .collect()

@@ -39,13 +39,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rustix::time::{clock_gettime, ClockId};
-use snpguard::attest::{
-    b64, decode_nonce, open_key, report_data, unb64, AttestRequest, AttestResponse,
-    ChallengeResponse, RenewRequest, RenewResponse,
-};
 use snpguard::certs::{encode_cert_table, Product, GUID_ASK, GUID_VCEK};
 use snpguard::report::Report;
 use snpguard::seal;
+use snpguard_protocol::attest::{
+    b64, decode_nonce, open_key, report_data, unb64, AttestRequest, AttestResponse,
+    ChallengeResponse, RenewRequest, RenewResponse,
+};
 use snpguard_testkit::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
 use snpguardd::attest::{AttestError, AttestHandler, Attestor, HttpKds};
 use snpguardd::config::{Bus, Config, Kds, RateLimit, TestRoot};

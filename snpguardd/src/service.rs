@@ -4,8 +4,8 @@
 use std::fs::File;
 
 use serde::Serialize;
-use snpguard::initrd::AgentFiles;
 use snpguard::verify::MinTcb;
+use snpguard_protocol::initrd::AgentFiles;
 
 use crate::audit::AuditEntry;
 
@@ -220,7 +220,7 @@ pub enum ServiceError {
 /// cannot be read (an unsupported compression, damage, a limit) is one
 /// problem in the answer: the review then says to compare by hand.
 pub fn agent_files_of(initrd: impl std::io::Read) -> AgentFiles {
-    use snpguard::initrd::{agent_files, Limits};
+    use snpguard_protocol::initrd::{agent_files, Limits};
     match agent_files(initrd, &Limits::default()) {
         Ok(files) => files,
         Err(e) => AgentFiles {

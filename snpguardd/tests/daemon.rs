@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::{MockPolkit, TestBus};
 use rand::{Rng, RngCore, SeedableRng};
-use snpguard::bundle::{extract_bundle, ExtractLimits};
 use snpguard::measure::{launch_digest, MeasureInput, VcpuType, VmmType};
 use snpguard::seal;
+use snpguard_protocol::bundle::{extract_bundle, ExtractLimits};
 use snpguard_testkit::ready::Notify;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -220,7 +220,7 @@ fn agent_initrd(rng: &mut impl RngCore, server: &str, ca: &str) -> Vec<u8> {
     let config = format!("ca = \"/etc/snpguard/ca.pem\"\nservers = [\"{server}\"]\n");
     let mut filler = vec![0u8; 128 * 1024];
     rng.fill_bytes(&mut filler);
-    snpguard::initrd::newc(&[
+    snpguard_protocol::initrd::newc(&[
         ("etc/snpguard/agent.toml", 0o100644, config.as_bytes()),
         ("etc/snpguard/ca.pem", 0o100644, ca.as_bytes()),
         ("usr/lib/modules/filler", 0o100644, &filler),
@@ -589,11 +589,11 @@ async fn landlock_confines_the_running_daemon() {
 // Remote attestation over HTTPS against the real daemon, with the
 // simulated platform's root trusted through the configuration.
 
-use snpguard::attest::{
+use snpguard::certs::{encode_cert_table, Product, GUID_ASK, GUID_VCEK};
+use snpguard_protocol::attest::{
     decode_nonce, open_key, report_data, unb64, AttestRequest, AttestResponse, ChallengeResponse,
     ErrorBody,
 };
-use snpguard::certs::{encode_cert_table, Product, GUID_ASK, GUID_VCEK};
 use snpguard_testkit::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
 use snpguardd::https::load::{load, Conn, Target};
 
@@ -788,12 +788,12 @@ fn attest_request(
 ) -> AttestRequest {
     AttestRequest {
         nonce,
-        report: snpguard::attest::b64(report),
-        cert_table: Some(snpguard::attest::b64(&encode_cert_table(&[
+        report: snpguard_protocol::attest::b64(report),
+        cert_table: Some(snpguard_protocol::attest::b64(&encode_cert_table(&[
             (GUID_VCEK, &sim.vcek_der),
             (GUID_ASK, &sim.ask_der),
         ]))),
-        ephemeral_key: snpguard::attest::b64(&public.to_bytes()),
+        ephemeral_key: snpguard_protocol::attest::b64(&public.to_bytes()),
         signed: true,
     }
 }

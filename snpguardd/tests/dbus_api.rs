@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::{bundle_bytes, error_of, Harness, MemService, MockPolkit, TestBus};
 use futures_util::StreamExt;
-use snpguard::dbus::{ManagerProxy, RecordProxy, BUS_NAME, MANAGER_PATH, RECORD_INTERFACE};
+use snpguard_protocol::dbus::{
+    ManagerProxy, RecordProxy, BUS_NAME, MANAGER_PATH, RECORD_INTERFACE,
+};
 use zbus::fdo::ObjectManagerProxy;
 use zbus::proxy::MethodFlags;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue, Value};

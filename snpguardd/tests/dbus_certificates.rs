@@ -11,7 +11,9 @@ use std::collections::HashMap;
 
 use common::{error_of, Harness};
 use snpguard::certs::{CertRole, Product};
-use snpguard::dbus::{CertificatesProxy, ACTION_IMPORT_CERTIFICATES, ACTION_REMOVE_CERTIFICATES};
+use snpguard_protocol::dbus::{
+    CertificatesProxy, ACTION_IMPORT_CERTIFICATES, ACTION_REMOVE_CERTIFICATES,
+};
 use snpguardd::attest::{CertFilter, HeldSource};
 use zbus::zvariant::OwnedFd;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{error_of, Harness};
 use futures_util::StreamExt;
-use snpguard::dbus::{launch_state, LaunchEntry, ManagerProxy, RecordProxy};
+use snpguard_protocol::dbus::{launch_state, LaunchEntry, ManagerProxy, RecordProxy};
 use snpguardd::service::LaunchState;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue, Value};
 use zbus::Connection;

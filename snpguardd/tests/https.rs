@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use snpguard::attest::{
+use snpguard_protocol::attest::{
     AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, IngestionKeyResponse,
     RenewRequest, RenewResponse, MAX_BODY,
 };
@@ -54,7 +54,7 @@ struct Double {
 impl AttestHandler for Double {
     fn challenge(&self) -> Result<ChallengeResponse, AttestError> {
         Ok(ChallengeResponse {
-            nonce: snpguard::attest::encode_nonce(&[9; 32]),
+            nonce: snpguard_protocol::attest::encode_nonce(&[9; 32]),
             expires_in: 60,
         })
     }
@@ -74,7 +74,7 @@ impl AttestHandler for Double {
             Some(e) => Err(e.clone()),
             None => Ok(AttestResponse {
                 record,
-                sealed_key: snpguard::attest::b64(b"sealed"),
+                sealed_key: snpguard_protocol::attest::b64(b"sealed"),
                 signature: None,
             }),
         }
@@ -182,10 +182,10 @@ async fn start_with(
 
 fn request() -> AttestRequest {
     AttestRequest {
-        nonce: snpguard::attest::encode_nonce(&[9; 32]),
-        report: snpguard::attest::b64(&[1u8; 1184]),
+        nonce: snpguard_protocol::attest::encode_nonce(&[9; 32]),
+        report: snpguard_protocol::attest::b64(&[1u8; 1184]),
         cert_table: None,
-        ephemeral_key: snpguard::attest::b64(&[2u8; 32]),
+        ephemeral_key: snpguard_protocol::attest::b64(&[2u8; 32]),
         signed: false,
     }
 }
@@ -289,7 +289,10 @@ async fn health_and_ingestion_key() {
     let (status, body) = conn.get("/v1/ingestion-key").await.expect("key");
     assert_eq!(status.as_u16(), 200);
     let key: IngestionKeyResponse = serde_json::from_slice(&body).expect("json");
-    assert_eq!(key.public_key, snpguard::attest::b64(&INGESTION_KEY));
+    assert_eq!(
+        key.public_key,
+        snpguard_protocol::attest::b64(&INGESTION_KEY)
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 
@@ -309,7 +312,7 @@ async fn challenge_takes_an_empty_body_or_an_empty_object() {
         assert_eq!(status.as_u16(), 200, "{body:?}");
         let c: ChallengeResponse = serde_json::from_slice(&body).expect("json");
         assert_eq!(c.expires_in, 60);
-        assert!(snpguard::attest::decode_nonce(&c.nonce).is_some());
+        assert!(snpguard_protocol::attest::decode_nonce(&c.nonce).is_some());
     }
     expect_error(
         &conn,
@@ -337,7 +340,7 @@ async fn attest_passes_the_decoded_request_and_returns_the_answer() {
     let server = start_shared(handler.clone(), Limits::default()).await;
     let conn = server.conn().await;
     let mut req = request();
-    req.cert_table = Some(snpguard::attest::b64(&[3u8; 100]));
+    req.cert_table = Some(snpguard_protocol::attest::b64(&[3u8; 100]));
     let (status, body) = conn
         .post_json("/v1/attest", serde_json::to_vec(&req).expect("json"))
         .await

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::{Harness, TestBus};
-use snpguard::dbus::{
+use snpguard_protocol::dbus::{
     ManagerProxy, BUS_NAME, CERTIFICATES_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH,
     RECORD_INTERFACE,
 };

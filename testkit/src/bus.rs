@@ -468,7 +468,7 @@ impl RecordService for MemService {
         &self,
         id: &str,
         launch: &str,
-    ) -> Result<snpguard::initrd::AgentFiles, ServiceError> {
+    ) -> Result<snpguard_protocol::initrd::AgentFiles, ServiceError> {
         let st = self.state.lock().unwrap();
         let r =
             st.1.get(id)

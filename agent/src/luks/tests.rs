@@ -274,9 +274,9 @@ fn truncate_digest(json: &str, n: usize) -> String {
     let key = "\"digest\":\"";
     let start = at + json[at..].find(key).expect("digest") + key.len();
     let end = start + json[start..].find('"').expect("end of digest");
-    let digest = snpguard::attest::unb64(&json[start..end], 256).expect("base64");
+    let digest = snpguard_protocol::attest::unb64(&json[start..end], 256).expect("base64");
     assert_eq!(digest.len(), 32, "cryptsetup's digest");
-    let short = snpguard::attest::b64(&digest[..n]);
+    let short = snpguard_protocol::attest::b64(&digest[..n]);
     format!("{}{short}{}", &json[..start], &json[end..])
 }
 

@@ -8,10 +8,10 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use snpguard::attest::{
+use snpguard::seal::PublicKey;
+use snpguard_protocol::attest::{
     self, AttestRequest, AttestResponse, ChallengeResponse, ReleaseSignature, NONCE_LEN,
 };
-use snpguard::seal::PublicKey;
 
 /// How the forged server signs its releases.
 #[derive(Clone, Copy, Debug)]

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use snpguard::attest::{unb64, IngestionKeyResponse, MAX_BODY};
 use snpguard::seal::PublicKey;
+use snpguard_protocol::attest::{unb64, IngestionKeyResponse, MAX_BODY};
 
 /// Largest ingestion key file read (raw or base64 key, or the endpoint's
 /// JSON).
@@ -107,8 +107,8 @@ pub fn fetch(server: &str, ca_pem: &[u8]) -> Result<PublicKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use snpguard::attest::b64;
     use snpguard::seal::generate_keypair;
+    use snpguard_protocol::attest::b64;
 
     #[test]
     fn key_forms() {

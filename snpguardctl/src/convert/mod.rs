@@ -207,7 +207,7 @@ fn check_agent_config(agent: &Path, config: &str) -> Result<()> {
 /// Whether `config` selects the simulated report source.
 fn selects_simulator(config: &str) -> bool {
     matches!(
-        snpguard::agent_config::AgentConfig::parse(config),
+        snpguard_protocol::agent_config::AgentConfig::parse(config),
         Ok(c) if c.report_source == ReportSource::Simulated
     )
 }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-pub use snpguard::agent_config::ReportSource;
-use snpguard::agent_config::{AgentConfig, Luks, Retry, Server, Simulator, Volume};
+pub use snpguard_protocol::agent_config::ReportSource;
+use snpguard_protocol::agent_config::{AgentConfig, Luks, Retry, Server, Simulator, Volume};
 
 use super::appliance::{gerr, Appliance};
 use super::inspect::InitrdTool;

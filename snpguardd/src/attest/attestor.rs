@@ -51,10 +51,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use snpguard::attest::{
-    self, decode_nonce, encode_nonce, unb64, AttestRequest, AttestResponse, ChallengeResponse,
-    RenewRequest, RenewResponse, MAX_BODY, NONCE_LEN,
-};
 use snpguard::certs::{
     CertSet, Crl, Product, Revocation, RevocationPolicy, RevocationWarning, TrustAnchors,
 };
@@ -62,6 +58,10 @@ use snpguard::report::{Report, REPORT_SIZE};
 use snpguard::seal::PublicKey;
 use snpguard::verify::{
     product_from_report, Expectations, Failure, Rejection, TcbFloors, Verifier,
+};
+use snpguard_protocol::attest::{
+    self, decode_nonce, encode_nonce, unb64, AttestRequest, AttestResponse, ChallengeResponse,
+    RenewRequest, RenewResponse, MAX_BODY, NONCE_LEN,
 };
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

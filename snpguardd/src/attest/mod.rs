@@ -23,7 +23,7 @@ mod tests;
 
 use std::net::IpAddr;
 
-use snpguard::attest::{
+use snpguard_protocol::attest::{
     AttestRequest, AttestResponse, ChallengeResponse, RenewRequest, RenewResponse,
 };
 

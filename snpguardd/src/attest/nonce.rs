@@ -15,7 +15,7 @@
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use snpguard::attest::NONCE_LEN;
+use snpguard_protocol::attest::NONCE_LEN;
 use zeroize::Zeroizing;
 
 use crate::store::{Op, Store, StoreError, Tree};

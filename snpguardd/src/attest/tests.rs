@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use snpguard::attest::{b64, encode_nonce, open_key, report_data, AttestRequest};
 use snpguard::certs::{CertRole, Product, GUID_ASK, GUID_VCEK};
 use snpguard::report::REPORT_SIZE;
 use snpguard::seal::{self, SealedBox};
 use snpguard::verify::{MinTcb, TcbFloors};
+use snpguard_protocol::attest::{b64, encode_nonce, open_key, report_data, AttestRequest};
 use snpguard_testkit::sim::{tcb_bytes, SimKey, SimPlatform, SimTcb};
 use time::OffsetDateTime;
 
@@ -307,7 +307,7 @@ impl Fixture {
     fn nonce(&self) -> [u8; 32] {
         let c = self.attestor.challenge().unwrap();
         assert_eq!(c.expires_in, nonce::NONCE_LIFETIME_SECS);
-        snpguard::attest::decode_nonce(&c.nonce).unwrap()
+        snpguard_protocol::attest::decode_nonce(&c.nonce).unwrap()
     }
 
     fn request(
@@ -365,11 +365,15 @@ impl Fixture {
         let (req, sk, report) = self.request(g, &nonce);
         let resp = self.attestor.attest(req, PEER)?;
         assert_eq!(resp.record, self.rec.id);
-        let sealed_bytes = snpguard::attest::unb64(&resp.sealed_key, 4096).unwrap();
+        let sealed_bytes = snpguard_protocol::attest::unb64(&resp.sealed_key, 4096).unwrap();
         // Every release is signed by the author key the report names.
-        let message =
-            snpguard::attest::release_message(&nonce, &report, &resp.record, &sealed_bytes);
-        snpguard::attest::verify_signature(&report, &message, resp.signature.as_ref())
+        let message = snpguard_protocol::attest::release_message(
+            &nonce,
+            &report,
+            &resp.record,
+            &sealed_bytes,
+        );
+        snpguard_protocol::attest::verify_signature(&report, &message, resp.signature.as_ref())
             .expect("the release is signed by the report's author key");
         let sealed = SealedBox::from_bytes(&sealed_bytes).unwrap();
         Ok(open_key(&sk, &report, &sealed).unwrap().to_vec())

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
 
-use snpguard::dbus::{
+use snpguard_protocol::dbus::{
     limit, CertificateInfo, CrlInfo, Error, ACTION_IMPORT_CERTIFICATES, ACTION_REMOVE_CERTIFICATES,
 };
 use zbus::message::Header;

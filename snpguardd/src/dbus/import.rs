@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{fstat, openat2, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
-use snpguard::dbus::{limit, Error};
+use snpguard_protocol::dbus::{limit, Error};
 
 /// The opened import directory.
 pub struct ImportDir {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 
-use snpguard::dbus::{file_key, limit, AuditSummary, Error, ACTION_REGISTER};
 use snpguard::measure::VcpuType;
+use snpguard_protocol::dbus::{file_key, limit, AuditSummary, Error, ACTION_REGISTER};
 use zbus::message::Header;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue};
 use zbus::{interface, Connection};

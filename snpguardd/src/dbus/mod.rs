@@ -1,6 +1,6 @@
 //! The D-Bus management API (`org.snpguard.SnpGuard1`), served over a
 //! [`RecordService`]. Names, limits, errors and client proxies live in
-//! [`snpguard::dbus`]; the reference is `docs/dbus.md`.
+//! [`snpguard_protocol::dbus`]; the reference is `docs/dbus.md`.
 //!
 //! - [`manager`]: the Manager object (register, list, find).
 //! - [`record`]: one object per record (properties, enable, export, …).
@@ -20,7 +20,7 @@ pub mod record;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use snpguard::dbus::{Error, BUS_NAME, MANAGER_PATH};
+use snpguard_protocol::dbus::{Error, BUS_NAME, MANAGER_PATH};
 use zbus::fdo::ObjectManager;
 use zbus::object_server::SignalEmitter;
 use zbus::Connection;

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use snpguard::dbus::{limit, option_key as key, Error};
 use snpguard::verify::MinTcb;
+use snpguard_protocol::dbus::{limit, option_key as key, Error};
 use zbus::zvariant::{OwnedValue, Value};
 
 /// Registration options, checked at the edge.
@@ -132,7 +132,7 @@ impl RegisterOptions {
                 limit::CMDLINE
             )));
         }
-        if let Err(e) = snpguard::text::check_cmdline(&cmdline) {
+        if let Err(e) = snpguard_protocol::text::check_cmdline(&cmdline) {
             return Err(invalid(format!("option \"cmdline\": {e}")));
         }
         let vcpus = match o.get(key::VCPUS) {
@@ -194,7 +194,7 @@ impl RegisterOptions {
 /// Decodes the `tcb` argument of `SetMinimumTcb`: `bootloader`, `tee`,
 /// `snp` and `microcode` required, `fmc` optional, nothing else.
 pub fn parse_min_tcb(tcb: &HashMap<String, u8>) -> Result<MinTcb, Error> {
-    use snpguard::dbus::tcb_key;
+    use snpguard_protocol::dbus::tcb_key;
     if let Some(k) = tcb.keys().find(|k| !tcb_key::ALL.contains(&k.as_str())) {
         let shown: String = k.chars().take(64).collect();
         return Err(invalid(format!(

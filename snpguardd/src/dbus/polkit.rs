@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use snpguard::dbus::Error;
+use snpguard_protocol::dbus::Error;
 use zbus::message::{Flags, Header};
 use zbus::proxy;
 use zbus::proxy::CacheProperties;

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 
-use snpguard::dbus::{
+use snpguard_protocol::dbus::{
     launch_file_key, limit, AgentFileEntry, Error, LaunchEntry, ACTION_EXPORT, ACTION_MANAGE,
     ACTION_REGISTER, RECORDS_PATH,
 };
@@ -145,7 +145,8 @@ fn check_cmdline_arg(cmdline: &str) -> Result<(), Error> {
             limit::CMDLINE
         )));
     }
-    snpguard::text::check_cmdline(cmdline).map_err(|e| Error::InvalidInput(format!("cmdline: {e}")))
+    snpguard_protocol::text::check_cmdline(cmdline)
+        .map_err(|e| Error::InvalidInput(format!("cmdline: {e}")))
 }
 
 /// `org.snpguard.SnpGuard1.Record`: one registered launch.
@@ -512,7 +513,7 @@ impl Record {
             None => Err(Error::NotFound(format!(
                 "record {} has no launch {}",
                 self.info.id,
-                snpguard::text::escape(&launch)
+                snpguard_protocol::text::escape(&launch)
             ))),
         }
     }

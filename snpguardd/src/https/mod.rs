@@ -68,10 +68,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest request body in bytes (default
-    /// [`snpguard::attest::MAX_BODY`]).
+    /// [`snpguard_protocol::attest::MAX_BODY`]).
     pub max_body: usize,
     /// Largest `/v1/renew` body in bytes (default
-    /// [`snpguard::attest::MAX_RENEW_BODY`]); one renewal is processed at
+    /// [`snpguard_protocol::attest::MAX_RENEW_BODY`]); one renewal is processed at
     /// a time, others are answered `busy`.
     pub max_renew_body: usize,
     /// Time for a whole `/v1/renew` request: body and handler.
@@ -125,8 +125,8 @@ impl RateFloor {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_body: snpguard::attest::MAX_BODY,
-            max_renew_body: snpguard::attest::MAX_RENEW_BODY,
+            max_body: snpguard_protocol::attest::MAX_BODY,
+            max_renew_body: snpguard_protocol::attest::MAX_RENEW_BODY,
             renew_timeout: Duration::from_secs(600),
             renew_floor: RateFloor {
                 bytes_per_sec: 256 * 1024,

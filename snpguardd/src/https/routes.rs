@@ -12,7 +12,9 @@ use hyper::header::{HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CO
 use hyper::header::{CONTENT_TYPE, EXPECT};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use snpguard::attest::{b64, AttestRequest, ErrorBody, IngestionKeyResponse, RenewRequest};
+use snpguard_protocol::attest::{
+    b64, AttestRequest, ErrorBody, IngestionKeyResponse, RenewRequest,
+};
 
 use tokio::sync::OwnedSemaphorePermit;
 

@@ -5,7 +5,7 @@
 //! [`StoredRecord`]; the registry does the I/O around them.
 
 use serde::{Deserialize, Serialize};
-use snpguard::attest::MAX_PENDING_LAUNCHES;
+use snpguard_protocol::attest::MAX_PENDING_LAUNCHES;
 
 use super::blobs::BlobRef;
 use super::record::StoredRecord;

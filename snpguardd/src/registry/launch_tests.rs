@@ -251,7 +251,7 @@ fn pending_launches_are_limited_and_ids_never_reused() {
     let rec = reg.register(request(&reg, &inp, "web")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (k, i) = new_artifacts(dir.path());
-    let max = snpguard::attest::MAX_PENDING_LAUNCHES;
+    let max = snpguard_protocol::attest::MAX_PENDING_LAUNCHES;
     for n in 0..max {
         let a = reg
             .add_launch(&rec.id, launch_req(&k, &i, &format!("{NEW_CMDLINE} n={n}")))

@@ -5,9 +5,9 @@
 use std::io::Write;
 
 use p384::ecdsa::SigningKey;
-use snpguard::bundle::{self, BundleSources, LaunchConfig};
 use snpguard::idblock::{IdAuth, IdBlock};
 use snpguard::measure::LaunchDigest;
+use snpguard_protocol::bundle::{self, BundleSources, LaunchConfig};
 
 use super::launch::{self, NewLaunch};
 use super::record::{self, StoredRecord};

@@ -42,11 +42,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use p384::ecdsa::SigningKey;
-use snpguard::bundle;
 use snpguard::idblock::{self, IdAuth, IdBlock};
-use snpguard::initrd::AgentFiles;
 use snpguard::measure::{self, MeasureError, MeasureInput, VmmType};
 use snpguard::seal::{self, SealedBox};
+use snpguard_protocol::bundle;
+use snpguard_protocol::initrd::AgentFiles;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;

@@ -257,7 +257,7 @@ pub fn parse_vcpu_type(s: &str) -> Result<snpguard::measure::VcpuType, ServiceEr
 /// NUL, which would end it early in the guest, and no control character,
 /// which could hide part of it from the operator who approves it).
 pub fn check_cmdline(cmdline: &str) -> Result<(), ServiceError> {
-    snpguard::text::check_cmdline(cmdline).map_err(|e| invalid(format!("cmdline: {e}")))
+    snpguard_protocol::text::check_cmdline(cmdline).map_err(|e| invalid(format!("cmdline: {e}")))
 }
 
 /// Checks a record id: the image ID in 32 lowercase hex digits.

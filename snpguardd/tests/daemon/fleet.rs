@@ -6,7 +6,7 @@
 //! without restarting the daemons.
 
 use futures_util::StreamExt;
-use snpguard::dbus::CertificatesProxy;
+use snpguard_protocol::dbus::CertificatesProxy;
 use snpguardd::store::{
     Op, PgOptions, PgStore, SledStore, Store, StoreError, Tree, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
 };

@@ -47,14 +47,14 @@ pub(super) fn request(
 ) -> AttestRequest {
     AttestRequest {
         nonce,
-        report: snpguard::attest::b64(report),
+        report: snpguard_protocol::attest::b64(report),
         cert_table: table.map(|t| {
-            snpguard::attest::b64(&encode_cert_table(&[
+            snpguard_protocol::attest::b64(&encode_cert_table(&[
                 (GUID_VCEK, &t.vcek_der),
                 (GUID_ASK, &t.ask_der),
             ]))
         }),
-        ephemeral_key: snpguard::attest::b64(&public.to_bytes()),
+        ephemeral_key: snpguard_protocol::attest::b64(&public.to_bytes()),
         signed: true,
     }
 }
@@ -291,7 +291,7 @@ async fn certs_import_lets_an_air_gapped_daemon_attest() {
         .build()
         .await
         .expect("connect");
-    let proxy = snpguard::dbus::CertificatesProxy::new(&bus)
+    let proxy = snpguard_protocol::dbus::CertificatesProxy::new(&bus)
         .await
         .expect("proxy");
     let mut changed = proxy.receive_changed().await.expect("subscribe");

@@ -4,7 +4,7 @@
 //! `snpguardctl records approve`, then does; a retired launch gets no key
 //! any more; polkit can deny the approval.
 
-use snpguard::attest::{renewal_report_data, RenewRequest, RenewResponse};
+use snpguard_protocol::attest::{renewal_report_data, RenewRequest, RenewResponse};
 
 use super::*;
 
@@ -95,13 +95,13 @@ async fn renew(conn: &Conn, sim: &SimPlatform, running: &Launch, staging: &Path)
     let report = sim_report(sim, running, &data);
     let req = RenewRequest {
         nonce: ch.nonce,
-        report: snpguard::attest::b64(&report),
-        cert_table: Some(snpguard::attest::b64(&encode_cert_table(&[
+        report: snpguard_protocol::attest::b64(&report),
+        cert_table: Some(snpguard_protocol::attest::b64(&encode_cert_table(&[
             (GUID_VCEK, &sim.vcek_der),
             (GUID_ASK, &sim.ask_der),
         ]))),
-        kernel: snpguard::attest::b64(&kernel),
-        initrd: snpguard::attest::b64(&initrd),
+        kernel: snpguard_protocol::attest::b64(&kernel),
+        initrd: snpguard_protocol::attest::b64(&initrd),
         cmdline: NEW_CMDLINE.into(),
         signed: true,
     };

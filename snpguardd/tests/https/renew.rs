@@ -6,11 +6,11 @@ use super::*;
 
 fn renew_request(kernel_len: usize) -> RenewRequest {
     RenewRequest {
-        nonce: snpguard::attest::encode_nonce(&[5; 32]),
-        report: snpguard::attest::b64(&[0u8; 1184]),
+        nonce: snpguard_protocol::attest::encode_nonce(&[5; 32]),
+        report: snpguard_protocol::attest::b64(&[0u8; 1184]),
         cert_table: None,
-        kernel: snpguard::attest::b64(&vec![7u8; kernel_len]),
-        initrd: snpguard::attest::b64(b"initrd"),
+        kernel: snpguard_protocol::attest::b64(&vec![7u8; kernel_len]),
+        initrd: snpguard_protocol::attest::b64(b"initrd"),
         cmdline: "console=ttyS0".into(),
         signed: false,
     }
@@ -237,7 +237,7 @@ fn gated(
 
 #[tokio::test]
 async fn a_dead_nonce_is_refused_before_the_renewal_slot() {
-    let dead = snpguard::attest::encode_nonce(&[6; 32]);
+    let dead = snpguard_protocol::attest::encode_nonce(&[6; 32]);
     let (handler, mut entered, release) =
         gated(vec![(dead.clone(), nonce_refusal("nonce-expired", 401))]);
     let handler = Arc::new(handler);
@@ -281,7 +281,7 @@ async fn a_dead_nonce_is_refused_before_the_renewal_slot() {
 
 #[tokio::test]
 async fn a_stalled_upload_with_a_forged_nonce_does_not_hold_the_slot() {
-    let forged = snpguard::attest::encode_nonce(&[8; 32]);
+    let forged = snpguard_protocol::attest::encode_nonce(&[8; 32]);
     let handler = Double {
         bad_nonces: vec![(forged.clone(), nonce_refusal("nonce-invalid", 400))],
         ..Double::default()
@@ -363,7 +363,7 @@ async fn an_upload_is_cut_when_its_nonce_expires() {
     let server = start(handler, Limits::default()).await;
     let tls = raw_tls(&server).await;
     let (mut rd, mut wr) = tokio::io::split(tls);
-    let nonce = snpguard::attest::encode_nonce(&[5; 32]);
+    let nonce = snpguard_protocol::attest::encode_nonce(&[5; 32]);
     let head = format!(
         "POST /v1/renew HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
          content-length: 100000\r\n\r\n{{\"nonce\":\"{nonce}\",\"report\":\""

@@ -1,7 +1,7 @@
 //! `POST /v1/renew`: a guest submits new boot artifacts with a report
 //! that passes the whole verification of `/v1/attest` and whose
 //! REPORT_DATA binds the nonce and the artifacts
-//! ([`snpguard::attest::renewal_report_data`]). The daemon measures them
+//! ([`snpguard_protocol::attest::renewal_report_data`]). The daemon measures them
 //! with the record's firmware, vCPUs and policy and stores them as a
 //! *pending* launch. Nothing is released, and nothing the guest sends can
 //! approve itself: an operator approves over D-Bus.
@@ -9,7 +9,7 @@
 use std::io::Cursor;
 use std::net::IpAddr;
 
-use snpguard::attest::{self, unb64, RenewRequest, RenewResponse, MAX_RENEW_BODY};
+use snpguard_protocol::attest::{self, unb64, RenewRequest, RenewResponse, MAX_RENEW_BODY};
 use time::OffsetDateTime;
 
 use super::{internal, protocol, Admitted, Attestor, Outcome, Refusal};
@@ -52,14 +52,14 @@ impl Attestor {
             .ok_or_else(|| protocol(peer, "bad-request", "kernel: expected standard base64"))?;
         let initrd = unb64(&initrd, MAX_RENEW_BODY)
             .ok_or_else(|| protocol(peer, "bad-request", "initrd: expected standard base64"))?;
-        if let Err(e) = snpguard::text::check_cmdline(&cmdline) {
+        if let Err(e) = snpguard_protocol::text::check_cmdline(&cmdline) {
             // The detail names the offset and the escaped character only,
             // never the raw text.
             let detail = match e {
-                snpguard::text::CmdlineError::TooLong { .. } => {
+                snpguard_protocol::text::CmdlineError::TooLong { .. } => {
                     "cmdline: longer than a measured command line can be"
                 }
-                snpguard::text::CmdlineError::Control { .. } => {
+                snpguard_protocol::text::CmdlineError::Control { .. } => {
                     "cmdline: contains a control character; a command line is printable text"
                 }
             };

@@ -89,7 +89,7 @@ fn attest_patched(
     f: &Fixture,
     g: &Guest<'_>,
     patch: impl Fn(&mut [u8; REPORT_SIZE]),
-) -> Result<snpguard::attest::AttestResponse, AttestError> {
+) -> Result<snpguard_protocol::attest::AttestResponse, AttestError> {
     let nonce = f.nonce();
     let (mut req, _, report) = f.request(g, &nonce);
     let mut r: [u8; REPORT_SIZE] = report.try_into().unwrap();

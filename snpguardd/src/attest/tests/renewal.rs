@@ -2,7 +2,7 @@
 //! nothing until approved, a retired one nothing any more; a renewal is
 //! stored only when its report passes every rule and binds the artifacts.
 
-use snpguard::attest::{renewal_report_data, RenewRequest, MAX_PENDING_LAUNCHES};
+use snpguard_protocol::attest::{renewal_report_data, RenewRequest, MAX_PENDING_LAUNCHES};
 
 use super::*;
 use crate::service::{LaunchRequest, LaunchState};
@@ -151,13 +151,13 @@ fn a_renewal_is_stored_as_a_pending_launch() {
     let a = artifacts();
     let req = f.renewal(&f.guest(), &a, &a);
     let (nonce, report) = (
-        snpguard::attest::decode_nonce(&req.nonce).unwrap(),
-        snpguard::attest::unb64(&req.report, 1184).unwrap(),
+        snpguard_protocol::attest::decode_nonce(&req.nonce).unwrap(),
+        snpguard_protocol::attest::unb64(&req.report, 1184).unwrap(),
     );
     let resp = f.attestor.renew(req, PEER).unwrap();
     // Signed by the author key in the guest's report.
-    let message = snpguard::attest::renewal_message(&nonce, &report, &resp);
-    snpguard::attest::verify_signature(&report, &message, resp.signature.as_ref())
+    let message = snpguard_protocol::attest::renewal_message(&nonce, &report, &resp);
+    snpguard_protocol::attest::verify_signature(&report, &message, resp.signature.as_ref())
         .expect("the renewal response is signed by the report's author key");
     assert_eq!(resp.record, f.rec.id);
     assert_eq!(resp.launch, "2");
@@ -339,7 +339,7 @@ fn check_nonce_says_how_long_a_live_nonce_lasts_and_uses_nothing() {
     assert_eq!(left.as_secs(), nonce::NONCE_LIFETIME_SECS + 1 - 100);
     // Checking does not use it: the renewal with it still goes through.
     let a = artifacts();
-    let nonce_bytes = snpguard::attest::decode_nonce(&nonce).unwrap();
+    let nonce_bytes = snpguard_protocol::attest::decode_nonce(&nonce).unwrap();
     let data = renewal_report_data(&nonce_bytes, &a.kernel, &a.initrd, &a.cmdline);
     let g = f.guest();
     let req = RenewRequest {

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384, Sha512};
 use zeroize::Zeroizing;
 
-use crate::idblock;
-use crate::report::Report;
-use crate::seal::{self, PublicKey, SealError, SealedBox, SecretKey};
+use snpguard::idblock;
+use snpguard::report::Report;
+use snpguard::seal::{self, PublicKey, SealError, SealedBox, SecretKey};
 
 /// Largest request body the daemon reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -402,7 +402,7 @@ mod tests {
 
     /// A minimal report that parses, naming `author` and `id` as its keys.
     fn report_naming(author: &[u8; 48], id: &[u8; 48]) -> Vec<u8> {
-        let mut r = vec![0u8; crate::report::REPORT_SIZE];
+        let mut r = vec![0u8; snpguard::report::REPORT_SIZE];
         r[0..4].copy_from_slice(&2u32.to_le_bytes());
         r[0x08..0x10].copy_from_slice(&0x30000u64.to_le_bytes());
         r[0x34..0x38].copy_from_slice(&1u32.to_le_bytes());

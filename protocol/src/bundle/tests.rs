@@ -12,7 +12,7 @@ use flate2::Compression;
 use tar::{EntryType, Header};
 
 use super::*;
-use crate::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
+use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
 
 fn config() -> LaunchConfig {
     LaunchConfig {
@@ -640,7 +640,7 @@ fn config_invalid_fields() {
     let cases: [(&str, Mutation); 16] = [
         ("version", |c| c.version = 2),
         ("vcpus", |c| c.vcpus = 0),
-        ("vcpus", |c| c.vcpus = crate::measure::MAX_VCPUS + 1),
+        ("vcpus", |c| c.vcpus = snpguard::measure::MAX_VCPUS + 1),
         ("name", |c| c.name = String::new()),
         ("name", |c| c.name = "a b".into()),
         ("vcpu_type", |c| c.vcpu_type = "EPYC,x=1".into()),

@@ -13,8 +13,8 @@ use super::{
     check_fixed_size, io_err, BundleError, ExtractLimits, LaunchConfig, CMDLINE, FIRMWARE, ID_AUTH,
     ID_BLOCK, INITRD, KERNEL, LAUNCH_CONFIG, MEMBERS,
 };
-use crate::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
-use crate::measure::MAX_CMDLINE_LEN;
+use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
+use snpguard::measure::MAX_CMDLINE_LEN;
 
 /// Checks the bundle extracted in `dir` within `limits`; returns its
 /// validated launch config. Reads only the members, never follows a link.

@@ -13,7 +13,7 @@ use super::{
     check_fixed_size, io_err, BundleError, ExtractLimits, LaunchConfig, COPY_BUF, ID_AUTH,
     ID_BLOCK, LAUNCH_CONFIG, MAX_TRAILER, MEMBERS, MODE,
 };
-use crate::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
+use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
 
 /// Extracts a bundle into `dest_dir`, which must exist and be empty, and
 /// returns its validated launch config. On any error every file this call

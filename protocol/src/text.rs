@@ -17,10 +17,10 @@ pub fn first_control(s: &str) -> Option<(usize, char)> {
 /// Why a command line is refused: NUL, control character, too long.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CmdlineError {
-    /// Longer than [`crate::measure::MAX_CMDLINE_LEN`].
+    /// Longer than [`snpguard::measure::MAX_CMDLINE_LEN`].
     #[error(
         "the command line is {len} bytes; at most {max} are accepted — shorten it",
-        max = crate::measure::MAX_CMDLINE_LEN
+        max = snpguard::measure::MAX_CMDLINE_LEN
     )]
     TooLong {
         /// Its length in bytes.
@@ -41,9 +41,9 @@ pub enum CmdlineError {
 }
 
 /// Checks a kernel command line submitted for measurement: at most
-/// [`crate::measure::MAX_CMDLINE_LEN`] bytes, no control character.
+/// [`snpguard::measure::MAX_CMDLINE_LEN`] bytes, no control character.
 pub fn check_cmdline(cmdline: &str) -> Result<(), CmdlineError> {
-    if cmdline.len() > crate::measure::MAX_CMDLINE_LEN {
+    if cmdline.len() > snpguard::measure::MAX_CMDLINE_LEN {
         return Err(CmdlineError::TooLong { len: cmdline.len() });
     }
     match first_control(cmdline) {
@@ -133,7 +133,7 @@ mod tests {
 
     #[test]
     fn overlong_command_line_is_refused() {
-        let max = crate::measure::MAX_CMDLINE_LEN;
+        let max = snpguard::measure::MAX_CMDLINE_LEN;
         assert_eq!(check_cmdline(&"x".repeat(max)), Ok(()));
         assert_eq!(
             check_cmdline(&"x".repeat(max + 1)),

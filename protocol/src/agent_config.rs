@@ -63,7 +63,7 @@ pub struct AgentConfig {
     pub luks: Luks,
     /// The data volumes (`[[volumes]]`): every other guest-mounted file
     /// system, each its own LUKS2 volume whose key is derived from the
-    /// root's (`crate::volume::data_volume_key`).
+    /// root's (`snpguard::volume::data_volume_key`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
     /// Bounded retries.
@@ -455,7 +455,7 @@ fn check_volumes(raw: &[Volume], root: &Luks) -> Result<(), ConfigError> {
             ));
         }
         check_luks(&v.luks, &table)?;
-        if !crate::volume::is_canonical_uuid(&v.luks.uuid) {
+        if !snpguard::volume::is_canonical_uuid(&v.luks.uuid) {
             return Err(invalid(
                 format!("{table}.uuid"),
                 format!(

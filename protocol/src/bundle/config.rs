@@ -49,14 +49,14 @@ impl LaunchConfig {
             ));
         }
         check_token("name", &self.name)?;
-        if self.vcpus == 0 || self.vcpus > crate::measure::MAX_VCPUS {
+        if self.vcpus == 0 || self.vcpus > snpguard::measure::MAX_VCPUS {
             return Err(invalid(
                 "vcpus",
-                format!("must be 1 to {}", crate::measure::MAX_VCPUS),
+                format!("must be 1 to {}", snpguard::measure::MAX_VCPUS),
             ));
         }
         check_token("vcpu_type", &self.vcpu_type)?;
-        if let Err(e) = self.vcpu_type.parse::<crate::measure::VcpuType>() {
+        if let Err(e) = self.vcpu_type.parse::<snpguard::measure::VcpuType>() {
             return Err(invalid("vcpu_type", e.to_string()));
         }
         check_hex_u64("guest_policy", &self.guest_policy)?;

@@ -10,7 +10,7 @@ use super::{
     check_fixed_size, io_err, BundleError, ExtractLimits, LaunchConfig, CMDLINE, FIRMWARE, ID_AUTH,
     ID_BLOCK, INITRD, KERNEL, LAUNCH_CONFIG, MODE, MTIME,
 };
-use crate::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
+use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
 
 /// The large inputs of a bundle, streamed: the kernel and initrd can be
 /// hundreds of megabytes and are never held in memory.
