@@ -148,6 +148,38 @@ impl Cert {
         common_name(&self.x509.tbs_certificate.issuer)
     }
 
+    /// The role AMD's names give this certificate, from its subject CN:
+    /// `ARK-<product>`, `SEV-<product>` (ASK), `SEV-VLEK-<product>`
+    /// (ASVK), `SEV-VCEK`, `SEV-VLEK`. A claim only: the chain check
+    /// decides whether it holds.
+    pub fn named_role(&self) -> Option<super::CertRole> {
+        use super::CertRole;
+        let cn = self.subject_cn()?;
+        Some(match cn.as_str() {
+            "SEV-VCEK" => CertRole::Vcek,
+            "SEV-VLEK" => CertRole::Vlek,
+            s if s.starts_with("ARK-") => CertRole::Ark,
+            s if s.starts_with("SEV-VLEK-") => CertRole::Asvk,
+            s if s.starts_with("SEV-") => CertRole::Ask,
+            _ => return None,
+        })
+    }
+
+    /// The product an endorsement certificate (VCEK, VLEK) claims: its
+    /// productName extension ("Milan-B0" -> Milan), else its issuer's
+    /// name (`SEV-Milan`, `SEV-VLEK-Milan`). Used to pick the
+    /// intermediate; the chain check decides whether the claim holds.
+    pub fn claimed_product(&self) -> Option<super::Product> {
+        if let Ok(Some(name)) = super::ext::product_name(self) {
+            return super::ext::product_from_name(&name);
+        }
+        let issuer = self.issuer_cn()?;
+        let base = issuer
+            .strip_prefix("SEV-VLEK-")
+            .or_else(|| issuer.strip_prefix("SEV-"))?;
+        super::ext::product_from_name(base)
+    }
+
     /// The serial number's bytes.
     pub fn serial(&self) -> &[u8] {
         self.x509.tbs_certificate.serial_number.as_bytes()

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::cert::{Cert, CERT_MAX_SIZE};
-use super::{table, CertError};
+use super::{table, CertError, CertRole};
 
 /// The certificates available for verifying one report. Nothing in a
 /// `CertSet` is trusted; [`super::verify_endorsement`] decides.
@@ -25,29 +25,6 @@ pub struct CertSet {
 
 /// Largest CRL accepted (AMD's are ~1 KiB).
 pub(crate) const CRL_MAX_SIZE: usize = 256 * 1024;
-
-/// Which intermediate a certificate is, from its subject CN: AMD names
-/// them `ARK-<Product>`, `SEV-<Product>` (ASK) and `SEV-VLEK-<Product>`
-/// (ASVK).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChainRole {
-    Ark,
-    Ask,
-    Asvk,
-}
-
-fn chain_role(cert: &Cert) -> Option<ChainRole> {
-    let cn = cert.subject_cn()?;
-    if cn.starts_with("ARK-") {
-        Some(ChainRole::Ark)
-    } else if cn.starts_with("SEV-VLEK-") {
-        Some(ChainRole::Asvk)
-    } else if cn.starts_with("SEV-") && cn != "SEV-VCEK" && cn != "SEV-VLEK" {
-        Some(ChainRole::Ask)
-    } else {
-        None
-    }
-}
 
 impl CertSet {
     /// Reads a directory of certificates: `ark`, `ask`, `asvk`, `vcek`,
@@ -74,11 +51,12 @@ impl CertSet {
             let bytes = read_bounded(&chain, 4 * CERT_MAX_SIZE)?;
             let what = chain.display().to_string();
             for cert in Cert::parse_many(&bytes, &what)? {
-                let stem = match chain_role(&cert) {
-                    Some(ChainRole::Ark) => "ark",
-                    Some(ChainRole::Ask) => "ask",
-                    Some(ChainRole::Asvk) => "asvk",
-                    None => {
+                // KDS's chain holds only CAs (ASK+ARK or ASVK+ARK).
+                let stem = match cert.named_role() {
+                    Some(CertRole::Ark) => "ark",
+                    Some(CertRole::Ask) => "ask",
+                    Some(CertRole::Asvk) => "asvk",
+                    Some(CertRole::Vcek | CertRole::Vlek) | None => {
                         return Err(CertError::UnexpectedCert {
                             what,
                             subject: cert.subject_cn().unwrap_or_default(),

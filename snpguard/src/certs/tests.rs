@@ -1259,3 +1259,32 @@ mod generated {
         assert!(matches!(err, ChainError::ProductUnknown { .. }), "{err:?}");
     }
 }
+
+/// AMD's own certificates: the role their names claim, and the product
+/// an endorsement key claims (productName, else its issuer's name).
+#[test]
+fn named_roles_and_claimed_products_of_amd_certificates() {
+    let cases = [
+        ("amd/milan/ark.pem", CertRole::Ark),
+        ("amd/milan/ask.pem", CertRole::Ask),
+        ("amd/milan/asvk.pem", CertRole::Asvk),
+        ("amd/genoa/ask.pem", CertRole::Ask),
+        ("reports/milan-virtee/vcek.der", CertRole::Vcek),
+        ("reports/genoa-oak/vcek.der", CertRole::Vcek),
+        ("reports/turin-oak/vcek.der", CertRole::Vcek),
+        ("reports/milan-trustee-vlek/vlek.der", CertRole::Vlek),
+    ];
+    for (rel, role) in cases {
+        let Some(c) = cert(rel) else { return };
+        assert_eq!(c.named_role(), Some(role), "{rel}");
+    }
+    for (rel, product) in [
+        ("reports/milan-virtee/vcek.der", Product::Milan),
+        ("reports/genoa-oak/vcek.der", Product::Genoa),
+        ("reports/turin-oak/vcek.der", Product::Turin),
+        ("reports/milan-trustee-vlek/vlek.der", Product::Milan),
+    ] {
+        let Some(c) = cert(rel) else { return };
+        assert_eq!(c.claimed_product(), Some(product), "{rel}");
+    }
+}

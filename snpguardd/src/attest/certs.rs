@@ -23,11 +23,8 @@
 //! chain verification against the pinned roots. ARKs are not imported
 //! (the roots are built in, or configured test roots).
 
-use der::asn1::Ia5StringRef;
-use der::Decode;
 use snpguard::certs::{
-    oid, verify_ca, verify_endorsement, Cert, CertRole, CertSet, CertTcb, KeyKind, Product,
-    TrustAnchors,
+    verify_ca, verify_endorsement, Cert, CertRole, CertSet, CertTcb, KeyKind, Product, TrustAnchors,
 };
 use snpguard::report::TcbParts;
 use time::format_description::well_known::Rfc3339;
@@ -495,52 +492,18 @@ fn split(bytes: &[u8], file: &str) -> Result<Vec<Cert>, CertImportError> {
     Ok(certs)
 }
 
-fn extension(cert: &Cert, id: const_oid::ObjectIdentifier) -> Option<&[u8]> {
-    cert.x509()
-        .tbs_certificate
-        .extensions
-        .iter()
-        .flatten()
-        .find(|e| e.extn_id == id)
-        .map(|e| e.extn_value.as_bytes())
-}
-
-/// The product an endorsement certificate claims (productName
-/// "Milan-B0", else its issuer "SEV-Milan" / "SEV-VLEK-Milan"), to pick
-/// its intermediate; the chain verification decides whether it holds.
-fn endorsement_product(cert: &Cert) -> Option<Product> {
-    let from_name = |name: &str| {
-        let base = name.split('-').next().unwrap_or(name);
-        Product::ALL.into_iter().find(|p| p.kds_name() == base)
-    };
-    if let Some(raw) = extension(cert, oid::PRODUCT_NAME) {
-        return Ia5StringRef::from_der(raw)
-            .ok()
-            .and_then(|s| from_name(s.as_str()));
-    }
-    let issuer = cert.issuer_cn()?;
-    let base = issuer
-        .strip_prefix("SEV-VLEK-")
-        .or_else(|| issuer.strip_prefix("SEV-"))?;
-    from_name(base)
-}
-
 /// What a certificate claims to be, from its subject name.
 fn role_of(cert: &Cert, file: &str) -> Result<CertRole, CertImportError> {
-    let subject = cert.subject_cn().unwrap_or_default();
-    Ok(match subject.as_str() {
-        "SEV-VCEK" => CertRole::Vcek,
-        "SEV-VLEK" => CertRole::Vlek,
-        s if s.starts_with("ARK-") => CertRole::Ark,
-        s if s.starts_with("SEV-VLEK-") => CertRole::Asvk,
-        s if s.starts_with("SEV-") => CertRole::Ask,
-        s => {
-            return Err(CertImportError::Unrecognized {
-                file: file.to_owned(),
-                subject: s.chars().take(64).collect(),
-            })
-        }
-    })
+    cert.named_role()
+        .ok_or_else(|| CertImportError::Unrecognized {
+            file: file.to_owned(),
+            subject: cert
+                .subject_cn()
+                .unwrap_or_default()
+                .chars()
+                .take(64)
+                .collect(),
+        })
 }
 
 /// Checks every certificate of `files` (name, bytes) against `anchors`
@@ -623,7 +586,7 @@ pub fn import(
         } else {
             KeyKind::Vlek
         };
-        let claimed = endorsement_product(cert);
+        let claimed = cert.claimed_product();
         let pick = |list: &[(Product, Cert)]| {
             list.iter()
                 .find(|(p, _)| Some(*p) == claimed)
