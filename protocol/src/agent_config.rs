@@ -159,6 +159,13 @@ pub struct Luks {
     pub offset: u64,
 }
 
+impl Luks {
+    /// Where the opened volume appears: `/dev/mapper/<name>`.
+    pub fn mapper(&self) -> String {
+        format!("/dev/mapper/{}", self.name)
+    }
+}
+
 /// Bounded retries with exponential backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -26,7 +26,7 @@ use crate::image::copy::{self, IN_DISK, OUT_DISK};
 use crate::image::guest::{self, Install, ReportSource};
 use crate::image::inspect;
 use crate::image::layout::{self, FstabPlan, Role};
-use crate::image::luks::{self, LuksParams, RecoveryPassphrase, Vmk};
+use crate::image::luks::{self, Luks, RecoveryPassphrase, Vmk};
 use crate::register::{CMDLINE, FIRMWARE, INITRD, KERNEL, SEALED_VMK};
 
 use outputs::Partial;
@@ -315,7 +315,7 @@ struct DataVolume {
     mountpoint: String,
     partnum: i32,
     #[serde(flatten)]
-    luks: LuksParams,
+    luks: Luks,
 }
 
 /// What the summary reports.
@@ -323,7 +323,7 @@ struct Outcome {
     guest: inspect::Guest,
     kernel: inspect::Kernel,
     cmdline: String,
-    luks: LuksParams,
+    luks: Luks,
     volumes: Vec<DataVolume>,
     dropped_swaps: Vec<String>,
     recovery: Recovery,
@@ -342,7 +342,7 @@ pub fn run(a: Args) -> Result<()> {
              daemon that trusts a test root, and proves nothing about real hardware."
         );
     }
-    let params = LuksParams::new();
+    let params = luks::new_root();
     // The agent must accept what convert will write (the data volumes are
     // added once the image is inspected, and checked again then).
     let config = guest::agent_config(&a.servers, &params, &[], report_source(&a))?;
@@ -453,7 +453,7 @@ fn convert(
     staging: &Path,
     vmk: &Vmk,
     passphrase: Option<&RecoveryPassphrase>,
-    params: LuksParams,
+    params: Luks,
 ) -> Result<Outcome> {
     let phase = progress.start("inspect", "starting the appliance and inspecting the image");
     create_output(a, out_path, 0)?;
@@ -491,10 +491,10 @@ fn convert(
         volumes.push(DataVolume {
             mountpoint: m.mountpoint.clone(),
             partnum: m.partnum,
-            luks: LuksParams::data(&name),
+            luks: luks::new_data(&name),
         });
     }
-    let pairs: Vec<(String, LuksParams)> = volumes
+    let pairs: Vec<(String, Luks)> = volumes
         .iter()
         .map(|v| (v.mountpoint.clone(), v.luks.clone()))
         .collect();
@@ -969,7 +969,7 @@ mod tests {
              echo \"$3: report_source: \\\"simulated\\\" is not compiled into this agent\" >&2\n\
              exit 1\n",
         );
-        let params = LuksParams::new();
+        let params = luks::new_root();
         let servers = ["https://10.0.2.2:8443".to_owned()];
         let sim = guest::agent_config(&servers, &params, &[], ReportSource::Simulated).unwrap();
         let e = format!("{:#}", check_agent_config(&agent, &sim).unwrap_err());

@@ -11,7 +11,6 @@ use snpguard_protocol::agent_config::{AgentConfig, Luks, Retry, Server, Simulato
 use super::appliance::{gerr, Appliance};
 use super::inspect::InitrdTool;
 use super::layout::{rewrite_fstab, FstabPlan};
-use super::luks::LuksParams;
 
 /// The agent's path in the guest.
 pub const AGENT_PATH: &str = "/usr/lib/snpguard/snpguard-agent";
@@ -142,8 +141,8 @@ pub fn cmdline(
 /// accepts it). Checked as the agent checks it before it is written.
 pub fn agent_config(
     servers: &[String],
-    luks: &LuksParams,
-    volumes: &[(String, LuksParams)],
+    luks: &Luks,
+    volumes: &[(String, Luks)],
     source: ReportSource,
 ) -> Result<String> {
     let simulated = source == ReportSource::Simulated;
@@ -151,12 +150,12 @@ pub fn agent_config(
         servers: servers.iter().map(|s| Server { url: s.clone() }).collect(),
         ca: CA_PATH.into(),
         report_source: source,
-        luks: pinned(luks),
+        luks: luks.clone(),
         volumes: volumes
             .iter()
             .map(|(mountpoint, v)| Volume {
                 mountpoint: mountpoint.clone(),
-                luks: pinned(v),
+                luks: v.clone(),
             })
             .collect(),
         retry: Retry::default(),
@@ -173,20 +172,6 @@ pub fn agent_config(
     config
         .to_toml(header)
         .context("the agent configuration convert would write")
-}
-
-/// The pinned parameters of a LUKS2 volume, as `[luks]` and each
-/// `[[volumes]]` state them.
-fn pinned(p: &LuksParams) -> Luks {
-    Luks {
-        device: format!("UUID={}", p.uuid),
-        uuid: p.uuid.clone(),
-        name: p.name.clone(),
-        cipher: p.cipher.clone(),
-        key_bytes: p.key_bytes,
-        sector_size: p.sector_size,
-        offset: p.offset,
-    }
 }
 
 /// Files of the initrd module for `tool` under `modules_dir` (the tree
@@ -400,6 +385,7 @@ pub fn regenerate_initrd(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::luks;
 
     #[test]
     fn cmdline_keeps_bootloader_args_and_sets_root() {
@@ -483,8 +469,7 @@ mod tests {
 
     #[test]
     fn agent_config_is_valid_toml_with_the_pinned_parameters() {
-        let mut p = LuksParams::new();
-        p.uuid = "0b5c7d1e-aaaa-4bbb-8ccc-123456789abc".into();
+        let p = luks::new_volume(luks::MAPPER_NAME, "0b5c7d1e-aaaa-4bbb-8ccc-123456789abc");
         let c = agent_config(
             &["https://a:8443".into(), "https://b\"x".into()],
             &p,
@@ -514,9 +499,9 @@ mod tests {
 
     #[test]
     fn data_volumes_are_written_as_volumes_tables() {
-        let root = LuksParams::new();
-        let var = LuksParams::data("snpguard_var");
-        let home = LuksParams::data("snpguard_home");
+        let root = luks::new_root();
+        let var = luks::new_data("snpguard_var");
+        let home = luks::new_data("snpguard_home");
         let c = agent_config(
             &["https://a:8443".into()],
             &root,
@@ -546,7 +531,7 @@ mod tests {
 
     #[test]
     fn simulated_platform_config_reads_the_fw_cfg_launch_blob() {
-        let p = LuksParams::new();
+        let p = luks::new_root();
         let c = agent_config(
             &["https://10.0.2.2:8443".into()],
             &p,

@@ -13,7 +13,6 @@ use std::fmt;
 
 use anyhow::{bail, Context, Result};
 use rand::RngCore;
-use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::appliance::{quote, Appliance};
@@ -99,47 +98,32 @@ impl fmt::Debug for RecoveryPassphrase {
     }
 }
 
-/// The pinned parameters of the volume, as the agent config states them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LuksParams {
-    /// LUKS2 header UUID.
-    pub uuid: String,
-    /// Device-mapper name.
-    pub name: String,
-    /// Cipher.
-    pub cipher: String,
-    /// Volume key length in bytes.
-    pub key_bytes: usize,
-    /// Encryption sector size in bytes.
-    pub sector_size: u32,
-    /// Data segment offset in bytes.
-    pub offset: u64,
+/// The pinned parameters of a volume are the agent configuration's own
+/// type: what convert formats is what `[luks]` and `[[volumes]]` state.
+pub use snpguard_protocol::agent_config::Luks;
+
+/// Fresh parameters of the root volume, with a random header UUID.
+pub fn new_root() -> Luks {
+    new_volume(MAPPER_NAME, &random_uuid())
 }
 
-impl LuksParams {
-    /// Fresh parameters with a random header UUID.
-    pub fn new() -> Self {
-        LuksParams {
-            uuid: random_uuid(),
-            name: MAPPER_NAME.into(),
-            cipher: CIPHER.into(),
-            key_bytes: KEY_BYTES,
-            sector_size: SECTOR_SIZE,
-            offset: DATA_OFFSET,
-        }
-    }
+/// Fresh parameters of a data volume mapped as `name`, with a random
+/// header UUID.
+pub fn new_data(name: &str) -> Luks {
+    new_volume(name, &random_uuid())
+}
 
-    /// Fresh parameters for a data volume mapped as `name`.
-    pub fn data(name: &str) -> Self {
-        LuksParams {
-            name: name.into(),
-            ..LuksParams::new()
-        }
-    }
-
-    /// `/dev/mapper/NAME`.
-    pub fn mapper(&self) -> String {
-        format!("/dev/mapper/{}", self.name)
+/// The parameters convert pins for the volume mapped as `name` whose
+/// LUKS2 header carries `uuid` (the agent finds it as `UUID=<uuid>`).
+pub fn new_volume(name: &str, uuid: &str) -> Luks {
+    Luks {
+        device: format!("UUID={uuid}"),
+        uuid: uuid.into(),
+        name: name.into(),
+        cipher: CIPHER.into(),
+        key_bytes: KEY_BYTES,
+        sector_size: SECTOR_SIZE,
+        offset: DATA_OFFSET,
     }
 }
 
@@ -167,7 +151,7 @@ pub fn random_uuid() -> String {
 pub fn format_and_open(
     app: &Appliance,
     device: &str,
-    params: &LuksParams,
+    params: &Luks,
     vmk: &Vmk,
     recovery: Option<&RecoveryPassphrase>,
 ) -> Result<()> {
@@ -194,7 +178,7 @@ rmdir {KEY_DIR}"
 fn format_with_keys(
     app: &Appliance,
     device: &str,
-    params: &LuksParams,
+    params: &Luks,
     vmk: &Vmk,
     recovery: Option<&RecoveryPassphrase>,
 ) -> Result<()> {
@@ -261,7 +245,7 @@ pub fn keyslots(dump: &str) -> Vec<u32> {
 }
 
 /// Checks a `cryptsetup luksDump` against the parameters the agent pins.
-pub fn check_dump(dump: &str, p: &LuksParams) -> Result<()> {
+pub fn check_dump(dump: &str, p: &Luks) -> Result<()> {
     let has = |needle: &str| dump.lines().any(|l| l.trim() == needle);
     let want = [
         "Version:       \t2".to_string(),
@@ -319,11 +303,8 @@ Digests:
 \tHash:       sha256
 ";
 
-    fn params() -> LuksParams {
-        LuksParams {
-            uuid: "0b5c7d1e-aaaa-4bbb-8ccc-123456789abc".into(),
-            ..LuksParams::new()
-        }
+    fn params() -> Luks {
+        new_volume(MAPPER_NAME, "0b5c7d1e-aaaa-4bbb-8ccc-123456789abc")
     }
 
     #[test]
@@ -366,7 +347,7 @@ Digests:
     #[test]
     fn data_volume_keys_are_the_agents_derivation() {
         let vmk = Vmk::generate();
-        let p = LuksParams::data("snpguard_var");
+        let p = new_data("snpguard_var");
         assert_eq!(p.name, "snpguard_var");
         assert_eq!(p.mapper(), "/dev/mapper/snpguard_var");
         let k = vmk.data_volume_key(&p.uuid).unwrap();
