@@ -17,6 +17,7 @@ use snpguard_testkit::ready::Notify;
 
 use rand::{RngCore, SeedableRng};
 use snpguard::seal;
+use snpguard_protocol::agent_config::{AgentConfig, Luks, ReportSource, Retry, Server, Simulator};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 pub const UUID: &str = "5f1d7c2a-0e3b-4a8e-9c61-7b2d4e6f8a10";
@@ -220,36 +221,34 @@ impl Guest {
     }
 
     pub fn config(&self, device: &Path, blob: &Path, name: &str) -> PathBuf {
+        let config = AgentConfig {
+            servers: vec![Server {
+                url: format!("https://localhost:{}", self.daemon.port),
+            }],
+            ca: self.daemon.state.join("tls/cert.pem"),
+            report_source: ReportSource::Simulated,
+            luks: Luks {
+                device: device.display().to_string(),
+                uuid: UUID.into(),
+                name: name.into(),
+                cipher: "aes-xts-plain64".into(),
+                key_bytes: 64,
+                sector_size: 4096,
+                offset: 16 << 20,
+            },
+            volumes: Vec::new(),
+            retry: Retry {
+                attempts: 3,
+                initial_delay_ms: 10,
+                max_delay_ms: 40,
+                device_timeout_secs: 5,
+            },
+            simulator: Some(Simulator {
+                launch: blob.to_owned(),
+            }),
+        };
         let p = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &p,
-            format!(
-                r#"servers = ["https://localhost:{port}"]
-ca = "{ca}"
-report_source = "simulated"
-[luks]
-device = "{device}"
-uuid = "{UUID}"
-name = "{name}"
-cipher = "aes-xts-plain64"
-key_bytes = 64
-sector_size = 4096
-offset = 16777216
-[retry]
-attempts = 3
-initial_delay_ms = 10
-max_delay_ms = 40
-device_timeout_secs = 5
-[simulator]
-launch = "{blob}"
-"#,
-                port = self.daemon.port,
-                ca = self.daemon.state.join("tls/cert.pem").display(),
-                device = device.display(),
-                blob = blob.display(),
-            ),
-        )
-        .unwrap();
+        std::fs::write(&p, config.to_toml("# agent test\n").unwrap()).unwrap();
         p
     }
 }

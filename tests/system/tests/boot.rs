@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 use snpguard::seal;
+use snpguard_protocol::agent_config::{AgentConfig, Luks, ReportSource, Retry, Server, Simulator};
 use snpguard_systest::chroot::Chroot;
 use snpguard_systest::cmd::run_ok;
 use snpguard_systest::disk::{LuksDisk, MARKER_PREFIX};
@@ -96,32 +97,34 @@ fn boot(flavour: Flavour, launch: Launch) -> Run {
     rand::thread_rng().fill_bytes(&mut vmk);
     let marker = hex::encode(rand::random::<[u8; 8]>());
     let disk = LuksDisk::create(d, &vmk, &marker).expect("LUKS2 disk");
-    let config = format!(
-        "servers = [\"https://10.0.2.2:{port}\"]\n\
-         ca = \"{CA_PATH}\"\n\
-         report_source = \"simulated\"\n\
-         [luks]\n\
-         device = \"UUID={uuid}\"\n\
-         uuid = \"{uuid}\"\n\
-         name = \"{MAPPING}\"\n\
-         cipher = \"{cipher}\"\n\
-         key_bytes = {key_bytes}\n\
-         sector_size = {sector_size}\n\
-         offset = {offset}\n\
-         [retry]\n\
-         attempts = 3\n\
-         initial_delay_ms = 1000\n\
-         max_delay_ms = 4000\n\
-         device_timeout_secs = 120\n\
-         [simulator]\n\
-         launch = \"{SIM_LAUNCH}\"\n",
-        port = daemon.port,
-        uuid = disk.uuid,
-        cipher = disk.cipher,
-        key_bytes = disk.key_bytes,
-        sector_size = disk.sector_size,
-        offset = disk.offset,
-    );
+    let config = AgentConfig {
+        servers: vec![Server {
+            url: format!("https://10.0.2.2:{}", daemon.port),
+        }],
+        ca: CA_PATH.into(),
+        report_source: ReportSource::Simulated,
+        luks: Luks {
+            device: format!("UUID={}", disk.uuid),
+            uuid: disk.uuid.clone(),
+            name: MAPPING.into(),
+            cipher: disk.cipher.clone(),
+            key_bytes: disk.key_bytes,
+            sector_size: disk.sector_size,
+            offset: disk.offset,
+        },
+        volumes: Vec::new(),
+        retry: Retry {
+            attempts: 3,
+            initial_delay_ms: 1000,
+            max_delay_ms: 4000,
+            device_timeout_secs: 120,
+        },
+        simulator: Some(Simulator {
+            launch: SIM_LAUNCH.into(),
+        }),
+    }
+    .to_toml("# system test\n")
+    .expect("agent configuration");
 
     // The initrd, built by the guest's own tool.
     let rootfs = Rootfs::get(flavour, &d.join("rootfs")).expect("guest root file system");

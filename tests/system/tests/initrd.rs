@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use snpguard_protocol::agent_config::{AgentConfig, Luks, ReportSource, Retry, Server};
 use snpguard_systest::chroot::Chroot;
 use snpguard_systest::disk::LuksDisk;
 use snpguard_systest::initrd::{self, GuestFiles, AGENT_PATH, CA_PATH, CONFIG_PATH};
@@ -33,19 +34,27 @@ fn guest(flavour: Flavour, dir: &Path) -> (Rootfs, Chroot) {
 /// An agent configuration as `convert` writes it (values need only be
 /// well formed for these tests).
 fn config() -> String {
-    format!(
-        "servers = [\"https://10.0.2.2:8443\"]\n\
-         ca = \"{CA_PATH}\"\n\
-         report_source = \"auto\"\n\
-         [luks]\n\
-         device = \"/dev/vda\"\n\
-         uuid = \"0b4b2a53-3c1e-4d7f-9a6e-2f8d1c5b7e90\"\n\
-         name = \"snpguard_root\"\n\
-         cipher = \"aes-xts-plain64\"\n\
-         key_bytes = 64\n\
-         sector_size = 512\n\
-         offset = 16777216\n"
-    )
+    AgentConfig {
+        servers: vec![Server {
+            url: "https://10.0.2.2:8443".into(),
+        }],
+        ca: CA_PATH.into(),
+        report_source: ReportSource::Auto,
+        luks: Luks {
+            device: "/dev/vda".into(),
+            uuid: "0b4b2a53-3c1e-4d7f-9a6e-2f8d1c5b7e90".into(),
+            name: "snpguard_root".into(),
+            cipher: "aes-xts-plain64".into(),
+            key_bytes: 64,
+            sector_size: 512,
+            offset: 16 << 20,
+        },
+        volumes: Vec::new(),
+        retry: Retry::default(),
+        simulator: None,
+    }
+    .to_toml("# system test\n")
+    .expect("agent configuration")
 }
 
 /// A throw-away self-signed CA certificate (PEM), made with openssl.
