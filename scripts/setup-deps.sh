@@ -43,12 +43,16 @@ cockpit_deps() {
 }
 
 # cargo-deny for `make deny` (part of `make lint`): built from crates.io
-# at a pinned version with its own lock file (a few minutes, once).
+# at a pinned version with its own lock file (a few minutes, once). Its
+# release profile asks for fat LTO in one codegen unit, which costs more
+# CPU than the rest of the build; a lint tool does not need it. Niced:
+# `make test` builds it beside the suite's own builds, which come first.
 CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
 deny_deps() {
     if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
         log "installing cargo-deny $CARGO_DENY_VERSION (cargo install)"
-        cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION"
+        CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+            nice -n 10 cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION"
     fi
 }
 
