@@ -202,7 +202,7 @@ test: deps
 # built first: the lanes share them.
 slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
-	$(CARGO) test --locked --no-run -p snpguardctl --test convert --test embed
+	$(CARGO) test --locked --no-run --workspace --test convert --test embed
 	$(CARGO) test --locked --no-run -p snpguard-systest --lib --test boot --test initrd --test e2e
 	$(CARGO) test --locked --no-run --workspace --test daemon
 	./scripts/lanes.sh \
@@ -232,7 +232,7 @@ test-convert: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
 		SNPGUARD_TEST_ROOTFS_DRACUT='$(abspath $(SNPGUARD_TEST_ROOTFS_DRACUT))' \
 		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
-		$(CARGO) test -p snpguardctl --locked $(CONVERT_TESTS) -- --ignored \
+		$(CARGO) test --workspace --locked $(CONVERT_TESTS) -- --ignored \
 		$(CONVERT_TEST_FILTER)
 
 # SIGKILL under a mixed load of registrations, approvals and attestations,
@@ -240,7 +240,8 @@ test-convert: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 # --workspace rather than -p snpguardd: cargo unifies the dependencies'
 # features over the packages it selects, so a -p build compiles
 # snpguardd's dependencies a second time (50 s) where `make unit` has
-# already built this binary. test-cockpit builds the workspace likewise.
+# already built this binary. test-cockpit and test-convert (95 s with
+# -p snpguardctl) select the workspace likewise.
 test-sigkill:
 	$(CARGO) test --workspace --locked --test daemon -- --ignored sigkill
 
