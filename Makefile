@@ -335,8 +335,9 @@ demo: deps build agent-sim
 # docs/fuzzing.md.
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?=
+FUZZ_TARGETS ?=
 fuzz:
-	CARGO='$(CARGO)' ./scripts/fuzz.sh '$(FUZZ_SECONDS)' '$(FUZZ_RUNS)'
+	CARGO='$(CARGO)' ./scripts/fuzz.sh '$(FUZZ_SECONDS)' '$(FUZZ_RUNS)' '$(FUZZ_TARGETS)'
 
 # Benchmarks; numbers go into docs/performance.md.
 bench:

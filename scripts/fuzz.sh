@@ -9,7 +9,9 @@
 # fuzz/artifacts/<target>/ (reproduce with `cargo +nightly fuzz run
 # --features libfuzzer --target-dir fuzz/target <target> <file>`, then
 # add the file to fuzz/regressions/<target>/). Exits 1 when a target
-# failed; prints each target's final libFuzzer stats. See docs/fuzzing.md.
+# failed; prints each target's final libFuzzer stats. FUZZ_TARGETS (a
+# space-separated list, in the order to run them) runs only those
+# targets. See docs/fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,7 @@ case "$runs" in
     '') ;;
     *[!0-9]*) echo "fuzz: FUZZ_RUNS must be a number of executions, got '$runs'" >&2; exit 2 ;;
 esac
+only="${3:-}"
 cargo="${CARGO:-cargo}"
 
 rustup toolchain list | grep -q '^nightly' \
@@ -35,6 +38,21 @@ command -v cargo-fuzz >/dev/null 2>&1 \
 export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 
 "$cargo" run --quiet -p snpguard-fuzz --bin snpguard-fuzz-seeds --locked
+
+all="$("$cargo" run --quiet -p snpguard-fuzz --bin snpguard-fuzz-seeds --locked -- --list)"
+if [ -n "$only" ]; then
+    chosen=""
+    for t in $only; do
+        line="$(awk -v t="$t" '$1 == t' <<<"$all")"
+        if [ -z "$line" ]; then
+            echo "fuzz: no target '$t' (FUZZ_TARGETS); the targets are: $(awk '{print $1}' <<<"$all" | tr '\n' ' ')" >&2
+            exit 2
+        fi
+        chosen+="$line"$'\n'
+    done
+    all="$chosen"
+fi
+
 "$cargo" +nightly fuzz build --features libfuzzer --target-dir fuzz/target
 
 mkdir -p fuzz/logs
@@ -53,7 +71,7 @@ while read -r target dict; do
     fi
     done_line="$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n1 || true)"
     summary+=("$(printf '%-18s %s' "$target" "${done_line:-no DONE line, see $log}")")
-done < <("$cargo" run --quiet -p snpguard-fuzz --bin snpguard-fuzz-seeds --locked -- --list)
+done < <(printf '%s\n' "$all" | sed '/^$/d')
 
 printf '%s\n' "${summary[@]}"
 if [ "${#failed[@]}" -gt 0 ]; then
