@@ -14,7 +14,7 @@ GUESTFS_APPLIANCE ?= $(BUILD_DIR)/guestfs-appliance
 .PHONY: all build deps test test-convert lint unit check-units check-install check-scripts \
 	install demo bench clean agent agent-sim check-agent check-shell check-launch test-cockpit \
 	system-test test-e2e e2e-boots fuzz guest-rootfs slow-tests test-sigkill \
-	lint-rust deny deny-advisories
+	lint-rust deny deny-advisories deb test-deb
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -208,7 +208,7 @@ slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 	./scripts/lanes.sh \
 		"convert=$(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
 			CONVERT_TEST_FILTER='converts_the_simple_layout $(E2E_GUEST_TEST)' \
-			&& $(MAKE) --no-print-directory e2e-boots test-sigkill" \
+			&& $(MAKE) --no-print-directory e2e-boots test-sigkill test-deb" \
 		"boot=$(MAKE) --no-print-directory check-launch system-test \
 			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
 			CONVERT_TEST_FILTER='converts_the_esp_layout_with_dracut kernels_without_sev_snp interrupt_leaves_no_output' \
@@ -338,6 +338,29 @@ FUZZ_RUNS ?=
 FUZZ_TARGETS ?=
 fuzz:
 	CARGO='$(CARGO)' ./scripts/fuzz.sh '$(FUZZ_SECONDS)' '$(FUZZ_RUNS)' '$(FUZZ_TARGETS)'
+
+# The Debian packages (debian/, debhelper; docs/packaging.md): snpguard
+# and cockpit-snpguard from the release build, in $(DEB_DIR), which
+# lintian must pass without errors. Installs debhelper and lintian when
+# missing.
+DEB_DIR ?= $(BUILD_DIR)/deb
+deb:
+	./scripts/setup-deps.sh deb
+	dpkg-checkbuilddeps
+	rm -rf '$(DEB_DIR)'
+	mkdir -p '$(DEB_DIR)'
+	debian/rules clean
+	DEB_DESTDIR='$(abspath $(DEB_DIR))' debian/rules binary
+	debian/rules clean
+	lintian --fail-on error --info '$(DEB_DIR)'/*.deb
+
+# The packages of the debug build `make unit` made (DEB_BUILD_OPTIONS=noopt),
+# checked by tests/deb-package.sh: every installed file in exactly one
+# package, the maintainer scripts, the dependencies, lintian.
+test-deb:
+	$(CARGO) build --workspace --locked
+	DEB_BUILD_OPTIONS='noopt noautodbgsym' $(MAKE) --no-print-directory deb DEB_DIR='$(BUILD_DIR)/deb-test'
+	./tests/deb-package.sh '$(BUILD_DIR)/deb-test'
 
 # Benchmarks; numbers go into docs/performance.md.
 bench:

@@ -5,7 +5,7 @@
 # `setup-deps.sh agent` installs only what the static guest agent needs
 # (musl-gcc and the x86_64-unknown-linux-musl rustup target);
 # `setup-deps.sh cockpit` the Cockpit browser test's; `setup-deps.sh deny`
-# the pinned cargo-deny.
+# the pinned cargo-deny; `setup-deps.sh deb` what `make deb` needs.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -55,6 +55,26 @@ deny_deps() {
             nice -n 10 cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION"
     fi
 }
+
+# make deb: debhelper, lintian, and the package build's own build
+# dependencies (debian/control).
+deb_deps() {
+    local -a want=()
+    command -v dh >/dev/null 2>&1 || want+=(debhelper)
+    command -v lintian >/dev/null 2>&1 || want+=(lintian)
+    command -v dpkg-checkbuilddeps >/dev/null 2>&1 || want+=(dpkg-dev)
+    if [ "${#want[@]}" -gt 0 ]; then
+        log "installing ${want[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}"
+    fi
+}
+
+if [ "${1:-}" = deb ]; then
+    deb_deps
+    log "Debian packaging tools present"
+    exit 0
+fi
 
 if [ "${1:-}" = deny ]; then
     deny_deps
@@ -117,6 +137,10 @@ APT[python3-cryptography]=/usr/lib/python3/dist-packages/cryptography
 # The fleet store's tests start their own PostgreSQL cluster (as the
 # postgres account, in a temporary directory).
 APT[postgresql]=/usr/lib/postgresql
+# make deb and its test (make test-deb): debhelper, lintian.
+APT[debhelper]=/usr/bin/dh
+APT[lintian]=/usr/bin/lintian
+APT[dpkg-dev]=/usr/bin/dpkg-checkbuilddeps
 # make demo fetches the daemon's ingestion key over HTTPS as a user would.
 APT[curl]=/usr/bin/curl
 # pip only when no Python pip is there at all (pyenv's counts).
