@@ -1,11 +1,51 @@
-// The register form: files from a staging directory inside the daemon's
-// import directory (RegisterFromPaths, the non-fd variant), options as
-// the daemon defines them. The daemon validates; its errors are shown
-// next to the field they name.
+// The register form: the files of a staging directory (RegisterFromPaths,
+// the non-fd variant: the bridge cannot pass file descriptors), options
+// as the daemon defines them. The daemon reads only its import directory,
+// so a staging directory elsewhere is brought in first: the files are
+// checked readable as the logged-in user, copied with administrative
+// access (the import directory belongs to the daemon's group) under a
+// fresh name, with progress, and the copy is removed after the call
+// whatever its outcome. The daemon validates; its errors are shown next
+// to the field they name.
 
-import { describeError, errorName, isDenied, showAlert } from "./util.js";
+import { describeError, errorName, isDenied, sentence, showAlert } from "./util.js";
 
 const FIELDS = ["staging", "name", "vcpus", "vcpu_type", "policy", "min_tcb"];
+/** What RegisterFromPaths reads; cmdline and vmk.sealed the page reads. */
+const ARTIFACTS = [["firmware", "firmware.fd"], ["kernel", "kernel"], ["initrd", "initrd"]];
+/** How often the copy's progress is read. */
+const PROGRESS_MS = 250;
+
+/** Whether PATH lies below DIR (both absolute, without trailing slashes;
+ *  the daemon checks the real paths again). */
+export function isBelow(path, dir) {
+    return dir !== "" && path.startsWith(dir + "/");
+}
+
+/** A directory name for the copy: the staging directory's name, the time. */
+export function copyName(staging, now = new Date()) {
+    const base = (staging.split("/").pop() || "staging").replace(/[^A-Za-z0-9._-]/g, "_");
+    const stamp = now.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+    return "cockpit-" + base + "-" + stamp;
+}
+
+/** Mebibytes with one decimal. */
+function mib(bytes) {
+    return (bytes / (1 << 20)).toFixed(1) + " MiB";
+}
+
+/** A command through the bridge, as a native promise; stdout. Administrative
+ *  access when `admin` (Cockpit's superuser, when the user has unlocked it). */
+function run(argv, admin = false) {
+    const opts = { err: "message" };
+    if (admin) opts.superuser = "try";
+    return new Promise((resolve, reject) => cockpit.spawn(argv, opts).then(resolve, reject));
+}
+
+function delay(ms) {
+    return new Promise(resolve => window.setTimeout(resolve, ms));
+}
+
 const TCB = ["bootloader", "tee", "snp", "microcode", "fmc"];
 
 /** The form field a daemon error concerns ("form" when none). */
@@ -94,7 +134,7 @@ export class Register {
         let ok = true;
         const v = name => this.form.elements[name].value.trim();
         if (!v("staging")) {
-            this.fieldError("staging", "Give the staging directory (inside " + (this.manager.ImportDirectory || "the import directory") + ").");
+            this.fieldError("staging", "Give the staging directory that snpguardctl convert wrote.");
             ok = false;
         }
         const vcpus = Number(v("vcpus"));
@@ -128,21 +168,93 @@ export class Register {
         return { cmdline, sealed: cockpit.base64_encode(sealed) };
     }
 
+    progress(text, fraction) {
+        document.getElementById("staging-progress").hidden = text === "";
+        document.getElementById("staging-progress-text").textContent = text;
+        document.getElementById("staging-progress-bar").value = fraction;
+    }
+
+    /** Copies the artifacts of DIR into a new directory below the import
+     *  directory; resolves to that directory. Removes what it made when a
+     *  step fails. */
+    async bringIn(dir, importDir) {
+        const sizes = [];
+        for (const [, file] of ARTIFACTS) {
+            const src = dir + "/" + file;
+            try {
+                // As the logged-in user: what they cannot read is not copied.
+                await run(["test", "-f", src, "-a", "-r", src]);
+                sizes.push(Number((await run(["stat", "-L", "-c", "%s", "--", src])).trim()));
+            } catch (e) {
+                throw new Error(src + " is not a file you can read.");
+            }
+        }
+        const total = sizes.reduce((a, b) => a + b, 0) || 1;
+        const dest = importDir + "/" + copyName(dir);
+        try {
+            await run(["mkdir", "-m", "0750", "--", dest], true);
+        } catch (e) {
+            throw new Error("Cannot create " + dest + " (" + sentence(describeError(e)).replace(/\.$/, "") +
+                            "). Copying into the import directory needs administrative access: unlock it in Cockpit, or copy the staging directory there yourself.");
+        }
+        let done = 0;
+        try {
+            for (let i = 0; i < ARTIFACTS.length; i++) {
+                const file = ARTIFACTS[i][1];
+                const dst = dest + "/" + file;
+                // 0640: the daemon reads it through the directory's group.
+                const copy = run(["install", "-m", "0640", "--", dir + "/" + file, dst], true);
+                let finished = false;
+                copy.then(() => { finished = true }, () => { finished = true });
+                while (!finished) {
+                    const partial = await run(["stat", "-c", "%s", "--", dst], true).then(Number, () => 0);
+                    const now = done + Math.min(partial, sizes[i]);
+                    this.progress("Copying " + file + " into the import directory: " + mib(now) + " of " + mib(total) +
+                                  " (" + Math.floor(100 * now / total) + "%)", now / total);
+                    await Promise.race([copy.catch(() => undefined), delay(PROGRESS_MS)]);
+                }
+                await copy;
+                done += sizes[i];
+            }
+        } catch (e) {
+            await this.removeCopy(dest);
+            throw new Error("Copying " + dir + " into the import directory failed: " + sentence(describeError(e)));
+        }
+        this.progress("Copied " + ARTIFACTS.length + " files (" + mib(done) + ") into " + dest + ".", 1);
+        return dest;
+    }
+
+    async removeCopy(dest) {
+        try {
+            await run(["rm", "-rf", "--", dest], true);
+            return true;
+        } catch (e) {
+            showAlert("error", "Could not remove " + dest, sentence(describeError(e)) + " Remove it by hand.", true);
+            return false;
+        }
+    }
+
     async submit() {
         this.clearErrors();
+        this.progress("", 0);
         if (!this.precheck()) return;
         const button = document.getElementById("register-submit");
         button.disabled = true;
+        let copied = null;
         try {
             const dir = this.form.elements.staging.value.trim().replace(/\/+$/, "");
+            const importDir = (this.manager.ImportDirectory || "").replace(/\/+$/, "");
             let staged;
             try {
                 staged = await this.readStaging(dir);
+                if (!isBelow(dir, importDir)) copied = await this.bringIn(dir, importDir);
             } catch (e) {
                 this.fieldError("staging", e.message);
                 return;
             }
-            const files = { firmware: dir + "/firmware.fd", kernel: dir + "/kernel", initrd: dir + "/initrd" };
+            const from = copied || dir;
+            const files = {};
+            for (const [key, file] of ARTIFACTS) files[key] = from + "/" + file;
             const [path] = await this.manager.call("RegisterFromPaths", [files, this.options(staged.cmdline), staged.sealed]);
             const name = this.form.elements.name.value.trim();
             showAlert("success", "Registered " + name, "");
@@ -154,6 +266,9 @@ export class Register {
             this.fieldError(field, describeError(err));
             if (isDenied(err)) showAlert("error", "Registration not permitted.", describeError(err));
         } finally {
+            if (copied && await this.removeCopy(copied))
+                this.progress(document.getElementById("staging-progress-text").textContent.replace(/\.$/, "") +
+                              "; the copy is removed again.", 1);
             button.disabled = false;
         }
     }

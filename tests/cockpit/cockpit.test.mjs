@@ -171,14 +171,31 @@ test("register through the form; daemon errors land next to their field", async 
     await page.fill("#f-staging", world.dir);
     await page.click("#register-submit");
     await page.locator("#err-staging", { hasText: "cmdline" }).waitFor();
-    // Outside the import directory: the daemon refuses the paths.
-    await page.fill("#f-staging", await world.stage("outside", world.dir));
+    // Outside the import directory: brought in under a fresh name, given
+    // to the daemon (which refuses the name here), removed again.
+    const outside = await world.stage("outside", world.dir);
+    const copies = () => fs.readdirSync(world.importDir).filter(f => f.startsWith("cockpit-"));
+    await page.fill("#f-staging", outside);
+    await page.fill("#f-name", "db main");
     await page.click("#register-submit");
-    await page.locator("#err-staging", { hasText: "outside the import directory" }).waitFor();
-    assert.doesNotMatch(await page.locator("#err-staging").innerText(), /InvalidInput/);
+    await page.locator("#err-name", { hasText: "name" }).waitFor();
+    await page.locator("#staging-progress-text", { hasText: "the copy is removed again" }).waitFor();
+    assert.match(await page.locator("#staging-progress-text").innerText(),
+                 /^Copied 3 files \(\d+\.\d MiB\) into .*\/cockpit-outside-\d{8}T\d{6}Z; the copy is removed again\.$/);
+    assert.equal(await page.locator("#err-staging").innerText(), "");
+    assert.deepEqual(copies(), []);
     await shot("register-errors");
+    // A staging directory elsewhere that lacks a file: named, nothing copied.
+    const partial = await world.stage("partial", world.dir);
+    fs.rmSync(path.join(partial, "initrd"));
+    await page.fill("#f-staging", partial);
+    await page.fill("#f-name", "db");
+    await page.click("#register-submit");
+    await page.locator("#err-staging", { hasText: partial + "/initrd is not a file you can read." }).waitFor();
+    assert.deepEqual(copies(), []);
 
-    await page.fill("#f-staging", staging);
+    // Registered from outside the import directory.
+    await page.fill("#f-staging", outside);
     await page.check("#f-allow-smt");
     await page.fill("#f-tcb-bootloader", "4");
     await page.fill("#f-tcb-tee", "0");
@@ -193,6 +210,7 @@ test("register through the form; daemon errors land next to their field", async 
     assert.equal(db.cmdline, "console=ttyS0 root=/dev/mapper/root");
     assert.deepEqual(db.min_tcb && { bl: db.min_tcb.bootloader, snp: db.min_tcb.snp, mc: db.min_tcb.microcode },
                      { bl: 4, snp: 21, mc: 210 });
+    assert.deepEqual(copies(), []);
     await page.click("#tab-records");
     assert.equal(await page.locator("#records-body tr").count(), 2);
 });
