@@ -359,7 +359,7 @@ deb:
 # package, the maintainer scripts, the dependencies, lintian.
 test-deb:
 	$(CARGO) build --workspace --locked
-	DEB_BUILD_OPTIONS='noopt noautodbgsym' $(MAKE) --no-print-directory deb DEB_DIR='$(BUILD_DIR)/deb-test'
+	DEB_BUILD_OPTIONS=noopt $(MAKE) --no-print-directory deb DEB_DIR='$(BUILD_DIR)/deb-test'
 	./tests/deb-package.sh '$(BUILD_DIR)/deb-test'
 
 # Benchmarks; numbers go into docs/performance.md.
