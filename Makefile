@@ -204,7 +204,7 @@ slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
 	$(CARGO) test --locked --no-run --workspace --test convert --test embed
 	$(CARGO) test --locked --no-run -p snpguard-systest --lib --test boot --test initrd --test e2e
-	$(CARGO) test --locked --no-run --workspace --test daemon
+	$(CARGO) test --locked --no-run --workspace --test integration
 	./scripts/lanes.sh \
 		"convert=$(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
 			CONVERT_TEST_FILTER='converts_the_simple_layout $(E2E_GUEST_TEST)' \
@@ -236,14 +236,14 @@ test-convert: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 		$(CONVERT_TEST_FILTER)
 
 # SIGKILL under a mixed load of registrations, approvals and attestations,
-# 100 kills (snpguardd/tests/daemon/sigkill.rs; about two minutes).
+# 100 kills (snpguardd/tests/integration/daemon/sigkill.rs; about two minutes).
 # --workspace rather than -p snpguardd: cargo unifies the dependencies'
 # features over the packages it selects, so a -p build compiles
 # snpguardd's dependencies a second time (50 s) where `make unit` has
 # already built this binary. test-cockpit and test-convert (95 s with
 # -p snpguardctl) select the workspace likewise.
 test-sigkill:
-	$(CARGO) test --workspace --locked --test daemon -- --ignored sigkill
+	$(CARGO) test --workspace --locked --test integration -- --ignored sigkill
 
 # The guests' root file systems of test-convert (build-rootfs.sh caches
 # them under $(BUILD_DIR)/guest-rootfs; the boot tests take theirs from

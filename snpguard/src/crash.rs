@@ -1,6 +1,6 @@
 //! Crash points: where the crash-safety tests kill a process, as a power
 //! cut would, to prove that every commit point leaves consistent state:
-//! the daemon's store (snpguardd/tests/daemon/crash.rs) and an image's
+//! the daemon's store (snpguardd/tests/integration/daemon/crash.rs) and an image's
 //! artifact partition during `snpguardctl embed` (snpguardctl/tests/
 //! embed.rs).
 //!

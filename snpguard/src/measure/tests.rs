@@ -1,5 +1,5 @@
-//! Validation and error paths. Known answers are in tests/measure_kat.rs,
-//! agreement with the reference tool in snpguardctl/tests/measure_diff.rs.
+//! Validation and error paths. Known answers are in tests/core/measure_kat.rs,
+//! agreement with the reference tool in snpguardctl/tests/cli/measure_diff.rs.
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! broken without re-signing (expectations, certificates, time, flags) is
 //! broken exactly once and must give exactly that rejection.
 //! Rules that need a modified report re-signed by a simulated platform are
-//! tested in the library (snpguard/tests/verify_rules.rs).
+//! tested in the library (snpguard/tests/core/verify_rules.rs).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

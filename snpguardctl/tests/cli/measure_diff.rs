@@ -3,8 +3,6 @@
 //!
 //! Reproduce a run with SNPGUARD_DIFF_SEED=<seed printed on failure>.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use snpguard::measure::VcpuType;
 
-use common::{exists, run, snpguardctl, tool, Scratch};
+use crate::common::{exists, run, snpguardctl, tool, Scratch};
 
 const DEBIAN_OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 

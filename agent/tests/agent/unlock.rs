@@ -7,15 +7,11 @@
 //! mapped and read back; elsewhere the run must get exactly as far as the
 //! dm step.
 
-#![cfg(feature = "simulator")]
-
-mod common;
-
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
 use std::process::Command;
 
-use common::{agent, failed_line, registered_guest, run};
+use crate::common::{agent, failed_line, registered_guest, run};
 
 const PLAINTEXT: &[u8] = b"SNPGUARD-AGENT-TEST-PLAINTEXT\n";
 
@@ -344,11 +340,11 @@ async fn a_forged_server_with_a_pinned_certificate_gets_nothing_opened() {
     let blob = g.launch_blob("launch.json", &[]);
     let img = g.volume();
     for forgery in [
-        common::forged::Forgery::Unsigned,
-        common::forged::Forgery::OwnKey,
+        crate::common::forged::Forgery::Unsigned,
+        crate::common::forged::Forgery::OwnKey,
     ] {
         let name = format!("sgforged{}", std::process::id());
-        let server = common::forged::start(g.dir.path(), g.vmk.clone(), forgery);
+        let server = crate::common::forged::start(g.dir.path(), g.vmk.clone(), forgery);
         let config = g.config(&img, &blob, &name);
         let text = std::fs::read_to_string(&config)
             .unwrap()
@@ -366,8 +362,8 @@ async fn a_forged_server_with_a_pinned_certificate_gets_nothing_opened() {
         let f = failed_line(&lines);
         assert!(f.contains("untrusted-response"), "{forgery:?}: {f}");
         let rule = match forgery {
-            common::forged::Forgery::Unsigned => "release-unsigned",
-            common::forged::Forgery::OwnKey => "release-signer-unknown",
+            crate::common::forged::Forgery::Unsigned => "release-unsigned",
+            crate::common::forged::Forgery::OwnKey => "release-signer-unknown",
         };
         assert!(f.contains(rule), "{forgery:?}: {f}");
         // Refused at once (no retries against a forger), nothing used.

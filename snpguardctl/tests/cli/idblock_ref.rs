@@ -4,8 +4,6 @@
 //! byte for byte and the reference's signatures are checked with our
 //! verifier.
 
-mod common;
-
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use p384::pkcs8::LineEnding;
@@ -13,7 +11,7 @@ use p384::SecretKey;
 use rand::RngCore;
 use snpguard::idblock::{key_digest, verify_id_auth, IdBlockError};
 
-use common::{run, snpguardctl, tool, Scratch};
+use crate::common::{run, snpguardctl, tool, Scratch};
 
 /// Byte ranges of the ID auth info that do not depend on the random
 /// signature nonces: algorithms, reserved, both public keys.

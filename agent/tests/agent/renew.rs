@@ -9,14 +9,10 @@
 //! stops right after the released key is checked against the header (a
 //! file is not a block device), which is what these tests are about.
 
-#![cfg(feature = "simulator")]
-
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{agent, daemon_log, failed_line, registered_guest, sibling, Guest};
+use crate::common::{agent, daemon_log, failed_line, registered_guest, sibling, Guest};
 use rand::{RngCore, SeedableRng};
 
 const NEW_CMDLINE: &str = "console=ttyS0 root=/dev/mapper/root quiet";
