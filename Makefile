@@ -151,7 +151,7 @@ check-scripts:
 system-test: agent-sim
 	$(CARGO) build --workspace --locked
 	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) \
-		$(CARGO) test -p snpguard-systest --locked --lib --test boot --test initrd \
+		$(CARGO) test --workspace --locked --lib --test boot --test initrd \
 		-- --ignored --test-threads=1 $(SYSTEM_TEST_FILTER)
 
 # The dracut flavour's wrong-measurement boot (~3 minutes under TCG; the
@@ -203,7 +203,7 @@ test: deps
 slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
 	$(CARGO) test --locked --no-run --workspace --test convert --test embed
-	$(CARGO) test --locked --no-run -p snpguard-systest --lib --test boot --test initrd --test e2e
+	$(CARGO) test --locked --no-run --workspace --lib --test boot --test initrd --test e2e
 	$(CARGO) test --locked --no-run --workspace --test integration
 	./scripts/lanes.sh \
 		"convert=$(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
@@ -240,8 +240,10 @@ test-convert: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 # --workspace rather than -p snpguardd: cargo unifies the dependencies'
 # features over the packages it selects, so a -p build compiles
 # snpguardd's dependencies a second time (50 s) where `make unit` has
-# already built this binary. test-cockpit and test-convert (95 s with
-# -p snpguardctl) select the workspace likewise.
+# already built this binary. test-cockpit, test-convert (95 s with
+# -p snpguardctl), system-test and e2e-boots select the workspace
+# likewise (the systest crate's tests are the workspace's only --ignored
+# ones under --lib, --test boot, initrd and e2e).
 test-sigkill:
 	$(CARGO) test --workspace --locked --test integration -- --ignored sigkill
 
@@ -279,7 +281,7 @@ e2e-boots: agent-sim $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
 	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) LIBGUESTFS_BACKEND=direct \
 		LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
-		$(CARGO) test -p snpguard-systest --locked --test e2e -- --ignored --test-threads=1
+		$(CARGO) test --workspace --locked --test e2e -- --ignored --test-threads=1
 
 install:
 	$(call install-file,0755,$(TARGET_DIR)/snpguardctl,$(BINDIR)/snpguardctl)
