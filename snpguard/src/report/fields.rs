@@ -11,10 +11,14 @@ use serde::Serialize;
 pub struct GuestPolicy(pub u64);
 
 impl GuestPolicy {
-    const SMT: u64 = 1 << 16;
-    const RESERVED_ONE: u64 = 1 << 17;
-    const MIGRATE_MA: u64 = 1 << 18;
-    const DEBUG: u64 = 1 << 19;
+    /// Bit 16: SMT allowed.
+    pub const SMT: u64 = 1 << 16;
+    /// Bit 17: reserved, must be one.
+    pub const RESERVED_ONE: u64 = 1 << 17;
+    /// Bit 18: association with a migration agent allowed.
+    pub const MIGRATE_MA: u64 = 1 << 18;
+    /// Bit 19: debugging allowed.
+    pub const DEBUG: u64 = 1 << 19;
     const SINGLE_SOCKET: u64 = 1 << 20;
     const CXL_ALLOW: u64 = 1 << 21;
     const MEM_AES_256_XTS: u64 = 1 << 22;
@@ -23,6 +27,23 @@ impl GuestPolicy {
     const PAGE_SWAP_DISABLE: u64 = 1 << 25;
     /// Bits 63:26 are reserved and must be zero.
     const RESERVED_MASK: u64 = !((1 << 26) - 1);
+
+    /// The policy a launch is signed and started with: ABI minimum 0.0,
+    /// the reserved bit 17 set, and the three switches an operator
+    /// chooses (the daemon's `register` and `snpguardctl launch-config`).
+    pub fn for_launch(allow_smt: bool, allow_debug: bool, allow_migrate_ma: bool) -> GuestPolicy {
+        let mut p = Self::RESERVED_ONE;
+        for (on, bit) in [
+            (allow_smt, Self::SMT),
+            (allow_debug, Self::DEBUG),
+            (allow_migrate_ma, Self::MIGRATE_MA),
+        ] {
+            if on {
+                p |= bit;
+            }
+        }
+        GuestPolicy(p)
+    }
 
     /// Minimum ABI minor version the guest requires.
     pub fn abi_minor(self) -> u8 {

@@ -267,3 +267,22 @@ fn version_5_fields() {
         }
     );
 }
+
+#[test]
+fn a_launch_policy_has_its_switches_and_nothing_else() {
+    let none = GuestPolicy::for_launch(false, false, false);
+    assert_eq!(none.0, 0x20000);
+    assert!(none.reserved_bit17() && !none.smt() && !none.debug() && !none.migrate_ma());
+    assert_eq!((none.abi_major(), none.abi_minor()), (0, 0));
+    for (smt, debug, ma) in [
+        (true, false, false),
+        (false, true, false),
+        (false, false, true),
+    ] {
+        let p = GuestPolicy::for_launch(smt, debug, ma);
+        assert_eq!((p.smt(), p.debug(), p.migrate_ma()), (smt, debug, ma));
+        assert!(p.reserved_bit17());
+        assert_eq!(p.reserved_bits(), 0);
+    }
+    assert_eq!(GuestPolicy::for_launch(true, true, true).0, 0xf0000);
+}

@@ -2,6 +2,7 @@
 //! registration inputs.
 
 use serde::{Deserialize, Serialize};
+use snpguard::report::GuestPolicy;
 use snpguard::verify::MinTcb;
 
 use super::blobs::BlobRef;
@@ -21,27 +22,17 @@ pub use snpguard::measure::MAX_VCPUS;
 const MAX_VCPU_TYPE_LEN: usize = 64;
 
 /// Guest policy bit 16: SMT allowed.
-pub const POLICY_SMT: u64 = 1 << 16;
+pub const POLICY_SMT: u64 = GuestPolicy::SMT;
 /// Guest policy bit 17: reserved, must be one.
-pub const POLICY_RESERVED_ONE: u64 = 1 << 17;
+pub const POLICY_RESERVED_ONE: u64 = GuestPolicy::RESERVED_ONE;
 /// Guest policy bit 18: migration agent allowed.
-pub const POLICY_MIGRATE_MA: u64 = 1 << 18;
+pub const POLICY_MIGRATE_MA: u64 = GuestPolicy::MIGRATE_MA;
 /// Guest policy bit 19: debugging allowed.
-pub const POLICY_DEBUG: u64 = 1 << 19;
+pub const POLICY_DEBUG: u64 = GuestPolicy::DEBUG;
 
-/// The guest policy for the policy switches (ABI minimum 0.0).
+/// The guest policy for the policy switches ([`GuestPolicy::for_launch`]).
 pub fn guest_policy(allow_smt: bool, allow_debug: bool, allow_migrate_ma: bool) -> u64 {
-    let mut p = POLICY_RESERVED_ONE;
-    if allow_smt {
-        p |= POLICY_SMT;
-    }
-    if allow_migrate_ma {
-        p |= POLICY_MIGRATE_MA;
-    }
-    if allow_debug {
-        p |= POLICY_DEBUG;
-    }
-    p
+    GuestPolicy::for_launch(allow_smt, allow_debug, allow_migrate_ma).0
 }
 
 /// TCB minimums as stored.
