@@ -364,8 +364,9 @@ fi
 config=$("$ctl" bundle check --dir "$workdir" --json 2>"$workdir/.check-errors") \
     || die "$(sed -e 's/^error: //' -- "$workdir/.check-errors" | tr '\n' ' ')"
 rm -f -- "$workdir/.check-errors"
-IFS=$'\t' read -r name vcpus vcpu_type policy features measurement < <(jq -r \
-    '[.name, .vcpus, .vcpu_type, .guest_policy, .guest_features, .measurement] | @tsv' <<<"$config")
+IFS=$'\t' read -r name vcpus vcpu_type policy features measurement no_encryption < <(jq -r \
+    '[.name, .vcpus, .vcpu_type, .guest_policy, .guest_features, .measurement,
+      (.no_encryption // false)] | @tsv' <<<"$config")
 
 # The command line, byte for byte (checked above: no NUL, bounded).
 cmdline_file=$workdir/cmdline
@@ -410,6 +411,9 @@ shell_quote() {
 }
 
 note "record $name: measurement $measurement, policy $policy, $vcpus x $vcpu_type, SEV features $features (set by KVM/QEMU; must match the record)"
+if [ "$no_encryption" = true ]; then
+    note "WARNING: NO CONFIDENTIALITY: $name is a local launch (snpguardctl launch-config of a convert --no-encryption staging directory): its disk is not encrypted and no attestation server knows it. It tests the measured launch only."
+fi
 if $dry_run; then
     shell_quote "$qemu"
     for a in "${args[@]}"; do

@@ -198,6 +198,56 @@ done
 # script asks `snpguardctl bundle check` and keeps no copy of its own.
 check "the script keeps no list of vCPU models" bash -c "! grep -q '^VCPU_TYPES=' '$script'"
 
+# --- a local launch: convert --no-encryption, launch-config ------------------
+
+# A staging directory as `convert --no-encryption` writes it (the bundle's
+# firmware, kernel, initrd and command line, and the label), made into a
+# launch by `snpguardctl launch-config`, whose bundle the script boots with
+# its NO CONFIDENTIALITY warning.
+plain=$tmp/plain-guest
+mkdir "$plain"
+cp -- "$src/firmware.fd" "$src/kernel" "$src/initrd" "$plain/"
+# A bootloader's command line as convert keeps it (printable text only).
+plain_cmdline="root=UUID=0b6f5c1e-0000-4000-8000-000000000001 ro quiet console=ttyS0"
+printf '%s' "$plain_cmdline" >"$plain/cmdline"
+echo "label" >"$plain/no-encryption"
+plain_measurement=$("$ctl" measure --ovmf "$src/firmware.fd" --kernel "$src/kernel" \
+    --initrd "$src/initrd" --append "$plain_cmdline" --vcpus "$vcpus" --vcpu-type "$vcpu_type")
+local_bundle=$tmp/local.tar.gz
+if "$ctl" launch-config --staging-dir "$plain" --vcpus "$vcpus" --vcpu-type "$vcpu_type" \
+    --out-bundle "$local_bundle" --json >"$tmp/local.json" 2>"$tmp/local.err"; then
+    ok "launch-config makes the local launch"
+else
+    cat "$tmp/local.err"
+    fail "launch-config makes the local launch"
+fi
+check "launch-config says the launch gives no confidentiality" grep -q 'NO CONFIDENTIALITY' "$tmp/local.err"
+check "launch-config measures what snpguardctl measure measures" \
+    [ "$(jq -r .measurement "$tmp/local.json")" = "$plain_measurement" ]
+check "launch-config labels its config no_encryption" [ "$(jq -r .no_encryption "$plain/launch-config.json")" = true ]
+check "launch-config names the directory" [ "$(jq -r .name "$tmp/local.json")" = plain-guest ]
+cmd=()
+if "$script" --hda "$hda" --artifacts "$local_bundle" --dry-run --workdir "$tmp/w-local" \
+    --cbitpos 51 --reduced-phys-bits 1 >"$tmp/dry-local.out" 2>"$tmp/dry-local.err"; then
+    ok "the local launch's bundle boots (dry run)"
+else
+    cat "$tmp/dry-local.err"
+    fail "the local launch's bundle boots (dry run)"
+fi
+parse_command "$tmp/dry-local.out"
+check "the local launch: the script warns NO CONFIDENTIALITY" grep -q 'WARNING: NO CONFIDENTIALITY' "$tmp/dry-local.err"
+check "the local launch: id-block is launch-config's" \
+    [ "$(snp_prop id-block)" = "$(base64 -w0 "$plain/id-block.bin")" ]
+check "the local launch: policy is launch-config's" [ "$(snp_prop policy)" = 0x20000 ]
+check "the local launch: -kernel is the staged kernel" same_bytes "$(arg_after -kernel)" "$plain/kernel"
+check "a registered bundle gets no such warning" bash -c "! grep -q 'NO CONFIDENTIALITY' '$tmp/dry1.err'"
+"$ctl" --bus-address "unix:path=$tmp/no-bus" register --name plain --vcpus 2 \
+    --vcpu-type EPYC-v4 --staging-dir "$plain" --out-bundle "$tmp/never.tar.gz" \
+    >/dev/null 2>"$tmp/register.err" && fail "register refuses a --no-encryption staging directory"
+check "register refuses a --no-encryption staging directory, naming launch-config" \
+    grep -q 'was written by .convert --no-encryption..*launch-config' "$tmp/register.err"
+rm -rf -- "$tmp/w-local"
+
 # --- a faked SNP host and a fake QEMU: the real path ----------------------------
 
 fake_host() { # fake_host DIR SEV_SNP EAX EBX [no-sev]

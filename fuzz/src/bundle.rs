@@ -163,6 +163,7 @@ fn config() -> LaunchConfig {
         family_id: "01".repeat(16),
         image_id: "02".repeat(16),
         kernel_hashes: true,
+        no_encryption: false,
     }
 }
 

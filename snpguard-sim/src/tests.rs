@@ -73,6 +73,7 @@ fn fixture() -> Option<Fixture> {
         family_id: hex::encode([0x11; 16]),
         image_id: hex::encode([0x22; 16]),
         kernel_hashes: true,
+        no_encryption: false,
     };
     let bundle = paths("bundle.tar.gz");
     write_bundle(

@@ -32,6 +32,11 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
+/// How every tool labels a local launch (`LaunchConfig::no_encryption`).
+pub const NO_CONFIDENTIALITY: &str = "WARNING: NO CONFIDENTIALITY: a local launch from \
+    `convert --no-encryption` and `launch-config`: the disk is not encrypted and no \
+    attestation server knows this launch; it tests the measured launch only";
+
 pub fn run(cmd: BundleCommand) -> Result<()> {
     let BundleCommand::Check(a) = cmd;
     let limits = ExtractLimits::default();
@@ -63,5 +68,8 @@ fn print(c: &LaunchConfig, json: bool) -> Result<()> {
         "bundle of record {}: measurement {}, policy {}, {} x {}, SEV features {}",
         c.name, c.measurement, c.guest_policy, c.vcpus, c.vcpu_type, c.guest_features
     );
+    if c.no_encryption {
+        println!("{NO_CONFIDENTIALITY}");
+    }
     Ok(())
 }

@@ -18,7 +18,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::json;
-use snpguard_protocol::bundle::{extract_bundle, ExtractLimits, MEMBERS};
+use snpguard_protocol::bundle::{
+    check_extracted, extract_bundle, ExtractLimits, LAUNCH_CONFIG, MEMBERS,
+};
+
+use crate::bundle::NO_CONFIDENTIALITY;
 
 use crate::image::appliance::{gerr, quote, Appliance, Drive};
 
@@ -38,6 +42,7 @@ const _: () =
     assert!(2 * LIMITS.max_total < PARTITION_BYTES && LIMITS.max_member <= LIMITS.max_total);
 
 #[derive(Debug, ClapArgs)]
+#[command(group(clap::ArgGroup::new("source").args(["in_bundle", "in_staging"]).required(true)))]
 pub struct Args {
     /// Image to write the bundle into (qcow2 or raw); grown by 512 MiB if
     /// it has no LAUNCH_ARTIFACTS partition yet
@@ -45,7 +50,11 @@ pub struct Args {
     pub image: PathBuf,
     /// launch-artifacts.tar.gz from register or records export
     #[arg(long, value_name = "FILE")]
-    pub in_bundle: PathBuf,
+    pub in_bundle: Option<PathBuf>,
+    /// A staging directory holding the seven members (a `convert
+    /// --no-encryption` one after `launch-config`)
+    #[arg(long, value_name = "DIR")]
+    pub in_staging: Option<PathBuf>,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -84,16 +93,68 @@ fn other(slot: &str) -> &'static str {
     }
 }
 
+/// Copies the members of the staging directory `dir` into `staged`: each
+/// a regular file (a link is refused, not followed), within the limits
+/// while it is read, so that what is checked is what is written even if
+/// `dir` changes meanwhile.
+fn copy_members(dir: &Path, staged: &Path) -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    for m in MEMBERS {
+        let src = dir.join(m);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
+            .open(&src)
+            .with_context(|| {
+                format!(
+                    "opening {} (a staging directory needs all of {}; run \
+                     `snpguardctl launch-config` on it first)",
+                    src.display(),
+                    MEMBERS.join(", ")
+                )
+            })?;
+        if !f.metadata()?.is_file() {
+            bail!("{} is not a regular file", src.display());
+        }
+        let limit = if m == LAUNCH_CONFIG {
+            LIMITS.max_config
+        } else {
+            LIMITS.max_member
+        };
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(staged.join(m))?;
+        let n = std::io::copy(&mut f.take(limit + 1), &mut out)
+            .with_context(|| format!("reading {}", src.display()))?;
+        if n > limit {
+            bail!("{} is larger than {limit} bytes", src.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<()> {
     let staged = tempdir()?;
-    let input =
-        File::open(&a.in_bundle).with_context(|| format!("opening {}", a.in_bundle.display()))?;
-    let config = extract_bundle(input, staged.path(), &LIMITS).with_context(|| {
-        format!(
-            "refusing {}; the image was not touched",
-            a.in_bundle.display()
-        )
-    })?;
+    let config = match (&a.in_bundle, &a.in_staging) {
+        (Some(bundle), _) => {
+            let input =
+                File::open(bundle).with_context(|| format!("opening {}", bundle.display()))?;
+            extract_bundle(input, staged.path(), &LIMITS).with_context(|| {
+                format!("refusing {}; the image was not touched", bundle.display())
+            })?
+        }
+        (None, Some(dir)) => copy_members(dir, staged.path())
+            .and_then(|()| Ok(check_extracted(staged.path(), &LIMITS)?))
+            .with_context(|| format!("refusing {}; the image was not touched", dir.display()))?,
+        (None, None) => unreachable!("clap requires --in-bundle or --in-staging"),
+    };
+    if config.no_encryption {
+        eprintln!("{NO_CONFIDENTIALITY}");
+    }
 
     let (action, slot) = embed(&a.image, staged.path())?;
     if a.json {

@@ -12,6 +12,7 @@ mod embed;
 mod idblock;
 mod image;
 mod interrupt;
+mod launch_config;
 mod launches;
 mod measure;
 mod output;
@@ -66,6 +67,9 @@ enum Command {
     Convert(convert::Args),
     /// Write a launch bundle into the image's LAUNCH_ARTIFACTS partition
     Embed(embed::Args),
+    /// Measure and sign, locally, the launch of a `convert --no-encryption`
+    /// staging directory (NO confidentiality: for trying a measured launch)
+    LaunchConfig(launch_config::Args),
     /// Print a shell completion script (bash's belongs in
     /// /usr/share/bash-completion/completions/snpguardctl)
     Completions {
@@ -90,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bundle(cmd) => bundle::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Convert(args) => convert::run(args).map(|()| ExitCode::SUCCESS),
         Command::Embed(args) => embed::run(args).map(|()| ExitCode::SUCCESS),
+        Command::LaunchConfig(args) => launch_config::run(args).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "snpguardctl", &mut std::io::stdout());

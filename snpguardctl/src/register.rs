@@ -23,6 +23,9 @@ pub const KERNEL: &str = "kernel";
 pub const INITRD: &str = "initrd";
 pub const CMDLINE: &str = "cmdline";
 pub const SEALED_VMK: &str = "vmk.sealed";
+/// Written by `convert --no-encryption` in place of [`SEALED_VMK`]: a
+/// staging directory for `launch-config`, never for `register`.
+pub const NO_ENCRYPTION: &str = "no-encryption";
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -191,6 +194,15 @@ pub fn run(target: &Target, a: Args) -> Result<()> {
 
 async fn run_async(target: &Target, a: Args) -> Result<()> {
     let dir = &a.staging_dir;
+    if dir.join(NO_ENCRYPTION).exists() {
+        anyhow::bail!(
+            "{} was written by `convert --no-encryption`: it has no disk key to register. \
+             Make its local launch with `snpguardctl launch-config --staging-dir {}`, or \
+             convert the image without --no-encryption to register it",
+            dir.display(),
+            dir.display()
+        );
+    }
     let fd = |name: &str| -> Result<OwnedFd> {
         Ok(OwnedFd::from(std::os::fd::OwnedFd::from(open(dir, name)?)))
     };

@@ -34,6 +34,14 @@ pub struct LaunchConfig {
     /// Kernel, initrd and cmdline hashes in the firmware (must be true:
     /// the measurement assumes `kernel-hashes=on`).
     pub kernel_hashes: bool,
+    /// A launch made locally by `snpguardctl launch-config` from a
+    /// `convert --no-encryption` staging directory: its disk is not
+    /// encrypted, no attestation server knows it, and its ID block is
+    /// signed by keys thrown away after signing. It gives NO
+    /// confidentiality; the tools that launch it say so. Absent (false) in
+    /// every bundle the daemon writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_encryption: bool,
 }
 
 impl LaunchConfig {

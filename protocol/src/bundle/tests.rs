@@ -28,6 +28,7 @@ fn config() -> LaunchConfig {
         family_id: "01".repeat(16),
         image_id: "02".repeat(16),
         kernel_hashes: true,
+        no_encryption: false,
     }
 }
 
@@ -206,6 +207,31 @@ fn round_trip() {
         fs::read_dir(dir.path()).expect("dir").count(),
         MEMBERS.len()
     );
+}
+
+#[test]
+fn the_no_encryption_label_is_written_only_when_set_and_survives_a_round_trip() {
+    // The daemon's bundles carry no such field: their bytes are as before.
+    let daemon = serde_json::to_string(&config()).unwrap();
+    assert!(!daemon.contains("no_encryption"), "{daemon}");
+    let local = LaunchConfig {
+        no_encryption: true,
+        ..config()
+    };
+    let json = serde_json::to_string(&local).unwrap();
+    assert!(json.contains("\"no_encryption\":true"), "{json}");
+    let bytes = write(&local, &inputs()).expect("write");
+    let (_dir, result) = extract(&bytes, &ExtractLimits::default());
+    assert!(result.expect("extract").no_encryption);
+    // An explicit false reads as absent; anything but a boolean is refused.
+    let mut v: serde_json::Value = serde_json::from_str(&daemon).unwrap();
+    v["no_encryption"] = serde_json::json!(false);
+    assert_eq!(
+        serde_json::from_value::<LaunchConfig>(v.clone()).unwrap(),
+        config()
+    );
+    v["no_encryption"] = serde_json::json!("yes");
+    assert!(serde_json::from_value::<LaunchConfig>(v).is_err());
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 mod ingest;
 mod outputs;
+mod plain;
 mod progress;
 mod select;
 
@@ -47,8 +48,8 @@ pub struct Args {
     #[arg(long, value_name = "IN")]
     pub in_image: PathBuf,
     /// Output image (qcow2); must not exist
-    #[arg(long, value_name = "OUT")]
-    pub out_image: PathBuf,
+    #[arg(long, value_name = "OUT", required_unless_present = "no_encryption")]
+    pub out_image: Option<PathBuf>,
     /// Staging directory for register; must not exist or be empty
     #[arg(long, value_name = "DIR")]
     pub out_staging: PathBuf,
@@ -57,11 +58,15 @@ pub struct Args {
     pub firmware: PathBuf,
     /// Attestation server URL for the agent (https://HOST[:PORT]);
     /// repeatable, tried in order
-    #[arg(long = "server", value_name = "URL", required = true)]
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        required_unless_present = "no_encryption"
+    )]
     pub servers: Vec<String>,
     /// CA certificate (PEM) the agent and this command pin for the servers
-    #[arg(long, value_name = "FILE")]
-    pub ca: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "no_encryption")]
+    pub ca: Option<PathBuf>,
     /// The daemon's ingestion public key (raw 32 bytes, base64 or the
     /// /v1/ingestion-key JSON); default: fetched from the first --server
     #[arg(long, value_name = "FILE")]
@@ -97,11 +102,38 @@ pub struct Args {
     /// Print a JSON summary instead of text
     #[arg(long)]
     pub json: bool,
+    /// NO CONFIDENTIALITY: encrypt nothing and install nothing; only
+    /// extract the kernel, initrd and command line (and copy the
+    /// firmware) into --out-staging, for trying a measured launch of the
+    /// unchanged image with `launch-config` before an attestation server
+    /// exists
+    #[arg(long, conflicts_with_all = [
+        "out_image", "servers", "ca", "ingestion_key", "recovery_key_file",
+        "show_recovery_key", "no_recovery_keyslot", "agent", "modules_dir",
+        "simulated_platform",
+    ])]
+    pub no_encryption: bool,
     /// TEST ONLY: the agent attests with snpguard-sim's simulated platform
     /// (QEMU fw_cfg), for the tests and `make demo`; needs the agent's
     /// simulator build (a production agent refuses it)
     #[arg(long)]
     pub simulated_platform: bool,
+}
+
+impl Args {
+    /// The output image (clap requires it unless --no-encryption).
+    fn out_image(&self) -> &Path {
+        self.out_image
+            .as_deref()
+            .expect("clap requires --out-image without --no-encryption")
+    }
+
+    /// The servers' CA (clap requires it unless --no-encryption).
+    fn ca(&self) -> &Path {
+        self.ca
+            .as_deref()
+            .expect("clap requires --ca without --no-encryption")
+    }
 }
 
 /// What happens to the LUKS recovery passphrase.
@@ -140,7 +172,7 @@ fn recovery(a: &Args) -> Result<Recovery> {
                 // The outputs are renamed into place at the end, over
                 // whatever has their name by then.
                 let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-                if [&a.out_image, &a.out_staging]
+                if [a.out_image(), a.out_staging.as_path()]
                     .iter()
                     .any(|o| abs(o) == abs(f))
                 {
@@ -248,10 +280,10 @@ fn check_inputs(a: &Args) -> Result<Recovery> {
         check_server(s)?;
     }
     for (what, p) in [
-        ("input image", &a.in_image),
-        ("firmware", &a.firmware),
-        ("CA file", &a.ca),
-        ("agent", &a.agent),
+        ("input image", a.in_image.as_path()),
+        ("firmware", a.firmware.as_path()),
+        ("CA file", a.ca()),
+        ("agent", a.agent.as_path()),
     ] {
         if !p.is_file() {
             bail!("{what} {} is not a file", p.display());
@@ -279,7 +311,8 @@ fn ingestion_key(a: &Args) -> Result<PublicKey> {
     match &a.ingestion_key {
         Some(p) => ingest::from_file(p),
         None => {
-            let ca = std::fs::read(&a.ca).with_context(|| format!("reading {}", a.ca.display()))?;
+            let ca =
+                std::fs::read(a.ca()).with_context(|| format!("reading {}", a.ca().display()))?;
             ingest::fetch(&a.servers[0], &ca)
         }
     }
@@ -330,9 +363,12 @@ struct Outcome {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.no_encryption {
+        return plain::run(&a);
+    }
     let recovery = check_inputs(&a)?;
     let in_abs = std::fs::canonicalize(&a.in_image)?;
-    if std::fs::canonicalize(&a.out_image).ok().as_ref() == Some(&in_abs) {
+    if std::fs::canonicalize(a.out_image()).ok().as_ref() == Some(&in_abs) {
         bail!("--out-image must not be the input image");
     }
     if a.simulated_platform {
@@ -348,7 +384,7 @@ pub fn run(a: Args) -> Result<()> {
     let config = guest::agent_config(&a.servers, &params, &[], report_source(&a))?;
     check_agent_config(&a.agent, &config)?;
     let key = ingestion_key(&a)?;
-    let out = Partial::new(&a.out_image, false)?;
+    let out = Partial::new(a.out_image(), false)?;
     let staging = Partial::new(&a.out_staging, true)?;
     std::fs::create_dir(staging.path())
         .with_context(|| format!("creating {}", staging.path().display()))?;
@@ -625,7 +661,7 @@ fn convert(
         &Install {
             agent: &a.agent,
             modules_dir: &a.modules_dir,
-            ca: &a.ca,
+            ca: a.ca(),
             config: &config,
             tool: guest.initrd_tool,
         },
@@ -704,7 +740,7 @@ fn summary(
         .collect();
     if a.json {
         let mut v = json!({
-            "out_image": a.out_image.display().to_string(),
+            "out_image": a.out_image().display().to_string(),
             "out_staging": a.out_staging.display().to_string(),
             "product": o.guest.product,
             "root": o.guest.root,
@@ -729,7 +765,7 @@ fn summary(
         println!(
             "converted {} -> {}",
             a.in_image.display(),
-            a.out_image.display()
+            a.out_image().display()
         );
         println!("staging   {}", a.out_staging.display());
         println!("kernel    {}", o.kernel.version);
@@ -828,6 +864,47 @@ mod tests {
             assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
         }
         assert!(parse(&["--recovery-key-file"]).is_err());
+    }
+
+    #[test]
+    fn no_encryption_needs_no_server_or_key_and_refuses_what_it_would_ignore() {
+        use clap::Parser as _;
+        let base = [
+            "convert",
+            "--in-image",
+            "in.qcow2",
+            "--out-staging",
+            "s",
+            "--firmware",
+            "fw.fd",
+        ];
+        let a = Cli::try_parse_from(base.iter().chain(&["--no-encryption"]))
+            .unwrap()
+            .a;
+        assert!(a.no_encryption && a.out_image.is_none() && a.ca.is_none());
+        assert!(a.servers.is_empty());
+        // Without it, the encrypted conversion's inputs are required.
+        let e = Cli::try_parse_from(base).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        for extra in [
+            &["--out-image", "o"][..],
+            &["--server", "https://a"][..],
+            &["--ca", "ca.pem"][..],
+            &["--ingestion-key", "k"][..],
+            &["--show-recovery-key"][..],
+            &["--no-recovery-keyslot"][..],
+            &["--recovery-key-file", "/k"][..],
+            &["--agent", "a"][..],
+            &["--simulated-platform"][..],
+        ] {
+            let e = Cli::try_parse_from(base.iter().chain(&["--no-encryption"]).chain(extra))
+                .unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{extra:?}: {e}"
+            );
+        }
     }
 
     #[test]

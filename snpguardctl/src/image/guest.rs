@@ -111,8 +111,33 @@ pub fn cmdline(
     tool: InitrdTool,
     append: &str,
 ) -> Result<Cmdline> {
+    assemble(
+        bootloader_args,
+        &format!("root={mapper}"),
+        snpguard_args(tool),
+        append,
+    )
+}
+
+/// The command line of a `convert --no-encryption` launch: the
+/// bootloader's, filtered as [`cmdline`] filters it, with `root=UUID=` of
+/// the unchanged root file system and nothing of SnpGuard's.
+pub fn plain_cmdline(bootloader_args: &str, root_uuid: &str, append: &str) -> Result<Cmdline> {
+    if root_uuid.is_empty() || !root_uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        bail!(
+            "the root file system has no usable UUID ({root_uuid:?}) to name on the command line"
+        );
+    }
+    assemble(
+        bootloader_args,
+        &format!("root=UUID={root_uuid}"),
+        &[],
+        append,
+    )
+}
+
+fn assemble(bootloader_args: &str, root: &str, ours: &[&str], append: &str) -> Result<Cmdline> {
     let append = check_append(append)?;
-    let ours = snpguard_args(tool);
     let mut replaced: Vec<&str> = vec!["root"];
     replaced.extend(ours.iter().map(|a| a.split('=').next().unwrap_or(a)));
     let filtered = super::cmdline::filter_bootloader(bootloader_args, &replaced);
@@ -123,7 +148,7 @@ pub fn cmdline(
     if !args.iter().any(|a| a.starts_with("console=")) {
         args.push("console=ttyS0".into());
     }
-    let mut out = vec![format!("root={mapper}")];
+    let mut out = vec![root.to_owned()];
     out.extend(args);
     out.extend(ours.iter().map(|s| s.to_string()));
     out.extend(append);
@@ -419,6 +444,31 @@ mod tests {
         );
         assert!(d.dropped.is_empty());
         assert!(!d.line.ends_with(' ') && !d.line.contains('\n'));
+    }
+
+    #[test]
+    fn a_plain_cmdline_names_the_root_by_uuid_and_adds_nothing_of_snpguard() {
+        let c = plain_cmdline(
+            "BOOT_IMAGE=/vmlinuz root=PARTUUID=abc ro quiet panic=5 init=/bin/sh",
+            "0f6c6a4e-5b1e-4d7a-9e0c-1f2a3b4c5d6e",
+            "loglevel=7",
+        )
+        .unwrap();
+        assert_eq!(
+            c.line,
+            "root=UUID=0f6c6a4e-5b1e-4d7a-9e0c-1f2a3b4c5d6e ro quiet panic=5 console=ttyS0 \
+             loglevel=7"
+        );
+        assert_eq!(c.dropped, ["init=/bin/sh"]);
+        // The operator's additions are checked as convert checks them.
+        let e = plain_cmdline("", "0f6c", "rd.break")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rd.break"), "{e}");
+        // A UUID that could smuggle arguments is refused.
+        for bad in ["", "a b", "x=1", "abc\n"] {
+            assert!(plain_cmdline("", bad, "").is_err(), "{bad:?}");
+        }
     }
 
     #[test]

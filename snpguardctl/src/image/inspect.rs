@@ -186,19 +186,29 @@ pub fn inspect(app: &Appliance) -> Result<Guest> {
     mounts.sort_by_key(|m| m.mountpoint.matches('/').count());
 
     // Mount read-only and read what matters.
-    g.mount_ro(&root, "/").map_err(gerr("mount_ro"))?;
-    for m in &mounts {
-        let dev = format!("/dev/sda{}", m.partnum);
-        g.mount_ro(&dev, &m.mountpoint)
-            .map_err(gerr("mount_ro"))
-            .with_context(|| format!("mounting {} of the input image", m.mountpoint))?;
-    }
+    mount_ro(app, root_partnum, &mounts)?;
     let result = read_mounted(app, product, root_partnum, fstype, &root, mounts).map(|g| Guest {
         swap_partitions,
         ..g
     });
     g.umount_all().map_err(gerr("umount_all"))?;
     result
+}
+
+/// Mounts the input image's root (partition `root_partnum` of /dev/sda)
+/// and its other file systems read-only at their mount points.
+pub fn mount_ro(app: &Appliance, root_partnum: i32, mounts: &[Mount]) -> Result<()> {
+    let g = app.g();
+    g.mount_ro(&format!("/dev/sda{root_partnum}"), "/")
+        .map_err(gerr("mount_ro"))
+        .context("mounting the root of the input image")?;
+    for m in mounts {
+        let dev = format!("/dev/sda{}", m.partnum);
+        g.mount_ro(&dev, &m.mountpoint)
+            .map_err(gerr("mount_ro"))
+            .with_context(|| format!("mounting {} of the input image", m.mountpoint))?;
+    }
+    Ok(())
 }
 
 fn read_mounted(

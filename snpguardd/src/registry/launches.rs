@@ -203,6 +203,7 @@ impl Registry {
             family_id: rec.family_id.clone(),
             image_id: rec.image_id.clone(),
             kernel_hashes: true,
+            no_encryption: false,
         };
         let mut firmware = self.blobs.open_blob(&rec.firmware)?;
         let mut kernel = self.blobs.open_blob(&l.kernel)?;
