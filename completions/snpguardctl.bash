@@ -40,6 +40,9 @@ _snpguardctl() {
             snpguardctl,id-block)
                 cmd="snpguardctl__subcmd__id__subcmd__block"
                 ;;
+            snpguardctl,launch-config)
+                cmd="snpguardctl__subcmd__launch__subcmd__config"
+                ;;
             snpguardctl,measure)
                 cmd="snpguardctl__subcmd__measure"
                 ;;
@@ -111,6 +114,9 @@ _snpguardctl() {
                 ;;
             snpguardctl__subcmd__help,id-block)
                 cmd="snpguardctl__subcmd__help__subcmd__id__subcmd__block"
+                ;;
+            snpguardctl__subcmd__help,launch-config)
+                cmd="snpguardctl__subcmd__help__subcmd__launch__subcmd__config"
                 ;;
             snpguardctl__subcmd__help,measure)
                 cmd="snpguardctl__subcmd__help__subcmd__measure"
@@ -272,7 +278,7 @@ _snpguardctl() {
 
     case "${cmd}" in
         snpguardctl)
-            opts="-H -h -V --bus-address --host --help --version report measure id-block register records certs audit bundle convert embed completions help"
+            opts="-H -h -V --bus-address --host --help --version report measure id-block register records certs audit bundle convert embed launch-config completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -654,7 +660,7 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__convert)
-            opts="-H -h --in-image --out-image --out-staging --firmware --server --ca --ingestion-key --kernel --cmdline-append --recovery-key-file --show-recovery-key --no-recovery-keyslot --yes --agent --modules-dir --json --simulated-platform --bus-address --host --help"
+            opts="-H -h --in-image --out-image --out-staging --firmware --server --ca --ingestion-key --kernel --cmdline-append --recovery-key-file --show-recovery-key --no-recovery-keyslot --yes --agent --modules-dir --json --no-encryption --simulated-platform --bus-address --host --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -728,7 +734,7 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__embed)
-            opts="-H -h --image --in-bundle --json --bus-address --host --help"
+            opts="-H -h --image --in-bundle --in-staging --json --bus-address --host --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -739,6 +745,10 @@ _snpguardctl() {
                     return 0
                     ;;
                 --in-bundle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --in-staging)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -762,7 +772,7 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__help)
-            opts="report measure id-block register records certs audit bundle convert embed completions help"
+            opts="report measure id-block register records certs audit bundle convert embed launch-config completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -930,6 +940,20 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__help__subcmd__id__subcmd__block)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__help__subcmd__launch__subcmd__config)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1221,6 +1245,56 @@ _snpguardctl() {
                     return 0
                     ;;
                 --out-id-auth)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bus-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -H)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__launch__subcmd__config)
+            opts="-H -h --staging-dir --vcpus --vcpu-type --allow-smt --allow-debug --allow-migrate-ma --name --ovmf-hash --out-bundle --json --bus-address --host --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --staging-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --vcpus)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --vcpu-type)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ovmf-hash)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-bundle)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

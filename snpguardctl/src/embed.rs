@@ -4,7 +4,10 @@
 //!
 //! The bundle is extracted and validated on the host first
 //! ([`snpguard_protocol::bundle::extract_bundle`]: known names only, regular files,
-//! bounded sizes); a bad bundle is refused before the image is opened.
+//! bounded sizes), or, with `--in-staging`, its seven members are copied
+//! from a directory without following links and checked the same way
+//! ([`snpguard_protocol::bundle::check_extracted`]); a bad bundle is
+//! refused before the image is opened.
 //! The first embed creates the partition (512 MiB ext4 at the end,
 //! growing the image) or wipes a partition with that label that lacks the
 //! layout, fills /A, creates /B and points /artifacts at A. Later embeds

@@ -1016,3 +1016,193 @@ fn interrupt_leaves_no_output() {
     assert_eq!(status.code(), Some(130), "{status:?}");
     fx.assert_no_outputs();
 }
+
+/// `convert --no-encryption` stages the unchanged image (its kernel,
+/// initrd and bootloader command line with `root=UUID=`), writes no image;
+/// what it staged boots the image (TCG, an overlay) to multi-user from
+/// its own unencrypted root; and `launch-config` turns the staging
+/// directory into a local launch whose bundle `bundle check` accepts and
+/// labels.
+#[test]
+#[ignore = "slow: libguestfs under TCG; run by `make test-convert`"]
+fn no_encryption_stages_the_unchanged_image_for_a_local_launch() {
+    let fx = Fixture::new("no-encryption");
+    let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
+        .expect("the AMD test data (SNPGUARD_TESTDATA; the Makefile sets it)");
+    let mut fw: Vec<u8> = (0..8192).map(|_| rand::random::<u8>()).collect();
+    fw.extend_from_slice(&suffix);
+    std::fs::write(fx.path("OVMF.fd"), &fw).unwrap();
+    let input = marker_image("simple");
+    let token = std::fs::read_to_string(input.with_extension("token"))
+        .expect("the image's token")
+        .trim()
+        .to_owned();
+    let before = sha256(&input);
+    let staging = fx.path("plain");
+    let started = Instant::now();
+    let out = ctl(&[
+        "convert",
+        "--in-image",
+        input.to_str().unwrap(),
+        "--out-staging",
+        staging.to_str().unwrap(),
+        "--firmware",
+        fx.path("OVMF.fd").to_str().unwrap(),
+        "--no-encryption",
+        "--yes",
+        "--json",
+    ]);
+    eprintln!("convert --no-encryption: {:.1?}", started.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "convert --no-encryption failed: {stderr}"
+    );
+    assert!(stderr.contains("NO CONFIDENTIALITY"), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["no_encryption"], true);
+    assert_eq!(sha256(&input), before, "the input image changed");
+
+    // The staging directory and nothing else: no image, no key.
+    let mut names: Vec<String> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "cmdline",
+            "firmware.fd",
+            "initrd",
+            "kernel",
+            "no-encryption"
+        ]
+    );
+    let left: Vec<String> = std::fs::read_dir(&fx.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !["ingestion.pub", "OVMF.fd", "ca.pem", "plain"].contains(&n.as_str()))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(std::fs::read(staging.join("firmware.fd")).unwrap(), fw);
+
+    // The kernel and initrd are the image's own, byte for byte.
+    let kernel = s["kernel"]["kernel"].as_str().unwrap();
+    let initrd = s["kernel"]["initrd"].as_str().unwrap();
+    let app = Appliance::launch(&[(&input, true)]);
+    let k = app.kdisk(0);
+    let sums = app.ok(&format!(
+        "mkdir -p /run/in && mount -o ro,noload {k}{part} /run/in && \
+         sha256sum /run/in{kernel} /run/in{initrd} | cut -d' ' -f1",
+        part = s["root"]["partnum"]
+    ));
+    let sums: Vec<&str> = sums.lines().collect();
+    assert_eq!(sums[0], sha256(&staging.join("kernel")), "staged kernel");
+    assert_eq!(sums[1], sha256(&staging.join("initrd")), "staged initrd");
+    drop(app);
+
+    // The bootloader's command line, the root by UUID, nothing of ours.
+    let cmdline = std::fs::read_to_string(staging.join("cmdline")).unwrap();
+    let uuid = s["root"]["uuid"].as_str().unwrap();
+    assert!(
+        cmdline.starts_with(&format!("root=UUID={uuid} ")),
+        "{cmdline}"
+    );
+    assert!(cmdline.contains("console=ttyS0"), "{cmdline}");
+    for ours in ["snpguard", "rd.luks", "/dev/mapper", "panic=-1"] {
+        assert!(!cmdline.contains(ours), "{ours} in {cmdline}");
+    }
+
+    // What was staged boots the image: an overlay (the input stays as
+    // it is), the staged kernel, initrd and command line, the image's own
+    // unencrypted root, up to the marker unit's token.
+    let overlay = fx.path("boot-overlay.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&input)
+        .arg(&overlay)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let outcome = snpguard_systest::qemu::Boot {
+        kernel: &staging.join("kernel"),
+        initrd: &staging.join("initrd"),
+        append: &cmdline,
+        disk: Some(&overlay),
+        fw_cfg: Vec::new(),
+        deadline: Duration::from_secs(900),
+    }
+    .run(&fx.path("plain-serial.log"))
+    .expect("QEMU");
+    eprintln!(
+        "boot of the --no-encryption staging: {:.0?}",
+        outcome.elapsed
+    );
+    let want = format!("SNPGUARD-DEMO-BOOTED {token}");
+    assert!(
+        outcome.log.lines().any(|l| l.trim_end().ends_with(&want)),
+        "no {want:?} on the console:\n{}",
+        outcome.log
+    );
+    assert!(
+        outcome
+            .log
+            .lines()
+            .any(|l| l.contains("SNPGUARD-DEMO-MOUNTS /=/dev/vda")),
+        "the root is not the image's plain partition:\n{}",
+        outcome.log
+    );
+    assert!(outcome.powered_off(), "{}", outcome.log);
+    assert!(outcome.shell_signs().is_empty(), "{}", outcome.log);
+    std::fs::remove_file(&overlay).unwrap();
+    assert_eq!(
+        sha256(&input),
+        before,
+        "booting an overlay changed the image"
+    );
+
+    // launch-config makes the local launch; bundle check labels it.
+    let bundle = fx.path("local.tar.gz");
+    let out = ctl(&[
+        "launch-config",
+        "--staging-dir",
+        staging.to_str().unwrap(),
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--out-bundle",
+        bundle.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "launch-config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let measured = ctl(&[
+        "measure",
+        "--ovmf",
+        fx.path("OVMF.fd").to_str().unwrap(),
+        "--kernel",
+        staging.join("kernel").to_str().unwrap(),
+        "--initrd",
+        staging.join("initrd").to_str().unwrap(),
+        "--append",
+        &cmdline,
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-v4",
+    ]);
+    assert!(measured.status.success());
+    assert_eq!(
+        cfg["measurement"].as_str().unwrap(),
+        String::from_utf8_lossy(&measured.stdout).trim()
+    );
+    let out = ctl(&["bundle", "check", bundle.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NO CONFIDENTIALITY"));
+}

@@ -293,6 +293,74 @@ fn embed_creates_is_idempotent_switches_slots_and_refuses_hostile_bundles() {
         m3["./B/kernel"]
     );
     assert_eq!(virtual_size(&img), size1);
+
+    // --in-staging: the seven members from a directory (what
+    // launch-config leaves in a --no-encryption staging directory).
+    let staging = dir.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&b1)
+        .arg("-C")
+        .arg(&staging));
+    std::fs::write(staging.join("no-encryption"), "label\n").unwrap();
+    let from_staging = |extra: &str| {
+        ctl(&[
+            "embed",
+            "--image",
+            img.to_str().unwrap(),
+            "--in-staging",
+            staging.to_str().unwrap(),
+            extra,
+        ])
+    };
+    // A member missing, or a link in place of one: refused, untouched.
+    let before = sha256(&img);
+    let auth = staging.join("id-auth.bin");
+    let kept = dir.path().join("id-auth.kept");
+    std::fs::rename(&auth, &kept).unwrap();
+    let out = from_staging("--json");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the image was not touched") && err.contains("launch-config"),
+        "{err}"
+    );
+    std::os::unix::fs::symlink(&kept, &auth).unwrap();
+    let out = from_staging("--json");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the image was not touched"),
+        "{err}"
+    );
+    assert_eq!(
+        sha256(&img),
+        before,
+        "a refused staging directory changed the image"
+    );
+    std::fs::remove_file(&auth).unwrap();
+    std::fs::rename(&kept, &auth).unwrap();
+    let out = from_staging("--json");
+    assert!(
+        out.status.success(),
+        "embed --in-staging: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["action"], "switched");
+    assert_eq!(r["active_slot"], "A");
+    let (m4, link4) = artifacts(&img);
+    assert_eq!(link4, "A");
+    // Slot A was rewritten (new mtimes) with the same bytes.
+    let content = |entry: &str| {
+        entry
+            .split(' ')
+            .find(|f| f.starts_with("sha="))
+            .map(str::to_owned)
+    };
+    assert_eq!(content(&m4["./A/kernel"]), content(&m1["./A/kernel"]));
+    assert!(content(&m4["./A/kernel"]).is_some());
+    assert!(!m4.keys().any(|k| k.contains("no-encryption")), "{m4:?}");
 }
 
 #[test]
