@@ -1578,7 +1578,7 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__records__subcmd__export)
-            opts="-H -h --out --launch --json --bus-address --host --help"
+            opts="-H -h --out --launch --format --json --bus-address --host --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1590,6 +1590,10 @@ _snpguardctl() {
                     ;;
                 --launch)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "tar.gz squashfs" -- "${cur}"))
                     return 0
                     ;;
                 --bus-address)

@@ -29,7 +29,9 @@ its launch bundle, exactly as registered with snpguardd.
 
   --hda IMAGE          guest disk image (qcow2 or raw)
   --artifacts FILE     launch-artifacts.tar.gz from `snpguardctl register`
-                       or `snpguardctl records export`
+                       or `snpguardctl records export`, or the squashfs
+                       image of `records export --format squashfs`
+                       (read with unsquashfs)
   --from-partition     read the active slot of IMAGE's LAUNCH_ARTIFACTS
                        partition (written by `snpguardctl embed`; read-only,
                        through guestfish)
@@ -299,6 +301,49 @@ extract_tar() {
     exec 3<&-
 }
 
+# A squashfs bundle (`snpguardctl records export --format squashfs`):
+# listed first like the tar.gz (the seven members at its root as regular
+# files, each once, within the limits; the root directory itself aside),
+# then exactly those names extracted, through one open file descriptor.
+extract_squashfs() {
+    local file=$1 listing perms owner size day time name rest total=0 m
+    local -A seen=()
+    command -v unsquashfs >/dev/null 2>&1 \
+        || die "bundle $file is a squashfs image; reading it needs unsquashfs (apt-get install squashfs-tools)"
+    exec 3<"$file" || die "cannot open bundle $file"
+    if ! listing=$(unsquashfs -lls -no-xattrs /dev/fd/3 2>"$workdir/.sq-errors"); then
+        die "bundle $file is not a valid squashfs image: $(tail -n 1 -- "$workdir/.sq-errors")"
+    fi
+    rm -f -- "$workdir/.sq-errors"
+    while IFS= read -r line; do
+        read -r perms owner size day time name rest <<<"$line"
+        [ "$name" = squashfs-root ] && [ "${perms:0:1}" = d ] && continue
+        name=${name#squashfs-root/}
+        [ "${perms:0:1}" = - ] || die "bundle member '$name' is not a regular file (type '${perms:0:1}')"
+        [ -z "$rest" ] || die "bundle member '$name $rest' is not one of the launch bundle's names"
+        is_member "$name" || die "bundle member '$name' is not part of a launch bundle"
+        [ -z "${seen[$name]:-}" ] || die "bundle member '$name' appears more than once"
+        seen[$name]=1
+        [[ $size =~ ^[0-9]{1,12}$ ]] || die "bundle member '$name' has an unreadable size '$size'"
+        [ "$size" -le "$(member_limit "$name")" ] || die "bundle member '$name' is larger than $(member_limit "$name") bytes"
+        total=$((total + size))
+        : "$owner" "$day" "$time"
+    done < <(grep -v -e '^Parallel unsquashfs' -e '^[0-9]* inodes' -e '^$' <<<"$listing")
+    [ "$total" -le "$MAX_TOTAL" ] || die "bundle content is larger than $MAX_TOTAL bytes"
+    for m in "${MEMBERS[@]}"; do
+        [ -n "${seen[$m]:-}" ] || die "bundle member '$m' is missing"
+    done
+    unsquashfs -no-xattrs -no-progress -d "$workdir/.squashfs" /dev/fd/3 "${MEMBERS[@]}" \
+        >/dev/null 2>"$workdir/.sq-errors" \
+        || die "extracting bundle $file failed: $(tail -n 1 -- "$workdir/.sq-errors")"
+    rm -f -- "$workdir/.sq-errors"
+    for m in "${MEMBERS[@]}"; do
+        mv -- "$workdir/.squashfs/$m" "$workdir/$m" || die "extracting bundle $file failed"
+    done
+    rmdir -- "$workdir/.squashfs" || die "bundle $file holds more than the launch bundle's members"
+    exec 3<&-
+}
+
 # Reads the active slot of the LAUNCH_ARTIFACTS partition: libguestfs
 # opens the image read-only in its appliance (nothing is mounted on the
 # host; the guest's file systems are untrusted input).
@@ -349,6 +394,8 @@ extract_partition() {
 
 if $from_partition; then
     extract_partition
+elif [ -f "$artifacts" ] && [ "$(head -c 4 -- "$artifacts" | od -An -tx1 | tr -d ' \n')" = 68737173 ]; then
+    extract_squashfs "$artifacts"
 else
     extract_tar "$artifacts"
 fi

@@ -116,6 +116,9 @@ declare -A APT=(
 # scripts/launch-qemu-snp.sh (jq; guestfish for --from-partition, which
 # the libguestfs step below installs from backports) and its test.
 APT[jq]=/usr/bin/jq
+# records export --format squashfs (mksquashfs) and the launch script's
+# squashfs bundles (unsquashfs).
+APT[squashfs-tools]=/usr/bin/mksquashfs
 # snpguardctl embed (qemu-img) and tests/guest/build-image.sh.
 APT[qemu-utils]=/usr/bin/qemu-img
 APT[gdisk]=/usr/sbin/sgdisk

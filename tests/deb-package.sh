@@ -36,11 +36,9 @@ trap 'rm -rf "$scratch"' EXIT
 # (stand-in binaries, as tests/install-tree.sh), with the units under
 # /lib/systemd/system (Debian 12's debhelper looks for them there) and
 # the manual pages compressed; each file in one package only.
-bins="$scratch/bin"
-mkdir -p "$bins"
-for b in snpguardd snpguardctl snpguard-agent; do printf '#!/bin/sh\n' > "$bins/$b"; done
-make -s install DESTDIR="$scratch/tree" PREFIX=/usr UNITDIR=/lib/systemd/system \
-    TARGET_DIR="$bins" AGENT_BIN="$bins/snpguard-agent" >/dev/null
+# shellcheck source=tests/lib/install-stand-ins.sh
+. tests/lib/install-stand-ins.sh
+install_with_stand_ins "$scratch" "$scratch/tree" UNITDIR=/lib/systemd/system
 want=$(cd "$scratch/tree" && find . -type f -printf '/%P\n' \
     | sed -E 's|^(/usr/share/man/.*)$|\1.gz|' | sort)
 list() { dpkg-deb --fsys-tarfile "$1" | tar -t | sed -e 's|^\./|/|' -e '/\/$/d' \
@@ -113,6 +111,10 @@ grep -q 'deb-systemd-helper purge' "$scratch/control/postrm" || fail "postrm doe
 depends=$(dpkg-deb -f "$main" Depends)
 for dep in dbus polkitd qemu-utils libguestfs0 'systemd | systemd-standalone-sysusers'; do
     grep -qF "$dep" <<<"$depends" || fail "snpguard does not depend on $dep (Depends: $depends)"
+done
+recommends=$(dpkg-deb -f "$main" Recommends)
+for rec in linux-image-amd64 openssh-client squashfs-tools; do
+    grep -qF "$rec" <<<"$recommends" || fail "snpguard does not recommend $rec (Recommends: $recommends)"
 done
 cdepends=$(dpkg-deb -f "$cockpit" Depends)
 grep -qF 'cockpit-bridge' <<<"$cdepends" || fail "cockpit-snpguard does not depend on cockpit-bridge"

@@ -36,7 +36,7 @@ check() { # check DESCRIPTION COMMAND...
     if "$@"; then ok "$what"; else fail "$what"; fi
 }
 
-for tool in shellcheck jq guestfish qemu-img python3 openssl; do
+for tool in shellcheck jq guestfish qemu-img python3 openssl mksquashfs unsquashfs; do
     command -v "$tool" >/dev/null || { echo "launch-script test: $tool missing (make deps)" >&2; exit 1; }
 done
 
@@ -368,6 +368,48 @@ refused "a directory member" "is not a regular file (type 'd')" dry --artifacts 
 head -c 1000 "$bundle" >"$tmp/truncated.tar.gz"
 refused "a truncated archive" "is not a valid tar.gz" dry --artifacts "$tmp/truncated.tar.gz"
 check "no hostile member escaped" test ! -e "$tmp/evil" -a ! -e /tmp/evil
+
+# Squashfs bundles (records export --format squashfs): the same members
+# at the image's root boot exactly as the tar.gz; anything else is refused.
+make_squashfs() { # make_squashfs DIR OUT
+    mksquashfs "$1" "$2" -noappend -no-xattrs -all-root -mkfs-time 0 -all-time 0 \
+        -no-progress -quiet >/dev/null
+}
+sq_src=$tmp/sq-src
+mkdir "$sq_src"
+cp -- "${MEMBERS[@]/#/$src/}" "$sq_src/"
+make_squashfs "$sq_src" "$tmp/bundle.sqfs"
+cmd=()
+if dry --artifacts "$tmp/bundle.sqfs" >"$tmp/dry-sq.out" 2>"$tmp/dry-sq.err"; then
+    ok "a squashfs bundle boots (dry run)"
+else
+    cat "$tmp/dry-sq.err"
+    fail "a squashfs bundle boots (dry run)"
+fi
+parse_command "$tmp/dry-sq.out"
+check "--artifacts squashfs: -append equals the bundle's cmdline" \
+    [ "$(arg_after -append)" = "$(cat "$src/cmdline")" ]
+check "--artifacts squashfs: id-block is the bundle's" \
+    [ "$(snp_prop id-block)" = "$(base64 -w0 "$src/id-block.bin")" ]
+check "--artifacts squashfs: -initrd is the bundle's initrd" same_bytes "$(arg_after -initrd)" "$src/initrd"
+rm -rf -- "$(dirname "$(arg_after -kernel)")"
+for kind in symlink extra missing subdir; do
+    d=$tmp/sq-$kind
+    cp -a -- "$sq_src" "$d"
+    case $kind in
+        symlink) rm -- "$d/kernel"; ln -s /etc/passwd "$d/kernel" ;;
+        extra) echo x >"$d/extra" ;;
+        missing) rm -- "$d/id-auth.bin" ;;
+        subdir) mkdir "$d/A" ;;
+    esac
+    make_squashfs "$d" "$tmp/$kind.sqfs"
+done
+refused "squashfs: a symlink member" "bundle member 'kernel' is not a regular file (type 'l')" dry --artifacts "$tmp/symlink.sqfs"
+refused "squashfs: an unknown member" "bundle member 'extra' is not part of a launch bundle" dry --artifacts "$tmp/extra.sqfs"
+refused "squashfs: a member is missing" "bundle member 'id-auth.bin' is missing" dry --artifacts "$tmp/missing.sqfs"
+refused "squashfs: a directory" "bundle member 'A' is not a regular file (type 'd')" dry --artifacts "$tmp/subdir.sqfs"
+head -c 4096 "$tmp/bundle.sqfs" >"$tmp/truncated.sqfs"
+refused "squashfs: a truncated image" "is not a valid squashfs image" dry --artifacts "$tmp/truncated.sqfs"
 
 bad=$tmp/bad
 variant() { # variant NAME: copy of the sources, to be changed

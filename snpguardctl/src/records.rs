@@ -91,12 +91,16 @@ pub struct ExportArgs {
     /// Record name or id
     #[arg(value_name = "ID-OR-NAME")]
     pub record: String,
-    /// Where to write launch-artifacts.tar.gz (replaced atomically)
+    /// Where to write the bundle (replaced atomically)
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Export this launch (default: the newest approved one)
     #[arg(long, value_name = "L")]
     pub launch: Option<String>,
+    /// tar.gz (launch-artifacts.tar.gz) or squashfs (the same members in
+    /// a squashfs image; needs mksquashfs)
+    #[arg(long, value_enum, default_value_t)]
+    pub format: crate::bundle::Format,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -347,9 +351,26 @@ async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
         }
         RecordsCommand::Export(a) => {
             let r = find(&bus, &a.record).await?;
+            // A squashfs image is made from the tar.gz the daemon writes.
+            let tmp = match a.format {
+                crate::bundle::Format::TarGz => None,
+                crate::bundle::Format::Squashfs => Some(
+                    tempfile::Builder::new()
+                        .prefix("snpguard-export-")
+                        .tempdir()
+                        .context("creating a temporary directory")?,
+                ),
+            };
+            let tar_gz = match &tmp {
+                None => a.out.clone(),
+                Some(d) => d.path().join("launch-artifacts.tar.gz"),
+            };
             match &a.launch {
-                None => export_to(&bus, &r, &a.out).await?,
-                Some(l) => launches::export_launch(&bus, &r, l, &a.out).await?,
+                None => export_to(&bus, &r, &tar_gz).await?,
+                Some(l) => launches::export_launch(&bus, &r, l, &tar_gz).await?,
+            }
+            if tmp.is_some() {
+                crate::bundle::to_squashfs(&tar_gz, &a.out)?;
             }
             let id = r.id().await.map_err(describe)?;
             if a.json {

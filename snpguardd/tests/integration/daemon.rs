@@ -517,6 +517,63 @@ async fn register_export_restart_and_errors() {
         std::fs::read(&bundle).expect("bundle"),
         "export after restart is byte-identical"
     );
+    // --format squashfs: the same seven members at the image's root, the
+    // same bytes every time.
+    let sq = |name: &str| {
+        let p = s.dir.path().join(name);
+        ok(&ctl(
+            &s.bus,
+            &[
+                "records",
+                "export",
+                "web",
+                "--format",
+                "squashfs",
+                "--out",
+                p.to_str().expect("utf-8"),
+            ],
+        ));
+        p
+    };
+    let (sq1, sq2) = (sq("web.sqfs"), sq("web-again.sqfs"));
+    assert_eq!(
+        std::fs::read(&sq1).expect("sq1"),
+        std::fs::read(&sq2).expect("sq2")
+    );
+    let unpacked = s.dir.path().join("unsquashed");
+    let out = std::process::Command::new("unsquashfs")
+        .arg("-d")
+        .arg(&unpacked)
+        .arg(&sq1)
+        .output()
+        .expect("unsquashfs");
+    assert!(out.status.success(), "{out:?}");
+    let tar_dir = s.dir.path().join("untarred");
+    std::fs::create_dir(&tar_dir).expect("mkdir");
+    snpguard_protocol::bundle::extract_bundle(
+        std::fs::File::open(&bundle).expect("bundle"),
+        &tar_dir,
+        &Default::default(),
+    )
+    .expect("extract");
+    let mut names: Vec<String> = std::fs::read_dir(&unpacked)
+        .expect("unsquashed")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = snpguard_protocol::bundle::MEMBERS
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    for m in snpguard_protocol::bundle::MEMBERS {
+        assert_eq!(
+            std::fs::read(unpacked.join(m)).expect("member"),
+            std::fs::read(tar_dir.join(m)).expect("member"),
+            "{m}"
+        );
+    }
     ok(&ctl(&s.bus, &["records", "delete", "web2"]));
     assert_eq!(records(&s.bus).len(), 1);
     daemon.stop();
