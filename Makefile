@@ -55,7 +55,7 @@ MAN5_PAGES = $(sort $(wildcard man/*.5))
 MAN8_PAGES = $(sort $(wildcard man/*.8))
 SHAREDIR = $(PREFIX)/share/snpguard
 # Shell scripts checked by `make check-scripts` (sh -n / bash -n, shellcheck).
-SHELL_SCRIPTS = $(wildcard scripts/*.sh tests/*.sh tests/guest/*.sh) \
+SHELL_SCRIPTS = $(wildcard scripts/*.sh tests/*.sh tests/lib/*.sh tests/guest/*.sh) \
 	initramfs-tools/hooks/snpguard initramfs-tools/scripts/local-top/snpguard \
 	dracut/90snpguard/module-setup.sh dracut/90snpguard/snpguard-unlock.sh
 

@@ -9,15 +9,13 @@ fail() { echo "install-tree: $*" >&2; exit 1; }
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+# shellcheck source=tests/lib/install-stand-ins.sh
+. tests/lib/install-stand-ins.sh
 bins="$scratch/bin"
-mkdir -p "$bins"
-for b in snpguardd snpguardctl snpguard-agent; do
-    printf '#!/bin/sh\n' > "$bins/$b"
-done
 
 # 1. The full tree, PREFIX=/usr.
 dest="$scratch/root"
-make -s install DESTDIR="$dest" PREFIX=/usr TARGET_DIR="$bins" AGENT_BIN="$bins/snpguard-agent" >/dev/null
+install_with_stand_ins "$scratch" "$dest"
 
 expected=(
     "755 usr/bin/snpguardctl"
