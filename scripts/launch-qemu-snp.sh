@@ -260,12 +260,36 @@ member_limit() {
     if [ "$1" = launch-config.json ]; then echo "$MAX_CONFIG"; else echo "$MAX_MEMBER"; fi
 }
 
+# One listed entry of a bundle archive (tar or squashfs): NAME, its type
+# letter as ls prints it, its SIZE and anything left on the line. Counts
+# it into the caller's `seen` (an associative array) and `total`.
+check_entry() {
+    local name=$1 type=$2 size=$3 rest=$4
+    [ "$type" = - ] || die "bundle member '$name' is not a regular file (type '$type')"
+    [ -z "$rest" ] || die "bundle member '$name $rest' is not one of the launch bundle's names"
+    is_member "$name" || die "bundle member '$name' is not part of a launch bundle"
+    [ -z "${seen[$name]:-}" ] || die "bundle member '$name' appears more than once"
+    seen[$name]=1
+    [[ $size =~ ^[0-9]{1,12}$ ]] || die "bundle member '$name' has an unreadable size '$size'"
+    [ "$size" -le "$(member_limit "$name")" ] || die "bundle member '$name' is larger than $(member_limit "$name") bytes"
+    total=$((total + size))
+}
+
+# After the listing: every member there, the total within its limit.
+check_all_listed() {
+    local m
+    [ "$total" -le "$MAX_TOTAL" ] || die "bundle content is larger than $MAX_TOTAL bytes"
+    for m in "${MEMBERS[@]}"; do
+        [ -n "${seen[$m]:-}" ] || die "bundle member '$m' is missing"
+    done
+}
+
 # Lists the archive first and refuses anything but the seven known
 # members as regular files, each once, within the size limits; then
 # extracts exactly those names. The archive is read through one open file
 # descriptor, so replacing the path in between changes nothing.
 extract_tar() {
-    local file=$1 listing perms owner size day time name rest total=0 m
+    local file=$1 listing perms owner size day time name rest total=0
     local -A seen=()
     [ -f "$file" ] || die "bundle $file is not a regular file"
     exec 3<"$file" || die "cannot open bundle $file"
@@ -281,20 +305,10 @@ extract_tar() {
             /*) die "bundle member '$name' has an absolute path" ;;
             .. | ../* | */.. | */../*) die "bundle member '$name' has a '..' component" ;;
         esac
-        [ "${perms:0:1}" = - ] || die "bundle member '$name' is not a regular file (type '${perms:0:1}')"
-        [ -z "$rest" ] || die "bundle member '$name $rest' is not one of the launch bundle's names"
-        is_member "$name" || die "bundle member '$name' is not part of a launch bundle"
-        [ -z "${seen[$name]:-}" ] || die "bundle member '$name' appears more than once"
-        seen[$name]=1
-        [[ $size =~ ^[0-9]{1,12}$ ]] || die "bundle member '$name' has an unreadable size '$size'"
-        [ "$size" -le "$(member_limit "$name")" ] || die "bundle member '$name' is larger than $(member_limit "$name") bytes"
-        total=$((total + size))
+        check_entry "$name" "${perms:0:1}" "$size" "$rest"
         : "$owner" "$day" "$time"
     done <<<"$listing"
-    [ "$total" -le "$MAX_TOTAL" ] || die "bundle content is larger than $MAX_TOTAL bytes"
-    for m in "${MEMBERS[@]}"; do
-        [ -n "${seen[$m]:-}" ] || die "bundle member '$m' is missing"
-    done
+    check_all_listed
     tar --extract -z -f /dev/fd/3 -C "$workdir" --no-same-owner --no-same-permissions \
         --no-overwrite-dir -- "${MEMBERS[@]}" \
         || die "extracting bundle $file failed"
@@ -319,20 +333,10 @@ extract_squashfs() {
         read -r perms owner size day time name rest <<<"$line"
         [ "$name" = squashfs-root ] && [ "${perms:0:1}" = d ] && continue
         name=${name#squashfs-root/}
-        [ "${perms:0:1}" = - ] || die "bundle member '$name' is not a regular file (type '${perms:0:1}')"
-        [ -z "$rest" ] || die "bundle member '$name $rest' is not one of the launch bundle's names"
-        is_member "$name" || die "bundle member '$name' is not part of a launch bundle"
-        [ -z "${seen[$name]:-}" ] || die "bundle member '$name' appears more than once"
-        seen[$name]=1
-        [[ $size =~ ^[0-9]{1,12}$ ]] || die "bundle member '$name' has an unreadable size '$size'"
-        [ "$size" -le "$(member_limit "$name")" ] || die "bundle member '$name' is larger than $(member_limit "$name") bytes"
-        total=$((total + size))
+        check_entry "$name" "${perms:0:1}" "$size" "$rest"
         : "$owner" "$day" "$time"
     done < <(grep -v -e '^Parallel unsquashfs' -e '^[0-9]* inodes' -e '^$' <<<"$listing")
-    [ "$total" -le "$MAX_TOTAL" ] || die "bundle content is larger than $MAX_TOTAL bytes"
-    for m in "${MEMBERS[@]}"; do
-        [ -n "${seen[$m]:-}" ] || die "bundle member '$m' is missing"
-    done
+    check_all_listed
     unsquashfs -no-xattrs -no-progress -d "$workdir/.squashfs" /dev/fd/3 "${MEMBERS[@]}" \
         >/dev/null 2>"$workdir/.sq-errors" \
         || die "extracting bundle $file failed: $(tail -n 1 -- "$workdir/.sq-errors")"
