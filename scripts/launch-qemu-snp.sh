@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts a registered SnpGuard guest as an AMD SEV-SNP VM under QEMU/KVM,
-# from its launch-artifacts.tar.gz or from the LAUNCH_ARTIFACTS partition
-# that `snpguardctl embed` wrote into the image.
+# from its launch-artifacts.tar.gz (or its squashfs image) or from the
+# LAUNCH_ARTIFACTS partition that `snpguardctl embed` wrote into the image.
+# A local launch of `snpguardctl launch-config` (no encryption, no server)
+# starts the same way, with a NO CONFIDENTIALITY warning.
 #
 # The launch is exactly the one the daemon measured: the bundle's
 # firmware, kernel, initrd and command line (byte for byte, nothing
@@ -25,13 +27,16 @@ Usage: launch-qemu-snp.sh --hda IMAGE
            [--memory 4G] [--dry-run] [options]
 
 Starts the guest in IMAGE as an SEV-SNP VM (QEMU >= 9.1 with KVM) from
-its launch bundle, exactly as registered with snpguardd.
+its launch bundle, exactly as registered with snpguardd (or as
+`snpguardctl launch-config` signed a local launch: no confidentiality).
 
   --hda IMAGE          guest disk image (qcow2 or raw)
   --artifacts FILE     launch-artifacts.tar.gz from `snpguardctl register`
                        or `snpguardctl records export`, or the squashfs
                        image of `records export --format squashfs`
-                       (read with unsquashfs)
+                       (a file or a block device; read with unsquashfs),
+                       or a local launch's bundle (`launch-config
+                       --out-bundle`: no confidentiality)
   --from-partition     read the active slot of IMAGE's LAUNCH_ARTIFACTS
                        partition (written by `snpguardctl embed`; read-only,
                        through guestfish)
@@ -343,6 +348,10 @@ extract_squashfs() {
     rm -f -- "$workdir/.sq-errors"
     for m in "${MEMBERS[@]}"; do
         mv -- "$workdir/.squashfs/$m" "$workdir/$m" || die "extracting bundle $file failed"
+        # As tar's --no-same-owner --no-same-permissions: the image's
+        # owners and modes are not kept.
+        chown -- "$(id -u):$(id -g)" "$workdir/$m" || die "extracting bundle $file failed"
+        chmod 0600 -- "$workdir/$m" || die "extracting bundle $file failed"
     done
     rmdir -- "$workdir/.squashfs" || die "bundle $file holds more than the launch bundle's members"
     exec 3<&-
@@ -398,7 +407,8 @@ extract_partition() {
 
 if $from_partition; then
     extract_partition
-elif [ -f "$artifacts" ] && [ "$(head -c 4 -- "$artifacts" | od -An -tx1 | tr -d ' \n')" = 68737173 ]; then
+elif { [ -f "$artifacts" ] || [ -b "$artifacts" ]; } \
+    && [ "$(head -c 4 -- "$artifacts" | od -An -tx1 | tr -d ' \n')" = 68737173 ]; then
     extract_squashfs "$artifacts"
 else
     extract_tar "$artifacts"

@@ -65,6 +65,9 @@ pub fn run(cmd: BundleCommand) -> Result<()> {
 fn print(c: &LaunchConfig, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(c)?);
+        if c.no_encryption {
+            eprintln!("{NO_CONFIDENTIALITY}");
+        }
         return Ok(());
     }
     println!(
@@ -89,12 +92,26 @@ pub enum Format {
     Squashfs,
 }
 
+/// Refuses early when mksquashfs is not installed (before a bundle is
+/// exported for nothing).
+pub fn require_mksquashfs() -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("mksquashfs").is_file()));
+    if !found {
+        bail!(
+            "mksquashfs is not installed; install squashfs-tools (apt-get install squashfs-tools)"
+        );
+    }
+    Ok(())
+}
+
 /// Rewrites the bundle `tar_gz` as a squashfs image at `out` (replaced
 /// atomically). The bundle is extracted and checked first as every reader
 /// does; the image holds exactly its seven members, 0644 and owned by
 /// root, with every time stamp zero, so the same bundle gives the same
 /// bytes. Runs Debian's mksquashfs (squashfs-tools).
 pub fn to_squashfs(tar_gz: &Path, out: &Path) -> Result<()> {
+    require_mksquashfs()?;
     let limits = ExtractLimits::default();
     let dir = tempfile::Builder::new()
         .prefix("snpguard-squashfs-")

@@ -152,6 +152,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         (None, Some(dir)) => copy_members(dir, staged.path())
             .and_then(|()| Ok(check_extracted(staged.path(), &LIMITS)?))
+            .and_then(|c| {
+                crate::launch_config::check_signed(staged.path(), &c)?;
+                Ok(c)
+            })
             .with_context(|| format!("refusing {}; the image was not touched", dir.display()))?,
         (None, None) => unreachable!("clap requires --in-bundle or --in-staging"),
     };

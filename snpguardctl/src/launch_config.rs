@@ -64,7 +64,7 @@ pub struct Args {
     #[arg(long, value_name = "HEX")]
     pub ovmf_hash: Option<LaunchDigest>,
     /// Also write the seven members as launch-artifacts.tar.gz here
-    /// (replaced atomically), for scripts/launch-qemu-snp.sh --bundle
+    /// (replaced atomically), for scripts/launch-qemu-snp.sh --artifacts
     #[arg(long, value_name = "FILE")]
     pub out_bundle: Option<PathBuf>,
     /// Print JSON instead of text
@@ -139,6 +139,18 @@ pub struct Made {
 pub fn make(a: &Args) -> Result<Made> {
     check_staging(&a.staging_dir)?;
     let dir = &a.staging_dir;
+    if let Some(out) = &a.out_bundle {
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if std::fs::canonicalize(parent).ok() == std::fs::canonicalize(dir).ok() {
+            bail!(
+                "--out-bundle {} is inside the staging directory; write the bundle elsewhere",
+                out.display()
+            );
+        }
+    }
     let vcpu_type: VcpuType = a
         .vcpu_type
         .parse()
@@ -197,14 +209,92 @@ pub fn make(a: &Args) -> Result<Made> {
         .validate()
         .map_err(|e| anyhow::anyhow!("{e}; pass --name NAME with A-Z a-z 0-9 . _ - only"))?;
     let json = serde_json::to_vec_pretty(&config)?;
-    write_atomic(&dir.join(ID_BLOCK), &block_bytes, 0o644)?;
-    write_atomic(&dir.join(ID_AUTH), auth.as_bytes(), 0o644)?;
-    // The config last: its presence says the other two are this launch's.
-    write_atomic(&dir.join(LAUNCH_CONFIG), &json, 0o644)?;
+    // The bundle first: if it cannot be written, the staging directory
+    // is as it was.
     if let Some(out) = &a.out_bundle {
         write_local_bundle(dir, &config, &cmdline, &block_bytes, auth.as_bytes(), out)?;
     }
+    // Without a config the directory is no launch: a run that fails
+    // half-way leaves one that embed --in-staging refuses.
+    match std::fs::remove_file(dir.join(LAUNCH_CONFIG)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing the old {LAUNCH_CONFIG}"))
+        }
+        _ => {}
+    }
+    write_atomic(&dir.join(ID_BLOCK), &block_bytes, 0o644)?;
+    write_atomic(&dir.join(ID_AUTH), auth.as_bytes(), 0o644)?;
+    // The command line as measured: one trailing newline that
+    // read_cmdline dropped would otherwise reach QEMU from the directory.
+    if std::fs::read(dir.join(CMDLINE))? != cmdline.as_bytes() {
+        write_atomic(&dir.join(CMDLINE), cmdline.as_bytes(), 0o600)?;
+    }
+    // The config last: its presence says the others are this launch's.
+    write_atomic(&dir.join(LAUNCH_CONFIG), &json, 0o644)?;
     Ok(Made { config })
+}
+
+/// Checks that the members in `dir` are the launch `config` describes:
+/// firmware, kernel, initrd and command line measure to its measurement
+/// for its vCPUs, the ID block and ID auth verify, and the block's launch
+/// digest, policy, family and image IDs and key digests are the config's
+/// (a directory edited or half-rewritten after `launch-config` is
+/// refused, before anything boots a launch the firmware would reject).
+pub fn check_signed(dir: &Path, config: &LaunchConfig) -> Result<()> {
+    let read = |m: &str| {
+        std::fs::read(dir.join(m)).with_context(|| format!("reading {}", dir.join(m).display()))
+    };
+    let cmdline = String::from_utf8(read(CMDLINE)?).context("the command line is not UTF-8")?;
+    let features = u64::from_str_radix(config.guest_features.trim_start_matches("0x"), 16)
+        .context("guest_features")?;
+    let measured = launch_digest(&MeasureInput {
+        ovmf: dir.join(FIRMWARE),
+        ovmf_hash: None,
+        kernel: Some(dir.join(KERNEL)),
+        initrd: Some(dir.join(INITRD)),
+        cmdline: Some(cmdline),
+        vcpus: config.vcpus,
+        vcpu_type: config
+            .vcpu_type
+            .parse()
+            .map_err(|e| anyhow::anyhow!("vcpu_type {}: {e}", config.vcpu_type))?,
+        guest_features: features,
+        vmm_type: VmmType::Qemu,
+    })
+    .context("measuring the members")?;
+    if measured.to_string() != config.measurement {
+        bail!(
+            "the members measure to {measured}, not to the measurement {} in {LAUNCH_CONFIG} \
+             (a file changed after launch-config); run `snpguardctl launch-config` again",
+            config.measurement
+        );
+    }
+    let (block, auth) = (read(ID_BLOCK)?, read(ID_AUTH)?);
+    let digests = verify_id_auth(&block, &auth).context("the ID block's signature")?;
+    let parsed = IdBlock::from_bytes(&block).context("the ID block")?;
+    let mismatch = |what: &str| {
+        anyhow::anyhow!(
+            "{ID_BLOCK} and {LAUNCH_CONFIG} disagree on the {what}; run \
+             `snpguardctl launch-config` again"
+        )
+    };
+    if parsed.launch_digest.to_string() != config.measurement {
+        return Err(mismatch("measurement"));
+    }
+    if format!("{:#x}", parsed.policy) != config.guest_policy {
+        return Err(mismatch("guest policy"));
+    }
+    if hex::encode(parsed.family_id) != config.family_id
+        || hex::encode(parsed.image_id) != config.image_id
+    {
+        return Err(mismatch("family or image ID"));
+    }
+    if hex::encode(digests.id_key) != config.id_key_digest
+        || digests.author_key.map(hex::encode).as_deref() != Some(config.author_key_digest.as_str())
+    {
+        return Err(mismatch("signing keys"));
+    }
+    Ok(())
 }
 
 /// Packs the staging directory's members into `out` (replaced atomically).
@@ -318,7 +408,8 @@ mod tests {
         let Some(d) = staging() else { return };
         let mut a = args(d.path());
         a.allow_smt = true;
-        a.out_bundle = Some(d.path().join("b.tar.gz"));
+        let elsewhere = tempfile::tempdir().unwrap();
+        a.out_bundle = Some(elsewhere.path().join("b.tar.gz"));
         let Made { config } = make(&a).unwrap();
         // The measurement is the launch digest of exactly these files.
         let expected = launch_digest(&MeasureInput {
@@ -355,12 +446,39 @@ mod tests {
         let limits = ExtractLimits::default();
         assert_eq!(check_extracted(d.path(), &limits).unwrap(), config);
         let out = tempfile::tempdir().unwrap();
-        let f = File::open(d.path().join("b.tar.gz")).unwrap();
+        let f = File::open(elsewhere.path().join("b.tar.gz")).unwrap();
         assert_eq!(extract_bundle(f, out.path(), &limits).unwrap(), config);
+        check_signed(d.path(), &config).unwrap();
         // Run again, other keys: a new ID block, the same measurement.
+        let first_block = block;
         let again = make(&a).unwrap().config;
         assert_eq!(again.measurement, config.measurement);
         assert_ne!(again.id_key_digest, config.id_key_digest);
+        check_signed(d.path(), &again).unwrap();
+        // The first run's ID block with the second run's config: refused.
+        std::fs::write(d.path().join(ID_BLOCK), &first_block).unwrap();
+        let e = format!("{:#}", check_signed(d.path(), &again).unwrap_err());
+        assert!(e.contains("signature") || e.contains("disagree"), "{e}");
+        // A command line changed after launch-config: refused by name.
+        make(&a).unwrap();
+        std::fs::write(d.path().join(CMDLINE), "root=UUID=0f6c rw").unwrap();
+        let cfg = check_extracted(d.path(), &limits).unwrap();
+        let e = format!("{:#}", check_signed(d.path(), &cfg).unwrap_err());
+        assert!(e.contains("measure to"), "{e}");
+    }
+
+    #[test]
+    fn the_staged_command_line_is_exactly_what_was_measured() {
+        let Some(d) = staging() else { return };
+        // An editor's trailing newline is not measured, and not left
+        // behind for a launch from the directory to pass to QEMU.
+        std::fs::write(d.path().join(CMDLINE), "root=UUID=0f6c ro console=ttyS0\n").unwrap();
+        let config = make(&args(d.path())).unwrap().config;
+        assert_eq!(
+            std::fs::read(d.path().join(CMDLINE)).unwrap(),
+            b"root=UUID=0f6c ro console=ttyS0"
+        );
+        check_signed(d.path(), &config).unwrap();
     }
 
     #[test]
@@ -387,6 +505,13 @@ mod tests {
         let mut bad = args(d.path());
         bad.name = Some("a b".into());
         assert!(err(&bad).contains("--name"), "{}", err(&bad));
+        let mut bad = args(d.path());
+        bad.out_bundle = Some(d.path().join(KERNEL));
+        assert!(
+            err(&bad).contains("inside the staging directory"),
+            "{}",
+            err(&bad)
+        );
         std::fs::remove_file(d.path().join(INITRD)).unwrap();
         assert!(err(&a).contains("initrd is missing"), "{}", err(&a));
         // Nothing was written by the refusals.

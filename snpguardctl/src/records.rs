@@ -354,12 +354,13 @@ async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
             // A squashfs image is made from the tar.gz the daemon writes.
             let tmp = match a.format {
                 crate::bundle::Format::TarGz => None,
-                crate::bundle::Format::Squashfs => Some(
+                crate::bundle::Format::Squashfs => Some({
+                    crate::bundle::require_mksquashfs()?;
                     tempfile::Builder::new()
                         .prefix("snpguard-export-")
                         .tempdir()
-                        .context("creating a temporary directory")?,
-                ),
+                        .context("creating a temporary directory")?
+                }),
             };
             let tar_gz = match &tmp {
                 None => a.out.clone(),

@@ -294,16 +294,29 @@ fn embed_creates_is_idempotent_switches_slots_and_refuses_hostile_bundles() {
     );
     assert_eq!(virtual_size(&img), size1);
 
-    // --in-staging: the seven members from a directory (what
-    // launch-config leaves in a --no-encryption staging directory).
+    // --in-staging: the seven members from a directory, as launch-config
+    // leaves them in a --no-encryption staging directory.
     let staging = dir.path().join("staging");
     std::fs::create_dir(&staging).unwrap();
-    run(Command::new("tar")
-        .arg("-xzf")
-        .arg(&b1)
-        .arg("-C")
-        .arg(&staging));
+    let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")
+        .expect("the AMD test data (SNPGUARD_TESTDATA; the Makefile sets it)");
+    let mut fw = vec![0x5au8; 8192];
+    fw.extend_from_slice(&suffix);
+    std::fs::write(staging.join("firmware.fd"), fw).unwrap();
+    std::fs::write(staging.join("kernel"), [3u8; 14000]).unwrap();
+    std::fs::write(staging.join("initrd"), [4u8; 9000]).unwrap();
+    std::fs::write(staging.join("cmdline"), "root=UUID=0f6c ro console=ttyS0").unwrap();
     std::fs::write(staging.join("no-encryption"), "label\n").unwrap();
+    let made = ctl(&[
+        "launch-config",
+        "--staging-dir",
+        staging.to_str().unwrap(),
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+    ]);
+    assert!(made.status.success(), "launch-config: {made:?}");
     let from_staging = |extra: &str| {
         ctl(&[
             "embed",
@@ -340,6 +353,19 @@ fn embed_creates_is_idempotent_switches_slots_and_refuses_hostile_bundles() {
     );
     std::fs::remove_file(&auth).unwrap();
     std::fs::rename(&kept, &auth).unwrap();
+    // A member changed after launch-config: it no longer measures to
+    // what was signed.
+    let cmdline = staging.join("cmdline");
+    std::fs::write(&cmdline, "root=UUID=0f6c rw console=ttyS0").unwrap();
+    let out = from_staging("--json");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("measure to"), "{err}");
+    assert_eq!(
+        sha256(&img),
+        before,
+        "the refused directory changed the image"
+    );
+    std::fs::write(&cmdline, "root=UUID=0f6c ro console=ttyS0").unwrap();
     let out = from_staging("--json");
     assert!(
         out.status.success(),
@@ -351,15 +377,12 @@ fn embed_creates_is_idempotent_switches_slots_and_refuses_hostile_bundles() {
     assert_eq!(r["active_slot"], "A");
     let (m4, link4) = artifacts(&img);
     assert_eq!(link4, "A");
-    // Slot A was rewritten (new mtimes) with the same bytes.
-    let content = |entry: &str| {
-        entry
-            .split(' ')
-            .find(|f| f.starts_with("sha="))
-            .map(str::to_owned)
-    };
-    assert_eq!(content(&m4["./A/kernel"]), content(&m1["./A/kernel"]));
-    assert!(content(&m4["./A/kernel"]).is_some());
+    assert!(
+        m4["./A/kernel"].contains("size=14000"),
+        "{}",
+        m4["./A/kernel"]
+    );
+    assert_eq!(m4["./B/kernel"], m3["./B/kernel"], "the other slot is kept");
     assert!(!m4.keys().any(|k| k.contains("no-encryption")), "{m4:?}");
 }
 

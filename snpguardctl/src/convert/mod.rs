@@ -330,8 +330,22 @@ fn stage_firmware(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Downloads `remote` from the mounted guest into a new 0600 file.
+/// Downloads `remote` from the mounted guest into a new 0600 file; a file
+/// larger than a launch bundle may hold is refused before it is copied
+/// (the image is untrusted input).
 fn stage_download(app: &Appliance, remote: &str, dst: &Path) -> Result<()> {
+    let max = snpguard_protocol::bundle::ExtractLimits::default().max_member;
+    let size = app
+        .g()
+        .filesize(remote)
+        .map_err(gerr("filesize"))
+        .with_context(|| format!("reading the size of {remote}"))?;
+    if u64::try_from(size).map_or(true, |s| s > max) {
+        bail!(
+            "{remote} in the image has {size} bytes, more than a launch bundle may hold \
+             ({max}); the image's kernel or initrd is not what a launch can boot"
+        );
+    }
     drop(create_private(dst)?);
     app.g()
         .download(remote, utf8(dst)?)

@@ -535,7 +535,10 @@ async fn register_export_restart_and_errors() {
         ));
         p
     };
-    let (sq1, sq2) = (sq("web.sqfs"), sq("web-again.sqfs"));
+    let sq1 = sq("web.sqfs");
+    // Another second: time stamps would differ if any were written.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let sq2 = sq("web-again.sqfs");
     assert_eq!(
         std::fs::read(&sq1).expect("sq1"),
         std::fs::read(&sq2).expect("sq2")
