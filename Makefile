@@ -193,10 +193,12 @@ test: deps
 	$(MAKE) --no-print-directory slow-tests
 
 # The slow suites in two lanes side by side (scripts/lanes.sh; each line
-# prefixed [convert] or [boot]). [convert]: the simple and split
-# conversions, then the end-to-end boots from the split one (e2e-boots),
-# then test-sigkill. [boot]: check-launch, system-test, the ESP/dracut
-# conversion, the refusals and Ctrl-C, and the embed tests. A TCG guest or
+# prefixed [convert] or [boot]). [convert]: the simple, --no-encryption
+# and split conversions, then the end-to-end boots from the split one
+# (e2e-boots), test-sigkill, test-deb and the embed tests. [boot]:
+# check-launch, system-test, the ESP/dracut conversion, the refusals and
+# Ctrl-C (the embed tests moved to [convert], which ended about 280 s
+# before [boot] in the stop-27 clean run). A TCG guest or
 # a libguestfs appliance keeps about one core busy, so the lanes fill two
 # cores. The workspace, the test binaries and the libguestfs appliance are
 # built first: the lanes share them.
@@ -208,11 +210,11 @@ slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 	./scripts/lanes.sh \
 		"convert=$(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
 			CONVERT_TEST_FILTER='converts_the_simple_layout no_encryption_stages $(E2E_GUEST_TEST)' \
-			&& $(MAKE) --no-print-directory e2e-boots test-sigkill test-deb" \
+			&& $(MAKE) --no-print-directory e2e-boots test-sigkill test-deb \
+			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test embed'" \
 		"boot=$(MAKE) --no-print-directory check-launch system-test \
 			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
-			CONVERT_TEST_FILTER='converts_the_esp_layout_with_dracut kernels_without_sev_snp interrupt_leaves_no_output' \
-			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test embed'"
+			CONVERT_TEST_FILTER='converts_the_esp_layout_with_dracut kernels_without_sev_snp interrupt_leaves_no_output'"
 
 # convert and embed through libguestfs under TCG (slow: about 16 minutes
 # on 2 cores): the simple and split (separate /boot, /var, /home, swap)
