@@ -296,15 +296,21 @@ fn check_inputs(a: &Args) -> Result<Recovery> {
         );
     }
     guest::kernel_hook(&a.modules_dir)?;
-    let fw = std::fs::metadata(&a.firmware)?.len();
+    check_firmware(&a.firmware)?;
+    guest::check_append(&a.cmdline_append)?;
+    Ok(recovery)
+}
+
+/// The firmware file is not empty and within [`MAX_FIRMWARE`].
+fn check_firmware(path: &Path) -> Result<()> {
+    let fw = std::fs::metadata(path)?.len();
     if fw == 0 || fw > MAX_FIRMWARE {
         bail!(
             "firmware {} has {fw} bytes; expected an OVMF image",
-            a.firmware.display()
+            path.display()
         );
     }
-    guest::check_append(&a.cmdline_append)?;
-    Ok(recovery)
+    Ok(())
 }
 
 fn ingestion_key(a: &Args) -> Result<PublicKey> {

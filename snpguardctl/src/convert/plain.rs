@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::outputs::Partial;
 use super::progress::Progress;
-use super::{create_private, select, stage_download, stage_firmware, Args, MAX_FIRMWARE};
+use super::{check_firmware, create_private, select, stage_download, stage_firmware, Args};
 use crate::bundle::NO_CONFIDENTIALITY;
 use crate::image::appliance::{gerr, Appliance, Drive};
 use crate::image::{guest, inspect};
@@ -34,13 +34,7 @@ fn check_inputs(a: &Args) -> Result<()> {
             bail!("{what} {} is not a file", p.display());
         }
     }
-    let fw = std::fs::metadata(&a.firmware)?.len();
-    if fw == 0 || fw > MAX_FIRMWARE {
-        bail!(
-            "firmware {} has {fw} bytes; expected an OVMF image",
-            a.firmware.display()
-        );
-    }
+    check_firmware(&a.firmware)?;
     guest::check_append(&a.cmdline_append)?;
     Ok(())
 }
