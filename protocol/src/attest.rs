@@ -14,6 +14,14 @@
 //! the new kernel, initrd and command line, and `POST /v1/renew`s them in
 //! a [`RenewRequest`]. The daemon stores them as a *pending* launch of the
 //! record; nothing is released for it until an operator approves it.
+//!
+//! The guest's next launch: once approved, the guest asks for that
+//! launch's signed configuration with a report whose REPORT_DATA is
+//! [`signed_launch_report_data`] of a fresh nonce and the launch id
+//! ([`SignedLaunchRequest`]); the daemon answers with the launch's
+//! `launch-config.json`, ID block and ID auth block, signed over
+//! [`signed_launch_message`]. The guest writes them with its own kernel,
+//! initrd, command line and firmware into its LAUNCH_ARTIFACTS partition.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -134,6 +142,61 @@ pub struct RenewResponse {
     pub signature: Option<ReleaseSignature>,
 }
 
+/// `POST /v1/signed-launch` request: a running guest asks for the signed
+/// launch configuration of another launch of its record (the one its
+/// renewal created, once approved), to write its own next launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedLaunchRequest {
+    /// The nonce from `/v1/attest/challenge`.
+    pub nonce: String,
+    /// The attestation report (1184 bytes), standard base64; its
+    /// REPORT_DATA is [`signed_launch_report_data`] of the nonce and
+    /// `launch`.
+    pub report: String,
+    /// The certificate table, standard base64, if the guest has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_table: Option<String>,
+    /// The launch id asked for (as `/v1/renew` returned it).
+    pub launch: String,
+    /// Asks for a [`ReleaseSignature`] over the response
+    /// ([`signed_launch_message`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub signed: bool,
+}
+
+/// `POST /v1/signed-launch` response: what a launch bundle holds besides
+/// the firmware, kernel, initrd and command line the guest already has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedLaunchResponse {
+    /// The record (its id).
+    pub record: String,
+    /// The launch id.
+    pub launch: String,
+    /// `launch-config.json` exactly as the launch's bundle holds it.
+    pub launch_config: String,
+    /// `id-block.bin`, standard base64.
+    pub id_block: String,
+    /// `id-auth.bin`, standard base64.
+    pub id_auth: String,
+    /// The daemon's signature over the response
+    /// ([`signed_launch_message`]), when the request asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ReleaseSignature>,
+}
+
+/// Longest launch id a `/v1/signed-launch` request may name.
+pub const MAX_LAUNCH_ID_LEN: usize = 20;
+
+/// Whether `id` has the shape of a launch id: 1 to
+/// [`MAX_LAUNCH_ID_LEN`] ASCII digits, no leading zero.
+pub fn is_launch_id(id: &str) -> bool {
+    (1..=MAX_LAUNCH_ID_LEN).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && !id.starts_with('0')
+}
+
 /// The daemon's signature over a response, by a key the PSP vouches for:
 /// the SHA-384 of `key` is the AUTHOR_KEY_DIGEST (or ID_KEY_DIGEST) in the
 /// very report the guest sent, so a server that only holds a valid TLS
@@ -195,6 +258,34 @@ pub fn renewal_message(nonce: &[u8; NONCE_LEN], report: &[u8], resp: &RenewRespo
     m.extend_from_slice(&Sha384::digest(report));
     for field in [&resp.record, &resp.launch, &resp.measurement] {
         m.extend_from_slice(&Sha384::digest(field.as_bytes()));
+    }
+    m
+}
+
+/// The bytes a signed launch's signature covers: a domain label, the
+/// nonce, and SHA-384 of the report, the record, the launch, the launch
+/// configuration, the ID block and the ID auth block (the latter two as
+/// they decode, so base64 spelling does not matter).
+pub fn signed_launch_message(
+    nonce: &[u8; NONCE_LEN],
+    report: &[u8],
+    record: &str,
+    launch: &str,
+    launch_config: &str,
+    id_block: &[u8],
+    id_auth: &[u8],
+) -> Vec<u8> {
+    let mut m = b"snpguard/v1/signed-launch-signature\0".to_vec();
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(&Sha384::digest(report));
+    for field in [
+        record.as_bytes(),
+        launch.as_bytes(),
+        launch_config.as_bytes(),
+        id_block,
+        id_auth,
+    ] {
+        m.extend_from_slice(&Sha384::digest(field));
     }
     m
 }
@@ -311,6 +402,17 @@ pub fn renewal_report_data(
     h.finalize().into()
 }
 
+/// REPORT_DATA of a signed-launch request: binds the server's nonce and
+/// the launch asked for to the report. SHA-512 over a domain label, the
+/// nonce and SHA-384 of the launch id.
+pub fn signed_launch_report_data(nonce: &[u8; NONCE_LEN], launch: &str) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(b"snpguard/v1/signed-launch\0");
+    h.update(nonce);
+    h.update(Sha384::digest(launch.as_bytes()));
+    h.finalize().into()
+}
+
 /// The HPKE info for a key release: a domain label and SHA-384 of the
 /// exact report the key is released for.
 pub fn release_info(report: &[u8]) -> Vec<u8> {
@@ -382,6 +484,59 @@ mod tests {
         // Never the key-release binding of the same nonce.
         let (_, k) = seal::generate_keypair();
         assert_ne!(base, report_data(&n, &k));
+    }
+
+    #[test]
+    fn signed_launch_bindings_cover_every_field() {
+        let n = [6u8; NONCE_LEN];
+        let base = signed_launch_report_data(&n, "2");
+        assert_eq!(base, signed_launch_report_data(&n, "2"));
+        let mut n2 = n;
+        n2[1] ^= 1;
+        assert_ne!(base, signed_launch_report_data(&n2, "2"));
+        assert_ne!(base, signed_launch_report_data(&n, "3"));
+        // Never a renewal's or a key release's binding.
+        assert_ne!(base, renewal_report_data(&n, b"", b"", ""));
+        let (_, k) = seal::generate_keypair();
+        assert_ne!(base, report_data(&n, &k));
+
+        let report = [7u8; 64];
+        let m = |r: &str, l: &str, c: &str, b: &[u8], a: &[u8]| {
+            signed_launch_message(&n, &report, r, l, c, b, a)
+        };
+        let base = m("rec", "2", "{}", b"block", b"auth");
+        for other in [
+            signed_launch_message(&n2, &report, "rec", "2", "{}", b"block", b"auth"),
+            signed_launch_message(&n, &[8u8; 64], "rec", "2", "{}", b"block", b"auth"),
+            m("rec2", "2", "{}", b"block", b"auth"),
+            m("rec", "3", "{}", b"block", b"auth"),
+            m("rec", "2", "{ }", b"block", b"auth"),
+            m("rec", "2", "{}", b"block!", b"auth"),
+            m("rec", "2", "{}", b"block", b"auth!"),
+            // Moving bytes between fields changes the message too.
+            m("rec", "2", "{}", b"bloc", b"kauth"),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+
+    #[test]
+    fn launch_ids_are_short_decimal_numbers() {
+        for ok in ["1", "2", "10", "12345678901234567890"] {
+            assert!(is_launch_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "0",
+            "01",
+            "-1",
+            "1a",
+            " 1",
+            "１",
+            "123456789012345678901",
+        ] {
+            assert!(!is_launch_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

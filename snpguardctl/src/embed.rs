@@ -21,28 +21,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::json;
-use snpguard_protocol::bundle::{
-    check_extracted, extract_bundle, ExtractLimits, LAUNCH_CONFIG, MEMBERS,
-};
+use snpguard_protocol::bundle::{check_extracted, extract_bundle, LAUNCH_CONFIG, MEMBERS};
+
+use snpguard_protocol::bundle::partition::{other_slot, slot_named, ACTIVE_LINK, NEW_LINK};
 
 use crate::bundle::NO_CONFIDENTIALITY;
 
 use crate::image::appliance::{gerr, quote, Appliance, Drive};
 
-/// Filesystem label of the partition.
-pub const LABEL: &str = "LAUNCH_ARTIFACTS";
-/// Size of a created partition.
-pub const PARTITION_BYTES: u64 = 512 << 20;
-/// Limits on a bundle written into a slot (two slots share the partition).
-pub const LIMITS: ExtractLimits = ExtractLimits {
-    max_member: 200 << 20,
-    max_total: 240 << 20,
-    max_config: 64 << 10,
-};
-
-// Two full slots fit the partition.
-const _: () =
-    assert!(2 * LIMITS.max_total < PARTITION_BYTES && LIMITS.max_member <= LIMITS.max_total);
+pub use snpguard_protocol::bundle::partition::{LABEL, PARTITION_BYTES, SLOT_LIMITS as LIMITS};
 
 #[derive(Debug, ClapArgs)]
 #[command(group(clap::ArgGroup::new("source").args(["in_bundle", "in_staging"]).required(true)))]
@@ -84,15 +71,6 @@ impl Action {
             Action::Unchanged => "unchanged",
             Action::Switched => "switched",
         }
-    }
-}
-
-/// The other slot.
-fn other(slot: &str) -> &'static str {
-    if slot == "A" {
-        "B"
-    } else {
-        "A"
     }
 }
 
@@ -338,14 +316,11 @@ fn format(app: &Appliance, dev: &str) -> Result<()> {
 /// The active slot of a mounted partition, if it has the layout.
 fn active_slot(app: &Appliance) -> Option<&'static str> {
     let g = app.g();
-    if !g.is_symlink("/artifacts").unwrap_or(false) {
+    let link = format!("/{ACTIVE_LINK}");
+    if !g.is_symlink(&link).unwrap_or(false) {
         return None;
     }
-    let slot = match g.readlink("/artifacts").ok()?.as_str() {
-        "A" => "A",
-        "B" => "B",
-        _ => return None,
-    };
+    let slot = slot_named(&g.readlink(&link).ok()?)?;
     let dir = |d: &str| {
         g.is_dir(
             d,
@@ -416,9 +391,10 @@ fn write_slot(app: &Appliance, slot: &str, staged: &Path) -> Result<()> {
 /// the old one).
 fn switch(app: &Appliance, slot: &str) -> Result<()> {
     let g = app.g();
-    g.rm_f("/.artifacts.new").map_err(gerr("rm_f"))?;
-    g.ln_s(slot, "/.artifacts.new").map_err(gerr("ln_s"))?;
-    g.rename("/.artifacts.new", "/artifacts")
+    let new = format!("/{NEW_LINK}");
+    g.rm_f(&new).map_err(gerr("rm_f"))?;
+    g.ln_s(slot, &new).map_err(gerr("ln_s"))?;
+    g.rename(&new, &format!("/{ACTIVE_LINK}"))
         .map_err(gerr("rename"))?;
     crash_point(app, snpguard::crash::points::EMBED_SWITCHED);
     g.sync().map_err(gerr("sync"))?;
@@ -469,7 +445,7 @@ fn embed(image: &Path, staged: &Path) -> Result<(Action, &'static str)> {
             if slot_matches(&app, active, staged)? {
                 (Action::Unchanged, active)
             } else {
-                let next = other(active);
+                let next = other_slot(active);
                 write_slot(&app, next, staged)?;
                 switch(&app, next)?;
                 (Action::Switched, next)
@@ -501,7 +477,11 @@ mod tests {
 
     #[test]
     fn slots_alternate() {
-        assert_eq!(other("A"), "B");
-        assert_eq!(other("B"), "A");
+        assert_eq!(other_slot("A"), "B");
+        assert_eq!(other_slot("B"), "A");
+        assert_eq!(slot_named("B"), Some("B"));
+        for not in ["", "a", "C", "/A", "A/", "../A"] {
+            assert_eq!(slot_named(not), None, "{not}");
+        }
     }
 }

@@ -25,7 +25,8 @@ use snpguard::idblock::{key_digest, verify_id_auth, IdAuth, IdBlock};
 use snpguard::measure::{launch_digest, LaunchDigest, MeasureInput, VcpuType, VmmType};
 use snpguard::report::GuestPolicy;
 use snpguard_protocol::bundle::{
-    self, write_bundle, BundleSources, LaunchConfig, ID_AUTH, ID_BLOCK, LAUNCH_CONFIG,
+    self, write_bundle, BundleSources, LaunchConfig, SignedLaunchError, ID_AUTH, ID_BLOCK,
+    LAUNCH_CONFIG,
 };
 
 use crate::bundle::NO_CONFIDENTIALITY;
@@ -234,67 +235,22 @@ pub fn make(a: &Args) -> Result<Made> {
     Ok(Made { config })
 }
 
-/// Checks that the members in `dir` are the launch `config` describes:
-/// firmware, kernel, initrd and command line measure to its measurement
-/// for its vCPUs, the ID block and ID auth verify, and the block's launch
-/// digest, policy, family and image IDs and key digests are the config's
-/// (a directory edited or half-rewritten after `launch-config` is
-/// refused, before anything boots a launch the firmware would reject).
+/// Checks that the members in `dir` are the launch `config` describes
+/// ([`snpguard_protocol::bundle::check_signed`]), with what to do when
+/// they are not.
 pub fn check_signed(dir: &Path, config: &LaunchConfig) -> Result<()> {
-    let read = |m: &str| {
-        std::fs::read(dir.join(m)).with_context(|| format!("reading {}", dir.join(m).display()))
-    };
-    let cmdline = String::from_utf8(read(CMDLINE)?).context("the command line is not UTF-8")?;
-    let features = u64::from_str_radix(config.guest_features.trim_start_matches("0x"), 16)
-        .context("guest_features")?;
-    let measured = launch_digest(&MeasureInput {
-        ovmf: dir.join(FIRMWARE),
-        ovmf_hash: None,
-        kernel: Some(dir.join(KERNEL)),
-        initrd: Some(dir.join(INITRD)),
-        cmdline: Some(cmdline),
-        vcpus: config.vcpus,
-        vcpu_type: config
-            .vcpu_type
-            .parse()
-            .map_err(|e| anyhow::anyhow!("vcpu_type {}: {e}", config.vcpu_type))?,
-        guest_features: features,
-        vmm_type: VmmType::Qemu,
+    snpguard_protocol::bundle::check_signed(dir, config).map_err(|e| {
+        let hint = match e {
+            SignedLaunchError::Measurement { .. } => {
+                " (a file changed after launch-config); run `snpguardctl launch-config` again"
+            }
+            SignedLaunchError::Disagree(_) | SignedLaunchError::Signature(_) => {
+                "; run `snpguardctl launch-config` again"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("{e}{hint}")
     })
-    .context("measuring the members")?;
-    if measured.to_string() != config.measurement {
-        bail!(
-            "the members measure to {measured}, not to the measurement {} in {LAUNCH_CONFIG} \
-             (a file changed after launch-config); run `snpguardctl launch-config` again",
-            config.measurement
-        );
-    }
-    let (block, auth) = (read(ID_BLOCK)?, read(ID_AUTH)?);
-    let digests = verify_id_auth(&block, &auth).context("the ID block's signature")?;
-    let parsed = IdBlock::from_bytes(&block).context("the ID block")?;
-    let mismatch = |what: &str| {
-        anyhow::anyhow!(
-            "{ID_BLOCK} and {LAUNCH_CONFIG} disagree on the {what}; run \
-             `snpguardctl launch-config` again"
-        )
-    };
-    if parsed.launch_digest.to_string() != config.measurement {
-        return Err(mismatch("measurement"));
-    }
-    if format!("{:#x}", parsed.policy) != config.guest_policy {
-        return Err(mismatch("guest policy"));
-    }
-    if hex::encode(parsed.family_id) != config.family_id
-        || hex::encode(parsed.image_id) != config.image_id
-    {
-        return Err(mismatch("family or image ID"));
-    }
-    if hex::encode(digests.id_key) != config.id_key_digest
-        || digests.author_key.map(hex::encode).as_deref() != Some(config.author_key_digest.as_str())
-    {
-        return Err(mismatch("signing keys"));
-    }
-    Ok(())
 }
 
 /// Packs the staging directory's members into `out` (replaced atomically).

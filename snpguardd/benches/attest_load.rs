@@ -127,6 +127,13 @@ impl AttestHandler for Timed {
     fn renew(&self, req: RenewRequest, peer: IpAddr) -> Result<RenewResponse, AttestError> {
         self.time(|| self.inner.renew(req, peer))
     }
+    fn signed_launch(
+        &self,
+        req: snpguard_protocol::attest::SignedLaunchRequest,
+        peer: IpAddr,
+    ) -> Result<snpguard_protocol::attest::SignedLaunchResponse, AttestError> {
+        self.time(|| self.inner.signed_launch(req, peer))
+    }
     fn check_nonce(&self, nonce: &str) -> Result<std::time::Duration, AttestError> {
         self.time(|| self.inner.check_nonce(nonce))
     }

@@ -26,6 +26,8 @@
 mod check;
 mod config;
 mod extract;
+pub mod partition;
+mod signed;
 mod write;
 
 #[cfg(test)]
@@ -37,7 +39,8 @@ use std::path::PathBuf;
 pub use check::check_extracted;
 pub use config::LaunchConfig;
 pub use extract::extract_bundle;
-pub use write::{write_bundle, BundleSources};
+pub use signed::{check_signed, SignedLaunchError};
+pub use write::{config_json, write_bundle, BundleSources};
 
 /// Member holding [`LaunchConfig`] as JSON.
 pub const LAUNCH_CONFIG: &str = "launch-config.json";

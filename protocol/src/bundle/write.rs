@@ -35,6 +35,15 @@ pub struct BundleSources<'a> {
     pub id_auth: &'a [u8],
 }
 
+/// `launch-config.json` as a bundle holds it: `config`, validated, as
+/// pretty JSON with a final newline.
+pub fn config_json(config: &LaunchConfig) -> Result<Vec<u8>, BundleError> {
+    config.validate()?;
+    let mut json = serde_json::to_vec_pretty(config).map_err(BundleError::ConfigJson)?;
+    json.push(b'\n');
+    Ok(json)
+}
+
 /// Writes a bundle to `out`. The config is validated first and every
 /// member is checked against [`ExtractLimits::default`], so what this
 /// writes always extracts. On error the output is incomplete and must be
@@ -44,12 +53,10 @@ pub fn write_bundle(
     config: &LaunchConfig,
     src: BundleSources,
 ) -> Result<(), BundleError> {
-    config.validate()?;
+    let config_json = config_json(config)?;
     check_fixed_size(ID_BLOCK, src.id_block.len() as u64, ID_BLOCK_SIZE)?;
     check_fixed_size(ID_AUTH, src.id_auth.len() as u64, ID_AUTH_SIZE)?;
     let limits = ExtractLimits::default();
-    let mut config_json = serde_json::to_vec_pretty(config).map_err(BundleError::ConfigJson)?;
-    config_json.push(b'\n');
 
     let sizes = [
         (LAUNCH_CONFIG, config_json.len() as u64, limits.max_config),

@@ -61,12 +61,13 @@ use snpguard::verify::{
 };
 use snpguard_protocol::attest::{
     self, decode_nonce, encode_nonce, unb64, AttestRequest, AttestResponse, ChallengeResponse,
-    RenewRequest, RenewResponse, MAX_BODY, NONCE_LEN,
+    RenewRequest, RenewResponse, SignedLaunchRequest, SignedLaunchResponse, MAX_BODY, NONCE_LEN,
 };
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 mod endorse;
+mod next_launch;
 mod renew;
 
 use super::certs::{self as held, CertFilter, CertImportError, CertSummary, CertificateService};
@@ -1174,6 +1175,15 @@ impl AttestHandler for Attestor {
     fn renew(&self, req: RenewRequest, peer: IpAddr) -> Result<RenewResponse, AttestError> {
         let now = self.clock.now();
         self.renew_inner(req, peer, now)
+    }
+
+    fn signed_launch(
+        &self,
+        req: SignedLaunchRequest,
+        peer: IpAddr,
+    ) -> Result<SignedLaunchResponse, AttestError> {
+        let now = self.clock.now();
+        self.signed_launch_inner(req, peer, now)
     }
 
     fn check_nonce(&self, nonce: &str) -> Result<std::time::Duration, AttestError> {

@@ -25,6 +25,7 @@ use std::net::IpAddr;
 
 use snpguard_protocol::attest::{
     AttestRequest, AttestResponse, ChallengeResponse, RenewRequest, RenewResponse,
+    SignedLaunchRequest, SignedLaunchResponse,
 };
 
 pub use attestor::{Attestor, AttestorError, Clock, SystemClock};
@@ -70,6 +71,15 @@ pub trait AttestHandler: Send + Sync + 'static {
     /// REPORT_DATA bound to the new artifacts, and stores them as a
     /// pending launch of the record. Releases nothing.
     fn renew(&self, req: RenewRequest, peer: IpAddr) -> Result<RenewResponse, AttestError>;
+    /// Verifies the evidence as [`AttestHandler::attest`] does, with
+    /// REPORT_DATA bound to the launch asked for, and answers with that
+    /// approved launch's signed configuration, ID block and ID auth
+    /// block. Releases nothing.
+    fn signed_launch(
+        &self,
+        req: SignedLaunchRequest,
+        peer: IpAddr,
+    ) -> Result<SignedLaunchResponse, AttestError>;
     /// Checks a nonce without using it: issued by this service, not
     /// expired, not used yet. Returns how much longer it stays valid.
     /// The server asks this before it lets a `/v1/renew` upload take the

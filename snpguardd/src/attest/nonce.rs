@@ -77,6 +77,8 @@ pub enum Outcome {
     Refused = 2,
     /// A renewal was stored.
     Renewed = 3,
+    /// A signed launch was sent.
+    LaunchSent = 4,
 }
 
 /// A nonce this attestation consumed: marked used, durably, with the

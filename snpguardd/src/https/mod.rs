@@ -8,6 +8,7 @@
 //! | POST   | `/v1/attest/challenge` | `ChallengeResponse`                 |
 //! | POST   | `/v1/attest`           | `AttestResponse` (JSON request)     |
 //! | POST   | `/v1/renew`            | 202 `RenewResponse` (JSON request)  |
+//! | POST   | `/v1/signed-launch`    | `SignedLaunchResponse` (JSON request) |
 //! | GET    | `/v1/health`           | `{"status":"ok"}`                   |
 //! | GET    | `/v1/ingestion-key`    | `IngestionKeyResponse`              |
 //!

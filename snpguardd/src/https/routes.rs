@@ -13,7 +13,7 @@ use hyper::header::{CONTENT_TYPE, EXPECT};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use snpguard_protocol::attest::{
-    b64, AttestRequest, ErrorBody, IngestionKeyResponse, RenewRequest,
+    b64, AttestRequest, ErrorBody, IngestionKeyResponse, RenewRequest, SignedLaunchRequest,
 };
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -119,6 +119,7 @@ enum Endpoint {
     Challenge,
     Attest,
     Renew,
+    SignedLaunch,
     IngestionKey,
 }
 
@@ -150,6 +151,7 @@ where
         "/v1/attest/challenge" => (Endpoint::Challenge, Method::POST),
         "/v1/attest" => (Endpoint::Attest, Method::POST),
         "/v1/renew" => (Endpoint::Renew, Method::POST),
+        "/v1/signed-launch" => (Endpoint::SignedLaunch, Method::POST),
         _ => {
             return Reply::error(
                 StatusCode::NOT_FOUND,
@@ -219,6 +221,27 @@ where
                 deadline,
                 StatusCode::OK,
                 move || handler.attest(request, peer),
+                |r| r,
+            )
+            .await
+        }
+        Endpoint::SignedLaunch => {
+            if !is_json(req.headers()) {
+                return unsupported_media_type();
+            }
+            let body = match read_body(req, shared.limits.max_body, deadline).await {
+                Ok(body) => body,
+                Err(reply) => return reply,
+            };
+            let request: SignedLaunchRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return malformed(&e),
+            };
+            let handler = shared.handler.clone();
+            call(
+                deadline,
+                StatusCode::OK,
+                move || handler.signed_launch(request, peer),
                 |r| r,
             )
             .await

@@ -1,6 +1,7 @@
 //! The registry's launch operations: adding a pending launch (blobs,
 //! measurement, commit), approving one (the ID block signed with the
-//! record's ID key) and writing the bundle of a launch.
+//! record's ID key), the signed parts of a launch, and writing the bundle
+//! of a launch.
 
 use std::io::Write;
 
@@ -9,12 +10,24 @@ use snpguard::idblock::{IdAuth, IdBlock};
 use snpguard::measure::LaunchDigest;
 use snpguard_protocol::bundle::{self, BundleSources, LaunchConfig};
 
+use super::launch::StoredLaunch;
 use super::launch::{self, NewLaunch};
 use super::record::{self, StoredRecord};
 use super::{now, secret_key, secrets_err, store_err, Registry, MAX_INITRD, MAX_KERNEL};
 use crate::secrets::Purpose;
 use crate::service::{LaunchAdded, LaunchRequest, LaunchState, RecordInfo, ServiceError};
 use crate::store::{Op, StoreError, Tree, CONFLICT_RETRIES};
+
+/// What a launch bundle holds that the daemon signed.
+#[derive(Debug, Clone)]
+pub(crate) struct SignedLaunch {
+    /// Its `launch-config.json`.
+    pub config: LaunchConfig,
+    /// `id-block.bin`.
+    pub id_block: Vec<u8>,
+    /// `id-auth.bin`.
+    pub id_auth: Vec<u8>,
+}
 
 /// Longest origin text stored (`guest <IPv6 address>` fits easily).
 const MAX_ORIGIN_LEN: usize = 128;
@@ -164,22 +177,14 @@ impl Registry {
         Ok((hex::encode(block.to_bytes()), hex::encode(auth.as_bytes())))
     }
 
-    /// Writes launch-artifacts.tar.gz of launch `launch` (default: the
-    /// newest approved) of `rec`. A pending launch has no signed ID block
-    /// and no bundle.
-    pub(super) fn write_bundle(
+    /// The signed parts of launch `l` of `rec`: its launch config, ID
+    /// block and ID auth block. A pending launch has no signed ID block.
+    fn signed_parts(
         &self,
         rec: &StoredRecord,
-        launch: Option<&str>,
-        out: &mut dyn Write,
-    ) -> Result<(), ServiceError> {
+        l: &StoredLaunch,
+    ) -> Result<SignedLaunch, ServiceError> {
         let id = &rec.id;
-        let l = match launch {
-            Some(l) => rec.launch(l)?,
-            None => rec.newest_approved().ok_or_else(|| {
-                ServiceError::LaunchState(format!("record {id} has no approved launch"))
-            })?,
-        };
         let corrupt = |what: &str| ServiceError::Storage(format!("record {id}: corrupt {what}"));
         let (Some(id_block), Some(id_auth)) = (&l.id_block, &l.id_auth) else {
             return Err(ServiceError::LaunchState(format!(
@@ -205,6 +210,54 @@ impl Registry {
             kernel_hashes: true,
             no_encryption: false,
         };
+        Ok(SignedLaunch {
+            config,
+            id_block,
+            id_auth,
+        })
+    }
+
+    /// The signed parts of the *approved* launch `launch` of record `id`,
+    /// for a guest of that record writing its own next launch: a pending
+    /// or retired launch is refused ([`ServiceError::LaunchState`]), an
+    /// unknown one is [`ServiceError::NotFound`].
+    pub(crate) fn signed_launch(
+        &self,
+        id: &str,
+        launch: &str,
+    ) -> Result<SignedLaunch, ServiceError> {
+        let rec = self.load(id)?;
+        let l = rec.launch(launch)?;
+        if l.state != LaunchState::Approved {
+            return Err(ServiceError::LaunchState(format!(
+                "launch {} of record {id} is {}",
+                l.id, l.state
+            )));
+        }
+        self.signed_parts(&rec, l)
+    }
+
+    /// Writes launch-artifacts.tar.gz of launch `launch` (default: the
+    /// newest approved) of `rec`. A pending launch has no signed ID block
+    /// and no bundle.
+    pub(super) fn write_bundle(
+        &self,
+        rec: &StoredRecord,
+        launch: Option<&str>,
+        out: &mut dyn Write,
+    ) -> Result<(), ServiceError> {
+        let id = &rec.id;
+        let l = match launch {
+            Some(l) => rec.launch(l)?,
+            None => rec.newest_approved().ok_or_else(|| {
+                ServiceError::LaunchState(format!("record {id} has no approved launch"))
+            })?,
+        };
+        let SignedLaunch {
+            config,
+            id_block,
+            id_auth,
+        } = self.signed_parts(rec, l)?;
         let mut firmware = self.blobs.open_blob(&rec.firmware)?;
         let mut kernel = self.blobs.open_blob(&l.kernel)?;
         let mut initrd = self.blobs.open_blob(&l.initrd)?;

@@ -33,6 +33,7 @@
 mod blobs;
 mod launch;
 mod launches;
+pub(crate) use launches::SignedLaunch;
 mod record;
 mod release;
 

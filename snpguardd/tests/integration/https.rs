@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use snpguard_protocol::attest::{
     AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, IngestionKeyResponse,
-    RenewRequest, RenewResponse, MAX_BODY,
+    RenewRequest, RenewResponse, SignedLaunchRequest, SignedLaunchResponse, MAX_BODY,
 };
 use snpguardd::attest::{AttestError, AttestHandler};
 use snpguardd::https::load::{load, Conn, Target};
@@ -96,6 +96,24 @@ impl AttestHandler for Double {
                 record: format!("record-for-{}", req.nonce),
                 launch: "2".into(),
                 measurement: format!("{:0>96}", req.kernel.len()),
+                signature: None,
+            }),
+        }
+    }
+
+    fn signed_launch(
+        &self,
+        req: SignedLaunchRequest,
+        _peer: IpAddr,
+    ) -> Result<SignedLaunchResponse, AttestError> {
+        match &self.refuse {
+            Some(e) => Err(e.clone()),
+            None => Ok(SignedLaunchResponse {
+                record: format!("record-for-{}", req.nonce),
+                launch: req.launch,
+                launch_config: "{}".into(),
+                id_block: String::new(),
+                id_auth: String::new(),
                 signature: None,
             }),
         }

@@ -19,7 +19,7 @@ use crate::service::{LaunchRequest, RecordService, ServiceError};
 
 /// A refusal after verification whose client error names the reason
 /// (the guest proved what it runs, so it may learn what to fix).
-fn told(code: &'static str, status: u16, detail: String) -> Refusal {
+pub(super) fn told(code: &'static str, status: u16, detail: String) -> Refusal {
     Refusal {
         codes: vec![code.to_owned()],
         client: AttestError {

@@ -2,7 +2,10 @@
 //! nothing until approved, a retired one nothing any more; a renewal is
 //! stored only when its report passes every rule and binds the artifacts.
 
-use snpguard_protocol::attest::{renewal_report_data, RenewRequest, MAX_PENDING_LAUNCHES};
+use snpguard_protocol::attest::{
+    renewal_report_data, signed_launch_report_data, RenewRequest, SignedLaunchRequest,
+    MAX_PENDING_LAUNCHES,
+};
 
 use super::*;
 use crate::service::{LaunchRequest, LaunchState};
@@ -367,4 +370,150 @@ fn check_nonce_says_how_long_a_live_nonce_lasts_and_uses_nothing() {
     assert_eq!((e.status, e.code), (400, "nonce-invalid"));
     let e = f.attestor.check_nonce("not a nonce").expect_err("garbage");
     assert_eq!((e.status, e.code), (400, "nonce-invalid"));
+}
+
+impl Fixture {
+    /// A signed-launch request for `launch` by guest `g`, its report bound
+    /// to `bound` (normally `launch`).
+    fn signed_launch_req(&self, g: &Guest<'_>, launch: &str, bound: &str) -> SignedLaunchRequest {
+        let nonce = self.nonce();
+        let r = Fixture::report(g, &signed_launch_report_data(&nonce, bound));
+        SignedLaunchRequest {
+            nonce: encode_nonce(&nonce),
+            report: b64(&r),
+            cert_table: g.table.as_ref().map(|t| b64(t)),
+            launch: launch.into(),
+            signed: true,
+        }
+    }
+
+    /// Expects a signed-launch request refused with audit code `code`.
+    fn expect_signed_launch_refused(&self, req: SignedLaunchRequest, code: &str) -> AttestError {
+        let err = self
+            .attestor
+            .signed_launch(req, PEER)
+            .expect_err("must be refused");
+        let audit = self.last_audit();
+        assert_eq!(
+            audit.codes.first().map(String::as_str),
+            Some(code),
+            "{audit:?}"
+        );
+        err
+    }
+}
+
+#[test]
+fn a_guest_gets_the_signed_parts_of_its_approved_next_launch() {
+    let Some(f) = fixture() else { return };
+    let a = artifacts();
+    let renewed = f
+        .attestor
+        .renew(f.renewal(&f.guest(), &a, &a), PEER)
+        .unwrap();
+
+    // Pending: refused with a code the guest can wait on.
+    let err = f.expect_signed_launch_refused(
+        f.signed_launch_req(&f.guest(), &renewed.launch, &renewed.launch),
+        "launch-pending",
+    );
+    assert_eq!((err.status, err.code), (409, "launch-pending"));
+
+    f.registry
+        .approve_launch(&f.rec.id, &renewed.launch)
+        .unwrap();
+    let req = f.signed_launch_req(&f.guest(), &renewed.launch, &renewed.launch);
+    let (nonce, report) = (
+        snpguard_protocol::attest::decode_nonce(&req.nonce).unwrap(),
+        snpguard_protocol::attest::unb64(&req.report, 1184).unwrap(),
+    );
+    let resp = f.attestor.signed_launch(req, PEER).unwrap();
+    assert_eq!(
+        (resp.record.as_str(), resp.launch.as_str()),
+        (f.rec.id.as_str(), "2")
+    );
+    let id_block = snpguard_protocol::attest::unb64(&resp.id_block, 4096).unwrap();
+    let id_auth = snpguard_protocol::attest::unb64(&resp.id_auth, 8192).unwrap();
+    // Signed by the author key in the guest's report, over every field.
+    let message = snpguard_protocol::attest::signed_launch_message(
+        &nonce,
+        &report,
+        &resp.record,
+        &resp.launch,
+        &resp.launch_config,
+        &id_block,
+        &id_auth,
+    );
+    snpguard_protocol::attest::verify_signature(&report, &message, resp.signature.as_ref())
+        .expect("signed by the report's author key");
+    // Exactly what the launch's bundle holds.
+    let mut tar = Vec::new();
+    f.registry
+        .export_bundle(&f.rec.id, Some("2"), &mut tar)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = snpguard_protocol::bundle::extract_bundle(
+        &tar[..],
+        dir.path(),
+        &snpguard_protocol::bundle::ExtractLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(config.measurement, renewed.measurement);
+    let read = |m: &str| std::fs::read(dir.path().join(m)).unwrap();
+    assert_eq!(
+        resp.launch_config.as_bytes(),
+        &read("launch-config.json")[..]
+    );
+    assert_eq!(id_block, read("id-block.bin"));
+    assert_eq!(id_auth, read("id-auth.bin"));
+    let audit = f.last_audit();
+    assert_eq!(audit.result, "signed-launch-sent");
+    assert!(audit.detail.contains("launch 2"), "{audit:?}");
+}
+
+#[test]
+fn a_signed_launch_is_refused_unless_the_guest_and_the_launch_qualify() {
+    let Some(f) = fixture() else { return };
+    let a = artifacts();
+    let renewed = f
+        .attestor
+        .renew(f.renewal(&f.guest(), &a, &a), PEER)
+        .unwrap();
+    let l = renewed.launch.as_str();
+
+    // Unknown launch; a report bound to another launch; a malformed id.
+    let err =
+        f.expect_signed_launch_refused(f.signed_launch_req(&f.guest(), "9", "9"), "unknown-launch");
+    assert_eq!((err.status, err.code), (404, "unknown-launch"));
+    f.expect_signed_launch_refused(
+        f.signed_launch_req(&f.guest(), l, "1"),
+        "report-data-mismatch",
+    );
+    let err = f
+        .attestor
+        .signed_launch(f.signed_launch_req(&f.guest(), "02", "02"), PEER)
+        .unwrap_err();
+    assert_eq!((err.status, err.code), (400, "bad-request"));
+
+    // The pending launch itself cannot ask (it is not approved).
+    let mut pending = f.guest();
+    pending.measurement = arr(&renewed.measurement);
+    f.expect_signed_launch_refused(f.signed_launch_req(&pending, "1", "1"), "launch-pending");
+
+    // A disabled record gets nothing.
+    f.registry.approve_launch(&f.rec.id, l).unwrap();
+    f.registry.set_enabled(&f.rec.id, false).unwrap();
+    f.expect_signed_launch_refused(f.signed_launch_req(&f.guest(), l, l), "record-disabled");
+    f.registry.set_enabled(&f.rec.id, true).unwrap();
+
+    // A retired launch is not a next launch.
+    f.registry.retire_launch(&f.rec.id, "1").unwrap();
+    let mut now = f.guest();
+    now.measurement = arr(&renewed.measurement);
+    let err = f.expect_signed_launch_refused(f.signed_launch_req(&now, "1", "1"), "launch-retired");
+    assert_eq!((err.status, err.code), (409, "launch-retired"));
+    assert!(f
+        .attestor
+        .signed_launch(f.signed_launch_req(&now, l, l), PEER)
+        .is_ok());
 }
