@@ -7,11 +7,13 @@ use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
 
+use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
 use snpguard::seal::{self, SealedBox};
 use snpguard_protocol::attest::{
     b64, decode_nonce, open_key, release_message, renewal_message, renewal_report_data,
-    report_data, unb64, verify_signature, AttestRequest, AttestResponse, ChallengeResponse,
-    ErrorBody, RenewRequest, RenewResponse, SignatureError, NONCE_LEN,
+    report_data, signed_launch_message, signed_launch_report_data, unb64, verify_signature,
+    AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, RenewRequest, RenewResponse,
+    SignatureError, SignedLaunchRequest, SignedLaunchResponse, NONCE_LEN,
 };
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 use zeroize::Zeroizing;
@@ -164,6 +166,70 @@ impl Client {
 
     /// One renewal attempt against `server`: challenge, a report whose
     /// REPORT_DATA binds the nonce and the artifacts, `POST /v1/renew`.
+    /// Asks `server` for the signed parts of launch `launch` of this
+    /// guest's record. `Ok(None)`: the launch is still pending approval.
+    /// The answer's signature is checked against this guest's own report,
+    /// which is returned with it.
+    pub fn signed_launch_once(
+        &self,
+        server: &Server,
+        source: &Source,
+        launch: &str,
+    ) -> Result<Option<(SignedLaunchResponse, Vec<u8>)>, AttemptError> {
+        let (wire_nonce, nonce) = self.challenge(server)?;
+        let data = signed_launch_report_data(&nonce, launch);
+        let evidence = source
+            .get(&data)
+            .map_err(|e| AttemptError::Transient(e.to_string()))?;
+        let req = SignedLaunchRequest {
+            nonce: wire_nonce,
+            report: b64(&evidence.report),
+            cert_table: evidence.cert_table.as_deref().map(b64),
+            launch: launch.to_owned(),
+            signed: true,
+        };
+        let body = serde_json::to_vec(&req)
+            .map_err(|e| AttemptError::Transient(format!("encoding the request: {e}")))?;
+        let url = format!("{}/v1/signed-launch", server.url);
+        let (status, body) = self.post(&url, body)?;
+        match check_status(&server.url, 200, status, &body) {
+            Err(AttemptError::Refused { code, .. }) if code == "launch-pending" => return Ok(None),
+            other => other?,
+        }
+        let resp: SignedLaunchResponse = serde_json::from_slice(&body)
+            .map_err(|e| AttemptError::Transient(format!("{url}: bad response: {e}")))?;
+        let undecodable = |what: &str| AttemptError::Refused {
+            server: server.url.clone(),
+            code: "untrusted-response".into(),
+            message: format!("the {what} is not base64 of its size"),
+        };
+        let id_block = unb64(&resp.id_block, ID_BLOCK_SIZE)
+            .filter(|b| b.len() == ID_BLOCK_SIZE)
+            .ok_or_else(|| undecodable("ID block"))?;
+        let id_auth = unb64(&resp.id_auth, ID_AUTH_SIZE)
+            .filter(|b| b.len() == ID_AUTH_SIZE)
+            .ok_or_else(|| undecodable("ID auth block"))?;
+        let message = signed_launch_message(
+            &nonce,
+            &evidence.report,
+            &resp.record,
+            &resp.launch,
+            &resp.launch_config,
+            &id_block,
+            &id_auth,
+        );
+        verify_signature(&evidence.report, &message, resp.signature.as_ref())
+            .map_err(|e| untrusted(&server.url, e))?;
+        if resp.launch != launch {
+            return Err(AttemptError::Refused {
+                server: server.url.clone(),
+                code: "untrusted-response".into(),
+                message: format!("asked for launch {launch}, got launch {}", resp.launch),
+            });
+        }
+        Ok(Some((resp, evidence.report)))
+    }
+
     pub fn renew_once(
         &self,
         server: &Server,

@@ -3,7 +3,9 @@
 //! on failure it prints one `snpguard: FAILED: <reason>` line and powers
 //! off. `check-config` validates a configuration at build time. `renew`
 //! runs in the booted guest after a kernel update and submits the new
-//! kernel, initrd and command line as a pending launch.
+//! kernel, initrd and command line as a pending launch; `install-launch`
+//! writes that launch, once approved, into the guest's LAUNCH_ARTIFACTS
+//! partition.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,8 +19,10 @@ mod device;
 mod dm;
 mod evidence;
 mod luks;
+mod next_launch;
 mod power;
 mod renew;
+mod slot;
 mod unlock;
 
 use console::say;
@@ -65,6 +69,40 @@ enum Command {
         /// File with the command line (final newline dropped).
         #[arg(long, value_name = "FILE")]
         cmdline_file: Option<PathBuf>,
+    },
+    /// Write an approved launch into the LAUNCH_ARTIFACTS partition.
+    InstallLaunch {
+        /// Configuration.
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The launch id renew printed.
+        #[arg(long, value_name = "ID")]
+        launch: String,
+        /// Its kernel, encrypted root (as given to renew)
+        #[arg(long, value_name = "FILE")]
+        kernel: PathBuf,
+        /// Its initrd, encrypted root (as given to renew)
+        #[arg(long, value_name = "FILE")]
+        initrd: PathBuf,
+        /// Its command line, exact [default: the running one].
+        #[arg(long, value_name = "STR", conflicts_with = "cmdline_file")]
+        cmdline: Option<String>,
+        /// File with the command line (final newline dropped).
+        #[arg(long, value_name = "FILE")]
+        cmdline_file: Option<PathBuf>,
+        /// The partition's block device.
+        #[arg(long, value_name = "DEV", default_value = next_launch::DEFAULT_DEVICE)]
+        device: PathBuf,
+        /// The partition, mounted already (not --device).
+        #[arg(long, value_name = "DIR", conflicts_with = "device")]
+        mounted: Option<PathBuf>,
+        /// Seconds to wait for the approval.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+        /// Seconds between asks while pending.
+        #[arg(long, value_name = "SECS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        poll: u64,
     },
 }
 
@@ -129,6 +167,61 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::InstallLaunch {
+            config,
+            launch,
+            kernel,
+            initrd,
+            cmdline,
+            cmdline_file,
+            device,
+            mounted,
+            wait,
+            poll,
+        } => {
+            let boot_files = renew::BootFiles::from_environment();
+            let req = next_launch::Request {
+                launch: &launch,
+                artifacts: renew::Request {
+                    kernel: &kernel,
+                    initrd: &initrd,
+                    cmdline: renew::CmdlineArg::from_options(cmdline, cmdline_file),
+                    boot_files: &boot_files,
+                },
+                target: match mounted {
+                    Some(dir) => next_launch::Target::Mounted(dir),
+                    None => next_launch::Target::Device(device),
+                },
+                wait: std::time::Duration::from_secs(wait),
+                poll: std::time::Duration::from_secs(poll),
+            };
+            let result = config::load(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| next_launch::run(&c, &req));
+            match result {
+                Ok(out) => {
+                    let (slot, verb) = match out.installed {
+                        slot::Installed::Switched { slot } => (slot, "written and made active"),
+                        slot::Installed::Unchanged { slot } => (slot, "already active"),
+                    };
+                    say!(
+                        "launch {launch} of record {} {verb} in slot {slot}; the next power \
+                         cycle from the partition boots it",
+                        out.record
+                    );
+                    println!("record: {}", out.record);
+                    println!("launch: {launch}");
+                    println!("measurement: {}", out.measurement);
+                    println!("slot: {slot}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    // Not the boot path: no FAILED line, no power-off.
+                    say!("install-launch failed: {}", format!("{e:#}"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Unlock {
             config,
             no_poweroff,
@@ -188,6 +281,59 @@ mod tests {
             .to_string();
         assert!(help.contains("--cmdline-file"), "{help}");
         assert!(help.lines().all(|l| l.len() <= 80), "{help}");
+    }
+
+    #[test]
+    fn install_launch_arguments_and_help() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("install-launch")
+            .expect("install-launch")
+            .render_help()
+            .to_string();
+        assert!(help.contains("--mounted"), "{help}");
+        assert!(help.lines().all(|l| l.len() <= 80), "{help}");
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                [
+                    "snpguard-agent",
+                    "install-launch",
+                    "--kernel",
+                    "k",
+                    "--initrd",
+                    "i",
+                ]
+                .iter()
+                .chain(args),
+            )
+            .map_err(|e| e.to_string())
+        };
+        match parse(&["--launch", "2"]).unwrap().command {
+            Command::InstallLaunch {
+                launch,
+                device,
+                mounted,
+                wait,
+                poll,
+                ..
+            } => {
+                assert_eq!(launch, "2");
+                assert_eq!(device, PathBuf::from(next_launch::DEFAULT_DEVICE));
+                assert_eq!((mounted, wait, poll), (None, 0, 60));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&[]).unwrap_err().contains("--launch"));
+        let e = parse(&[
+            "--launch",
+            "2",
+            "--device",
+            "/dev/vdb2",
+            "--mounted",
+            "/mnt",
+        ]);
+        assert!(e.unwrap_err().contains("cannot be used with"));
+        assert!(parse(&["--launch", "2", "--poll", "0"]).is_err());
     }
 
     fn renew(args: &[&str]) -> Result<(PathBuf, PathBuf, PathBuf, renew::CmdlineArg), String> {

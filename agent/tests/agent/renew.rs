@@ -405,3 +405,281 @@ async fn the_kernel_hook_submits_and_never_fails_the_installation() {
     assert!(err.contains("attestation-rejected"), "{err}");
     assert_eq!(launches(&g).len(), 2);
 }
+
+/// A LAUNCH_ARTIFACTS partition as `snpguardctl embed` leaves it, as a
+/// directory: the bundle extracted into A, B empty, `artifacts` -> A.
+fn partition(g: &Guest) -> PathBuf {
+    let root = g.dir.path().join("partition");
+    std::fs::create_dir_all(root.join("A")).unwrap();
+    std::fs::create_dir(root.join("B")).unwrap();
+    crate::common::run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&g.bundle)
+            .arg("-C")
+            .arg(root.join("A")),
+    );
+    std::os::unix::fs::symlink("A", root.join("artifacts")).unwrap();
+    root
+}
+
+/// `snpguard-agent install-launch` of launch `launch` with these
+/// artifacts into the mounted partition `root`.
+fn install_launch(
+    config: &Path,
+    launch: &str,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline_file: &Path,
+    root: &Path,
+    wait: &[&str],
+) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_snpguard-agent"));
+    c.env(ANYWHERE, "1")
+        .args(["install-launch", "--config"])
+        .arg(config)
+        .args(["--launch", launch, "--kernel"])
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .arg("--cmdline-file")
+        .arg(cmdline_file)
+        .arg("--mounted")
+        .arg(root)
+        .args(wait)
+        .stdin(Stdio::null());
+    c
+}
+
+fn outcome(out: Output) -> (Option<i32>, String, Vec<String>) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    eprintln!("{stdout}{}", lines.join("\n"));
+    (out.status.code(), stdout, lines)
+}
+
+fn active(root: &Path) -> String {
+    std::fs::read_link(root.join("artifacts"))
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn slot_entries(root: &Path, slot: &str) -> usize {
+    std::fs::read_dir(root.join(slot)).unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_writes_its_approved_next_launch_into_the_inactive_slot() {
+    let Some(g) = registered_guest().await else {
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
+        return;
+    };
+    let img = g.volume();
+    let running = g.launch_blob("launch.json", &[]);
+    let config = g.config(&img, &running, "sginstall");
+    let root = partition(&g);
+    let (kernel, initrd, cmdline_file) = new_artifacts(&g, 11);
+    let (code, stdout, lines) = renew(&config, &kernel, &initrd, &cmdline_file);
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let record = field(&stdout, "record").to_owned();
+    let measurement = field(&stdout, "measurement").to_owned();
+
+    // Pending, not waiting: nothing written, the approval named.
+    let (code, _, lines) = outcome(
+        install_launch(&config, "2", &kernel, &initrd, &cmdline_file, &root, &[])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let last = lines.last().unwrap();
+    assert!(last.contains("still pending approval"), "{last}");
+    assert!(last.contains("snpguardctl records approve"), "{last}");
+    assert_eq!((active(&root), slot_entries(&root, "B")), ("A".into(), 0));
+
+    // A launch the record does not have.
+    let (code, _, lines) = outcome(
+        install_launch(&config, "7", &kernel, &initrd, &cmdline_file, &root, &[])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert!(
+        lines.last().unwrap().contains("unknown-launch"),
+        "{lines:#?}"
+    );
+
+    // Waiting: the operator approves meanwhile; the guest writes slot B.
+    let waiting = install_launch(
+        &config,
+        "2",
+        &kernel,
+        &initrd,
+        &cmdline_file,
+        &root,
+        &["--wait", "120", "--poll", "1"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = ctl(&g, &["records", "approve", &record, "--launch", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, stdout, lines) = outcome(waiting.wait_with_output().unwrap());
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pending approval; asking again")),
+        "{lines:#?}"
+    );
+    assert_eq!(field(&stdout, "slot"), "B");
+    assert_eq!(field(&stdout, "measurement"), measurement);
+    assert_eq!(active(&root), "B");
+
+    // Slot B is exactly the bundle the daemon exports for launch 2.
+    let exported = g.dir.path().join("launch-2.tar.gz");
+    let out = ctl(
+        &g,
+        &[
+            "records",
+            "export",
+            &record,
+            "--launch",
+            "2",
+            "--out",
+            exported.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = g.dir.path().join("launch-2");
+    std::fs::create_dir(&want).unwrap();
+    crate::common::run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&exported)
+            .arg("-C")
+            .arg(&want),
+    );
+    for m in snpguard_protocol::bundle::MEMBERS {
+        assert_eq!(
+            std::fs::read(root.join("B").join(m)).unwrap(),
+            std::fs::read(want.join(m)).unwrap(),
+            "{m}"
+        );
+    }
+    // And the launch it describes gets the key.
+    let b = |m: &str| root.join("B").join(m).to_str().unwrap().to_owned();
+    let booted = g.launch_blob(
+        "next.json",
+        &[
+            "--kernel",
+            &b("kernel"),
+            "--initrd",
+            &b("initrd"),
+            "--cmdline-file",
+            &b("cmdline"),
+        ],
+    );
+    let (_, lines) = agent(&g.config(&img, &booted, "sginstallnext"));
+    assert!(key_released(&lines), "{lines:#?}");
+
+    // Asked again: already active, nothing rewritten.
+    let (code, stdout, lines) = outcome(
+        install_launch(&config, "2", &kernel, &initrd, &cmdline_file, &root, &[])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert_eq!(field(&stdout, "slot"), "B");
+    assert!(
+        lines.iter().any(|l| l.contains("already active")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_launch_that_is_not_what_was_signed_is_never_made_active() {
+    let Some(g) = registered_guest().await else {
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
+        return;
+    };
+    let running = g.launch_blob("launch.json", &[]);
+    let config = g.config(Path::new("/dev/null"), &running, "sgnotsigned");
+    let root = partition(&g);
+    let (kernel, initrd, cmdline_file) = new_artifacts(&g, 12);
+    let (code, stdout, lines) = renew(&config, &kernel, &initrd, &cmdline_file);
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let record = field(&stdout, "record").to_owned();
+    let out = ctl(&g, &["records", "approve", &record, "--launch", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The kernel changed since the renewal: the written slot measures to
+    // something else than launch 2, and is emptied again.
+    let (other_kernel, ..) = new_artifacts(&g, 13);
+    let (code, _, lines) = outcome(
+        install_launch(
+            &config,
+            "2",
+            &other_kernel,
+            &initrd,
+            &cmdline_file,
+            &root,
+            &[],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("snpguard: install-launch failed: "),
+        "{last}"
+    );
+    assert!(last.contains("measure to"), "{last}");
+    assert!(!lines.iter().any(|l| l.contains("FAILED")), "{lines:#?}");
+    assert_eq!((active(&root), slot_entries(&root, "B")), ("A".into(), 0));
+
+    // The host swapped the active slot's firmware: the same refusal.
+    let fw = root.join("A/firmware.fd");
+    let mut bytes = std::fs::read(&fw).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&fw, bytes).unwrap();
+    let (code, _, lines) = outcome(
+        install_launch(&config, "2", &kernel, &initrd, &cmdline_file, &root, &[])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert!(lines.last().unwrap().contains("measure to"), "{lines:#?}");
+    assert_eq!((active(&root), slot_entries(&root, "B")), ("A".into(), 0));
+
+    // A malformed launch id is refused before anything is asked.
+    let (code, _, lines) = outcome(
+        install_launch(&config, "02", &kernel, &initrd, &cmdline_file, &root, &[])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert!(
+        lines.last().unwrap().contains("not a launch id"),
+        "{lines:#?}"
+    );
+}
