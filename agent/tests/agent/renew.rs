@@ -310,21 +310,38 @@ fn hook_with(
     version: &str,
     params: &str,
 ) -> (Option<i32>, String) {
-    let out = Command::new(concat!(
+    // No LAUNCH_ARTIFACTS partition: nothing is started after a renewal.
+    hook_cmd(config, boot, disabled, version, params, |c| {
+        c.env("SNPGUARD_ARTIFACTS_DEVICE", boot.join("no-such-partition"));
+    })
+}
+
+/// The hook with `env` adding to its environment.
+fn hook_cmd(
+    config: &Path,
+    boot: &Path,
+    disabled: &Path,
+    version: &str,
+    params: &str,
+    env: impl FnOnce(&mut Command),
+) -> (Option<i32>, String) {
+    let mut cmd = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/kernel-hooks/zz-snpguard-renew"
-    ))
-    .arg(version)
-    .arg(boot.join(format!("vmlinuz-{version}")))
-    .env("SNPGUARD_AGENT", env!("CARGO_BIN_EXE_snpguard-agent"))
-    .env(ANYWHERE, "1")
-    .env("SNPGUARD_AGENT_CONFIG", config)
-    .env("SNPGUARD_RENEW_DISABLED", disabled)
-    .env("SNPGUARD_BOOT", boot)
-    .env("DEB_MAINT_PARAMS", params)
-    .stdin(Stdio::null())
-    .output()
-    .expect("run the hook");
+    ));
+    env(&mut cmd);
+    let out = cmd
+        .arg(version)
+        .arg(boot.join(format!("vmlinuz-{version}")))
+        .env("SNPGUARD_AGENT", env!("CARGO_BIN_EXE_snpguard-agent"))
+        .env(ANYWHERE, "1")
+        .env("SNPGUARD_AGENT_CONFIG", config)
+        .env("SNPGUARD_RENEW_DISABLED", disabled)
+        .env("SNPGUARD_BOOT", boot)
+        .env("DEB_MAINT_PARAMS", params)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the hook");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("{stderr}");
     (out.status.code(), stderr)
@@ -390,6 +407,110 @@ async fn the_kernel_hook_submits_and_never_fails_the_installation() {
     let l = launches(&g);
     assert_eq!(l.len(), 2, "{l:?}");
     assert_eq!(l[1].1, "pending");
+    assert!(
+        err.contains("no-such-partition: this guest boots from a bundle"),
+        "{err}"
+    );
+
+    // With a LAUNCH_ARTIFACTS partition, a transient service waits for
+    // the approval and writes the launch (here a stand-in systemd-run
+    // records what it was asked to run).
+    let partition = g.dir.path().join("partition-device");
+    std::fs::write(&partition, b"").unwrap();
+    let recorded = g.dir.path().join("systemd-run.args");
+    let stand_in = g.dir.path().join("systemd-run");
+    std::fs::write(
+        &stand_in,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$@\" >{}\n", recorded.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &stand_in,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let install_disabled = g.dir.path().join("install-launch.disabled");
+    let with_partition = |c: &mut Command| {
+        c.env("SNPGUARD_ARTIFACTS_DEVICE", &partition)
+            .env("SNPGUARD_SYSTEMD_RUN", &stand_in)
+            .env("SNPGUARD_INSTALL_DISABLED", &install_disabled)
+            .env("SNPGUARD_INSTALL_POLL", "5");
+    };
+    let (code, err) = hook_cmd(
+        &config,
+        &boot,
+        &disabled,
+        "6.12.0-9-amd64",
+        "configure 6.12.0-9-amd64",
+        with_partition,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("snpguard-install-launch-2.service writes launch 2"),
+        "{err}"
+    );
+    let args = std::fs::read_to_string(&recorded).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    let kernel = boot.join("vmlinuz-6.12.0-9-amd64");
+    let initrd = boot.join("initrd.img-6.12.0-9-amd64");
+    let expected = [
+        "--no-block",
+        "--quiet",
+        "--collect",
+        "--unit",
+        "snpguard-install-launch-2",
+        "--description",
+        "SnpGuard: write launch 2 into LAUNCH_ARTIFACTS once approved",
+        "--",
+        env!("CARGO_BIN_EXE_snpguard-agent"),
+        "install-launch",
+        "--config",
+        config.to_str().unwrap(),
+        "--launch",
+        "2",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--device",
+        partition.to_str().unwrap(),
+        "--wait",
+        "604800",
+        "--poll",
+        "5",
+    ];
+    assert_eq!(args, expected);
+    // Opted out of the write: submitted, nothing started.
+    std::fs::remove_file(&recorded).unwrap();
+    std::fs::write(&install_disabled, b"").unwrap();
+    let (code, err) = hook_cmd(
+        &config,
+        &boot,
+        &disabled,
+        "6.12.0-9-amd64",
+        "configure 6.12.0-9-amd64",
+        with_partition,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("install-launch.disabled exists"), "{err}");
+    assert!(!recorded.exists());
+    // systemd-run failing (no systemd): the command to run by hand.
+    std::fs::remove_file(&install_disabled).unwrap();
+    std::fs::write(&stand_in, "#!/bin/sh\nexit 1\n").unwrap();
+    let (code, err) = hook_cmd(
+        &config,
+        &boot,
+        &disabled,
+        "6.12.0-9-amd64",
+        "configure 6.12.0-9-amd64",
+        with_partition,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("WARNING: could not start snpguard-install-launch-2.service")
+            && err.contains("install-launch --config"),
+        "{err}"
+    );
 
     // Refused (a VM that is not approved): a warning, still exit 0.
     let evil = g.dir.path().join("initrd.evil");
