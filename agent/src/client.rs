@@ -7,13 +7,12 @@ use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
 
-use snpguard::idblock::{ID_AUTH_SIZE, ID_BLOCK_SIZE};
 use snpguard::seal::{self, SealedBox};
 use snpguard_protocol::attest::{
-    b64, decode_nonce, open_key, release_message, renewal_message, renewal_report_data,
-    report_data, signed_launch_message, signed_launch_report_data, unb64, verify_signature,
+    b64, check_signed_launch, decode_nonce, open_key, release_message, renewal_message,
+    renewal_report_data, report_data, signed_launch_report_data, unb64, verify_signature,
     AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, RenewRequest, RenewResponse,
-    SignatureError, SignedLaunchRequest, SignedLaunchResponse, NONCE_LEN,
+    SignatureError, SignedLaunchParts, SignedLaunchRequest, SignedLaunchResponse, NONCE_LEN,
 };
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 use zeroize::Zeroizing;
@@ -50,6 +49,15 @@ pub enum AttemptError {
 }
 
 /// An HTTPS client pinned to one CA.
+/// A signed-launch answer the agent accepted, with the report it was
+/// checked against.
+pub struct SignedLaunch {
+    pub resp: SignedLaunchResponse,
+    pub parts: SignedLaunchParts,
+    /// This guest's report, sent with the request.
+    pub report: Vec<u8>,
+}
+
 pub struct Client {
     agent: ureq::Agent,
 }
@@ -175,7 +183,7 @@ impl Client {
         server: &Server,
         source: &Source,
         launch: &str,
-    ) -> Result<Option<(SignedLaunchResponse, Vec<u8>)>, AttemptError> {
+    ) -> Result<Option<SignedLaunch>, AttemptError> {
         let (wire_nonce, nonce) = self.challenge(server)?;
         let data = signed_launch_report_data(&nonce, launch);
         let evidence = source
@@ -198,36 +206,18 @@ impl Client {
         }
         let resp: SignedLaunchResponse = serde_json::from_slice(&body)
             .map_err(|e| AttemptError::Transient(format!("{url}: bad response: {e}")))?;
-        let undecodable = |what: &str| AttemptError::Refused {
-            server: server.url.clone(),
-            code: "untrusted-response".into(),
-            message: format!("the {what} is not base64 of its size"),
-        };
-        let id_block = unb64(&resp.id_block, ID_BLOCK_SIZE)
-            .filter(|b| b.len() == ID_BLOCK_SIZE)
-            .ok_or_else(|| undecodable("ID block"))?;
-        let id_auth = unb64(&resp.id_auth, ID_AUTH_SIZE)
-            .filter(|b| b.len() == ID_AUTH_SIZE)
-            .ok_or_else(|| undecodable("ID auth block"))?;
-        let message = signed_launch_message(
-            &nonce,
-            &evidence.report,
-            &resp.record,
-            &resp.launch,
-            &resp.launch_config,
-            &id_block,
-            &id_auth,
-        );
-        verify_signature(&evidence.report, &message, resp.signature.as_ref())
-            .map_err(|e| untrusted(&server.url, e))?;
-        if resp.launch != launch {
-            return Err(AttemptError::Refused {
+        let parts = check_signed_launch(&nonce, &evidence.report, launch, &resp).map_err(|e| {
+            AttemptError::Refused {
                 server: server.url.clone(),
                 code: "untrusted-response".into(),
-                message: format!("asked for launch {launch}, got launch {}", resp.launch),
-            });
-        }
-        Ok(Some((resp, evidence.report)))
+                message: e.to_string(),
+            }
+        })?;
+        Ok(Some(SignedLaunch {
+            resp,
+            parts,
+            report: evidence.report,
+        }))
     }
 
     pub fn renew_once(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use snpguard::report::Report;
-use snpguard_protocol::attest::{is_launch_id, unb64, SignedLaunchResponse};
+use snpguard_protocol::attest::is_launch_id;
 use snpguard_protocol::bundle::partition::LABEL;
 use snpguard_protocol::bundle::LaunchConfig;
 
@@ -129,10 +129,7 @@ pub fn check_same_record(config: &LaunchConfig, report: &Report) -> anyhow::Resu
 }
 
 /// Asks until the launch is approved or `req.wait` has passed.
-fn fetch(
-    config: &AgentConfig,
-    req: &Request<'_>,
-) -> anyhow::Result<(SignedLaunchResponse, Vec<u8>)> {
+fn fetch(config: &AgentConfig, req: &Request<'_>) -> anyhow::Result<client::SignedLaunch> {
     let source = Source::from_config(config, None);
     let ca = client::load_ca(&config.ca)?;
     let client = Client::new(ca, client::TIMEOUT);
@@ -176,13 +173,13 @@ pub fn run(config: &AgentConfig, req: &Request<'_>) -> anyhow::Result<Outcome> {
     // The files first: nothing is asked for a launch this guest cannot
     // write.
     let artifacts = renew::load(&req.artifacts)?;
-    let (resp, report) = fetch(config, req)?;
+    let client::SignedLaunch {
+        resp,
+        parts,
+        report,
+    } = fetch(config, req)?;
     let report = Report::parse(&report).context("this guest's report")?;
-    // Sizes were checked with the signature.
-    let id_block = unb64(&resp.id_block, snpguard::idblock::ID_BLOCK_SIZE)
-        .context("the ID block is not base64")?;
-    let id_auth = unb64(&resp.id_auth, snpguard::idblock::ID_AUTH_SIZE)
-        .context("the ID auth block is not base64")?;
+    let (id_block, id_auth) = (parts.id_block, parts.id_auth);
     let launch = NewLaunch {
         kernel: &artifacts.kernel,
         initrd: &artifacts.initrd,

@@ -526,3 +526,135 @@ pub fn response_seeds() -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// A genuine `/v1/signed-launch` answer for the release's report and
+/// nonce, asking for launch 2.
+struct NextLaunch {
+    genuine: snpguard_protocol::attest::SignedLaunchResponse,
+    json: Vec<u8>,
+}
+
+fn next_launch() -> &'static NextLaunch {
+    static NEXT: std::sync::OnceLock<NextLaunch> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| {
+        let r = release();
+        let author = p384::ecdsa::SigningKey::from_slice(&[0x11; 48]).expect("a valid scalar");
+        let block = vec![0x5au8; snpguard::idblock::ID_BLOCK_SIZE];
+        let auth = vec![0xa5u8; snpguard::idblock::ID_AUTH_SIZE];
+        let mut genuine = snpguard_protocol::attest::SignedLaunchResponse {
+            record: "web-1".to_owned(),
+            launch: "2".to_owned(),
+            launch_config: "{\"version\": 1}\n".to_owned(),
+            id_block: b64(&block),
+            id_auth: b64(&auth),
+            signature: None,
+        };
+        let message = snpguard_protocol::attest::signed_launch_message(
+            &r.nonce,
+            &r.report,
+            &genuine.record,
+            &genuine.launch,
+            &genuine.launch_config,
+            &block,
+            &auth,
+        );
+        genuine.signature = Some(snpguard_protocol::attest::sign_message(&author, &message));
+        let json = serde_json::to_vec(&genuine).expect("json");
+        NextLaunch { genuine, json }
+    })
+}
+
+/// `signed_launch_response` (the agent, from a network peer): the answer
+/// to `POST /v1/signed-launch` as `snpguard-agent install-launch` reads it
+/// (serde, then `check_signed_launch` for launch 2). Accepted only when
+/// signed by the key the report names and for launch 2; a mutated answer
+/// only when it says exactly what the genuine one says (the ID block and
+/// auth as they decode); a renewal's or a release's signature is never
+/// accepted for it.
+pub fn signed_launch_response(data: &[u8]) {
+    let r = release();
+    let g = next_launch();
+    let (mutated, body) = response_body(data, &g.json);
+    let accepted = serde_json::from_slice::<snpguard_protocol::attest::SignedLaunchResponse>(&body)
+        .ok()
+        .and_then(|resp| {
+            let parts =
+                snpguard_protocol::attest::check_signed_launch(&r.nonce, &r.report, "2", &resp)
+                    .ok()?;
+            Some((resp, parts))
+        });
+    let Some((resp, parts)) = accepted else {
+        assert!(
+            !(mutated && body == g.json),
+            "the genuine signed-launch answer is refused"
+        );
+        return;
+    };
+    fixtures::reached("signed_launch_response");
+    assert_eq!(resp.launch, "2", "an answer for another launch accepted");
+    let sig = resp
+        .signature
+        .as_ref()
+        .expect("an accepted answer was signed");
+    assert_signed_by_report_key(&r.report, sig);
+    for other in [
+        r.genuine.signature.as_ref(),
+        renewal().genuine.signature.as_ref(),
+    ] {
+        assert_ne!(
+            Some(&sig.signature),
+            other.map(|s| &s.signature),
+            "another answer's signature accepted for a signed launch"
+        );
+    }
+    if mutated {
+        assert_eq!(
+            (&resp.record, &resp.launch, &resp.launch_config),
+            (
+                &g.genuine.record,
+                &g.genuine.launch,
+                &g.genuine.launch_config
+            ),
+            "a changed signed-launch answer was accepted"
+        );
+        let genuine =
+            snpguard_protocol::attest::check_signed_launch(&r.nonce, &r.report, "2", &g.genuine)
+                .expect("the genuine answer");
+        assert_eq!(parts, genuine, "changed ID blocks were accepted");
+    }
+}
+
+/// The genuine answer, mutations in each field, the other answers'
+/// signatures on it, an unsigned one and an answer for launch 3.
+pub fn signed_launch_response_seeds() -> Vec<Vec<u8>> {
+    let r = release();
+    let g = next_launch();
+    let with = |f: &dyn Fn(&mut snpguard_protocol::attest::SignedLaunchResponse)| {
+        let mut v = g.genuine.clone();
+        f(&mut v);
+        [&[0u8][..], &serde_json::to_vec(&v).expect("json")].concat()
+    };
+    let mut out = vec![
+        [&[0u8][..], &g.json].concat(),
+        with(&|v| v.signature = None),
+        with(&|v| v.signature = r.genuine.signature.clone()),
+        with(&|v| v.signature = renewal().genuine.signature.clone()),
+        with(&|v| v.launch = "3".into()),
+        vec![1],
+    ];
+    let json = String::from_utf8(g.json.clone()).expect("json is text");
+    for field in [
+        "\"record\"",
+        "\"launch\"",
+        "\"launch_config\"",
+        "\"id_block\"",
+        "\"id_auth\"",
+        "\"key\"",
+        "\"signature\":\"",
+    ] {
+        if let Some(at) = json.find(field) {
+            out.push([vec![1], fixtures::xor_at(at + field.len() + 3, 1)].concat());
+        }
+    }
+    out
+}

@@ -59,7 +59,7 @@ mod tsm;
 pub use agent::{agent_config, luks2_header};
 pub use attest::{
     attest_request, attest_response, nonce_base64, renew_leading_nonce, renew_request,
-    renew_response,
+    renew_response, signed_launch_response,
 };
 pub use bundle::bundle_extract;
 pub use certs::{cert_import, cert_parse, cert_table, crl, tsm_json};
@@ -164,6 +164,12 @@ pub const TARGETS: &[Target] = &[
         name: "renew_response",
         run: renew_response,
         seeds: attest::renew_response_seeds,
+        dict: Some("json"),
+    },
+    Target {
+        name: "signed_launch_response",
+        run: signed_launch_response,
+        seeds: attest::signed_launch_response_seeds,
         dict: Some("json"),
     },
     Target {

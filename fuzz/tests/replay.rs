@@ -161,6 +161,11 @@ fn renew_response() {
 }
 
 #[test]
+fn signed_launch_response() {
+    run("signed_launch_response");
+}
+
+#[test]
 fn renew_leading_nonce() {
     run("renew_leading_nonce");
 }

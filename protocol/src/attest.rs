@@ -290,6 +290,72 @@ pub fn signed_launch_message(
     m
 }
 
+/// The ID block and ID auth block of a signed-launch answer that
+/// [`check_signed_launch`] accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedLaunchParts {
+    /// `id-block.bin`.
+    pub id_block: Vec<u8>,
+    /// `id-auth.bin`.
+    pub id_auth: Vec<u8>,
+}
+
+/// Why a signed-launch answer is not used; each names its rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignedLaunchRejection {
+    /// The ID block or ID auth block is not base64 of its size.
+    #[error("the {0} is not standard base64 of its size (signed-launch-malformed)")]
+    Malformed(&'static str),
+    /// The signature does not hold for this guest's report.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// A signed answer for another launch than the one asked for.
+    #[error("asked for launch {asked}, the answer is launch {got} (signed-launch-other)")]
+    OtherLaunch {
+        /// The launch asked for.
+        asked: String,
+        /// The launch answered.
+        got: String,
+    },
+}
+
+/// Checks a `/v1/signed-launch` answer for the guest that sent `report`
+/// with `nonce`, asking for launch `asked`: the ID block and ID auth
+/// decode to their sizes, the signature over every field is by a key the
+/// report names ([`verify_signature`]), and it is the launch asked for.
+/// The agent uses nothing of an answer before this passes; whether the
+/// launch is its record's, and what it measures to, it checks after.
+pub fn check_signed_launch(
+    nonce: &[u8; NONCE_LEN],
+    report: &[u8],
+    asked: &str,
+    resp: &SignedLaunchResponse,
+) -> Result<SignedLaunchParts, SignedLaunchRejection> {
+    let id_block = unb64(&resp.id_block, idblock::ID_BLOCK_SIZE)
+        .filter(|b| b.len() == idblock::ID_BLOCK_SIZE)
+        .ok_or(SignedLaunchRejection::Malformed("ID block"))?;
+    let id_auth = unb64(&resp.id_auth, idblock::ID_AUTH_SIZE)
+        .filter(|b| b.len() == idblock::ID_AUTH_SIZE)
+        .ok_or(SignedLaunchRejection::Malformed("ID auth block"))?;
+    let message = signed_launch_message(
+        nonce,
+        report,
+        &resp.record,
+        &resp.launch,
+        &resp.launch_config,
+        &id_block,
+        &id_auth,
+    );
+    verify_signature(report, &message, resp.signature.as_ref())?;
+    if resp.launch != asked {
+        return Err(SignedLaunchRejection::OtherLaunch {
+            asked: asked.to_owned(),
+            got: resp.launch.clone(),
+        });
+    }
+    Ok(SignedLaunchParts { id_block, id_auth })
+}
+
 /// Signs `message` with `key` (the daemon's author key).
 pub fn sign_message(key: &p384::ecdsa::SigningKey, message: &[u8]) -> ReleaseSignature {
     ReleaseSignature {
@@ -518,6 +584,87 @@ mod tests {
         ] {
             assert_ne!(base, other);
         }
+    }
+
+    #[test]
+    fn a_signed_launch_is_used_only_as_signed_for_this_guest_and_launch() {
+        let author = p384_key();
+        let report = report_naming(&idblock::key_digest(author.verifying_key()), &[0u8; 48]);
+        let nonce = [9u8; NONCE_LEN];
+        let (block, auth) = (
+            vec![1u8; idblock::ID_BLOCK_SIZE],
+            vec![2u8; idblock::ID_AUTH_SIZE],
+        );
+        let sign = |resp: &mut SignedLaunchResponse, key: &p384::ecdsa::SigningKey| {
+            let m = signed_launch_message(
+                &nonce,
+                &report,
+                &resp.record,
+                &resp.launch,
+                &resp.launch_config,
+                &block,
+                &auth,
+            );
+            resp.signature = Some(sign_message(key, &m));
+        };
+        let mut genuine = SignedLaunchResponse {
+            record: "rec".into(),
+            launch: "2".into(),
+            launch_config: "{}\n".into(),
+            id_block: b64(&block),
+            id_auth: b64(&auth),
+            signature: None,
+        };
+        sign(&mut genuine, &author);
+        let parts = check_signed_launch(&nonce, &report, "2", &genuine).unwrap();
+        assert_eq!(
+            (parts.id_block, parts.id_auth),
+            (block.clone(), auth.clone())
+        );
+
+        // Another launch than the one asked for, though signed.
+        assert!(matches!(
+            check_signed_launch(&nonce, &report, "3", &genuine),
+            Err(SignedLaunchRejection::OtherLaunch { .. })
+        ));
+        // Another nonce: the signature does not hold.
+        assert_eq!(
+            check_signed_launch(&[8u8; NONCE_LEN], &report, "2", &genuine),
+            Err(SignedLaunchRejection::Signature(SignatureError::Invalid))
+        );
+        // A changed configuration after signing.
+        let mut changed = genuine.clone();
+        changed.launch_config = "{ }\n".into();
+        assert_eq!(
+            check_signed_launch(&nonce, &report, "2", &changed),
+            Err(SignedLaunchRejection::Signature(SignatureError::Invalid))
+        );
+        // Unsigned; signed by a stranger.
+        let unsigned = SignedLaunchResponse {
+            signature: None,
+            ..genuine.clone()
+        };
+        assert_eq!(
+            check_signed_launch(&nonce, &report, "2", &unsigned),
+            Err(SignedLaunchRejection::Signature(SignatureError::Missing))
+        );
+        let mut stranger = genuine.clone();
+        sign(&mut stranger, &p384_key());
+        assert_eq!(
+            check_signed_launch(&nonce, &report, "2", &stranger),
+            Err(SignedLaunchRejection::Signature(
+                SignatureError::UnknownSigner
+            ))
+        );
+        // A short ID block is refused before any signature is checked.
+        let short = SignedLaunchResponse {
+            id_block: b64(&block[1..]),
+            ..genuine.clone()
+        };
+        assert_eq!(
+            check_signed_launch(&nonce, &report, "2", &short),
+            Err(SignedLaunchRejection::Malformed("ID block"))
+        );
     }
 
     #[test]

@@ -36,6 +36,17 @@
 # beside the image (image-LAYOUT-marker-<hash>.token) for the caller to
 # compare: the line proves that the booted root is this image's. Such
 # images are cached apart from the plain ones.
+#
+# Marker images also get a unit for the end-to-end test of a guest that
+# writes its own next launch, which does nothing unless the host sets the
+# QEMU fw_cfg item opt/org.snpguard/test-next-launch (a flag, never a
+# script: the host chooses whether it runs, not what). Before the marker,
+# it plays a kernel update: the running kernel's initrd rewritten (one NUL
+# appended, which the kernel's initramfs reader skips as padding, standing
+# for update-initramfs) and the kernel package's postinst hook run, which
+# submits the renewal and starts snpguard-agent install-launch; it then
+# waits for that service (the host approves meanwhile), prints its journal
+# and `SNPGUARD-TEST-NEXT-LAUNCH <unit> done` on the serial console.
 set -eu
 
 MARKER=
@@ -147,6 +158,45 @@ WantedBy=multi-user.target
 EOF_UNIT
 	mkdir -p "$TREE/etc/systemd/system/multi-user.target.wants"
 	ln -sf "../$UNIT" "$TREE/etc/systemd/system/multi-user.target.wants/$UNIT"
+
+	TEST_UNIT=snpguard-test-next-launch.service
+	cat >"$TREE/usr/local/sbin/snpguard-test-next-launch" <<'EOF_SCRIPT'
+#!/bin/sh
+# End-to-end test only; see tests/guest/build-image.sh.
+modprobe qemu_fw_cfg 2>/dev/null || true
+[ -e /sys/firmware/qemu_fw_cfg/by_name/opt/org.snpguard/test-next-launch/raw ] || exit 0
+v=$(uname -r)
+log=/run/snpguard-test-hook.log
+printf '\0' >>"/boot/initrd.img-$v"
+SNPGUARD_INSTALL_POLL=2 DEB_MAINT_PARAMS="configure $v" \
+	/etc/kernel/postinst.d/zz-snpguard-renew "$v" "/boot/vmlinuz-$v" >"$log" 2>&1
+sed 's/^/SNPGUARD-TEST-HOOK /' "$log" >/dev/ttyS0
+unit=$(sed -n 's/.*\(snpguard-install-launch-[0-9]*\)\.service writes.*/\1/p' "$log")
+[ -n "$unit" ] || { printf '\nSNPGUARD-TEST-NEXT-LAUNCH none started\n' >/dev/ttyS0; exit 0; }
+i=0
+while systemctl is-active --quiet "$unit" && [ "$i" -lt 600 ]; do
+	sleep 2
+	i=$((i + 1))
+done
+journalctl -b -o cat -u "$unit" | sed 's/^/SNPGUARD-TEST-INSTALL /' >/dev/ttyS0
+printf '\nSNPGUARD-TEST-NEXT-LAUNCH %s done\n' "$unit" >/dev/ttyS0
+EOF_SCRIPT
+	chmod 0755 "$TREE/usr/local/sbin/snpguard-test-next-launch"
+	cat >"$TREE/etc/systemd/system/$TEST_UNIT" <<EOF_UNIT
+[Unit]
+Description=SnpGuard end-to-end test: a kernel update writes the next launch (host flag only)
+After=multi-user.target
+Before=$UNIT
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/snpguard-test-next-launch
+TimeoutStartSec=1500
+
+[Install]
+WantedBy=multi-user.target
+EOF_UNIT
+	ln -sf "../$TEST_UNIT" "$TREE/etc/systemd/system/multi-user.target.wants/$TEST_UNIT"
 fi
 
 FSTAB="UUID=$ROOT_UUID / ext4 errors=remount-ro 0 1"

@@ -1,4 +1,5 @@
-//! End to end, the ways a converted guest must NOT get its key: a Debian
+//! End to end, the ways a converted guest must NOT get its key, and a
+//! guest that writes its own next launch and boots it: a Debian
 //! 13 image with a separate /boot, /var, /home and swap
 //! (tests/guest/build-image.sh --marker split) converted by
 //! `snpguardctl convert --simulated-platform` with the agent's simulator
@@ -17,11 +18,17 @@
 //! - an initrd changed after registration (one byte appended) boots to the
 //!   agent, which is refused: `measurement-mismatch`;
 //! - a disabled record: `record-disabled`;
-//! - a second launch (another command line) added as pending with
-//!   `snpguardctl records add-launch` boots but is refused
-//!   (`launch-pending`) until `snpguardctl records approve`; then the guest
-//!   reaches multi-user with / , /var and /home on the agent's mappings
-//!   and no swap, and prints the image's marker.
+//! - the guest writes its own next launch: its bundle embedded in the
+//!   image's LAUNCH_ARTIFACTS partition, the guest reaches multi-user
+//!   with / , /var and /home on the agent's mappings and no swap, prints
+//!   the image's marker and, asked by a host flag, plays a kernel update:
+//!   the kernel hook submits the new initrd (a pending launch 2) and
+//!   starts `snpguard-agent install-launch`, which waits while this test
+//!   approves launch 2 as soon as it is pending, then writes it into slot
+//!   B. A power cycle from the partition (the launch script's
+//!   `--from-partition`) boots launch 2, and it unlocks. (A pending
+//!   launch refused at boot is the agent's unlock test and the
+//!   attestor's; `records add-launch` is the daemon's tests'.)
 //!
 //! A refused guest prints `snpguard: FAILED: … attestation-rejected`,
 //! powers off by itself, shows no shell and never reaches its root.
@@ -142,11 +149,14 @@ struct Case {
     dir: tempfile::TempDir,
 }
 
-/// What the booted guest runs instead of the bundle's files.
+/// What the booted guest runs instead of the bundle's files, and what
+/// else the host gives it.
 #[derive(Default)]
 struct Changed {
     initrd: Option<PathBuf>,
     cmdline: Option<PathBuf>,
+    /// More `-fw_cfg` items (name, file).
+    fw_cfg: Vec<(String, PathBuf)>,
 }
 
 impl Case {
@@ -271,7 +281,9 @@ impl Case {
             initrd: &initrd,
             append: &append,
             disk: Some(&self.disk),
-            fw_cfg: vec![(FW_CFG_NAME.to_owned(), blob)],
+            fw_cfg: std::iter::once((FW_CFG_NAME.to_owned(), blob))
+                .chain(changed.fw_cfg.iter().cloned())
+                .collect(),
             deadline: BOOT_DEADLINE,
         }
         .run(&files.join("serial.log"))
@@ -370,7 +382,7 @@ fn an_initrd_changed_after_registration_is_refused() {
         &bundle,
         &Changed {
             initrd: Some(changed),
-            cmdline: None,
+            ..Changed::default()
         },
     );
     case.assert_refused(&o, "measurement-mismatch");
@@ -387,67 +399,147 @@ fn a_disabled_record_is_refused() {
     case.assert_refused(&o, "record-disabled");
 }
 
+/// The fw_cfg item that has the marker image play a kernel update
+/// (tests/guest/build-image.sh).
+const TEST_NEXT_LAUNCH: &str = "opt/org.snpguard/test-next-launch";
+/// The members of a bundle, in the order a bundle lists them.
+const MEMBERS: [&str; 7] = snpguard_protocol::bundle::MEMBERS;
+
 #[test]
 #[ignore = "slow, root, libguestfs and QEMU: make test-e2e"]
-fn a_pending_launch_boots_only_after_approval() {
-    let mut case = Case::new("renewal");
-    case.register();
-    // The renewal: the same kernel and initrd with a new command line,
-    // added as a pending launch.
-    let staging = case.path("staging-2");
-    std::fs::create_dir(&staging).unwrap();
-    let c = converted();
-    for f in ["kernel", "initrd"] {
-        std::fs::copy(c.staging.join(f), staging.join(f)).unwrap();
-    }
-    let cmdline = std::fs::read_to_string(c.staging.join("cmdline")).unwrap();
-    let renewed = format!("{} snpguard.renewal=2", cmdline.trim_end());
-    std::fs::write(staging.join("cmdline"), &renewed).unwrap();
+fn a_renewed_guest_writes_its_approved_next_launch_and_boots_it_from_the_partition() {
+    let mut case = Case::new("next-launch");
+    let bundle = case.register();
+    // Deployed as an operator deploys it: the bundle in the image's
+    // LAUNCH_ARTIFACTS partition.
     case.ctl(&[
-        "records",
-        "add-launch",
-        RECORD,
-        "--staging",
-        staging.to_str().unwrap(),
+        "embed",
+        "--image",
+        case.disk.to_str().unwrap(),
+        "--in-bundle",
+        bundle.to_str().unwrap(),
     ]);
+
+    // Boot 1, from the approved launch: the guest plays a kernel update
+    // (a rewritten initrd and the kernel package's hook), which submits
+    // launch 2 and starts install-launch; the operator approves launch 2
+    // when it shows up as pending.
+    let flag = case.path("test-next-launch");
+    std::fs::write(&flag, "1").unwrap();
+    let approver = {
+        let bus = case.bus.address.clone();
+        std::thread::spawn(move || approve_when_pending(&bus, "2"))
+    };
+    let o = case.boot(
+        &bundle,
+        &Changed {
+            fw_cfg: vec![(TEST_NEXT_LAUNCH.to_owned(), flag)],
+            ..Changed::default()
+        },
+    );
+    let approved = approver.join().expect("the approver");
+    assert!(approved, "launch 2 never showed up as pending:\n{}", o.log);
+    case.assert_booted(&o);
+    for want in [
+        "SNPGUARD-TEST-HOOK snpguard-renew: kernel ",
+        "snpguard-install-launch-2.service writes launch 2",
+        "launch 2 is pending approval; asking again",
+        "written and made active in slot B",
+        "SNPGUARD-TEST-NEXT-LAUNCH snpguard-install-launch-2 done",
+    ] {
+        assert!(
+            o.log.contains(want),
+            "no {want:?} on the console:\n{}",
+            o.log
+        );
+    }
     let launches = case.record()["launches"].clone();
     assert!(
         launches
             .as_array()
             .unwrap()
             .iter()
-            .any(|l| l["state"] == "pending" && l["cmdline"] == renewed.as_str()),
+            .any(|l| l["id"] == "2" && l["state"] == "approved"),
         "{launches}"
     );
 
-    // Booted before approval (with the bundle of the approved launch, the
-    // renewed command line measured): no key.
-    let old_bundle = case.path("launch-artifacts.tar.gz");
-    let o = case.boot(
-        &old_bundle,
-        &Changed {
-            initrd: None,
-            cmdline: Some(staging.join("cmdline")),
-        },
+    // Boot 2, a power cycle from the partition: the launch script reads
+    // the active slot, which is now launch 2, and the guest unlocks.
+    let files = case.path("from-partition");
+    let script = snpguard_systest::repo_root().join("scripts/launch-qemu-snp.sh");
+    let out = run_ok(
+        Command::new(script)
+            .arg("--hda")
+            .arg(&case.disk)
+            .args(["--from-partition", "--dry-run", "--workdir"])
+            .arg(&files)
+            .args(["--cbitpos", "51", "--reduced-phys-bits", "1"]),
     );
-    case.assert_refused(&o, "launch-pending");
-
-    // Approved: the new bundle boots to multi-user.
-    let bundle = case.path("launch-artifacts-2.tar.gz");
-    case.ctl(&[
-        "records",
-        "approve",
-        RECORD,
-        "--launch",
-        "2",
-        "--output",
-        bundle.to_str().unwrap(),
-    ]);
-    let o = case.boot(&bundle, &Changed::default());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("read slot B of the LAUNCH_ARTIFACTS partition"),
+        "{said}"
+    );
+    let next = case.path("from-partition.tar.gz");
+    run_ok(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&next)
+            .arg("-C")
+            .arg(&files)
+            .args(MEMBERS),
+    );
+    let o = case.boot(&next, &Changed::default());
     case.assert_booted(&o);
-    assert_eq!(
-        std::fs::read_to_string(case.path("boot-2/cmdline")).unwrap(),
-        renewed,
-        "the approved bundle carries the renewed command line"
+    // It was launch 2 that got the key: its measurement is the slot's.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files.join("launch-config.json")).unwrap()).unwrap();
+    let two = launches
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == "2")
+        .unwrap();
+    assert_eq!(config["measurement"], two["measurement"], "{config}");
+    assert!(
+        case.daemon.log().contains("attestation accepted"),
+        "{}",
+        case.daemon.log()
     );
+}
+
+/// Approves launch `launch` of the record as soon as it is pending (the
+/// guest is running meanwhile); false if it never was within the boot's
+/// deadline.
+fn approve_when_pending(bus: &str, launch: &str) -> bool {
+    let ctl = |args: &[&str]| {
+        Command::new(snpguard_systest::workspace_binary("snpguardctl"))
+            .arg("--bus-address")
+            .arg(bus)
+            .args(args)
+            .output()
+            .expect("snpguardctl")
+    };
+    let until = std::time::Instant::now() + BOOT_DEADLINE;
+    while std::time::Instant::now() < until {
+        let out = ctl(&["records", "show", RECORD, "--json"]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let pending = v["launches"].as_array().is_some_and(|ls| {
+                ls.iter()
+                    .any(|l| l["id"] == launch && l["state"] == "pending")
+            });
+            if pending {
+                let out = ctl(&["records", "approve", RECORD, "--launch", launch]);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    false
 }
