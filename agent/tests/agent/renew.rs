@@ -531,6 +531,12 @@ async fn the_kernel_hook_submits_and_never_fails_the_installation() {
 /// directory: the bundle extracted into A, B empty, `artifacts` -> A.
 fn partition(g: &Guest) -> PathBuf {
     let root = g.dir.path().join("partition");
+    lay_out(g, &root);
+    root
+}
+
+/// The layout of [`partition`] in `root`.
+fn lay_out(g: &Guest, root: &Path) {
     std::fs::create_dir_all(root.join("A")).unwrap();
     std::fs::create_dir(root.join("B")).unwrap();
     crate::common::run(
@@ -541,7 +547,6 @@ fn partition(g: &Guest) -> PathBuf {
             .arg(root.join("A")),
     );
     std::os::unix::fs::symlink("A", root.join("artifacts")).unwrap();
-    root
 }
 
 /// `snpguard-agent install-launch` of launch `launch` with these
@@ -802,5 +807,133 @@ async fn a_next_launch_that_is_not_what_was_signed_is_never_made_active() {
     assert!(
         lines.last().unwrap().contains("not a launch id"),
         "{lines:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_launch_mounts_the_partition_by_its_device() {
+    let Some(g) = registered_guest().await else {
+        eprintln!("no AMD test data (SNPGUARD_SKIP_TESTDATA=1); skipped");
+        return;
+    };
+    // An ext4 file system labelled as embed labels it, on a loop device.
+    let img = g.dir.path().join("artifacts.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    crate::common::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "LAUNCH_ARTIFACTS"])
+            .arg(&img),
+    );
+    let Some(dev) = crate::common::loop_device(&img) else {
+        eprintln!("needs root and loop devices; skipped");
+        return;
+    };
+    let mnt = g.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = |opts: &str| {
+        crate::common::run(
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", opts, &dev.0])
+                .arg(&mnt),
+        );
+    };
+    let umount = || crate::common::run(Command::new("umount").arg(&mnt));
+    mount("rw");
+    lay_out(&g, &mnt);
+    umount();
+
+    let running = g.launch_blob("launch.json", &[]);
+    let config = g.config(Path::new("/dev/null"), &running, "sgdevice");
+    let (kernel, initrd, cmdline_file) = new_artifacts(&g, 14);
+    let (code, stdout, lines) = renew(&config, &kernel, &initrd, &cmdline_file);
+    assert_eq!(code, Some(0), "{lines:#?}");
+    let record = field(&stdout, "record").to_owned();
+    let out = ctl(&g, &["records", "approve", &record, "--launch", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let cmd = install_launch(&config, "2", &kernel, &initrd, &cmdline_file, &mnt, &[]);
+    // --device instead of --mounted.
+    let args: Vec<std::ffi::OsString> = cmd
+        .get_args()
+        .map(|a| {
+            if a == "--mounted" {
+                "--device".into()
+            } else {
+                a.to_owned()
+            }
+        })
+        .map(|a| {
+            if a == mnt.as_os_str() {
+                dev.0.clone().into()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut by_device = Command::new(cmd.get_program());
+    by_device.env(ANYWHERE, "1").args(args).stdin(Stdio::null());
+    let (code, stdout, lines) = outcome(by_device.output().unwrap());
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert_eq!(field(&stdout, "slot"), "B");
+    // Unmounted again, its private mount point gone.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&dev.0), "{mounts}");
+    let pid_dirs = std::fs::read_dir("/run")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("snpguard-agent-")
+        })
+        .count();
+    assert_eq!(pid_dirs, 0, "a mount point was left in /run");
+
+    mount("ro");
+    let active = active(&mnt);
+    let b_cmdline = std::fs::read(mnt.join("B/cmdline")).unwrap();
+    umount();
+    assert_eq!(active, "B");
+    assert_eq!(b_cmdline, NEW_CMDLINE.as_bytes());
+
+    // A device that is not an ext4 file system: refused by name.
+    let junk = g.dir.path().join("junk.img");
+    std::fs::File::create(&junk)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let Some(junk_dev) = crate::common::loop_device(&junk) else {
+        return;
+    };
+    let args: Vec<std::ffi::OsString> = by_device
+        .get_args()
+        .map(|a| {
+            if a == dev.0.as_str() {
+                junk_dev.0.clone().into()
+            } else {
+                a.to_owned()
+            }
+        })
+        .collect();
+    let (code, _, lines) = outcome(
+        Command::new(by_device.get_program())
+            .env(ANYWHERE, "1")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let last = lines.last().unwrap();
+    assert!(
+        last.contains("mounting") && last.contains("snpguardctl embed"),
+        "{last}"
     );
 }

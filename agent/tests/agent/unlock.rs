@@ -11,7 +11,7 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{agent, failed_line, registered_guest, run};
+use crate::common::{agent, failed_line, loop_device, registered_guest, run};
 
 const PLAINTEXT: &[u8] = b"SNPGUARD-AGENT-TEST-PLAINTEXT\n";
 
@@ -24,29 +24,6 @@ fn dm_usable() -> bool {
             .open("/dev/mapper/control")
             .is_ok()
         && Path::new("/dev/loop-control").exists()
-}
-
-struct Loop(String);
-
-/// Attaches `img` to a free loop device (root only), or `None`.
-fn loop_device(img: &Path) -> Option<Loop> {
-    if !rustix::process::getuid().is_root() || !Path::new("/dev/loop-control").exists() {
-        return None;
-    }
-    let out = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(img)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

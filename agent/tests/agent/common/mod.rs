@@ -277,3 +277,27 @@ pub fn failed_line(lines: &[String]) -> &str {
     assert_eq!(failed.len(), 1, "exactly one FAILED line: {lines:#?}");
     failed[0]
 }
+
+/// A loop device, detached when dropped.
+pub struct Loop(pub String);
+
+/// Attaches `img` to a free loop device (root only), or `None`.
+pub fn loop_device(img: &Path) -> Option<Loop> {
+    if !rustix::process::getuid().is_root() || !Path::new("/dev/loop-control").exists() {
+        return None;
+    }
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(img)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
