@@ -31,7 +31,7 @@ use snpguard_protocol::bundle::{
 
 use crate::bundle::NO_CONFIDENTIALITY;
 use crate::output::{write_atomic, AtomicFile};
-use crate::register::{CMDLINE, FIRMWARE, INITRD, KERNEL, NO_ENCRYPTION, SEALED_VMK};
+use crate::register::{LaunchShape, CMDLINE, FIRMWARE, INITRD, KERNEL, NO_ENCRYPTION, SEALED_VMK};
 
 /// SEV features of a QEMU launch (SNP active), as `register` measures it.
 const GUEST_FEATURES: u64 = 0x1;
@@ -41,21 +41,8 @@ pub struct Args {
     /// Staging directory written by `convert --no-encryption`
     #[arg(long, value_name = "DIR")]
     pub staging_dir: PathBuf,
-    /// Number of vCPUs the guest is launched with
-    #[arg(long)]
-    pub vcpus: u32,
-    /// QEMU vCPU model (e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa)
-    #[arg(long, value_name = "TYPE")]
-    pub vcpu_type: String,
-    /// Allow SMT in the guest policy
-    #[arg(long)]
-    pub allow_smt: bool,
-    /// Allow debugging in the guest policy
-    #[arg(long)]
-    pub allow_debug: bool,
-    /// Allow a migration agent in the guest policy
-    #[arg(long)]
-    pub allow_migrate_ma: bool,
+    #[command(flatten)]
+    pub launch: LaunchShape,
     /// Name in launch-config.json (A-Z a-z 0-9 . _ -); default: the
     /// staging directory's name
     #[arg(long)]
@@ -153,9 +140,10 @@ pub fn make(a: &Args) -> Result<Made> {
         }
     }
     let vcpu_type: VcpuType = a
+        .launch
         .vcpu_type
         .parse()
-        .map_err(|e| anyhow::anyhow!("--vcpu-type {}: {e}", a.vcpu_type))?;
+        .map_err(|e| anyhow::anyhow!("--vcpu-type {}: {e}", a.launch.vcpu_type))?;
     let cmdline = crate::register::read_cmdline(dir)?;
     let digest = launch_digest(&MeasureInput {
         ovmf: dir.join(FIRMWARE),
@@ -163,13 +151,17 @@ pub fn make(a: &Args) -> Result<Made> {
         kernel: Some(dir.join(KERNEL)),
         initrd: Some(dir.join(INITRD)),
         cmdline: Some(cmdline.clone()),
-        vcpus: a.vcpus,
+        vcpus: a.launch.vcpus,
         vcpu_type,
         guest_features: GUEST_FEATURES,
         vmm_type: VmmType::Qemu,
     })
     .with_context(|| format!("measuring the launch of {}", dir.display()))?;
-    let policy = GuestPolicy::for_launch(a.allow_smt, a.allow_debug, a.allow_migrate_ma);
+    let policy = GuestPolicy::for_launch(
+        a.launch.allow_smt,
+        a.launch.allow_debug,
+        a.launch.allow_migrate_ma,
+    );
     let mut image_id = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut image_id);
     let block = IdBlock {
@@ -190,8 +182,8 @@ pub fn make(a: &Args) -> Result<Made> {
     let config = LaunchConfig {
         version: bundle::CONFIG_VERSION,
         name: name(a)?,
-        vcpus: a.vcpus,
-        vcpu_type: a.vcpu_type.clone(),
+        vcpus: a.launch.vcpus,
+        vcpu_type: a.launch.vcpu_type.clone(),
         guest_policy: format!("{:#x}", policy.0),
         guest_features: format!("{GUEST_FEATURES:#x}"),
         measurement: digest.to_string(),
@@ -347,11 +339,13 @@ mod tests {
     fn args(dir: &Path) -> Args {
         Args {
             staging_dir: dir.to_path_buf(),
-            vcpus: 2,
-            vcpu_type: "EPYC-v4".into(),
-            allow_smt: false,
-            allow_debug: false,
-            allow_migrate_ma: false,
+            launch: LaunchShape {
+                vcpus: 2,
+                vcpu_type: "EPYC-v4".into(),
+                allow_smt: false,
+                allow_debug: false,
+                allow_migrate_ma: false,
+            },
             name: None,
             ovmf_hash: None,
             out_bundle: None,
@@ -363,7 +357,7 @@ mod tests {
     fn a_local_launch_is_measured_signed_and_labelled() {
         let Some(d) = staging() else { return };
         let mut a = args(d.path());
-        a.allow_smt = true;
+        a.launch.allow_smt = true;
         let elsewhere = tempfile::tempdir().unwrap();
         a.out_bundle = Some(elsewhere.path().join("b.tar.gz"));
         let Made { config } = make(&a).unwrap();
@@ -453,10 +447,10 @@ mod tests {
         std::fs::write(d.path().join(NO_ENCRYPTION), "label\n").unwrap();
         // Bad inputs, each named.
         let mut bad = args(d.path());
-        bad.vcpu_type = "Pentium".into();
+        bad.launch.vcpu_type = "Pentium".into();
         assert!(err(&bad).contains("--vcpu-type Pentium"));
         let mut bad = args(d.path());
-        bad.vcpus = 0;
+        bad.launch.vcpus = 0;
         assert!(err(&bad).contains("vCPU"), "{}", err(&bad));
         let mut bad = args(d.path());
         bad.name = Some("a b".into());

@@ -248,7 +248,10 @@ mod tests {
         let Command::Register(a) = cli.command else {
             panic!("not register")
         };
-        assert_eq!((a.vcpus, a.min_tcb_snp, a.min_tcb_fmc), (4, Some(22), None));
+        assert_eq!(
+            (a.launch.vcpus, a.min_tcb_snp, a.min_tcb_fmc),
+            (4, Some(22), None)
+        );
 
         // TCB minimums go together.
         let e = Cli::try_parse_from([

@@ -27,11 +27,11 @@ pub const SEALED_VMK: &str = "vmk.sealed";
 /// staging directory for `launch-config`, never for `register`.
 pub const NO_ENCRYPTION: &str = "no-encryption";
 
-#[derive(Debug, ClapArgs)]
-pub struct Args {
-    /// Record name (A-Z a-z 0-9 . _ -, at most 64)
-    #[arg(long)]
-    pub name: String,
+/// What a launch is measured and signed for besides its files: the vCPUs
+/// and the guest policy's choices (`register` and `launch-config` take
+/// the same options).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct LaunchShape {
     /// Number of vCPUs the guest is launched with
     #[arg(long)]
     pub vcpus: u32,
@@ -47,6 +47,15 @@ pub struct Args {
     /// Allow a migration agent in the guest policy
     #[arg(long)]
     pub allow_migrate_ma: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Record name (A-Z a-z 0-9 . _ -, at most 64)
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub launch: LaunchShape,
     /// Minimum boot loader SPL accepted at attestation
     #[arg(long, value_name = "N", requires_all = ["min_tcb_tee", "min_tcb_snp", "min_tcb_microcode"])]
     pub min_tcb_bootloader: Option<u8>,
@@ -99,19 +108,22 @@ pub fn options(a: &Args, cmdline: &str) -> Result<Options> {
     let mut o = HashMap::new();
     o.insert(key::NAME.to_string(), value(Value::from(a.name.as_str()))?);
     o.insert(key::CMDLINE.to_string(), value(Value::from(cmdline))?);
-    o.insert(key::VCPUS.to_string(), OwnedValue::from(a.vcpus));
+    o.insert(key::VCPUS.to_string(), OwnedValue::from(a.launch.vcpus));
     o.insert(
         key::VCPU_TYPE.to_string(),
-        value(Value::from(a.vcpu_type.as_str()))?,
+        value(Value::from(a.launch.vcpu_type.as_str()))?,
     );
-    o.insert(key::ALLOW_SMT.to_string(), OwnedValue::from(a.allow_smt));
+    o.insert(
+        key::ALLOW_SMT.to_string(),
+        OwnedValue::from(a.launch.allow_smt),
+    );
     o.insert(
         key::ALLOW_DEBUG.to_string(),
-        OwnedValue::from(a.allow_debug),
+        OwnedValue::from(a.launch.allow_debug),
     );
     o.insert(
         key::ALLOW_MIGRATE_MA.to_string(),
-        OwnedValue::from(a.allow_migrate_ma),
+        OwnedValue::from(a.launch.allow_migrate_ma),
     );
     if a.allow_test_root {
         o.insert(key::ALLOW_TEST_ROOT.to_string(), OwnedValue::from(true));
