@@ -329,6 +329,20 @@ pub fn backoff(retry: &Retry, n: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// Every server failed: their last errors, and whether each of them was
+/// a refusal (final) rather than a transport or server error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryError {
+    pub message: String,
+    pub refused: bool,
+}
+
+impl std::fmt::Display for RetryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Runs `once` against every server in order, each up to
 /// `retry.attempts` times with backoff, until one succeeds; a refusal
 /// ends that server's attempts. `what` names the exchange in the progress
@@ -339,8 +353,9 @@ pub fn with_retries<T>(
     retry: &Retry,
     what: &str,
     mut once: impl FnMut(&Server) -> Result<T, AttemptError>,
-) -> Result<T, String> {
+) -> Result<T, RetryError> {
     let mut errors = Vec::new();
+    let mut refused = true;
     for server in servers {
         let mut last = None;
         for attempt in 0..retry.attempts {
@@ -357,20 +372,24 @@ pub fn with_retries<T>(
                 Ok(ok) => return Ok(ok),
                 Err(e @ AttemptError::Refused { .. }) => {
                     say!("{e}");
-                    last = Some(e.to_string());
+                    last = Some((e.to_string(), true));
                     break;
                 }
                 Err(e) => {
                     say!("{e}");
-                    last = Some(e.to_string());
+                    last = Some((e.to_string(), false));
                 }
             }
         }
-        if let Some(e) = last {
+        if let Some((e, final_)) = last {
             errors.push(e);
+            refused &= final_;
         }
     }
-    Err(errors.join("; "))
+    Err(RetryError {
+        message: errors.join("; "),
+        refused: refused && !errors.is_empty(),
+    })
 }
 
 /// Attests to the servers in turn (see [`with_retries`]); returns the
@@ -384,6 +403,7 @@ pub fn attest(
     with_retries(servers, retry, "attesting to", |s| {
         client.attest_once(s, source)
     })
+    .map_err(|e| e.message)
 }
 
 #[cfg(test)]
@@ -401,6 +421,53 @@ mod tests {
         let ms: Vec<u128> = (0..6).map(|n| backoff(&r, n).as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(backoff(&r, 99).as_millis(), 1000);
+    }
+
+    #[test]
+    fn retries_say_whether_every_server_refused() {
+        let retry = Retry {
+            attempts: 2,
+            initial_delay_ms: 1,
+            max_delay_ms: 1,
+            device_timeout_secs: 1,
+        };
+        let servers = [
+            Server {
+                url: "https://a".into(),
+            },
+            Server {
+                url: "https://b".into(),
+            },
+        ];
+        let refuse = |s: &Server| AttemptError::Refused {
+            server: s.url.clone(),
+            code: "unknown-launch".into(),
+            message: "no".into(),
+        };
+        let mut calls = 0;
+        let e = with_retries(&servers, &retry, "asking", |s| -> Result<(), _> {
+            calls += 1;
+            Err(refuse(s))
+        })
+        .unwrap_err();
+        // One attempt per server: a refusal is final.
+        assert_eq!(calls, 2);
+        assert!(e.refused, "{e}");
+        assert!(e.message.contains("https://a") && e.message.contains("https://b"));
+        // One server down: not every answer was a refusal.
+        let e = with_retries(&servers, &retry, "asking", |s| -> Result<(), _> {
+            if s.url == "https://a" {
+                Err(AttemptError::Transient("connection refused".into()))
+            } else {
+                Err(refuse(s))
+            }
+        })
+        .unwrap_err();
+        assert!(!e.refused, "{e}");
+        assert_eq!(
+            with_retries(&servers, &retry, "asking", |_| Ok::<_, AttemptError>(7)),
+            Ok(7)
+        );
     }
 
     #[test]

@@ -138,27 +138,27 @@ fn fetch(config: &AgentConfig, req: &Request<'_>) -> anyhow::Result<client::Sign
     loop {
         let got = client::with_retries(&config.servers, &config.retry, &what, |s| {
             client.signed_launch_once(s, &source, req.launch)
-        })
-        .map_err(|e| anyhow::anyhow!("fetching launch {} failed: {e}", req.launch))?;
-        if let Some(got) = got {
-            return Ok(got);
-        }
+        });
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            bail!(
+        let why = match got {
+            Ok(Some(got)) => return Ok(got),
+            Ok(None) if left.is_zero() => bail!(
                 "launch {} is still pending approval; approve it on the host \
                  (snpguardctl records approve RECORD --launch {}) and run install-launch \
                  again, or give --wait",
                 req.launch,
                 req.launch
-            );
-        }
+            ),
+            Ok(None) => format!("launch {} is pending approval", req.launch),
+            // A refusal is final; no answer at all is not while there is
+            // time left (a server restarting, a network outage).
+            Err(e) if e.refused || left.is_zero() => {
+                bail!("fetching launch {} failed: {e}", req.launch)
+            }
+            Err(e) => format!("no server answered about launch {} ({e})", req.launch),
+        };
         let pause = req.poll.min(left);
-        say!(
-            "launch {} is pending approval; asking again in {} s",
-            req.launch,
-            pause.as_secs()
-        );
+        say!("{why}; asking again in {} s", pause.as_secs_f64().ceil());
         std::thread::sleep(pause);
     }
 }

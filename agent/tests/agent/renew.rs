@@ -797,6 +797,48 @@ async fn a_next_launch_that_is_not_what_was_signed_is_never_made_active() {
     assert!(lines.last().unwrap().contains("measure to"), "{lines:#?}");
     assert_eq!((active(&root), slot_entries(&root, "B")), ("A".into(), 0));
 
+    // No server answering (a daemon restarting): asked again until the
+    // wait is over, then a failure naming it.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let dead = g.dir.path().join("dead.toml");
+    std::fs::write(
+        &dead,
+        text.replace(
+            &format!("localhost:{}", g.daemon.port),
+            &format!("localhost:{dead_port}"),
+        ),
+    )
+    .unwrap();
+    let (code, _, lines) = outcome(
+        install_launch(
+            &dead,
+            "2",
+            &kernel,
+            &initrd,
+            &cmdline_file,
+            &root,
+            &["--wait", "2", "--poll", "1"],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let rounds = lines
+        .iter()
+        .filter(|l| l.contains("no server answered about launch 2") && l.contains("asking again"))
+        .count();
+    assert!(rounds >= 1, "{lines:#?}");
+    assert!(
+        lines.last().unwrap().contains("fetching launch 2 failed"),
+        "{lines:#?}"
+    );
+    assert_eq!((active(&root), slot_entries(&root, "B")), ("A".into(), 0));
+
     // A malformed launch id is refused before anything is asked.
     let (code, _, lines) = outcome(
         install_launch(&config, "02", &kernel, &initrd, &cmdline_file, &root, &[])
