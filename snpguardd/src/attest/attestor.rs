@@ -1001,6 +1001,31 @@ impl Attestor {
         }
     }
 
+    /// [`Attestor::verify_evidence`] for a request that acts on the
+    /// record (a renewal, a signed launch): a disabled record is refused
+    /// too (`record-disabled`), `what` naming the request in the detail.
+    fn verify_enabled(
+        &self,
+        ev: Evidence,
+        report_data: [u8; 64],
+        peer: IpAddr,
+        now: OffsetDateTime,
+        what: &str,
+    ) -> Result<Admitted, AttestError> {
+        let admitted = self.verify_evidence(ev, report_data, peer, now)?;
+        if !admitted.rec.enabled {
+            let r = Refusal::rejected(
+                "record-disabled",
+                format!(
+                    "record {} is disabled; the {what} report verified",
+                    admitted.rec.id
+                ),
+            );
+            return Err(self.refuse(admitted.entry, &admitted.consumed, r, now));
+        }
+        Ok(admitted)
+    }
+
     fn attest_inner(
         &self,
         req: &AttestRequest,

@@ -205,45 +205,15 @@ where
             call(deadline, StatusCode::OK, move || handler.challenge(), |c| c).await
         }
         Endpoint::Attest => {
-            if !is_json(req.headers()) {
-                return unsupported_media_type();
-            }
-            let body = match read_body(req, shared.limits.max_body, deadline).await {
-                Ok(body) => body,
-                Err(reply) => return reply,
-            };
-            let request: AttestRequest = match serde_json::from_slice(&body) {
-                Ok(r) => r,
-                Err(e) => return malformed(&e),
-            };
-            let handler = shared.handler.clone();
-            call(
-                deadline,
-                StatusCode::OK,
-                move || handler.attest(request, peer),
-                |r| r,
-            )
+            json_call(shared, req, deadline, move |h, r: AttestRequest| {
+                h.attest(r, peer)
+            })
             .await
         }
         Endpoint::SignedLaunch => {
-            if !is_json(req.headers()) {
-                return unsupported_media_type();
-            }
-            let body = match read_body(req, shared.limits.max_body, deadline).await {
-                Ok(body) => body,
-                Err(reply) => return reply,
-            };
-            let request: SignedLaunchRequest = match serde_json::from_slice(&body) {
-                Ok(r) => r,
-                Err(e) => return malformed(&e),
-            };
-            let handler = shared.handler.clone();
-            call(
-                deadline,
-                StatusCode::OK,
-                move || handler.signed_launch(request, peer),
-                |r| r,
-            )
+            json_call(shared, req, deadline, move |h, r: SignedLaunchRequest| {
+                h.signed_launch(r, peer)
+            })
             .await
         }
         Endpoint::Renew => {
@@ -456,6 +426,44 @@ where
         }
         Err(_) => timeout_reply(),
     }
+}
+
+/// A JSON request of at most the ordinary body limit, decoded as `R`
+/// and answered 200 by `handle` on the blocking pool (`/v1/attest`,
+/// `/v1/signed-launch`).
+async fn json_call<B, R, T, F>(
+    shared: &Shared,
+    req: Request<B>,
+    deadline: Instant,
+    handle: F,
+) -> Reply
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    R: serde::de::DeserializeOwned,
+    T: Serialize + Send + 'static,
+    F: FnOnce(&dyn crate::attest::AttestHandler, R) -> Result<T, AttestError> + Send + 'static,
+    R: Send + 'static,
+{
+    if !is_json(req.headers()) {
+        return unsupported_media_type();
+    }
+    let body = match read_body(req, shared.limits.max_body, deadline).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
+    };
+    let request: R = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return malformed(&e),
+    };
+    let handler = shared.handler.clone();
+    call(
+        deadline,
+        StatusCode::OK,
+        move || handle(handler.as_ref(), request),
+        |r| r,
+    )
+    .await
 }
 
 fn unsupported_media_type() -> Reply {

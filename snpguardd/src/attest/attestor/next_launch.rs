@@ -17,7 +17,7 @@ use snpguard_protocol::attest::{
 use time::OffsetDateTime;
 
 use super::renew::told;
-use super::{internal, protocol, Admitted, Attestor, Outcome, Refusal};
+use super::{internal, protocol, Admitted, Attestor, Outcome};
 use crate::attest::AttestError;
 use crate::registry::SignedLaunch;
 use crate::service::{LaunchState, ServiceError};
@@ -52,17 +52,7 @@ impl Attestor {
             report_bytes,
             consumed,
             ..
-        } = self.verify_evidence(ev, data, peer, now)?;
-        if !rec.enabled {
-            let r = Refusal::rejected(
-                "record-disabled",
-                format!(
-                    "record {} is disabled; the signed-launch report verified",
-                    rec.id
-                ),
-            );
-            return Err(self.refuse(entry, &consumed, r, now));
-        }
+        } = self.verify_enabled(ev, data, peer, now, "signed-launch")?;
         // The launch's state as verified; the registry checks it again
         // where it reads the signed parts.
         let refusal = match rec.launches.iter().find(|l| l.id == launch) {

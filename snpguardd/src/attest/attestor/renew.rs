@@ -73,14 +73,7 @@ impl Attestor {
             report_bytes,
             consumed,
             ..
-        } = self.verify_evidence(ev, data, peer, now)?;
-        if !rec.enabled {
-            let r = Refusal::rejected(
-                "record-disabled",
-                format!("record {} is disabled; the renewal report verified", rec.id),
-            );
-            return Err(self.refuse(entry, &consumed, r, now));
-        }
+        } = self.verify_enabled(ev, data, peer, now, "renewal")?;
 
         let launch_req = LaunchRequest {
             kernel: Box::new(Cursor::new(kernel)),
