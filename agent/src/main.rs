@@ -35,6 +35,39 @@ struct Cli {
     command: Command,
 }
 
+/// The kernel, initrd and command line of a new launch: what `renew`
+/// submits and `install-launch` writes (the same files for both).
+#[derive(clap::Args, Debug)]
+struct ArtifactArgs {
+    /// New kernel, encrypted root (/boot/vmlinuz-VER)
+    #[arg(long, value_name = "FILE")]
+    kernel: PathBuf,
+    /// New initrd, encrypted root (/boot/initrd.img-VER)
+    #[arg(long, value_name = "FILE")]
+    initrd: PathBuf,
+    /// New command line, exact [default: the running one].
+    #[arg(long, value_name = "STR", conflicts_with = "cmdline_file")]
+    cmdline: Option<String>,
+    /// File with the command line (final newline dropped).
+    #[arg(long, value_name = "FILE")]
+    cmdline_file: Option<PathBuf>,
+}
+
+impl ArtifactArgs {
+    /// The request `renew::load` reads the files for.
+    fn request<'a>(&'a self, boot_files: &'a renew::BootFiles) -> renew::Request<'a> {
+        renew::Request {
+            kernel: &self.kernel,
+            initrd: &self.initrd,
+            cmdline: renew::CmdlineArg::from_options(
+                self.cmdline.clone(),
+                self.cmdline_file.clone(),
+            ),
+            boot_files,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Attest, receive the volume key and map the LUKS2 root volume.
@@ -57,18 +90,8 @@ enum Command {
         /// Configuration.
         #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
-        /// New kernel, encrypted root (/boot/vmlinuz-VER)
-        #[arg(long, value_name = "FILE")]
-        kernel: PathBuf,
-        /// New initrd, encrypted root (/boot/initrd.img-VER)
-        #[arg(long, value_name = "FILE")]
-        initrd: PathBuf,
-        /// New command line, exact [default: the running one].
-        #[arg(long, value_name = "STR", conflicts_with = "cmdline_file")]
-        cmdline: Option<String>,
-        /// File with the command line (final newline dropped).
-        #[arg(long, value_name = "FILE")]
-        cmdline_file: Option<PathBuf>,
+        #[command(flatten)]
+        artifacts: ArtifactArgs,
     },
     /// Write an approved launch into the LAUNCH_ARTIFACTS partition.
     InstallLaunch {
@@ -78,18 +101,8 @@ enum Command {
         /// The launch id renew printed.
         #[arg(long, value_name = "ID")]
         launch: String,
-        /// Its kernel, encrypted root (as given to renew)
-        #[arg(long, value_name = "FILE")]
-        kernel: PathBuf,
-        /// Its initrd, encrypted root (as given to renew)
-        #[arg(long, value_name = "FILE")]
-        initrd: PathBuf,
-        /// Its command line, exact [default: the running one].
-        #[arg(long, value_name = "STR", conflicts_with = "cmdline_file")]
-        cmdline: Option<String>,
-        /// File with the command line (final newline dropped).
-        #[arg(long, value_name = "FILE")]
-        cmdline_file: Option<PathBuf>,
+        #[command(flatten)]
+        artifacts: ArtifactArgs,
         /// The partition's block device.
         #[arg(long, value_name = "DEV", default_value = next_launch::DEFAULT_DEVICE)]
         device: PathBuf,
@@ -129,20 +142,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Renew {
-            config,
-            kernel,
-            initrd,
-            cmdline,
-            cmdline_file,
-        } => {
+        Command::Renew { config, artifacts } => {
             let boot_files = renew::BootFiles::from_environment();
-            let req = renew::Request {
-                kernel: &kernel,
-                initrd: &initrd,
-                cmdline: renew::CmdlineArg::from_options(cmdline, cmdline_file),
-                boot_files: &boot_files,
-            };
+            let req = artifacts.request(&boot_files);
             let result = config::load(&config)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| renew::run(&c, &req));
@@ -170,10 +172,7 @@ fn main() -> ExitCode {
         Command::InstallLaunch {
             config,
             launch,
-            kernel,
-            initrd,
-            cmdline,
-            cmdline_file,
+            artifacts,
             device,
             mounted,
             wait,
@@ -182,12 +181,7 @@ fn main() -> ExitCode {
             let boot_files = renew::BootFiles::from_environment();
             let req = next_launch::Request {
                 launch: &launch,
-                artifacts: renew::Request {
-                    kernel: &kernel,
-                    initrd: &initrd,
-                    cmdline: renew::CmdlineArg::from_options(cmdline, cmdline_file),
-                    boot_files: &boot_files,
-                },
+                artifacts: artifacts.request(&boot_files),
                 target: match mounted {
                     Some(dir) => next_launch::Target::Mounted(dir),
                     None => next_launch::Target::Device(device),
@@ -340,17 +334,11 @@ mod tests {
         let c = Cli::try_parse_from(["snpguard-agent", "renew"].iter().chain(args))
             .map_err(|e| e.to_string())?;
         match c.command {
-            Command::Renew {
+            Command::Renew { config, artifacts } => Ok((
                 config,
-                kernel,
-                initrd,
-                cmdline,
-                cmdline_file,
-            } => Ok((
-                config,
-                kernel,
-                initrd,
-                renew::CmdlineArg::from_options(cmdline, cmdline_file),
+                artifacts.kernel,
+                artifacts.initrd,
+                renew::CmdlineArg::from_options(artifacts.cmdline, artifacts.cmdline_file),
             )),
             other => panic!("{other:?}"),
         }

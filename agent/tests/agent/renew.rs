@@ -587,6 +587,16 @@ fn outcome(out: Output) -> (Option<i32>, String, Vec<String>) {
     (out.status.code(), stdout, lines)
 }
 
+/// Runs `cmd` (an install-launch), which must exit 1 with `want` in its
+/// last line; its stderr lines.
+fn install_fails(mut cmd: Command, want: &str) -> Vec<String> {
+    let (code, _, lines) = outcome(cmd.output().unwrap());
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let last = lines.last().expect("a reason");
+    assert!(last.contains(want), "{want}: {last}");
+    lines
+}
+
 fn active(root: &Path) -> String {
     std::fs::read_link(root.join("artifacts"))
         .unwrap()
@@ -628,18 +638,15 @@ async fn the_guest_writes_its_approved_next_launch_into_the_inactive_slot() {
     assert_eq!((active(&root), slot_entries(&root, "B")), ("A".into(), 0));
 
     // A launch the record does not have.
-    let (code, _, lines) = outcome(
-        install_launch(&config, "7", &kernel, &initrd, &cmdline_file, &root, &[])
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(code, Some(1), "{lines:#?}");
-    assert!(
-        lines.last().unwrap().contains("unknown-launch"),
-        "{lines:#?}"
+    install_fails(
+        install_launch(&config, "7", &kernel, &initrd, &cmdline_file, &root, &[]),
+        "unknown-launch",
     );
 
     // Waiting: the operator approves meanwhile; the guest writes slot B.
+    let pending_before = daemon_log(&g.daemon.state)
+        .matches("is pending approval; ask again")
+        .count();
     let waiting = install_launch(
         &config,
         "2",
@@ -653,7 +660,19 @@ async fn the_guest_writes_its_approved_next_launch_into_the_inactive_slot() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Approved once the daemon has told it "pending" at least once.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while daemon_log(&g.daemon.state)
+        .matches("is pending approval; ask again")
+        .count()
+        <= pending_before
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "install-launch never asked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let out = ctl(&g, &["records", "approve", &record, "--launch", "2"]);
     assert!(
         out.status.success(),
@@ -840,15 +859,9 @@ async fn a_next_launch_that_is_not_what_was_signed_is_never_made_active() {
     assert_eq!((active(&root), slot_entries(&root, "B")), ("A".into(), 0));
 
     // A malformed launch id is refused before anything is asked.
-    let (code, _, lines) = outcome(
-        install_launch(&config, "02", &kernel, &initrd, &cmdline_file, &root, &[])
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(code, Some(1), "{lines:#?}");
-    assert!(
-        lines.last().unwrap().contains("not a launch id"),
-        "{lines:#?}"
+    install_fails(
+        install_launch(&config, "02", &kernel, &initrd, &cmdline_file, &root, &[]),
+        "not a launch id",
     );
 }
 
