@@ -215,6 +215,9 @@ export class Records {
             row("Test root", p.AllowTestRoot
                 ? h("strong", {}, "accepted (simulated platforms; never for production)")
                 : "refused"),
+            row("Offline unlock", p.OfflineUnlock
+                ? h("strong", {}, "allowed (guests enrol a chip-derived key and may unlock without this server)")
+                : "not allowed"),
             row("Measurement", hex(p.Measurement)),
             row("Kernel command line", p.Cmdline ? h("code", {}, p.Cmdline) : h("span", { class: "sg-muted" }, "(empty)")),
             row("Image ID", hex(p.ImageId)),
@@ -228,6 +231,9 @@ export class Records {
         const toggle = h("button", { class: "sg-btn", type: "button", id: "record-toggle" },
                          p.Enabled ? "Disable" : "Enable");
         toggle.addEventListener("click", () => this.act(p, p.Enabled ? "Disable" : "Enable", toggle));
+        const offline = h("button", { class: "sg-btn", type: "button", id: "record-offline-toggle" },
+                          p.OfflineUnlock ? "Forbid offline unlock" : "Allow offline unlock");
+        offline.addEventListener("click", () => this.setOfflineUnlock(p, !p.OfflineUnlock, offline));
         const download = h("button", { class: "sg-btn", type: "button", id: "record-download" }, "Download launch bundle");
         download.addEventListener("click", () => this.download(p, download));
         const del = h("button", { class: "sg-btn sg-btn-danger", type: "button", id: "record-delete" }, "Delete");
@@ -237,7 +243,7 @@ export class Records {
             h("div", { class: "sg-card" },
               h("div", { class: "sg-card-header" }, h("h2", {}, p.Name), stateLabel(p.Enabled)),
               h("div", { class: "sg-card-body" }, fields,
-                h("div", { class: "sg-actions" }, toggle, download, del))),
+                h("div", { class: "sg-actions" }, toggle, offline, download, del))),
             this.launches(p));
     }
 
@@ -330,6 +336,30 @@ export class Records {
                 .then(() => showAlert("success", method + "d", p.Name), // "Enabled", "Disabled", "Deleted"
                       err => showError("Could not " + method.toLowerCase() + " " + p.Name + ".", err))
                 .finally(() => { if (button) button.disabled = false });
+    }
+
+    /** SetOfflineUnlock: allowing asks first and says what it means;
+     *  both say what turning it off can and cannot reach. */
+    setOfflineUnlock(p, allow, button) {
+        const ask = allow
+            ? confirmAction("Allow offline unlock for " + p.Name + "?",
+                            "At its next online unlock a guest of " + p.Name + " enrols a key derived from its chip and " +
+                            "launch, and from then on opens its root with it when no server answers. Such a boot is " +
+                            "not seen by this server. Forbidding it later, or disabling the record, reaches a guest " +
+                            "only when it unlocks online again.",
+                            "Allow")
+            : Promise.resolve(true);
+        return ask.then(ok => {
+            if (!ok) return;
+            button.disabled = true;
+            return p.call("SetOfflineUnlock", [allow])
+                    .then(() => showAlert("success", allow ? "Offline unlock allowed" : "Offline unlock forbidden",
+                                          allow ? p.Name
+                                                : p.Name + ": a guest that enrolled removes its key at its next online " +
+                                                  "unlock; one that never comes online again keeps it"),
+                          err => showError("Could not " + (allow ? "allow" : "forbid") + " offline unlock of " + p.Name + ".", err))
+                    .finally(() => { button.disabled = false });
+        });
     }
 
     remove(p, button) {

@@ -119,7 +119,7 @@ export class Register {
             vcpus: cockpit.variant("u", Number(v("vcpus"))),
             vcpu_type: cockpit.variant("s", this.form.elements.vcpu_type.value),
         };
-        for (const b of ["allow_smt", "allow_debug", "allow_migrate_ma", "allow_test_root"]) {
+        for (const b of ["allow_smt", "allow_debug", "allow_migrate_ma", "allow_test_root", "allow_offline_unlock"]) {
             if (this.form.elements[b].checked) opts[b] = cockpit.variant("b", true);
         }
         for (const k of TCB) {

@@ -172,6 +172,9 @@ _snpguardctl() {
             snpguardctl__subcmd__help__subcmd__records,set-min-tcb)
                 cmd="snpguardctl__subcmd__help__subcmd__records__subcmd__set__subcmd__min__subcmd__tcb"
                 ;;
+            snpguardctl__subcmd__help__subcmd__records,set-offline-unlock)
+                cmd="snpguardctl__subcmd__help__subcmd__records__subcmd__set__subcmd__offline__subcmd__unlock"
+                ;;
             snpguardctl__subcmd__help__subcmd__records,show)
                 cmd="snpguardctl__subcmd__help__subcmd__records__subcmd__show"
                 ;;
@@ -214,6 +217,9 @@ _snpguardctl() {
             snpguardctl__subcmd__records,set-min-tcb)
                 cmd="snpguardctl__subcmd__records__subcmd__set__subcmd__min__subcmd__tcb"
                 ;;
+            snpguardctl__subcmd__records,set-offline-unlock)
+                cmd="snpguardctl__subcmd__records__subcmd__set__subcmd__offline__subcmd__unlock"
+                ;;
             snpguardctl__subcmd__records,show)
                 cmd="snpguardctl__subcmd__records__subcmd__show"
                 ;;
@@ -249,6 +255,9 @@ _snpguardctl() {
                 ;;
             snpguardctl__subcmd__records__subcmd__help,set-min-tcb)
                 cmd="snpguardctl__subcmd__records__subcmd__help__subcmd__set__subcmd__min__subcmd__tcb"
+                ;;
+            snpguardctl__subcmd__records__subcmd__help,set-offline-unlock)
+                cmd="snpguardctl__subcmd__records__subcmd__help__subcmd__set__subcmd__offline__subcmd__unlock"
                 ;;
             snpguardctl__subcmd__records__subcmd__help,show)
                 cmd="snpguardctl__subcmd__records__subcmd__help__subcmd__show"
@@ -982,7 +991,7 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__help__subcmd__records)
-            opts="list show enable disable delete set-min-tcb export add-launch approve retire discard"
+            opts="list show enable disable delete set-min-tcb set-offline-unlock export add-launch approve retire discard"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1122,6 +1131,20 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__help__subcmd__records__subcmd__set__subcmd__min__subcmd__tcb)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        snpguardctl__subcmd__help__subcmd__records__subcmd__set__subcmd__offline__subcmd__unlock)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1380,7 +1403,7 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__records)
-            opts="-H -h --bus-address --host --help list show enable disable delete set-min-tcb export add-launch approve retire discard help"
+            opts="-H -h --bus-address --host --help list show enable disable delete set-min-tcb set-offline-unlock export add-launch approve retire discard help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1616,7 +1639,7 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__records__subcmd__help)
-            opts="list show enable disable delete set-min-tcb export add-launch approve retire discard help"
+            opts="list show enable disable delete set-min-tcb set-offline-unlock export add-launch approve retire discard help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1783,6 +1806,20 @@ _snpguardctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        snpguardctl__subcmd__records__subcmd__help__subcmd__set__subcmd__offline__subcmd__unlock)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         snpguardctl__subcmd__records__subcmd__help__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1899,6 +1936,32 @@ _snpguardctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        snpguardctl__subcmd__records__subcmd__set__subcmd__offline__subcmd__unlock)
+            opts="-H -h --json --bus-address --host --help on off"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bus-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -H)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         snpguardctl__subcmd__records__subcmd__show)
             opts="-H -h --json --bus-address --host --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1926,7 +1989,7 @@ _snpguardctl() {
             return 0
             ;;
         snpguardctl__subcmd__register)
-            opts="-H -h --name --vcpus --vcpu-type --allow-smt --allow-debug --allow-migrate-ma --min-tcb-bootloader --min-tcb-tee --min-tcb-snp --min-tcb-microcode --min-tcb-fmc --allow-test-root --staging-dir --out-bundle --json --bus-address --host --help"
+            opts="-H -h --name --vcpus --vcpu-type --allow-smt --allow-debug --allow-migrate-ma --min-tcb-bootloader --min-tcb-tee --min-tcb-snp --min-tcb-microcode --min-tcb-fmc --allow-test-root --allow-offline-unlock --staging-dir --out-bundle --json --bus-address --host --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -11,8 +11,9 @@ use snpguard::seal::{self, SealedBox};
 use snpguard_protocol::attest::{
     b64, check_signed_launch, decode_nonce, open_key, release_message, renewal_message,
     renewal_report_data, report_data, signed_launch_report_data, unb64, verify_signature,
-    AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, RenewRequest, RenewResponse,
-    SignatureError, SignedLaunchParts, SignedLaunchRequest, SignedLaunchResponse, NONCE_LEN,
+    AttestRequest, AttestResponse, ChallengeResponse, ErrorBody, OfflineUnlock, RenewRequest,
+    RenewResponse, SignatureError, SignedLaunchParts, SignedLaunchRequest, SignedLaunchResponse,
+    NONCE_LEN,
 };
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 use zeroize::Zeroizing;
@@ -46,6 +47,18 @@ pub enum AttemptError {
     /// Something that may pass: network, 5xx, rate limiting, no report.
     #[error("{0}")]
     Transient(String),
+}
+
+/// A key release the agent accepted: signed by a key the guest's own
+/// report names, over the nonce, report, record, sealed key and the
+/// offline-unlock directive.
+pub struct Released {
+    /// The record the report matched.
+    pub record: String,
+    /// The released key.
+    pub key: Zeroizing<Vec<u8>>,
+    /// The record's offline-unlock directive, when it was asked for.
+    pub offline: Option<OfflineUnlock>,
 }
 
 /// An HTTPS client pinned to one CA.
@@ -138,7 +151,8 @@ impl Client {
         &self,
         server: &Server,
         source: &Source,
-    ) -> Result<(String, Zeroizing<Vec<u8>>), AttemptError> {
+        offline: bool,
+    ) -> Result<Released, AttemptError> {
         let (wire_nonce, nonce) = self.challenge(server)?;
         let (secret, public) = seal::generate_keypair();
         let data = report_data(&nonce, &public);
@@ -151,6 +165,7 @@ impl Client {
             cert_table: evidence.cert_table.as_deref().map(b64),
             ephemeral_key: b64(&public.to_bytes()),
             signed: true,
+            offline,
         };
         let url = format!("{}/v1/attest", server.url);
         let body = serde_json::to_vec(&req)
@@ -160,16 +175,32 @@ impl Client {
         let resp: AttestResponse = serde_json::from_slice(&body)
             .map_err(|e| AttemptError::Transient(format!("{url}: bad response: {e}")))?;
         // Before anything released is used: signed by a key the PSP put in
-        // this guest's own report, over this nonce, report and sealed key.
+        // this guest's own report, over this nonce, report, sealed key and
+        // directive.
         let sealed = unb64(&resp.sealed_key, seal::MAX_SEALED_LEN).ok_or_else(|| {
             AttemptError::Transient(format!("{url}: the sealed key is not base64"))
         })?;
-        let message = release_message(&nonce, &evidence.report, &resp.record, &sealed);
+        let message = release_message(
+            &nonce,
+            &evidence.report,
+            &resp.record,
+            &sealed,
+            resp.offline_unlock,
+        );
         verify_signature(&evidence.report, &message, resp.signature.as_ref())
             .map_err(|e| untrusted(&server.url, e))?;
         let key = open_released(&secret, &evidence.report, &resp.sealed_key)
             .map_err(|e| AttemptError::Transient(format!("{url}: {e}")))?;
-        Ok((resp.record, key))
+        if resp.offline_unlock.is_some() && !offline {
+            return Err(AttemptError::Transient(format!(
+                "{url}: the release carries an offline-unlock directive that was not asked for"
+            )));
+        }
+        Ok(Released {
+            record: resp.record,
+            key,
+            offline: resp.offline_unlock,
+        })
     }
 
     /// One renewal attempt against `server`: challenge, a report whose
@@ -329,12 +360,14 @@ pub fn backoff(retry: &Retry, n: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Every server failed: their last errors, and whether each of them was
-/// a refusal (final) rather than a transport or server error.
+/// Every server failed: their last errors, whether each of them was a
+/// refusal (final) rather than a transport or server error, and whether
+/// any was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryError {
     pub message: String,
     pub refused: bool,
+    pub any_refused: bool,
 }
 
 impl std::fmt::Display for RetryError {
@@ -356,6 +389,7 @@ pub fn with_retries<T>(
 ) -> Result<T, RetryError> {
     let mut errors = Vec::new();
     let mut refused = true;
+    let mut any_refused = false;
     for server in servers {
         let mut last = None;
         for attempt in 0..retry.attempts {
@@ -384,26 +418,28 @@ pub fn with_retries<T>(
         if let Some((e, final_)) = last {
             errors.push(e);
             refused &= final_;
+            any_refused |= final_;
         }
     }
     Err(RetryError {
         message: errors.join("; "),
         refused: refused && !errors.is_empty(),
+        any_refused,
     })
 }
 
-/// Attests to the servers in turn (see [`with_retries`]); returns the
-/// record id and the released key.
+/// Attests to the servers in turn (see [`with_retries`]), asking for the
+/// offline-unlock directive when `offline`; the accepted release.
 pub fn attest(
     client: &Client,
     servers: &[Server],
     retry: &Retry,
     source: &Source,
-) -> Result<(String, Zeroizing<Vec<u8>>), String> {
+    offline: bool,
+) -> Result<Released, RetryError> {
     with_retries(servers, retry, "attesting to", |s| {
-        client.attest_once(s, source)
+        client.attest_once(s, source, offline)
     })
-    .map_err(|e| e.message)
 }
 
 #[cfg(test)]
@@ -452,7 +488,7 @@ mod tests {
         .unwrap_err();
         // One attempt per server: a refusal is final.
         assert_eq!(calls, 2);
-        assert!(e.refused, "{e}");
+        assert!(e.refused && e.any_refused, "{e}");
         assert!(e.message.contains("https://a") && e.message.contains("https://b"));
         // One server down: not every answer was a refusal.
         let e = with_retries(&servers, &retry, "asking", |s| -> Result<(), _> {
@@ -463,7 +499,13 @@ mod tests {
             }
         })
         .unwrap_err();
-        assert!(!e.refused, "{e}");
+        assert!(!e.refused && e.any_refused, "{e}");
+        // No server answered at all.
+        let e = with_retries(&servers, &retry, "asking", |_| -> Result<(), _> {
+            Err(AttemptError::Transient("connection refused".into()))
+        })
+        .unwrap_err();
+        assert!(!e.refused && !e.any_refused, "{e}");
         assert_eq!(
             with_retries(&servers, &retry, "asking", |_| Ok::<_, AttemptError>(7)),
             Ok(7)

@@ -409,5 +409,7 @@ impl Header {
     }
 }
 
+pub mod keyslot;
+
 #[cfg(test)]
 mod tests;

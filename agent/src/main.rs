@@ -20,6 +20,7 @@ mod dm;
 mod evidence;
 mod luks;
 mod next_launch;
+mod offline;
 mod power;
 mod renew;
 mod slot;

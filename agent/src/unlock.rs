@@ -3,18 +3,27 @@
 //! against the root's header and each data volume's derived key against
 //! its header, map every volume, wipe the keys. Nothing is mapped unless
 //! every key checked.
+//!
+//! Offline unlock ([`crate::offline`]): when the root has a keyslot that
+//! this launch's chip-derived key opens, the agent still asks the servers
+//! first, once each: a release wins (and carries the record's directive),
+//! a refusal fails the boot as always, and only when no server answers at
+//! all does the keyslot's key open the root. Without such a keyslot the
+//! agent attests with its full retries and follows the release's
+//! directive: enrol a keyslot for this launch, or remove its keyslots.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
 use crate::client::{self, Client};
-use crate::config::{AgentConfig, Luks};
+use crate::config::{AgentConfig, Luks, Retry};
 use crate::console::say;
 use crate::device::{self, Roots};
 use crate::dm::{self, CryptTarget};
 use crate::evidence::Source;
 use crate::luks::{self, Header};
+use crate::offline::{self, DerivedKey};
 
 /// A volume whose device was found and whose header matches its pin.
 struct Found<'a> {
@@ -99,10 +108,45 @@ pub fn run(config: &AgentConfig) -> anyhow::Result<()> {
     }
     say!("LUKS2 headers match the pinned uuid, cipher, offset and sector size");
 
+    // This launch's derived key, and what the agent's keyslot gives with it.
+    let derived = if source.can_derive() {
+        DerivedKey::get(&source)
+            .map_err(|e| say!("offline unlock: no chip-derived key ({e})"))
+            .ok()
+    } else {
+        None
+    };
+    let offline_key = match &derived {
+        Some(k) => offline::try_unlock(k, &root.dev.path).unwrap_or_else(|e| {
+            say!("offline unlock: reading the root's keyslots failed ({e})");
+            None
+        }),
+        None => None,
+    };
+    let retry = if offline_key.is_some() {
+        say!("offline unlock: this launch's keyslot opens; asking the servers once each first");
+        Retry {
+            attempts: 1,
+            ..config.retry
+        }
+    } else {
+        config.retry
+    };
+
     let client = Client::new(ca, client::TIMEOUT);
-    let (record, key) = client::attest(&client, &config.servers, &config.retry, &source)
-        .map_err(|e| anyhow::anyhow!("attestation failed: {e}"))?;
-    say!("attested as record {record}; key released");
+    let released = client::attest(&client, &config.servers, &retry, &source, derived.is_some());
+    let (key, directive, what) = match (released, offline_key) {
+        (Ok(r), offline_key) => {
+            say!("attested as record {}; key released", r.record);
+            let directive = r.offline.map(|d| (d, offline_key.is_some()));
+            (r.key, directive, "the released key")
+        }
+        (Err(e), Some(k)) if !e.any_refused => {
+            say!("no server answered ({e}); unlocking offline with this launch's chip-derived key");
+            (k, None, "the offline keyslot's key")
+        }
+        (Err(e), _) => bail!("attestation failed: {e}"),
+    };
     if key.len() != l.key_bytes {
         bail!(
             "the released key is {} bytes, the configuration pins key_bytes = {}",
@@ -111,7 +155,10 @@ pub fn run(config: &AgentConfig) -> anyhow::Result<()> {
         );
     }
     root.header.check_key(&key)?;
-    say!("the released key opens the root volume");
+    say!("{what} opens the root volume");
+    if let Some((d, opened)) = directive {
+        offline::follow(Some(d), derived.as_ref(), opened, &root.dev.path, &key);
+    }
     let mut keys = Vec::with_capacity(data.len());
     for f in &data {
         let k = snpguard::volume::data_volume_key(&key, &f.pin.uuid, f.pin.key_bytes)

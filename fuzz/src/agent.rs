@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256, Sha512};
 
 use crate::config::{self, Luks, ReportSource};
 use crate::fixtures::{self, Input};
-use crate::luks::read_header;
+use crate::luks::{keyslot, read_header};
 use snpguard_protocol::agent_config::{MAX_ATTEMPTS, MAX_SERVERS, MAX_VOLUMES};
 
 const HDR_SIZES: [usize; 9] = [
@@ -98,7 +98,11 @@ fn oracle_pbkdf2(hash: &str, key: &[u8], salt: &[u8], iterations: u32, len: usiz
 /// the rest is the start of the disk. An accepted header is one the
 /// specification calls valid (the secondary only when the primary's
 /// checksum fails), carries the pinned UUID and exactly the pinned data
-/// segment, and its key check agrees with an independent PBKDF2.
+/// segment, and its key check agrees with an independent PBKDF2. The
+/// offline keyslot's reader ([`keyslot`]) reads the same disk without
+/// panicking, and where it enrols [`KEY`] the keyslot opens again with
+/// its passphrase, to that key, and the pinned check still accepts the
+/// header ([`offline_keyslot_round_trip`]).
 pub fn luks2_header(data: &[u8]) {
     let mut input = Input::new(data);
     let flags = input.byte();
@@ -116,7 +120,12 @@ pub fn luks2_header(data: &[u8]) {
     let path = image_path();
     std::fs::write(path, &image).expect("writing the disk image");
     let pin = pin();
-    let Ok(header) = read_header(path, &pin) else {
+    let header = read_header(path, &pin);
+    if cheap_kdfs(&image) {
+        offline_keyslot_round_trip(path, header.is_ok());
+    }
+    std::fs::write(path, &image).expect("writing the disk image");
+    let Ok(header) = header else {
         return;
     };
     let primary = valid_header(&image, 0, b"LUKS\xba\xbe");
@@ -189,6 +198,65 @@ pub fn luks2_header(data: &[u8]) {
             digest.len()
         );
     }
+}
+
+/// Whether every PBKDF2 the primary header's JSON names is cheap (at
+/// most 20 000 iterations), so that opening and enrolling stay within a
+/// fuzz input's time; false when it does not parse.
+fn cheap_kdfs(image: &[u8]) -> bool {
+    fn cheap(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.iter().all(|(k, v)| {
+                (k != "iterations" || v.as_u64().is_some_and(|i| i <= 20_000)) && cheap(v)
+            }),
+            serde_json::Value::Array(a) => a.iter().all(cheap),
+            _ => true,
+        }
+    }
+    let Some(json) = image.get(4096..image.len().min(4 << 20)) else {
+        return false;
+    };
+    let json = &json[..json.iter().position(|&b| b == 0).unwrap_or(json.len())];
+    serde_json::from_slice(json).is_ok_and(|v| cheap(&v))
+}
+
+/// The offline keyslot on the disk at `path`: its reader never panics;
+/// a header it reads names keyslots of its own that open (or not)
+/// without panicking; where enrolling [`KEY`] succeeds (the header's
+/// digest is [`KEY`]'s), the new keyslot is the agent's, opens with its
+/// passphrase to [`KEY`], a wrong passphrase does not open it, the pinned
+/// check still accepts the header if it did (`pinned_ok`), and removing
+/// it leaves no keyslot of the agent's.
+fn offline_keyslot_round_trip(path: &std::path::Path, pinned_ok: bool) {
+    const PASSPHRASE: [u8; 32] = [0x3c; 32];
+    let open = |write: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .expect("the disk image")
+    };
+    let Ok(h) = keyslot::Headers::read(&open(false)) else {
+        return;
+    };
+    for id in h.own_keyslots() {
+        let _ = keyslot::open(&open(false), &h, &id, &PASSPHRASE);
+    }
+    let Ok(id) = keyslot::enrol(&open(true), &KEY, &PASSPHRASE, 1) else {
+        return;
+    };
+    fixtures::reached("luks2_header");
+    let h = keyslot::Headers::read(&open(false)).expect("an enrolled header reads back");
+    assert_eq!(h.own_keyslots(), vec![id.clone()], "the enrolled keyslot is the agent's");
+    let vk = keyslot::open(&open(false), &h, &id, &PASSPHRASE).expect("the keyslot opens");
+    assert_eq!(&vk[..], &KEY[..], "the keyslot holds the volume key");
+    assert!(keyslot::open(&open(false), &h, &id, &[0u8; 32]).is_err());
+    if pinned_ok {
+        read_header(path, &pin()).expect("the pinned check accepts the enrolled header");
+    }
+    keyslot::remove(&open(true)).expect("the keyslot is removed");
+    let h = keyslot::Headers::read(&open(false)).expect("the header reads back");
+    assert!(h.own_keyslots().is_empty(), "no keyslot of the agent's left");
 }
 
 /// A LUKS2 header as cryptsetup writes it, primary and secondary, with

@@ -306,11 +306,14 @@ fn release() -> &'static Release {
             .expect("sealing")
             .to_bytes();
         let record = "web-1".to_owned();
-        let message = snpguard_protocol::attest::release_message(&nonce, &report, &record, &sealed);
+        let offline = Some(snpguard_protocol::attest::OfflineUnlock::Enrol);
+        let message =
+            snpguard_protocol::attest::release_message(&nonce, &report, &record, &sealed, offline);
         let genuine = snpguard_protocol::attest::AttestResponse {
             record,
             sealed_key: b64(&sealed),
             signature: Some(snpguard_protocol::attest::sign_message(&author, &message)),
+            offline_unlock: offline,
         };
         let json = serde_json::to_vec(&genuine).expect("json");
         Release {
@@ -332,8 +335,13 @@ fn agent_receives(
 ) -> Option<(snpguard_protocol::attest::AttestResponse, Vec<u8>)> {
     let resp: snpguard_protocol::attest::AttestResponse = serde_json::from_slice(body).ok()?;
     let sealed = unb64(&resp.sealed_key, snpguard::seal::MAX_SEALED_LEN)?;
-    let message =
-        snpguard_protocol::attest::release_message(&r.nonce, &r.report, &resp.record, &sealed);
+    let message = snpguard_protocol::attest::release_message(
+        &r.nonce,
+        &r.report,
+        &resp.record,
+        &sealed,
+        resp.offline_unlock,
+    );
     snpguard_protocol::attest::verify_signature(&r.report, &message, resp.signature.as_ref())
         .ok()?;
     let boxed = snpguard::seal::SealedBox::from_bytes(&sealed).ok()?;

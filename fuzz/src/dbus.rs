@@ -42,6 +42,7 @@ fn options_of(o: &RegisterOptions) -> HashMap<String, OwnedValue> {
         (key::ALLOW_DEBUG, o.allow_debug),
         (key::ALLOW_MIGRATE_MA, o.allow_migrate_ma),
         (key::ALLOW_TEST_ROOT, o.allow_test_root),
+        (key::ALLOW_OFFLINE_UNLOCK, o.allow_offline_unlock),
     ] {
         m.insert(k.into(), OwnedValue::from(b));
     }
@@ -126,6 +127,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             fmc: Some(1),
         }),
         allow_test_root: false,
+        allow_offline_unlock: true,
     };
     let mut minimal = options_of(&RegisterOptions {
         min_tcb: None,

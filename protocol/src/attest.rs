@@ -72,6 +72,44 @@ pub struct AttestRequest {
     /// release) gets the response it understands.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub signed: bool,
+    /// Asks for the record's [`OfflineUnlock`] directive in the signed
+    /// response. Agents that can derive a key from the chip set it with
+    /// `signed`; the daemon answers it only in a signed response.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
+}
+
+/// The record's word on offline unlock, in a signed key release: the
+/// server decides whether a guest may open its root with a chip-derived
+/// key when no server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OfflineUnlock {
+    /// The record allows offline unlock: the agent enrols a keyslot for
+    /// this launch's derived key (unless one already opens).
+    Enrol,
+    /// The record does not: the agent removes any offline keyslot it
+    /// enrolled before.
+    Remove,
+}
+
+impl OfflineUnlock {
+    /// The directive for a record whose option is `allowed`.
+    pub fn for_record(allowed: bool) -> OfflineUnlock {
+        if allowed {
+            OfflineUnlock::Enrol
+        } else {
+            OfflineUnlock::Remove
+        }
+    }
+
+    /// The wire spelling, which the release signature covers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfflineUnlock::Enrol => "enrol",
+            OfflineUnlock::Remove => "remove",
+        }
+    }
 }
 
 /// `POST /v1/attest` success response.
@@ -86,6 +124,10 @@ pub struct AttestResponse {
     /// when the request asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<ReleaseSignature>,
+    /// The record's offline-unlock directive, when the request asked for
+    /// it (`offline`) and a signature; the signature covers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_unlock: Option<OfflineUnlock>,
 }
 
 /// `POST /v1/renew` request: new boot artifacts, bound to an attested VM.
@@ -235,18 +277,28 @@ pub enum SignatureError {
 }
 
 /// The bytes a key release's signature covers: a domain label, the nonce,
-/// and SHA-384 of the report, the record id and the sealed box.
+/// and SHA-384 of the report, the record id and the sealed box; with an
+/// offline-unlock directive, another label and SHA-384 of the directive
+/// too, so a signature over a release without one cannot stand for a
+/// release with one, nor one directive for the other.
 pub fn release_message(
     nonce: &[u8; NONCE_LEN],
     report: &[u8],
     record: &str,
     sealed_key: &[u8],
+    offline: Option<OfflineUnlock>,
 ) -> Vec<u8> {
-    let mut m = b"snpguard/v1/release-signature\0".to_vec();
+    let mut m = match offline {
+        None => b"snpguard/v1/release-signature\0".to_vec(),
+        Some(_) => b"snpguard/v1/release-signature-offline\0".to_vec(),
+    };
     m.extend_from_slice(nonce);
     m.extend_from_slice(&Sha384::digest(report));
     m.extend_from_slice(&Sha384::digest(record.as_bytes()));
     m.extend_from_slice(&Sha384::digest(sealed_key));
+    if let Some(d) = offline {
+        m.extend_from_slice(&Sha384::digest(d.as_str().as_bytes()));
+    }
     m
 }
 
@@ -726,7 +778,7 @@ mod tests {
             &idblock::key_digest(id.verifying_key()),
         );
         let nonce = [5u8; NONCE_LEN];
-        let msg = release_message(&nonce, &report, "rec", b"sealed box");
+        let msg = release_message(&nonce, &report, "rec", b"sealed box", None);
         for key in [&author, &id] {
             let sig = sign_message(key, &msg);
             assert_eq!(verify_signature(&report, &msg, Some(&sig)), Ok(()));
@@ -754,7 +806,7 @@ mod tests {
         let author = p384_key();
         let report = report_naming(&idblock::key_digest(author.verifying_key()), &[0; 48]);
         let nonce = [5u8; NONCE_LEN];
-        let msg = release_message(&nonce, &report, "rec", b"sealed box");
+        let msg = release_message(&nonce, &report, "rec", b"sealed box", None);
         // Unsigned.
         assert_eq!(
             verify_signature(&report, &msg, None),
@@ -778,10 +830,25 @@ mod tests {
         let mut other_report = report.clone();
         other_report[0x50] ^= 1;
         for other in [
-            release_message(&[6u8; NONCE_LEN], &report, "rec", b"sealed box"),
-            release_message(&nonce, &other_report, "rec", b"sealed box"),
-            release_message(&nonce, &report, "rec2", b"sealed box"),
-            release_message(&nonce, &report, "rec", b"sealed boy"),
+            release_message(&[6u8; NONCE_LEN], &report, "rec", b"sealed box", None),
+            release_message(&nonce, &other_report, "rec", b"sealed box", None),
+            release_message(&nonce, &report, "rec2", b"sealed box", None),
+            release_message(&nonce, &report, "rec", b"sealed boy", None),
+            // The same release with a directive it was not signed with.
+            release_message(
+                &nonce,
+                &report,
+                "rec",
+                b"sealed box",
+                Some(OfflineUnlock::Enrol),
+            ),
+            release_message(
+                &nonce,
+                &report,
+                "rec",
+                b"sealed box",
+                Some(OfflineUnlock::Remove),
+            ),
         ] {
             assert_eq!(
                 verify_signature(&report, &other, Some(&good)),
@@ -803,11 +870,54 @@ mod tests {
         ));
         // A report with no author and no ID key trusts no signer.
         let bare = report_naming(&[0; 48], &[0; 48]);
-        let msg = release_message(&nonce, &bare, "rec", b"sealed box");
+        let msg = release_message(&nonce, &bare, "rec", b"sealed box", None);
         assert_eq!(
             verify_signature(&bare, &msg, Some(&sign_message(&author, &msg))),
             Err(SignatureError::UnknownSigner)
         );
+    }
+
+    #[test]
+    fn the_offline_directive_is_bound_to_the_release_signature() {
+        let author = p384_key();
+        let report = report_naming(&idblock::key_digest(author.verifying_key()), &[0; 48]);
+        let nonce = [5u8; NONCE_LEN];
+        let msg = |d| release_message(&nonce, &report, "rec", b"sealed box", d);
+        let enrol = sign_message(&author, &msg(Some(OfflineUnlock::Enrol)));
+        assert_eq!(
+            verify_signature(&report, &msg(Some(OfflineUnlock::Enrol)), Some(&enrol)),
+            Ok(())
+        );
+        // A man in the middle can neither turn the directive over nor
+        // strip it.
+        for other in [Some(OfflineUnlock::Remove), None] {
+            assert_eq!(
+                verify_signature(&report, &msg(other), Some(&enrol)),
+                Err(SignatureError::Invalid)
+            );
+        }
+        // The wire spellings, which the signature covers.
+        for d in [OfflineUnlock::Enrol, OfflineUnlock::Remove] {
+            assert_eq!(
+                serde_json::to_string(&d).unwrap(),
+                format!("\"{}\"", d.as_str())
+            );
+        }
+        assert_eq!(OfflineUnlock::for_record(true), OfflineUnlock::Enrol);
+        assert_eq!(OfflineUnlock::for_record(false), OfflineUnlock::Remove);
+        // A request from an agent older than the directive does not ask,
+        // and its response carries none.
+        let old: AttestRequest =
+            serde_json::from_str(r#"{"nonce":"n","report":"r","ephemeral_key":"k","signed":true}"#)
+                .unwrap();
+        assert!(!old.offline);
+        let resp = AttestResponse {
+            record: "r".into(),
+            sealed_key: "s".into(),
+            signature: None,
+            offline_unlock: None,
+        };
+        assert!(!serde_json::to_string(&resp).unwrap().contains("offline"));
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub const CERTIFICATES_INTERFACE: &str = "org.snpguard.SnpGuard1.Certificates";
 /// `AddLaunchFromPaths`.
 pub const ACTION_REGISTER: &str = "org.snpguard.SnpGuard1.register";
 /// polkit action for `Enable`, `Disable`, `Delete`, `SetMinimumTcb`,
-/// `ApproveLaunch`, `RetireLaunch` and `DiscardLaunch`.
+/// `SetOfflineUnlock`, `ApproveLaunch`, `RetireLaunch` and
+/// `DiscardLaunch`.
 pub const ACTION_MANAGE: &str = "org.snpguard.SnpGuard1.manage";
 /// polkit action for `ExportBundle`, `ExportBundleToPath`,
 /// `ExportLaunchBundle` and `ExportLaunchBundleToPath`.
@@ -124,6 +125,10 @@ pub mod option_key {
     /// `b`, default false: accept reports endorsed by a configured test
     /// root (simulated platforms); refused when the daemon has none.
     pub const ALLOW_TEST_ROOT: &str = "allow_test_root";
+    /// `b`, default false: the record allows offline unlock (a guest that
+    /// attested online may enrol a chip-derived key and open its root
+    /// without a server later); `SetOfflineUnlock` changes it.
+    pub const ALLOW_OFFLINE_UNLOCK: &str = "allow_offline_unlock";
 }
 
 /// Keys of the `tcb` argument of `SetMinimumTcb` (and of the `MinTcb`
@@ -349,6 +354,9 @@ pub trait Record {
     fn delete(&self) -> zbus::Result<()>;
     /// Replaces the record's minimum TCB (keys of [`tcb_key`]).
     fn set_minimum_tcb(&self, tcb: HashMap<&str, u8>) -> zbus::Result<()>;
+    /// Allows or forbids offline unlock: the directive the next signed
+    /// releases carry.
+    fn set_offline_unlock(&self, enabled: bool) -> zbus::Result<()>;
     /// Writes launch-artifacts.tar.gz to a writable fd.
     fn export_bundle(&self, fd: OwnedFd) -> zbus::Result<()>;
     /// Writes launch-artifacts.tar.gz to a new file in the import directory.
@@ -432,6 +440,10 @@ pub trait Record {
     /// Whether reports endorsed by a configured test root are accepted.
     #[zbus(property)]
     fn allow_test_root(&self) -> zbus::Result<bool>;
+    /// Whether the record allows offline unlock (signed releases tell the
+    /// agent to enrol its chip-derived key; otherwise to remove it).
+    #[zbus(property)]
+    fn offline_unlock(&self) -> zbus::Result<bool>;
     /// Successful attestations.
     #[zbus(property)]
     fn attestations_ok(&self) -> zbus::Result<u64>;

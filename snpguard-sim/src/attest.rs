@@ -367,6 +367,7 @@ impl Worker {
             cert_table: Some(b64(&cert_table)),
             ephemeral_key: b64(&public.to_bytes()),
             signed: true,
+            offline: false,
         };
         let Ok(request) = serde_json::to_vec(&request) else {
             return Try::Refused("encoding".into());
@@ -418,7 +419,13 @@ fn check(
         serde_json::from_slice(body).map_err(|_| "response-malformed".to_owned())?;
     let sealed_bytes =
         unb64(&resp.sealed_key, 4096).ok_or_else(|| "response-malformed".to_owned())?;
-    let message = release_message(nonce, report, &resp.record, &sealed_bytes);
+    let message = release_message(
+        nonce,
+        report,
+        &resp.record,
+        &sealed_bytes,
+        resp.offline_unlock,
+    );
     verify_signature(report, &message, resp.signature.as_ref()).map_err(|e| e.to_string())?;
     let sealed = seal::SealedBox::from_bytes(&sealed_bytes)
         .map_err(|_| "sealed-key-malformed".to_owned())?;

@@ -393,6 +393,79 @@ mod tests {
     }
 
     #[test]
+    fn offline_unlock_commands_parse() {
+        let set = |state: &str| {
+            Cli::try_parse_from(["snpguardctl", "records", "set-offline-unlock", "web", state])
+        };
+        for (word, want) in [
+            ("on", records::OfflineUnlockState::On),
+            ("off", records::OfflineUnlockState::Off),
+        ] {
+            let cli = set(word).unwrap();
+            let Command::Records(records::RecordsCommand::SetOfflineUnlock(a)) = cli.command else {
+                panic!("not set-offline-unlock")
+            };
+            assert_eq!((a.record.as_str(), a.state, a.json), ("web", want, false));
+        }
+        // Anything else is refused naming the accepted values, on one line.
+        for bad in ["maybe", "yes", "true", "1", "ON", ""] {
+            let e = set(bad).unwrap_err();
+            let line = one_line(&e.to_string());
+            let named = if bad.is_empty() {
+                "a value is required for '<on|off>'".to_owned()
+            } else {
+                format!("invalid value '{bad}' for '<on|off>'")
+            };
+            assert!(
+                line.starts_with(&format!("error: {named}"))
+                    && line.ends_with("[possible values: on, off]")
+                    && !line.contains('\n'),
+                "{bad:?}: {line}"
+            );
+        }
+        // The state is required.
+        assert!(
+            Cli::try_parse_from(["snpguardctl", "records", "set-offline-unlock", "web"]).is_err()
+        );
+
+        let register = |extra: &[&str]| {
+            let base = [
+                "snpguardctl",
+                "register",
+                "--name",
+                "laptop",
+                "--vcpus",
+                "1",
+                "--vcpu-type",
+                "EPYC-v4",
+                "--staging-dir",
+                "s",
+                "--out-bundle",
+                "b",
+            ];
+            let cli = Cli::try_parse_from(base.iter().chain(extra)).unwrap();
+            let Command::Register(a) = cli.command else {
+                panic!("not register")
+            };
+            a
+        };
+        let a = register(&["--allow-offline-unlock"]);
+        assert!(a.allow_offline_unlock && !a.allow_test_root);
+        let o = register::options(&a, "c").unwrap();
+        assert!(
+            bool::try_from(&o["allow_offline_unlock"]).unwrap(),
+            "sent as a boolean true"
+        );
+        // Off by default, and then not sent at all (an older daemon
+        // without the option still registers).
+        let a = register(&[]);
+        assert!(!a.allow_offline_unlock);
+        assert!(!register::options(&a, "c")
+            .unwrap()
+            .contains_key("allow_offline_unlock"));
+    }
+
+    #[test]
     fn launch_commands_parse() {
         let cli = Cli::try_parse_from([
             "snpguardctl",

@@ -1,6 +1,6 @@
 //! `snpguardctl records`: list, show, enable, disable, delete and export
-//! the daemon's records over D-Bus; their launches are in
-//! [`crate::launches`].
+//! the daemon's records over D-Bus, and change their minimum TCB and
+//! offline unlock; their launches are in [`crate::launches`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -32,6 +32,9 @@ pub enum RecordsCommand {
     Delete(RecordArg),
     /// Set the record's minimum TCB (e.g. after an AMD security bulletin)
     SetMinTcb(SetMinTcbArgs),
+    /// Allow (on) or forbid (off) unlocking the guest's root offline with
+    /// a chip-derived key
+    SetOfflineUnlock(SetOfflineUnlockArgs),
     /// Export the record's launch-artifacts.tar.gz
     Export(ExportArgs),
     /// Add a pending launch (new kernel, initrd, cmdline) from a directory
@@ -87,6 +90,37 @@ pub struct SetMinTcbArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SetOfflineUnlockArgs {
+    /// Record name or id
+    #[arg(value_name = "ID-OR-NAME")]
+    pub record: String,
+    /// Whether the record's guests may unlock offline
+    #[arg(value_enum, value_name = "on|off")]
+    pub state: OfflineUnlockState,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Offline unlock turned on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OfflineUnlockState {
+    /// Guests enrol a chip-derived key at their next online unlock and may
+    /// then open their root without a server
+    On,
+    /// Guests remove that key at their next online unlock (one that never
+    /// comes online again keeps it)
+    Off,
+}
+
+impl OfflineUnlockState {
+    /// True for on.
+    pub fn is_on(self) -> bool {
+        self == OfflineUnlockState::On
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Record name or id
     #[arg(value_name = "ID-OR-NAME")]
@@ -126,6 +160,7 @@ pub struct RecordView {
     pub author_key_digest: String,
     pub min_tcb: BTreeMap<String, u8>,
     pub allow_test_root: bool,
+    pub offline_unlock: bool,
     pub attestations_ok: u64,
     pub attestations_failed: u64,
     pub last_attestation: Option<String>,
@@ -197,6 +232,7 @@ impl RecordView {
             author_key_digest: prop(p, "AuthorKeyDigest")?,
             min_tcb: min_tcb.into_iter().collect(),
             allow_test_root: prop(p, "AllowTestRoot")?,
+            offline_unlock: prop(p, "OfflineUnlock")?,
             attestations_ok: prop(p, "AttestationsOk")?,
             attestations_failed: prop(p, "AttestationsFailed")?,
             last_attestation: (!last.is_empty()).then_some(last),
@@ -213,6 +249,15 @@ impl RecordView {
                 .filter_map(|k| self.min_tcb.get(*k).map(|v| format!("{k}={v}")))
                 .collect::<Vec<_>>()
                 .join(",")
+        }
+    }
+
+    /// Whether the record allows offline unlock, in words.
+    fn offline_text(&self) -> &'static str {
+        if self.offline_unlock {
+            "unlock allowed (guests enrol a chip-derived key at their next online unlock)"
+        } else {
+            "unlock not allowed"
         }
     }
 
@@ -256,6 +301,7 @@ impl RecordView {
                 "refused"
             }
         );
+        let _ = writeln!(out, "Offline:      {}", self.offline_text());
         let _ = writeln!(
             out,
             "Attestations: {} ok, {} refused, last {}",
@@ -333,6 +379,7 @@ async fn run_async(target: &Target, cmd: RecordsCommand) -> Result<()> {
         }
         RecordsCommand::Enable(a) => set_enabled(&bus, a, true).await,
         RecordsCommand::SetMinTcb(a) => set_min_tcb(&bus, a).await,
+        RecordsCommand::SetOfflineUnlock(a) => set_offline_unlock(&bus, a).await,
         RecordsCommand::Disable(a) => set_enabled(&bus, a, false).await,
         RecordsCommand::Delete(a) => {
             let r = find(&bus, &a.record).await?;
@@ -464,6 +511,62 @@ async fn set_min_tcb(bus: &Bus, a: SetMinTcbArgs) -> Result<()> {
     Ok(())
 }
 
+async fn set_offline_unlock(bus: &Bus, a: SetOfflineUnlockArgs) -> Result<()> {
+    let r = find(bus, &a.record).await?;
+    let on = a.state.is_on();
+    call_mut::<_, ()>(r.inner(), "SetOfflineUnlock", &(on,))
+        .await
+        .with_context(|| {
+            format!(
+                "turning offline unlock of {} {}",
+                a.record,
+                if on { "on" } else { "off" }
+            )
+        })?;
+    let view = RecordView::fetch(&r).await?;
+    // On stderr, so that --json output stays parseable.
+    for line in offline_notes(&view.name, view.offline_unlock) {
+        eprintln!("{line}");
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": view.id,
+                "name": view.name,
+                "offline_unlock": view.offline_unlock,
+            })
+        );
+    } else {
+        println!(
+            "offline unlock of {} ({}) is {}",
+            escape(&view.name),
+            escape(&view.id),
+            if view.offline_unlock { "on" } else { "off" }
+        );
+    }
+    Ok(())
+}
+
+/// What an operator must know about offline unlock being on or off (the
+/// limit of what the server decides).
+pub fn offline_notes(name: &str, on: bool) -> Vec<String> {
+    let name = escape(name);
+    if on {
+        vec![format!(
+            "NOTE: a guest of {name} enrols a chip-derived key at its next online unlock and \
+             can then open its root without any server; the server does not see such a boot, \
+             and neither `records disable` nor `records set-offline-unlock {name} off` reaches \
+             a guest until it comes online again"
+        )]
+    } else {
+        vec![format!(
+            "NOTE: a guest of {name} that enrolled removes its offline keyslot at its next \
+             online unlock; a guest that never comes online again keeps unlocking offline"
+        )]
+    }
+}
+
 async fn set_enabled(bus: &Bus, a: RecordArg, enabled: bool) -> Result<()> {
     let r = find(bus, &a.record).await?;
     let method = if enabled { "Enable" } else { "Disable" };
@@ -519,6 +622,7 @@ mod tests {
             author_key_digest: "22".repeat(48),
             min_tcb: BTreeMap::new(),
             allow_test_root: false,
+            offline_unlock: false,
             attestations_ok: 0,
             attestations_failed: 0,
             last_attestation: None,
@@ -539,5 +643,63 @@ mod tests {
         for c in ['\x1b', '\r', '\x07', '\u{202e}'] {
             assert!(!text.contains(c), "{c:?} in {text}");
         }
+        assert!(
+            text.contains("Offline:      unlock not allowed\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn show_and_json_say_whether_offline_unlock_is_allowed() {
+        let mut view = RecordView {
+            id: "0".repeat(32),
+            name: "laptop".into(),
+            enabled: true,
+            created: "2026-12-03T01:00:00Z".into(),
+            measurement: "a".repeat(96),
+            policy: 0x30000,
+            vcpus: 2,
+            vcpu_type: "EPYC-v4".into(),
+            cmdline: String::new(),
+            launches: Vec::new(),
+            pending_launches: 0,
+            family_id: "00".repeat(16),
+            image_id: "00".repeat(16),
+            id_key_digest: "11".repeat(48),
+            author_key_digest: "22".repeat(48),
+            min_tcb: BTreeMap::new(),
+            allow_test_root: false,
+            offline_unlock: true,
+            attestations_ok: 0,
+            attestations_failed: 0,
+            last_attestation: None,
+        };
+        let text = view.render();
+        assert!(
+            text.contains("Offline:      unlock allowed (guests enrol a chip-derived key"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["offline_unlock"], true);
+        view.offline_unlock = false;
+        assert_eq!(
+            serde_json::to_value(&view).unwrap()["offline_unlock"],
+            false
+        );
+    }
+
+    #[test]
+    fn offline_notes_state_the_limit() {
+        let on = offline_notes("web", true).join("\n");
+        assert!(on.contains("without any server") && on.contains("comes online again"));
+        assert!(on.contains("records set-offline-unlock web off"), "{on}");
+        let off = offline_notes("web", false).join("\n");
+        assert!(
+            off.contains("removes its offline keyslot at its next online unlock")
+                && off.contains("never comes online again keeps unlocking offline"),
+            "{off}"
+        );
+        // A name is escaped like everywhere else on the terminal.
+        assert!(!offline_notes("a\x1bb", true).concat().contains('\x1b'));
     }
 }

@@ -75,6 +75,11 @@ pub struct Args {
     /// platform; tests only, refused when the daemon trusts none)
     #[arg(long)]
     pub allow_test_root: bool,
+    /// Allow offline unlock: guests enrol a chip-derived key at their next
+    /// online unlock and may then open their root without a server
+    /// (change later with records set-offline-unlock)
+    #[arg(long)]
+    pub allow_offline_unlock: bool,
     /// Staging directory written by convert (firmware.fd, kernel, initrd,
     /// cmdline, vmk.sealed)
     #[arg(long, value_name = "DIR")]
@@ -127,6 +132,12 @@ pub fn options(a: &Args, cmdline: &str) -> Result<Options> {
     );
     if a.allow_test_root {
         o.insert(key::ALLOW_TEST_ROOT.to_string(), OwnedValue::from(true));
+    }
+    if a.allow_offline_unlock {
+        o.insert(
+            key::ALLOW_OFFLINE_UNLOCK.to_string(),
+            OwnedValue::from(true),
+        );
     }
     for (k, v) in [
         (key::MIN_TCB_BOOTLOADER, a.min_tcb_bootloader),
@@ -196,6 +207,9 @@ pub fn warnings(view: &RecordView) -> Vec<String> {
              platform); never use it for a production guest",
             view.name
         ));
+    }
+    if view.offline_unlock {
+        out.extend(crate::records::offline_notes(&view.name, true));
     }
     out
 }

@@ -180,6 +180,7 @@ fn registry(dir: &Path, store: StoreChoice) -> anyhow::Result<(Arc<Registry>, Re
         min_tcb: None,
         // The simulated platform's root, as the daemon's [[test_roots]].
         allow_test_root: true,
+        allow_offline_unlock: false,
         sealed_vmk,
     })?;
     Ok((Arc::new(reg), rec))
@@ -257,6 +258,7 @@ async fn attest_once(conn: &Conn, guest: &Guest, sign_ns: &AtomicU64) -> Result<
         cert_table: Some(guest.table.clone()),
         ephemeral_key: b64(&public.to_bytes()),
         signed: true,
+        offline: false,
     };
     let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
     let (status, body) = conn

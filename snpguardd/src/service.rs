@@ -42,6 +42,10 @@ pub struct RegisterRequest {
     /// root (`[[test_roots]]`; simulated platforms, tests only). Refused
     /// when no test root is configured.
     pub allow_test_root: bool,
+    /// Allow offline unlock: signed releases tell the agent to enrol a
+    /// chip-derived key for the launch ([`RecordService::set_offline_unlock`]
+    /// changes it later).
+    pub allow_offline_unlock: bool,
     /// The VMK sealed (HPKE) to the daemon's ingestion key, as `convert`
     /// writes it into the staging directory.
     pub sealed_vmk: Vec<u8>,
@@ -175,6 +179,9 @@ pub struct RecordInfo {
     pub min_tcb: Option<MinTcb>,
     /// Whether reports endorsed by a configured test root are accepted.
     pub allow_test_root: bool,
+    /// Whether the record allows offline unlock: a signed release asked
+    /// for the directive says `enrol` when it does, `remove` when not.
+    pub offline_unlock: bool,
     /// Successful attestations.
     pub attestations_ok: u64,
     /// Refused attestations.
@@ -244,6 +251,10 @@ pub trait RecordService: Send + Sync + 'static {
     /// Replaces the record's own minimum TCB (e.g. after an AMD security
     /// bulletin); the daemon-wide floors still apply on top.
     fn set_min_tcb(&self, id: &str, min_tcb: MinTcb) -> Result<RecordInfo, ServiceError>;
+    /// Allows or forbids offline unlock for the record: every later signed
+    /// release carries the directive (`enrol` or `remove`). It cannot reach
+    /// a guest that never attests online again.
+    fn set_offline_unlock(&self, id: &str, allowed: bool) -> Result<RecordInfo, ServiceError>;
     /// Deletes a record and its secrets.
     fn delete(&self, id: &str) -> Result<(), ServiceError>;
     /// Writes launch-artifacts.tar.gz of the record's newest approved

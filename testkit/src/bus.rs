@@ -330,6 +330,7 @@ impl RecordService for MemService {
             author_key_digest: "22".repeat(48),
             min_tcb: req.min_tcb,
             allow_test_root: req.allow_test_root,
+            offline_unlock: req.allow_offline_unlock,
             attestations_ok: 0,
             attestations_failed: 0,
             last_attestation: None,
@@ -384,6 +385,15 @@ impl RecordService for MemService {
             st.1.get_mut(id)
                 .ok_or_else(|| ServiceError::NotFound(id.into()))?;
         r.info.min_tcb = Some(min_tcb);
+        Ok(r.info.clone())
+    }
+
+    fn set_offline_unlock(&self, id: &str, allowed: bool) -> Result<RecordInfo, ServiceError> {
+        let mut st = self.state.lock().unwrap();
+        let r =
+            st.1.get_mut(id)
+                .ok_or_else(|| ServiceError::NotFound(id.into()))?;
+        r.info.offline_unlock = allowed;
         Ok(r.info.clone())
     }
 

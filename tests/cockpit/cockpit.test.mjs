@@ -102,6 +102,43 @@ test("disable in the page and snpguardctl agrees", async () => {
     assert.equal(await page.evaluate(() => window.sgNoReload), true);
 });
 
+test("offline unlock is allowed after a confirmation, forbidden, and followed live", async () => {
+    // On the record page the previous test left open.
+    await page.waitForSelector("#record-fields");
+    assert.match(await page.locator("#record-fields").innerText(), /Offline unlock\s+not allowed/);
+    assert.equal((await record("web")).offline_unlock, false);
+    const button = page.locator("#record-offline-toggle");
+    assert.equal(await button.innerText(), "Allow offline unlock");
+    // Allowing asks first and states the limit; cancel changes nothing.
+    await button.click();
+    await page.locator("#confirm-dialog[open]").waitFor();
+    const body = await page.locator("#confirm-body").textContent();
+    assert.match(body, /enrols a key derived from its chip/);
+    assert.match(body, /not seen by this server/);
+    assert.match(body, /reaches a guest only when it unlocks online again/);
+    await page.click("#confirm-cancel");
+    assert.equal((await record("web")).offline_unlock, false);
+    await button.click();
+    await page.locator("#confirm-dialog[open]").waitFor();
+    await page.click("#confirm-ok");
+    await page.locator("#record-offline-toggle", { hasText: "Forbid offline unlock" }).waitFor();
+    assert.equal((await record("web")).offline_unlock, true);
+    assert.match(await page.locator("#record-fields").innerText(), /Offline unlock\s+allowed/);
+    await shot("record-offline-unlock");
+    // Forbidding needs no confirmation; the notice says what it cannot reach.
+    await page.click("#record-offline-toggle");
+    await page.locator("#record-offline-toggle", { hasText: "Allow offline unlock" }).waitFor();
+    assert.equal((await record("web")).offline_unlock, false);
+    await page.locator(".sg-alert", { hasText: "never comes online again keeps it" }).waitFor();
+    await closeAlerts();
+    // Changed by snpguardctl: the open page follows PropertiesChanged.
+    await world.ctl("records", "set-offline-unlock", "web", "on");
+    await page.locator("#record-offline-toggle", { hasText: "Forbid offline unlock" }).waitFor();
+    await world.ctl("records", "set-offline-unlock", "web", "off");
+    await page.locator("#record-offline-toggle", { hasText: "Allow offline unlock" }).waitFor();
+    assert.equal(await page.evaluate(() => window.sgNoReload), true);
+});
+
 test("a pending launch appears live and is approved in the page", async () => {
     const staging = await world.stage("web-kernel-2");
     await world.ctl("records", "add-launch", "web", "--staging", staging);
@@ -197,6 +234,7 @@ test("register through the form; daemon errors land next to their field", async 
     // Registered from outside the import directory.
     await page.fill("#f-staging", outside);
     await page.check("#f-allow-smt");
+    await page.check("#f-allow-offline-unlock");
     await page.fill("#f-tcb-bootloader", "4");
     await page.fill("#f-tcb-tee", "0");
     await page.fill("#f-tcb-snp", "21");
@@ -207,6 +245,8 @@ test("register through the form; daemon errors land next to their field", async 
     const db = await record("db");
     assert.equal(db.vcpus, 4);
     assert.equal(db.vcpu_type, "EPYC-Milan");
+    assert.equal(db.offline_unlock, true);
+    assert.match(await page.locator("#record-fields").innerText(), /Offline unlock\s+allowed/);
     assert.equal(db.cmdline, "console=ttyS0 root=/dev/mapper/root");
     assert.deepEqual(db.min_tcb && { bl: db.min_tcb.bootloader, snp: db.min_tcb.snp, mc: db.min_tcb.microcode },
                      { bl: 4, snp: 21, mc: 210 });
@@ -253,6 +293,16 @@ async function denied() {
     await page.click("#record-toggle");
     await page.locator('.sg-alert[data-kind="error"][data-repeat="2"]', { hasText: "Not permitted" }).waitFor();
     assert.equal(await page.locator('.sg-alert[data-kind="error"]').count(), 1);
+    // Offline unlock likewise: asked as manage, refused, unchanged.
+    await page.click("#record-offline-toggle");
+    await page.locator("#confirm-dialog[open]").waitFor();
+    await page.click("#confirm-ok");
+    const offline = page.locator('.sg-alert[data-kind="error"]', { hasText: "Could not allow offline unlock of web" });
+    await offline.waitFor();
+    assert.match(await offline.innerText(), /Not permitted.*org\.snpguard\.SnpGuard1\.manage/s);
+    assert.equal((await record("web")).offline_unlock, false);
+    assert.equal(await page.locator("#record-offline-toggle").innerText(), "Allow offline unlock");
+    assert.equal(world.polkit.calls.at(-1).action, "org.snpguard.SnpGuard1.manage");
     await page.click("#tab-log");
     await page.locator('.sg-alert[data-kind="error"]').waitFor({ state: "detached" });
     await closeAlerts();

@@ -96,6 +96,33 @@ impl Source {
         }
     }
 
+    /// Whether this source can give a derived key ([`Source::derived_key`]):
+    /// /dev/sev-guest (present) and the simulator can, configfs-tsm cannot.
+    pub fn can_derive(&self) -> bool {
+        match self {
+            Source::Tsm(_) => false,
+            Source::SevGuest => true,
+            Source::Auto { sev_guest, .. } => sev_guest.exists(),
+            #[cfg(feature = "simulator")]
+            Source::Simulated(_) => true,
+        }
+    }
+
+    /// A key the secure processor derives for this launch (offline
+    /// unlock): `select` and `tcb` as SNP_GET_DERIVED_KEY takes them.
+    /// configfs-tsm has no derived keys: only /dev/sev-guest (and the
+    /// simulator) give one.
+    pub fn derived_key(&self, select: u64, tcb: u64) -> Result<[u8; 32], EvidenceError> {
+        match self {
+            Source::Tsm(_) => Err(EvidenceError::Tsm(
+                "configfs-tsm has no derived keys; offline unlock needs /dev/sev-guest".into(),
+            )),
+            Source::SevGuest | Source::Auto { .. } => sev_guest::derived_key(select, tcb),
+            #[cfg(feature = "simulator")]
+            Source::Simulated(p) => simulated::derived_key(p, select, tcb),
+        }
+    }
+
     /// A report for `report_data`.
     pub fn get(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
         match self {

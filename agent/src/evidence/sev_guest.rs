@@ -31,6 +31,24 @@ pub fn get(report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
     evidence(report, certs, report_data)
 }
 
+/// SNP_GET_DERIVED_KEY (message version 1): a key derived from the VCEK
+/// and the launch fields `select` names (GUEST_FIELD_SELECT bits 0-5),
+/// with `tcb` (at most the committed TCB), at the agent's VMPL and guest
+/// SVN 0.
+pub fn derived_key(select: u64, tcb: u64) -> Result<[u8; 32], EvidenceError> {
+    use sev::firmware::guest::{DerivedKey, GuestFieldSelect};
+    let mut fields = GuestFieldSelect::default();
+    fields.set_guest_policy(select & 1 != 0);
+    fields.set_image_id(select & 2 != 0);
+    fields.set_family_id(select & 4 != 0);
+    fields.set_measurement(select & 8 != 0);
+    fields.set_svn(select & 16 != 0);
+    fields.set_tcb_version(select & 32 != 0);
+    let mut fw = Firmware::open().map_err(|e| EvidenceError::SevGuest(format!("open: {e}")))?;
+    fw.get_derived_key(Some(1), DerivedKey::new(false, fields, VMPL, 0, tcb, None))
+        .map_err(|e| EvidenceError::SevGuest(format!("SNP_GET_DERIVED_KEY: {e}")))
+}
+
 /// Checks the firmware's answer and re-encodes its certificate entries as
 /// the GUID table the daemon reads.
 pub fn evidence(

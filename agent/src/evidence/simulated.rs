@@ -29,3 +29,19 @@ pub fn get(path: &Path, report_data: &[u8; 64]) -> Result<Evidence, EvidenceErro
         cert_table: Some(table),
     })
 }
+
+/// The simulated platform's derived key for the launch blob at `path`
+/// (`SimLaunch::derived_key`).
+pub fn derived_key(path: &Path, select: u64, tcb: u64) -> Result<[u8; 32], EvidenceError> {
+    let err =
+        |e: &dyn std::fmt::Display| EvidenceError::Simulated(format!("{}: {e}", path.display()));
+    let mut blob = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(SIM_LAUNCH_MAX_SIZE as u64 + 1)
+                .read_to_end(&mut blob)
+        })
+        .map_err(|e| err(&e))?;
+    let launch = SimLaunch::from_json(&blob).map_err(|e| err(&e))?;
+    launch.derived_key(select, tcb).map_err(|e| err(&e))
+}

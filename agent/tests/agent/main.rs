@@ -3,12 +3,15 @@
 //!
 //! - `check_config`: `snpguard-agent check-config` as the initrd modules
 //!   and convert call it;
-//! - `unlock`, `renew` (feature `simulator`: the simulated report source):
+//! - `unlock`, `offline`, `renew` (feature `simulator`: the simulated
+//!   report source):
 //!   the agent against a real snpguardd, the harness in `common`.
 
 mod check_config;
 #[cfg(feature = "simulator")]
 mod common;
+#[cfg(feature = "simulator")]
+mod offline;
 #[cfg(feature = "simulator")]
 mod renew;
 #[cfg(feature = "simulator")]

@@ -11,20 +11,10 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{agent, failed_line, loop_device, registered_guest, run};
+use crate::common::{agent, dm_usable, failed_line, loop_device, registered_guest, run};
 
 const PLAINTEXT: &[u8] = b"SNPGUARD-AGENT-TEST-PLAINTEXT\n";
 
-/// Whether this host can create dm-crypt mappings on loop devices.
-fn dm_usable() -> bool {
-    rustix::process::getuid().is_root()
-        && std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/mapper/control")
-            .is_ok()
-        && Path::new("/dev/loop-control").exists()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registered_launch_unlocks_the_volume() {

@@ -163,6 +163,99 @@ async fn register_then_manage_records() {
     );
 }
 
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_unlock_is_registered_shown_and_switched() {
+    let h = Harness::start().await;
+    let dir = h.bus.dir.path();
+    let st = staging(dir);
+    let out = dir.join("laptop.tar.gz");
+    let mut args = register_args(st.to_str().unwrap(), out.to_str().unwrap(), "laptop");
+    args.push("--allow-offline-unlock");
+    let o = ctl(&h, &args).await;
+    ok(&o);
+    // The operator is told what it means, on stderr.
+    let note = stderr(&o);
+    assert!(
+        note.contains("NOTE: a guest of laptop enrols a chip-derived key")
+            && note.contains("comes online again"),
+        "{note}"
+    );
+    let id = h.service.records().into_keys().next().unwrap();
+    assert!(h.service.records()[&id].info.offline_unlock);
+    let text = ok(&ctl(&h, &["records", "show", "laptop"]).await);
+    assert!(text.contains("Offline:      unlock allowed"), "{text}");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&h, &["records", "list", "--json"]).await)).unwrap();
+    assert_eq!(list[0]["offline_unlock"], true);
+
+    // Off: JSON on stdout, the limit on stderr.
+    let o = ctl(
+        &h,
+        &["records", "set-offline-unlock", "laptop", "off", "--json"],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(v["offline_unlock"], false);
+    assert_eq!(v["id"], id.as_str());
+    assert!(
+        stderr(&o).contains("never comes online again keeps unlocking offline"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!h.service.records()[&id].info.offline_unlock);
+    let text = ok(&ctl(&h, &["records", "show", &id]).await);
+    assert!(text.contains("Offline:      unlock not allowed"), "{text}");
+
+    // On again, by id, in text.
+    let text = ok(&ctl(&h, &["records", "set-offline-unlock", &id, "on"]).await);
+    assert_eq!(text, format!("offline unlock of laptop ({id}) is on\n"));
+    assert!(h.service.records()[&id].info.offline_unlock);
+
+    // A word other than on or off: a usage error naming them, nothing
+    // asked of the daemon.
+    let before = h.polkit.calls().len();
+    let err = failed(&ctl(&h, &["records", "set-offline-unlock", "laptop", "maybe"]).await);
+    assert!(
+        err.contains("invalid value 'maybe'") && err.contains("[possible values: on, off]"),
+        "{err}"
+    );
+    assert_eq!(h.polkit.calls().len(), before);
+
+    // polkit says no: the action is named, nothing changes.
+    h.polkit.set_allow(false);
+    let err = failed(&ctl(&h, &["records", "set-offline-unlock", "laptop", "off"]).await);
+    assert!(
+        err.contains("not authorized for org.snpguard.SnpGuard1.manage (AccessDenied)"),
+        "{err}"
+    );
+    assert!(h.service.records()[&id].info.offline_unlock);
+    h.polkit.set_allow(true);
+
+    // An unknown record is named.
+    let err = failed(&ctl(&h, &["records", "set-offline-unlock", "nosuch", "on"]).await);
+    assert!(
+        err.contains("no record named \"nosuch\" (NotFound)"),
+        "{err}"
+    );
+
+    // Registered without the option: off, and no note.
+    let other = dir.join("web.tar.gz");
+    let o = ctl(
+        &h,
+        &register_args(st.to_str().unwrap(), other.to_str().unwrap(), "web"),
+    )
+    .await;
+    ok(&o);
+    assert!(!stderr(&o).contains("chip-derived"), "{}", stderr(&o));
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&h, &["records", "show", "web", "--json"]).await)).unwrap();
+    assert_eq!(show["offline_unlock"], false);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_and_bad_inputs_fail_cleanly() {
     let h = Harness::start().await;

@@ -22,7 +22,10 @@
 //!    releases nothing: `record-disabled`, `launch-retired`); the VMK is
 //!    sealed to the ephemeral key and bound to the report; then the
 //!    release, its count, the nonce's outcome and the audit entry are one
-//!    transaction, durable before the answer leaves.
+//!    transaction, durable before the answer leaves. A signed request
+//!    that asks for it (`offline`) gets the record's offline-unlock
+//!    directive as of that transaction (`enrol` or `remove`), covered by
+//!    the signature.
 //!
 //! Refusals before the report's signature is verified (steps 4 and 5, and
 //! in step 7 a malformed or unsigned report, a chain that does not verify
@@ -61,7 +64,8 @@ use snpguard::verify::{
 };
 use snpguard_protocol::attest::{
     self, decode_nonce, encode_nonce, unb64, AttestRequest, AttestResponse, ChallengeResponse,
-    RenewRequest, RenewResponse, SignedLaunchRequest, SignedLaunchResponse, MAX_BODY, NONCE_LEN,
+    OfflineUnlock, RenewRequest, RenewResponse, SignedLaunchRequest, SignedLaunchResponse,
+    MAX_BODY, NONCE_LEN,
 };
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -1078,6 +1082,11 @@ impl Attestor {
         };
         crate::crash::point(crate::crash::points::ATTEST_RELEASE_COMMITTED);
         let crate::registry::Release { sealed, record } = release;
+        // The record's word on offline unlock as of this release (read in
+        // its transaction), only in a signed response that asked for it:
+        // an agent that does not check signatures must not act on it.
+        let offline_unlock =
+            (req.signed && req.offline).then(|| OfflineUnlock::for_record(record.offline_unlock));
         self.observe(record);
         tracing::info!(
             RECORD = %rec.id,
@@ -1088,21 +1097,25 @@ impl Attestor {
             REPORTED_TCB = entry.reported_tcb.as_deref().unwrap_or("-"),
             CHIP_ID = entry.chip_id_prefix.as_deref().unwrap_or("-"),
             CERT_SOURCE = entry.cert_source.as_deref().unwrap_or("-"),
+            OFFLINE_UNLOCK = %offline_unlock.map_or("-", OfflineUnlock::as_str),
             NOTES = %entry.notes.join("; "),
             "attestation accepted; key released"
         );
         let sealed = sealed.to_bytes();
         // Signed by the author key, whose digest the PSP put in this very
         // report: the agent uses nothing released by a server that merely
-        // holds a valid TLS certificate.
+        // holds a valid TLS certificate. With a directive, the signature
+        // covers it (another domain label).
         let signature = req.signed.then(|| {
-            let message = attest::release_message(&nonce, &report_bytes, &rec.id, &sealed);
+            let message =
+                attest::release_message(&nonce, &report_bytes, &rec.id, &sealed, offline_unlock);
             attest::sign_message(self.registry.keys().author(), &message)
         });
         Ok(AttestResponse {
             record: rec.id,
             sealed_key: attest::b64(&sealed),
             signature,
+            offline_unlock,
         })
     }
 }

@@ -26,6 +26,7 @@ use crate::secrets::{MasterKey, MasterKeySource};
 use crate::service::{RecordInfo, RecordService, RegisterRequest};
 
 mod certs;
+mod offline;
 mod renewal;
 mod revocation;
 
@@ -107,6 +108,18 @@ fn register_with(
     min_tcb: Option<MinTcb>,
     allow_test_root: bool,
 ) -> Option<RecordInfo> {
+    let req = register_request(reg, dir, name, min_tcb, allow_test_root)?;
+    Some(reg.register(req).unwrap())
+}
+
+/// The registration [`register_with`] makes, for a test to change first.
+fn register_request(
+    reg: &Registry,
+    dir: &Path,
+    name: &str,
+    min_tcb: Option<MinTcb>,
+    allow_test_root: bool,
+) -> Option<RegisterRequest> {
     let suffix = snpguard_testkit::testdata::read("measurement/ovmf_AmdSev_suffix.bin")?;
     let mut fw = random(3 * 4096);
     fw.extend_from_slice(&suffix);
@@ -117,24 +130,22 @@ fn register_with(
     let sealed_vmk = seal::seal(&pk, seal::INFO_INGEST, b"", &VMK)
         .unwrap()
         .to_bytes();
-    Some(
-        reg.register(RegisterRequest {
-            name: name.into(),
-            firmware: File::open(fw).unwrap(),
-            kernel: File::open(kernel).unwrap(),
-            initrd: File::open(initrd).unwrap(),
-            cmdline: "console=ttyS0".into(),
-            vcpus: 2,
-            vcpu_type: "EPYC-v4".into(),
-            allow_smt: false,
-            allow_debug: false,
-            allow_migrate_ma: false,
-            min_tcb,
-            allow_test_root,
-            sealed_vmk,
-        })
-        .unwrap(),
-    )
+    Some(RegisterRequest {
+        name: name.into(),
+        firmware: File::open(fw).unwrap(),
+        kernel: File::open(kernel).unwrap(),
+        initrd: File::open(initrd).unwrap(),
+        cmdline: "console=ttyS0".into(),
+        vcpus: 2,
+        vcpu_type: "EPYC-v4".into(),
+        allow_smt: false,
+        allow_debug: false,
+        allow_migrate_ma: false,
+        min_tcb,
+        allow_test_root,
+        allow_offline_unlock: false,
+        sealed_vmk,
+    })
 }
 
 fn min_tcb() -> MinTcb {
@@ -310,6 +321,8 @@ impl Fixture {
         snpguard_protocol::attest::decode_nonce(&c.nonce).unwrap()
     }
 
+    /// A signed attestation request of guest `g` (not asking for the
+    /// offline-unlock directive), its ephemeral secret key and report.
     fn request(
         &self,
         g: &Guest<'_>,
@@ -328,6 +341,7 @@ impl Fixture {
             cert_table: g.table.as_ref().map(|t| b64(t)),
             ephemeral_key: b64(&pk.to_bytes()),
             signed: true,
+            offline: false,
         };
         (req, sk, r.to_vec())
     }
@@ -372,6 +386,7 @@ impl Fixture {
             &report,
             &resp.record,
             &sealed_bytes,
+            resp.offline_unlock,
         );
         snpguard_protocol::attest::verify_signature(&report, &message, resp.signature.as_ref())
             .expect("the release is signed by the report's author key");

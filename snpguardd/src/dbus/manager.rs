@@ -53,6 +53,7 @@ impl Manager {
             allow_migrate_ma: options.allow_migrate_ma,
             min_tcb: options.min_tcb,
             allow_test_root: options.allow_test_root,
+            allow_offline_unlock: options.allow_offline_unlock,
             sealed_vmk,
         };
         let svc = self.ctx.service.clone();

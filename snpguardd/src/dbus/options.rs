@@ -29,9 +29,11 @@ pub struct RegisterOptions {
     pub min_tcb: Option<MinTcb>,
     /// Accept reports endorsed by a configured test root.
     pub allow_test_root: bool,
+    /// Allow offline unlock with a chip-derived key.
+    pub allow_offline_unlock: bool,
 }
 
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 14] = [
     key::NAME,
     key::CMDLINE,
     key::VCPUS,
@@ -45,6 +47,7 @@ const KNOWN: [&str; 13] = [
     key::MIN_TCB_MICROCODE,
     key::MIN_TCB_FMC,
     key::ALLOW_TEST_ROOT,
+    key::ALLOW_OFFLINE_UNLOCK,
 ];
 
 /// Upper bound on `vcpus`: the one limit of `snpguard::measure`.
@@ -187,6 +190,7 @@ impl RegisterOptions {
             allow_migrate_ma: o.boolean(key::ALLOW_MIGRATE_MA)?,
             min_tcb,
             allow_test_root: o.boolean(key::ALLOW_TEST_ROOT)?,
+            allow_offline_unlock: o.boolean(key::ALLOW_OFFLINE_UNLOCK)?,
         })
     }
 }
@@ -268,6 +272,7 @@ mod tests {
         assert!(!o.allow_smt && !o.allow_debug && !o.allow_migrate_ma);
         assert_eq!(o.min_tcb, None);
         assert!(!o.allow_test_root);
+        assert!(!o.allow_offline_unlock);
     }
 
     #[test]
@@ -277,6 +282,38 @@ mod tests {
         assert!(RegisterOptions::parse(&m).unwrap().allow_test_root);
         m.insert("allow_test_root".into(), OwnedValue::from(1u8));
         assert!(err(&m).contains("\"allow_test_root\" must be of type b"));
+    }
+
+    #[test]
+    fn allow_offline_unlock_is_a_boolean_option() {
+        let mut m = base();
+        m.insert("allow_offline_unlock".into(), OwnedValue::from(true));
+        let o = RegisterOptions::parse(&m).unwrap();
+        assert!(o.allow_offline_unlock);
+        assert!(!o.allow_test_root, "one option does not set another");
+        m.insert("allow_offline_unlock".into(), OwnedValue::from(false));
+        assert!(!RegisterOptions::parse(&m).unwrap().allow_offline_unlock);
+        for wrong in [
+            OwnedValue::from(1u8),
+            OwnedValue::from(1u32),
+            OwnedValue::try_from(Value::from("on")).unwrap(),
+        ] {
+            m.insert("allow_offline_unlock".into(), wrong);
+            let e = err(&m);
+            assert!(
+                e.contains("\"allow_offline_unlock\" must be of type b"),
+                "{e}"
+            );
+        }
+        // The spelling is exact: a near miss is an unknown option that
+        // lists the known ones.
+        let mut m = base();
+        m.insert("offline_unlock".into(), OwnedValue::from(true));
+        let e = err(&m);
+        assert!(
+            e.contains("unknown option \"offline_unlock\"") && e.contains("allow_offline_unlock"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -36,6 +36,48 @@ trait Authority {
     ) -> zbus::Result<(bool, bool, HashMap<String, String>)>;
 }
 
+/// Who made a call, for the journal line of a change: the caller's unique
+/// bus name and, when the bus can tell, its Unix user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The unique bus name (`:1.42`).
+    pub name: String,
+    /// The Unix user id the bus knows the connection by.
+    pub uid: Option<u32>,
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.uid {
+            Some(uid) => write!(f, "uid {uid} ({})", self.name),
+            None => write!(f, "{} (uid unknown)", self.name),
+        }
+    }
+}
+
+/// The caller of `hdr` as the bus daemon knows it (`GetConnectionUnixUser`
+/// on the connection the call came in on). A bus that cannot tell gives
+/// no uid, not an error: the call was authorized already.
+pub async fn caller(conn: &Connection, hdr: &Header<'_>) -> Caller {
+    let Some(sender) = hdr.sender() else {
+        return Caller {
+            name: String::new(),
+            uid: None,
+        };
+    };
+    let uid = match zbus::fdo::DBusProxy::new(conn).await {
+        Ok(bus) => bus
+            .get_connection_unix_user(sender.clone().into())
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    Caller {
+        name: sender.to_string(),
+        uid,
+    }
+}
+
 /// Returns `Ok(())` if polkit authorizes the sender of `hdr` for `action`.
 pub async fn authorize(conn: &Connection, hdr: &Header<'_>, action: &str) -> Result<(), Error> {
     let sender = hdr

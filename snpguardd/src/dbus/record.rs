@@ -73,6 +73,9 @@ pub async fn update(conn: &Connection, info: RecordInfo) -> Result<(), Error> {
     if old.min_tcb != rec.info.min_tcb {
         rec.min_tcb_changed(e).await?;
     }
+    if old.offline_unlock != rec.info.offline_unlock {
+        rec.offline_unlock_changed(e).await?;
+    }
     rec.launches_changed_from(&old, e).await
 }
 
@@ -316,6 +319,52 @@ impl Record {
         self.info = info;
         if changed {
             self.min_tcb_changed(&emitter).await?;
+        }
+        Ok(())
+    }
+
+    /// Allows (`enabled` true) or forbids offline unlock: from now on a
+    /// signed release that asks for the directive tells the agent to enrol
+    /// its chip-derived key, or to remove the offline keyslot it enrolled.
+    /// A guest that never attests online again keeps what it has.
+    async fn set_offline_unlock(
+        &mut self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        enabled: bool,
+    ) -> Result<(), Error> {
+        polkit::authorize(conn, &hdr, ACTION_MANAGE).await?;
+        let caller = polkit::caller(conn, &hdr).await;
+        let svc = self.ctx.service.clone();
+        let id = self.info.id.clone();
+        let info = blocking(move || svc.set_offline_unlock(&id, enabled)).await?;
+        let was = self.info.offline_unlock;
+        let changed = info.offline_unlock != was;
+        self.info = info;
+        let state = |on: bool| if on { "on" } else { "off" };
+        let what = match (changed, enabled) {
+            (true, true) => {
+                "turned on: its guests enrol a chip-derived key at their next online unlock"
+            }
+            (true, false) => {
+                "turned off: a guest that enrolled removes its offline keyslot at its next \
+                 online unlock; one that never comes online again keeps it"
+            }
+            (false, _) => "set again, unchanged",
+        };
+        tracing::info!(
+            RECORD = %self.info.id,
+            NAME = %self.info.name,
+            OFFLINE_UNLOCK = %state(enabled),
+            OLD_OFFLINE_UNLOCK = %state(was),
+            CALLER = %caller.name,
+            CALLER_UID = %caller.uid.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+            "offline unlock of record {} {what} (by {caller})",
+            self.info.name
+        );
+        if changed {
+            self.offline_unlock_changed(&emitter).await?;
         }
         Ok(())
     }
@@ -678,6 +727,14 @@ impl Record {
     #[zbus(property)]
     async fn allow_test_root(&self) -> bool {
         self.info.allow_test_root
+    }
+
+    /// Whether the record allows offline unlock: a signed release that
+    /// asks for the directive says `enrol` when it does, `remove` when not;
+    /// changed by `SetOfflineUnlock`.
+    #[zbus(property)]
+    async fn offline_unlock(&self) -> bool {
+        self.info.offline_unlock
     }
 
     /// Successful attestations.

@@ -550,6 +550,7 @@ impl Registry {
             allow_migrate_ma: req.allow_migrate_ma,
             min_tcb: req.min_tcb.map(Into::into),
             allow_test_root: req.allow_test_root,
+            offline_unlock: req.allow_offline_unlock,
             family_id: hex::encode(FAMILY_ID),
             image_id: id.clone(),
             id_key_digest: hex::encode(idblock::key_digest(id_key.verifying_key())),
@@ -686,6 +687,17 @@ impl RecordService for Registry {
                         rec.name
                     );
                 }
+                if rec.offline_unlock {
+                    tracing::info!(
+                        RECORD = %rec.id,
+                        NAME = %rec.name,
+                        OFFLINE_UNLOCK = %"on",
+                        "record {} allows offline unlock: its guests enrol a chip-derived key \
+                         at their next online unlock and may open their root without a server \
+                         from then on",
+                        rec.name
+                    );
+                }
                 Ok(rec.info())
             }
             Err(e) => {
@@ -738,6 +750,11 @@ impl RecordService for Registry {
             text(old)
         );
         Ok(info)
+    }
+
+    fn set_offline_unlock(&self, id: &str, allowed: bool) -> Result<RecordInfo, ServiceError> {
+        record::check_id(id)?;
+        self.update(id, |r| r.offline_unlock = allowed)
     }
 
     fn delete(&self, id: &str) -> Result<(), ServiceError> {

@@ -91,6 +91,11 @@ pub struct StoredRecord {
     /// records stored before the option existed: false).
     #[serde(default)]
     pub allow_test_root: bool,
+    /// Offline unlock allowed: signed releases carry the `enrol`
+    /// directive, else `remove` (absent in records stored before the
+    /// option existed: false).
+    #[serde(default)]
+    pub offline_unlock: bool,
     pub family_id: String,
     pub image_id: String,
     pub id_key_digest: String,
@@ -187,6 +192,7 @@ impl StoredRecord {
             author_key_digest: self.author_key_digest.clone(),
             min_tcb: self.min_tcb.map(MinTcb::from),
             allow_test_root: self.allow_test_root,
+            offline_unlock: self.offline_unlock,
             attestations_ok: self.attestations_ok,
             attestations_failed: self.attestations_failed,
             last_attestation: self.last_attestation.clone(),

@@ -82,6 +82,7 @@ pub(super) fn request(reg: &Registry, inp: &Inputs, name: &str) -> RegisterReque
             fmc: None,
         }),
         allow_test_root: false,
+        allow_offline_unlock: false,
         sealed_vmk: sealed.to_bytes(),
     }
 }
@@ -691,6 +692,87 @@ fn a_record_stored_before_allow_test_root_existed_refuses_test_roots() {
         )
         .unwrap();
     assert!(!reg.get(&rec.id).unwrap().allow_test_root);
+}
+
+#[test]
+fn offline_unlock_is_registered_and_changed_durably() {
+    let Some(inp) = inputs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (plain, allowed) = {
+        let reg = open(&state);
+        let plain = reg.register(request(&reg, &inp, "plain")).unwrap();
+        assert!(!plain.offline_unlock, "off unless asked for");
+        let mut req = request(&reg, &inp, "allowed");
+        req.allow_offline_unlock = true;
+        let allowed = reg.register(req).unwrap();
+        assert!(allowed.offline_unlock);
+
+        let on = reg.set_offline_unlock(&plain.id, true).unwrap();
+        assert!(on.offline_unlock);
+        assert!(on.enabled, "nothing else changes");
+        assert_eq!(on.min_tcb, plain.min_tcb);
+        // Setting the value it has is no error and changes nothing.
+        assert!(
+            reg.set_offline_unlock(&plain.id, true)
+                .unwrap()
+                .offline_unlock
+        );
+        assert!(
+            !reg.set_offline_unlock(&allowed.id, false)
+                .unwrap()
+                .offline_unlock
+        );
+        assert!(matches!(
+            reg.set_offline_unlock(&"0".repeat(32), true),
+            Err(ServiceError::NotFound(_))
+        ));
+        invalid(reg.set_offline_unlock("web", true), "id:");
+        (plain.id, allowed.id)
+    };
+    // Stored with the record.
+    let reg = open(&state);
+    assert!(reg.get(&plain).unwrap().offline_unlock);
+    assert!(!reg.get(&allowed).unwrap().offline_unlock);
+    // Enabling and disabling leave it as it is.
+    assert!(reg.set_enabled(&plain, false).unwrap().offline_unlock);
+}
+
+#[test]
+fn a_record_stored_before_offline_unlock_existed_has_it_off() {
+    let Some(inp) = inputs() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let reg = open(&state);
+    let mut req = request(&reg, &inp, "old");
+    req.allow_offline_unlock = true;
+    let rec = reg.register(req).unwrap();
+    let raw = reg
+        .store()
+        .get(Tree::Records, rec.id.as_bytes())
+        .unwrap()
+        .unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(json["offline_unlock"], true, "stored under this name");
+    assert!(json
+        .as_object_mut()
+        .unwrap()
+        .remove("offline_unlock")
+        .is_some());
+    reg.store()
+        .put(
+            Tree::Records,
+            rec.id.as_bytes(),
+            &serde_json::to_vec(&json).unwrap(),
+        )
+        .unwrap();
+    assert!(!reg.get(&rec.id).unwrap().offline_unlock);
+    // And it can be turned on like on any other record.
+    assert!(
+        reg.set_offline_unlock(&rec.id, true)
+            .unwrap()
+            .offline_unlock
+    );
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! attestation against a simulated platform with every trust rule refused
 //! end to end with its own journaled reason, and certificate imports for
 //! an air-gapped daemon. The HTTPS cases are in daemon/attestation.rs,
-//! daemon/refusals.rs and daemon/renewal.rs; the daemon's own CRL and the
+//! daemon/refusals.rs and daemon/renewal.rs; offline unlock (the record's
+//! option and the signed directive) in daemon/offline.rs; the daemon's own CRL and the
 //! test-root start-up check in daemon/revocation.rs; the daemon killed at
 //! each commit point in daemon/crash.rs.
 
@@ -855,6 +856,7 @@ fn attest_request(
         ]))),
         ephemeral_key: snpguard_protocol::attest::b64(&public.to_bytes()),
         signed: true,
+        offline: false,
     }
 }
 
@@ -905,6 +907,8 @@ mod attestation;
 mod crash;
 #[path = "daemon/fleet.rs"]
 mod fleet;
+#[path = "daemon/offline.rs"]
+mod offline;
 #[path = "daemon/refusals.rs"]
 mod refusals;
 #[path = "daemon/renewal.rs"]

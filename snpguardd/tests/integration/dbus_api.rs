@@ -473,6 +473,94 @@ async fn allow_test_root_is_registered_and_shown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_offline_unlock_is_polkit_guarded_and_announced() {
+    use snpguardd::service::RecordService;
+    let h = Harness::start().await;
+    let (conn, m) = client(&h).await;
+    let path = register(&h, &m, "web").await;
+    let r = record(&conn, &path).await;
+    let id = r.id().await.unwrap();
+    let mut changes = r.receive_offline_unlock_changed().await;
+    // The first item is the current value: off unless registered with it.
+    let first = tokio::time::timeout(DEADLINE, changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!first.get().await.unwrap());
+
+    // polkit says no: refused by name, nothing changes.
+    h.polkit.set_allow(false);
+    assert_error(
+        r.set_offline_unlock(true).await.unwrap_err(),
+        "AccessDenied",
+        "org.snpguard.SnpGuard1.manage",
+    );
+    let asked = h.polkit.calls().pop().unwrap();
+    assert_eq!(asked.action, "org.snpguard.SnpGuard1.manage");
+    assert_eq!(asked.subject_name, conn.unique_name().unwrap().as_str());
+    assert!(!h.service.records()[&id].info.offline_unlock);
+    assert!(!r.offline_unlock().await.unwrap());
+
+    h.polkit.set_allow(true);
+    r.set_offline_unlock(true).await.unwrap();
+    let ch = tokio::time::timeout(DEADLINE, changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ch.get().await.unwrap());
+    assert!(h.service.records()[&id].info.offline_unlock);
+    // Nothing else moved.
+    assert!(h.service.records()[&id].info.enabled);
+
+    r.set_offline_unlock(false).await.unwrap();
+    let ch = tokio::time::timeout(DEADLINE, changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!ch.get().await.unwrap());
+    assert!(!h.service.records()[&id].info.offline_unlock);
+
+    // A change made elsewhere (another replica on the shared store) is
+    // pushed by record::update like the counters.
+    let info = h.service.set_offline_unlock(&id, true).unwrap();
+    snpguardd::dbus::record::update(&h.daemon, info)
+        .await
+        .unwrap();
+    let ch = tokio::time::timeout(DEADLINE, changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ch.get().await.unwrap());
+    assert!(r.offline_unlock().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_offline_unlock_is_registered_and_shown() {
+    let h = Harness::start().await;
+    let (conn, m) = client(&h).await;
+    let files = inputs(h.bus.dir.path(), "laptop");
+    let mut o = opts("laptop");
+    o.insert("allow_offline_unlock".into(), OwnedValue::from(true));
+    let path = m.register(fds(&files), &o, b"sealed").await.unwrap();
+    let r = record(&conn, &path).await;
+    assert!(r.offline_unlock().await.unwrap());
+    assert!(!r.allow_test_root().await.unwrap());
+    let id = r.id().await.unwrap();
+    assert!(h.service.records()[&id].info.offline_unlock);
+
+    // Not a boolean: refused by name, nothing registered.
+    let files = inputs(h.bus.dir.path(), "bad");
+    let mut o = opts("bad");
+    o.insert("allow_offline_unlock".into(), s("on"));
+    assert_error(
+        m.register(fds(&files), &o, b"sealed").await.unwrap_err(),
+        "InvalidInput",
+        "\"allow_offline_unlock\" must be of type b",
+    );
+    assert_eq!(h.service.records().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unverified_refusals_are_apart_from_the_audit_trail() {
     let h = Harness::start().await;
     h.polkit.set_allow(false);
@@ -631,6 +719,11 @@ async fn polkit_denial_is_access_denied_and_changes_nothing() {
         "register",
     );
     assert_error(r.disable().await.unwrap_err(), "AccessDenied", "manage");
+    assert_error(
+        r.set_offline_unlock(true).await.unwrap_err(),
+        "AccessDenied",
+        "manage",
+    );
     assert_error(r.delete().await.unwrap_err(), "AccessDenied", "manage");
     let out = File::create(h.bus.dir.path().join("b")).unwrap();
     assert_error(
@@ -650,6 +743,7 @@ async fn polkit_denial_is_access_denied_and_changes_nothing() {
     let recs = h.service.records();
     assert_eq!(recs.len(), 1);
     assert!(recs.values().next().unwrap().info.enabled);
+    assert!(!recs.values().next().unwrap().info.offline_unlock);
     assert_eq!(
         std::fs::metadata(h.bus.dir.path().join("b")).unwrap().len(),
         0
@@ -659,7 +753,7 @@ async fn polkit_denial_is_access_denied_and_changes_nothing() {
     assert_eq!(m.list_records().await.unwrap().len(), 1);
     assert_eq!(r.name().await.unwrap(), "web");
     let calls = h.polkit.calls();
-    assert_eq!(calls.len(), 1 + 6, "every mutating call asked polkit");
+    assert_eq!(calls.len(), 1 + 7, "every mutating call asked polkit");
     for c in calls {
         assert_eq!(c.subject_name, conn.unique_name().unwrap().as_str());
     }
@@ -826,6 +920,7 @@ async fn existing_records_are_served_at_start() {
             allow_migrate_ma: false,
             min_tcb: None,
             allow_test_root: false,
+            allow_offline_unlock: false,
             sealed_vmk: b"x".to_vec(),
         })
         .unwrap();

@@ -76,6 +76,7 @@ impl AttestHandler for Double {
                 record,
                 sealed_key: snpguard_protocol::attest::b64(b"sealed"),
                 signature: None,
+                offline_unlock: None,
             }),
         }
     }
@@ -205,6 +206,7 @@ fn request() -> AttestRequest {
         cert_table: None,
         ephemeral_key: snpguard_protocol::attest::b64(&[2u8; 32]),
         signed: false,
+        offline: false,
     }
 }
 

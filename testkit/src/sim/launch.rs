@@ -235,6 +235,59 @@ impl SimLaunch {
         Ok(r)
     }
 
+    /// What SNP_GET_DERIVED_KEY gives a guest of this launch on this
+    /// simulated chip: a key derived from the VCEK's secret (the firmware's
+    /// default root key) and the launch's fields `select` names
+    /// (GUEST_FIELD_SELECT: bit 0 policy, 1 image ID, 2 family ID, 3
+    /// measurement, 4 guest SVN, 5 TCB version), with `tcb`, which must not
+    /// exceed the platform's reported TCB. Another chip, a lower TCB or a
+    /// launch that differs in a selected field derives another key; a field
+    /// not selected does not matter. (SHA-256 over a label, the VCEK scalar
+    /// and the selected values: a simulation, not the firmware's KDF.)
+    pub fn derived_key(&self, select: u64, tcb: u64) -> Result<[u8; 32], SimError> {
+        if select >> 6 != 0 {
+            return Err(malformed(
+                "derived key field select",
+                format!("{select:#x} sets bits above 5"),
+            ));
+        }
+        let v = self.values()?;
+        let product = parse_product(&self.product)?;
+        let platform = tcb_bytes(product, SimTcb::from(self.tcb));
+        let fits = (0..8).all(|i| (tcb >> (8 * i)) & 0xff <= (platform >> (8 * i)) & 0xff);
+        if !fits {
+            return Err(malformed(
+                "derived key TCB",
+                format!("{tcb:#018x} exceeds the platform's {platform:#018x}"),
+            ));
+        }
+        let key = key_from_pem("vcek_key", self.vcek_key.as_bytes())?;
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        let mut put = |b: &[u8]| sha2::Digest::update(&mut h, b);
+        put(b"snpguard-sim/derived-key\0");
+        put(&key.to_bytes());
+        put(&select.to_le_bytes());
+        if select & 1 != 0 {
+            put(&v.policy.to_le_bytes());
+        }
+        if select & 2 != 0 {
+            put(&v.image_id);
+        }
+        if select & 4 != 0 {
+            put(&v.family_id);
+        }
+        if select & 8 != 0 {
+            put(&v.measurement);
+        }
+        if select & 16 != 0 {
+            put(&v.guest_svn.to_le_bytes());
+        }
+        if select & 32 != 0 {
+            put(&tcb.to_le_bytes());
+        }
+        Ok(sha2::Digest::finalize(h).into())
+    }
+
     /// The certificate table the firmware's extended report (or the
     /// configfs-tsm auxblob) carries: VCEK, ASK and ARK.
     pub fn cert_table(&self) -> Result<Vec<u8>, SimError> {

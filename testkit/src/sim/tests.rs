@@ -542,3 +542,41 @@ fn malformed_launch_blobs_are_refused() {
     let huge = format!("{json}{}", " ".repeat(SIM_LAUNCH_MAX_SIZE));
     assert!(SimLaunch::from_json(huge.as_bytes()).is_err());
 }
+
+#[test]
+fn derived_keys_follow_the_selected_fields_the_chip_and_the_tcb() {
+    let p = platform(Product::Turin);
+    let blob = SimLaunch::new(p, &turin_chip_id(), &launch_values()).unwrap();
+    let report = blob.report(&[0u8; 64]).unwrap();
+    let tcb = u64::from_le_bytes(report[0x180..0x188].try_into().unwrap());
+    // policy, image ID, family ID, measurement, TCB.
+    let select = 0b10_1111;
+    let key = blob.derived_key(select, tcb).unwrap();
+    assert_eq!(key, blob.derived_key(select, tcb).unwrap(), "stable");
+    // A selected field changed: another key; an unselected one: the same.
+    let mut v = launch_values();
+    v.measurement[0] ^= 1;
+    let other = SimLaunch::new(p, &turin_chip_id(), &v).unwrap();
+    assert_ne!(other.derived_key(select, tcb).unwrap(), key);
+    let mut v = launch_values();
+    v.guest_svn += 1;
+    let svn = SimLaunch::new(p, &turin_chip_id(), &v).unwrap();
+    assert_eq!(svn.derived_key(select, tcb).unwrap(), key);
+    assert_ne!(
+        svn.derived_key(select | 16, tcb).unwrap(),
+        blob.derived_key(select | 16, tcb).unwrap()
+    );
+    // A lower TCB derives another key; a higher one is refused, as are
+    // reserved field bits.
+    assert_ne!(blob.derived_key(select, tcb & !0xff).unwrap(), key);
+    assert!(blob.derived_key(select, tcb + 1).is_err() || tcb & 0xff == 0xff);
+    assert!(blob.derived_key(1 << 6, tcb).is_err());
+    // Another platform (another VCEK) derives another key.
+    let other_platform = platform(Product::Milan);
+    let mut chip = [0u8; 64];
+    chip.copy_from_slice(&hwid(Product::Milan));
+    let elsewhere = SimLaunch::new(other_platform, &chip, &launch_values()).unwrap();
+    let report = elsewhere.report(&[0u8; 64]).unwrap();
+    let tcb2 = u64::from_le_bytes(report[0x180..0x188].try_into().unwrap());
+    assert_ne!(elsewhere.derived_key(select, tcb2).unwrap(), key);
+}

@@ -106,13 +106,14 @@ fn serve(
             Forgery::Unsigned => None,
             Forgery::OwnKey => Some(attest::sign_message(
                 signer,
-                &attest::release_message(&nonce, &report, &record, &sealed),
+                &attest::release_message(&nonce, &report, &record, &sealed, None),
             )),
         };
         serde_json::to_vec(&AttestResponse {
             record,
             sealed_key: attest::b64(&sealed),
             signature,
+            offline_unlock: None,
         })
         .unwrap()
     };

@@ -46,6 +46,14 @@ impl Drop for Daemon {
     }
 }
 
+impl Daemon {
+    /// Stops the daemon (a server that does not answer).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn daemon_log(state: &Path) -> String {
     std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
 }
@@ -220,6 +228,14 @@ impl Guest {
         img
     }
 
+    /// `snpguardctl --bus-address … ARGS`, which must succeed.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        run(Command::new(sibling("snpguardctl"))
+            .arg("--bus-address")
+            .arg(&self.bus.address)
+            .args(args))
+    }
+
     pub fn config(&self, device: &Path, blob: &Path, name: &str) -> PathBuf {
         let config = AgentConfig {
             servers: vec![Server {
@@ -276,6 +292,17 @@ pub fn failed_line(lines: &[String]) -> &str {
         .collect();
     assert_eq!(failed.len(), 1, "exactly one FAILED line: {lines:#?}");
     failed[0]
+}
+
+/// Whether this host can create dm-crypt mappings on loop devices.
+pub fn dm_usable() -> bool {
+    rustix::process::getuid().is_root()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/mapper/control")
+            .is_ok()
+        && Path::new("/dev/loop-control").exists()
 }
 
 /// A loop device, detached when dropped.

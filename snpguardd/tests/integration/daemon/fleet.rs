@@ -409,6 +409,27 @@ async fn replicas_share_records_nonces_and_keys() {
         .await
         .expect("enabled on A, released by B");
 
+    // So is offline unlock: turned on through B, A shows it on its bus
+    // and A's next signed release tells the agent to enrol.
+    ok(&ctl(
+        &b.bus,
+        &["records", "set-offline-unlock", "fleet-guest", "on"],
+    ));
+    eventually("offline unlock turned on at B is shown by A", || {
+        let shown: serde_json::Value = serde_json::from_str(&ok(&ctl(
+            &a.bus,
+            &["records", "show", "fleet-guest", "--json"],
+        )))
+        .expect("json");
+        shown["offline_unlock"] == true
+    });
+    let (resp, key) = super::offline::signed_release(&conn_a, &sim, &launch, true).await;
+    assert_eq!(
+        resp.offline_unlock,
+        Some(snpguard_protocol::attest::OfflineUnlock::Enrol)
+    );
+    assert_eq!(key, vmk);
+
     // A certificate imported on A: B holds it at once and signals
     // Certificates.Changed, and so does A (from the feed, like B).
     let listen = |s: &Setup| {

@@ -56,6 +56,7 @@ pub(super) fn request(
         }),
         ephemeral_key: snpguard_protocol::attest::b64(&public.to_bytes()),
         signed: true,
+        offline: false,
     }
 }
 
