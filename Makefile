@@ -195,10 +195,12 @@ test: deps
 # The slow suites in two lanes side by side (scripts/lanes.sh; each line
 # prefixed [convert] or [boot]). [convert]: the simple, --no-encryption
 # and split conversions, then the end-to-end boots from the split one
-# (e2e-boots), test-sigkill, test-deb and the embed tests. [boot]:
-# check-launch, system-test, the ESP/dracut conversion, the refusals and
-# Ctrl-C (the embed tests moved to [convert], which ended about 280 s
-# before [boot] in the stop-27 clean run). A TCG guest or
+# (e2e-boots). [boot]: check-launch, system-test, the ESP/dracut
+# conversion, the refusals and Ctrl-C, then test-sigkill, test-deb and
+# the embed tests (moved back from [convert] when the offline-unlock
+# boots added about 7 minutes to e2e-boots; in the stop-28 clean run
+# [convert] ended at 1997 s, [boot] at 1836 s, and these three took
+# 280 s of [convert]). A TCG guest or
 # a libguestfs appliance keeps about one core busy, so the lanes fill two
 # cores. The workspace, the test binaries and the libguestfs appliance are
 # built first: the lanes share them.
@@ -210,11 +212,12 @@ slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 	./scripts/lanes.sh \
 		"convert=$(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
 			CONVERT_TEST_FILTER='converts_the_simple_layout no_encryption_stages $(E2E_GUEST_TEST)' \
-			&& $(MAKE) --no-print-directory e2e-boots test-sigkill test-deb \
-			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test embed'" \
+			&& $(MAKE) --no-print-directory e2e-boots" \
 		"boot=$(MAKE) --no-print-directory check-launch system-test \
 			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
-			CONVERT_TEST_FILTER='converts_the_esp_layout_with_dracut kernels_without_sev_snp interrupt_leaves_no_output'"
+			CONVERT_TEST_FILTER='converts_the_esp_layout_with_dracut kernels_without_sev_snp interrupt_leaves_no_output' \
+			&& $(MAKE) --no-print-directory test-sigkill test-deb \
+			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test embed'"
 
 # convert and embed through libguestfs under TCG (slow: about 16 minutes
 # on 2 cores): the simple and split (separate /boot, /var, /home, swap)
@@ -264,14 +267,14 @@ $(GUESTFS_APPLIANCE)/root:
 	LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg \
 		libguestfs-make-fixed-appliance '$(GUESTFS_APPLIANCE)'
 
-# End to end, the refusals (tests/system/tests/e2e.rs): the Debian image
-# with a separate /boot, /var, /home and swap that test-convert's split
-# test converts with the agent's simulator build (about 7 minutes) and
-# publishes in build/e2e-guest, then per case a TCG boot from its
-# bundle on a qcow2 overlay (e2e-boots): an initrd changed after
-# registration, a disabled record, a pending launch refused until
-# approved. Needs root; the guest root file system is cached under
-# $(BUILD_DIR).
+# End to end (tests/system/tests/e2e.rs): the Debian image with a
+# separate /boot, /var, /home and swap that test-convert's split test
+# converts with the agent's simulator build (about 7 minutes) and
+# publishes in build/e2e-guest, then per case TCG boots from its bundle
+# on a qcow2 overlay (e2e-boots): an initrd changed after registration,
+# a disabled record, the guest writing its own next launch, offline
+# unlock (five boots). Needs root; the guest root file system is cached
+# under $(BUILD_DIR).
 E2E_GUEST_TEST = converts_separate_boot_var_home_and_swap_with_an_explicit_kernel
 test-e2e:
 	$(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \

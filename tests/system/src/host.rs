@@ -120,6 +120,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Stops the daemon (killed and reaped): a server that does not
+    /// answer. [`Daemon::start`] on the same `dir` brings it back with
+    /// its state.
+    pub fn stop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
     /// Starts snpguardd with its state in `dir/state` (kept if it is
     /// there) and its configuration in `dir/conf.d`, and waits for
     /// READY=1.

@@ -18,6 +18,12 @@
 //! - an initrd changed after registration (one byte appended) boots to the
 //!   agent, which is refused: `measurement-mismatch`;
 //! - a disabled record: `record-disabled`;
+//! - offline unlock, five boots of one guest: a record that does not
+//!   allow it (the default) boots online and enrols nothing; allowed, the
+//!   next online boot enrols the chip-derived key; with snpguardd stopped
+//!   the guest unlocks offline and reaches multi-user; with a changed
+//!   initrd the keyslot does not open and the server refuses it; turned
+//!   off, the next online boot removes the keyslot;
 //! - the guest writes its own next launch: its bundle embedded in the
 //!   image's LAUNCH_ARTIFACTS partition, the guest reaches multi-user
 //!   with / , /var and /home on the agent's mappings and no swap, prints
@@ -194,6 +200,20 @@ impl Case {
         }
     }
 
+    /// Starts the case's daemon again on its state (after
+    /// `daemon.stop()`).
+    fn restart_daemon(&mut self) {
+        let c = converted();
+        self.daemon = Daemon::start(
+            &self.bus.address,
+            self.dir.path(),
+            &c.platform.join("ark.pem"),
+            &c.tls,
+            c.port,
+        )
+        .expect("snpguardd");
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -229,6 +249,31 @@ impl Case {
             bundle.to_str().expect("UTF-8 path"),
         ]);
         bundle
+    }
+
+    /// The bundle's initrd with one byte appended: a NUL, which the
+    /// kernel's initramfs reader skips as padding, so the changed initrd
+    /// still boots to the agent (and measures differently).
+    fn changed_initrd(&self, bundle: &Path) -> Changed {
+        let files = self.path("original");
+        if !files.exists() {
+            std::fs::create_dir(&files).unwrap();
+            run_ok(
+                Command::new("tar")
+                    .arg("-xzf")
+                    .arg(bundle)
+                    .arg("-C")
+                    .arg(&files),
+            );
+        }
+        let mut initrd = std::fs::read(files.join("initrd")).unwrap();
+        initrd.push(0);
+        let changed = self.path("initrd-changed");
+        std::fs::write(&changed, initrd).unwrap();
+        Changed {
+            initrd: Some(changed),
+            ..Changed::default()
+        }
     }
 
     /// The record as `records show --json` prints it.
@@ -363,28 +408,7 @@ impl Case {
 fn an_initrd_changed_after_registration_is_refused() {
     let mut case = Case::new("changed-initrd");
     let bundle = case.register();
-    // One byte appended: a NUL, which the kernel's initramfs reader skips
-    // as padding, so the changed initrd still boots to the agent.
-    let files = case.path("original");
-    std::fs::create_dir(&files).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&bundle)
-            .arg("-C")
-            .arg(&files),
-    );
-    let mut initrd = std::fs::read(files.join("initrd")).unwrap();
-    initrd.push(0);
-    let changed = case.path("initrd-changed");
-    std::fs::write(&changed, initrd).unwrap();
-    let o = case.boot(
-        &bundle,
-        &Changed {
-            initrd: Some(changed),
-            ..Changed::default()
-        },
-    );
+    let o = case.boot(&bundle, &case.changed_initrd(&bundle));
     case.assert_refused(&o, "measurement-mismatch");
 }
 
@@ -514,6 +538,78 @@ fn a_renewed_guest_writes_its_approved_next_launch_and_boots_it_from_the_partiti
         case.daemon.log().contains("attestation accepted"),
         "{}",
         case.daemon.log()
+    );
+}
+
+#[test]
+#[ignore = "slow, root, libguestfs and QEMU: make test-e2e"]
+fn offline_unlock_is_enrolled_when_allowed_used_without_the_server_and_removed_when_turned_off() {
+    let mut case = Case::new("offline");
+    // Off by default.
+    let bundle = case.register();
+    assert_eq!(case.record()["offline_unlock"], false);
+    let has = |o: &Outcome, s: &str| o.log.contains(s);
+
+    // Boot 1, the record does not allow it: online, nothing enrolled.
+    let o = case.boot(&bundle, &Changed::default());
+    case.assert_booted(&o);
+    assert!(has(&o, "snpguard: attested as record "), "{}", o.log);
+    assert!(!has(&o, "enrolled keyslot"), "{}", o.log);
+
+    // Boot 2, allowed: online, and the agent enrols this launch's
+    // chip-derived key.
+    case.ctl(&["records", "set-offline-unlock", RECORD, "on"]);
+    assert_eq!(case.record()["offline_unlock"], true);
+    let o = case.boot(&bundle, &Changed::default());
+    case.assert_booted(&o);
+    assert!(
+        has(&o, "snpguard: offline unlock: enrolled keyslot "),
+        "{}",
+        o.log
+    );
+
+    // Boot 3, snpguardd stopped: no server answers, the keyslot opens
+    // the root, the guest reaches multi-user.
+    case.daemon.stop();
+    let o = case.boot(&bundle, &Changed::default());
+    case.assert_booted(&o);
+    assert!(has(&o, "snpguard: no server answered"), "{}", o.log);
+    assert!(
+        has(&o, "the offline keyslot's key opens the root volume"),
+        "{}",
+        o.log
+    );
+
+    // Boot 4, the server back and a changed initrd: another measurement
+    // derives another key, the keyslot does not open, and the server
+    // refuses the launch.
+    case.restart_daemon();
+    let o = case.boot(&bundle, &case.changed_initrd(&bundle));
+    assert!(has(&o, "does not open for this launch"), "{}", o.log);
+    assert!(
+        has(&o, "snpguard: FAILED: attestation failed: "),
+        "{}",
+        o.log
+    );
+    assert!(o.powered_off() && !has(&o, MARKER), "{}", o.log);
+    assert!(o.shell_signs().is_empty(), "{}", o.log);
+    // The guest sees a coarse refusal; the daemon names the rule.
+    let daemon_log = case.daemon.log();
+    assert!(daemon_log.contains("measurement-mismatch"), "{daemon_log}");
+
+    // Boot 5, the record turned it off: the next online boot removes
+    // the keyslot.
+    case.ctl(&["records", "set-offline-unlock", RECORD, "off"]);
+    let o = case.boot(&bundle, &Changed::default());
+    case.assert_booted(&o);
+    assert!(has(&o, "snpguard: attested as record "), "{}", o.log);
+    assert!(
+        has(
+            &o,
+            "snpguard: offline unlock: the record does not allow it; removed keyslot(s) "
+        ),
+        "{}",
+        o.log
     );
 }
 
