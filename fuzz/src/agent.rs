@@ -247,7 +247,11 @@ fn offline_keyslot_round_trip(path: &std::path::Path, pinned_ok: bool) {
     };
     fixtures::reached("luks2_header");
     let h = keyslot::Headers::read(&open(false)).expect("an enrolled header reads back");
-    assert_eq!(h.own_keyslots(), vec![id.clone()], "the enrolled keyslot is the agent's");
+    assert_eq!(
+        h.own_keyslots(),
+        vec![id.clone()],
+        "the enrolled keyslot is the agent's"
+    );
     let vk = keyslot::open(&open(false), &h, &id, &PASSPHRASE).expect("the keyslot opens");
     assert_eq!(&vk[..], &KEY[..], "the keyslot holds the volume key");
     assert!(keyslot::open(&open(false), &h, &id, &[0u8; 32]).is_err());
@@ -256,7 +260,10 @@ fn offline_keyslot_round_trip(path: &std::path::Path, pinned_ok: bool) {
     }
     keyslot::remove(&open(true)).expect("the keyslot is removed");
     let h = keyslot::Headers::read(&open(false)).expect("the header reads back");
-    assert!(h.own_keyslots().is_empty(), "no keyslot of the agent's left");
+    assert!(
+        h.own_keyslots().is_empty(),
+        "no keyslot of the agent's left"
+    );
 }
 
 /// A LUKS2 header as cryptsetup writes it, primary and secondary, with

@@ -15,7 +15,6 @@ use crate::common::{agent, dm_usable, failed_line, loop_device, registered_guest
 
 const PLAINTEXT: &[u8] = b"SNPGUARD-AGENT-TEST-PLAINTEXT\n";
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registered_launch_unlocks_the_volume() {
     let Some(g) = registered_guest().await else {
