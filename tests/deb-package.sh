@@ -106,6 +106,20 @@ done
 grep -q 'was-enabled defaults to true' "$postinst" \
     && fail "postinst enables a unit on installation; the operator enables snpguardd after configuring it"
 grep -q 'deb-systemd-helper purge' "$scratch/control/postrm" || fail "postrm does not purge the units' state"
+grep -q '^    rmdir /etc/snpguard' "$scratch/control/postrm" \
+    || fail "postrm does not remove the empty /etc/snpguard on purge"
+grep -q 'rm -rf\|/var/lib/snpguard' <(grep -v '^#' "$scratch/control/postrm") \
+    && fail "postrm deletes files or the state in /var/lib/snpguard (the only copy of the sealed disk keys)"
+
+# polkitd answers the daemon (user snpguard, not root) about its callers
+# only for actions that name that user as their owner.
+user=$(sed -n 's/^User=//p' units/snpguardd.service)
+policy=dbus/org.snpguard.SnpGuard1.policy
+actions=$(grep -c '<action id=' "$policy")
+owned=$(grep -c "<annotate key=\"org.freedesktop.policykit.owner\">unix-user:$user</annotate>" "$policy")
+if [ "$actions" -eq 0 ] || [ "$owned" != "$actions" ]; then
+    fail "$policy: $owned of $actions actions name unix-user:$user as org.freedesktop.policykit.owner; polkitd refuses the daemon's CheckAuthorization for the others"
+fi
 
 # 4. Dependencies.
 depends=$(dpkg-deb -f "$main" Depends)

@@ -112,8 +112,8 @@ pub async fn authorize(conn: &Connection, hdr: &Header<'_>, action: &str) -> Res
         Ok(())
     } else if challenge {
         Err(Error::AccessDenied(format!(
-            "{action} needs authentication; run from a terminal with a polkit agent, \
-             or as an administrator"
+            "{action} needs an administrator's authentication: run it as root or as a \
+             member of the group snpguard-admin, or from a terminal with a polkit agent"
         )))
     } else {
         Err(Error::AccessDenied(format!("not authorized for {action}")))
