@@ -121,7 +121,6 @@ mod tests {
     use super::*;
     use snpguard::certs::Product;
     use snpguard_testkit::sim::{LaunchValues, SimLaunch, SimPlatform, SimTcb};
-    use std::process::Command;
 
     fn blob(dir: &Path, name: &str, p: &SimPlatform, measurement: u8) -> Source {
         let values = LaunchValues {
@@ -151,76 +150,53 @@ mod tests {
             fmc: 0,
         };
         let p = SimPlatform::generate(Product::Genoa, tcb, &[9u8; 64]).unwrap();
-        let img = dir.path().join("v.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(20 << 20)
-            .unwrap();
-        let vk = [0x5au8; 64];
-        std::fs::write(dir.path().join("vk"), vk).unwrap();
-        std::fs::write(dir.path().join("pw"), "pw").unwrap();
-        let ok = Command::new("cryptsetup")
-            .args([
-                "luksFormat",
-                "--type",
-                "luks2",
-                "--batch-mode",
-                "--key-size",
-                "512",
-            ])
-            .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
-            .arg("--volume-key-file")
-            .arg(dir.path().join("vk"))
-            .arg("--key-file")
-            .arg(dir.path().join("pw"))
-            .arg(&img)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        let v = keyslot::tests::volume();
+        let (img, vk) = (&v.img, &v.vk[..]);
+        let opens = |key_file: &Path| {
+            keyslot::tests::cryptsetup(
+                &[
+                    "open",
+                    "--test-passphrase",
+                    "--key-file",
+                    key_file.to_str().unwrap(),
+                ],
+                img,
+            )
+            .status
+            .success()
+        };
         let this = DerivedKey::get(&blob(dir.path(), "this.json", &p, 0xaa)).unwrap();
         assert!(
-            try_unlock(&this, &img).unwrap().is_none(),
+            try_unlock(&this, img).unwrap().is_none(),
             "nothing enrolled yet"
         );
         // No directive, or one that forbids it: nothing is enrolled.
-        follow(None, Some(&this), false, &img, &vk);
-        follow(Some(OfflineUnlock::Remove), Some(&this), false, &img, &vk);
-        assert!(try_unlock(&this, &img).unwrap().is_none());
-        follow(Some(OfflineUnlock::Enrol), Some(&this), false, &img, &vk);
-        assert_eq!(&try_unlock(&this, &img).unwrap().unwrap()[..], &vk[..]);
+        follow(None, Some(&this), false, img, vk);
+        follow(Some(OfflineUnlock::Remove), Some(&this), false, img, vk);
+        assert!(try_unlock(&this, img).unwrap().is_none());
+        follow(Some(OfflineUnlock::Enrol), Some(&this), false, img, vk);
+        assert_eq!(&try_unlock(&this, img).unwrap().unwrap()[..], vk);
         // The host's cryptsetup opens the keyslot with the derived key.
         std::fs::write(dir.path().join("derived"), &this.0[..]).unwrap();
-        let ok = Command::new("cryptsetup")
-            .args(["open", "--test-passphrase", "--key-file"])
-            .arg(dir.path().join("derived"))
-            .arg(&img)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cryptsetup opens the offline keyslot");
+        assert!(
+            opens(&dir.path().join("derived")),
+            "cryptsetup opens the offline keyslot"
+        );
         // Another measurement (another initrd, say): no offline unlock;
         // enrolling it replaces this launch's keyslot.
         let other = DerivedKey::get(&blob(dir.path(), "other.json", &p, 0xbb)).unwrap();
-        assert!(try_unlock(&other, &img).unwrap().is_none());
-        follow(Some(OfflineUnlock::Enrol), Some(&other), false, &img, &vk);
-        assert!(try_unlock(&this, &img).unwrap().is_none());
-        assert_eq!(&try_unlock(&other, &img).unwrap().unwrap()[..], &vk[..]);
+        assert!(try_unlock(&other, img).unwrap().is_none());
+        follow(Some(OfflineUnlock::Enrol), Some(&other), false, img, vk);
+        assert!(try_unlock(&this, img).unwrap().is_none());
+        assert_eq!(&try_unlock(&other, img).unwrap().unwrap()[..], vk);
         // Turned off: the next online release removes it, and the
         // passphrase keyslot stays.
-        follow(Some(OfflineUnlock::Remove), Some(&other), false, &img, &vk);
-        assert!(try_unlock(&other, &img).unwrap().is_none());
-        assert!(keyslot::Headers::read(&File::open(&img).unwrap())
+        follow(Some(OfflineUnlock::Remove), Some(&other), false, img, vk);
+        assert!(try_unlock(&other, img).unwrap().is_none());
+        assert!(keyslot::Headers::read(&File::open(img).unwrap())
             .unwrap()
             .own_keyslots()
             .is_empty());
-        let ok = Command::new("cryptsetup")
-            .args(["open", "--test-passphrase", "--key-file"])
-            .arg(dir.path().join("pw"))
-            .arg(&img)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "the passphrase keyslot still opens");
+        assert!(opens(&v.pw), "the passphrase keyslot still opens");
     }
 }

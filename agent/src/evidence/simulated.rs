@@ -10,20 +10,27 @@ use snpguard_testkit::sim::{SimLaunch, SIM_LAUNCH_MAX_SIZE};
 
 use super::{Evidence, EvidenceError};
 
-/// A report for `report_data` from the launch blob at `path`.
-pub fn get(path: &Path, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
-    let err =
-        |e: &dyn std::fmt::Display| EvidenceError::Simulated(format!("{}: {e}", path.display()));
+/// Reads the launch blob at `path` (bounded).
+fn load(path: &Path) -> Result<SimLaunch, EvidenceError> {
     let mut blob = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| {
             f.take(SIM_LAUNCH_MAX_SIZE as u64 + 1)
                 .read_to_end(&mut blob)
         })
-        .map_err(|e| err(&e))?;
-    let launch = SimLaunch::from_json(&blob).map_err(|e| err(&e))?;
-    let report = launch.report(report_data).map_err(|e| err(&e))?;
-    let table = launch.cert_table().map_err(|e| err(&e))?;
+        .map_err(|e| err(path, &e))?;
+    SimLaunch::from_json(&blob).map_err(|e| err(path, &e))
+}
+
+fn err(path: &Path, e: &dyn std::fmt::Display) -> EvidenceError {
+    EvidenceError::Simulated(format!("{}: {e}", path.display()))
+}
+
+/// A report for `report_data` from the launch blob at `path`.
+pub fn get(path: &Path, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+    let launch = load(path)?;
+    let report = launch.report(report_data).map_err(|e| err(path, &e))?;
+    let table = launch.cert_table().map_err(|e| err(path, &e))?;
     Ok(Evidence {
         report: report.to_vec(),
         cert_table: Some(table),
@@ -33,15 +40,7 @@ pub fn get(path: &Path, report_data: &[u8; 64]) -> Result<Evidence, EvidenceErro
 /// The simulated platform's derived key for the launch blob at `path`
 /// (`SimLaunch::derived_key`).
 pub fn derived_key(path: &Path, select: u64, tcb: u64) -> Result<[u8; 32], EvidenceError> {
-    let err =
-        |e: &dyn std::fmt::Display| EvidenceError::Simulated(format!("{}: {e}", path.display()));
-    let mut blob = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| {
-            f.take(SIM_LAUNCH_MAX_SIZE as u64 + 1)
-                .read_to_end(&mut blob)
-        })
-        .map_err(|e| err(&e))?;
-    let launch = SimLaunch::from_json(&blob).map_err(|e| err(&e))?;
-    launch.derived_key(select, tcb).map_err(|e| err(&e))
+    load(path)?
+        .derived_key(select, tcb)
+        .map_err(|e| err(path, &e))
 }

@@ -569,4 +569,4 @@ pub fn remove(f: &File) -> Result<Vec<String>, KeyslotError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

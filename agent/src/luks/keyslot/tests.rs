@@ -6,14 +6,15 @@ use super::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-struct Volume {
+/// A 20 MiB LUKS2 file made by cryptsetup with a passphrase keyslot.
+pub(crate) struct Volume {
     _dir: tempfile::TempDir,
-    img: PathBuf,
-    pw: PathBuf,
-    vk: Vec<u8>,
+    pub(crate) img: PathBuf,
+    pub(crate) pw: PathBuf,
+    pub(crate) vk: Vec<u8>,
 }
 
-fn cryptsetup(args: &[&str], img: &Path) -> std::process::Output {
+pub(crate) fn cryptsetup(args: &[&str], img: &Path) -> std::process::Output {
     Command::new("cryptsetup")
         .args(args)
         .arg(img)
@@ -21,7 +22,7 @@ fn cryptsetup(args: &[&str], img: &Path) -> std::process::Output {
         .expect("cryptsetup")
 }
 
-fn volume() -> Volume {
+pub(crate) fn volume() -> Volume {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("v.img");
     std::fs::File::create(&img)
