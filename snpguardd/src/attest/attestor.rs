@@ -257,7 +257,7 @@ fn nonce_error(e: &NonceError) -> AttestError {
 
 /// A protocol error (400) with its journal line.
 fn protocol(peer: IpAddr, code: &'static str, msg: &str) -> AttestError {
-    tracing::info!(REASON = code, PEER = %peer, "attestation request refused: {msg}");
+    tracing::info!(OUTCOME = "refused", REASON = code, PEER = %peer, "attestation request refused: {msg}");
     AttestError::bad_request(code, msg)
 }
 
@@ -718,6 +718,7 @@ impl Attestor {
         entry.detail = r.detail;
         tracing::warn!(
             RECORD = entry.record.as_deref().unwrap_or("-"),
+            OUTCOME = "refused",
             REASON = %entry.result,
             CODES = %entry.codes.join(","),
             PEER = %entry.peer,
@@ -747,6 +748,7 @@ impl Attestor {
         entry.detail = r.detail;
         tracing::warn!(
             RECORD = entry.record.as_deref().unwrap_or("-"),
+            OUTCOME = "refused",
             REASON = %entry.result,
             CODES = %entry.codes.join(","),
             PEER = %entry.peer,
@@ -1091,6 +1093,7 @@ impl Attestor {
         tracing::info!(
             RECORD = %rec.id,
             NAME = %rec.name,
+            OUTCOME = "released",
             LAUNCH = entry.launch.as_deref().unwrap_or("-"),
             PEER = %entry.peer,
             MEASUREMENT = entry.measurement.as_deref().unwrap_or("-"),

@@ -31,6 +31,7 @@ impl Manager {
     async fn register_files(
         &self,
         conn: &Connection,
+        hdr: &Header<'_>,
         mut files: HashMap<String, File>,
         options: RegisterOptions,
         sealed_vmk: Vec<u8>,
@@ -58,6 +59,16 @@ impl Manager {
         };
         let svc = self.ctx.service.clone();
         let info = blocking(move || svc.register(req)).await?;
+        let caller = polkit::caller(conn, hdr).await;
+        tracing::info!(
+            RECORD = %info.id,
+            NAME = %info.name,
+            MEASUREMENT = %info.measurement,
+            CALLER = %caller.name,
+            CALLER_UID = %caller.uid.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+            "record {} registered (by {caller})",
+            info.name
+        );
         record::add(conn, &self.ctx, info).await
     }
 }
@@ -126,7 +137,8 @@ impl Manager {
             import::require_regular(&f, &format!("file {k:?}"))?;
             opened.insert(k, f);
         }
-        self.register_files(conn, opened, options, sealed_vmk).await
+        self.register_files(conn, &hdr, opened, options, sealed_vmk)
+            .await
     }
 
     /// Registers a launch from files inside the import directory.
@@ -148,7 +160,8 @@ impl Manager {
             let f = self.ctx.import.open_file(&path)?;
             opened.insert(k, f);
         }
-        self.register_files(conn, opened, options, sealed_vmk).await
+        self.register_files(conn, &hdr, opened, options, sealed_vmk)
+            .await
     }
 
     /// Object paths of every record.

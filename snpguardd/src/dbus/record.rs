@@ -167,11 +167,23 @@ impl Record {
         enabled: bool,
     ) -> Result<(), Error> {
         polkit::authorize(conn, hdr, ACTION_MANAGE).await?;
+        let caller = polkit::caller(conn, hdr).await;
         let svc = self.ctx.service.clone();
         let id = self.info.id.clone();
         let info = blocking(move || svc.set_enabled(&id, enabled)).await?;
         let changed = info.enabled != self.info.enabled;
         self.info = info;
+        let state = if enabled { "enabled" } else { "disabled" };
+        tracing::info!(
+            RECORD = %self.info.id,
+            NAME = %self.info.name,
+            ENABLED = %enabled,
+            CALLER = %caller.name,
+            CALLER_UID = %caller.uid.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+            "record {} {state}{} (by {caller})",
+            self.info.name,
+            if changed { "" } else { " again, unchanged" }
+        );
         if changed {
             self.enabled_changed(emitter).await?;
         }
