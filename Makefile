@@ -14,7 +14,7 @@ GUESTFS_APPLIANCE ?= $(BUILD_DIR)/guestfs-appliance
 .PHONY: all build deps test test-convert lint unit check-units check-install check-scripts \
 	install demo bench clean agent agent-sim check-agent check-shell check-launch test-cockpit \
 	system-test test-e2e e2e-boots fuzz guest-rootfs slow-tests test-sigkill \
-	lint-rust deny deny-advisories deb test-deb
+	lint-rust deny deny-advisories deb test-deb host-rootfs test-host
 
 # Install layout (`make install DESTDIR=… PREFIX=/usr`). The repository
 # mirrors /usr; binaries come from $(TARGET_DIR) (run `make build` first).
@@ -55,7 +55,7 @@ MAN5_PAGES = $(sort $(wildcard man/*.5))
 MAN8_PAGES = $(sort $(wildcard man/*.8))
 SHAREDIR = $(PREFIX)/share/snpguard
 # Shell scripts checked by `make check-scripts` (sh -n / bash -n, shellcheck).
-SHELL_SCRIPTS = $(wildcard scripts/*.sh tests/*.sh tests/lib/*.sh tests/guest/*.sh) \
+SHELL_SCRIPTS = $(wildcard scripts/*.sh tests/*.sh tests/lib/*.sh tests/guest/*.sh tests/host/*.sh) \
 	initramfs-tools/hooks/snpguard initramfs-tools/scripts/local-top/snpguard \
 	dracut/90snpguard/module-setup.sh dracut/90snpguard/snpguard-unlock.sh
 
@@ -189,15 +189,15 @@ test: deps
 	./scripts/lanes.sh \
 		"checks=$(MAKE) --no-print-directory lint-rust check-shell check-scripts check-units \
 			check-install check-agent unit test-cockpit" \
-		"guests=$(MAKE) --no-print-directory guest-rootfs $(GUESTFS_APPLIANCE)/root deny"
+		"guests=$(MAKE) --no-print-directory guest-rootfs host-rootfs $(GUESTFS_APPLIANCE)/root deny"
 	$(MAKE) --no-print-directory slow-tests
 
 # The slow suites in two lanes side by side (scripts/lanes.sh; each line
 # prefixed [convert] or [boot]). [convert]: the simple, --no-encryption
 # and split conversions, then the end-to-end boots from the split one
 # (e2e-boots). [boot]: check-launch, system-test, the ESP/dracut
-# conversion, the refusals and Ctrl-C, then test-sigkill, test-deb and
-# the embed tests (moved back from [convert] when the offline-unlock
+# conversion, the refusals and Ctrl-C, then test-sigkill, test-host (with
+# test-deb) and the embed tests (moved back from [convert] when the offline-unlock
 # boots added about 7 minutes to e2e-boots; in the stop-28 clean run
 # [convert] ended at 1997 s, [boot] at 1836 s, and these three took
 # 280 s of [convert]). A TCG guest or
@@ -216,7 +216,7 @@ slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 		"boot=$(MAKE) --no-print-directory check-launch system-test \
 			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test convert' \
 			CONVERT_TEST_FILTER='converts_the_esp_layout_with_dracut kernels_without_sev_snp interrupt_leaves_no_output' \
-			&& $(MAKE) --no-print-directory test-sigkill test-deb \
+			&& $(MAKE) --no-print-directory test-sigkill test-host \
 			&& $(MAKE) --no-print-directory test-convert CONVERT_TESTS='--test embed'"
 
 # convert and embed through libguestfs under TCG (slow: about 16 minutes
@@ -368,6 +368,24 @@ test-deb:
 	$(CARGO) build --workspace --locked
 	DEB_BUILD_OPTIONS=noopt $(MAKE) --no-print-directory deb DEB_DIR='$(BUILD_DIR)/deb-test'
 	./tests/deb-package.sh '$(BUILD_DIR)/deb-test'
+
+# The test host's root file system (Debian 13 with systemd, dbus,
+# polkitd, cockpit-ws: tests/guest/build-rootfs.sh --flavour host, cached
+# under $(BUILD_DIR)/guest-rootfs); HOST_ROOTFS=DIR uses another.
+HOST_ROOTFS ?= $(BUILD_DIR)/guest/host
+host-rootfs:
+	@test -e '$(HOST_ROOTFS)/rootfs.tar' -a '$(HOST_ROOTFS)' != '$(BUILD_DIR)/guest/host' \
+		|| ./tests/guest/build-rootfs.sh --flavour host --out '$(HOST_ROOTFS)' >/dev/null
+
+# The packages on a real host (tests/host/run.sh; about 4 minutes alone): a
+# Debian 13 VM with systemd as PID 1 booted once under QEMU/TCG installs
+# test-deb's packages offline and checks the service, its sandbox, D-Bus
+# and socket activation, restarts, polkit for root, snpguard-admin and
+# others, the journal, Cockpit in headless Chromium, the manual pages,
+# completion, upgrade, remove and purge. Screenshots and the serial log
+# in $(BUILD_DIR)/host-test.
+test-host: test-deb host-rootfs
+	./tests/host/run.sh '$(BUILD_DIR)/deb-test' '$(HOST_ROOTFS)' '$(BUILD_DIR)/host-test'
 
 # Benchmarks; numbers go into docs/performance.md.
 bench:

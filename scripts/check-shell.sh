@@ -10,7 +10,7 @@ command -v shellcheck >/dev/null 2>&1 \
     || { echo "check-shell: shellcheck is missing (make deps installs it)" >&2; exit 1; }
 
 scripts=()
-for f in scripts/*.sh tests/*.sh tests/lib/*.sh agent/kernel-hooks/*; do
+for f in scripts/*.sh tests/*.sh tests/lib/*.sh tests/guest/*.sh tests/host/*.sh agent/kernel-hooks/*; do
     [ -f "$f" ] && scripts+=("$f")
 done
 [ "${#scripts[@]}" -gt 0 ] || { echo "check-shell: no scripts found" >&2; exit 1; }

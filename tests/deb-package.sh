@@ -133,5 +133,9 @@ done
 cdepends=$(dpkg-deb -f "$cockpit" Depends)
 grep -qF 'cockpit-bridge' <<<"$cdepends" || fail "cockpit-snpguard does not depend on cockpit-bridge"
 grep -qF "snpguard (>= $version)" <<<"$cdepends" || fail "cockpit-snpguard does not depend on snpguard (>= $version)"
+crecommends=$(dpkg-deb -f "$cockpit" Recommends)
+for rec in cockpit-ws cockpit-system; do
+    grep -qF "$rec" <<<"$crecommends" || fail "cockpit-snpguard does not recommend $rec (the web service and the shell it opens in)"
+done
 
 echo "deb-package: ok ($(wc -l < "$scratch/main.files") files in snpguard, $(wc -l < "$scratch/cockpit.files") in cockpit-snpguard)"

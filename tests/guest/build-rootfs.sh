@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Builds a Debian 13 (trixie) guest root file system for the initrd boot
-# test, the `convert` tests and the demo, and caches it.
+# test, the `convert` tests and the demo, and caches it; flavour `host` is
+# the SnpGuard host `make test-host` boots (tests/host/run.sh).
 #
-#   tests/guest/build-rootfs.sh --flavour initramfs-tools|dracut --out DIR
+#   tests/guest/build-rootfs.sh --flavour initramfs-tools|dracut|host --out DIR
 #
 # The guest: debootstrap minbase + linux-image-amd64, systemd-sysv, udev,
 # kmod, e2fsprogs and the flavour's initrd generator (dracut with its
 # network module: systemd-networkd, as no NetworkManager is installed),
 # zstd for compressed initrds as both tools prefer.
 # Deliberately no cryptsetup: the agent maps the volume itself.
+# The host: initramfs-tools, what the snpguard packages depend on (dbus,
+# polkitd, qemu-utils, libguestfs0) and what an operator's host has and
+# the test uses (cockpit-ws, cockpit-bridge and cockpit-system, the
+# shell the page opens in; man-db, bash-completion,
+# curl, iproute2, systemd-resolved-free networking by systemd-networkd
+# on DHCP), so that apt installs the packages without a network.
 #
 # Cache: build/guest-rootfs/<flavour>-<key>/, key = hash of this script and
 # the flavour, so editing the script rebuilds. An entry is built in a
@@ -20,6 +27,7 @@
 #   rootfs.tar      the whole tree, numeric owners, xattrs (for the chroot
 #                   build of an initrd, and for qcow2 images: docs/initrd.md)
 #   vmlinuz         the guest's kernel
+#   initrd.img      its initrd as the kernel package built it
 #   kernel-release  its `uname -r`
 #   packages.txt    the installed packages and versions
 #
@@ -28,7 +36,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 --flavour initramfs-tools|dracut --out DIR" >&2
+    echo "usage: $0 --flavour initramfs-tools|dracut|host --out DIR" >&2
     exit 2
 }
 
@@ -49,6 +57,8 @@ case "$flavour" in
     # no NetworkManager, dracut picks systemd-networkd for it, which needs
     # ip from iproute2 (as every Debian cloud image has).
     dracut) tool_pkgs="dracut dracut-network iproute2" ;;
+    host) tool_pkgs="initramfs-tools dbus polkitd qemu-utils libguestfs0 cockpit-ws cockpit-bridge"
+        tool_pkgs+=" cockpit-system man-db bash-completion curl iproute2 ca-certificates" ;;
     *) usage ;;
 esac
 
@@ -66,7 +76,7 @@ read -r -a packages <<<"linux-image-amd64 systemd-sysv udev kmod e2fsprogs zstd 
 key=$( { cat "$0"; echo "$flavour"; } | sha256sum | cut -c1-16)
 cache_root="$build/guest-rootfs"
 entry="$cache_root/$flavour-$key"
-products=(rootfs.tar vmlinuz kernel-release packages.txt)
+products=(rootfs.tar vmlinuz initrd.img kernel-release packages.txt)
 
 # Unmounts everything below $1 (deepest first).
 umount_below() {
@@ -111,17 +121,29 @@ build_entry() {
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
     # A fresh machine identity on first boot, not the builder's.
     : > "$root/etc/machine-id"
-    echo snpguard-guest > "$root/etc/hostname"
+    if [ "$flavour" = host ]; then
+        echo snpguard-host > "$root/etc/hostname"
+        # QEMU's user network hands out an address by DHCP.
+        printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n' \
+            > "$root/etc/systemd/network/80-snpguard-host.network"
+        chroot "$root" systemctl enable --quiet systemd-networkd.service
+    else
+        echo snpguard-guest > "$root/etc/hostname"
+    fi
 
     local kernel release
     kernel=$(find "$root/boot" -maxdepth 1 -name 'vmlinuz-*' | sort | tail -n 1)
     [ -n "$kernel" ] || { log "no kernel in $root/boot"; exit 1; }
     release=${kernel##*/vmlinuz-}
     cp "$kernel" "$tmp/vmlinuz"
+    [ -f "$root/boot/initrd.img-$release" ] || { log "no initrd.img-$release in $root/boot"; exit 1; }
+    cp "$root/boot/initrd.img-$release" "$tmp/initrd.img"
     echo "$release" > "$tmp/kernel-release"
     # shellcheck disable=SC2016 # dpkg-query's own format fields
     chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' > "$tmp/packages.txt"
-    grep -q '^cryptsetup ' "$tmp/packages.txt" && { log "cryptsetup got installed; it must not be"; exit 1; }
+    if [ "$flavour" != host ] && grep -q '^cryptsetup ' "$tmp/packages.txt"; then
+        log "cryptsetup got installed; it must not be"; exit 1
+    fi
 
     tar --numeric-owner --xattrs --xattrs-include='*' --acls -C "$root" -cf "$tmp/rootfs.tar" .
     rm -rf "$root" "$tmp"/*.log
