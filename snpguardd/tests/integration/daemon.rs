@@ -814,6 +814,18 @@ fn sim_platform() -> SimPlatform {
     SimPlatform::generate(Product::Milan, SIM_TCB, &sim_hwid()).expect("sim platform")
 }
 
+/// A fresh challenge: the nonce as sent and as bytes.
+async fn challenge(conn: &Conn) -> (ChallengeResponse, [u8; 32]) {
+    let (status, body) = conn
+        .post_json("/v1/attest/challenge", "{}")
+        .await
+        .expect("challenge");
+    assert_eq!(status.as_u16(), 200, "{body:?}");
+    let ch: ChallengeResponse = serde_json::from_slice(&body).expect("challenge json");
+    let nonce = decode_nonce(&ch.nonce).expect("nonce");
+    (ch, nonce)
+}
+
 /// One attestation as the agent does it; `tamper` may change the report
 /// after it was built (and re-signed) to break one rule.
 async fn attest_once(
@@ -822,13 +834,7 @@ async fn attest_once(
     launch: &Launch,
     tamper: impl FnOnce(&mut Launch),
 ) -> Result<(AttestResponse, Vec<u8>, seal::SecretKey), (u16, ErrorBody)> {
-    let (status, body) = conn
-        .post_json("/v1/attest/challenge", "{}")
-        .await
-        .expect("challenge");
-    assert_eq!(status.as_u16(), 200, "{body:?}");
-    let ch: ChallengeResponse = serde_json::from_slice(&body).expect("challenge json");
-    let nonce = decode_nonce(&ch.nonce).expect("nonce");
+    let (ch, nonce) = challenge(conn).await;
     let (secret, public) = seal::generate_keypair();
     let mut l = Launch {
         ..clone_launch(launch)

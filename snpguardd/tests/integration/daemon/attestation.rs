@@ -40,13 +40,7 @@ async fn attestation_over_https_releases_only_to_the_registered_launch() {
     );
 
     // A nonce is single-use.
-    let (status, body) = conn
-        .post_json("/v1/attest/challenge", "{}")
-        .await
-        .expect("challenge");
-    assert_eq!(status.as_u16(), 200);
-    let ch: ChallengeResponse = serde_json::from_slice(&body).expect("json");
-    let nonce = decode_nonce(&ch.nonce).expect("nonce");
+    let (ch, nonce) = challenge(&conn).await;
     let (secret, public) = seal::generate_keypair();
     let report = sim_report(&sim, &launch, &report_data(&nonce, &public));
     let req = attest_request(&sim, ch.nonce, &report, &public);

@@ -52,7 +52,7 @@ async fn a_nonce_consumed_before_a_crash_is_refused_after_it() {
         daemon.stop();
         let (daemon, target) = attest_daemon_env(&s, &sim, "", &[(ENV, point)]);
         let conn = target.connect().await.expect("connect");
-        let (ch, nonce) = crate::daemon::refusals::challenge(&conn).await;
+        let (ch, nonce) = challenge(&conn).await;
         let (secret, public) = seal::generate_keypair();
         let report = sim_report(&sim, &launch, &report_data(&nonce, &public));
         let req = attest_request(&sim, ch.nonce.clone(), &report, &public);

@@ -276,17 +276,6 @@ async fn replica(first: &Setup, sim: &SimPlatform, pg: &Postgres) -> (Setup, Dae
     (s, daemon, target)
 }
 
-async fn challenge(conn: &Conn) -> String {
-    let (status, body) = conn
-        .post_json("/v1/attest/challenge", "{}")
-        .await
-        .expect("challenge");
-    assert_eq!(status.as_u16(), 200, "{body:?}");
-    serde_json::from_slice::<ChallengeResponse>(&body)
-        .expect("challenge json")
-        .nonce
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_records_nonces_and_keys() {
     let pg = Postgres::start();
@@ -330,11 +319,10 @@ async fn replicas_share_records_nonces_and_keys() {
     // A nonce issued by A is accepted once by B, and never again anywhere.
     let conn_a = target_a.connect().await.expect("connect A");
     let conn_b = target_b.connect().await.expect("connect B");
-    let nonce = challenge(&conn_a).await;
+    let (ch, n) = challenge(&conn_a).await;
     let (secret, public) = seal::generate_keypair();
-    let n = decode_nonce(&nonce).expect("nonce");
     let report = sim_report(&sim, &launch, &report_data(&n, &public));
-    let req = attest_request(&sim, nonce, &report, &public);
+    let req = attest_request(&sim, ch.nonce, &report, &public);
     let (resp, rep, sec) = send_attest(&conn_b, &req, report.clone(), secret.clone())
         .await
         .expect("B accepts A's nonce");
@@ -350,11 +338,10 @@ async fn replicas_share_records_nonces_and_keys() {
     // The same request raced to both replicas releases at most once.
     for round in 0..25 {
         let from = if round % 2 == 0 { &conn_a } else { &conn_b };
-        let nonce = challenge(from).await;
+        let (ch, n) = challenge(from).await;
         let (secret, public) = seal::generate_keypair();
-        let n = decode_nonce(&nonce).expect("nonce");
         let report = sim_report(&sim, &launch, &report_data(&n, &public));
-        let req = attest_request(&sim, nonce, &report, &public);
+        let req = attest_request(&sim, ch.nonce, &report, &public);
         let (ra, rb) = tokio::join!(
             send_attest(&conn_a, &req, report.clone(), secret.clone()),
             send_attest(&conn_b, &req, report.clone(), secret.clone()),

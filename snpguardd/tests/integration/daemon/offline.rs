@@ -20,13 +20,7 @@ pub(super) async fn signed_release(
     launch: &Launch,
     offline: bool,
 ) -> (AttestResponse, Vec<u8>) {
-    let (status, body) = conn
-        .post_json("/v1/attest/challenge", "{}")
-        .await
-        .expect("challenge");
-    assert_eq!(status.as_u16(), 200, "{body:?}");
-    let ch: ChallengeResponse = serde_json::from_slice(&body).expect("challenge json");
-    let nonce = decode_nonce(&ch.nonce).expect("nonce");
+    let (ch, nonce) = challenge(conn).await;
     let (secret, public) = seal::generate_keypair();
     let report = sim_report(sim, launch, &report_data(&nonce, &public));
     let mut req = attest_request(sim, ch.nonce, &report, &public);

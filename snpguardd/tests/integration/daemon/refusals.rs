@@ -26,18 +26,6 @@ pub(super) fn log_since(state: &Path, from: usize) -> String {
     strip_ansi(daemon_log(state).get(from..).unwrap_or_default())
 }
 
-/// A fresh challenge: the nonce as sent and as bytes.
-pub(super) async fn challenge(conn: &Conn) -> (ChallengeResponse, [u8; 32]) {
-    let (status, body) = conn
-        .post_json("/v1/attest/challenge", "{}")
-        .await
-        .expect("challenge");
-    assert_eq!(status.as_u16(), 200);
-    let ch: ChallengeResponse = serde_json::from_slice(&body).expect("challenge json");
-    let nonce = decode_nonce(&ch.nonce).expect("nonce");
-    (ch, nonce)
-}
-
 /// The agent's request for `report`, with `table`'s certificates or none.
 pub(super) fn request(
     nonce: String,

@@ -82,13 +82,7 @@ async fn attest_as(
 /// The guest's renewal: a fresh nonce, a report of the running launch
 /// bound to the new artifacts, and the artifacts.
 async fn renew(conn: &Conn, sim: &SimPlatform, running: &Launch, staging: &Path) -> (u16, Vec<u8>) {
-    let (status, body) = conn
-        .post_json("/v1/attest/challenge", "{}")
-        .await
-        .expect("challenge");
-    assert_eq!(status.as_u16(), 200);
-    let ch: ChallengeResponse = serde_json::from_slice(&body).expect("challenge json");
-    let nonce = decode_nonce(&ch.nonce).expect("nonce");
+    let (ch, nonce) = challenge(conn).await;
     let kernel = std::fs::read(staging.join("kernel")).expect("kernel");
     let initrd = std::fs::read(staging.join("initrd")).expect("initrd");
     let data = renewal_report_data(&nonce, &kernel, &initrd, NEW_CMDLINE);

@@ -97,7 +97,7 @@ async fn an_imported_crl_revoking_the_ask_stops_releases() {
 
     // The very attestation that succeeded is now refused as revoked,
     // although the request carries no CRL; nothing is released.
-    let (ch, nonce) = super::refusals::challenge(&conn).await;
+    let (ch, nonce) = challenge(&conn).await;
     let (_, public) = seal::generate_keypair();
     let report = sim_report(&sim, &launch, &report_data(&nonce, &public));
     let req = request(ch.nonce, &report, &public, Some(&sim));
