@@ -117,6 +117,11 @@ register_args() { # NAME STAGING BUNDLE
     echo register --name "$1" --vcpus 1 --vcpu-type EPYC-v4 --allow-test-root \
         --staging-dir "$2" --out-bundle "$3"
 }
+# journal_count FIELD=VALUE...: how many of snpguardd's entries have all
+# of these fields.
+journal_count() {
+    journalctl -q -u snpguardd.service -o verbose "$@" | grep -c MESSAGE= || true
+}
 # journal_has FIELD=VALUE...: snpguardd's journal has an entry with all of
 # these fields; prints the entries.
 journal_has() {
@@ -246,12 +251,16 @@ list_as_user() {
 }
 
 disable_enable() {
-    snpguardctl records disable web
-    enabled_is web no
-    as_admin snpguardctl records enable web
-    enabled_is web yes
-    journal_has NAME=web ENABLED=false CALLER_UID=0
-    journal_has NAME=web ENABLED=true CALLER_UID="$(id -u "$ADMIN")"
+    local who uid
+    for who in root "$ADMIN"; do
+        uid=$(id -u "$who")
+        runuser -u "$who" -- snpguardctl records disable web
+        enabled_is web no
+        runuser -u "$who" -- snpguardctl records enable web
+        enabled_is web yes
+        journal_has NAME=web ENABLED=false CALLER_UID="$uid"
+        journal_has NAME=web ENABLED=true CALLER_UID="$uid"
+    done
 }
 
 certs_import() {
@@ -335,6 +344,11 @@ cockpit() {
     printf '[WebService]\nAllowUnencrypted = true\n' >/etc/cockpit/cockpit.conf
     systemctl start cockpit.socket
     curl -s --max-time 60 -o /dev/null http://127.0.0.1:9090/
+    local admin_uid user_uid before_admin before_user
+    admin_uid=$(id -u "$ADMIN")
+    user_uid=$(id -u "$USER_")
+    before_admin=$(journal_count NAME=web ENABLED=false CALLER_UID="$admin_uid")
+    before_user=$(journal_count NAME=web CALLER_UID="$user_uid")
     say cockpit-ready
     # The port reads as closed until run.sh connects: keep it open and
     # poll.
@@ -346,9 +360,11 @@ cockpit() {
     done
     exec 3<&-
     [ "$reply" = ok ] || { echo "the host's Cockpit test: $reply"; return 1; }
-    # What the browser did went through the real polkitd as hostadmin.
+    # What the browser did went through the real polkitd as hostadmin,
+    # and nothing as the ordinary user.
     enabled_is web yes
-    journal_has NAME=web ENABLED=false CALLER_UID="$(id -u "$ADMIN")"
+    [ "$(journal_count NAME=web ENABLED=false CALLER_UID="$admin_uid")" -eq $((before_admin + 1)) ]
+    [ "$(journal_count NAME=web CALLER_UID="$user_uid")" -eq "$before_user" ]
 }
 
 upgrade() {
