@@ -145,15 +145,22 @@ qemu=(qemu-system-x86_64 -accel tcg -m 3072 -smp 2 -nographic -no-reboot -monito
 qemu_pid=$!
 log "VM started (Cockpit forwarded to 127.0.0.1:$port; serial log $serial)"
 
-# answer TEXT: one line to the checks on the virtio serial port.
+# answer TEXT: one line to the checks on the virtio serial port, the
+# connection held until the cockpit check has reported (the checks poll
+# the port) or 120 s have passed.
 answer() {
-    python3 - "$tmp/ctl.sock" "$1" <<'EOF'
-import socket, sys, time
+    python3 - "$tmp/ctl.sock" "$1" "$serial" <<'EOF'
+import re, socket, sys, time
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
 s.sendall(sys.argv[2].encode() + b"\n")
-# Connected a little longer: the checks poll the port.
-time.sleep(10)
+deadline = time.monotonic() + 120
+done = re.compile(rb"HOSTTEST (ok|FAIL) cockpit")
+while time.monotonic() < deadline:
+    with open(sys.argv[3], "rb") as f:
+        if done.search(f.read()):
+            break
+    time.sleep(0.5)
 s.close()
 EOF
 }
