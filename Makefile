@@ -185,12 +185,14 @@ test-cockpit:
 # check: `make lint` is lint-rust plus deny) are built beside the builds
 # and quick tests, in a lane of their own (scripts/lanes.sh), then the
 # slow suites run.
+# LANES_EPOCH: both steps' lines show the seconds since `make test` began.
 test: deps
+	export LANES_EPOCH="$${LANES_EPOCH:-$$(date +%s)}"; \
 	./scripts/lanes.sh \
 		"checks=$(MAKE) --no-print-directory lint-rust check-shell check-scripts check-units \
 			check-install check-agent unit test-cockpit" \
-		"guests=$(MAKE) --no-print-directory guest-rootfs host-rootfs $(GUESTFS_APPLIANCE)/root deny"
-	$(MAKE) --no-print-directory slow-tests
+		"guests=$(MAKE) --no-print-directory guest-rootfs host-rootfs $(GUESTFS_APPLIANCE)/root deny" \
+	&& $(MAKE) --no-print-directory slow-tests
 
 # The slow suites in two lanes side by side (scripts/lanes.sh; each line
 # prefixed [convert] or [boot]). [convert]: the simple, --no-encryption
