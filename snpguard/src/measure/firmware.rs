@@ -52,7 +52,26 @@ pub enum FirmwareError {
     /// No SEV-ES reset block (the AP entry point).
     #[error("firmware has no SEV-ES reset block; it is not an SEV-capable OVMF build")]
     NoResetBlock,
+    /// The sections measured page by page cover more than
+    /// [`MAX_MEASURED_SECTION_BYTES`]: each page is a hash to compute, so
+    /// an image claiming gigabytes would keep the measurement busy for
+    /// minutes. Real OVMF builds describe well under a megabyte.
+    #[error(
+        "firmware SEV metadata sections cover {bytes:#x} bytes of pages to measure, more than \
+         the {limit:#x} an OVMF build describes; is it an OVMF image?"
+    )]
+    SectionsTooLarge {
+        /// The paged sections' total size.
+        bytes: u64,
+        /// [`MAX_MEASURED_SECTION_BYTES`].
+        limit: u64,
+    },
 }
+
+/// At most this many bytes of zero, CAA and hash-table pages in the SEV
+/// metadata sections (64 MiB: 16384 pages; edk2's AmdSev build describes
+/// about 0.1 MiB).
+pub const MAX_MEASURED_SECTION_BYTES: u64 = 64 << 20;
 
 const FOOTER_GUID: [u8; 16] = guid_le("96b582de-1fb2-45f7-baea-a366c55a082d");
 const SEV_HASH_TABLE_RV_GUID: [u8; 16] = guid_le("7255371f-3a3b-4b04-927b-1da6efa8d454");
@@ -79,6 +98,17 @@ pub(crate) struct Section {
     pub gpa: u32,
     pub size: u32,
     pub kind: SectionKind,
+}
+
+impl Section {
+    /// Measured page by page (its size a multiple of 4 KiB): the others
+    /// are one page each whatever their size says.
+    pub fn is_paged(&self) -> bool {
+        matches!(
+            self.kind,
+            SectionKind::SecMem | SectionKind::SvsmCaa | SectionKind::KernelHashes
+        )
+    }
 }
 
 /// The parsed firmware: the image itself plus what its tables say.
@@ -199,7 +229,7 @@ fn sev_metadata(data: &[u8], entry: &[u8]) -> Result<Vec<Section>, FirmwareError
     if count > items.len() / METADATA_ITEM {
         return Err(bad("more sections than fit its size"));
     }
-    items
+    let sections = items
         .chunks_exact(METADATA_ITEM)
         .take(count)
         .map(|item| {
@@ -213,16 +243,25 @@ fn sev_metadata(data: &[u8], entry: &[u8]) -> Result<Vec<Section>, FirmwareError
                 0x10 => SectionKind::KernelHashes,
                 other => return Err(FirmwareError::UnknownSectionType(other)),
             };
-            let paged = matches!(
-                kind,
-                SectionKind::SecMem | SectionKind::SvsmCaa | SectionKind::KernelHashes
-            );
-            if paged && size as usize % PAGE_SIZE != 0 {
+            let section = Section { gpa, size, kind };
+            if section.is_paged() && size as usize % PAGE_SIZE != 0 {
                 return Err(FirmwareError::UnalignedSection { gpa, size });
             }
-            Ok(Section { gpa, size, kind })
+            Ok(section)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes: u64 = sections
+        .iter()
+        .filter(|s| s.is_paged())
+        .map(|s| u64::from(s.size))
+        .sum();
+    if bytes > MAX_MEASURED_SECTION_BYTES {
+        return Err(FirmwareError::SectionsTooLarge {
+            bytes,
+            limit: MAX_MEASURED_SECTION_BYTES,
+        });
+    }
+    Ok(sections)
 }
 
 fn le_u32(b: &[u8], at: usize) -> Option<u32> {
@@ -324,6 +363,65 @@ mod tests {
         }
         for keep in (0..data.len()).step_by(97) {
             let _ = Firmware::parse(data[data.len() - keep..].to_vec());
+        }
+    }
+
+    /// A one-page image with a reset block and SEV metadata listing
+    /// `sections` (gpa, size, type), built from the layout above.
+    fn synthetic(sections: &[(u32, u32, u32)]) -> Vec<u8> {
+        let mut data = vec![0u8; PAGE_SIZE];
+        let mut header = b"ASEV".to_vec();
+        let size = METADATA_HEADER + METADATA_ITEM * sections.len();
+        for v in [size as u32, 1, sections.len() as u32] {
+            header.extend_from_slice(&v.to_le_bytes());
+        }
+        for (gpa, size, kind) in sections {
+            for v in [gpa, size, kind] {
+                header.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        data[..header.len()].copy_from_slice(&header);
+        let entry = |payload: u32, guid: [u8; 16]| {
+            let mut e = payload.to_le_bytes().to_vec();
+            e.extend_from_slice(&((4 + ENTRY_HEADER) as u16).to_le_bytes());
+            e.extend_from_slice(&guid);
+            e
+        };
+        let mut table = entry(PAGE_SIZE as u32, SEV_METADATA_GUID);
+        table.extend(entry(0xffff_f000, SEV_ES_RESET_BLOCK_GUID));
+        table.extend_from_slice(&((table.len() + ENTRY_HEADER) as u16).to_le_bytes());
+        table.extend_from_slice(&FOOTER_GUID);
+        let end = PAGE_SIZE - 32;
+        data[end - table.len()..end].copy_from_slice(&table);
+        data
+    }
+
+    #[test]
+    fn sections_covering_more_than_the_limit_are_refused() {
+        let ok =
+            Firmware::parse(synthetic(&[(0x80_0000, 0x9000, 1), (0x80_9000, 0x1000, 2)])).unwrap();
+        assert_eq!(ok.sections.len(), 2);
+        assert_eq!(ok.reset_eip, 0xffff_f000);
+        let limit = MAX_MEASURED_SECTION_BYTES as u32;
+        assert!(Firmware::parse(synthetic(&[(0, limit, 1)])).is_ok());
+        // Secrets and CPUID pages are one page whatever their size says.
+        assert!(Firmware::parse(synthetic(&[(0, limit, 1), (0, u32::MAX, 2)])).is_ok());
+        // A fuzzer's firmware (fuzz/regressions/ovmf_metadata) kept the
+        // measurement busy for seconds per input with one such section.
+        for sections in [
+            vec![(0, 0xffff_f000, 1)],
+            vec![(0, limit, 1), (0, 0x1000, 4)],
+            vec![(0, limit / 2, 1), (0x1000, limit / 2, 0x10), (0, 0x1000, 1)],
+        ] {
+            let bytes = sections.iter().map(|s| u64::from(s.1)).sum();
+            assert_eq!(
+                Firmware::parse(synthetic(&sections)).unwrap_err(),
+                FirmwareError::SectionsTooLarge {
+                    bytes,
+                    limit: MAX_MEASURED_SECTION_BYTES
+                },
+                "{sections:x?}"
+            );
         }
     }
 
