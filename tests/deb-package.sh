@@ -52,6 +52,10 @@ if [ "$want" != "$got" ]; then
     diff <(printf '%s\n' "$want") <(printf '%s\n' "$got") >&2 || true
     fail "the packages' files differ from make install's tree (< make install, > packages)"
 fi
+dpkg-deb --fsys-tarfile "$main" | tar -t | grep -qx './etc/snpguard/snpguardd.toml.d/' \
+    || fail "snpguard does not ship /etc/snpguard/snpguardd.toml.d/ (an operator writes drop-ins there before the first start)"
+dpkg-deb --fsys-tarfile "$main" | tar -t | grep '^\./etc/.*[^/]$' \
+    && fail "snpguard ships files in /etc (the configuration is the operator's)"
 grep -q '^/usr/share/cockpit/' "$scratch/main.files" && fail "snpguard holds Cockpit files"
 grep -qv '^/usr/share/cockpit/snpguard/' "$scratch/cockpit.files" && fail "cockpit-snpguard holds more than the page"
 for pkg in snpguard cockpit-snpguard; do

@@ -138,6 +138,9 @@ install_packages() {
     dpkg-query -W -f '${Status}\n' snpguard cockpit-snpguard | grep -c '^install ok installed$' | grep -qx 2
     getent group snpguard-admin
     id snpguard
+    # The drop-in directory is there before the daemon's first start, so
+    # an operator can configure it first (docs/packaging.md).
+    [ -d "${DROPIN%/*}" ]
     usermod -aG snpguard-admin "$ADMIN"
 }
 
@@ -154,7 +157,6 @@ configure() {
     # own (what user_guide.md section 2 describes), and no KDS: the VM
     # has no network beyond the host.
     "$SIM" init --product genoa --dir /root/sim >/dev/null
-    mkdir -p "${DROPIN%/*}"
     install -m 0644 /root/sim/ark.pem "$SIM_ARK"
     cat >"$DROPIN" <<EOF
 # make test-host: the simulated platform's root (TEST ONLY)
