@@ -180,18 +180,23 @@ test-cockpit:
 		SNPGUARD_BIN_DIR=$(abspath target/debug) npm test
 
 # Every test, after installing what the tests need (idempotent). The
-# guests' root file systems (debootstrap: mostly waiting on the network
-# and dpkg), the fixed libguestfs appliance and cargo-deny (install and
-# check: `make lint` is lint-rust plus deny) are built beside the builds
-# and quick tests, in a lane of their own (scripts/lanes.sh), then the
-# slow suites run.
-# LANES_EPOCH: both steps' lines show the seconds since `make test` began.
-test: deps
+# Debian packages install (scripts/setup-deps.sh) while rustfmt and
+# clippy run, which need only rustup's components; then the guests' root
+# file systems (debootstrap: mostly waiting on the network and dpkg), the
+# fixed libguestfs appliance and cargo-deny (install and check: `make
+# lint` is lint-rust plus deny) are built beside the builds and quick
+# tests, in a lane of their own (scripts/lanes.sh; the [checks] lane's
+# setup-deps.sh waits for the [guests] lane's to end), then the slow
+# suites run. LANES_EPOCH: every lane line shows the seconds since `make
+# test` began.
+test:
 	export LANES_EPOCH="$${LANES_EPOCH:-$$(date +%s)}"; \
-	./scripts/lanes.sh \
-		"checks=$(MAKE) --no-print-directory lint-rust check-shell check-scripts check-units \
+	./scripts/setup-deps.sh rust && ./scripts/lanes.sh \
+		"checks=$(MAKE) --no-print-directory lint-rust && ./scripts/setup-deps.sh \
+			&& $(MAKE) --no-print-directory check-shell check-scripts check-units \
 			check-install check-agent unit test-cockpit" \
-		"guests=$(MAKE) --no-print-directory guest-rootfs host-rootfs $(GUESTFS_APPLIANCE)/root deny" \
+		"guests=./scripts/setup-deps.sh \
+			&& $(MAKE) --no-print-directory guest-rootfs host-rootfs $(GUESTFS_APPLIANCE)/root deny" \
 	&& $(MAKE) --no-print-directory slow-tests
 
 # The slow suites in two lanes side by side (scripts/lanes.sh; each line

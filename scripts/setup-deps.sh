@@ -5,13 +5,45 @@
 # `setup-deps.sh agent` installs only what the static guest agent needs
 # (musl-gcc and the x86_64-unknown-linux-musl rustup target);
 # `setup-deps.sh cockpit` the Cockpit browser test's; `setup-deps.sh deny`
-# the pinned cargo-deny; `setup-deps.sh deb` what `make deb` needs.
+# the pinned cargo-deny; `setup-deps.sh deb` what `make deb` needs;
+# `setup-deps.sh rust` rustfmt and clippy (all `make lint-rust` needs:
+# `make test` lints while the Debian packages install).
+#
+# Runs that install with apt or rustup take turns (a lock file): `make
+# test` runs this script in two lanes at once, and apt, dpkg and rustup
+# refuse or trip over a second run; the later one waits, then finds what
+# the first installed. cargo-deny's build (`deny`, minutes) takes no turn.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*"; }
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Takes this run's turn: the script runs again under flock(1), which
+# holds the lock itself (-o: nothing this run starts, such as a service a
+# package starts, inherits it and keeps it after the run).
+if [ "${1:-}" != deny ] && [ -z "${SNPGUARD_SETUP_TURN:-}" ]; then
+    lock_dir=/run/lock
+    [ -d "$lock_dir" ] && [ -w "$lock_dir" ] || lock_dir=${TMPDIR:-/tmp}
+    export SNPGUARD_SETUP_TURN=1
+    rc=0
+    flock -n -E 75 -o "$lock_dir/snpguard-setup-deps.lock" "$0" "$@" || rc=$?
+    [ "$rc" = 75 ] || exit "$rc"
+    log "waiting for another setup-deps.sh run to finish"
+    exec flock -o "$lock_dir/snpguard-setup-deps.lock" "$0" "$@"
+fi
+
+# rustfmt and clippy: `make lint-rust` (part of the test run).
+rust_deps() {
+    local comp
+    for comp in rustfmt clippy; do
+        if ! rustup component list --installed 2>/dev/null | grep -q "^${comp}"; then
+            log "adding rustup component $comp"
+            rustup component add "$comp"
+        fi
+    done
 }
 
 # The static agent: ring's C code needs musl-gcc; Rust needs the target.
@@ -43,15 +75,18 @@ cockpit_deps() {
 }
 
 # cargo-deny for `make deny` (part of `make lint`): built from crates.io
-# at a pinned version with its own lock file (a few minutes, once). Its
-# release profile asks for fat LTO in one codegen unit, which costs more
-# CPU than the rest of the build; a lint tool does not need it. Niced:
-# `make test` builds it beside the suite's own builds, which come first.
+# at a pinned version with its own lock file (a few minutes, once; every
+# CI run, whose machine is fresh). Built unoptimised, without debug
+# information: optimised (-O3, no LTO) it took 7.5 minutes beside `make
+# test`'s own builds; unoptimised 3 minutes beside the slow suites (110 s
+# of CPU), and it still checks this workspace in 5 s. Niced: `make test` builds it beside the suite's own builds, which
+# come first.
 CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
 deny_deps() {
     if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
         log "installing cargo-deny $CARGO_DENY_VERSION (cargo install)"
-        CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+        CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=false \
+            CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=256 \
             nice -n 10 cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION"
     fi
 }
@@ -85,6 +120,12 @@ fi
 if [ "${1:-}" = cockpit ]; then
     cockpit_deps
     log "cockpit test dependencies present"
+    exit 0
+fi
+
+if [ "${1:-}" = rust ]; then
+    rust_deps
+    log "rustfmt and clippy present"
     exit 0
 fi
 
@@ -223,14 +264,7 @@ else
     log "QEMU present: $(qemu-system-x86_64 --version | head -n 1)"
 fi
 
-# Rust lints are part of the test run.
-for comp in rustfmt clippy; do
-    if ! rustup component list --installed 2>/dev/null | grep -q "^${comp}"; then
-        log "adding rustup component $comp"
-        rustup component add "$comp"
-    fi
-done
-
+rust_deps
 agent_deps
 cockpit_deps
 
