@@ -239,8 +239,15 @@ slow-tests: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
 # --skip NAME), CONVERT_TESTS the test binaries (`--test embed`).
 CONVERT_TEST_FILTER ?=
 CONVERT_TESTS ?= --test convert --test embed
+# One vCPU per convert/embed appliance in the tests (snpguardctl's default
+# is up to 4): two tests run at a time beside the other lane's guests on
+# two cores, and a TCG guest with more vCPUs than it gets cores waits on
+# its own descheduled vCPUs. Two conversions side by side took 443 s with
+# one vCPU each against 589 s with two (docs/performance.md).
+SNPGUARD_APPLIANCE_VCPUS ?= 1
 test-convert: guest-rootfs agent-sim $(GUESTFS_APPLIANCE)/root
-	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
+	SNPGUARD_APPLIANCE_VCPUS='$(SNPGUARD_APPLIANCE_VCPUS)' \
+		SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) SNPGUARD_TEST_ROOTFS='$(abspath $(SNPGUARD_TEST_ROOTFS))' \
 		SNPGUARD_TEST_ROOTFS_DRACUT='$(abspath $(SNPGUARD_TEST_ROOTFS_DRACUT))' \
 		LIBGUESTFS_BACKEND=direct LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
 		$(CARGO) test --workspace --locked $(CONVERT_TESTS) -- --ignored \
@@ -290,7 +297,8 @@ test-e2e:
 # The end-to-end boots alone, from the guest test-convert published.
 e2e-boots: agent-sim $(GUESTFS_APPLIANCE)/root
 	$(CARGO) build --workspace --locked
-	SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) LIBGUESTFS_BACKEND=direct \
+	SNPGUARD_APPLIANCE_VCPUS='$(SNPGUARD_APPLIANCE_VCPUS)' \
+		SNPGUARD_AGENT=$(abspath $(AGENT_SIM_BIN)) LIBGUESTFS_BACKEND=direct \
 		LIBGUESTFS_PATH='$(abspath $(GUESTFS_APPLIANCE))' \
 		$(CARGO) test --workspace --locked --test e2e -- --ignored --test-threads=1
 

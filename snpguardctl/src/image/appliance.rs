@@ -17,6 +17,29 @@ pub fn gerr(op: &'static str) -> impl Fn(guestfs::Error) -> anyhow::Error {
     move |e| anyhow!("libguestfs {op}: {e:?}")
 }
 
+/// Environment variable that sets the appliance's vCPUs.
+pub const VCPUS_ENV: &str = "SNPGUARD_APPLIANCE_VCPUS";
+
+/// The appliance's vCPUs: `SNPGUARD_APPLIANCE_VCPUS` (1 to 16) when set,
+/// else the host's CPUs up to 4. Setting it matters where several
+/// appliances or VMs share a few cores under TCG (`make test`): a guest
+/// with more vCPUs than it gets cores spends the difference waiting on
+/// its own descheduled vCPUs.
+fn appliance_vcpus(setting: Option<&std::ffi::OsStr>) -> Result<u32> {
+    let Some(v) = setting else {
+        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32);
+    };
+    v.to_str()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| (1..=16).contains(n))
+        .ok_or_else(|| {
+            anyhow!(
+                "{VCPUS_ENV}={}: not a number of vCPUs from 1 to 16; unset it to use up to 4 of this host's CPUs",
+                v.to_string_lossy()
+            )
+        })
+}
+
 /// A drive to attach, in order: the first is `/dev/sda`, the next
 /// `/dev/sdb`.
 pub struct Drive<'a> {
@@ -72,7 +95,7 @@ impl Appliance {
             .map_err(gerr("add_drive"))
             .with_context(|| format!("attaching {}", d.path.display()))?;
         }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let cpus = appliance_vcpus(std::env::var_os(VCPUS_ENV).as_deref())?;
         g.set_smp(cpus as i32).map_err(gerr("set_smp"))?;
         g.set_memsize(2048).map_err(gerr("set_memsize"))?;
         g.set_network(false).map_err(gerr("set_network"))?;
@@ -195,6 +218,24 @@ mod tests {
         assert_eq!(split_rc("__snpguard_rc=3").unwrap(), ("", 3));
         assert!(split_rc("no marker").is_err());
         assert!(split_rc("__snpguard_rc=x").is_err());
+    }
+
+    #[test]
+    fn appliance_vcpus_come_from_the_setting_or_the_host() {
+        use std::ffi::OsStr;
+        let host = appliance_vcpus(None).unwrap();
+        assert!((1..=4).contains(&host), "{host}");
+        assert_eq!(appliance_vcpus(Some(OsStr::new("1"))).unwrap(), 1);
+        assert_eq!(appliance_vcpus(Some(OsStr::new("16"))).unwrap(), 16);
+        for bad in ["0", "17", "-1", "two", ""] {
+            let e = appliance_vcpus(Some(OsStr::new(bad)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("SNPGUARD_APPLIANCE_VCPUS") && e.contains("1 to 16"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
