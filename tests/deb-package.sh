@@ -52,9 +52,11 @@ if [ "$want" != "$got" ]; then
     diff <(printf '%s\n' "$want") <(printf '%s\n' "$got") >&2 || true
     fail "the packages' files differ from make install's tree (< make install, > packages)"
 fi
-dpkg-deb --fsys-tarfile "$main" | tar -t | grep -qx './etc/snpguard/snpguardd.toml.d/' \
+# The whole listing first: grep -q stopping early would fail the pipe.
+main_tree=$(dpkg-deb --fsys-tarfile "$main" | tar -t)
+grep -qx './etc/snpguard/snpguardd.toml.d/' <<<"$main_tree" \
     || fail "snpguard does not ship /etc/snpguard/snpguardd.toml.d/ (an operator writes drop-ins there before the first start)"
-dpkg-deb --fsys-tarfile "$main" | tar -t | grep '^\./etc/.*[^/]$' \
+grep '^\./etc/.*[^/]$' <<<"$main_tree" \
     && fail "snpguard ships files in /etc (the configuration is the operator's)"
 grep -q '^/usr/share/cockpit/' "$scratch/main.files" && fail "snpguard holds Cockpit files"
 grep -qv '^/usr/share/cockpit/snpguard/' "$scratch/cockpit.files" && fail "cockpit-snpguard holds more than the page"
