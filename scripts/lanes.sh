@@ -26,7 +26,8 @@ case "$epoch" in
 esac
 elapsed() { echo "$((EPOCHSECONDS - epoch))s"; }
 # Prefixes each line read with "[NAME Ns] " (a last line without a
-# newline included).
+# newline included; the arithmetic inline, as elapsed's, without a fork
+# per line).
 prefix() {
     local line
     while IFS= read -r line || [ -n "$line" ]; do

@@ -79,8 +79,8 @@ cockpit_deps() {
 # CI run, whose machine is fresh). Built unoptimised, without debug
 # information: optimised (-O3, no LTO) it took 7.5 minutes beside `make
 # test`'s own builds; unoptimised 3 minutes beside the slow suites (110 s
-# of CPU), and it still checks this workspace in 5 s. Niced: `make test` builds it beside the suite's own builds, which
-# come first.
+# of CPU), and it still checks this workspace in 5 s. Niced: `make test`
+# builds it beside the suite's own builds, which come first.
 CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
 deny_deps() {
     if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
